@@ -1,0 +1,241 @@
+//! PID 1 duties: mount the sandbox root, switch into it, set up the guest, stop it.
+//!
+//! Disk layout (DESIGN.md, Guest): the image disk (ext4, read-only, shared by every sandbox of
+//! the image) is the lower layer of an overlay whose upper layer lives on the sandbox's own disk.
+//! Disks are found by their virtio-blk serial (`cove-image`, `cove-rw`), never by probe order.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::mount::{MsFlags, mount};
+
+/// Serial of the image disk.
+pub const IMAGE_SERIAL: &str = "cove-image";
+/// Serial of the sandbox's writable disk.
+pub const RW_SERIAL: &str = "cove-rw";
+/// Name of the virtio-console port that carries the protocol.
+pub const PORT_NAME: &str = "cove.agent";
+
+/// A setup step that failed.
+#[derive(Debug)]
+pub struct SetupError {
+    step: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.source)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+fn step<T>(what: impl Into<String>, r: Result<T, impl Into<io::Error>>) -> Result<T, SetupError> {
+    r.map_err(|e| SetupError {
+        step: what.into(),
+        source: e.into(),
+    })
+}
+
+fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), SetupError> {
+    let _ = std::fs::create_dir_all(target);
+    step(
+        format!("mount {fstype} on {target}"),
+        mount(Some(src), target, Some(fstype), flags, data),
+    )
+}
+
+fn find_disk(serial: &str) -> Option<String> {
+    let rd = std::fs::read_dir("/sys/block").ok()?;
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let s = std::fs::read_to_string(ent.path().join("serial")).unwrap_or_default();
+        if s.trim() == serial {
+            return Some(format!("/dev/{name}"));
+        }
+    }
+    None
+}
+
+/// Mounts everything and switches into the sandbox root. Runs once, as PID 1.
+pub fn setup() -> Result<(), SetupError> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    mnt("proc", "/proc", "proc", nosuid, None)?;
+    mnt("sysfs", "/sys", "sysfs", nosuid, None)?;
+    console_to_serial();
+
+    let image = find_disk(IMAGE_SERIAL);
+    let rw = find_disk(RW_SERIAL);
+    let root = "/run/cove/root";
+    match image {
+        Some(dev) => {
+            mnt(&dev, "/run/cove/image", "ext4", MsFlags::MS_RDONLY, Some("noload"))?;
+            let upper = match rw {
+                Some(rw) => {
+                    mnt(&rw, "/run/cove/rw", "ext4", MsFlags::MS_NOATIME, None)?;
+                    "/run/cove/rw"
+                }
+                None => {
+                    eprintln!("cove-agent: no writable disk; changes live in memory");
+                    mnt("tmpfs", "/run/cove/rw", "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+                    "/run/cove/rw"
+                }
+            };
+            for d in ["upper", "work"] {
+                step(format!("mkdir {upper}/{d}"), std::fs::create_dir_all(format!("{upper}/{d}")))?;
+            }
+            let opts = format!("lowerdir=/run/cove/image,upperdir={upper}/upper,workdir={upper}/work");
+            mnt("overlay", root, "overlay", MsFlags::empty(), Some(&opts))?;
+        }
+        None => {
+            eprintln!("cove-agent: no image disk; running in the initramfs");
+            mnt("tmpfs", root, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+        }
+    }
+
+    // Move the pseudo filesystems into the new root, then make it `/` (as switch_root does).
+    for d in ["dev", "proc", "sys"] {
+        let target = format!("{root}/{d}");
+        let _ = std::fs::create_dir_all(&target);
+        step(format!("move /{d}"), mount(Some(format!("/{d}").as_str()), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>))?;
+    }
+    step("chdir to the new root", std::env::set_current_dir(root))?;
+    step("move the new root to /", mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>))?;
+    step("chroot", nix::unistd::chroot("."))?;
+    step("chdir /", std::env::set_current_dir("/"))?;
+
+    mnt("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))?;
+    let _ = std::fs::remove_file("/dev/ptmx");
+    step("link /dev/ptmx", std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx"))?;
+    mnt("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
+    mnt("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
+    for (l, t) in [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"), ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr")] {
+        let _ = std::os::unix::fs::symlink(l, t);
+    }
+    let _ = std::fs::create_dir_all("/tmp");
+    let _ = std::fs::set_permissions("/tmp", std::os::unix::fs::PermissionsExt::from_mode(0o1777));
+
+    if let Some(h) = cmdline_value("cove.hostname") {
+        let _ = nix::unistd::sethostname(&h);
+    }
+    if let Err(e) = loopback_up() {
+        eprintln!("cove-agent: loopback: {e}");
+    }
+    Ok(())
+}
+
+/// Points stdin at /dev/null and stdout and stderr at the serial console (the sandbox's
+/// console log). The kernel may have started us with none of 0, 1 and 2 open.
+fn console_to_serial() {
+    use std::os::fd::IntoRawFd;
+    let null = std::fs::File::open("/dev/null").map(IntoRawFd::into_raw_fd);
+    let con = std::fs::OpenOptions::new().write(true).open("/dev/console").map(IntoRawFd::into_raw_fd);
+    // SAFETY: dup2 and close on fds we just opened and own; 0, 1 and 2 are ours to set as init.
+    unsafe {
+        if let Ok(n) = null {
+            libc::dup2(n, 0);
+            if n > 2 {
+                libc::close(n);
+            }
+        }
+        if let Ok(c) = con {
+            libc::dup2(c, 1);
+            libc::dup2(c, 2);
+            if c > 2 {
+                libc::close(c);
+            }
+        }
+    }
+}
+
+fn cmdline_value(key: &str) -> Option<String> {
+    let c = std::fs::read_to_string("/proc/cmdline").ok()?;
+    c.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `s` is a fresh fd that nothing else owns.
+    let sock: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(s) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = libc::c_char::from_ne_bytes([*b]);
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the valid ifreq.
+    unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Opens the protocol's virtio-console port, waiting for it to appear (up to 10 s).
+pub fn open_port() -> io::Result<OwnedFd> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(rd) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for ent in rd.flatten() {
+                let name = std::fs::read_to_string(ent.path().join("name")).unwrap_or_default();
+                if name.trim() == PORT_NAME {
+                    let dev = Path::new("/dev").join(ent.file_name());
+                    let f = std::fs::OpenOptions::new().read(true).write(true).open(&dev)?;
+                    return Ok(f.into());
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no virtio port named {PORT_NAME}")));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Guest uptime in milliseconds (CLOCK_BOOTTIME).
+pub fn uptime_ms() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Sets the guest's wall clock.
+pub fn set_clock(unix_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: i64::try_from(unix_ns / 1_000_000_000).unwrap_or(0),
+        tv_nsec: i64::try_from(unix_ns % 1_000_000_000).unwrap_or(0),
+    };
+    // SAFETY: clock_settime reads the valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } < 0 {
+        eprintln!("cove-agent: setting the clock: {}", io::Error::last_os_error());
+    }
+}
+
+/// Flushes and stops the guest. The VMM runs with "no reboot": a reboot ends it.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    // SAFETY: reboot(2) with a valid command; as PID 1 this ends the guest.
+    unsafe {
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    std::process::exit(0);
+}

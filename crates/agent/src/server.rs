@@ -1,0 +1,364 @@
+//! One connection with the host: frames in, sessions dispatched, frames out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cove_protocol::io::{FrameReader, ReadError};
+use cove_protocol::{
+    AgentError, ErrorCode, Frame, FrameBody, Reply, Request, Stream, TtySize, frame,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::exec::Reaper;
+use crate::{exec, files};
+
+/// What the agent needs to serve requests.
+#[derive(Debug)]
+pub struct Agent {
+    /// Reaps every child (as PID 1, orphans too).
+    pub reaper: Arc<Reaper>,
+    /// When the agent started serving, for uptime.
+    pub started: Instant,
+    /// Guest uptime (ms) when the kernel ran the agent.
+    pub kernel_boot_ms: u64,
+    /// Milliseconds spent mounting the root.
+    pub setup_ms: u64,
+    /// True when this process is the guest's init (stops the guest on `Shutdown`).
+    pub pid1: bool,
+}
+
+/// Sent by the connection to a running session.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Data from the host.
+    Data(Stream, Vec<u8>),
+    /// End of a host stream.
+    Eof(Stream),
+    /// A signal for the exec.
+    Signal(i32),
+    /// A new terminal size.
+    Resize(TtySize),
+    /// Stop now.
+    Cancel,
+}
+
+/// A session's way back to the host.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    session: u32,
+    out: mpsc::Sender<Vec<u8>>,
+    credit: Arc<Semaphore>,
+}
+
+impl Outbox {
+    /// Sends a reply.
+    pub async fn reply(&self, reply: &Reply) {
+        self.frame(cove_protocol::msg_frame(self.session, reply)).await;
+    }
+
+    /// Sends data, waiting for credit from the host first.
+    pub async fn data(&self, stream: Stream, bytes: Vec<u8>) {
+        let n = u32::try_from(bytes.len()).expect("chunks are small");
+        match self.credit.acquire_many(n).await {
+            Ok(p) => p.forget(),
+            Err(_) => return,
+        }
+        self.frame(Frame {
+            session: self.session,
+            body: FrameBody::Data(stream, bytes),
+        })
+        .await;
+    }
+
+    /// Ends one of the agent's streams.
+    pub async fn eof(&self, stream: Stream) {
+        self.frame(Frame {
+            session: self.session,
+            body: FrameBody::Eof(stream),
+        })
+        .await;
+    }
+
+    /// Grants the host credit for `n` more bytes.
+    pub async fn grant(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let n = u32::try_from(n).expect("chunks are small");
+        self.frame(Frame {
+            session: self.session,
+            body: FrameBody::Window(n),
+        })
+        .await;
+    }
+
+    async fn frame(&self, f: Frame) {
+        let mut buf = Vec::new();
+        frame::encode(&f, &mut buf);
+        // A closed writer means the connection is gone; the session ends with it.
+        let _ = self.out.send(buf).await;
+    }
+}
+
+struct SessionEntry {
+    inbox: mpsc::UnboundedSender<Inbound>,
+    credit: Arc<Semaphore>,
+}
+
+type Sessions = Arc<Mutex<HashMap<u32, SessionEntry>>>;
+
+/// Serves one host connection until it ends. Returns `true` when the host asked for a shutdown.
+pub async fn serve<R, W>(agent: Arc<Agent>, reader: R, mut writer: W) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    // The writer batches whatever frames are queued into one write.
+    let writer_task = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(256 * 1024);
+        while let Some(first) = out_rx.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while batch.len() < 256 * 1024 {
+                match out_rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let sessions: Sessions = Arc::default();
+    let mut reader = FrameReader::new(reader);
+    let mut shutdown = false;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(ReadError::Io(e)) => {
+                eprintln!("cove-agent: connection: {e}");
+                break;
+            }
+            Err(ReadError::Frame(e)) => {
+                eprintln!("cove-agent: rejected frame: {e}");
+                if let Some(s) = e.session().filter(|s| *s != 0) {
+                    let known = sessions.lock().expect("lock").contains_key(&s);
+                    if !known {
+                        let ob = outbox(s, &out_tx, Arc::new(Semaphore::new(0)));
+                        ob.reply(&protocol_error(format!("rejected frame: {e}"))).await;
+                    }
+                }
+                continue;
+            }
+        };
+        let session = frame.session;
+        match frame.body {
+            FrameBody::Msg(json) => {
+                let req = match cove_protocol::decode_msg::<Request>(&json) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let ob = outbox(session, &out_tx, Arc::new(Semaphore::new(0)));
+                        ob.reply(&protocol_error(format!("bad message: {e}"))).await;
+                        continue;
+                    }
+                };
+                if session == 0 {
+                    handle_hello(&agent, req, &out_tx).await;
+                    continue;
+                }
+                let existing = sessions
+                    .lock()
+                    .expect("lock")
+                    .get(&session)
+                    .map(|e| e.inbox.clone());
+                if let Some(inbox) = existing {
+                    let ev = match req {
+                        Request::Signal { signal } => Inbound::Signal(signal),
+                        Request::Resize(size) => Inbound::Resize(size),
+                        Request::Cancel => Inbound::Cancel,
+                        other => {
+                            eprintln!("cove-agent: session {session} is busy; ignored {other:?}");
+                            continue;
+                        }
+                    };
+                    let _ = inbox.send(ev);
+                    continue;
+                }
+                if matches!(req, Request::Shutdown) {
+                    shutdown = true;
+                }
+                start_session(&agent, &sessions, &out_tx, session, req);
+                if shutdown {
+                    // The reply goes out through the writer; stop reading.
+                    break;
+                }
+            }
+            FrameBody::Data(stream, bytes) => send_inbound(&sessions, session, Inbound::Data(stream, bytes)),
+            FrameBody::Eof(stream) => send_inbound(&sessions, session, Inbound::Eof(stream)),
+            FrameBody::Window(n) => {
+                if let Some(e) = sessions.lock().expect("lock").get(&session) {
+                    // Cap the total so a hostile host cannot overflow the semaphore.
+                    if e.credit.available_permits() < (Semaphore::MAX_PERMITS >> 1) {
+                        e.credit.add_permits(n as usize);
+                    }
+                }
+            }
+        }
+    }
+    // The host is gone: end every session it had, so no process waits forever on a reader.
+    for (_, e) in sessions.lock().expect("lock").drain() {
+        let _ = e.inbox.send(Inbound::Cancel);
+        e.credit.close();
+    }
+    drop(out_tx);
+    let _ = writer_task.await;
+    shutdown
+}
+
+fn send_inbound(sessions: &Sessions, session: u32, ev: Inbound) {
+    if let Some(e) = sessions.lock().expect("lock").get(&session) {
+        let _ = e.inbox.send(ev);
+    }
+}
+
+fn outbox(session: u32, out: &mpsc::Sender<Vec<u8>>, credit: Arc<Semaphore>) -> Outbox {
+    Outbox {
+        session,
+        out: out.clone(),
+        credit,
+    }
+}
+
+fn protocol_error(message: String) -> Reply {
+    Reply::Error(AgentError {
+        code: ErrorCode::Protocol,
+        message,
+        path: None,
+    })
+}
+
+async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Vec<u8>>) {
+    let ob = outbox(0, out, Arc::new(Semaphore::new(0)));
+    let Request::Hello {
+        versions,
+        client,
+        time_unix_ns,
+    } = req
+    else {
+        ob.reply(&protocol_error("session 0 takes only hello".into())).await;
+        return;
+    };
+    let Some(version) = cove_protocol::negotiate(&versions) else {
+        ob.reply(&Reply::Error(AgentError {
+            code: ErrorCode::Protocol,
+            message: format!(
+                "no common protocol version: host offers {versions:?}, agent speaks {:?}",
+                cove_protocol::SUPPORTED_VERSIONS
+            ),
+            path: None,
+        }))
+        .await;
+        return;
+    };
+    if agent.pid1
+        && let Some(ns) = time_unix_ns
+    {
+        crate::init::set_clock(ns);
+    }
+    eprintln!("cove-agent: hello from {client}, protocol {version}");
+    ob.reply(&Reply::Hello {
+        version,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+    .await;
+}
+
+fn start_session(
+    agent: &Arc<Agent>,
+    sessions: &Sessions,
+    out: &mpsc::Sender<Vec<u8>>,
+    session: u32,
+    req: Request,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let credit = Arc::new(Semaphore::new(cove_protocol::INITIAL_WINDOW as usize));
+    sessions.lock().expect("lock").insert(
+        session,
+        SessionEntry {
+            inbox: tx,
+            credit: credit.clone(),
+        },
+    );
+    let ob = outbox(session, out, credit);
+    let agent = agent.clone();
+    let sessions = sessions.clone();
+    tokio::spawn(async move {
+        let reply = run_request(&agent, req, &ob, rx).await;
+        // Remove before replying, so a reused session id is always a new session.
+        sessions.lock().expect("lock").remove(&session);
+        ob.reply(&reply).await;
+    });
+}
+
+async fn run_request(
+    agent: &Arc<Agent>,
+    req: Request,
+    ob: &Outbox,
+    inbox: mpsc::UnboundedReceiver<Inbound>,
+) -> Reply {
+    let result = match req {
+        Request::Health => Ok(Reply::Health(cove_protocol::Health {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: cove_protocol::PROTOCOL_VERSION,
+            uptime_ms: crate::init::uptime_ms(),
+            kernel_boot_ms: agent.kernel_boot_ms,
+            agent_setup_ms: agent.setup_ms,
+        })),
+        Request::Exec(e) => exec::run(agent, e, ob, inbox).await,
+        Request::ReadFile { path } => files::read_file(path, ob, inbox).await,
+        Request::WriteFile {
+            path,
+            mode,
+            parents,
+        } => files::write_file(path, mode, parents, ob, inbox).await,
+        Request::Stat { path } => files::blocking(move || files::stat(&path)).await,
+        Request::List { path } => files::blocking(move || files::list(&path)).await,
+        Request::Mkdir {
+            path,
+            parents,
+            mode,
+        } => files::blocking(move || files::mkdir(&path, parents, mode)).await,
+        Request::Remove { path, recursive } => {
+            files::blocking(move || files::remove(&path, recursive)).await
+        }
+        Request::Rename { from, to } => files::blocking(move || files::rename(&from, &to)).await,
+        Request::Shutdown => {
+            if agent.pid1 {
+                tokio::spawn(async {
+                    // Let the reply reach the host, then stop the guest.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    crate::init::power_off();
+                });
+            }
+            nix::unistd::sync();
+            Ok(Reply::Ok)
+        }
+        Request::Hello { .. } => Err(AgentError {
+            code: ErrorCode::Protocol,
+            message: "hello belongs on session 0".into(),
+            path: None,
+        }),
+        Request::Signal { .. } | Request::Resize(_) | Request::Cancel => Err(AgentError {
+            code: ErrorCode::InvalidRequest,
+            message: "no running exec on this session".into(),
+            path: None,
+        }),
+    };
+    result.unwrap_or_else(Reply::Error)
+}

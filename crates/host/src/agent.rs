@@ -1,0 +1,511 @@
+//! Client of a sandbox's agent, through its cove-vm control socket.
+//!
+//! One connection carries many sessions at once. Each [`Session`] receives its own replies and
+//! data; data the agent sends is paced by window credit, which [`Session::next`] grants back as
+//! the caller consumes it, so a slow consumer holds at most one window per session in memory.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cove_protocol::control::{ControlRequest, ControlResponse};
+use cove_protocol::io::{FrameReader, ReadError};
+use cove_protocol::{
+    AgentError, DirEntry, ExecRequest, ExitStatus, FileStat, Frame, FrameBody, Health, Reply,
+    Request, Stream, frame,
+};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{Semaphore, mpsc};
+
+/// What went wrong talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting to the control socket.
+    #[error("connecting to {path}")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// cove-vm refused to attach.
+    #[error("the sandbox refused the connection: {0}")]
+    Refused(String),
+    /// The connection closed before the session ended.
+    #[error("the sandbox closed the connection (it stopped or failed)")]
+    Closed,
+    /// The agent answered something the protocol does not allow here.
+    #[error("unexpected answer from the agent: {0}")]
+    Unexpected(String),
+    /// The agent reported an error.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// Local I/O (a file being copied).
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Something a session receives.
+#[derive(Debug)]
+pub enum Event {
+    /// A reply.
+    Reply(Reply),
+    /// Data on a stream.
+    Data(Stream, Vec<u8>),
+    /// A stream ended.
+    Eof(Stream),
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<Event>,
+    credit: Arc<Semaphore>,
+}
+
+struct Inner {
+    out: mpsc::Sender<Vec<u8>>,
+    sessions: Mutex<HashMap<u32, Slot>>,
+    next: AtomicU32,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
+/// A connection to one sandbox's agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+impl AgentClient {
+    /// Attaches to the agent through a cove-vm control socket.
+    pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
+        let conn = UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+        let (r, mut w) = conn.into_split();
+        let mut req = serde_json::to_vec(&ControlRequest::Attach).expect("serializes");
+        req.push(b'\n');
+        let io = |source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        };
+        w.write_all(&req).await.map_err(io)?;
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        (&mut r).take(64 * 1024).read_line(&mut line).await.map_err(io)?;
+        match serde_json::from_str::<ControlResponse>(line.trim()) {
+            Ok(ControlResponse::Ok { .. }) => {}
+            Ok(ControlResponse::Error { message }) => return Err(ClientError::Refused(message)),
+            Err(_) if line.is_empty() => return Err(ClientError::Closed),
+            Err(e) => return Err(ClientError::Refused(format!("bad answer: {e}"))),
+        }
+        Ok(Self::over(r, w))
+    }
+
+    /// Runs the client over an already attached stream (also used by tests).
+    pub fn over<R, W>(reader: R, mut writer: W) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (out, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = first;
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let inner = Arc::new(Inner {
+            out,
+            sessions: Mutex::default(),
+            next: AtomicU32::new(1),
+        });
+        let i = inner.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(reader);
+            loop {
+                let f = match reader.next().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) | Err(ReadError::Io(_)) => break,
+                    Err(ReadError::Frame(e)) => {
+                        tracing::warn!("dropped a bad frame from the sandbox: {e}");
+                        continue;
+                    }
+                };
+                let mut sessions = i.sessions.lock().expect("lock");
+                let Some(slot) = sessions.get(&f.session) else { continue };
+                let (event, last) = match f.body {
+                    FrameBody::Window(n) => {
+                        if slot.credit.available_permits() < Semaphore::MAX_PERMITS / 2 {
+                            slot.credit.add_permits(n as usize);
+                        }
+                        continue;
+                    }
+                    FrameBody::Data(s, b) => (Event::Data(s, b), false),
+                    FrameBody::Eof(s) => (Event::Eof(s), false),
+                    FrameBody::Msg(json) => match cove_protocol::decode_msg::<Reply>(&json) {
+                        Ok(r) => {
+                            let last = r.is_final();
+                            (Event::Reply(r), last)
+                        }
+                        Err(e) => {
+                            tracing::warn!("undecodable reply from the sandbox: {e}");
+                            continue;
+                        }
+                    },
+                };
+                let _ = slot.tx.send(event);
+                if last && let Some(s) = sessions.remove(&f.session) {
+                    s.credit.close();
+                }
+            }
+            for (_, s) in i.sessions.lock().expect("lock").drain() {
+                s.credit.close();
+            }
+        });
+        Self { inner }
+    }
+
+    /// Opens a session by sending its first request.
+    pub async fn open(&self, req: &Request) -> Result<Session, ClientError> {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(Semaphore::new(cove_protocol::INITIAL_WINDOW as usize));
+        self.inner.sessions.lock().expect("lock").insert(
+            id,
+            Slot {
+                tx,
+                credit: credit.clone(),
+            },
+        );
+        let s = Session {
+            id,
+            rx,
+            inner: self.inner.clone(),
+            credit,
+        };
+        s.send(cove_protocol::msg_frame(id, req)).await?;
+        Ok(s)
+    }
+
+    /// Runs a request whose only answer is its final reply.
+    pub async fn call(&self, req: &Request) -> Result<Reply, ClientError> {
+        let mut s = self.open(req).await?;
+        loop {
+            match s.next().await {
+                Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
+                Some(Event::Reply(r)) if r.is_final() => return Ok(r),
+                Some(_) => {}
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// Agent health.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        match self.call(&Request::Health).await? {
+            Reply::Health(h) => Ok(h),
+            r => Err(ClientError::Unexpected(format!("{r:?}"))),
+        }
+    }
+
+    /// Starts a process; returns once it runs.
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, ClientError> {
+        let mut s = self.open(&Request::Exec(req)).await?;
+        match s.next().await {
+            Some(Event::Reply(Reply::Started { pid })) => Ok(ExecSession { session: s, pid }),
+            Some(Event::Reply(Reply::Error(e))) => Err(e.into()),
+            Some(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Runs a process to its end with `stdin` as its input, collecting its output.
+    pub async fn output(&self, mut req: ExecRequest, stdin: Option<Vec<u8>>) -> Result<Output, ClientError> {
+        req.stdin = stdin.is_some();
+        let mut ex = self.exec(req).await?;
+        if let Some(input) = stdin {
+            let s = ex.session.sender();
+            tokio::spawn(async move {
+                for chunk in input.chunks(frame::MAX_DATA_CHUNK) {
+                    if s.data(Stream::Stdin, chunk.to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.eof(Stream::Stdin).await;
+            });
+        }
+        let mut out = Output::default();
+        loop {
+            match ex.session.next().await {
+                Some(Event::Data(Stream::Stderr, b)) => out.stderr.extend(b),
+                Some(Event::Data(_, b)) => out.stdout.extend(b),
+                Some(Event::Eof(_)) => {}
+                Some(Event::Reply(Reply::Exited(st))) => {
+                    out.status = st;
+                    return Ok(out);
+                }
+                Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
+                Some(Event::Reply(r)) => return Err(ClientError::Unexpected(format!("{r:?}"))),
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// Streams a file of the sandbox into `to`; returns its size.
+    pub async fn read_file<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> Result<u64, ClientError> {
+        let mut s = self.open(&Request::ReadFile { path: path.into() }).await?;
+        loop {
+            match s.next().await {
+                Some(Event::Data(_, b)) => to.write_all(&b).await.map_err(|source| ClientError::Io {
+                    what: "writing the copy".into(),
+                    source,
+                })?,
+                Some(Event::Reply(Reply::Done { bytes })) => {
+                    to.flush().await.map_err(|source| ClientError::Io {
+                        what: "writing the copy".into(),
+                        source,
+                    })?;
+                    return Ok(bytes);
+                }
+                Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
+                Some(Event::Reply(Reply::FileStart { .. }) | Event::Eof(_)) => {}
+                Some(Event::Reply(r)) => return Err(ClientError::Unexpected(format!("{r:?}"))),
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// Replaces a file of the sandbox with what `from` yields; returns the bytes written.
+    pub async fn write_file<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        from: &mut R,
+    ) -> Result<u64, ClientError> {
+        let mut s = self
+            .open(&Request::WriteFile {
+                path: path.into(),
+                mode,
+                parents: true,
+            })
+            .await?;
+        let sender = s.sender();
+        let mut buf = vec![0u8; frame::MAX_DATA_CHUNK];
+        loop {
+            // An early error (a missing directory, a full disk) ends the upload at once.
+            if let Ok(ev) = s.rx.try_recv() {
+                return finish_write(Some(ev), &mut s).await;
+            }
+            let n = from.read(&mut buf).await.map_err(|source| ClientError::Io {
+                what: "reading the source".into(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            tokio::select! {
+                r = sender.data(Stream::Stdin, buf[..n].to_vec()) => r?,
+                ev = s.rx.recv() => return finish_write(ev, &mut s).await,
+            }
+        }
+        sender.eof(Stream::Stdin).await?;
+        let ev = s.rx.recv().await;
+        finish_write(ev, &mut s).await
+    }
+
+    /// `stat` of a path (not following a final symlink).
+    pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
+        match self.call(&Request::Stat { path: path.into() }).await? {
+            Reply::Stat(s) => Ok(s),
+            r => Err(ClientError::Unexpected(format!("{r:?}"))),
+        }
+    }
+
+    /// Entries of a directory.
+    pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
+        match self.call(&Request::List { path: path.into() }).await? {
+            Reply::Entries { entries } => Ok(entries),
+            r => Err(ClientError::Unexpected(format!("{r:?}"))),
+        }
+    }
+
+    /// Creates a directory (`parents`: like `mkdir -p`).
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), ClientError> {
+        self.call(&Request::Mkdir {
+            path: path.into(),
+            parents,
+            mode: None,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes a path (`recursive` for a directory with content).
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
+        self.call(&Request::Remove {
+            path: path.into(),
+            recursive,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Renames a path.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
+        self.call(&Request::Rename {
+            from: from.into(),
+            to: to.into(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Sends raw bytes on the connection (for tests of hostile input).
+    pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.inner.out.send(bytes).await.map_err(|_| ClientError::Closed)
+    }
+}
+
+async fn finish_write(ev: Option<Event>, s: &mut Session) -> Result<u64, ClientError> {
+    let mut ev = ev;
+    loop {
+        match ev {
+            Some(Event::Reply(Reply::Done { bytes })) => return Ok(bytes),
+            Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
+            Some(Event::Reply(r)) => return Err(ClientError::Unexpected(format!("{r:?}"))),
+            Some(_) => ev = s.rx.recv().await,
+            None => return Err(ClientError::Closed),
+        }
+    }
+}
+
+/// What a finished process left.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Everything on stdout.
+    pub stdout: Vec<u8>,
+    /// Everything on stderr.
+    pub stderr: Vec<u8>,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// One session on a connection.
+#[derive(Debug)]
+pub struct Session {
+    id: u32,
+    rx: mpsc::UnboundedReceiver<Event>,
+    inner: Arc<Inner>,
+    credit: Arc<Semaphore>,
+}
+
+/// The sending half of a session, usable from another task.
+#[derive(Debug, Clone)]
+pub struct SessionSender {
+    id: u32,
+    inner: Arc<Inner>,
+    credit: Arc<Semaphore>,
+}
+
+impl SessionSender {
+    async fn send(&self, f: Frame) -> Result<(), ClientError> {
+        let mut buf = Vec::new();
+        frame::encode(&f, &mut buf);
+        self.inner.out.send(buf).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends data, waiting for the agent's credit.
+    pub async fn data(&self, stream: Stream, bytes: Vec<u8>) -> Result<(), ClientError> {
+        for chunk in bytes.chunks(frame::MAX_DATA_CHUNK) {
+            let n = u32::try_from(chunk.len()).expect("small chunk");
+            self.credit
+                .acquire_many(n)
+                .await
+                .map_err(|_| ClientError::Closed)?
+                .forget();
+            self.send(Frame {
+                session: self.id,
+                body: FrameBody::Data(stream, chunk.to_vec()),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a stream.
+    pub async fn eof(&self, stream: Stream) -> Result<(), ClientError> {
+        self.send(Frame {
+            session: self.id,
+            body: FrameBody::Eof(stream),
+        })
+        .await
+    }
+
+    /// Sends a request on this session (signal, resize, cancel).
+    pub async fn request(&self, req: &Request) -> Result<(), ClientError> {
+        self.send(cove_protocol::msg_frame(self.id, req)).await
+    }
+}
+
+impl Session {
+    /// A sending half for another task.
+    pub fn sender(&self) -> SessionSender {
+        SessionSender {
+            id: self.id,
+            inner: self.inner.clone(),
+            credit: self.credit.clone(),
+        }
+    }
+
+    async fn send(&self, f: Frame) -> Result<(), ClientError> {
+        self.sender().send(f).await
+    }
+
+    /// The next event; `None` when the connection is gone. Data is credited back on receipt.
+    pub async fn next(&mut self) -> Option<Event> {
+        let ev = self.rx.recv().await?;
+        if let Event::Data(_, b) = &ev
+            && !b.is_empty()
+        {
+            let n = u32::try_from(b.len()).unwrap_or(u32::MAX);
+            let _ = self
+                .send(Frame {
+                    session: self.id,
+                    body: FrameBody::Window(n),
+                })
+                .await;
+        }
+        Some(ev)
+    }
+}
+
+/// A running process.
+#[derive(Debug)]
+pub struct ExecSession {
+    /// The session: events are its output, then `Exited`.
+    pub session: Session,
+    /// Its pid in the guest.
+    pub pid: u32,
+}

@@ -1,0 +1,203 @@
+//! The state database: one SQLite file under the Cove home.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{HostError, SandboxRecord};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE sandboxes (
+    id          TEXT PRIMARY KEY,
+    name        TEXT UNIQUE,
+    image       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    cpus        INTEGER NOT NULL,
+    memory_mib  INTEGER NOT NULL,
+    disk_mib    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    engine      TEXT NOT NULL,
+    accel       TEXT NOT NULL,
+    pid         INTEGER,
+    socket      TEXT NOT NULL,
+    dir         TEXT NOT NULL,
+    boot_ms     INTEGER,
+    reason      TEXT
+);
+"];
+
+/// An open state database.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
+    Ok(SandboxRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        image: r.get(2)?,
+        state: r.get(3)?,
+        cpus: r.get(4)?,
+        memory_mib: r.get(5)?,
+        disk_mib: r.get(6)?,
+        created_at: r.get(7)?,
+        engine: r.get(8)?,
+        accel: r.get(9)?,
+        pid: r.get(10)?,
+        socket: r.get(11)?,
+        dir: r.get(12)?,
+        boot_ms: r.get(13)?,
+        reason: r.get(14)?,
+    })
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database.
+    pub fn open(path: &Path) -> Result<Self, HostError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut db = Self { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<(), HostError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let done = usize::try_from(done).unwrap_or(0);
+        if done > MIGRATIONS.len() {
+            return Err(HostError::SchemaTooNew {
+                found: done,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for m in &MIGRATIONS[done..] {
+            tx.execute_batch(m)?;
+        }
+        tx.pragma_update(None, "user_version", i64::try_from(MIGRATIONS.len()).unwrap_or(0))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a new sandbox.
+    pub fn insert(&self, s: &SandboxRecord) -> Result<(), HostError> {
+        let r = self.conn.execute(
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+            params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+            }
+            r => r.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// Updates state, pid, boot time and reason.
+    pub fn update(&self, s: &SandboxRecord) -> Result<(), HostError> {
+        self.conn.execute(
+            "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason = ?5 WHERE id = ?1",
+            params![s.id, s.state, s.pid, s.boot_ms, s.reason],
+        )?;
+        Ok(())
+    }
+
+    /// Finds a sandbox by id, unique id prefix, or name.
+    pub fn find(&self, key: &str) -> Result<Option<SandboxRecord>, HostError> {
+        let exact = self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1 OR name = ?1"),
+                [key],
+                row,
+            )
+            .optional()?;
+        if exact.is_some() || key.len() < 4 {
+            return Ok(exact);
+        }
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2"
+        ))?;
+        let mut found: Vec<SandboxRecord> = stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
+        Ok(if found.len() == 1 { found.pop() } else { None })
+    }
+
+    /// Every sandbox, oldest first.
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"))?;
+        let v = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Forgets a sandbox.
+    pub fn delete(&self, id: &str) -> Result<(), HostError> {
+        self.conn.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Sandboxes using an image.
+    pub fn using_image(&self, image: &str) -> Result<usize, HostError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM sandboxes WHERE image = ?1", [image], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, name: Option<&str>) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            name: name.map(str::to_string),
+            image: "busybox".into(),
+            state: "running".into(),
+            cpus: 1,
+            memory_mib: 256,
+            disk_mib: 1024,
+            created_at: 1,
+            engine: "qemu".into(),
+            accel: "tcg".into(),
+            pid: Some(42),
+            socket: "/x/control.sock".into(),
+            dir: "/x".into(),
+            boot_ms: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn insert_find_update_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("state.db")).unwrap();
+        db.insert(&rec("abcdef123456", Some("web"))).unwrap();
+        db.insert(&rec("abcd99999999", None)).unwrap();
+        assert!(matches!(db.insert(&rec("ffff00000000", Some("web"))), Err(HostError::NameTaken(_))));
+        assert_eq!(db.find("web").unwrap().unwrap().id, "abcdef123456");
+        assert_eq!(db.find("abcdef").unwrap().unwrap().id, "abcdef123456");
+        assert!(db.find("abcd").unwrap().is_none(), "ambiguous prefix");
+        assert!(db.find("abc").unwrap().is_none(), "prefix too short");
+        let mut r = db.find("abcd99999999").unwrap().unwrap();
+        r.state = "failed".into();
+        r.reason = Some("gone".into());
+        db.update(&r).unwrap();
+        assert_eq!(db.find("abcd99999999").unwrap().unwrap().reason.as_deref(), Some("gone"));
+        db.delete("abcdef123456").unwrap();
+        assert_eq!(db.list().unwrap().len(), 1);
+        assert_eq!(db.using_image("busybox").unwrap(), 1);
+        // Reopening keeps the data and does not re-run migrations.
+        drop(db);
+        let db = Db::open(&d.path().join("state.db")).unwrap();
+        assert_eq!(db.list().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,196 @@
+//! Which engine runs a sandbox on this host, and why.
+//!
+//! `auto` picks the `kvm` engine only where `/dev/kvm` is backed by hardware virtualisation (the
+//! CPU flags show `vmx` or `svm`). A nested, software-emulated KVM (such as `kvm_pvm`) is not:
+//! an unmodified Linux guest crawls through its instruction emulator. There the `qemu` engine
+//! runs the guest under TCG. The kvm engine is not built yet, so today `auto` always means qemu,
+//! accelerated by KVM where the hardware allows it.
+
+use std::path::Path;
+
+/// Why no engine can run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The requested engine does not exist in this build.
+    #[error("engine {0:?} is not available in this build; use `auto` or `qemu`")]
+    Unavailable(String),
+    /// QEMU is missing.
+    #[error("qemu-system-x86_64 not found; run `make setup` (Debian package qemu-system-x86)")]
+    NoQemu,
+}
+
+/// The engine chosen for new sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineChoice {
+    /// `qemu` (or `kvm`, once built).
+    pub engine: String,
+    /// `tcg` or `kvm`.
+    pub accel: String,
+    /// Why.
+    pub reason: String,
+    /// QEMU binary.
+    pub qemu: String,
+}
+
+/// What this host offers for virtualisation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostVirt {
+    /// `/dev/kvm` exists.
+    pub dev_kvm: bool,
+    /// The CPU flags show vmx or svm.
+    pub hw_virt: bool,
+    /// The nested paravirtual KVM module is loaded.
+    pub kvm_pvm: bool,
+}
+
+/// Reads what this host offers.
+pub fn probe() -> HostVirt {
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default();
+    HostVirt {
+        dev_kvm: Path::new("/dev/kvm").exists(),
+        hw_virt: flags.iter().any(|f| f == "vmx" || f == "svm"),
+        kvm_pvm: Path::new("/sys/module/kvm_pvm").exists(),
+    }
+}
+
+/// Decides from what the host offers and what was asked (`COVE_ENGINE` when `requested` is None).
+pub fn choose(requested: Option<&str>) -> Result<EngineChoice, EngineError> {
+    let requested = requested
+        .map(str::to_string)
+        .or_else(|| std::env::var("COVE_ENGINE").ok())
+        .unwrap_or_else(|| "auto".into());
+    let qemu = find_qemu().ok_or(EngineError::NoQemu)?;
+    decide(&requested, &probe(), qemu)
+}
+
+fn decide(requested: &str, v: &HostVirt, qemu: String) -> Result<EngineChoice, EngineError> {
+    let why_accel = if v.dev_kvm && v.hw_virt {
+        ("kvm", "/dev/kvm is backed by hardware virtualisation (vmx/svm)".to_string())
+    } else if v.dev_kvm {
+        let nested = if v.kvm_pvm { " (kvm_pvm: nested, software-emulated)" } else { "" };
+        ("tcg", format!("/dev/kvm exists{nested} but the CPU shows no vmx/svm, so KVM would emulate every guest instruction; QEMU's TCG is faster"))
+    } else {
+        ("tcg", "no /dev/kvm".to_string())
+    };
+    match requested {
+        "auto" | "qemu" => Ok(EngineChoice {
+            engine: "qemu".into(),
+            accel: why_accel.0.into(),
+            reason: format!(
+                "{}: {}; the kvm engine is not built yet",
+                if requested == "auto" { "auto chose qemu" } else { "qemu requested" },
+                why_accel.1
+            ),
+            qemu,
+        }),
+        other => Err(EngineError::Unavailable(other.to_string())),
+    }
+}
+
+fn find_qemu() -> Option<String> {
+    if let Ok(p) = std::env::var("COVE_QEMU") {
+        return Some(p);
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("qemu-system-x86_64")).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([Path::new("/usr/bin/qemu-system-x86_64").to_path_buf()])
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+}
+
+/// The host TSC frequency in kHz, which a TCG guest needs on its command line. Measured once per
+/// host boot (rdtsc against CLOCK_MONOTONIC_RAW over 100 ms) and cached in the Cove home.
+pub fn tsc_khz(home: &Path) -> Option<u64> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache = home.join("tsc_khz");
+    if let Ok(s) = std::fs::read_to_string(&cache)
+        && let Some((id, khz)) = s.trim().split_once(' ')
+        && id == boot_id.trim()
+        && let Ok(khz) = khz.parse()
+    {
+        return Some(khz);
+    }
+    let khz = measure_tsc_khz()?;
+    let tmp = cache.with_extension("tmp");
+    if std::fs::write(&tmp, format!("{} {khz}\n", boot_id.trim())).is_ok() {
+        let _ = std::fs::rename(&tmp, &cache);
+    }
+    Some(khz)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_tsc_khz() -> Option<u64> {
+    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        && let Ok(k) = s.trim().parse()
+    {
+        return Some(k);
+    }
+    let clock = || nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_RAW).ok();
+    let ns = |t: nix::sys::time::TimeSpec| {
+        i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+    };
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    let c0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let t0 = clock()?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // SAFETY: as above.
+    let c1 = unsafe { core::arch::x86_64::_rdtsc() };
+    let t1 = clock()?;
+    let dt = ns(t1) - ns(t0);
+    if dt <= 0 {
+        return None;
+    }
+    let khz = i128::from(c1.wrapping_sub(c0)) * 1_000_000 / dt;
+    u64::try_from(khz).ok().filter(|k| *k > 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_tsc_khz() -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(dev_kvm: bool, hw_virt: bool, kvm_pvm: bool) -> HostVirt {
+        HostVirt { dev_kvm, hw_virt, kvm_pvm }
+    }
+
+    #[test]
+    fn auto_never_uses_an_emulated_kvm() {
+        let c = decide("auto", &v(true, false, true), "q".into()).unwrap();
+        assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));
+        assert!(c.reason.contains("kvm_pvm"), "{}", c.reason);
+        let c = decide("auto", &v(true, true, false), "q".into()).unwrap();
+        assert_eq!(c.accel, "kvm");
+        let c = decide("qemu", &v(false, false, false), "q".into()).unwrap();
+        assert_eq!(c.accel, "tcg");
+        assert!(decide("kvm", &v(true, true, false), "q".into()).is_err());
+        assert!(decide("xen", &v(true, true, false), "q".into()).is_err());
+    }
+
+    #[test]
+    fn this_host_is_probed_consistently() {
+        // On the project's machines /dev/kvm is nested and emulated: auto must pick TCG there.
+        let p = probe();
+        let c = decide("auto", &p, "q".into()).unwrap();
+        assert_eq!(c.accel == "kvm", p.dev_kvm && p.hw_virt);
+    }
+
+    #[test]
+    fn tsc_is_measured_and_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let a = tsc_khz(d.path()).expect("a TSC on x86_64");
+        assert!(a > 100_000, "{a} kHz");
+        assert!(d.path().join("tsc_khz").is_file());
+        assert_eq!(tsc_khz(d.path()), Some(a));
+    }
+}

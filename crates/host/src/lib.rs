@@ -1,0 +1,705 @@
+//! One host's sandboxes: creating them (a cove-vm each), finding them again, removing them.
+//!
+//! Everything lives under the Cove home (`COVE_HOME`; `/var/lib/cove` for root,
+//! `~/.local/share/cove` otherwise):
+//!
+//! ```text
+//! state.db                     sandboxes (SQLite)
+//! kernel/vmlinux               guest kernel
+//! kernel/initramfs.cpio        cove-agent as /init
+//! images/NAME/rootfs.ext4      image disk, shared read-only
+//! images/NAME/image.json       image config (env, workdir, user, cmd)
+//! sandboxes/ID/                one sandbox: vm.json, disk.ext4, sockets, logs, exit.json
+//! ```
+//!
+//! The host drives each sandbox only through its cove-vm control socket; it never knows which
+//! engine runs it.
+
+pub mod agent;
+mod db;
+pub mod engine;
+pub mod images;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cove_protocol::control::{ControlRequest, ControlResponse, DiskConfig, VmConfig, VmState};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+pub use agent::{AgentClient, ClientError};
+use db::Db;
+pub use images::{Image, ImageConfig};
+
+/// Errors of host operations. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No sandbox has that id, prefix or name.
+    #[error("no such sandbox: {0}")]
+    NoSuchSandbox(String),
+    /// The image is not installed.
+    #[error("no such image: {name} (installed: {installed}); run `make setup` for the defaults")]
+    NoSuchImage {
+        /// The name asked for.
+        name: String,
+        /// What is there.
+        installed: String,
+    },
+    /// The name is in use.
+    #[error("the name {0:?} is already used by another sandbox")]
+    NameTaken(String),
+    /// A resource setting is out of range.
+    #[error("invalid {what}: {value} (allowed: {allowed})")]
+    InvalidSetting {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        allowed: &'static str,
+    },
+    /// The sandbox is not running.
+    #[error("sandbox {id} is {state}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    NotRunning {
+        /// The sandbox.
+        id: String,
+        /// Its state.
+        state: String,
+        /// Why, if it failed.
+        reason: Option<String>,
+    },
+    /// The sandbox is running and removal was not forced.
+    #[error("sandbox {0} is running; stop it first or use `cove rm -f`")]
+    StillRunning(String),
+    /// A guest asset is missing.
+    #[error("{what} not found at {path}; run `make setup` to build it")]
+    MissingAsset {
+        /// Which asset.
+        what: &'static str,
+        /// Where it was expected.
+        path: String,
+    },
+    /// A path is too long for a Unix socket.
+    #[error("the Cove home is too deep for Unix sockets ({path} is over 100 bytes); set COVE_HOME to a shorter path")]
+    SocketPathTooLong {
+        /// The socket path.
+        path: String,
+    },
+    /// The VM failed to start.
+    #[error("sandbox {id} failed to start: {reason}")]
+    StartFailed {
+        /// The sandbox.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The engine cannot run here.
+    #[error("{0}")]
+    Engine(#[from] engine::EngineError),
+    /// The state database is newer than this build.
+    #[error("the state database has schema version {found}, newer than this build knows ({known}); upgrade cove")]
+    SchemaTooNew {
+        /// Version found.
+        found: usize,
+        /// Versions known.
+        known: usize,
+    },
+    /// The state database failed.
+    #[error("state database")]
+    Db(#[from] rusqlite::Error),
+    /// A file operation failed.
+    #[error("{what}: {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to the sandbox failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostError {
+    let path = path.display().to_string();
+    move |source| HostError::Io { what, path, source }
+}
+
+/// A sandbox as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SandboxRecord {
+    /// 12 hex digits.
+    pub id: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// Image name.
+    pub image: String,
+    /// `creating`, `running`, `stopped` or `failed`.
+    pub state: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+    /// Creation time, milliseconds since the epoch.
+    pub created_at: i64,
+    /// Engine running it.
+    pub engine: String,
+    /// Engine acceleration.
+    pub accel: String,
+    /// Pid of its cove-vm.
+    pub pid: Option<u32>,
+    /// Its control socket.
+    pub socket: String,
+    /// Its directory.
+    pub dir: String,
+    /// Milliseconds from cove-vm start to agent ready.
+    pub boot_ms: Option<i64>,
+    /// Why it failed or stopped.
+    pub reason: Option<String>,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    /// Image name.
+    pub image: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+}
+
+impl Default for CreateSpec {
+    fn default() -> Self {
+        Self {
+            image: "busybox".into(),
+            name: None,
+            cpus: 1,
+            memory_mib: 512,
+            disk_mib: 2048,
+        }
+    }
+}
+
+/// The default Cove home for this user.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("COVE_HOME") {
+        return PathBuf::from(h);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/cove");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("cove")
+}
+
+/// One host's sandboxes.
+#[derive(Debug)]
+pub struct Host {
+    home: PathBuf,
+    db: Db,
+}
+
+impl Host {
+    /// Opens the home, creating it if needed.
+    pub fn open(home: &Path) -> Result<Self, HostError> {
+        std::fs::create_dir_all(home.join("sandboxes")).map_err(io_err("creating the Cove home", home))?;
+        let db = Db::open(&home.join("state.db"))?;
+        Ok(Self {
+            home: home.to_path_buf(),
+            db,
+        })
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The guest kernel.
+    pub fn kernel(&self) -> PathBuf {
+        self.home.join("kernel/vmlinux")
+    }
+
+    /// The initramfs.
+    pub fn initramfs(&self) -> PathBuf {
+        self.home.join("kernel/initramfs.cpio")
+    }
+
+    /// Creates a sandbox and waits until its agent answers.
+    pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
+        validate(spec)?;
+        let image = images::find(&self.home, &spec.image)?;
+        for (what, p) in [("guest kernel", self.kernel()), ("initramfs", self.initramfs())] {
+            if !p.is_file() {
+                return Err(HostError::MissingAsset {
+                    what,
+                    path: p.display().to_string(),
+                });
+            }
+        }
+        let choice = engine::choose(None)?;
+        let id = new_id();
+        let dir = self.home.join("sandboxes").join(&id);
+        let socket = dir.join("control.sock");
+        if dir.join("agent.sock").as_os_str().len() > 100 {
+            return Err(HostError::SocketPathTooLong {
+                path: socket.display().to_string(),
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            name: spec.name.clone(),
+            image: image.name.clone(),
+            state: "creating".into(),
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            disk_mib: spec.disk_mib,
+            created_at: now_ms(),
+            engine: choice.engine.clone(),
+            accel: choice.accel.clone(),
+            pid: None,
+            socket: socket.display().to_string(),
+            dir: dir.display().to_string(),
+            boot_ms: None,
+            reason: None,
+        };
+        if let Err(e) = self.db.insert(&rec) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        match self.boot(&mut rec, &image, &choice, &dir).await {
+            Ok(()) => Ok(rec),
+            Err(e) => {
+                rec.state = "failed".into();
+                rec.reason = Some(e.to_string());
+                let _ = self.db.update(&rec);
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        &self,
+        rec: &mut SandboxRecord,
+        image: &Image,
+        choice: &engine::EngineChoice,
+        dir: &Path,
+    ) -> Result<(), HostError> {
+        let disk = dir.join("disk.ext4");
+        make_disk(&disk, rec.disk_mib)?;
+        let cfg = VmConfig {
+            id: rec.id.clone(),
+            engine: choice.engine.clone(),
+            accel: choice.accel.clone(),
+            kernel: self.kernel().display().to_string(),
+            initramfs: self.initramfs().display().to_string(),
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+            disks: vec![
+                DiskConfig {
+                    path: image.disk.display().to_string(),
+                    read_only: true,
+                    serial: "cove-image".into(),
+                },
+                DiskConfig {
+                    path: disk.display().to_string(),
+                    read_only: false,
+                    serial: "cove-rw".into(),
+                },
+            ],
+            tsc_khz: engine::tsc_khz(&self.home),
+            qemu: choice.qemu.clone(),
+        };
+        write_atomic(&dir.join("vm.json"), &serde_json::to_vec_pretty(&cfg).expect("serializes"))?;
+        let pid = spawn_vm(dir)?;
+        rec.pid = Some(pid);
+        self.db.update(rec)?;
+        let status = control(Path::new(&rec.socket), &ControlRequest::WaitReady, Some(pid)).await;
+        match status {
+            Ok(s) if s.state == VmState::Running => {
+                rec.state = "running".into();
+                rec.boot_ms = s.boot_ms.and_then(|v| i64::try_from(v).ok());
+                self.db.update(rec)?;
+                Ok(())
+            }
+            Ok(s) => Err(HostError::StartFailed {
+                id: rec.id.clone(),
+                reason: s.reason.unwrap_or_else(|| format!("{:?}", s.state)),
+            }),
+            Err(reason) => {
+                kill_vm(pid).await;
+                Err(HostError::StartFailed {
+                    id: rec.id.clone(),
+                    reason: exit_reason(dir).unwrap_or(reason),
+                })
+            }
+        }
+    }
+
+    /// Every sandbox, with vanished cove-vm processes marked `failed`.
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
+        let mut all = self.db.list()?;
+        for rec in &mut all {
+            self.reconcile(rec)?;
+        }
+        Ok(all)
+    }
+
+    /// One sandbox by id, unique id prefix or name.
+    pub fn get(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self
+            .db
+            .find(key)?
+            .ok_or_else(|| HostError::NoSuchSandbox(key.to_string()))?;
+        self.reconcile(&mut rec)?;
+        Ok(rec)
+    }
+
+    /// Re-attaches: a recorded sandbox whose cove-vm is gone is marked with how it ended.
+    fn reconcile(&self, rec: &mut SandboxRecord) -> Result<(), HostError> {
+        if !matches!(rec.state.as_str(), "running" | "creating") {
+            return Ok(());
+        }
+        if rec.pid.is_some_and(vm_alive) {
+            return Ok(());
+        }
+        if rec.state == "creating" && rec.pid.is_none() && now_ms() - rec.created_at < 60_000 {
+            return Ok(()); // another invocation is still creating it
+        }
+        let reason = exit_reason(Path::new(&rec.dir))
+            .unwrap_or_else(|| "its cove-vm process vanished (killed, or the host rebooted)".into());
+        rec.state = if reason == "stopped" { "stopped" } else { "failed" }.into();
+        rec.reason = Some(reason);
+        rec.pid = None;
+        self.db.update(rec)?;
+        Ok(())
+    }
+
+    /// A client of a running sandbox's agent.
+    pub async fn connect(&self, key: &str) -> Result<AgentClient, HostError> {
+        let rec = self.get(key)?;
+        if rec.state != "running" {
+            return Err(HostError::NotRunning {
+                id: rec.id,
+                state: rec.state,
+                reason: rec.reason,
+            });
+        }
+        Ok(AgentClient::connect(Path::new(&rec.socket)).await?)
+    }
+
+    /// The image a sandbox was created from.
+    pub fn image_of(&self, rec: &SandboxRecord) -> Result<Image, HostError> {
+        images::find(&self.home, &rec.image)
+    }
+
+    /// Stops a sandbox's guest (flushing its disk) and keeps its files.
+    pub async fn stop(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
+            let _ = control(Path::new(&rec.socket), &ControlRequest::Stop, Some(pid)).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vm_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if vm_alive(pid) {
+                kill_vm(pid).await;
+            }
+            rec.state = "stopped".into();
+            rec.reason = Some("stopped".into());
+            rec.pid = None;
+            self.db.update(&rec)?;
+        }
+        Ok(rec)
+    }
+
+    /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
+    pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
+        let rec = self.get(key)?;
+        if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
+            if !force && rec.state == "running" {
+                return Err(HostError::StillRunning(rec.id));
+            }
+            kill_vm(pid).await;
+        }
+        let dir = Path::new(&rec.dir);
+        if dir.starts_with(self.home.join("sandboxes")) {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("removing the sandbox directory", dir)(e));
+                }
+                _ => {}
+            }
+        }
+        self.db.delete(&rec.id)?;
+        Ok(rec)
+    }
+
+    /// The console log of a sandbox.
+    pub fn logs(&self, key: &str) -> Result<Vec<u8>, HostError> {
+        let rec = self.get(key)?;
+        let p = Path::new(&rec.dir).join("console.log");
+        match std::fs::read(&p) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err("reading the console log", &p)(e)),
+        }
+    }
+
+    /// Images in use by sandboxes (for `image rm`).
+    pub fn image_in_use(&self, image: &str) -> Result<usize, HostError> {
+        self.db.using_image(image)
+    }
+}
+
+fn validate(spec: &CreateSpec) -> Result<(), HostError> {
+    let bad = |what, value: String, allowed| HostError::InvalidSetting { what, value, allowed };
+    if !(1..=64).contains(&spec.cpus) {
+        return Err(bad("cpus", spec.cpus.to_string(), "1 to 64"));
+    }
+    if !(128..=262_144).contains(&spec.memory_mib) {
+        return Err(bad("memory", format!("{} MiB", spec.memory_mib), "128 to 262144 MiB"));
+    }
+    if !(64..=1_048_576).contains(&spec.disk_mib) {
+        return Err(bad("disk", format!("{} MiB", spec.disk_mib), "64 to 1048576 MiB"));
+    }
+    if let Some(n) = &spec.name {
+        let ok = !n.is_empty()
+            && n.len() <= 63
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !n.starts_with(['-', '.']);
+        if !ok {
+            return Err(bad("name", format!("{n:?}"), "1 to 63 of [A-Za-z0-9_.-], not starting with - or ."));
+        }
+    }
+    Ok(())
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most 6 bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    assert_eq!(n, 6, "getrandom failed");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes a file under a temporary name, syncs it, and renames it into place.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
+    let tmp = path.with_extension("tmp");
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.map_err(io_err("writing", path))
+}
+
+/// A sparse ext4 disk for the sandbox's own changes.
+fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
+    let f = std::fs::File::create(path).map_err(io_err("creating the sandbox disk", path))?;
+    f.set_len(u64::from(mib) << 20).map_err(io_err("sizing the sandbox disk", path))?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "cove-rw", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err("running mkfs.ext4 (install e2fsprogs)", path))?;
+    if !out.status.success() {
+        return Err(HostError::Io {
+            what: "formatting the sandbox disk",
+            path: path.display().to_string(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(())
+}
+
+/// The cove-vm binary: `COVE_VM_BIN`, or beside the running executable.
+fn vm_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("COVE_VM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    // Test binaries live one level down, in target/*/deps.
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join("cove-vm");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from("cove-vm")
+}
+
+/// Starts cove-vm detached (own session, no terminal), so it outlives its caller.
+fn spawn_vm(dir: &Path) -> Result<u32, HostError> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join("vm.log")).map_err(io_err("creating vm.log", dir))?;
+    let bin = vm_binary();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(io_err("creating vm.log", dir))?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err("starting cove-vm (build it with `cargo build`, or set COVE_VM_BIN)", &bin))?;
+    let pid = child.id();
+    // Reap it whenever it ends, so a long-lived caller keeps no zombie.
+    std::thread::spawn(move || child.wait());
+    Ok(pid)
+}
+
+/// True while `pid` is a live cove-vm (not a zombie, not a recycled pid).
+fn vm_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+    if matches!(state, Some("Z" | "X")) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).next().is_some_and(|a0| a0.ends_with(b"cove-vm")))
+        .unwrap_or(false)
+}
+
+/// Ends a cove-vm: SIGTERM (it kills its VM), then SIGKILL after a grace period.
+async fn kill_vm(pid: u32) {
+    let p = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    if !vm_alive(pid) {
+        return;
+    }
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vm_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if vm_alive(pid) {
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        while vm_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Why a cove-vm ended, from its `exit.json`.
+fn exit_reason(dir: &Path) -> Option<String> {
+    let b = std::fs::read(dir.join("exit.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    v.get("reason")?.as_str().map(str::to_string)
+}
+
+/// One control request. Waits for the socket to appear while `pid` lives.
+async fn control(
+    socket: &Path,
+    req: &ControlRequest,
+    pid: Option<u32>,
+) -> Result<cove_protocol::control::VmStatus, String> {
+    let conn = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(c) => break c,
+            Err(e) => {
+                if pid.is_some_and(vm_alive) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                return Err(format!("cove-vm is not running ({e})"));
+            }
+        }
+    };
+    let (r, mut w) = conn.into_split();
+    let mut line = serde_json::to_vec(req).expect("serializes");
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    BufReader::new(r)
+        .read_line(&mut resp)
+        .await
+        .map_err(|e| e.to_string())?;
+    match serde_json::from_str::<ControlResponse>(resp.trim()) {
+        Ok(ControlResponse::Ok { status }) => Ok(status),
+        Ok(ControlResponse::Error { message }) => Err(message),
+        Err(_) => Err("cove-vm ended without answering".into()),
+    }
+}
+
+/// The status cove-vm reports for a running sandbox.
+pub async fn vm_status(rec: &SandboxRecord) -> Result<cove_protocol::control::VmStatus, String> {
+    control(Path::new(&rec.socket), &ControlRequest::Status, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_validated() {
+        let ok = CreateSpec::default();
+        assert!(validate(&ok).is_ok());
+        for bad in [
+            CreateSpec { cpus: 0, ..ok.clone() },
+            CreateSpec { cpus: 65, ..ok.clone() },
+            CreateSpec { memory_mib: 16, ..ok.clone() },
+            CreateSpec { disk_mib: 1, ..ok.clone() },
+            CreateSpec { name: Some("../x".into()), ..ok.clone() },
+            CreateSpec { name: Some(String::new()), ..ok.clone() },
+        ] {
+            let e = validate(&bad).unwrap_err();
+            assert!(e.to_string().starts_with("invalid "), "{e}");
+        }
+    }
+
+    #[test]
+    fn ids_are_hex_and_distinct() {
+        let a = new_id();
+        assert_eq!(a.len(), 12);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_id());
+    }
+
+    #[tokio::test]
+    async fn unknown_sandbox_and_missing_assets_are_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::open(d.path()).unwrap();
+        let e = host.get("nope").unwrap_err();
+        assert_eq!(e.to_string(), "no such sandbox: nope");
+        let e = host.create(&CreateSpec::default()).await.unwrap_err();
+        assert!(e.to_string().starts_with("no such image: busybox"), "{e}");
+        assert!(host.list().unwrap().is_empty(), "a refused create leaves no record");
+    }
+}

@@ -1,0 +1,113 @@
+//! The control socket of `cove-vm` (one per sandbox).
+//!
+//! A client connects to `control.sock`, writes one JSON [`ControlRequest`] on a line and reads one
+//! JSON [`ControlResponse`] line. After a successful `attach`, the connection carries protocol
+//! frames to and from the agent: session ids are the client's own (cove-vm maps them), and
+//! session 0 is not available (cove-vm has already said hello).
+//!
+//! [`VmConfig`] is what the host writes to `vm.json` for cove-vm to start from.
+
+use serde::{Deserialize, Serialize};
+
+/// One request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// The sandbox's state now.
+    Status,
+    /// Waits until the agent answered (or the VM failed), then reports the state.
+    WaitReady,
+    /// Stops the guest (flushing its disks) and ends cove-vm.
+    Stop,
+    /// Turns this connection into a stream of agent frames.
+    Attach,
+}
+
+/// The one answer to a [`ControlRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ControlResponse {
+    /// The request worked.
+    Ok {
+        /// The state after it.
+        status: VmStatus,
+    },
+    /// It did not.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    /// Booting, running, stopping or failed.
+    pub state: VmState,
+    /// `qemu` or `kvm`.
+    pub engine: String,
+    /// How the engine runs the guest (`tcg`, `kvm`).
+    pub accel: String,
+    /// Pid of cove-vm.
+    pub pid: u32,
+    /// Pid of the engine's child process, if it has one.
+    pub vmm_pid: Option<u32>,
+    /// Version of the guest agent, once it answered.
+    pub agent_version: Option<String>,
+    /// Milliseconds from cove-vm's start to the agent's answer.
+    pub boot_ms: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// States of a cove-vm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// The guest is starting.
+    Booting,
+    /// The agent answered.
+    Running,
+    /// A stop is in progress.
+    Stopping,
+    /// The guest or its VMM died.
+    Failed,
+}
+
+/// How to start one sandbox's VM; written by the host as `vm.json` in the sandbox directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The sandbox id (also the guest hostname).
+    pub id: String,
+    /// `qemu` (the only engine so far) or `kvm`.
+    pub engine: String,
+    /// `tcg` or `kvm`, for the qemu engine.
+    pub accel: String,
+    /// ELF vmlinux.
+    pub kernel: String,
+    /// The initramfs holding cove-agent.
+    pub initramfs: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Disks in order; the agent finds them by serial.
+    pub disks: Vec<DiskConfig>,
+    /// Host TSC frequency in kHz (the guest needs it under TCG).
+    pub tsc_khz: Option<u64>,
+    /// Path of the QEMU binary.
+    pub qemu: String,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// File on the host.
+    pub path: String,
+    /// Attach read-only.
+    pub read_only: bool,
+    /// virtio-blk serial, how the guest finds it.
+    pub serial: String,
+}

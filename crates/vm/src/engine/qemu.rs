@@ -1,0 +1,130 @@
+//! The `qemu` engine: QEMU's `microvm` machine as a child process.
+//!
+//! Facts this relies on (checked on QEMU 7.2 with the Cove kernel):
+//! - with `acpi=off`, QEMU appends `virtio_mmio.device=` entries to the command line itself;
+//! - under TCG the kernel hangs at TSC calibration unless it is told `tsc_early_khz`;
+//! - `-no-reboot` turns the agent's reboot (its power-off) into QEMU's exit.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use cove_protocol::control::VmConfig;
+use tokio::process::{Child, Command};
+
+use super::{EngineError, RunningVm};
+
+/// A running QEMU.
+#[derive(Debug)]
+pub struct Qemu {
+    child: Child,
+    agent_socket: PathBuf,
+    accel: String,
+}
+
+/// The QEMU command line for a config (public for `cove info` and the benchmarks).
+pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
+    let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1");
+    if let Some(khz) = cfg.tsc_khz {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    cmdline.push_str(&format!(" cove.hostname={}", cfg.id));
+    let cpu = if cfg.accel == "kvm" { "host" } else { "max" };
+    let mut a: Vec<String> = [
+        "-M", "microvm,acpi=off,x-option-roms=off,rtc=off",
+        "-accel", &cfg.accel,
+        "-cpu", cpu,
+        "-m", &cfg.memory_mib.to_string(),
+        "-smp", &cfg.cpus.to_string(),
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-kernel", &cfg.kernel,
+        "-initrd", &cfg.initramfs,
+        "-append", &cmdline,
+        "-chardev", &format!("file,id=con,path={}", dir.join("console.log").display()),
+        "-serial", "chardev:con",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let ro = if d.read_only { ",readonly=on" } else { "" };
+        a.push("-drive".into());
+        a.push(format!("id=d{i},file={},format=raw,if=none,discard=unmap{ro}", d.path));
+        a.push("-device".into());
+        a.push(format!("virtio-blk-device,drive=d{i},serial={}", d.serial));
+    }
+    let sock = dir.join("agent.sock");
+    a.extend(
+        [
+            "-device", "virtio-serial-device,max_ports=1",
+            "-chardev", &format!("socket,id=agent,path={},server=on,wait=off", sock.display()),
+            "-device", "virtserialport,chardev=agent,name=cove.agent",
+            "-device", "virtio-rng-device",
+            "-qmp", &format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    a
+}
+
+impl Qemu {
+    /// Spawns QEMU for `cfg`, with its files in `dir`.
+    pub fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
+        let mut cmd = Command::new(&cfg.qemu);
+        cmd.args(args(cfg, dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("qemu.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it only arms a signal for this child.
+        unsafe {
+            cmd.pre_exec(|| {
+                // QEMU must not outlive its supervisor.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| EngineError::Spawn {
+            program: cfg.qemu.clone(),
+            source,
+        })?;
+        Ok(Self {
+            child,
+            agent_socket: dir.join("agent.sock"),
+            accel: cfg.accel.clone(),
+        })
+    }
+}
+
+impl RunningVm for Qemu {
+    fn agent_socket(&self) -> PathBuf {
+        self.agent_socket.clone()
+    }
+
+    fn vmm_pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    fn accel(&self) -> String {
+        self.accel.clone()
+    }
+
+    fn wait(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            match self.child.wait().await {
+                Ok(st) => format!("qemu exited ({st})"),
+                Err(e) => format!("waiting for qemu: {e}"),
+            }
+        })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

@@ -1,0 +1,283 @@
+//! cove-vm: one sandbox's supervisor.
+//!
+//! Started detached by the host with `--dir DIR`, where `DIR/vm.json` holds the [`VmConfig`]. It
+//! starts the engine, connects to the guest agent, and serves `DIR/control.sock` (see
+//! `cove_protocol::control`) until the guest stops. It outlives the CLI that started it. When it
+//! ends it leaves `DIR/exit.json` saying why, for the host to report.
+
+mod engine;
+mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use cove_protocol::control::{ControlRequest, ControlResponse, VmConfig, VmState, VmStatus};
+use cove_protocol::{Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// Supervises one sandbox's VM.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Sandbox directory holding vm.json; sockets and logs are created there.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+/// How long the agent has to answer after the VM starts.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stop waits for the guest to power off before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Shared {
+    status: Mutex<VmStatus>,
+    changed: watch::Sender<VmState>,
+    link: Mutex<Option<Arc<proxy::Link>>>,
+    stop: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn status(&self) -> VmStatus {
+        self.status.lock().expect("lock").clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut VmStatus)) {
+        let mut s = self.status.lock().expect("lock");
+        f(&mut s);
+        let state = s.state;
+        drop(s);
+        self.changed.send_replace(state);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = args.dir.clone();
+    let result = rt.block_on(run(args.dir));
+    let reason = match &result {
+        Ok(r) => r.clone(),
+        Err(e) => format!("{e:#}"),
+    };
+    let exit = serde_json::json!({
+        "reason": reason,
+        "at": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    });
+    let tmp = dir.join("exit.json.tmp");
+    if std::fs::write(&tmp, exit.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("exit.json"));
+    }
+    let _ = std::fs::remove_file(dir.join("control.sock"));
+    eprintln!("cove-vm: {reason}");
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result.map(|_| ())
+}
+
+/// Runs the sandbox; returns how it ended.
+async fn run(dir: PathBuf) -> anyhow::Result<String> {
+    let t0 = Instant::now();
+    let cfg: VmConfig = serde_json::from_slice(
+        &std::fs::read(dir.join("vm.json")).with_context(|| format!("reading {}/vm.json", dir.display()))?,
+    )
+    .context("parsing vm.json")?;
+    let _ = std::fs::remove_file(dir.join("exit.json"));
+    for s in ["control.sock", "agent.sock", "qmp.sock"] {
+        let _ = std::fs::remove_file(dir.join(s));
+    }
+    let mut vm = engine::start(&cfg, &dir)?;
+    let (changed, _) = watch::channel(VmState::Booting);
+    let shared = Arc::new(Shared {
+        status: Mutex::new(VmStatus {
+            state: VmState::Booting,
+            engine: cfg.engine.clone(),
+            accel: vm.accel(),
+            pid: std::process::id(),
+            vmm_pid: vm.vmm_pid(),
+            agent_version: None,
+            boot_ms: None,
+            reason: None,
+        }),
+        changed,
+        link: Mutex::default(),
+        stop: tokio::sync::Notify::new(),
+    });
+
+    // The control socket answers from the start: a client can wait for readiness on it.
+    let listener = UnixListener::bind(dir.join("control.sock")).context("binding control.sock")?;
+    let s = shared.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move { handle_control(s, conn).await });
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+
+    let socket = vm.agent_socket();
+    let boot = async {
+        let conn = connect_agent(&socket).await?;
+        let (r, w) = conn.into_split();
+        let link = proxy::Link::start(r, w);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        match link.hello(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)).await? {
+            Reply::Hello { agent_version, .. } => Ok((link, agent_version)),
+            Reply::Error(e) => Err(format!("the agent refused hello: {e}")),
+            other => Err(format!("unexpected answer to hello: {other:?}")),
+        }
+    };
+    let booted = tokio::select! {
+        r = tokio::time::timeout(BOOT_TIMEOUT, boot) => match r {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("the agent did not answer within {} s", BOOT_TIMEOUT.as_secs())),
+        },
+        how = vm.wait() => Err(format!("the VM stopped while booting: {how}")),
+        _ = term.recv() => Err("terminated while booting".to_string()),
+    };
+    let (link, agent_version) = match booted {
+        Ok(x) => x,
+        Err(reason) => {
+            vm.kill();
+            let reason = with_console_tail(&dir, reason);
+            shared.set(|s| {
+                s.state = VmState::Failed;
+                s.reason = Some(reason.clone());
+            });
+            return Ok(reason);
+        }
+    };
+    *shared.link.lock().expect("lock") = Some(link.clone());
+    let boot_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    shared.set(|s| {
+        s.state = VmState::Running;
+        s.agent_version = Some(agent_version);
+        s.boot_ms = Some(boot_ms);
+    });
+
+    let reason = tokio::select! {
+        how = vm.wait() => with_console_tail(&dir, format!("the VM stopped unexpectedly: {how}")),
+        _ = shared.stop.notified() => {
+            shared.set(|s| s.state = VmState::Stopping);
+            // Ask the guest to flush and power off; kill it if it does not in time.
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.request(&Request::Shutdown)).await;
+            if tokio::time::timeout(STOP_GRACE, vm.wait()).await.is_err() {
+                vm.kill();
+                let _ = vm.wait().await;
+            }
+            "stopped".to_string()
+        }
+        _ = term.recv() => {
+            vm.kill();
+            let _ = vm.wait().await;
+            "terminated".to_string()
+        }
+    };
+    if reason != "stopped" {
+        shared.set(|s| {
+            s.state = VmState::Failed;
+            s.reason = Some(reason.clone());
+        });
+    }
+    Ok(reason)
+}
+
+/// Appends the last lines of the console log: a failed boot says why there.
+fn with_console_tail(dir: &Path, reason: String) -> String {
+    let log = std::fs::read(dir.join("console.log")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&log[log.len().saturating_sub(2048)..]).into_owned();
+    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() {
+        reason
+    } else {
+        format!("{reason}; console: {tail}")
+    }
+}
+
+async fn connect_agent(path: &Path) -> Result<UnixStream, String> {
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(format!("connecting to {}: {e}", path.display())),
+        }
+    }
+}
+
+async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    // One request line, capped: the control socket is local but still parsed with care.
+    match (&mut r).take(64 * 1024).read_line(&mut line).await {
+        Ok(0) | Err(_) => return,
+        Ok(_) => {}
+    }
+    let req: ControlRequest = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = respond(&mut w, &ControlResponse::Error { message: format!("bad control request: {e}") }).await;
+            return;
+        }
+    };
+    match req {
+        ControlRequest::Status => {
+            let _ = respond(&mut w, &ControlResponse::Ok { status: shared.status() }).await;
+        }
+        ControlRequest::WaitReady => {
+            let mut rx = shared.changed.subscribe();
+            let _ = rx.wait_for(|s| *s != VmState::Booting).await;
+            let status = shared.status();
+            let resp = if status.state == VmState::Running {
+                ControlResponse::Ok { status }
+            } else {
+                ControlResponse::Error {
+                    message: status.reason.unwrap_or_else(|| "the VM is not running".into()),
+                }
+            };
+            let _ = respond(&mut w, &resp).await;
+        }
+        ControlRequest::Stop => {
+            shared.stop.notify_one();
+            let mut rx = shared.changed.subscribe();
+            let _ = rx.wait_for(|s| *s == VmState::Stopping || *s == VmState::Failed).await;
+            let _ = respond(&mut w, &ControlResponse::Ok { status: shared.status() }).await;
+        }
+        ControlRequest::Attach => {
+            let link = shared.link.lock().expect("lock").clone();
+            let Some(link) = link else {
+                let _ = respond(&mut w, &ControlResponse::Error { message: "the agent is not ready".into() }).await;
+                return;
+            };
+            if respond(&mut w, &ControlResponse::Ok { status: shared.status() }).await.is_ok() {
+                // Bytes the client sent right after its request line are already buffered in
+                // `r`, so the frame reader takes the BufReader, not the raw half.
+                link.serve_client(r, w).await;
+            }
+        }
+    }
+}
+
+async fn respond<W: AsyncWriteExt + Unpin>(w: &mut W, resp: &ControlResponse) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(resp).expect("responses serialize");
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}
+

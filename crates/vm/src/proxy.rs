@@ -1,0 +1,275 @@
+//! The link to the guest agent, shared by every attached client.
+//!
+//! cove-vm holds the one connection to the agent's port and gives each client session a global
+//! id on it, so many clients (CLI invocations, coved) run sessions at once. Frames from the agent
+//! are routed back by that id; everything read from the guest is treated as hostile: a bad frame
+//! is logged and dropped, never trusted to name a client.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cove_protocol::io::{FrameReader, ReadError};
+use cove_protocol::{Frame, FrameBody, Reply, Request, frame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a global session's frames go.
+#[derive(Debug)]
+struct Route {
+    client: u64,
+    local: u32,
+    to_client: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// The agent connection.
+#[derive(Debug)]
+pub struct Link {
+    to_agent: mpsc::Sender<Vec<u8>>,
+    routes: Mutex<HashMap<u32, Route>>,
+    next_session: AtomicU32,
+    next_client: AtomicU64,
+    hello: Mutex<Option<oneshot::Sender<Reply>>>,
+}
+
+impl Link {
+    /// Starts the reader and writer tasks over an agent connection.
+    pub fn start<R, W>(reader: R, mut writer: W) -> Arc<Self>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256 * 1024);
+            while let Some(first) = rx.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let link = Arc::new(Self {
+            to_agent: tx,
+            routes: Mutex::default(),
+            next_session: AtomicU32::new(1),
+            next_client: AtomicU64::new(1),
+            hello: Mutex::default(),
+        });
+        let l = link.clone();
+        tokio::spawn(async move { l.read_agent(reader).await });
+        link
+    }
+
+    /// Says hello on session 0 and waits for the agent's answer.
+    pub async fn hello(&self, time_unix_ns: u64) -> Result<Reply, String> {
+        let (tx, rx) = oneshot::channel();
+        *self.hello.lock().expect("lock") = Some(tx);
+        self.send(&cove_protocol::msg_frame(
+            0,
+            &Request::Hello {
+                versions: cove_protocol::SUPPORTED_VERSIONS.to_vec(),
+                client: format!("cove-vm {}", env!("CARGO_PKG_VERSION")),
+                time_unix_ns: Some(time_unix_ns),
+            },
+        ))
+        .await;
+        rx.await.map_err(|_| "the agent connection closed".to_string())
+    }
+
+    /// Runs one request on a session of cove-vm's own; returns its final reply.
+    pub async fn request(&self, req: &Request) -> Result<Reply, String> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let client = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let global = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.routes.lock().expect("lock").insert(
+            global,
+            Route {
+                client,
+                local: 1,
+                to_client: tx,
+            },
+        );
+        self.send(&cove_protocol::msg_frame(global, req)).await;
+        let mut dec = cove_protocol::Decoder::new();
+        while let Some(bytes) = rx.recv().await {
+            dec.extend(&bytes);
+            while let Some(Ok(f)) = dec.next() {
+                if let FrameBody::Msg(json) = f.body
+                    && let Ok(r) = cove_protocol::decode_msg::<Reply>(&json)
+                    && r.is_final()
+                {
+                    return Ok(r);
+                }
+            }
+        }
+        Err("the agent connection closed".into())
+    }
+
+    async fn send(&self, f: &Frame) {
+        let mut buf = Vec::new();
+        frame::encode(f, &mut buf);
+        let _ = self.to_agent.send(buf).await;
+    }
+
+    async fn read_agent<R: AsyncRead + Unpin>(&self, reader: R) {
+        let mut reader = FrameReader::new(reader);
+        loop {
+            let f = match reader.next().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(ReadError::Frame(e)) => {
+                    eprintln!("cove-vm: dropped a bad frame from the guest: {e}");
+                    continue;
+                }
+                Err(ReadError::Io(e)) => {
+                    eprintln!("cove-vm: agent connection: {e}");
+                    break;
+                }
+            };
+            if f.session == 0 {
+                if let FrameBody::Msg(json) = &f.body
+                    && let Ok(reply) = cove_protocol::decode_msg::<Reply>(json)
+                    && let Some(tx) = self.hello.lock().expect("lock").take()
+                {
+                    let _ = tx.send(reply);
+                }
+                continue;
+            }
+            let final_reply = match &f.body {
+                FrameBody::Msg(json) => cove_protocol::decode_msg::<Reply>(json)
+                    .map(|r| r.is_final())
+                    .unwrap_or(false),
+                _ => false,
+            };
+            let mut routes = self.routes.lock().expect("lock");
+            let Some(route) = routes.get(&f.session) else {
+                continue; // a session that ended, or one the guest made up
+            };
+            let mut buf = Vec::new();
+            frame::encode(
+                &Frame {
+                    session: route.local,
+                    body: f.body,
+                },
+                &mut buf,
+            );
+            let _ = route.to_client.send(buf);
+            if final_reply {
+                routes.remove(&f.session);
+            }
+        }
+        // The guest is gone: every client learns it by its connection closing.
+        self.routes.lock().expect("lock").clear();
+    }
+
+    /// Serves an attached client until it disconnects.
+    pub async fn serve_client<R, W>(self: &Arc<Self>, reader: R, mut writer: W)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let client = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer_task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = first;
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // The client's own session ids → global ids.
+        let mut locals: HashMap<u32, u32> = HashMap::new();
+        let mut reader = FrameReader::new(reader);
+        loop {
+            let f = match reader.next().await {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(ReadError::Io(_)) => break,
+                Err(ReadError::Frame(e)) => {
+                    if let Some(s) = e.session().filter(|s| *s != 0 && !locals.contains_key(s)) {
+                        reply_error(&tx, s, format!("rejected frame: {e}"));
+                    }
+                    continue;
+                }
+            };
+            if f.session == 0 {
+                reply_error(&tx, 0, "session 0 belongs to cove-vm".into());
+                continue;
+            }
+            // Forget sessions the agent has ended, so the client may reuse their ids.
+            locals.retain(|_, g| self.routes.lock().expect("lock").contains_key(g));
+            let global = match locals.get(&f.session) {
+                Some(g) => *g,
+                None => {
+                    if !matches!(f.body, FrameBody::Msg(_)) {
+                        continue; // data for a session that is over
+                    }
+                    let g = self.next_session.fetch_add(1, Ordering::Relaxed);
+                    self.routes.lock().expect("lock").insert(
+                        g,
+                        Route {
+                            client,
+                            local: f.session,
+                            to_client: tx.clone(),
+                        },
+                    );
+                    locals.insert(f.session, g);
+                    g
+                }
+            };
+            self.send(&Frame {
+                session: global,
+                body: f.body,
+            })
+            .await;
+        }
+        // The client left: cancel what it still had running.
+        let open: Vec<u32> = {
+            let mut routes = self.routes.lock().expect("lock");
+            let ids: Vec<u32> = routes
+                .iter()
+                .filter(|(_, r)| r.client == client)
+                .map(|(g, _)| *g)
+                .collect();
+            for g in &ids {
+                routes.remove(g);
+            }
+            ids
+        };
+        for g in open {
+            self.send(&cove_protocol::msg_frame(g, &Request::Cancel)).await;
+        }
+        drop(tx);
+        writer_task.abort();
+    }
+}
+
+fn reply_error(tx: &mpsc::UnboundedSender<Vec<u8>>, session: u32, message: String) {
+    let mut buf = Vec::new();
+    frame::encode(
+        &cove_protocol::msg_frame(
+            session,
+            &Reply::Error(cove_protocol::AgentError {
+                code: cove_protocol::ErrorCode::Protocol,
+                message,
+                path: None,
+            }),
+        ),
+        &mut buf,
+    );
+    let _ = tx.send(buf);
+}
