@@ -201,7 +201,7 @@ pub async fn run(
     drop(cmd);
     let (pid, exit_rx) = spawned.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            err(ErrorCode::NotFound, format!("executable not found: {program}"), Some(&program))
+            err(ErrorCode::NotFound, format!("executable not found: {program}"), None)
         } else {
             io_err(&e, "starting the process", &program)
         }

@@ -55,9 +55,9 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
     let sock = dir.join("agent.sock");
     a.extend(
         [
-            "-device", "virtio-serial-device,max_ports=1",
+            "-device", "virtio-serial-device,max_ports=2",
             "-chardev", &format!("socket,id=agent,path={},server=on,wait=off", sock.display()),
-            "-device", "virtserialport,chardev=agent,name=cove.agent",
+            "-device", "virtserialport,chardev=agent,name=cove.agent,nr=1",
             "-device", "virtio-rng-device",
             "-qmp", &format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ]

@@ -1,0 +1,244 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run code in microVM sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "cove", version, about, long_about = None)]
+pub struct Cli {
+    /// Cove home (state, images, sandboxes); default /var/lib/cove for root, else ~/.local/share/cove.
+    #[arg(long, env = "COVE_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Resources of a new sandbox.
+#[derive(Debug, Args)]
+pub struct Resources {
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u32,
+    /// Writable disk in MiB (sparse: costs only what is written).
+    #[arg(long, default_value_t = 2048)]
+    pub disk: u32,
+}
+
+/// How to run a command.
+#[derive(Debug, Args)]
+pub struct ExecOpts {
+    /// Stream this terminal's stdin to the command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command a terminal (raw mode, resizes follow this one).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variable KEY=VALUE (KEY alone takes this shell's value); repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the sandbox.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User: name, uid or uid:gid.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Kill the command after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a sandbox, run one command in it, remove it. Exits with the command's code.
+    Run {
+        #[command(flatten)]
+        res: Resources,
+        /// Name for the sandbox while it runs.
+        #[arg(long)]
+        name: Option<String>,
+        /// Image.
+        #[arg(long, default_value = "busybox")]
+        image: String,
+        #[command(flatten)]
+        exec: ExecOpts,
+        /// Command and arguments (default: the image's command).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Create a sandbox and print its id.
+    Create {
+        #[command(flatten)]
+        res: Resources,
+        /// Unique name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Image.
+        #[arg(long, default_value = "busybox")]
+        image: String,
+    },
+    /// Run a command in a sandbox.
+    Exec {
+        #[command(flatten)]
+        exec: ExecOpts,
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List sandboxes.
+    Ls {
+        /// Ids only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a sandbox as JSON.
+    Inspect {
+        /// Sandbox id, id prefix or name.
+        id: String,
+    },
+    /// Print a sandbox's console log.
+    Logs {
+        /// Sandbox id, id prefix or name.
+        id: String,
+    },
+    /// Copy a file: `cove cp ./f ID:/path` or `cove cp ID:/path ./f` (`-` is stdin/stdout).
+    Cp {
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+    },
+    /// Remove sandboxes (`-f` for running ones).
+    Rm {
+        /// Stop running sandboxes first.
+        #[arg(short, long)]
+        force: bool,
+        /// Sandbox ids, id prefixes or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop sandboxes, keeping their files.
+    Stop {
+        /// Sandbox ids, id prefixes or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Files in a sandbox.
+    Fs {
+        #[command(subcommand)]
+        command: FsCommand,
+    },
+    /// Engine chosen and why, kernel, images, versions.
+    Info {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// File operations.
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// Metadata of a path, as JSON.
+    Stat {
+        /// Sandbox.
+        id: String,
+        /// Absolute path.
+        path: String,
+    },
+    /// Entries of a directory.
+    Ls {
+        /// Sandbox.
+        id: String,
+        /// Absolute path.
+        path: String,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Sandbox.
+        id: String,
+        /// Absolute path.
+        path: String,
+        /// Create parents; accept an existing directory.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Remove a path.
+    Rm {
+        /// Sandbox.
+        id: String,
+        /// Absolute path.
+        path: String,
+        /// Remove a directory and its content.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Rename a path.
+    Mv {
+        /// Sandbox.
+        id: String,
+        /// Absolute path.
+        from: String,
+        /// Absolute path.
+        to: String,
+    },
+}
+
+impl FsCommand {
+    /// The sandbox it acts on.
+    pub fn sandbox(&self) -> &str {
+        match self {
+            Self::Stat { id, .. } | Self::Ls { id, .. } | Self::Mkdir { id, .. } | Self::Rm { id, .. } | Self::Mv { id, .. } => id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_resources_env_and_a_command() {
+        let c = Cli::try_parse_from([
+            "cove", "run", "--image", "python", "--cpus", "2", "--memory", "256", "-e", "A=1", "-e", "B=2",
+            "-w", "/tmp", "-i", "--", "python3", "-c", "print(1)",
+        ])
+        .unwrap();
+        let Command::Run { res, image, exec, command, .. } = c.command else { panic!() };
+        assert_eq!((res.cpus, res.memory, res.disk), (2, 256, 2048));
+        assert_eq!(image, "python");
+        assert_eq!(exec.env, vec!["A=1", "B=2"]);
+        assert!(exec.interactive && !exec.tty);
+        assert_eq!(command, vec!["python3", "-c", "print(1)"]);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(Cli::try_parse_from(["cove", "run", "--cpus", "many"]).is_err());
+        assert!(Cli::try_parse_from(["cove", "exec", "abc"]).is_err(), "exec needs a command");
+        assert!(Cli::try_parse_from(["cove", "rm"]).is_err());
+        let c = Cli::try_parse_from(["cove", "exec", "-it", "abc", "--", "sh"]).unwrap();
+        let Command::Exec { exec, id, .. } = c.command else { panic!() };
+        assert!(exec.interactive && exec.tty);
+        assert_eq!(id, "abc");
+    }
+}
