@@ -241,9 +241,13 @@ impl Decoder {
             self.consume_or_skip(4 + len_usize);
             return Some(Err(FrameError::Short { len }));
         }
+        if avail.len() < HEADER_LEN {
+            // Wait for the whole header, so even a rejected frame names its session.
+            self.compact();
+            return None;
+        }
         if len_usize > MAX_FRAME_LEN {
-            let session = (avail.len() >= 8)
-                .then(|| u32::from_le_bytes(avail[4..8].try_into().expect("4 bytes")));
+            let session = Some(u32::from_le_bytes(avail[4..8].try_into().expect("4 bytes")));
             self.consume_or_skip(4 + len_usize);
             return Some(Err(FrameError::Oversized {
                 session,

@@ -1,0 +1,90 @@
+//! Hostile input: bad requests, bad settings, malformed frames at the real guest.
+
+use std::time::Duration;
+
+use cove_protocol::control::{ControlRequest, ControlResponse};
+use cove_protocol::frame::{self, FrameKind, MAX_FRAME_LEN};
+use cove_protocol::io::FrameReader;
+use cove_protocol::{ErrorCode, FrameBody, Reply, Request};
+use cove_tests::{Sandbox, cove_out};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+#[test]
+fn bad_settings_and_unknown_images_are_refused_clearly() {
+    let o = cove_out(&["run", "--image", "no-such-image", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).starts_with("cove: no such image: no-such-image (installed: busybox"), "{}", stderr(&o));
+    for (flag, value) in [("--cpus", "0"), ("--memory", "1"), ("--disk", "1")] {
+        let o = cove_out(&["create", flag, value]);
+        assert_eq!(o.status.code(), Some(125));
+        assert!(stderr(&o).contains("invalid"), "{}", stderr(&o));
+    }
+    let o = cove_out(&["create", "--name", "../../etc"]);
+    assert!(stderr(&o).contains("invalid name"), "{}", stderr(&o));
+    let o = cove_out(&["exec", "0123456789ab", "--", "true"]);
+    assert_eq!(stderr(&o), "cove: no such sandbox: 0123456789ab");
+    // Refused requests leave no record (other tests run sandboxes meanwhile: look for ours).
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&cove_out(&["ls", "--json"]).stdout).unwrap();
+    for s in &all {
+        assert_ne!(s["image"], "no-such-image", "{s}");
+        assert!(s["cpus"] != 0 && s["memory_mib"] != 1 && s["disk_mib"] != 1, "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
+    let sb = Sandbox::create("busybox", &[]);
+    let socket = sb.inspect()["socket"].as_str().unwrap().to_string();
+    let conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (r, mut w) = conn.into_split();
+    let mut line = serde_json::to_vec(&ControlRequest::Attach).unwrap();
+    line.push(b'\n');
+    w.write_all(&line).await.unwrap();
+    let mut r = BufReader::new(r);
+    let mut resp = String::new();
+    r.read_line(&mut resp).await.unwrap();
+    assert!(matches!(serde_json::from_str(&resp).unwrap(), ControlResponse::Ok { .. }));
+
+    let mut bad = Vec::new();
+    frame::encode_raw(5, 0x7f, b"junk", &mut bad); // unknown kind (caught by cove-vm)
+    frame::encode_raw(6, FrameKind::Msg as u8, b"{not json", &mut bad); // bad JSON (caught by the agent)
+    frame::encode_raw(7, FrameKind::Msg as u8, br#"{"type":"format_disk"}"#, &mut bad); // unknown request
+    frame::encode_raw(8, FrameKind::Window as u8, &[1], &mut bad); // short window
+    // An oversized frame: header says more than the cap; its bytes follow and are skipped.
+    let len = u32::try_from(MAX_FRAME_LEN + 1).unwrap();
+    bad.extend_from_slice(&len.to_le_bytes());
+    bad.extend_from_slice(&9u32.to_le_bytes());
+    bad.push(FrameKind::Data as u8);
+    bad.resize(bad.len() + MAX_FRAME_LEN - 4, 0xEE);
+    frame::encode(&cove_protocol::msg_frame(10, &Request::Health), &mut bad);
+    w.write_all(&bad).await.unwrap();
+
+    let mut reader = FrameReader::new(r);
+    let mut errors = std::collections::BTreeMap::new();
+    let health = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let f = reader.next().await.unwrap().expect("connection open");
+            let FrameBody::Msg(json) = f.body else { continue };
+            match cove_protocol::decode_msg::<Reply>(&json).unwrap() {
+                Reply::Error(e) => {
+                    errors.insert(f.session, e.code);
+                }
+                Reply::Health(h) => break h,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the sandbox still answers after bad frames");
+    assert_eq!(health.protocol_version, cove_protocol::PROTOCOL_VERSION);
+    for s in [5, 6, 7, 8, 9] {
+        assert_eq!(errors.get(&s), Some(&ErrorCode::Protocol), "session {s}: {errors:?}");
+    }
+    // Other clients are unaffected.
+    let c = sb.client().await;
+    assert!(c.health().await.unwrap().uptime_ms > 0);
+}

@@ -1,0 +1,83 @@
+//! Sandboxes outlive the CLI, are found again, are marked failed when their VM dies, and leave
+//! nothing behind when removed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cove_tests::{Sandbox, alive, cove_out, text, wait_until};
+
+#[test]
+fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
+    let sb = Sandbox::create("busybox", &["--name", &format!("life-{}", std::process::id())]);
+    // Each cove invocation is a new process: the sandbox is found again through the state DB.
+    let o = sb.exec(&[], &["sh", "-c", "echo 1 > /root/mark"], b"");
+    assert!(o.status.success());
+    let o = sb.exec(&[], &["cat", "/root/mark"], b"");
+    assert_eq!(text(&o), "1\n");
+    let ls = text(&cove_out(&["ls"]));
+    assert!(ls.lines().any(|l| l.starts_with(&sb.id) && l.contains("running")), "{ls}");
+    let ids = text(&cove_out(&["ls", "-q"]));
+    assert!(ids.lines().any(|l| l == sb.id));
+
+    let v = sb.inspect();
+    let pid = v["pid"].as_u64().unwrap();
+    let qemu = v["vm"]["vmm_pid"].as_u64().unwrap();
+    let dir = PathBuf::from(v["dir"].as_str().unwrap());
+    assert!(alive(pid) && alive(qemu) && dir.is_dir());
+    let logs = cove_out(&["logs", &sb.id]);
+    assert!(text(&logs).contains("cove-agent: ready"), "{}", text(&logs));
+
+    let o = cove_out(&["rm", &sb.id]);
+    assert_eq!(o.status.code(), Some(125), "a running sandbox needs -f");
+    let o = cove_out(&["rm", "-f", &sb.id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!alive(pid) && !alive(qemu), "no process left");
+    assert!(!dir.exists(), "no file left");
+    assert!(!text(&cove_out(&["ls", "-q"])).contains(&sb.id));
+    let o = sb.exec(&[], &["true"], b"");
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), format!("cove: no such sandbox: {}", sb.id));
+}
+
+#[test]
+fn a_vanished_vm_is_marked_failed_with_the_reason() {
+    let sb = Sandbox::create("busybox", &[]);
+    let v = sb.inspect();
+    let qemu = v["vm"]["vmm_pid"].as_u64().unwrap() as i32;
+    // Kill the VM under cove-vm's feet.
+    unsafe_kill(qemu);
+    assert!(wait_until(Duration::from_secs(10), || {
+        sb.inspect()["state"].as_str() == Some("failed")
+    }));
+    let v = sb.inspect();
+    assert!(v["reason"].as_str().unwrap().contains("stopped unexpectedly"), "{v}");
+    let o = sb.exec(&[], &["true"], b"");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("failed"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn stop_keeps_the_sandbox_record() {
+    let sb = Sandbox::create("busybox", &[]);
+    let pid = sb.inspect()["pid"].as_u64().unwrap();
+    let o = cove_out(&["stop", &sb.id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!alive(pid));
+    assert_eq!(sb.inspect()["state"], "stopped");
+}
+
+fn unsafe_kill(pid: i32) {
+    let o = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).output().unwrap();
+    assert!(o.status.success());
+}
+
+#[test]
+fn info_names_the_engine_and_why() {
+    let o = cove_out(&["info", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["engine"]["engine"], "qemu");
+    let hw = v["virtualisation"]["hw_virt"].as_bool().unwrap() && v["virtualisation"]["dev_kvm"].as_bool().unwrap();
+    assert_eq!(v["engine"]["accel"] == "kvm", hw, "auto uses KVM only when it is hardware-backed");
+    assert!(v["kernel"]["present"].as_bool().unwrap());
+}
