@@ -1,0 +1,45 @@
+# Cove — two commands do everything on a fresh machine:
+#   make demo   installs what is missing, builds, runs Python in a microVM sandbox
+#   make test   the whole suite, real guests included (what CI runs)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# The demo uses the normal Cove home; tests use their own under target/.
+COVE_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/cove,$(HOME)/.local/share/cove)
+TEST_HOME := $(CURDIR)/target/cove-test-home
+
+.PHONY: all build setup demo test lint fmt bench clean-sandboxes
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+# Debian packages, guest kernel (cached), agent, initramfs, default images (cached).
+setup:
+	guest/setup.sh "$(COVE_HOME)"
+
+demo: build setup
+	COVE_HOME="$(COVE_HOME)" scripts/demo.sh target/release/cove
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test:
+	guest/setup.sh "$(TEST_HOME)"
+	$(CARGO) build --workspace --bins --tests
+	$(MAKE) lint
+	COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace
+	@leftover=$$(COVE_HOME="$(TEST_HOME)" target/debug/cove ls -q); \
+	if [ -n "$$leftover" ]; then echo "tests left sandboxes behind: $$leftover"; \
+	  COVE_HOME="$(TEST_HOME)" target/debug/cove rm -f $$leftover; exit 1; fi
+
+# Benchmarks print one JSON line each (see bench/README.md).
+bench: build
+	guest/setup.sh "$(TEST_HOME)"
+	COVE_HOME="$(TEST_HOME)" bench/run boot
+	COVE_HOME="$(TEST_HOME)" bench/run exec
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,115 @@
+//! The agent's request handling, served over an in-memory stream on the host (no guest): the
+//! protocol paths, hostile frames, exec and file requests against a temporary directory.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cove_agent::exec::Reaper;
+use cove_agent::server::{self, Agent};
+use cove_host::{AgentClient, ClientError};
+use cove_protocol::frame::{self, FrameKind};
+use cove_protocol::io::FrameReader;
+use cove_protocol::{ErrorCode, ExecRequest, FrameBody, Reply, Request};
+use tokio::io::AsyncWriteExt;
+
+fn agent() -> Arc<Agent> {
+    Arc::new(Agent {
+        reaper: Reaper::start(false),
+        started: Instant::now(),
+        kernel_boot_ms: 1,
+        setup_ms: 2,
+        pid1: false,
+    })
+}
+
+/// An agent serving one end of a pipe pair; the client holds the other.
+fn pair() -> AgentClient {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (ar, aw) = tokio::io::split(a);
+    tokio::spawn(server::serve(agent(), ar, aw));
+    let (br, bw) = tokio::io::split(b);
+    AgentClient::over(br, bw)
+}
+
+fn req(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn exec_reports_codes_streams_and_stdin() {
+    let c = pair();
+    let o = c.output(req(&["sh", "-c", "echo out; echo err >&2; exit 3"]), None).await.unwrap();
+    assert_eq!((o.stdout.as_slice(), o.stderr.as_slice(), o.status.code), (&b"out\n"[..], &b"err\n"[..], Some(3)));
+    let o = c.output(req(&["cat"]), Some(vec![7u8; 3 << 20])).await.unwrap();
+    assert_eq!(o.stdout.len(), 3 << 20, "more than the window: credit flows both ways");
+    let e = c.output(req(&[]), None).await.unwrap_err();
+    assert!(matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::InvalidRequest), "{e}");
+    let mut r = req(&["env"]);
+    r.env = vec![("BAD=KEY".into(), "x".into())];
+    assert!(c.output(r, None).await.is_err());
+}
+
+#[tokio::test]
+async fn health_reports_versions_and_timings() {
+    let c = pair();
+    let h = c.health().await.unwrap();
+    assert_eq!(h.protocol_version, cove_protocol::PROTOCOL_VERSION);
+    assert_eq!((h.kernel_boot_ms, h.agent_setup_ms), (1, 2));
+    assert_eq!(h.agent_version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn file_requests_against_a_directory() {
+    let c = pair();
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s).display().to_string();
+    let n = c.write_file(&p("a/b/f"), Some(0o640), &mut &b"content"[..]).await.unwrap();
+    assert_eq!(n, 7);
+    let mut back = Vec::new();
+    c.read_file(&p("a/b/f"), &mut back).await.unwrap();
+    assert_eq!(back, b"content");
+    assert_eq!(c.stat(&p("a/b/f")).await.unwrap().mode, 0o640);
+    // A write into a missing directory without parents fails at once, before any data.
+    let e = c.call(&Request::WriteFile { path: p("zz/f"), mode: None, parents: false }).await.unwrap_err();
+    assert!(matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::NotFound), "{e}");
+    // No temporary file is left beside the target.
+    let listing: Vec<String> = c.list(&p("a/b")).await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(listing, vec!["f"]);
+    let e = c.remove("/", true).await.unwrap_err();
+    assert!(matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::InvalidRequest));
+}
+
+/// Raw frames at the agent: each bad one gets a protocol error on its session and the
+/// connection goes on serving.
+#[tokio::test]
+async fn malformed_frames_are_answered_and_skipped() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (ar, aw) = tokio::io::split(a);
+    tokio::spawn(server::serve(agent(), ar, aw));
+    let (br, mut bw) = tokio::io::split(b);
+    let mut bytes = Vec::new();
+    frame::encode_raw(3, 0x42, b"?", &mut bytes);
+    frame::encode_raw(4, FrameKind::Msg as u8, b"\xff\xfe", &mut bytes);
+    frame::encode_raw(5, FrameKind::Eof as u8, &[], &mut bytes);
+    frame::encode(&cove_protocol::msg_frame(0, &Request::Hello { versions: vec![999], client: "t".into(), time_unix_ns: None }), &mut bytes);
+    frame::encode(&cove_protocol::msg_frame(6, &Request::Health), &mut bytes);
+    bw.write_all(&bytes).await.unwrap();
+    let mut r = FrameReader::new(br);
+    let mut errs = Vec::new();
+    loop {
+        let f = r.next().await.unwrap().unwrap();
+        let FrameBody::Msg(json) = f.body else { continue };
+        match cove_protocol::decode_msg::<Reply>(&json).unwrap() {
+            Reply::Error(e) => errs.push((f.session, e.code)),
+            Reply::Health(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        errs,
+        vec![(3, ErrorCode::Protocol), (4, ErrorCode::Protocol), (5, ErrorCode::Protocol), (0, ErrorCode::Protocol)]
+    );
+}
