@@ -35,6 +35,7 @@ mkdir -p "$home/kernel" "$home/images"
 # Hard links where the cache shares the filesystem, copies otherwise; always replaced atomically.
 place() {
 	local from="$1" to="$2"
+	[[ "$from" -ef "$to" ]] && return 0
 	rm -f "$to.tmp"
 	ln "$from" "$to.tmp" 2>/dev/null || cp --reflink=auto "$from" "$to.tmp"
 	mv -f "$to.tmp" "$to"

@@ -1,7 +1,7 @@
 //! Files in a real guest: large streamed transfers, atomic writes, metadata operations, errors.
 
-use cove_protocol::{ErrorCode, ExecRequest, FileKind};
 use cove_host::ClientError;
+use cove_protocol::{ErrorCode, ExecRequest, FileKind};
 use cove_tests::{Sandbox, cove_out, sha256, text};
 
 fn code(e: ClientError) -> ErrorCode {
@@ -25,23 +25,43 @@ async fn hundred_mib_file_roundtrip_and_metadata() {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    let n = c.write_file("/data/big.bin", Some(0o600), &mut &data[..]).await.unwrap();
-    assert_eq!(n, data.len() as u64);
-    let o = c
-        .output(ExecRequest { argv: vec!["sha256sum".into(), "/data/big.bin".into()], ..Default::default() }, None)
+    let n = c
+        .write_file("/data/big.bin", Some(0o600), &mut &data[..])
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap(), sha256(&data));
+    assert_eq!(n, data.len() as u64);
+    let o = c
+        .output(
+            ExecRequest {
+                argv: vec!["sha256sum".into(), "/data/big.bin".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        sha256(&data)
+    );
     let mut back = Vec::new();
     let n = c.read_file("/data/big.bin", &mut back).await.unwrap();
     assert_eq!(n, data.len() as u64);
     assert_eq!(sha256(&back), sha256(&data));
 
     let st = c.stat("/data/big.bin").await.unwrap();
-    assert_eq!((st.kind, st.size, st.mode), (FileKind::File, data.len() as u64, 0o600));
+    assert_eq!(
+        (st.kind, st.size, st.mode),
+        (FileKind::File, data.len() as u64, 0o600)
+    );
 
     // A rewrite replaces the file whole.
-    c.write_file("/data/big.bin", None, &mut &b"small"[..]).await.unwrap();
+    c.write_file("/data/big.bin", None, &mut &b"small"[..])
+        .await
+        .unwrap();
     let mut back = Vec::new();
     c.read_file("/data/big.bin", &mut back).await.unwrap();
     assert_eq!(back, b"small");
@@ -49,25 +69,70 @@ async fn hundred_mib_file_roundtrip_and_metadata() {
     // mkdir -p, list, rename, remove.
     c.mkdir("/data/a/b/c", true).await.unwrap();
     c.mkdir("/data/a/b/c", true).await.unwrap();
-    assert_eq!(code(c.mkdir("/data/a/b/c", false).await.unwrap_err()), ErrorCode::AlreadyExists);
-    c.write_file("/data/a/b/c/f.txt", None, &mut &b"hi"[..]).await.unwrap();
-    c.rename("/data/a/b/c/f.txt", "/data/a/g.txt").await.unwrap();
-    let names: Vec<(String, FileKind)> =
-        c.list("/data/a").await.unwrap().into_iter().map(|e| (e.name, e.kind)).collect();
-    assert_eq!(names, vec![("b".into(), FileKind::Dir), ("g.txt".into(), FileKind::File)]);
-    assert_eq!(code(c.remove("/data/a", false).await.unwrap_err()), ErrorCode::NotEmpty);
+    assert_eq!(
+        code(c.mkdir("/data/a/b/c", false).await.unwrap_err()),
+        ErrorCode::AlreadyExists
+    );
+    c.write_file("/data/a/b/c/f.txt", None, &mut &b"hi"[..])
+        .await
+        .unwrap();
+    c.rename("/data/a/b/c/f.txt", "/data/a/g.txt")
+        .await
+        .unwrap();
+    let names: Vec<(String, FileKind)> = c
+        .list("/data/a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.kind))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("b".into(), FileKind::Dir),
+            ("g.txt".into(), FileKind::File)
+        ]
+    );
+    assert_eq!(
+        code(c.remove("/data/a", false).await.unwrap_err()),
+        ErrorCode::NotEmpty
+    );
     c.remove("/data/a", true).await.unwrap();
-    assert_eq!(code(c.stat("/data/a").await.unwrap_err()), ErrorCode::NotFound);
+    assert_eq!(
+        code(c.stat("/data/a").await.unwrap_err()),
+        ErrorCode::NotFound
+    );
 
     // Missing paths are typed errors naming the path; no temporary file is left behind.
     let e = c.read_file("/nope/x", &mut Vec::new()).await.unwrap_err();
     let ClientError::Agent(a) = e else { panic!() };
-    assert_eq!((a.code, a.path.as_deref()), (ErrorCode::NotFound, Some("/nope/x")));
-    assert_eq!(code(c.list("/nope").await.unwrap_err()), ErrorCode::NotFound);
-    assert_eq!(code(c.rename("/nope", "/data/x").await.unwrap_err()), ErrorCode::NotFound);
-    assert_eq!(code(c.read_file("/data", &mut Vec::new()).await.unwrap_err()), ErrorCode::IsADirectory);
-    assert_eq!(code(c.stat("relative").await.unwrap_err()), ErrorCode::InvalidRequest);
-    let leftovers: Vec<String> = c.list("/data").await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        (a.code, a.path.as_deref()),
+        (ErrorCode::NotFound, Some("/nope/x"))
+    );
+    assert_eq!(
+        code(c.list("/nope").await.unwrap_err()),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(c.rename("/nope", "/data/x").await.unwrap_err()),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(c.read_file("/data", &mut Vec::new()).await.unwrap_err()),
+        ErrorCode::IsADirectory
+    );
+    assert_eq!(
+        code(c.stat("relative").await.unwrap_err()),
+        ErrorCode::InvalidRequest
+    );
+    let leftovers: Vec<String> = c
+        .list("/data")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(leftovers, vec!["big.bin"]);
 }
 
@@ -84,12 +149,20 @@ fn cli_cp_both_ways() {
     let o = sb.exec(&[], &["cat", "/root/in.txt"], b"");
     assert_eq!(text(&o), "copied through cove\n");
     let back = dir.join("out.txt");
-    let o = cove_out(&["cp", &format!("{}:/root/in.txt", sb.id), back.to_str().unwrap()]);
+    let o = cove_out(&[
+        "cp",
+        &format!("{}:/root/in.txt", sb.id),
+        back.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&back).unwrap(), b"copied through cove\n");
     let o = cove_out(&["cp", &format!("{}:/missing", sb.id), back.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/missing"));
-    assert_eq!(std::fs::read(&back).unwrap(), b"copied through cove\n", "a failed copy changes nothing");
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        b"copied through cove\n",
+        "a failed copy changes nothing"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

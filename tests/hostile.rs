@@ -17,7 +17,11 @@ fn stderr(o: &std::process::Output) -> String {
 fn bad_settings_and_unknown_images_are_refused_clearly() {
     let o = cove_out(&["run", "--image", "no-such-image", "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
-    assert!(stderr(&o).starts_with("cove: no such image: no-such-image (installed: busybox"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("cove: no such image: no-such-image (installed: busybox"),
+        "{}",
+        stderr(&o)
+    );
     for (flag, value) in [("--cpus", "0"), ("--memory", "1"), ("--disk", "1")] {
         let o = cove_out(&["create", flag, value]);
         assert_eq!(o.status.code(), Some(125));
@@ -28,10 +32,14 @@ fn bad_settings_and_unknown_images_are_refused_clearly() {
     let o = cove_out(&["exec", "0123456789ab", "--", "true"]);
     assert_eq!(stderr(&o), "cove: no such sandbox: 0123456789ab");
     // Refused requests leave no record (other tests run sandboxes meanwhile: look for ours).
-    let all: Vec<serde_json::Value> = serde_json::from_slice(&cove_out(&["ls", "--json"]).stdout).unwrap();
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&cove_out(&["ls", "--json"]).stdout).unwrap();
     for s in &all {
         assert_ne!(s["image"], "no-such-image", "{s}");
-        assert!(s["cpus"] != 0 && s["memory_mib"] != 1 && s["disk_mib"] != 1, "{s}");
+        assert!(
+            s["cpus"] != 0 && s["memory_mib"] != 1 && s["disk_mib"] != 1,
+            "{s}"
+        );
     }
 }
 
@@ -47,12 +55,20 @@ async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
     let mut r = BufReader::new(r);
     let mut resp = String::new();
     r.read_line(&mut resp).await.unwrap();
-    assert!(matches!(serde_json::from_str(&resp).unwrap(), ControlResponse::Ok { .. }));
+    assert!(matches!(
+        serde_json::from_str(&resp).unwrap(),
+        ControlResponse::Ok { .. }
+    ));
 
     let mut bad = Vec::new();
     frame::encode_raw(5, 0x7f, b"junk", &mut bad); // unknown kind (caught by cove-vm)
     frame::encode_raw(6, FrameKind::Msg as u8, b"{not json", &mut bad); // bad JSON (caught by the agent)
-    frame::encode_raw(7, FrameKind::Msg as u8, br#"{"type":"format_disk"}"#, &mut bad); // unknown request
+    frame::encode_raw(
+        7,
+        FrameKind::Msg as u8,
+        br#"{"type":"format_disk"}"#,
+        &mut bad,
+    ); // unknown request
     frame::encode_raw(8, FrameKind::Window as u8, &[1], &mut bad); // short window
     // An oversized frame: header says more than the cap; its bytes follow and are skipped.
     let len = u32::try_from(MAX_FRAME_LEN + 1).unwrap();
@@ -68,7 +84,9 @@ async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
     let health = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let f = reader.next().await.unwrap().expect("connection open");
-            let FrameBody::Msg(json) = f.body else { continue };
+            let FrameBody::Msg(json) = f.body else {
+                continue;
+            };
             match cove_protocol::decode_msg::<Reply>(&json).unwrap() {
                 Reply::Error(e) => {
                     errors.insert(f.session, e.code);
@@ -82,7 +100,11 @@ async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
     .expect("the sandbox still answers after bad frames");
     assert_eq!(health.protocol_version, cove_protocol::PROTOCOL_VERSION);
     for s in [5, 6, 7, 8, 9] {
-        assert_eq!(errors.get(&s), Some(&ErrorCode::Protocol), "session {s}: {errors:?}");
+        assert_eq!(
+            errors.get(&s),
+            Some(&ErrorCode::Protocol),
+            "session {s}: {errors:?}"
+        );
     }
     // Other clients are unaffected.
     let c = sb.client().await;

@@ -8,14 +8,21 @@ use cove_tests::{Sandbox, alive, cove_out, text, wait_until};
 
 #[test]
 fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
-    let sb = Sandbox::create("busybox", &["--name", &format!("life-{}", std::process::id())]);
+    let sb = Sandbox::create(
+        "busybox",
+        &["--name", &format!("life-{}", std::process::id())],
+    );
     // Each cove invocation is a new process: the sandbox is found again through the state DB.
     let o = sb.exec(&[], &["sh", "-c", "echo 1 > /root/mark"], b"");
     assert!(o.status.success());
     let o = sb.exec(&[], &["cat", "/root/mark"], b"");
     assert_eq!(text(&o), "1\n");
     let ls = text(&cove_out(&["ls"]));
-    assert!(ls.lines().any(|l| l.starts_with(&sb.id) && l.contains("running")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&sb.id) && l.contains("running")),
+        "{ls}"
+    );
     let ids = text(&cove_out(&["ls", "-q"]));
     assert!(ids.lines().any(|l| l == sb.id));
 
@@ -25,7 +32,15 @@ fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
     let dir = PathBuf::from(v["dir"].as_str().unwrap());
     assert!(alive(pid) && alive(qemu) && dir.is_dir());
     let logs = cove_out(&["logs", &sb.id]);
-    assert!(text(&logs).contains("cove-agent: ready"), "{}", text(&logs));
+    // The agent logs one line once it has answered the host: its version and boot timings.
+    assert!(
+        wait_until(Duration::from_secs(5), || text(&cove_out(&[
+            "logs", &sb.id
+        ]))
+        .contains(": ready for cove-vm")),
+        "{}",
+        text(&logs)
+    );
 
     let o = cove_out(&["rm", &sb.id]);
     assert_eq!(o.status.code(), Some(125), "a running sandbox needs -f");
@@ -36,24 +51,37 @@ fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
     assert!(!text(&cove_out(&["ls", "-q"])).contains(&sb.id));
     let o = sb.exec(&[], &["true"], b"");
     assert_eq!(o.status.code(), Some(125));
-    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), format!("cove: no such sandbox: {}", sb.id));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!("cove: no such sandbox: {}", sb.id)
+    );
 }
 
 #[test]
 fn a_vanished_vm_is_marked_failed_with_the_reason() {
     let sb = Sandbox::create("busybox", &[]);
     let v = sb.inspect();
-    let qemu = v["vm"]["vmm_pid"].as_u64().unwrap() as i32;
+    let qemu = v["vm"]["vmm_pid"].as_u64().unwrap();
     // Kill the VM under cove-vm's feet.
-    unsafe_kill(qemu);
+    kill_9(qemu);
     assert!(wait_until(Duration::from_secs(10), || {
         sb.inspect()["state"].as_str() == Some("failed")
     }));
     let v = sb.inspect();
-    assert!(v["reason"].as_str().unwrap().contains("stopped unexpectedly"), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped unexpectedly"),
+        "{v}"
+    );
     let o = sb.exec(&[], &["true"], b"");
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("failed"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("failed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -66,8 +94,12 @@ fn stop_keeps_the_sandbox_record() {
     assert_eq!(sb.inspect()["state"], "stopped");
 }
 
-fn unsafe_kill(pid: i32) {
-    let o = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).output().unwrap();
+fn kill_9(pid: u64) {
+    let o = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
     assert!(o.status.success());
 }
 
@@ -77,7 +109,12 @@ fn info_names_the_engine_and_why() {
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["engine"]["engine"], "qemu");
-    let hw = v["virtualisation"]["hw_virt"].as_bool().unwrap() && v["virtualisation"]["dev_kvm"].as_bool().unwrap();
-    assert_eq!(v["engine"]["accel"] == "kvm", hw, "auto uses KVM only when it is hardware-backed");
+    let hw = v["virtualisation"]["hw_virt"].as_bool().unwrap()
+        && v["virtualisation"]["dev_kvm"].as_bool().unwrap();
+    assert_eq!(
+        v["engine"]["accel"] == "kvm",
+        hw,
+        "auto uses KVM only when it is hardware-backed"
+    );
     assert!(v["kernel"]["present"].as_bool().unwrap());
 }

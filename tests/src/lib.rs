@@ -11,10 +11,15 @@ use cove_host::AgentClient;
 
 /// The Cove home the tests use: `COVE_TEST_HOME`, else `target/cove-test-home`.
 pub fn home() -> PathBuf {
-    let home = std::env::var_os("COVE_TEST_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cove-test-home")
-    });
-    for need in ["kernel/vmlinux", "kernel/initramfs.cpio", "images/busybox/rootfs.ext4", "images/python/rootfs.ext4"] {
+    let home = std::env::var_os("COVE_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cove-test-home"));
+    for need in [
+        "kernel/vmlinux",
+        "kernel/initramfs.cpio",
+        "images/busybox/rootfs.ext4",
+        "images/python/rootfs.ext4",
+    ] {
         assert!(
             home.join(need).is_file(),
             "{} is missing: run `make test` (or guest/setup.sh {}) first; end-to-end tests never skip",
@@ -23,7 +28,8 @@ pub fn home() -> PathBuf {
         );
     }
     assert!(
-        Path::new("/usr/bin/qemu-system-x86_64").is_file() || std::env::var_os("COVE_QEMU").is_some(),
+        Path::new("/usr/bin/qemu-system-x86_64").is_file()
+            || std::env::var_os("COVE_QEMU").is_some(),
         "qemu-system-x86_64 is missing: run `make setup`"
     );
     home
@@ -32,15 +38,23 @@ pub fn home() -> PathBuf {
 fn bin_dir() -> PathBuf {
     // Test executables live in target/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// The `cove` CLI, with the test home.
 pub fn cove() -> Command {
     let bin = bin_dir().join("cove");
-    assert!(bin.is_file(), "{} is missing: build the workspace first (`cargo build`)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first (`cargo build`)",
+        bin.display()
+    );
     let mut c = Command::new(bin);
-    c.env("COVE_HOME", home()).env("COVE_VM_BIN", bin_dir().join("cove-vm"));
+    c.env("COVE_HOME", home())
+        .env("COVE_VM_BIN", bin_dir().join("cove-vm"));
     c
 }
 
@@ -67,14 +81,22 @@ impl Sandbox {
         let mut args = vec!["create", "--image", image, "--memory", "256"];
         args.extend_from_slice(extra);
         let o = cove_out(&args);
-        assert!(o.status.success(), "cove create failed: {}", String::from_utf8_lossy(&o.stderr));
-        Self { id: text(&o).trim().to_string() }
+        assert!(
+            o.status.success(),
+            "cove create failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Self {
+            id: text(&o).trim().to_string(),
+        }
     }
 
     /// A client of its agent.
     pub async fn client(&self) -> AgentClient {
         let host = cove_host::Host::open(&home()).expect("open home");
-        host.connect(&self.id).await.expect("connect to the sandbox")
+        host.connect(&self.id)
+            .await
+            .expect("connect to the sandbox")
     }
 
     /// `cove exec ID -- ARGS` with `stdin`.
@@ -137,5 +159,8 @@ pub fn alive(pid: u64) -> bool {
 /// Hex sha256.
 pub fn sha256(b: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }

@@ -99,11 +99,21 @@ pub async fn run(
     ob: &Outbox,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Result<Reply, AgentError> {
+    if agent.pid1 {
+        // Hostname and loopback are set before any user process can look at them.
+        tokio::task::spawn_blocking(crate::init::wait_background)
+            .await
+            .ok();
+    }
     let Some(program) = req.argv.first().cloned() else {
         return Err(err(ErrorCode::InvalidRequest, "argv is empty", None));
     };
     if req.argv.iter().any(|a| a.contains('\0')) {
-        return Err(err(ErrorCode::InvalidRequest, "argv contains a NUL byte", None));
+        return Err(err(
+            ErrorCode::InvalidRequest,
+            "argv contains a NUL byte",
+            None,
+        ));
     }
     let ident = match &req.user {
         None => Identity::root(),
@@ -124,7 +134,13 @@ pub async fn run(
     });
     match std::fs::metadata(&cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(err(ErrorCode::NotADirectory, "working directory is not a directory", Some(&cwd))),
+        Ok(_) => {
+            return Err(err(
+                ErrorCode::NotADirectory,
+                "working directory is not a directory",
+                Some(&cwd),
+            ));
+        }
         Err(e) => return Err(io_err(&e, "working directory", &cwd)),
     }
 
@@ -143,7 +159,11 @@ pub async fn run(
     }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(err(ErrorCode::InvalidRequest, format!("invalid environment variable {k:?}"), None));
+            return Err(err(
+                ErrorCode::InvalidRequest,
+                format!("invalid environment variable {k:?}"),
+                None,
+            ));
         }
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
@@ -151,7 +171,9 @@ pub async fn run(
     cmd.envs(env);
 
     let pty = match req.tty {
-        Some(size) => Some(Pty::open(size).map_err(|e| io_err(&e, "opening a terminal", "/dev/ptmx"))?),
+        Some(size) => {
+            Some(Pty::open(size).map_err(|e| io_err(&e, "opening a terminal", "/dev/ptmx"))?)
+        }
         None => None,
     };
     match &pty {
@@ -163,9 +185,13 @@ pub async fn run(
                 .stderr(slave().map_err(e)?);
         }
         None => {
-            cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         }
     }
     let tty = pty.is_some();
@@ -182,13 +208,12 @@ pub async fn run(
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if drop_privileges {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            if drop_privileges
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) < 0)
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -201,7 +226,11 @@ pub async fn run(
     drop(cmd);
     let (pid, exit_rx) = spawned.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            err(ErrorCode::NotFound, format!("executable not found: {program}"), None)
+            err(
+                ErrorCode::NotFound,
+                format!("executable not found: {program}"),
+                None,
+            )
         } else {
             io_err(&e, "starting the process", &program)
         }
@@ -216,9 +245,14 @@ pub async fn run(
     let mut resize_fd = None;
     match pty {
         Some(p) => {
-            let master = FdIo::new(p.master, true).map_err(|e| io_err(&e, "terminal", "/dev/ptmx"))?;
+            let master =
+                FdIo::new(p.master, true).map_err(|e| io_err(&e, "terminal", "/dev/ptmx"))?;
             resize_fd = Some(master.clone());
-            pumps.push(tokio::spawn(pump(master.clone(), Stream::Stdout, ob.clone())));
+            pumps.push(tokio::spawn(pump(
+                master.clone(),
+                Stream::Stdout,
+                ob.clone(),
+            )));
             tokio::spawn(stdin_writer(Some(master), stdin_rx, ob.clone()));
         }
         None => {
@@ -228,7 +262,10 @@ pub async fn run(
                 .transpose()
                 .map_err(|e| io_err(&e, "stdin pipe", &program))?;
             tokio::spawn(stdin_writer(stdin, stdin_rx, ob.clone()));
-            for (pipe, stream) in [(stdout.map(OwnedFd::from), Stream::Stdout), (stderr.map(OwnedFd::from), Stream::Stderr)] {
+            for (pipe, stream) in [
+                (stdout.map(OwnedFd::from), Stream::Stdout),
+                (stderr.map(OwnedFd::from), Stream::Stderr),
+            ] {
                 if let Some(fd) = pipe {
                     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                         .map_err(|e| io_err(&e, "output pipe", &program))?;
@@ -242,7 +279,9 @@ pub async fn run(
         ob.eof(Stream::Stderr).await;
     }
 
-    let deadline = req.timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let deadline = req
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut timed_out = false;
     let mut cancelled = false;
     let mut status = None;
@@ -299,7 +338,11 @@ pub async fn run(
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    Ok(Reply::Exited(ExitStatus { code, signal, timed_out }))
+    Ok(Reply::Exited(ExitStatus {
+        code,
+        signal,
+        timed_out,
+    }))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -310,7 +353,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// A future that completes when every task has.
-fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+fn futures_join(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     Box::pin(async move {
         for t in tasks {
             let _ = t.await;
@@ -355,7 +400,9 @@ async fn stdin_writer<W: AsyncWrite + Unpin>(
 }
 
 fn io_err(e: &io::Error, what: &str, path: &str) -> AgentError {
-    let code = e.raw_os_error().map_or(ErrorCode::Internal, ErrorCode::from_errno);
+    let code = e
+        .raw_os_error()
+        .map_or(ErrorCode::Internal, ErrorCode::from_errno);
     err(code, format!("{what}: {e}"), Some(path))
 }
 

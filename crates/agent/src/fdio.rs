@@ -23,7 +23,8 @@ pub struct FdIo {
 impl FdIo {
     /// Makes `fd` non-blocking and registers it.
     pub fn new(fd: OwnedFd, eio_is_eof: bool) -> io::Result<Self> {
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+        let flags =
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
         // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and the same file
@@ -42,12 +43,22 @@ impl FdIo {
 }
 
 impl AsyncRead for FdIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             // SAFETY: reads at most `unfilled.len()` bytes into the valid, initialised slice.
-            let n = unsafe { libc::read(guard.get_inner().as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len()) };
+            let n = unsafe {
+                libc::read(
+                    guard.get_inner().as_raw_fd(),
+                    unfilled.as_mut_ptr().cast(),
+                    unfilled.len(),
+                )
+            };
             if n >= 0 {
                 buf.advance(n.unsigned_abs());
                 return Poll::Ready(Ok(()));
@@ -64,11 +75,21 @@ impl AsyncRead for FdIo {
 }
 
 impl AsyncWrite for FdIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             // SAFETY: writes at most `data.len()` bytes from the valid slice.
-            let n = unsafe { libc::write(guard.get_inner().as_raw_fd(), data.as_ptr().cast(), data.len()) };
+            let n = unsafe {
+                libc::write(
+                    guard.get_inner().as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                )
+            };
             if n >= 0 {
                 return Poll::Ready(Ok(n.unsigned_abs()));
             }

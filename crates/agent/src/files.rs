@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use crate::server::{Inbound, Outbox};
 
 fn err_at(e: &io::Error, path: &Path) -> AgentError {
-    let code = e.raw_os_error().map_or(ErrorCode::Internal, ErrorCode::from_errno);
+    let code = e
+        .raw_os_error()
+        .map_or(ErrorCode::Internal, ErrorCode::from_errno);
     // The OS text without the "(os error N)" suffix: the code already says it.
     let msg = e.to_string();
     let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
@@ -141,7 +143,11 @@ pub fn rename(from: &str, to: &str) -> Result<Reply, AgentError> {
     let t = absolute(to)?;
     std::fs::rename(&f, &t).map_err(|e| {
         // Say which side is missing: the source is the usual culprit.
-        let side = if f.symlink_metadata().is_err() { &f } else { &t };
+        let side = if f.symlink_metadata().is_err() {
+            &f
+        } else {
+            &t
+        };
         err_at(&e, side)
     })?;
     Ok(Reply::Ok)
@@ -259,7 +265,10 @@ impl PendingFile {
         if target.is_dir() {
             return Err(err_at(&io::Error::from_raw_os_error(libc::EISDIR), &target));
         }
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.cove-{}", std::process::id() ^ rand_u32()));
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -268,7 +277,11 @@ impl PendingFile {
             .map_err(|e| {
                 // Report the directory the user named, not our temporary name.
                 let mut a = err_at(&e, &tmp);
-                a.path = Some(if dir.is_dir() { target.display().to_string() } else { dir.display().to_string() });
+                a.path = Some(if dir.is_dir() {
+                    target.display().to_string()
+                } else {
+                    dir.display().to_string()
+                });
                 a
             })?;
         Ok(Self {
@@ -282,7 +295,8 @@ impl PendingFile {
     fn commit(mut self, mode: u32) -> Result<(), AgentError> {
         let file = self.file.take().expect("not committed twice");
         let fail = |e: &io::Error, p: &Path| err_at(e, p);
-        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| fail(&e, &self.target))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail(&e, &self.target))?;
         // Keep the owner of the file we replace, or take the directory's: a file copied into a
         // user's home belongs to that user.
         let owner = std::fs::metadata(&self.target)

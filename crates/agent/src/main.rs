@@ -7,27 +7,39 @@ use cove_agent::{exec::Reaper, fdio::FdIo, init, server};
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    // `COVE_FIRST_LINE=1` on the kernel command line (the kernel hands it to init's environment)
+    // marks the moment init runs: the boot benchmark times plain QEMU to this line.
+    if std::env::var_os("COVE_FIRST_LINE").is_some() {
+        eprintln!("cove-agent: init started");
+    }
     let kernel_boot_ms = init::uptime_ms();
     let t0 = Instant::now();
-    if pid1 && let Err(e) = init::setup() {
-        eprintln!("cove-agent: setup failed: {e}");
-        std::thread::sleep(Duration::from_millis(200));
-        init::power_off();
+    let mut times = init::SetupTimes::default();
+    let mut early_port = None;
+    if pid1 {
+        match init::setup(&mut times) {
+            Ok(p) => early_port = p,
+            Err(e) => {
+                eprintln!("cove-agent: setup failed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                init::power_off();
+            }
+        }
     }
     let setup_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    times.mark("runtime");
     rt.block_on(async move {
-        let agent = Arc::new(server::Agent {
-            reaper: Reaper::start(pid1),
-            started: t0,
-            kernel_boot_ms,
-            setup_ms,
-            pid1,
-        });
-        let port = match init::open_port().and_then(|fd| FdIo::new(fd, false)) {
+        let reaper = Reaper::start(pid1);
+        times.mark("reaper");
+        let fd = match early_port {
+            Some(fd) => Ok(fd),
+            None => init::open_port(),
+        };
+        let port = match fd.and_then(|fd| FdIo::new(fd, false)) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("cove-agent: {e}");
@@ -37,7 +49,17 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        eprintln!("cove-agent: ready after {kernel_boot_ms} ms of kernel and {setup_ms} ms of setup");
+        times.mark("port");
+        let agent = Arc::new(server::Agent {
+            reaper,
+            started: t0,
+            kernel_boot_ms,
+            setup_ms,
+            setup_steps: times.to_string(),
+            pid1,
+        });
+        // Nothing is printed until the host's hello is answered: under emulation every console
+        // line costs the guest milliseconds (the UART interrupts per character).
         loop {
             // The host may disconnect (its supervisor restarts, a snapshot is taken); the port
             // reads end of file until it is back, then the next connection says hello again.

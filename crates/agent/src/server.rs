@@ -25,6 +25,8 @@ pub struct Agent {
     pub kernel_boot_ms: u64,
     /// Milliseconds spent mounting the root.
     pub setup_ms: u64,
+    /// Milliseconds of each setup step, for the console log.
+    pub setup_steps: String,
     /// True when this process is the guest's init (stops the guest on `Shutdown`).
     pub pid1: bool,
 }
@@ -55,7 +57,8 @@ pub struct Outbox {
 impl Outbox {
     /// Sends a reply.
     pub async fn reply(&self, reply: &Reply) {
-        self.frame(cove_protocol::msg_frame(self.session, reply)).await;
+        self.frame(cove_protocol::msg_frame(self.session, reply))
+            .await;
     }
 
     /// Sends data, waiting for credit from the host first.
@@ -151,7 +154,8 @@ where
                     let known = sessions.lock().expect("lock").contains_key(&s);
                     if !known {
                         let ob = outbox(s, &out_tx, Arc::new(Semaphore::new(0)));
-                        ob.reply(&protocol_error(format!("rejected frame: {e}"))).await;
+                        ob.reply(&protocol_error(format!("rejected frame: {e}")))
+                            .await;
                     }
                 }
                 continue;
@@ -199,7 +203,9 @@ where
                     break;
                 }
             }
-            FrameBody::Data(stream, bytes) => send_inbound(&sessions, session, Inbound::Data(stream, bytes)),
+            FrameBody::Data(stream, bytes) => {
+                send_inbound(&sessions, session, Inbound::Data(stream, bytes))
+            }
             FrameBody::Eof(stream) => send_inbound(&sessions, session, Inbound::Eof(stream)),
             FrameBody::Window(n) => {
                 if let Some(e) = sessions.lock().expect("lock").get(&session) {
@@ -251,7 +257,8 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Vec<u8>>) 
         time_unix_ns,
     } = req
     else {
-        ob.reply(&protocol_error("session 0 takes only hello".into())).await;
+        ob.reply(&protocol_error("session 0 takes only hello".into()))
+            .await;
         return;
     };
     let Some(version) = cove_protocol::negotiate(&versions) else {
@@ -271,12 +278,21 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Vec<u8>>) 
     {
         crate::init::set_clock(ns);
     }
-    eprintln!("cove-agent: hello from {client}, protocol {version}");
     ob.reply(&Reply::Hello {
         version,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     })
     .await;
+    // Logged after the answer is queued, from another thread: the console is slow.
+    let line = format!(
+        "cove-agent {}: ready for {client} (protocol {version}); kernel {} ms, setup {} ms ({}), hello answered {:.1} ms after start",
+        env!("CARGO_PKG_VERSION"),
+        agent.kernel_boot_ms,
+        agent.setup_ms,
+        agent.setup_steps,
+        agent.started.elapsed().as_secs_f64() * 1000.0
+    );
+    tokio::task::spawn_blocking(move || eprintln!("{line}"));
 }
 
 fn start_session(

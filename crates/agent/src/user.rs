@@ -138,7 +138,10 @@ mod tests {
         let a = resolve(dir.path(), "alice").unwrap();
         assert_eq!((a.uid, a.gid, a.home.as_str()), (1000, 1000, "/home/alice"));
         assert_eq!(a.groups, vec![1000, 10]);
-        assert_eq!(resolve(dir.path(), "1000").unwrap().name.as_deref(), Some("alice"));
+        assert_eq!(
+            resolve(dir.path(), "1000").unwrap().name.as_deref(),
+            Some("alice")
+        );
         let n = resolve(dir.path(), "4242:77").unwrap();
         assert_eq!((n.uid, n.gid, n.name), (4242, 77, None));
         assert_eq!(resolve(dir.path(), "alice:staff").unwrap().gid, 50);

@@ -18,6 +18,7 @@ fn agent() -> Arc<Agent> {
         started: Instant::now(),
         kernel_boot_ms: 1,
         setup_ms: 2,
+        setup_steps: String::new(),
         pid1: false,
     })
 }
@@ -41,12 +42,28 @@ fn req(argv: &[&str]) -> ExecRequest {
 #[tokio::test]
 async fn exec_reports_codes_streams_and_stdin() {
     let c = pair();
-    let o = c.output(req(&["sh", "-c", "echo out; echo err >&2; exit 3"]), None).await.unwrap();
-    assert_eq!((o.stdout.as_slice(), o.stderr.as_slice(), o.status.code), (&b"out\n"[..], &b"err\n"[..], Some(3)));
-    let o = c.output(req(&["cat"]), Some(vec![7u8; 3 << 20])).await.unwrap();
-    assert_eq!(o.stdout.len(), 3 << 20, "more than the window: credit flows both ways");
+    let o = c
+        .output(req(&["sh", "-c", "echo out; echo err >&2; exit 3"]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.stdout.as_slice(), o.stderr.as_slice(), o.status.code),
+        (&b"out\n"[..], &b"err\n"[..], Some(3))
+    );
+    let o = c
+        .output(req(&["cat"]), Some(vec![7u8; 3 << 20]))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.stdout.len(),
+        3 << 20,
+        "more than the window: credit flows both ways"
+    );
     let e = c.output(req(&[]), None).await.unwrap_err();
-    assert!(matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::InvalidRequest), "{e}");
+    assert!(
+        matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
     let mut r = req(&["env"]);
     r.env = vec![("BAD=KEY".into(), "x".into())];
     assert!(c.output(r, None).await.is_err());
@@ -66,17 +83,36 @@ async fn file_requests_against_a_directory() {
     let c = pair();
     let d = tempfile::tempdir().unwrap();
     let p = |s: &str| d.path().join(s).display().to_string();
-    let n = c.write_file(&p("a/b/f"), Some(0o640), &mut &b"content"[..]).await.unwrap();
+    let n = c
+        .write_file(&p("a/b/f"), Some(0o640), &mut &b"content"[..])
+        .await
+        .unwrap();
     assert_eq!(n, 7);
     let mut back = Vec::new();
     c.read_file(&p("a/b/f"), &mut back).await.unwrap();
     assert_eq!(back, b"content");
     assert_eq!(c.stat(&p("a/b/f")).await.unwrap().mode, 0o640);
     // A write into a missing directory without parents fails at once, before any data.
-    let e = c.call(&Request::WriteFile { path: p("zz/f"), mode: None, parents: false }).await.unwrap_err();
-    assert!(matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::NotFound), "{e}");
+    let e = c
+        .call(&Request::WriteFile {
+            path: p("zz/f"),
+            mode: None,
+            parents: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::NotFound),
+        "{e}"
+    );
     // No temporary file is left beside the target.
-    let listing: Vec<String> = c.list(&p("a/b")).await.unwrap().into_iter().map(|e| e.name).collect();
+    let listing: Vec<String> = c
+        .list(&p("a/b"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(listing, vec!["f"]);
     let e = c.remove("/", true).await.unwrap_err();
     assert!(matches!(e, ClientError::Agent(ref a) if a.code == ErrorCode::InvalidRequest));
@@ -94,14 +130,26 @@ async fn malformed_frames_are_answered_and_skipped() {
     frame::encode_raw(3, 0x42, b"?", &mut bytes);
     frame::encode_raw(4, FrameKind::Msg as u8, b"\xff\xfe", &mut bytes);
     frame::encode_raw(5, FrameKind::Eof as u8, &[], &mut bytes);
-    frame::encode(&cove_protocol::msg_frame(0, &Request::Hello { versions: vec![999], client: "t".into(), time_unix_ns: None }), &mut bytes);
+    frame::encode(
+        &cove_protocol::msg_frame(
+            0,
+            &Request::Hello {
+                versions: vec![999],
+                client: "t".into(),
+                time_unix_ns: None,
+            },
+        ),
+        &mut bytes,
+    );
     frame::encode(&cove_protocol::msg_frame(6, &Request::Health), &mut bytes);
     bw.write_all(&bytes).await.unwrap();
     let mut r = FrameReader::new(br);
     let mut errs = Vec::new();
     loop {
         let f = r.next().await.unwrap().unwrap();
-        let FrameBody::Msg(json) = f.body else { continue };
+        let FrameBody::Msg(json) = f.body else {
+            continue;
+        };
         match cove_protocol::decode_msg::<Reply>(&json).unwrap() {
             Reply::Error(e) => errs.push((f.session, e.code)),
             Reply::Health(_) => break,
@@ -110,6 +158,11 @@ async fn malformed_frames_are_answered_and_skipped() {
     }
     assert_eq!(
         errs,
-        vec![(3, ErrorCode::Protocol), (4, ErrorCode::Protocol), (5, ErrorCode::Protocol), (0, ErrorCode::Protocol)]
+        vec![
+            (3, ErrorCode::Protocol),
+            (4, ErrorCode::Protocol),
+            (5, ErrorCode::Protocol),
+            (0, ErrorCode::Protocol)
+        ]
     );
 }

@@ -201,7 +201,11 @@ impl FsCommand {
     /// The sandbox it acts on.
     pub fn sandbox(&self) -> &str {
         match self {
-            Self::Stat { id, .. } | Self::Ls { id, .. } | Self::Mkdir { id, .. } | Self::Rm { id, .. } | Self::Mv { id, .. } => id,
+            Self::Stat { id, .. }
+            | Self::Ls { id, .. }
+            | Self::Mkdir { id, .. }
+            | Self::Rm { id, .. }
+            | Self::Mv { id, .. } => id,
         }
     }
 }
@@ -219,11 +223,20 @@ mod tests {
     #[test]
     fn run_takes_resources_env_and_a_command() {
         let c = Cli::try_parse_from([
-            "cove", "run", "--image", "python", "--cpus", "2", "--memory", "256", "-e", "A=1", "-e", "B=2",
-            "-w", "/tmp", "-i", "--", "python3", "-c", "print(1)",
+            "cove", "run", "--image", "python", "--cpus", "2", "--memory", "256", "-e", "A=1",
+            "-e", "B=2", "-w", "/tmp", "-i", "--", "python3", "-c", "print(1)",
         ])
         .unwrap();
-        let Command::Run { res, image, exec, command, .. } = c.command else { panic!() };
+        let Command::Run {
+            res,
+            image,
+            exec,
+            command,
+            ..
+        } = c.command
+        else {
+            panic!()
+        };
         assert_eq!((res.cpus, res.memory, res.disk), (2, 256, 2048));
         assert_eq!(image, "python");
         assert_eq!(exec.env, vec!["A=1", "B=2"]);
@@ -234,10 +247,15 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused() {
         assert!(Cli::try_parse_from(["cove", "run", "--cpus", "many"]).is_err());
-        assert!(Cli::try_parse_from(["cove", "exec", "abc"]).is_err(), "exec needs a command");
+        assert!(
+            Cli::try_parse_from(["cove", "exec", "abc"]).is_err(),
+            "exec needs a command"
+        );
         assert!(Cli::try_parse_from(["cove", "rm"]).is_err());
         let c = Cli::try_parse_from(["cove", "exec", "-it", "abc", "--", "sh"]).unwrap();
-        let Command::Exec { exec, id, .. } = c.command else { panic!() };
+        let Command::Exec { exec, id, .. } = c.command else {
+            panic!()
+        };
         assert!(exec.interactive && exec.tty);
         assert_eq!(id, "abc");
     }

@@ -35,20 +35,29 @@ pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
             let client = host.connect(&id).await?;
             // Into a directory: keep the file's name.
             let into_dir = path.ends_with('/')
-                || client.stat(&path).await.is_ok_and(|s| s.kind == FileKind::Dir);
+                || client
+                    .stat(&path)
+                    .await
+                    .is_ok_and(|s| s.kind == FileKind::Dir);
             if into_dir {
-                let name = base_name(&l).filter(|_| l != "-").context("copying stdin into a directory needs a file name")?;
+                let name = base_name(&l)
+                    .filter(|_| l != "-")
+                    .context("copying stdin into a directory needs a file name")?;
                 path = format!("{}/{name}", path.trim_end_matches('/'));
             }
             if l == "-" {
-                client.write_file(&path, None, &mut tokio::io::stdin()).await?;
+                client
+                    .write_file(&path, None, &mut tokio::io::stdin())
+                    .await?;
             } else {
                 let meta = std::fs::metadata(&l).with_context(|| format!("cannot read {l}"))?;
                 if meta.is_dir() {
                     bail!("{l} is a directory; cove cp copies single files");
                 }
                 let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-                let mut f = tokio::fs::File::open(&l).await.with_context(|| format!("cannot open {l}"))?;
+                let mut f = tokio::fs::File::open(&l)
+                    .await
+                    .with_context(|| format!("cannot open {l}"))?;
                 client.write_file(&path, Some(mode), &mut f).await?;
             }
         }
@@ -65,7 +74,10 @@ pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
             // Written beside the target and renamed: a failed copy leaves nothing half-made.
             let tmp = target.with_file_name(format!(
                 ".{}.cove-partial",
-                target.file_name().and_then(|n| n.to_str()).unwrap_or("copy")
+                target
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("copy")
             ));
             let mut f = tokio::fs::File::create(&tmp)
                 .await
@@ -77,10 +89,15 @@ pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
             }
             f.sync_all().await?;
             drop(f);
-            std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+            std::fs::rename(&tmp, &target)
+                .with_context(|| format!("cannot write {}", target.display()))?;
         }
-        (Side::Sandbox(..), Side::Sandbox(..)) => bail!("copy between two sandboxes through this machine: cp to a local file first"),
-        (Side::Local(_), Side::Local(_)) => bail!("one side of cove cp must be ID:/path in a sandbox"),
+        (Side::Sandbox(..), Side::Sandbox(..)) => {
+            bail!("copy between two sandboxes through this machine: cp to a local file first")
+        }
+        (Side::Local(_), Side::Local(_)) => {
+            bail!("one side of cove cp must be ID:/path in a sandbox")
+        }
     }
     Ok(())
 }
@@ -91,7 +108,10 @@ mod tests {
 
     #[test]
     fn sides_are_told_apart() {
-        assert_eq!(parse("abc:/x/y"), Side::Sandbox("abc".into(), "/x/y".into()));
+        assert_eq!(
+            parse("abc:/x/y"),
+            Side::Sandbox("abc".into(), "/x/y".into())
+        );
         assert_eq!(parse("./a:/b"), Side::Local("./a:/b".into()));
         assert_eq!(parse("a:b"), Side::Local("a:b".into()));
         assert_eq!(parse("-"), Side::Local("-".into()));

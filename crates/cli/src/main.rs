@@ -66,8 +66,12 @@ fn exit_code_for(e: &anyhow::Error) -> u8 {
             _ => None,
         });
     match agent {
-        Some(ClientError::Agent(a)) if a.message.starts_with("executable not found") => EXIT_NOT_FOUND,
-        Some(ClientError::Agent(a)) if a.code == ErrorCode::PermissionDenied && a.message.starts_with("starting") => {
+        Some(ClientError::Agent(a)) if a.message.starts_with("executable not found") => {
+            EXIT_NOT_FOUND
+        }
+        Some(ClientError::Agent(a))
+            if a.code == ErrorCode::PermissionDenied && a.message.starts_with("starting") =>
+        {
             EXIT_CANNOT_RUN
         }
         _ => EXIT_COVE,
@@ -135,7 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     println!("{}", r.id);
                 }
             } else {
-                println!("{:<12}  {:<16}  {:<10}  {:<8}  {:>4}  {:>7}  CREATED", "ID", "NAME", "IMAGE", "STATE", "CPUS", "MEMORY");
+                println!(
+                    "{:<12}  {:<16}  {:<10}  {:<8}  {:>4}  {:>7}  CREATED",
+                    "ID", "NAME", "IMAGE", "STATE", "CPUS", "MEMORY"
+                );
                 for r in all {
                     println!(
                         "{:<12}  {:<16}  {:<10}  {:<8}  {:>4}  {:>6}M  {}",
@@ -231,7 +238,11 @@ async fn exec_command(
     opts: &ExecOpts,
     command: Vec<String>,
 ) -> anyhow::Result<u8> {
-    let argv = if command.is_empty() { image.cmd.clone() } else { command };
+    let argv = if command.is_empty() {
+        image.cmd.clone()
+    } else {
+        command
+    };
     if argv.is_empty() {
         anyhow::bail!("no command given and the image has no default command");
     }
@@ -244,7 +255,23 @@ async fn exec_command(
         env.retain(|(ek, _)| *ek != k);
         env.push((k, v));
     }
-    let tty = if opts.tty { Some(term::size().unwrap_or(TtySize { rows: 24, cols: 80 })) } else { None };
+    let tty = if opts.tty {
+        Some(term::size().unwrap_or(TtySize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
+    let timeout_ms = match opts.timeout {
+        None => None,
+        Some(s) => {
+            let d = std::time::Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("invalid --timeout {s}: give a positive number of seconds")
+                })?;
+            Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+        }
+    };
     let req = ExecRequest {
         argv,
         env,
@@ -252,11 +279,15 @@ async fn exec_command(
         user: opts.user.clone().or_else(|| image.user.clone()),
         tty,
         stdin: opts.interactive,
-        timeout_ms: opts.timeout.map(|s| (s * 1000.0) as u64),
+        timeout_ms,
     };
     let mut ex = client.exec(req).await?;
     let sender = ex.session.sender();
-    let _raw = if opts.tty && opts.interactive { term::RawMode::enter() } else { None };
+    let _raw = if opts.tty && opts.interactive {
+        term::RawMode::enter()
+    } else {
+        None
+    };
     if opts.interactive {
         let s = sender.clone();
         tokio::spawn(async move {
@@ -278,7 +309,9 @@ async fn exec_command(
     if opts.tty {
         let s = sender.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
                 return;
             };
             while winch.recv().await.is_some() {
@@ -323,7 +356,10 @@ async fn fs(host: &Host, command: FsCommand) -> anyhow::Result<u8> {
     let client = host.connect(command.sandbox()).await?;
     match command {
         FsCommand::Stat { path, .. } => {
-            println!("{}", serde_json::to_string_pretty(&client.stat(&path).await?)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&client.stat(&path).await?)?
+            );
         }
         FsCommand::Ls { path, json, .. } => {
             let entries = client.list(&path).await?;
@@ -342,7 +378,9 @@ async fn fs(host: &Host, command: FsCommand) -> anyhow::Result<u8> {
             }
         }
         FsCommand::Mkdir { path, parents, .. } => client.mkdir(&path, parents).await?,
-        FsCommand::Rm { path, recursive, .. } => client.remove(&path, recursive).await?,
+        FsCommand::Rm {
+            path, recursive, ..
+        } => client.remove(&path, recursive).await?,
         FsCommand::Mv { from, to, .. } => client.rename(&from, &to).await?,
     }
     Ok(0)
@@ -379,7 +417,11 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    println!("cove {} (protocol {})", env!("CARGO_PKG_VERSION"), cove_protocol::PROTOCOL_VERSION);
+    println!(
+        "cove {} (protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        cove_protocol::PROTOCOL_VERSION
+    );
     println!("home:      {}", home.display());
     match &choice {
         Ok(c) => {
@@ -388,11 +430,27 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
         }
         Err(e) => println!("engine:    none: {e}"),
     }
-    println!("qemu:      {}", qemu_version.as_deref().unwrap_or("not found"));
-    let present = |p: &Path| if p.is_file() { "" } else { " (missing: run `make setup`)" };
+    println!(
+        "qemu:      {}",
+        qemu_version.as_deref().unwrap_or("not found")
+    );
+    let present = |p: &Path| {
+        if p.is_file() {
+            ""
+        } else {
+            " (missing: run `make setup`)"
+        }
+    };
     println!("kernel:    {}{}", kernel.display(), present(&kernel));
     println!("initramfs: {}{}", initramfs.display(), present(&initramfs));
     let imgs = cove_host::images::installed(home);
-    println!("images:    {}", if imgs.is_empty() { "none".to_string() } else { imgs.join(", ") });
+    println!(
+        "images:    {}",
+        if imgs.is_empty() {
+            "none".to_string()
+        } else {
+            imgs.join(", ")
+        }
+    );
     Ok(0)
 }

@@ -10,10 +10,18 @@ static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 /// This terminal's size, if stdout or stdin is one.
 pub fn size() -> Option<TtySize> {
     for fd in [1, 0] {
-        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes one winsize into the valid pointer.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            return Some(TtySize { rows: ws.ws_row, cols: ws.ws_col });
+            return Some(TtySize {
+                rows: ws.ws_row,
+                cols: ws.ws_col,
+            });
         }
     }
     None

@@ -91,10 +91,12 @@ pub struct AgentClient {
 impl AgentClient {
     /// Attaches to the agent through a cove-vm control socket.
     pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
-        let conn = UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
+        let conn = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
         let (r, mut w) = conn.into_split();
         let mut req = serde_json::to_vec(&ControlRequest::Attach).expect("serializes");
         req.push(b'\n');
@@ -105,7 +107,11 @@ impl AgentClient {
         w.write_all(&req).await.map_err(io)?;
         let mut r = BufReader::new(r);
         let mut line = String::new();
-        (&mut r).take(64 * 1024).read_line(&mut line).await.map_err(io)?;
+        (&mut r)
+            .take(64 * 1024)
+            .read_line(&mut line)
+            .await
+            .map_err(io)?;
         match serde_json::from_str::<ControlResponse>(line.trim()) {
             Ok(ControlResponse::Ok { .. }) => {}
             Ok(ControlResponse::Error { message }) => return Err(ClientError::Refused(message)),
@@ -154,7 +160,9 @@ impl AgentClient {
                     }
                 };
                 let mut sessions = i.sessions.lock().expect("lock");
-                let Some(slot) = sessions.get(&f.session) else { continue };
+                let Some(slot) = sessions.get(&f.session) else {
+                    continue;
+                };
                 let (event, last) = match f.body {
                     FrameBody::Window(n) => {
                         if slot.credit.available_permits() < Semaphore::MAX_PERMITS / 2 {
@@ -242,7 +250,11 @@ impl AgentClient {
     }
 
     /// Runs a process to its end with `stdin` as its input, collecting its output.
-    pub async fn output(&self, mut req: ExecRequest, stdin: Option<Vec<u8>>) -> Result<Output, ClientError> {
+    pub async fn output(
+        &self,
+        mut req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, ClientError> {
         req.stdin = stdin.is_some();
         let mut ex = self.exec(req).await?;
         if let Some(input) = stdin {
@@ -274,14 +286,20 @@ impl AgentClient {
     }
 
     /// Streams a file of the sandbox into `to`; returns its size.
-    pub async fn read_file<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> Result<u64, ClientError> {
+    pub async fn read_file<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        to: &mut W,
+    ) -> Result<u64, ClientError> {
         let mut s = self.open(&Request::ReadFile { path: path.into() }).await?;
         loop {
             match s.next().await {
-                Some(Event::Data(_, b)) => to.write_all(&b).await.map_err(|source| ClientError::Io {
-                    what: "writing the copy".into(),
-                    source,
-                })?,
+                Some(Event::Data(_, b)) => {
+                    to.write_all(&b).await.map_err(|source| ClientError::Io {
+                        what: "writing the copy".into(),
+                        source,
+                    })?
+                }
                 Some(Event::Reply(Reply::Done { bytes })) => {
                     to.flush().await.map_err(|source| ClientError::Io {
                         what: "writing the copy".into(),
@@ -318,10 +336,13 @@ impl AgentClient {
             if let Ok(ev) = s.rx.try_recv() {
                 return finish_write(Some(ev), &mut s).await;
             }
-            let n = from.read(&mut buf).await.map_err(|source| ClientError::Io {
-                what: "reading the source".into(),
-                source,
-            })?;
+            let n = from
+                .read(&mut buf)
+                .await
+                .map_err(|source| ClientError::Io {
+                    what: "reading the source".into(),
+                    source,
+                })?;
             if n == 0 {
                 break;
             }
@@ -384,7 +405,11 @@ impl AgentClient {
 
     /// Sends raw bytes on the connection (for tests of hostile input).
     pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
-        self.inner.out.send(bytes).await.map_err(|_| ClientError::Closed)
+        self.inner
+            .out
+            .send(bytes)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 }
 
@@ -433,7 +458,11 @@ impl SessionSender {
     async fn send(&self, f: Frame) -> Result<(), ClientError> {
         let mut buf = Vec::new();
         frame::encode(&f, &mut buf);
-        self.inner.out.send(buf).await.map_err(|_| ClientError::Closed)
+        self.inner
+            .out
+            .send(buf)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Sends data, waiting for the agent's credit.

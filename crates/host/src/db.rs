@@ -68,7 +68,9 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<(), HostError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let done = usize::try_from(done).unwrap_or(0);
         if done > MIGRATIONS.len() {
@@ -80,7 +82,11 @@ impl Db {
         for m in &MIGRATIONS[done..] {
             tx.execute_batch(m)?;
         }
-        tx.pragma_update(None, "user_version", i64::try_from(MIGRATIONS.len()).unwrap_or(0))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(MIGRATIONS.len()).unwrap_or(0),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -92,7 +98,9 @@ impl Db {
             params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason],
         );
         match r {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
             }
             r => r.map(drop).map_err(Into::into),
@@ -124,30 +132,34 @@ impl Db {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2"
         ))?;
-        let mut found: Vec<SandboxRecord> = stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
+        let mut found: Vec<SandboxRecord> =
+            stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
         Ok(if found.len() == 1 { found.pop() } else { None })
     }
 
     /// Every sandbox, oldest first.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"
+        ))?;
         let v = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
         Ok(v)
     }
 
     /// Forgets a sandbox.
     pub fn delete(&self, id: &str) -> Result<(), HostError> {
-        self.conn.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+        self.conn
+            .execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
         Ok(())
     }
 
     /// Sandboxes using an image.
     pub fn using_image(&self, image: &str) -> Result<usize, HostError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM sandboxes WHERE image = ?1", [image], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM sandboxes WHERE image = ?1",
+            [image],
+            |r| r.get(0),
+        )?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 }
@@ -182,7 +194,10 @@ mod tests {
         let db = Db::open(&d.path().join("state.db")).unwrap();
         db.insert(&rec("abcdef123456", Some("web"))).unwrap();
         db.insert(&rec("abcd99999999", None)).unwrap();
-        assert!(matches!(db.insert(&rec("ffff00000000", Some("web"))), Err(HostError::NameTaken(_))));
+        assert!(matches!(
+            db.insert(&rec("ffff00000000", Some("web"))),
+            Err(HostError::NameTaken(_))
+        ));
         assert_eq!(db.find("web").unwrap().unwrap().id, "abcdef123456");
         assert_eq!(db.find("abcdef").unwrap().unwrap().id, "abcdef123456");
         assert!(db.find("abcd").unwrap().is_none(), "ambiguous prefix");
@@ -191,7 +206,10 @@ mod tests {
         r.state = "failed".into();
         r.reason = Some("gone".into());
         db.update(&r).unwrap();
-        assert_eq!(db.find("abcd99999999").unwrap().unwrap().reason.as_deref(), Some("gone"));
+        assert_eq!(
+            db.find("abcd99999999").unwrap().unwrap().reason.as_deref(),
+            Some("gone")
+        );
         db.delete("abcdef123456").unwrap();
         assert_eq!(db.list().unwrap().len(), 1);
         assert_eq!(db.using_image("busybox").unwrap(), 1);

@@ -70,10 +70,22 @@ pub fn choose(requested: Option<&str>) -> Result<EngineChoice, EngineError> {
 
 fn decide(requested: &str, v: &HostVirt, qemu: String) -> Result<EngineChoice, EngineError> {
     let why_accel = if v.dev_kvm && v.hw_virt {
-        ("kvm", "/dev/kvm is backed by hardware virtualisation (vmx/svm)".to_string())
+        (
+            "kvm",
+            "/dev/kvm is backed by hardware virtualisation (vmx/svm)".to_string(),
+        )
     } else if v.dev_kvm {
-        let nested = if v.kvm_pvm { " (kvm_pvm: nested, software-emulated)" } else { "" };
-        ("tcg", format!("/dev/kvm exists{nested} but the CPU shows no vmx/svm, so KVM would emulate every guest instruction; QEMU's TCG is faster"))
+        let nested = if v.kvm_pvm {
+            " (kvm_pvm: nested, software-emulated)"
+        } else {
+            ""
+        };
+        (
+            "tcg",
+            format!(
+                "/dev/kvm exists{nested} but the CPU shows no vmx/svm, so KVM would emulate every guest instruction; QEMU's TCG is faster"
+            ),
+        )
     } else {
         ("tcg", "no /dev/kvm".to_string())
     };
@@ -83,7 +95,11 @@ fn decide(requested: &str, v: &HostVirt, qemu: String) -> Result<EngineChoice, E
             accel: why_accel.0.into(),
             reason: format!(
                 "{}: {}; the kvm engine is not built yet",
-                if requested == "auto" { "auto chose qemu" } else { "qemu requested" },
+                if requested == "auto" {
+                    "auto chose qemu"
+                } else {
+                    "qemu requested"
+                },
                 why_accel.1
             ),
             qemu,
@@ -97,7 +113,11 @@ fn find_qemu() -> Option<String> {
         return Some(p);
     }
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("qemu-system-x86_64")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
         .chain([Path::new("/usr/bin/qemu-system-x86_64").to_path_buf()])
@@ -161,7 +181,11 @@ mod tests {
     use super::*;
 
     fn v(dev_kvm: bool, hw_virt: bool, kvm_pvm: bool) -> HostVirt {
-        HostVirt { dev_kvm, hw_virt, kvm_pvm }
+        HostVirt {
+            dev_kvm,
+            hw_virt,
+            kvm_pvm,
+        }
     }
 
     #[test]

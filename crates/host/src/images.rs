@@ -27,7 +27,10 @@ impl ImageConfig {
     pub fn env_pairs(&self) -> Vec<(String, String)> {
         self.env
             .iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect()
     }
 }
@@ -47,7 +50,9 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Names of installed images.
@@ -70,7 +75,11 @@ pub fn find(home: &Path, name: &str) -> Result<Image, HostError> {
         name: name.to_string(),
         installed: {
             let v = installed(home);
-            if v.is_empty() { "none".into() } else { v.join(", ") }
+            if v.is_empty() {
+                "none".into()
+            } else {
+                v.join(", ")
+            }
         },
     };
     if !valid_name(name) {
@@ -107,9 +116,16 @@ mod tests {
         let img = d.path().join("images/py");
         std::fs::create_dir_all(&img).unwrap();
         std::fs::write(img.join("rootfs.ext4"), b"").unwrap();
-        std::fs::write(img.join("image.json"), br#"{"name":"py","env":["A=1","B=x=y"],"cmd":["python3"]}"#).unwrap();
+        std::fs::write(
+            img.join("image.json"),
+            br#"{"name":"py","env":["A=1","B=x=y"],"cmd":["python3"]}"#,
+        )
+        .unwrap();
         let i = find(d.path(), "py").unwrap();
-        assert_eq!(i.config.env_pairs(), vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!(
+            i.config.env_pairs(),
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
         assert_eq!(i.config.cmd, vec!["python3"]);
         let e = find(d.path(), "../py").unwrap_err().to_string();
         assert!(e.contains("installed: py"), "{e}");

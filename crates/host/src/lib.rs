@@ -80,7 +80,9 @@ pub enum HostError {
         path: String,
     },
     /// A path is too long for a Unix socket.
-    #[error("the Cove home is too deep for Unix sockets ({path} is over 100 bytes); set COVE_HOME to a shorter path")]
+    #[error(
+        "the Cove home is too deep for Unix sockets ({path} is over 100 bytes); set COVE_HOME to a shorter path"
+    )]
     SocketPathTooLong {
         /// The socket path.
         path: String,
@@ -97,7 +99,9 @@ pub enum HostError {
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
     /// The state database is newer than this build.
-    #[error("the state database has schema version {found}, newer than this build knows ({known}); upgrade cove")]
+    #[error(
+        "the state database has schema version {found}, newer than this build knows ({known}); upgrade cove"
+    )]
     SchemaTooNew {
         /// Version found.
         found: usize,
@@ -215,7 +219,8 @@ pub struct Host {
 impl Host {
     /// Opens the home, creating it if needed.
     pub fn open(home: &Path) -> Result<Self, HostError> {
-        std::fs::create_dir_all(home.join("sandboxes")).map_err(io_err("creating the Cove home", home))?;
+        std::fs::create_dir_all(home.join("sandboxes"))
+            .map_err(io_err("creating the Cove home", home))?;
         let db = Db::open(&home.join("state.db"))?;
         Ok(Self {
             home: home.to_path_buf(),
@@ -242,7 +247,10 @@ impl Host {
     pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
         validate(spec)?;
         let image = images::find(&self.home, &spec.image)?;
-        for (what, p) in [("guest kernel", self.kernel()), ("initramfs", self.initramfs())] {
+        for (what, p) in [
+            ("guest kernel", self.kernel()),
+            ("initramfs", self.initramfs()),
+        ] {
             if !p.is_file() {
                 return Err(HostError::MissingAsset {
                     what,
@@ -324,11 +332,19 @@ impl Host {
             tsc_khz: engine::tsc_khz(&self.home),
             qemu: choice.qemu.clone(),
         };
-        write_atomic(&dir.join("vm.json"), &serde_json::to_vec_pretty(&cfg).expect("serializes"))?;
+        write_atomic(
+            &dir.join("vm.json"),
+            &serde_json::to_vec_pretty(&cfg).expect("serializes"),
+        )?;
         let pid = spawn_vm(dir)?;
         rec.pid = Some(pid);
         self.db.update(rec)?;
-        let status = control(Path::new(&rec.socket), &ControlRequest::WaitReady, Some(pid)).await;
+        let status = control(
+            Path::new(&rec.socket),
+            &ControlRequest::WaitReady,
+            Some(pid),
+        )
+        .await;
         match status {
             Ok(s) if s.state == VmState::Running => {
                 rec.state = "running".into();
@@ -380,9 +396,15 @@ impl Host {
         if rec.state == "creating" && rec.pid.is_none() && now_ms() - rec.created_at < 60_000 {
             return Ok(()); // another invocation is still creating it
         }
-        let reason = exit_reason(Path::new(&rec.dir))
-            .unwrap_or_else(|| "its cove-vm process vanished (killed, or the host rebooted)".into());
-        rec.state = if reason == "stopped" { "stopped" } else { "failed" }.into();
+        let reason = exit_reason(Path::new(&rec.dir)).unwrap_or_else(|| {
+            "its cove-vm process vanished (killed, or the host rebooted)".into()
+        });
+        rec.state = if reason == "stopped" {
+            "stopped"
+        } else {
+            "failed"
+        }
+        .into();
         rec.reason = Some(reason);
         rec.pid = None;
         self.db.update(rec)?;
@@ -467,23 +489,40 @@ impl Host {
 }
 
 fn validate(spec: &CreateSpec) -> Result<(), HostError> {
-    let bad = |what, value: String, allowed| HostError::InvalidSetting { what, value, allowed };
+    let bad = |what, value: String, allowed| HostError::InvalidSetting {
+        what,
+        value,
+        allowed,
+    };
     if !(1..=64).contains(&spec.cpus) {
         return Err(bad("cpus", spec.cpus.to_string(), "1 to 64"));
     }
     if !(128..=262_144).contains(&spec.memory_mib) {
-        return Err(bad("memory", format!("{} MiB", spec.memory_mib), "128 to 262144 MiB"));
+        return Err(bad(
+            "memory",
+            format!("{} MiB", spec.memory_mib),
+            "128 to 262144 MiB",
+        ));
     }
     if !(64..=1_048_576).contains(&spec.disk_mib) {
-        return Err(bad("disk", format!("{} MiB", spec.disk_mib), "64 to 1048576 MiB"));
+        return Err(bad(
+            "disk",
+            format!("{} MiB", spec.disk_mib),
+            "64 to 1048576 MiB",
+        ));
     }
     if let Some(n) = &spec.name {
         let ok = !n.is_empty()
             && n.len() <= 63
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && !n.starts_with(['-', '.']);
         if !ok {
-            return Err(bad("name", format!("{n:?}"), "1 to 63 of [A-Za-z0-9_.-], not starting with - or ."));
+            return Err(bad(
+                "name",
+                format!("{n:?}"),
+                "1 to 63 of [A-Za-z0-9_.-], not starting with - or .",
+            ));
         }
     }
     Ok(())
@@ -516,17 +555,34 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
     r.map_err(io_err("writing", path))
 }
 
-/// A sparse ext4 disk for the sandbox's own changes.
+/// A sparse ext4 disk for the sandbox's own changes, holding the overlay's `upper` and `work`
+/// directories already (the guest then mounts it without writing first).
 fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
+    let skel = path.with_file_name("disk-skel");
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(skel.join(d))
+            .map_err(io_err("preparing the sandbox disk", &skel))?;
+    }
     let f = std::fs::File::create(path).map_err(io_err("creating the sandbox disk", path))?;
-    f.set_len(u64::from(mib) << 20).map_err(io_err("sizing the sandbox disk", path))?;
+    f.set_len(u64::from(mib) << 20)
+        .map_err(io_err("sizing the sandbox disk", path))?;
     drop(f);
     let out = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "cove-rw", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "cove-rw",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
+        ])
+        .arg("-d")
+        .arg(&skel)
         .arg(path)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(io_err("running mkfs.ext4 (install e2fsprogs)", path))?;
+    let _ = std::fs::remove_dir_all(&skel);
     if !out.status.success() {
         return Err(HostError::Io {
             what: "formatting the sandbox disk",
@@ -574,9 +630,10 @@ fn spawn_vm(dir: &Path) -> Result<u32, HostError> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(io_err("starting cove-vm (build it with `cargo build`, or set COVE_VM_BIN)", &bin))?;
+    let mut child = cmd.spawn().map_err(io_err(
+        "starting cove-vm (build it with `cargo build`, or set COVE_VM_BIN)",
+        &bin,
+    ))?;
     let pid = child.id();
     // Reap it whenever it ends, so a long-lived caller keeps no zombie.
     std::thread::spawn(move || child.wait());
@@ -589,12 +646,18 @@ fn vm_alive(pid: u32) -> bool {
         return false;
     };
     // The state letter follows the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next());
     if matches!(state, Some("Z" | "X")) {
         return false;
     }
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).next().is_some_and(|a0| a0.ends_with(b"cove-vm")))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|a0| a0.ends_with(b"cove-vm"))
+        })
         .unwrap_or(false)
 }
 
@@ -672,12 +735,30 @@ mod tests {
         let ok = CreateSpec::default();
         assert!(validate(&ok).is_ok());
         for bad in [
-            CreateSpec { cpus: 0, ..ok.clone() },
-            CreateSpec { cpus: 65, ..ok.clone() },
-            CreateSpec { memory_mib: 16, ..ok.clone() },
-            CreateSpec { disk_mib: 1, ..ok.clone() },
-            CreateSpec { name: Some("../x".into()), ..ok.clone() },
-            CreateSpec { name: Some(String::new()), ..ok.clone() },
+            CreateSpec {
+                cpus: 0,
+                ..ok.clone()
+            },
+            CreateSpec {
+                cpus: 65,
+                ..ok.clone()
+            },
+            CreateSpec {
+                memory_mib: 16,
+                ..ok.clone()
+            },
+            CreateSpec {
+                disk_mib: 1,
+                ..ok.clone()
+            },
+            CreateSpec {
+                name: Some("../x".into()),
+                ..ok.clone()
+            },
+            CreateSpec {
+                name: Some(String::new()),
+                ..ok.clone()
+            },
         ] {
             let e = validate(&bad).unwrap_err();
             assert!(e.to_string().starts_with("invalid "), "{e}");
@@ -700,6 +781,9 @@ mod tests {
         assert_eq!(e.to_string(), "no such sandbox: nope");
         let e = host.create(&CreateSpec::default()).await.unwrap_err();
         assert!(e.to_string().starts_with("no such image: busybox"), "{e}");
-        assert!(host.list().unwrap().is_empty(), "a refused create leaves no record");
+        assert!(
+            host.list().unwrap().is_empty(),
+            "a refused create leaves no record"
+        );
     }
 }

@@ -147,7 +147,10 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Oversized { len, .. } => {
-                write!(f, "frame of {len} bytes is over the {MAX_FRAME_LEN}-byte cap")
+                write!(
+                    f,
+                    "frame of {len} bytes is over the {MAX_FRAME_LEN}-byte cap"
+                )
             }
             Self::Short { len } => write!(f, "frame length {len} is shorter than its header"),
             Self::UnknownKind { kind, .. } => write!(f, "unknown frame kind {kind}"),
@@ -165,7 +168,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         FrameBody::Data(s, bytes) => (FrameKind::Data, Some(*s as u8), bytes),
         FrameBody::Eof(s) => (FrameKind::Eof, Some(*s as u8), &[]),
         FrameBody::Window(n) => {
-            encode_raw(frame.session, FrameKind::Window as u8, &n.to_le_bytes(), out);
+            encode_raw(
+                frame.session,
+                FrameKind::Window as u8,
+                &n.to_le_bytes(),
+                out,
+            );
             return;
         }
     };
@@ -209,7 +217,9 @@ impl Decoder {
     pub fn extend(&mut self, bytes: &[u8]) {
         let mut bytes = bytes;
         if self.skip > 0 {
-            let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(bytes.len());
+            let n = usize::try_from(self.skip)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
             self.skip -= n as u64;
             bytes = &bytes[n..];
         }
@@ -226,7 +236,7 @@ impl Decoder {
     }
 
     /// Decodes the next complete frame, if one is buffered.
-    pub fn next(&mut self) -> Option<Result<Frame, FrameError>> {
+    pub fn decode_next(&mut self) -> Option<Result<Frame, FrameError>> {
         if self.skip > 0 {
             return None;
         }
@@ -322,11 +332,11 @@ mod tests {
         let mut d = Decoder::new();
         // Byte by byte: the decoder must cope with any split.
         for b in &out {
-            assert!(d.next().is_none());
+            assert!(d.decode_next().is_none());
             d.extend(std::slice::from_ref(b));
         }
-        assert_eq!(d.next(), Some(Ok(frame)));
-        assert_eq!(d.next(), None);
+        assert_eq!(d.decode_next(), Some(Ok(frame)));
+        assert_eq!(d.decode_next(), None);
         assert_eq!(d.pending(), 0);
     }
 
@@ -379,7 +389,7 @@ mod tests {
         let mut results = Vec::new();
         for chunk in bytes.chunks(4096) {
             d.extend(chunk);
-            while let Some(r) = d.next() {
+            while let Some(r) = d.decode_next() {
                 results.push(r);
             }
         }
@@ -407,19 +417,19 @@ mod tests {
         bytes.extend(good(11));
         let mut d = Decoder::new();
         d.extend(&bytes);
-        assert_eq!(d.next(), Some(Err(FrameError::Short { len: 2 })));
+        assert_eq!(d.decode_next(), Some(Err(FrameError::Short { len: 2 })));
         assert_eq!(
-            d.next(),
+            d.decode_next(),
             Some(Err(FrameError::UnknownKind {
                 session: 4,
                 kind: 99
             }))
         );
         for session in [6, 8, 10, 12] {
-            let err = d.next().unwrap().unwrap_err();
+            let err = d.decode_next().unwrap().unwrap_err();
             assert_eq!(err.session(), Some(session), "{err}");
         }
-        assert_eq!(d.next().unwrap().unwrap().session, 11);
-        assert!(d.next().is_none());
+        assert_eq!(d.decode_next().unwrap().unwrap().session, 11);
+        assert!(d.decode_next().is_none());
     }
 }

@@ -44,10 +44,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame; `Ok(None)` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
-            if let Some(r) = self.decoder.next() {
+            if let Some(r) = self.decoder.decode_next() {
                 return r.map(Some).map_err(ReadError::Frame);
             }
-            let n = self.inner.read(&mut self.buf).await.map_err(ReadError::Io)?;
+            let n = self
+                .inner
+                .read(&mut self.buf)
+                .await
+                .map_err(ReadError::Io)?;
             if n == 0 {
                 if self.decoder.pending() > 0 {
                     return Err(ReadError::Io(std::io::Error::new(

@@ -9,9 +9,9 @@
 
 pub mod control;
 pub mod frame;
-pub mod message;
 #[cfg(feature = "tokio")]
 pub mod io;
+pub mod message;
 
 pub use frame::{Decoder, Frame, FrameBody, FrameError, FrameKind, Stream};
 pub use message::*;
@@ -53,8 +53,8 @@ pub fn schema_json() -> String {
         request: Request,
         reply: Reply,
     }
-    let mut s = serde_json::to_string_pretty(&schemars::schema_for!(Protocol))
-        .expect("schema serializes");
+    let mut s =
+        serde_json::to_string_pretty(&schemars::schema_for!(Protocol)).expect("schema serializes");
     s.push('\n');
     s
 }
@@ -78,7 +78,7 @@ mod tests {
             golden == now,
             "the protocol schema changed; review, bump PROTOCOL_VERSION if needed, and re-bless"
         );
-        assert!(golden.contains(&format!("\"version\"")));
+        assert!(golden.contains("\"version\""));
     }
 
     #[test]
@@ -93,7 +93,9 @@ mod tests {
             timeout_ms: Some(5000),
         });
         let f = msg_frame(3, &req);
-        let FrameBody::Msg(json) = f.body else { panic!() };
+        let FrameBody::Msg(json) = f.body else {
+            panic!()
+        };
         assert_eq!(decode_msg::<Request>(&json).unwrap(), req);
         assert!(decode_msg::<Request>(br#"{"type":"format_disk"}"#).is_err());
         assert!(decode_msg::<Request>(br#"{"type":"stat","path":"/","evil":1}"#).is_err());
@@ -102,13 +104,20 @@ mod tests {
 
     #[test]
     fn negotiation_picks_common_version() {
-        assert_eq!(negotiate(&[PROTOCOL_VERSION + 5, PROTOCOL_VERSION]), Some(PROTOCOL_VERSION));
+        assert_eq!(
+            negotiate(&[PROTOCOL_VERSION + 5, PROTOCOL_VERSION]),
+            Some(PROTOCOL_VERSION)
+        );
         assert_eq!(negotiate(&[PROTOCOL_VERSION + 5]), None);
     }
 
     #[test]
     fn shell_codes() {
-        let e = |code, signal| ExitStatus { code, signal, timed_out: false };
+        let e = |code, signal| ExitStatus {
+            code,
+            signal,
+            timed_out: false,
+        };
         assert_eq!(e(Some(0), None).shell_code(), 0);
         assert_eq!(e(Some(1), None).shell_code(), 1);
         assert_eq!(e(None, Some(9)).shell_code(), 137);

@@ -321,14 +321,14 @@ impl ErrorCode {
     pub fn from_errno(errno: i32) -> Self {
         // Linux x86_64 errno values; `protocol` depends on serde alone, so they are spelled out.
         match errno {
-            2 => Self::NotFound,            // ENOENT
+            2 => Self::NotFound,                   // ENOENT
             1 | 13 | 30 => Self::PermissionDenied, // EPERM, EACCES, EROFS
-            17 => Self::AlreadyExists,      // EEXIST
-            20 => Self::NotADirectory,      // ENOTDIR
-            21 => Self::IsADirectory,       // EISDIR
-            39 => Self::NotEmpty,           // ENOTEMPTY
-            28 | 122 => Self::NoSpace,      // ENOSPC, EDQUOT
-            22 | 36 | 40 => Self::InvalidRequest, // EINVAL, ENAMETOOLONG, ELOOP
+            17 => Self::AlreadyExists,             // EEXIST
+            20 => Self::NotADirectory,             // ENOTDIR
+            21 => Self::IsADirectory,              // EISDIR
+            39 => Self::NotEmpty,                  // ENOTEMPTY
+            28 | 122 => Self::NoSpace,             // ENOSPC, EDQUOT
+            22 | 36 | 40 => Self::InvalidRequest,  // EINVAL, ENAMETOOLONG, ELOOP
             _ => Self::Internal,
         }
     }

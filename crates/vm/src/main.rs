@@ -27,6 +27,10 @@ struct Args {
     /// Sandbox directory holding vm.json; sockets and logs are created there.
     #[arg(long)]
     dir: PathBuf,
+    /// Print the engine's command line for vm.json as a JSON array and exit (benchmarks
+    /// compare against plain QEMU with exactly these arguments).
+    #[arg(long)]
+    print_engine_args: bool,
 }
 
 /// How long the agent has to answer after the VM starts.
@@ -58,6 +62,16 @@ impl Shared {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_engine_args {
+        let cfg: VmConfig = serde_json::from_slice(
+            &std::fs::read(args.dir.join("vm.json")).context("reading vm.json")?,
+        )
+        .context("parsing vm.json")?;
+        let mut argv = vec![cfg.qemu.clone()];
+        argv.extend(engine::qemu::args(&cfg, &args.dir));
+        println!("{}", serde_json::to_string(&argv)?);
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,7 +100,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(dir: PathBuf) -> anyhow::Result<String> {
     let t0 = Instant::now();
     let cfg: VmConfig = serde_json::from_slice(
-        &std::fs::read(dir.join("vm.json")).with_context(|| format!("reading {}/vm.json", dir.display()))?,
+        &std::fs::read(dir.join("vm.json"))
+            .with_context(|| format!("reading {}/vm.json", dir.display()))?,
     )
     .context("parsing vm.json")?;
     let _ = std::fs::remove_file(dir.join("exit.json"));
@@ -94,6 +109,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         let _ = std::fs::remove_file(dir.join(s));
     }
     let mut vm = engine::start(&cfg, &dir)?;
+    let spawned_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let (changed, _) = watch::channel(VmState::Booting);
     let shared = Arc::new(Shared {
         status: Mutex::new(VmStatus {
@@ -125,11 +141,23 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     let socket = vm.agent_socket();
     let boot = async {
         let conn = connect_agent(&socket).await?;
+        let connected_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (r, w) = conn.into_split();
         let link = proxy::Link::start(r, w);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        match link.hello(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)).await? {
-            Reply::Hello { agent_version, .. } => Ok((link, agent_version)),
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        match link
+            .hello(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX))
+            .await?
+        {
+            Reply::Hello { agent_version, .. } => {
+                eprintln!(
+                    "cove-vm: engine started at {spawned_ms:.1} ms, agent port connected at {connected_ms:.1} ms, agent answered at {:.1} ms",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                );
+                Ok((link, agent_version))
+            }
             Reply::Error(e) => Err(format!("the agent refused hello: {e}")),
             other => Err(format!("unexpected answer to hello: {other:?}")),
         }
@@ -232,13 +260,25 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
     let req: ControlRequest = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
-            let _ = respond(&mut w, &ControlResponse::Error { message: format!("bad control request: {e}") }).await;
+            let _ = respond(
+                &mut w,
+                &ControlResponse::Error {
+                    message: format!("bad control request: {e}"),
+                },
+            )
+            .await;
             return;
         }
     };
     match req {
         ControlRequest::Status => {
-            let _ = respond(&mut w, &ControlResponse::Ok { status: shared.status() }).await;
+            let _ = respond(
+                &mut w,
+                &ControlResponse::Ok {
+                    status: shared.status(),
+                },
+            )
+            .await;
         }
         ControlRequest::WaitReady => {
             let mut rx = shared.changed.subscribe();
@@ -248,7 +288,9 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
                 ControlResponse::Ok { status }
             } else {
                 ControlResponse::Error {
-                    message: status.reason.unwrap_or_else(|| "the VM is not running".into()),
+                    message: status
+                        .reason
+                        .unwrap_or_else(|| "the VM is not running".into()),
                 }
             };
             let _ = respond(&mut w, &resp).await;
@@ -256,16 +298,38 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
         ControlRequest::Stop => {
             shared.stop.notify_one();
             let mut rx = shared.changed.subscribe();
-            let _ = rx.wait_for(|s| *s == VmState::Stopping || *s == VmState::Failed).await;
-            let _ = respond(&mut w, &ControlResponse::Ok { status: shared.status() }).await;
+            let _ = rx
+                .wait_for(|s| *s == VmState::Stopping || *s == VmState::Failed)
+                .await;
+            let _ = respond(
+                &mut w,
+                &ControlResponse::Ok {
+                    status: shared.status(),
+                },
+            )
+            .await;
         }
         ControlRequest::Attach => {
             let link = shared.link.lock().expect("lock").clone();
             let Some(link) = link else {
-                let _ = respond(&mut w, &ControlResponse::Error { message: "the agent is not ready".into() }).await;
+                let _ = respond(
+                    &mut w,
+                    &ControlResponse::Error {
+                        message: "the agent is not ready".into(),
+                    },
+                )
+                .await;
                 return;
             };
-            if respond(&mut w, &ControlResponse::Ok { status: shared.status() }).await.is_ok() {
+            if respond(
+                &mut w,
+                &ControlResponse::Ok {
+                    status: shared.status(),
+                },
+            )
+            .await
+            .is_ok()
+            {
                 // Bytes the client sent right after its request line are already buffered in
                 // `r`, so the frame reader takes the BufReader, not the raw half.
                 link.serve_client(r, w).await;
@@ -274,10 +338,12 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
     }
 }
 
-async fn respond<W: AsyncWriteExt + Unpin>(w: &mut W, resp: &ControlResponse) -> std::io::Result<()> {
+async fn respond<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    resp: &ControlResponse,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(resp).expect("responses serialize");
     line.push(b'\n');
     w.write_all(&line).await?;
     w.flush().await
 }
-

@@ -81,7 +81,8 @@ impl Link {
             },
         ))
         .await;
-        rx.await.map_err(|_| "the agent connection closed".to_string())
+        rx.await
+            .map_err(|_| "the agent connection closed".to_string())
     }
 
     /// Runs one request on a session of cove-vm's own; returns its final reply.
@@ -101,7 +102,7 @@ impl Link {
         let mut dec = cove_protocol::Decoder::new();
         while let Some(bytes) = rx.recv().await {
             dec.extend(&bytes);
-            while let Some(Ok(f)) = dec.next() {
+            while let Some(Ok(f)) = dec.decode_next() {
                 if let FrameBody::Msg(json) = f.body
                     && let Ok(r) = cove_protocol::decode_msg::<Reply>(&json)
                     && r.is_final()
@@ -251,7 +252,8 @@ impl Link {
             ids
         };
         for g in open {
-            self.send(&cove_protocol::msg_frame(g, &Request::Cancel)).await;
+            self.send(&cove_protocol::msg_frame(g, &Request::Cancel))
+                .await;
         }
         drop(tx);
         writer_task.abort();
