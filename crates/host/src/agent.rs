@@ -538,3 +538,54 @@ pub struct ExecSession {
     /// Its pid in the guest.
     pub pid: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cove_protocol::frame::FrameKind;
+
+    /// Garbage from the sandbox side does not stop the client: bad frames are dropped and the
+    /// session's real answer still arrives.
+    #[tokio::test]
+    async fn malformed_frames_from_the_sandbox_are_dropped() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (ar, aw) = tokio::io::split(a);
+        let client = AgentClient::over(ar, aw);
+        let (br, mut bw) = tokio::io::split(b);
+        let call = tokio::spawn(async move { client.stat("/x").await });
+        let mut fr = FrameReader::new(br);
+        let f = fr.next().await.unwrap().unwrap();
+        let mut bad = Vec::new();
+        frame::encode_raw(f.session, 0x55, b"??", &mut bad);
+        frame::encode_raw(f.session, FrameKind::Msg as u8, b"not json", &mut bad);
+        frame::encode_raw(f.session, FrameKind::Window as u8, &[1, 2, 3], &mut bad);
+        let st = FileStat {
+            path: "/x".into(),
+            kind: cove_protocol::FileKind::File,
+            size: 1,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_target: None,
+        };
+        frame::encode(
+            &cove_protocol::msg_frame(f.session, &Reply::Stat(st.clone())),
+            &mut bad,
+        );
+        bw.write_all(&bad).await.unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), st);
+    }
+
+    /// The sandbox closing mid-session ends the session with an error, never a hang.
+    #[tokio::test]
+    async fn a_closed_connection_ends_sessions() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (ar, aw) = tokio::io::split(a);
+        let client = AgentClient::over(ar, aw);
+        let call = tokio::spawn(async move { client.health().await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(b);
+        assert!(matches!(call.await.unwrap(), Err(ClientError::Closed)));
+    }
+}

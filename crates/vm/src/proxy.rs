@@ -275,3 +275,86 @@ fn reply_error(tx: &mpsc::UnboundedSender<Vec<u8>>, session: u32, message: Strin
     );
     let _ = tx.send(buf);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cove_protocol::frame::FrameKind;
+    use cove_protocol::{Health, Stream};
+    use tokio::io::AsyncReadExt;
+
+    /// A hostile guest sends malformed frames and frames for sessions nobody opened; the client's
+    /// own session still gets exactly its own answer, and the link keeps serving.
+    #[tokio::test]
+    async fn hostile_guest_frames_are_dropped_and_the_link_keeps_serving() {
+        let (agent_end, vm_end) = tokio::io::duplex(1 << 20);
+        let (vr, vw) = tokio::io::split(vm_end);
+        let link = Link::start(vr, vw);
+        let (client_end, served_end) = tokio::io::duplex(1 << 20);
+        let (sr, sw) = tokio::io::split(served_end);
+        let l = link.clone();
+        tokio::spawn(async move { l.serve_client(sr, sw).await });
+        let (mut cr, mut cw) = tokio::io::split(client_end);
+        let (mut ar, mut aw) = tokio::io::split(agent_end);
+
+        // The client opens its session 7 with a health request.
+        let mut out = Vec::new();
+        frame::encode(&cove_protocol::msg_frame(7, &Request::Health), &mut out);
+        cw.write_all(&out).await.unwrap();
+        // The guest sees it under a global id.
+        let mut fr = FrameReader::new(&mut ar);
+        let f = fr.next().await.unwrap().unwrap();
+        let global = f.session;
+
+        // Garbage first: unknown kind, short frame, oversized header, bad JSON, data for a
+        // session that does not exist, then the real answer.
+        let mut bad = Vec::new();
+        frame::encode_raw(global, 0x99, b"x", &mut bad);
+        bad.extend_from_slice(&3u32.to_le_bytes());
+        bad.extend_from_slice(&[0, 0, 0]);
+        frame::encode_raw(global, FrameKind::Msg as u8, b"{\"type\":", &mut bad);
+        frame::encode(
+            &Frame {
+                session: global + 1000,
+                body: FrameBody::Data(Stream::Stdout, b"not yours".to_vec()),
+            },
+            &mut bad,
+        );
+        let health = Reply::Health(Health {
+            agent_version: "t".into(),
+            protocol_version: 1,
+            uptime_ms: 5,
+            kernel_boot_ms: 1,
+            agent_setup_ms: 1,
+        });
+        frame::encode(&cove_protocol::msg_frame(global, &health), &mut bad);
+        aw.write_all(&bad).await.unwrap();
+
+        // The client gets its answer on its own id, and nothing of the garbage but the
+        // undecodable message, which is relayed as bytes for the client to reject.
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let mut dec = cove_protocol::Decoder::new();
+        let answer = loop {
+            let n = cr.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the link closed");
+            dec.extend(&buf[..n]);
+            let mut done = None;
+            while let Some(r) = dec.decode_next() {
+                let f = r.unwrap();
+                assert_eq!(f.session, 7, "only the client's own session reaches it");
+                if let FrameBody::Msg(json) = &f.body
+                    && let Ok(r) = cove_protocol::decode_msg::<Reply>(json)
+                {
+                    done = Some(r);
+                }
+                got.push(f);
+            }
+            if let Some(r) = done {
+                break r;
+            }
+        };
+        assert_eq!(answer, health);
+        assert!(got.iter().all(|f| !matches!(f.body, FrameBody::Data(..))));
+    }
+}
