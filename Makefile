@@ -30,10 +30,11 @@ test:
 	guest/setup.sh "$(TEST_HOME)"
 	$(CARGO) build --workspace --bins --tests
 	$(MAKE) lint
-	COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace
+	set -o pipefail; COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
 	@leftover=$$(COVE_HOME="$(TEST_HOME)" target/debug/cove ls -q); \
 	if [ -n "$$leftover" ]; then echo "tests left sandboxes behind: $$leftover"; \
 	  COVE_HOME="$(TEST_HOME)" target/debug/cove rm -f $$leftover; exit 1; fi
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "cove: %d passed, %d failed\n", p, f; if (p == 0 || f > 0) exit 1 }' target/test.log
 
 # Benchmarks print one JSON line each (see bench/README.md).
 bench: build

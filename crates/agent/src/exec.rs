@@ -364,13 +364,16 @@ fn futures_join(
 }
 
 async fn pump<R: AsyncRead + Unpin>(mut r: R, stream: Stream, ob: Outbox) {
+    use cove_protocol::frame::{DATA_PREFIX_LEN, MAX_DATA_CHUNK, put_data_prefix};
     loop {
-        let mut buf = vec![0u8; cove_protocol::frame::MAX_DATA_CHUNK];
-        match r.read(&mut buf).await {
+        // Read straight into the frame's buffer after room for its header: no zeroing, no copy.
+        let mut buf = Vec::with_capacity(DATA_PREFIX_LEN + MAX_DATA_CHUNK);
+        buf.resize(DATA_PREFIX_LEN, 0);
+        match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                buf.truncate(n);
-                ob.data(stream, buf).await;
+                put_data_prefix(&mut buf, ob.session(), stream, n);
+                ob.data_encoded(buf, n).await;
             }
         }
     }

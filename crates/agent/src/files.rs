@@ -174,17 +174,24 @@ pub async fn read_file(
         .map_err(|e| internal(&e))??
     };
     ob.reply(&Reply::FileStart { size, mode }).await;
-    // A dedicated thread reads ahead while the session waits for credit.
-    let (tx, mut rx) = mpsc::channel::<io::Result<Vec<u8>>>(4);
+    // A dedicated thread reads ahead, straight into frame buffers, while the session waits for
+    // credit.
+    let (tx, mut rx) = mpsc::channel::<io::Result<(Vec<u8>, usize)>>(4);
+    let session = ob.session();
     std::thread::spawn(move || {
+        use cove_protocol::frame::{DATA_PREFIX_LEN, MAX_DATA_CHUNK, put_data_prefix};
         let mut file = file;
         loop {
-            let mut buf = vec![0u8; cove_protocol::frame::MAX_DATA_CHUNK];
-            match file.read(&mut buf) {
+            let mut buf = Vec::with_capacity(DATA_PREFIX_LEN + MAX_DATA_CHUNK);
+            buf.resize(DATA_PREFIX_LEN, 0);
+            match (&mut file)
+                .take(MAX_DATA_CHUNK as u64)
+                .read_to_end(&mut buf)
+            {
                 Ok(0) => break,
                 Ok(n) => {
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(buf)).is_err() {
+                    put_data_prefix(&mut buf, session, Stream::Stdout, n);
+                    if tx.blocking_send(Ok((buf, n))).is_err() {
                         break;
                     }
                 }
@@ -200,9 +207,9 @@ pub async fn read_file(
     loop {
         tokio::select! {
             chunk = rx.recv() => match chunk {
-                Some(Ok(buf)) => {
-                    total += buf.len() as u64;
-                    ob.data(Stream::Stdout, buf).await;
+                Some(Ok((frame, n))) => {
+                    total += n as u64;
+                    ob.data_encoded(frame, n).await;
                 }
                 Some(Err(e)) => return Err(err_at(&e, &p)),
                 None => break,

@@ -61,18 +61,20 @@ impl Outbox {
             .await;
     }
 
-    /// Sends data, waiting for credit from the host first.
-    pub async fn data(&self, stream: Stream, bytes: Vec<u8>) {
-        let n = u32::try_from(bytes.len()).expect("chunks are small");
+    /// Sends a `Data` frame already encoded in `frame` (see `frame::put_data_prefix`) carrying
+    /// `len` payload bytes, waiting for credit first.
+    pub async fn data_encoded(&self, frame: Vec<u8>, len: usize) {
+        let n = u32::try_from(len).expect("chunks are small");
         match self.credit.acquire_many(n).await {
             Ok(p) => p.forget(),
             Err(_) => return,
         }
-        self.frame(Frame {
-            session: self.session,
-            body: FrameBody::Data(stream, bytes),
-        })
-        .await;
+        let _ = self.out.send(frame).await;
+    }
+
+    /// The session id.
+    pub fn session(&self) -> u32 {
+        self.session
     }
 
     /// Ends one of the agent's streams.
@@ -121,18 +123,33 @@ where
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     // The writer batches whatever frames are queued into one write.
     let writer_task = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(256 * 1024);
+        // Small frames (replies, credit) are gathered into one write; a large data frame is
+        // written as it is, never copied.
+        let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(first) = out_rx.recv().await {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while batch.len() < 256 * 1024 {
-                match out_rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(f) = next.take() {
+                if f.len() >= 16 * 1024 {
+                    if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
+                        return;
+                    }
+                    batch.clear();
+                    if writer.write_all(&f).await.is_err() {
+                        return;
+                    }
+                } else {
+                    batch.extend_from_slice(&f);
+                }
+                if batch.len() < 64 * 1024 {
+                    next = out_rx.try_recv().ok();
                 }
             }
-            if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
-                break;
+            if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+            if writer.flush().await.is_err() {
+                return;
             }
         }
     });

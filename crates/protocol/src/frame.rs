@@ -189,6 +189,19 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Bytes before the payload of a `Data` frame: the header and the stream number.
+pub const DATA_PREFIX_LEN: usize = HEADER_LEN + 1;
+
+/// Writes the header of a `Data` frame carrying `len` bytes into `out[..DATA_PREFIX_LEN]`, so a
+/// sender can read its payload straight into the frame's buffer (no copy).
+pub fn put_data_prefix(out: &mut [u8], session: u32, stream: Stream, len: usize) {
+    let total = u32::try_from(HEADER_AFTER_LEN + 1 + len).expect("chunk under 4 GiB");
+    out[..4].copy_from_slice(&total.to_le_bytes());
+    out[4..8].copy_from_slice(&session.to_le_bytes());
+    out[8] = FrameKind::Data as u8;
+    out[9] = stream as u8;
+}
+
 /// Appends a frame with an arbitrary kind byte and payload (used by tests of hostile input).
 pub fn encode_raw(session: u32, kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(HEADER_AFTER_LEN + payload.len()).expect("frame over 4 GiB");
@@ -338,6 +351,22 @@ mod tests {
         assert_eq!(d.decode_next(), Some(Ok(frame)));
         assert_eq!(d.decode_next(), None);
         assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn data_prefix_matches_encode() {
+        let mut a = Vec::new();
+        encode(
+            &Frame {
+                session: 9,
+                body: FrameBody::Data(Stream::Stderr, b"abc".to_vec()),
+            },
+            &mut a,
+        );
+        let mut b = vec![0u8; DATA_PREFIX_LEN];
+        put_data_prefix(&mut b, 9, Stream::Stderr, 3);
+        b.extend_from_slice(b"abc");
+        assert_eq!(a, b);
     }
 
     #[test]
