@@ -28,7 +28,9 @@ pub struct Qemu {
 
 /// The QEMU command line for a config (public for `cove info` and the benchmarks).
 pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
-    let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1");
+    // trust_cpu: seed the kernel CRNG from RDRAND at once (QEMU backs it with the host RNG), so
+    // nothing in early user space waits for entropy.
+    let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on");
     if cfg.accel == "tcg" {
         cmdline.push_str(" nolapic_timer");
     }
