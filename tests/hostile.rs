@@ -110,3 +110,30 @@ async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
     let c = sb.client().await;
     assert!(c.health().await.unwrap().uptime_ms > 0);
 }
+
+#[test]
+fn a_guest_flooding_its_console_cannot_fill_the_host_disk() {
+    let sb = Sandbox::create("busybox", &[]);
+    let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+    // 2.5 MiB at the console, more than the 2 MiB cove-vm keeps.
+    let o = sb.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero bs=64k count=40 2>/dev/null | tr '\\000' 'x' > /dev/console",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let size = |n: &str| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size("console.log.1") > 0,
+        "the log rotated: {} + {}",
+        size("console.log"),
+        size("console.log.1")
+    );
+    assert!(size("console.log") + size("console.log.1") <= 2 << 20);
+    let o = sb.exec(&[], &["echo", "still here"], b"");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "still here\n");
+}

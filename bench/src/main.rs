@@ -91,6 +91,12 @@ fn plain_same_args(dir: &Path) -> anyhow::Result<f64> {
         .context("no -append")?;
     argv[i + 1].push_str(" COVE_FIRST_LINE=1");
     let console = dir.join("console.log");
+    // cove-vm reads the console from a socket; here QEMU writes it to the file itself.
+    for a in &mut argv {
+        if a.starts_with("socket,id=con,") {
+            *a = format!("file,id=con,path={}", console.display());
+        }
+    }
     let _ = std::fs::remove_file(&console);
     let t = Instant::now();
     let mut child = Command::new(&argv[0])

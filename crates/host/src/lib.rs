@@ -471,15 +471,19 @@ impl Host {
         Ok(rec)
     }
 
-    /// The console log of a sandbox.
+    /// The console log of a sandbox: the rotated part (`console.log.1`), then the current one.
     pub fn logs(&self, key: &str) -> Result<Vec<u8>, HostError> {
         let rec = self.get(key)?;
-        let p = Path::new(&rec.dir).join("console.log");
-        match std::fs::read(&p) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err("reading the console log", &p)(e)),
+        let mut out = Vec::new();
+        for name in ["console.log.1", "console.log"] {
+            let p = Path::new(&rec.dir).join(name);
+            match std::fs::read(&p) {
+                Ok(b) => out.extend(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("reading the console log", &p)(e)),
+            }
         }
+        Ok(out)
     }
 
     /// Images in use by sandboxes (for `image rm`).

@@ -20,7 +20,49 @@ struct Route {
     client: u64,
     local: u32,
     to_client: mpsc::UnboundedSender<Vec<u8>>,
+    /// Data bytes the agent may still send: the window the client granted. A hostile guest that
+    /// ignores it could otherwise make cove-vm and the client buffer without bound.
+    credit: u64,
+    /// Frames other than data the agent sent on this session, and the data frames the client
+    /// sent (each may be answered by one credit frame): the first may not outgrow the second.
+    control_frames: u64,
+    client_data_frames: u64,
 }
+
+impl Route {
+    fn new(client: u64, local: u32, to_client: mpsc::UnboundedSender<Vec<u8>>) -> Self {
+        Self {
+            client,
+            local,
+            to_client,
+            credit: u64::from(cove_protocol::INITIAL_WINDOW),
+            control_frames: 0,
+            client_data_frames: 0,
+        }
+    }
+
+    /// Accounts for a frame from the agent; false when it breaks the protocol's limits.
+    fn admit(&mut self, body: &FrameBody) -> bool {
+        match body {
+            FrameBody::Data(_, b) => {
+                let n = b.len() as u64;
+                if n > self.credit {
+                    return false;
+                }
+                self.credit -= n;
+                true
+            }
+            _ => {
+                self.control_frames += 1;
+                self.control_frames <= CONTROL_FRAME_ALLOWANCE + self.client_data_frames
+            }
+        }
+    }
+}
+
+/// Non-data frames a session may receive beyond one per data frame the client sent: a started
+/// or file-start reply, three end-of-streams and a final reply, with room to spare.
+const CONTROL_FRAME_ALLOWANCE: u64 = 64;
 
 /// The agent connection.
 #[derive(Debug)]
@@ -90,14 +132,10 @@ impl Link {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let client = self.next_client.fetch_add(1, Ordering::Relaxed);
         let global = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.routes.lock().expect("lock").insert(
-            global,
-            Route {
-                client,
-                local: 1,
-                to_client: tx,
-            },
-        );
+        self.routes
+            .lock()
+            .expect("lock")
+            .insert(global, Route::new(client, 1, tx));
         self.send(&cove_protocol::msg_frame(global, req)).await;
         let mut dec = cove_protocol::Decoder::new();
         while let Some(bytes) = rx.recv().await {
@@ -150,21 +188,41 @@ impl Link {
                     .unwrap_or(false),
                 _ => false,
             };
-            let mut routes = self.routes.lock().expect("lock");
-            let Some(route) = routes.get(&f.session) else {
-                continue; // a session that ended, or one the guest made up
+            let broken = {
+                let mut routes = self.routes.lock().expect("lock");
+                let Some(route) = routes.get_mut(&f.session) else {
+                    continue; // a session that ended, or one the guest made up
+                };
+                if route.admit(&f.body) {
+                    let mut buf = Vec::new();
+                    frame::encode(
+                        &Frame {
+                            session: route.local,
+                            body: f.body,
+                        },
+                        &mut buf,
+                    );
+                    let _ = route.to_client.send(buf);
+                    if final_reply {
+                        routes.remove(&f.session);
+                    }
+                    None
+                } else {
+                    routes.remove(&f.session)
+                }
             };
-            let mut buf = Vec::new();
-            frame::encode(
-                &Frame {
-                    session: route.local,
-                    body: f.body,
-                },
-                &mut buf,
-            );
-            let _ = route.to_client.send(buf);
-            if final_reply {
-                routes.remove(&f.session);
+            if let Some(route) = broken {
+                eprintln!(
+                    "cove-vm: the guest broke flow control on session {}; cancelled",
+                    f.session
+                );
+                reply_error(
+                    &route.to_client,
+                    route.local,
+                    "the sandbox broke the protocol's flow control on this session; it was cancelled".into(),
+                );
+                self.send(&cove_protocol::msg_frame(f.session, &Request::Cancel))
+                    .await;
             }
         }
         // The guest is gone: every client learns it by its connection closing.
@@ -220,18 +278,23 @@ impl Link {
                         continue; // data for a session that is over
                     }
                     let g = self.next_session.fetch_add(1, Ordering::Relaxed);
-                    self.routes.lock().expect("lock").insert(
-                        g,
-                        Route {
-                            client,
-                            local: f.session,
-                            to_client: tx.clone(),
-                        },
-                    );
+                    self.routes
+                        .lock()
+                        .expect("lock")
+                        .insert(g, Route::new(client, f.session, tx.clone()));
                     locals.insert(f.session, g);
                     g
                 }
             };
+            if let Some(route) = self.routes.lock().expect("lock").get_mut(&global) {
+                match &f.body {
+                    FrameBody::Window(n) => {
+                        route.credit = route.credit.saturating_add(u64::from(*n))
+                    }
+                    FrameBody::Data(..) => route.client_data_frames += 1,
+                    _ => {}
+                }
+            }
             self.send(&Frame {
                 session: global,
                 body: f.body,
@@ -356,5 +419,71 @@ mod tests {
         };
         assert_eq!(answer, health);
         assert!(got.iter().all(|f| !matches!(f.body, FrameBody::Data(..))));
+    }
+
+    /// A guest that ignores the client's window gets its session cancelled instead of making
+    /// cove-vm buffer without bound; the client sees a protocol error, not a flood.
+    #[tokio::test]
+    async fn a_guest_ignoring_flow_control_is_cut_off() {
+        let (agent_end, vm_end) = tokio::io::duplex(1 << 20);
+        let (vr, vw) = tokio::io::split(vm_end);
+        let link = Link::start(vr, vw);
+        let (client_end, served_end) = tokio::io::duplex(1 << 20);
+        let (sr, sw) = tokio::io::split(served_end);
+        let l = link.clone();
+        tokio::spawn(async move { l.serve_client(sr, sw).await });
+        let (cr, mut cw) = tokio::io::split(client_end);
+        let (ar, mut aw) = tokio::io::split(agent_end);
+
+        let mut out = Vec::new();
+        frame::encode(&cove_protocol::msg_frame(3, &Request::Health), &mut out);
+        cw.write_all(&out).await.unwrap();
+        let mut fr = FrameReader::new(ar);
+        let global = fr.next().await.unwrap().unwrap().session;
+
+        // 2 MiB of data against a 1 MiB window, never credited back (the client reads slowly).
+        let flood = tokio::spawn(async move {
+            for _ in 0..32 {
+                let mut b = Vec::new();
+                frame::encode(
+                    &Frame {
+                        session: global,
+                        body: FrameBody::Data(Stream::Stdout, vec![0u8; 64 * 1024]),
+                    },
+                    &mut b,
+                );
+                if aw.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            aw
+        });
+        // cove-vm tells the guest to cancel the session.
+        let cancel = loop {
+            let f = fr.next().await.unwrap().unwrap();
+            if let FrameBody::Msg(json) = f.body {
+                break (
+                    f.session,
+                    cove_protocol::decode_msg::<Request>(&json).unwrap(),
+                );
+            }
+        };
+        assert_eq!(cancel, (global, Request::Cancel));
+        let _aw = flood.await.unwrap();
+
+        // The client got at most its window of data, then a protocol error.
+        let mut reader = FrameReader::new(cr);
+        let mut data = 0usize;
+        let err = loop {
+            let f = reader.next().await.unwrap().unwrap();
+            assert_eq!(f.session, 3);
+            match f.body {
+                FrameBody::Data(_, b) => data += b.len(),
+                FrameBody::Msg(json) => break cove_protocol::decode_msg::<Reply>(&json).unwrap(),
+                _ => {}
+            }
+        };
+        assert!(data <= cove_protocol::INITIAL_WINDOW as usize, "{data}");
+        assert!(matches!(err, Reply::Error(e) if e.code == cove_protocol::ErrorCode::Protocol));
     }
 }

@@ -30,7 +30,8 @@ pub struct Qemu {
 pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
     // trust_cpu: seed the kernel CRNG from RDRAND at once (QEMU backs it with the host RNG), so
     // nothing in early user space waits for entropy.
-    let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on");
+    let mut cmdline =
+        String::from("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on");
     if cfg.accel == "tcg" {
         cmdline.push_str(" nolapic_timer");
     }
@@ -61,7 +62,11 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         "-append",
         &cmdline,
         "-chardev",
-        &format!("file,id=con,path={}", dir.join("console.log").display()),
+        // cove-vm copies the console into a size-capped log (see `keep_console`).
+        &format!(
+            "socket,id=con,path={},server=on,wait=off",
+            dir.join("console.sock").display()
+        ),
         "-serial",
         "chardev:con",
     ]
@@ -125,6 +130,10 @@ impl Qemu {
             program: cfg.qemu.clone(),
             source,
         })?;
+        tokio::spawn(keep_console(
+            dir.join("console.sock"),
+            dir.join("console.log"),
+        ));
         Ok(Self {
             child,
             agent_socket: dir.join("agent.sock"),
@@ -157,5 +166,57 @@ impl RunningVm for Qemu {
 
     fn kill(&mut self) {
         let _ = self.child.start_kill();
+    }
+}
+
+/// Most bytes kept in `console.log`; past it the log rotates once to `console.log.1`, so a guest
+/// that prints without end costs the host at most twice this much disk.
+pub const CONSOLE_LOG_MAX: u64 = 1 << 20;
+
+/// Copies the guest's serial console into `console.log`, rotating at [`CONSOLE_LOG_MAX`].
+async fn keep_console(sock: PathBuf, log: PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut conn = loop {
+        match tokio::net::UnixStream::connect(&sock).await {
+            Ok(c) => break c,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(e) => {
+                eprintln!("cove-vm: console: {e}");
+                return;
+            }
+        }
+    };
+    async fn open(log: &Path) -> std::io::Result<tokio::fs::File> {
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .await
+    }
+    let Ok(mut file) = open(&log).await else {
+        return;
+    };
+    let mut written = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if written + n as u64 > CONSOLE_LOG_MAX {
+            let _ = tokio::fs::rename(&log, log.with_extension("log.1")).await;
+            match open(&log).await {
+                Ok(f) => file = f,
+                Err(_) => return,
+            }
+            written = 0;
+        }
+        if file.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        written += n as u64;
     }
 }
