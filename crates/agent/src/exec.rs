@@ -288,6 +288,7 @@ pub async fn run(
     let mut exit_rx = exit_rx;
     let mut pumps_done = futures_join(pumps);
     let mut outputs_closed = false;
+    let mut inbox_open = true;
     loop {
         if status.is_some() && outputs_closed {
             break;
@@ -299,7 +300,7 @@ pub async fn run(
             _ = &mut pumps_done, if !outputs_closed => {
                 outputs_closed = true;
             }
-            ev = inbox.recv() => match ev {
+            ev = inbox.recv(), if inbox_open => match ev {
                 Some(Inbound::Data(Stream::Stdin, bytes)) => { let _ = stdin_tx.send(Some(bytes)); }
                 Some(Inbound::Eof(Stream::Stdin)) => { let _ = stdin_tx.send(None); }
                 Some(Inbound::Data(..) | Inbound::Eof(_)) => {}
@@ -313,7 +314,10 @@ pub async fn run(
                         let _ = set_winsize(m.raw(), size);
                     }
                 }
-                Some(Inbound::Cancel) | None => {
+                // The host connection is gone for good (a restore detached this session): the
+                // process lives on, its output is dropped.
+                None => inbox_open = false,
+                Some(Inbound::Cancel) => {
                     cancelled = true;
                     let _ = killpg(pgid, Signal::SIGKILL);
                     if status.is_some() {

@@ -379,6 +379,35 @@ pub fn set_clock(unix_ns: u64) {
     }
 }
 
+/// Mixes host-provided random bytes (hex) into the guest's pool and reseeds the CRNG at once.
+pub fn add_entropy(hex: &str) {
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") {
+        use std::io::Write;
+        let _ = f.write_all(&bytes);
+        // RNDRESEEDCRNG = _IO('R', 0x07): reseed now rather than at the next interval.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        // SAFETY: an argument-less ioctl on an open /dev/urandom.
+        unsafe {
+            libc::ioctl(fd, 0x5207);
+        }
+    }
+}
+
+/// Takes a new identity (a fork): hostname, and a fresh machine-id where the image has one.
+pub fn new_identity(hostname: &str) {
+    let _ = nix::unistd::sethostname(hostname);
+    if std::path::Path::new("/etc/machine-id").exists() {
+        let mut b = [0u8; 16];
+        // SAFETY: getrandom writes at most 16 bytes into the valid buffer.
+        let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let _ = std::fs::write("/etc/machine-id", format!("{id}\n"));
+    }
+}
+
 /// Flushes and stops the guest. The VMM runs with "no reboot": a reboot ends it.
 pub fn power_off() -> ! {
     nix::unistd::sync();

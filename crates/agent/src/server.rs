@@ -1,6 +1,7 @@
 //! One connection with the host: frames in, sessions dispatched, frames out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,12 +47,25 @@ pub enum Inbound {
     Cancel,
 }
 
+/// What the writer task is handed.
+#[derive(Debug)]
+enum Out {
+    /// Encoded frames.
+    Frame(Vec<u8>),
+    /// Everything before this is written; then nothing until the thaw count passes this one
+    /// (see `Request::Freeze`).
+    Freeze(u64),
+}
+
 /// A session's way back to the host.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     session: u32,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Out>,
     credit: Arc<Semaphore>,
+    /// Set when the host connection that opened the session is gone (a restore said hello):
+    /// the session's work goes on, its output is dropped.
+    detached: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -69,7 +83,9 @@ impl Outbox {
             Ok(p) => p.forget(),
             Err(_) => return,
         }
-        let _ = self.out.send(frame).await;
+        if !self.detached.load(Ordering::Relaxed) {
+            let _ = self.out.send(Out::Frame(frame)).await;
+        }
     }
 
     /// The session id.
@@ -103,13 +119,16 @@ impl Outbox {
         let mut buf = Vec::new();
         frame::encode(&f, &mut buf);
         // A closed writer means the connection is gone; the session ends with it.
-        let _ = self.out.send(buf).await;
+        if !self.detached.load(Ordering::Relaxed) {
+            let _ = self.out.send(Out::Frame(buf)).await;
+        }
     }
 }
 
 struct SessionEntry {
     inbox: mpsc::UnboundedSender<Inbound>,
     credit: Arc<Semaphore>,
+    detached: Arc<AtomicBool>,
 }
 
 type Sessions = Arc<Mutex<HashMap<u32, SessionEntry>>>;
@@ -120,7 +139,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(256);
+    // Thaws since the connection started; a freeze waits for the next one.
+    let (thaw_tx, mut thaw_rx) = tokio::sync::watch::channel(0u64);
+    thaw_rx.mark_unchanged();
     // The writer batches whatever frames are queued into one write.
     let writer_task = tokio::spawn(async move {
         // Small frames (replies, credit) are gathered into one write; a large data frame is
@@ -128,17 +150,23 @@ where
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(first) = out_rx.recv().await {
             let mut next = Some(first);
-            while let Some(f) = next.take() {
-                if f.len() >= 16 * 1024 {
-                    if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
-                        return;
+            let mut freeze = None;
+            while let Some(item) = next.take() {
+                match item {
+                    Out::Freeze(at) => {
+                        freeze = Some(at);
+                        break;
                     }
-                    batch.clear();
-                    if writer.write_all(&f).await.is_err() {
-                        return;
+                    Out::Frame(f) if f.len() >= 16 * 1024 => {
+                        if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
+                            return;
+                        }
+                        batch.clear();
+                        if writer.write_all(&f).await.is_err() {
+                            return;
+                        }
                     }
-                } else {
-                    batch.extend_from_slice(&f);
+                    Out::Frame(f) => batch.extend_from_slice(&f),
                 }
                 if batch.len() < 64 * 1024 {
                     next = out_rx.try_recv().ok();
@@ -150,6 +178,12 @@ where
             batch.clear();
             if writer.flush().await.is_err() {
                 return;
+            }
+            if let Some(at) = freeze {
+                // The stream now ends on a frame boundary; hold everything until a thaw.
+                if thaw_rx.wait_for(|n| *n > at).await.is_err() {
+                    return;
+                }
             }
         }
     });
@@ -190,7 +224,27 @@ where
                     }
                 };
                 if session == 0 {
+                    if matches!(req, Request::Hello { .. }) {
+                        // A (re)connected host: sessions of the previous one are detached, not
+                        // killed (their processes live on), and their ids are free again.
+                        for (_, e) in sessions.lock().expect("lock").drain() {
+                            e.detached.store(true, Ordering::Relaxed);
+                            e.credit.close();
+                        }
+                        thaw_tx.send_modify(|n| *n += 1);
+                    }
                     handle_hello(&agent, req, &out_tx).await;
+                    continue;
+                }
+                if matches!(req, Request::Freeze | Request::Thaw) {
+                    let ob = outbox(session, &out_tx, Arc::new(Semaphore::new(0)));
+                    ob.reply(&Reply::Ok).await;
+                    if matches!(req, Request::Freeze) {
+                        let at = *thaw_tx.borrow();
+                        let _ = out_tx.send(Out::Freeze(at)).await;
+                    } else {
+                        thaw_tx.send_modify(|n| *n += 1);
+                    }
                     continue;
                 }
                 let existing = sessions
@@ -250,11 +304,12 @@ fn send_inbound(sessions: &Sessions, session: u32, ev: Inbound) {
     }
 }
 
-fn outbox(session: u32, out: &mpsc::Sender<Vec<u8>>, credit: Arc<Semaphore>) -> Outbox {
+fn outbox(session: u32, out: &mpsc::Sender<Out>, credit: Arc<Semaphore>) -> Outbox {
     Outbox {
         session,
         out: out.clone(),
         credit,
+        detached: Arc::default(),
     }
 }
 
@@ -266,12 +321,14 @@ fn protocol_error(message: String) -> Reply {
     })
 }
 
-async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Vec<u8>>) {
+async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Out>) {
     let ob = outbox(0, out, Arc::new(Semaphore::new(0)));
     let Request::Hello {
         versions,
         client,
         time_unix_ns,
+        entropy_hex,
+        hostname,
     } = req
     else {
         ob.reply(&protocol_error("session 0 takes only hello".into()))
@@ -290,10 +347,18 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Vec<u8>>) 
         .await;
         return;
     };
-    if agent.pid1
-        && let Some(ns) = time_unix_ns
-    {
-        crate::init::set_clock(ns);
+    if agent.pid1 {
+        // After a restore the guest's clock is stale and its random state shared with every
+        // clone of the snapshot: resync and reseed before anything else runs.
+        if let Some(ns) = time_unix_ns {
+            crate::init::set_clock(ns);
+        }
+        if let Some(hex) = entropy_hex {
+            crate::init::add_entropy(&hex);
+        }
+        if let Some(h) = hostname {
+            crate::init::new_identity(&h);
+        }
     }
     ob.reply(&Reply::Hello {
         version,
@@ -315,26 +380,30 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Vec<u8>>) 
 fn start_session(
     agent: &Arc<Agent>,
     sessions: &Sessions,
-    out: &mpsc::Sender<Vec<u8>>,
+    out: &mpsc::Sender<Out>,
     session: u32,
     req: Request,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     let credit = Arc::new(Semaphore::new(cove_protocol::INITIAL_WINDOW as usize));
+    let ob = outbox(session, out, credit.clone());
     sessions.lock().expect("lock").insert(
         session,
         SessionEntry {
             inbox: tx,
-            credit: credit.clone(),
+            credit,
+            detached: ob.detached.clone(),
         },
     );
-    let ob = outbox(session, out, credit);
     let agent = agent.clone();
     let sessions = sessions.clone();
     tokio::spawn(async move {
         let reply = run_request(&agent, req, &ob, rx).await;
-        // Remove before replying, so a reused session id is always a new session.
-        sessions.lock().expect("lock").remove(&session);
+        // Remove before replying, so a reused session id is always a new session (unless the
+        // session was detached: the id may already belong to a new host's session).
+        if !ob.detached.load(Ordering::Relaxed) {
+            sessions.lock().expect("lock").remove(&session);
+        }
         ob.reply(&reply).await;
     });
 }
@@ -387,6 +456,7 @@ async fn run_request(
             message: "hello belongs on session 0".into(),
             path: None,
         }),
+        Request::Freeze | Request::Thaw => Ok(Reply::Ok),
         Request::Signal { .. } | Request::Resize(_) | Request::Cancel => Err(AgentError {
             code: ErrorCode::InvalidRequest,
             message: "no running exec on this session".into(),

@@ -137,6 +137,8 @@ async fn malformed_frames_are_answered_and_skipped() {
                 versions: vec![999],
                 client: "t".into(),
                 time_unix_ns: None,
+                entropy_hex: None,
+                hostname: None,
             },
         ),
         &mut bytes,
@@ -165,4 +167,21 @@ async fn malformed_frames_are_answered_and_skipped() {
             (0, ErrorCode::Protocol)
         ]
     );
+}
+
+/// `freeze` cuts the outgoing stream at a frame boundary: nothing more is sent until a `thaw`
+/// (or, after a restore, a new `hello`).
+#[tokio::test]
+async fn freeze_holds_output_until_thaw() {
+    let c = pair();
+    assert!(matches!(c.call(&Request::Freeze).await.unwrap(), Reply::Ok));
+    let c2 = c.clone();
+    let health = tokio::spawn(async move { c2.health().await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!health.is_finished(), "a frozen agent sends nothing");
+    // The thaw's own answer and the held one both arrive.
+    let c3 = c.clone();
+    let thaw = tokio::spawn(async move { c3.call(&Request::Thaw).await });
+    assert!(health.await.unwrap().is_ok());
+    assert!(matches!(thaw.await.unwrap().unwrap(), Reply::Ok));
 }

@@ -133,6 +133,21 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Stop a sandbox's vCPUs; its memory stays resident.
+    Pause {
+        /// Sandbox id, id prefix or name.
+        id: String,
+    },
+    /// Run a paused sandbox again, or bring a hibernated one back (same files, same processes).
+    Resume {
+        /// Sandbox id, id prefix or name.
+        id: String,
+    },
+    /// Save a sandbox's whole state (memory, processes, disk) and stop its VM.
+    Hibernate {
+        /// Sandbox id, id prefix or name.
+        id: String,
+    },
     /// Files in a sandbox.
     Fs {
         #[command(subcommand)]

@@ -202,6 +202,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Pause { id } => {
+            println!("{}", host()?.pause(&id).await?.id);
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            println!("{}", host()?.resume(&id).await?.id);
+            Ok(0)
+        }
+        Command::Hibernate { id } => {
+            println!("{}", host()?.hibernate(&id).await?.id);
+            Ok(0)
+        }
         Command::Fs { command } => fs(&host()?, command).await,
         Command::Info { json } => info(&home, json).await,
     }

@@ -95,6 +95,14 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// A lifecycle operation failed; the sandbox keeps its previous state.
+    #[error("sandbox {id}: {reason}")]
+    Operation {
+        /// The sandbox.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The engine cannot run here.
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
@@ -331,6 +339,7 @@ impl Host {
             ],
             tsc_khz: engine::tsc_khz(&self.home),
             qemu: choice.qemu.clone(),
+            restore: None,
         };
         write_atomic(
             &dir.join("vm.json"),
@@ -387,7 +396,7 @@ impl Host {
 
     /// Re-attaches: a recorded sandbox whose cove-vm is gone is marked with how it ended.
     fn reconcile(&self, rec: &mut SandboxRecord) -> Result<(), HostError> {
-        if !matches!(rec.state.as_str(), "running" | "creating") {
+        if !matches!(rec.state.as_str(), "running" | "creating" | "paused") {
             return Ok(());
         }
         if rec.pid.is_some_and(vm_alive) {
@@ -449,15 +458,134 @@ impl Host {
         Ok(rec)
     }
 
+    /// Stops a running sandbox's vCPUs; its memory stays resident.
+    pub async fn pause(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        match rec.state.as_str() {
+            "paused" => return Ok(rec),
+            "running" => {}
+            _ => return Err(not_running(rec)),
+        }
+        self.vm_op(&rec, &ControlRequest::Pause).await?;
+        rec.state = "paused".into();
+        self.db.update(&rec)?;
+        Ok(rec)
+    }
+
+    /// Runs a paused sandbox again, or restores a hibernated one (same id, files and processes).
+    pub async fn resume(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        match rec.state.as_str() {
+            "running" => Ok(rec),
+            "paused" => {
+                self.vm_op(&rec, &ControlRequest::Resume).await?;
+                rec.state = "running".into();
+                self.db.update(&rec)?;
+                Ok(rec)
+            }
+            "hibernated" => {
+                let dir = PathBuf::from(&rec.dir);
+                let snap = dir.join("hibernation");
+                let mut cfg: VmConfig = serde_json::from_slice(
+                    &std::fs::read(dir.join("vm.json")).map_err(io_err("reading vm.json", &dir))?,
+                )
+                .map_err(|e| HostError::Io {
+                    what: "parsing vm.json",
+                    path: dir.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                cfg.restore = Some(snap.display().to_string());
+                cfg.tsc_khz = engine::tsc_khz(&self.home);
+                write_atomic(
+                    &dir.join("vm.json"),
+                    &serde_json::to_vec_pretty(&cfg).expect("serializes"),
+                )?;
+                let pid = spawn_vm(&dir)?;
+                rec.pid = Some(pid);
+                rec.state = "resuming".into();
+                self.db.update(&rec)?;
+                match control(
+                    Path::new(&rec.socket),
+                    &ControlRequest::WaitReady,
+                    Some(pid),
+                )
+                .await
+                {
+                    Ok(s) if s.state == VmState::Running => {
+                        rec.state = "running".into();
+                        rec.reason = None;
+                        self.db.update(&rec)?;
+                        // The snapshot is stale from here on (the guest runs and writes its disk).
+                        let _ = std::fs::remove_dir_all(&snap);
+                        Ok(rec)
+                    }
+                    other => {
+                        kill_vm(pid).await;
+                        let reason = match other {
+                            Ok(s) => s.reason.unwrap_or_else(|| format!("{:?}", s.state)),
+                            Err(e) => exit_reason(&dir).unwrap_or(e),
+                        };
+                        // The snapshot is untouched: the sandbox stays hibernated, and says why.
+                        rec.state = "hibernated".into();
+                        rec.pid = None;
+                        rec.reason = Some(format!("resume failed: {reason}"));
+                        self.db.update(&rec)?;
+                        Err(HostError::StartFailed { id: rec.id, reason })
+                    }
+                }
+            }
+            _ => Err(not_running(rec)),
+        }
+    }
+
+    /// Saves a running or paused sandbox's whole state beside it and stops its VM: it then costs
+    /// only disk, and `resume` brings it back.
+    pub async fn hibernate(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        if !matches!(rec.state.as_str(), "running" | "paused") {
+            return Err(not_running(rec));
+        }
+        let dir = PathBuf::from(&rec.dir);
+        let snap = dir.join("hibernation");
+        let _ = std::fs::remove_dir_all(&snap);
+        let req = ControlRequest::Hibernate {
+            dir: snap.display().to_string(),
+        };
+        self.vm_op(&rec, &req).await?;
+        if let Some(pid) = rec.pid {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vm_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        rec.state = "hibernated".into();
+        rec.pid = None;
+        rec.reason = None;
+        self.db.update(&rec)?;
+        Ok(rec)
+    }
+
+    async fn vm_op(&self, rec: &SandboxRecord, req: &ControlRequest) -> Result<(), HostError> {
+        control(Path::new(&rec.socket), req, None)
+            .await
+            .map(drop)
+            .map_err(|reason| HostError::Operation {
+                id: rec.id.clone(),
+                reason,
+            })
+    }
+
     /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
     pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
         let rec = self.get(key)?;
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
-            if !force && rec.state == "running" {
+            if !force && matches!(rec.state.as_str(), "running" | "paused") {
                 return Err(HostError::StillRunning(rec.id));
             }
             kill_vm(pid).await;
         }
+        // Guest RAM of a cove-vm that was killed outright (it removes the file itself otherwise).
+        let _ = std::fs::remove_file(format!("/dev/shm/cove-{}.mem", rec.id));
         let dir = Path::new(&rec.dir);
         if dir.starts_with(self.home.join("sandboxes")) {
             match std::fs::remove_dir_all(dir) {
@@ -489,6 +617,14 @@ impl Host {
     /// Images in use by sandboxes (for `image rm`).
     pub fn image_in_use(&self, image: &str) -> Result<usize, HostError> {
         self.db.using_image(image)
+    }
+}
+
+fn not_running(rec: SandboxRecord) -> HostError {
+    HostError::NotRunning {
+        id: rec.id,
+        state: rec.state,
+        reason: rec.reason,
     }
 }
 

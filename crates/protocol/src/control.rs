@@ -19,6 +19,16 @@ pub enum ControlRequest {
     WaitReady,
     /// Stops the guest (flushing its disks) and ends cove-vm.
     Stop,
+    /// Stops the vCPUs; memory stays resident.
+    Pause,
+    /// Runs the vCPUs again.
+    Resume,
+    /// Saves the whole VM (device state, memory, the manifest) into `dir`, then ends cove-vm
+    /// and its VM. A later cove-vm started with `restore` set to `dir` carries on from there.
+    Hibernate {
+        /// Directory to create for the snapshot (must not exist).
+        dir: String,
+    },
     /// Turns this connection into a stream of agent frames.
     Attach,
 }
@@ -68,6 +78,8 @@ pub enum VmState {
     Booting,
     /// The agent answered.
     Running,
+    /// vCPUs stopped.
+    Paused,
     /// A stop is in progress.
     Stopping,
     /// The guest or its VMM died.
@@ -98,6 +110,9 @@ pub struct VmConfig {
     pub tsc_khz: Option<u64>,
     /// Path of the QEMU binary.
     pub qemu: String,
+    /// Start from this snapshot directory (written by `hibernate`) instead of booting.
+    #[serde(default)]
+    pub restore: Option<String>,
 }
 
 /// One virtio-blk disk.

@@ -23,7 +23,20 @@ pub enum Request {
         /// The host's wall clock (nanoseconds since the epoch); the agent sets the guest clock
         /// from it, so a fresh boot or a restored snapshot never runs on a stale time.
         time_unix_ns: Option<u64>,
+        /// Fresh random bytes (hex) the agent mixes into the guest's entropy pool: restored
+        /// clones never share random state.
+        #[serde(default)]
+        entropy_hex: Option<String>,
+        /// A new hostname (a fork: the clone takes its own name and a new machine-id).
+        #[serde(default)]
+        hostname: Option<String>,
     },
+    /// Quiesces the connection before a snapshot: the agent answers `ok`, then sends nothing
+    /// more until the next `hello` (after a restore) or `thaw` (the VM kept running), so the
+    /// stream is cut at a frame boundary in both directions.
+    Freeze,
+    /// Ends a `freeze` on the same connection.
+    Thaw,
     /// Agent version, uptime and boot timings.
     Health,
     /// Starts a process.

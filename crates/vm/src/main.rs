@@ -7,6 +7,7 @@
 
 mod engine;
 mod proxy;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use cove_protocol::control::{ControlRequest, ControlResponse, VmConfig, VmState,
 use cove_protocol::{Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Supervises one sandbox's VM.
 #[derive(Debug, Parser)]
@@ -38,12 +39,22 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stop waits for the guest to power off before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What control connections ask of the VM; the supervisor's main loop carries them out one at
+/// a time, so lifecycle operations never overlap.
+#[derive(Debug)]
+enum VmCommand {
+    Stop(oneshot::Sender<Result<(), String>>),
+    Pause(oneshot::Sender<Result<(), String>>),
+    Resume(oneshot::Sender<Result<(), String>>),
+    Hibernate(PathBuf, oneshot::Sender<Result<(), String>>),
+}
+
 #[derive(Debug)]
 struct Shared {
     status: Mutex<VmStatus>,
     changed: watch::Sender<VmState>,
     link: Mutex<Option<Arc<proxy::Link>>>,
-    stop: tokio::sync::Notify,
+    commands: mpsc::Sender<VmCommand>,
 }
 
 impl Shared {
@@ -105,10 +116,11 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     )
     .context("parsing vm.json")?;
     let _ = std::fs::remove_file(dir.join("exit.json"));
-    for s in ["control.sock", "agent.sock", "qmp.sock"] {
+    for s in ["control.sock", "agent.sock", "qmp.sock", "console.sock"] {
         let _ = std::fs::remove_file(dir.join(s));
     }
-    let mut vm = engine::start(&cfg, &dir)?;
+    let mut vm = engine::start(&cfg, &dir).await?;
+    let (commands, mut command_rx) = mpsc::channel(8);
     let spawned_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let (changed, _) = watch::channel(VmState::Booting);
     let shared = Arc::new(Shared {
@@ -124,7 +136,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         }),
         changed,
         link: Mutex::default(),
-        stop: tokio::sync::Notify::new(),
+        commands,
     });
 
     // The control socket answers from the start: a client can wait for readiness on it.
@@ -148,7 +160,11 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         match link
-            .hello(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX))
+            .hello(
+                u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+                random_hex(32),
+                None,
+            )
             .await?
         {
             Reply::Hello { agent_version, .. } => {
@@ -191,31 +207,119 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         s.boot_ms = Some(boot_ms);
     });
 
-    let reason = tokio::select! {
-        how = vm.wait() => with_console_tail(&dir, format!("the VM stopped unexpectedly: {how}")),
-        _ = shared.stop.notified() => {
-            shared.set(|s| s.state = VmState::Stopping);
-            // Ask the guest to flush and power off; kill it if it does not in time.
-            let _ = tokio::time::timeout(Duration::from_secs(2), link.request(&Request::Shutdown)).await;
-            if tokio::time::timeout(STOP_GRACE, vm.wait()).await.is_err() {
+    let reason = loop {
+        let cmd = tokio::select! {
+            how = vm.wait() => break with_console_tail(&dir, format!("the VM stopped unexpectedly: {how}")),
+            _ = term.recv() => {
                 vm.kill();
                 let _ = vm.wait().await;
+                break "terminated".to_string();
             }
-            "stopped".to_string()
-        }
-        _ = term.recv() => {
-            vm.kill();
-            let _ = vm.wait().await;
-            "terminated".to_string()
+            cmd = command_rx.recv() => match cmd {
+                Some(c) => c,
+                None => continue,
+            },
+        };
+        match cmd {
+            VmCommand::Pause(tx) => {
+                let r = vm.pause().await.map_err(|e| format!("pause: {e}"));
+                if r.is_ok() {
+                    shared.set(|s| s.state = VmState::Paused);
+                }
+                let _ = tx.send(r);
+            }
+            VmCommand::Resume(tx) => {
+                let r = vm.resume().await.map_err(|e| format!("resume: {e}"));
+                if r.is_ok() {
+                    shared.set(|s| s.state = VmState::Running);
+                }
+                let _ = tx.send(r);
+            }
+            VmCommand::Stop(tx) => {
+                shared.set(|s| s.state = VmState::Stopping);
+                let _ = vm.resume().await; // a paused guest cannot power itself off
+                // Ask the guest to flush and power off; kill it if it does not in time.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), link.request(&Request::Shutdown))
+                        .await;
+                if tokio::time::timeout(STOP_GRACE, vm.wait()).await.is_err() {
+                    vm.kill();
+                    let _ = vm.wait().await;
+                }
+                let _ = tx.send(Ok(()));
+                break "stopped".to_string();
+            }
+            VmCommand::Hibernate(snap, tx) => {
+                let paused = shared.status().state == VmState::Paused;
+                match hibernate(vm.as_mut(), &link, &snap, paused).await {
+                    Ok(()) => {
+                        vm.kill();
+                        let _ = vm.wait().await;
+                        let _ = tx.send(Ok(()));
+                        break "hibernated".to_string();
+                    }
+                    Err(e) => {
+                        // The guest carries on as it was.
+                        if !paused {
+                            let _ = vm.resume().await;
+                        }
+                        let _ = link.request(&Request::Thaw).await;
+                        let _ = tx.send(Err(format!("hibernate: {e}")));
+                    }
+                }
+            }
         }
     };
-    if reason != "stopped" {
+    if reason != "stopped" && reason != "hibernated" {
         shared.set(|s| {
             s.state = VmState::Failed;
             s.reason = Some(reason.clone());
         });
     }
     Ok(reason)
+}
+
+/// Quiesces the agent link, stops the vCPUs and saves the VM into `snap` (written as
+/// `snap.tmp`, synced, then renamed, so a crash leaves no half snapshot).
+async fn hibernate(
+    vm: &mut dyn engine::RunningVm,
+    link: &proxy::Link,
+    snap: &Path,
+    paused: bool,
+) -> anyhow::Result<()> {
+    if paused {
+        vm.resume().await?; // the agent must run to answer the freeze
+    }
+    match tokio::time::timeout(Duration::from_secs(5), link.request(&Request::Freeze)).await {
+        Ok(Ok(Reply::Ok)) => {}
+        Ok(Ok(other)) => anyhow::bail!("the agent refused to freeze: {other:?}"),
+        Ok(Err(e)) => anyhow::bail!("freezing the agent: {e}"),
+        Err(_) => anyhow::bail!("the agent did not freeze within 5 s"),
+    }
+    vm.pause().await?;
+    let tmp = snap.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = vm.save(&tmp).await {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+    std::fs::rename(&tmp, snap).with_context(|| format!("renaming {}", tmp.display()))?;
+    if let Some(parent) = snap.parent() {
+        snapshot::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// `n` random bytes as hex.
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    // SAFETY: getrandom writes at most `n` bytes into the valid buffer.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), n, 0) };
+    if usize::try_from(got).ok() != Some(n) {
+        return String::new();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Appends the last lines of the console log: a failed boot says why there.
@@ -296,18 +400,20 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
             let _ = respond(&mut w, &resp).await;
         }
         ControlRequest::Stop => {
-            shared.stop.notify_one();
-            let mut rx = shared.changed.subscribe();
-            let _ = rx
-                .wait_for(|s| *s == VmState::Stopping || *s == VmState::Failed)
-                .await;
-            let _ = respond(
-                &mut w,
-                &ControlResponse::Ok {
-                    status: shared.status(),
-                },
-            )
-            .await;
+            let r = command(&shared, VmCommand::Stop).await;
+            let _ = respond(&mut w, &result(&shared, r)).await;
+        }
+        ControlRequest::Pause => {
+            let r = command(&shared, VmCommand::Pause).await;
+            let _ = respond(&mut w, &result(&shared, r)).await;
+        }
+        ControlRequest::Resume => {
+            let r = command(&shared, VmCommand::Resume).await;
+            let _ = respond(&mut w, &result(&shared, r)).await;
+        }
+        ControlRequest::Hibernate { dir } => {
+            let r = command(&shared, |tx| VmCommand::Hibernate(PathBuf::from(dir), tx)).await;
+            let _ = respond(&mut w, &result(&shared, r)).await;
         }
         ControlRequest::Attach => {
             let link = shared.link.lock().expect("lock").clone();
@@ -335,6 +441,33 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
                 link.serve_client(r, w).await;
             }
         }
+    }
+}
+
+/// Hands a command to the supervisor's loop and waits for its outcome.
+async fn command(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> VmCommand,
+) -> Result<(), String> {
+    if shared.status().state == VmState::Booting {
+        return Err("the sandbox is still booting".into());
+    }
+    let (tx, rx) = oneshot::channel();
+    shared
+        .commands
+        .send(make(tx))
+        .await
+        .map_err(|_| "the VM is shutting down".to_string())?;
+    rx.await
+        .map_err(|_| "the VM ended during the operation".to_string())?
+}
+
+fn result(shared: &Shared, r: Result<(), String>) -> ControlResponse {
+    match r {
+        Ok(()) => ControlResponse::Ok {
+            status: shared.status(),
+        },
+        Err(message) => ControlResponse::Error { message },
     }
 }
 

@@ -111,7 +111,12 @@ impl Link {
     }
 
     /// Says hello on session 0 and waits for the agent's answer.
-    pub async fn hello(&self, time_unix_ns: u64) -> Result<Reply, String> {
+    pub async fn hello(
+        &self,
+        time_unix_ns: u64,
+        entropy_hex: String,
+        hostname: Option<String>,
+    ) -> Result<Reply, String> {
         let (tx, rx) = oneshot::channel();
         *self.hello.lock().expect("lock") = Some(tx);
         self.send(&cove_protocol::msg_frame(
@@ -120,6 +125,8 @@ impl Link {
                 versions: cove_protocol::SUPPORTED_VERSIONS.to_vec(),
                 client: format!("cove-vm {}", env!("CARGO_PKG_VERSION")),
                 time_unix_ns: Some(time_unix_ns),
+                entropy_hex: Some(entropy_hex),
+                hostname,
             },
         ))
         .await;

@@ -1,13 +1,22 @@
 //! Engines: what runs the guest. Nothing above cove-vm knows which one a sandbox uses; they all
-//! boot the same kernel and initramfs and expose the agent's port as a Unix socket.
+//! boot the same kernel and initramfs, expose the agent's port as a Unix socket, and implement
+//! the same lifecycle operations (pause, resume, save to a snapshot directory, restore from one).
 
 pub mod qemu;
+pub mod qmp;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use cove_protocol::control::VmConfig;
 
-/// Why an engine could not start.
+use crate::snapshot::{Manifest, SnapshotError};
+
+/// A future borrowed from an engine.
+pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// Unknown engine {0:?}; this build has `qemu`.
@@ -22,6 +31,15 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The VMM refused or failed a command.
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+    /// Writing or reading a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A path cannot be handed to the VMM safely.
+    #[error("path {0:?} contains characters the VMM cannot take")]
+    BadPath(String),
 }
 
 /// A guest being run by an engine.
@@ -33,15 +51,22 @@ pub trait RunningVm: Send {
     /// `tcg`, `kvm`, …
     fn accel(&self) -> String;
     /// Waits for the guest to end; returns a description of how it ended.
-    fn wait(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>>;
+    fn wait(&mut self) -> EngineFuture<'_, String>;
     /// Ends the guest now.
     fn kill(&mut self);
+    /// Stops the vCPUs (memory stays resident).
+    fn pause(&mut self) -> EngineFuture<'_, Result<(), EngineError>>;
+    /// Runs the vCPUs again.
+    fn resume(&mut self) -> EngineFuture<'_, Result<(), EngineError>>;
+    /// With the vCPUs stopped, writes device state, memory and manifest into `dir` (existing,
+    /// empty), every file synced.
+    fn save<'a>(&'a mut self, dir: &'a Path) -> EngineFuture<'a, Result<Manifest, EngineError>>;
 }
 
-/// Starts the engine a config names.
-pub fn start(cfg: &VmConfig, dir: &Path) -> Result<Box<dyn RunningVm>, EngineError> {
+/// Starts the engine a config names: a boot, or a restore when `cfg.restore` is set.
+pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Box<dyn RunningVm>, EngineError> {
     match cfg.engine.as_str() {
-        "qemu" => Ok(Box::new(qemu::Qemu::start(cfg, dir)?)),
+        "qemu" => Ok(Box::new(qemu::Qemu::start(cfg, dir).await?)),
         other => Err(EngineError::Unknown(other.to_string())),
     }
 }

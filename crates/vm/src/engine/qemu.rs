@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use cove_protocol::control::VmConfig;
+use serde_json::json;
 use tokio::process::{Child, Command};
 
-use super::{EngineError, RunningVm};
+use super::qmp::Qmp;
+use super::{EngineError, EngineFuture, RunningVm};
+use crate::snapshot::{self, Manifest};
 
 /// A running QEMU.
 #[derive(Debug)]
@@ -24,6 +27,28 @@ pub struct Qemu {
     child: Child,
     agent_socket: PathBuf,
     accel: String,
+    cfg: VmConfig,
+    qmp: Qmp,
+    memory: PathBuf,
+}
+
+/// Guest RAM lives in this file (tmpfs), shared with QEMU: a snapshot then needs only the device
+/// state from QEMU's migration (`x-ignore-shared`) plus a sparse copy of the file.
+pub fn memory_path(cfg: &VmConfig) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/cove-{}.mem", cfg.id))
+}
+
+/// The CPU model the guest sees.
+pub fn cpu_model(cfg: &VmConfig) -> &'static str {
+    if cfg.accel == "kvm" { "host" } else { "max" }
+}
+
+fn quoted(p: &Path) -> Result<String, EngineError> {
+    let s = p.display().to_string();
+    if s.contains(['\'', '\\', '\n']) {
+        return Err(EngineError::BadPath(s));
+    }
+    Ok(format!("'{s}'"))
 }
 
 /// The QEMU command line for a config (public for `cove info` and the benchmarks).
@@ -39,10 +64,17 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
     cmdline.push_str(&format!(" cove.hostname={}", cfg.id));
-    let cpu = if cfg.accel == "kvm" { "host" } else { "max" };
+    let cpu = cpu_model(cfg);
+    let memory = format!(
+        "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
+        cfg.memory_mib,
+        memory_path(cfg).display()
+    );
     let mut a: Vec<String> = [
         "-M",
-        "microvm,acpi=off,x-option-roms=off,rtc=on",
+        "microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend=mem",
+        "-object",
+        &memory,
         "-accel",
         &cfg.accel,
         "-cpu",
@@ -104,10 +136,38 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
 }
 
 impl Qemu {
-    /// Spawns QEMU for `cfg`, with its files in `dir`.
-    pub fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
+    /// Spawns QEMU for `cfg`, with its files in `dir`: a boot, or a restore of `cfg.restore`.
+    pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
+        let memory = memory_path(cfg);
+        let restore = cfg.restore.as_ref().map(PathBuf::from);
+        let mut args = args(cfg, dir);
+        if let Some(snap) = &restore {
+            // Everything is checked before QEMU starts: a bad snapshot is refused, not half-run.
+            let m = Manifest::read(snap)?;
+            m.check(
+                "qemu",
+                &qemu_version(&cfg.qemu).await,
+                cpu_model(cfg),
+                cfg.memory_mib,
+                cfg.cpus,
+            )?;
+            let mem = snapshot::copy_sparse(&snap.join("memory"), &memory)?;
+            let state = snapshot::sum(&snap.join("state"))?;
+            for (name, got) in [("memory", mem), ("state", state)] {
+                if m.files.get(name) != Some(&got) {
+                    let _ = std::fs::remove_file(&memory);
+                    return Err(snapshot::SnapshotError::Corrupted(
+                        snap.join(name).display().to_string(),
+                    )
+                    .into());
+                }
+            }
+            args.extend(["-incoming".to_string(), "defer".to_string()]);
+        } else {
+            let _ = std::fs::remove_file(&memory);
+        }
         let mut cmd = Command::new(&cfg.qemu);
-        cmd.args(args(cfg, dir))
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -134,11 +194,50 @@ impl Qemu {
             dir.join("console.sock"),
             dir.join("console.log"),
         ));
+        let mut qmp = Qmp::connect(&dir.join("qmp.sock")).await?;
+        if let Some(snap) = &restore {
+            qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
+                .await?;
+            let uri = format!("exec:cat {}", quoted(&snap.join("state"))?);
+            qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+                .await?;
+            qmp.wait_migration().await?;
+            // Without -S the VM runs once the state is in; make sure it does.
+            if qmp.execute("query-status", None).await?["running"] != true {
+                qmp.execute("cont", None).await?;
+            }
+        }
         Ok(Self {
             child,
             agent_socket: dir.join("agent.sock"),
             accel: cfg.accel.clone(),
+            cfg: cfg.clone(),
+            qmp,
+            memory,
         })
+    }
+}
+
+fn ignore_shared() -> serde_json::Value {
+    json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
+}
+
+/// QEMU's version line (`qemu --version`), which a snapshot must match exactly.
+pub async fn qemu_version(qemu: &str) -> String {
+    Command::new(qemu)
+        .arg("--version")
+        .output()
+        .await
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.memory);
     }
 }
 
@@ -155,7 +254,7 @@ impl RunningVm for Qemu {
         self.accel.clone()
     }
 
-    fn wait(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>> {
+    fn wait(&mut self) -> EngineFuture<'_, String> {
         Box::pin(async move {
             match self.child.wait().await {
                 Ok(st) => format!("qemu exited ({st})"),
@@ -166,6 +265,68 @@ impl RunningVm for Qemu {
 
     fn kill(&mut self) {
         let _ = self.child.start_kill();
+    }
+
+    fn pause(&mut self) -> EngineFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move {
+            self.qmp.execute("stop", None).await?;
+            Ok(())
+        })
+    }
+
+    fn resume(&mut self) -> EngineFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move {
+            self.qmp.execute("cont", None).await?;
+            Ok(())
+        })
+    }
+
+    fn save<'a>(&'a mut self, dir: &'a Path) -> EngineFuture<'a, Result<Manifest, EngineError>> {
+        Box::pin(async move {
+            // Device state only: RAM is the shared file, copied below while the vCPUs are stopped.
+            self.qmp
+                .execute("migrate-set-capabilities", Some(ignore_shared()))
+                .await?;
+            self.qmp
+                .execute(
+                    "migrate-set-parameters",
+                    Some(json!({ "max-bandwidth": 1u64 << 40 })),
+                )
+                .await?;
+            let state = dir.join("state");
+            let uri = format!("exec:cat > {}", quoted(&state)?);
+            self.qmp
+                .execute("migrate", Some(json!({ "uri": uri })))
+                .await?;
+            self.qmp.wait_migration().await?;
+            let memory = snapshot::copy_sparse(&self.memory, &dir.join("memory"))?;
+            std::fs::File::open(&state)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| snapshot::SnapshotError::Io {
+                    what: "syncing",
+                    path: state.display().to_string(),
+                    source,
+                })?;
+            let mut files = std::collections::BTreeMap::new();
+            files.insert("state".to_string(), snapshot::sum(&state)?);
+            files.insert("memory".to_string(), memory);
+            let m = Manifest {
+                format: snapshot::FORMAT,
+                engine: "qemu".into(),
+                engine_version: qemu_version(&self.cfg.qemu).await,
+                accel: self.cfg.accel.clone(),
+                cpu: cpu_model(&self.cfg).into(),
+                memory_mib: self.cfg.memory_mib,
+                cpus: self.cfg.cpus,
+                created_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                files,
+            };
+            m.write(dir)?;
+            Ok(m)
+        })
     }
 }
 

@@ -1,0 +1,306 @@
+//! Snapshot directories: the engine's state, the guest memory, the manifest.
+//!
+//! ```text
+//! DIR/manifest.json   format, engine and version, CPU model, memory size, vCPUs, and for each
+//!                     file its size and sparse sha256 (see below)
+//! DIR/state           the engine's device state (QEMU: its migration stream, RAM excluded)
+//! DIR/memory          guest RAM, sparse: pages never touched are holes
+//! ```
+//!
+//! A snapshot is written into `DIR.tmp`, every file fsynced, then renamed to `DIR`: a crash
+//! leaves either no snapshot or a whole one. Restoring checks the manifest against this engine
+//! and verifies every checksum before the VM starts, so a corrupted or foreign snapshot is refused,
+//! never half-restored.
+//!
+//! The sparse sha256 of a file hashes, for each data segment (`SEEK_DATA`/`SEEK_HOLE`), its
+//! offset and length (u64 LE) then its bytes: holes cost nothing to hash or copy.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the snapshot layout this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// Why a snapshot could not be written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file operation failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is missing or unreadable.
+    #[error("snapshot manifest {0} is unreadable: {1}")]
+    Manifest(String, String),
+    /// The snapshot cannot run here.
+    #[error("snapshot is incompatible: {0}")]
+    Incompatible(String),
+    /// A file does not match its checksum.
+    #[error("snapshot file {0} is corrupted (checksum mismatch)")]
+    Corrupted(String),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.display().to_string();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// One file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    /// Apparent size.
+    pub size: u64,
+    /// Sparse sha256, hex.
+    pub sha256: String,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version ([`FORMAT`]).
+    pub format: u32,
+    /// Engine that wrote it.
+    pub engine: String,
+    /// Its exact version (a migration stream is only read by the same QEMU).
+    pub engine_version: String,
+    /// Acceleration it ran under.
+    pub accel: String,
+    /// CPU model the guest saw.
+    pub cpu: String,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// `state` and `memory`.
+    pub files: std::collections::BTreeMap<String, FileSum>,
+}
+
+impl Manifest {
+    /// Reads and parses `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Self, SnapshotError> {
+        let p = dir.join("manifest.json");
+        let b = std::fs::read(&p)
+            .map_err(|e| SnapshotError::Manifest(p.display().to_string(), e.to_string()))?;
+        let m: Self = serde_json::from_slice(&b)
+            .map_err(|e| SnapshotError::Manifest(p.display().to_string(), e.to_string()))?;
+        if m.format != FORMAT {
+            return Err(SnapshotError::Incompatible(format!(
+                "layout version {} (this build reads {FORMAT})",
+                m.format
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Writes `dir/manifest.json` and syncs it.
+    pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let p = dir.join("manifest.json");
+        let mut f = File::create(&p).map_err(io("creating", &p))?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("serializes"))
+            .and_then(|()| f.sync_all())
+            .map_err(io("writing", &p))
+    }
+
+    /// Refuses a snapshot this engine cannot run.
+    pub fn check(
+        &self,
+        engine: &str,
+        engine_version: &str,
+        cpu: &str,
+        memory_mib: u32,
+        cpus: u32,
+    ) -> Result<(), SnapshotError> {
+        let bad = |what: String| Err(SnapshotError::Incompatible(what));
+        if self.engine != engine {
+            return bad(format!("taken by engine {}, this is {engine}", self.engine));
+        }
+        if self.engine_version != engine_version {
+            return bad(format!(
+                "taken by {}, this host runs {engine_version}",
+                self.engine_version
+            ));
+        }
+        if self.cpu != cpu {
+            return bad(format!(
+                "taken with CPU model {}, this host gives {cpu}",
+                self.cpu
+            ));
+        }
+        if self.memory_mib != memory_mib || self.cpus != cpus {
+            return bad(format!(
+                "taken with {} MiB and {} vCPUs, asked to restore with {memory_mib} MiB and {cpus}",
+                self.memory_mib, self.cpus
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Data segments of a file: `(offset, len)`, from `SEEK_DATA`/`SEEK_HOLE`.
+fn segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let end = i64::try_from(size).unwrap_or(i64::MAX);
+    while pos < end {
+        // SAFETY: lseek on a valid fd; no memory is touched.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data past `pos`
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        out.push((data.unsigned_abs(), (hole - data).unsigned_abs()));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// Copies `src` to `dst` keeping holes, hashing as it goes; syncs `dst`. Returns the sum.
+pub fn copy_sparse(src: &Path, dst: &Path) -> Result<FileSum, SnapshotError> {
+    let mut s = File::open(src).map_err(io("opening", src))?;
+    let size = s.metadata().map_err(io("reading", src))?.len();
+    let mut d = File::create(dst).map_err(io("creating", dst))?;
+    d.set_len(size).map_err(io("sizing", dst))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, len) in segments(&s, size).map_err(io("scanning", src))? {
+        h.update(off.to_le_bytes());
+        h.update(len.to_le_bytes());
+        s.seek(SeekFrom::Start(off)).map_err(io("reading", src))?;
+        d.seek(SeekFrom::Start(off)).map_err(io("writing", dst))?;
+        let mut left = len;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            s.read_exact(&mut buf[..n]).map_err(io("reading", src))?;
+            h.update(&buf[..n]);
+            d.write_all(&buf[..n]).map_err(io("writing", dst))?;
+            left -= n as u64;
+        }
+    }
+    d.sync_all().map_err(io("syncing", dst))?;
+    Ok(FileSum {
+        size,
+        sha256: hex(&h.finalize()),
+    })
+}
+
+/// The sparse sha256 of a file.
+pub fn sum(path: &Path) -> Result<FileSum, SnapshotError> {
+    let mut f = File::open(path).map_err(io("opening", path))?;
+    let size = f.metadata().map_err(io("reading", path))?.len();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, len) in segments(&f, size).map_err(io("scanning", path))? {
+        h.update(off.to_le_bytes());
+        h.update(len.to_le_bytes());
+        f.seek(SeekFrom::Start(off)).map_err(io("reading", path))?;
+        let mut left = len;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            f.read_exact(&mut buf[..n]).map_err(io("reading", path))?;
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+    }
+    Ok(FileSum {
+        size,
+        sha256: hex(&h.finalize()),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Syncs a directory (after creating or renaming entries in it).
+pub fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_checksums_match() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let mut f = File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(5 << 20)).unwrap();
+        f.write_all(&[7u8; 10_000]).unwrap();
+        f.seek(SeekFrom::Start(40 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let dst = d.path().join("dst");
+        let a = copy_sparse(&src, &dst).unwrap();
+        assert_eq!(a, sum(&dst).unwrap());
+        assert_eq!(a, sum(&src).unwrap());
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            std::fs::metadata(&dst).unwrap().blocks() * 512 < 1 << 20,
+            "holes stay holes"
+        );
+        // One changed byte changes the sum.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
+        f.seek(SeekFrom::Start((5 << 20) + 3)).unwrap();
+        f.write_all(&[8]).unwrap();
+        drop(f);
+        assert_ne!(sum(&dst).unwrap(), a);
+    }
+
+    #[test]
+    fn manifest_checks_refuse_other_engines_and_sizes() {
+        let m = Manifest {
+            format: FORMAT,
+            engine: "qemu".into(),
+            engine_version: "7.2".into(),
+            accel: "tcg".into(),
+            cpu: "max".into(),
+            memory_mib: 256,
+            cpus: 1,
+            created_at: 0,
+            files: Default::default(),
+        };
+        assert!(m.check("qemu", "7.2", "max", 256, 1).is_ok());
+        for e in [
+            m.check("kvm", "7.2", "max", 256, 1),
+            m.check("qemu", "8.0", "max", 256, 1),
+            m.check("qemu", "7.2", "host", 256, 1),
+            m.check("qemu", "7.2", "max", 512, 1),
+        ] {
+            assert!(
+                e.unwrap_err()
+                    .to_string()
+                    .starts_with("snapshot is incompatible")
+            );
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("manifest.json"), br#"{"format": 99}"#).unwrap();
+        assert!(Manifest::read(d.path()).is_err());
+    }
+}
