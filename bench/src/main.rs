@@ -124,6 +124,7 @@ fn plain_same_args(dir: &Path) -> anyhow::Result<f64> {
 async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
     let spec = CreateSpec {
         memory_mib: 256,
+        use_template: false,
         ..Default::default()
     };
     let (mut boot, mut create, mut bare, mut same) =
@@ -163,6 +164,7 @@ async fn exec(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
     let rec = host
         .create(&CreateSpec {
             memory_mib: 256,
+            use_template: false,
             ..Default::default()
         })
         .await?;

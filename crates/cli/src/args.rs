@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Create a sandbox and print its id.
+    /// Create a sandbox and print its id (restored from the image's template when one fits).
     Create {
         #[command(flatten)]
         res: Resources,
@@ -81,6 +81,33 @@ pub enum Command {
         /// Image.
         #[arg(long, default_value = "busybox")]
         image: String,
+        /// Restore this snapshot (id or name) instead of booting.
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with = "image")]
+        from_snapshot: Option<String>,
+    },
+    /// Clone a running sandbox into new ones; prints one id per line.
+    Fork {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// How many clones.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Snapshot a sandbox (it keeps running), or manage snapshots.
+    #[command(args_conflicts_with_subcommands = true)]
+    Snapshot {
+        #[command(subcommand)]
+        command: Option<SnapshotCommand>,
+        /// Sandbox id, id prefix or name.
+        id: Option<String>,
+        /// Name for the snapshot.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Templates: a snapshot taken right after boot, restored by `create` instead of a boot.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
     },
     /// Run a command in a sandbox.
     Exec {
@@ -158,6 +185,35 @@ pub enum Command {
         /// JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Snapshot management.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots.
+    Ls {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete snapshots.
+    Rm {
+        /// Snapshot ids, id prefixes or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// Template management.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Boot IMAGE once and keep a snapshot of it for `create` to restore.
+    Create {
+        /// Image.
+        image: String,
+        #[command(flatten)]
+        res: Resources,
     },
 }
 

@@ -18,7 +18,7 @@ use cove_host::{AgentClient, ClientError, CreateSpec, Host, HostError};
 use cove_protocol::{ErrorCode, ExecRequest, Reply, Request, Stream, TtySize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use args::{Cli, Command, ExecOpts, FsCommand, Resources};
+use args::{Cli, Command, ExecOpts, FsCommand, Resources, SnapshotCommand, TemplateCommand};
 
 /// cove failed before or around the user's command.
 const EXIT_COVE: u8 = 125;
@@ -90,7 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command,
         } => {
             let host = host()?;
-            let spec = spec(&res, name, image);
+            let spec = spec(&res, name, image, None);
             let rec = match host.create(&spec).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -113,10 +113,70 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             removed?;
             Ok(code)
         }
-        Command::Create { res, name, image } => {
+        Command::Create {
+            res,
+            name,
+            image,
+            from_snapshot,
+        } => {
             let host = host()?;
-            let rec = host.create(&spec(&res, name, image)).await?;
+            let rec = host.create(&spec(&res, name, image, from_snapshot)).await?;
             println!("{}", rec.id);
+            Ok(0)
+        }
+        Command::Fork { id, count } => {
+            for r in host()?.fork(&id, count).await? {
+                println!("{}", r.id);
+            }
+            Ok(0)
+        }
+        Command::Snapshot { command, id, name } => {
+            let host = host()?;
+            match (command, id) {
+                (Some(SnapshotCommand::Ls { json }), _) => {
+                    let all = host.snapshots()?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&all)?);
+                    } else {
+                        println!(
+                            "{:<12}  {:<16}  {:<12}  {:<10}  {:>7}  CREATED",
+                            "ID", "NAME", "SANDBOX", "IMAGE", "MEMORY"
+                        );
+                        for s in all {
+                            let name = match (&s.name, s.template) {
+                                (Some(n), _) => n.clone(),
+                                (None, true) => "(template)".into(),
+                                (None, false) => "-".into(),
+                            };
+                            println!(
+                                "{:<12}  {:<16}  {:<12}  {:<10}  {:>6}M  {}",
+                                s.id,
+                                name,
+                                s.sandbox.as_deref().unwrap_or("-"),
+                                s.image,
+                                s.memory_mib,
+                                ago(s.created_at)
+                            );
+                        }
+                    }
+                }
+                (Some(SnapshotCommand::Rm { ids }), _) => {
+                    for id in ids {
+                        println!("{}", host.remove_snapshot(&id)?.id);
+                    }
+                }
+                (None, Some(id)) => println!("{}", host.snapshot(&id, name, false).await?.id),
+                (None, None) => anyhow::bail!("give a sandbox to snapshot, or `ls` / `rm`"),
+            }
+            Ok(0)
+        }
+        Command::Template {
+            command: TemplateCommand::Create { image, res },
+        } => {
+            let snap = host()?
+                .template_create(&spec(&res, None, image, None))
+                .await?;
+            println!("{}", snap.id);
             Ok(0)
         }
         Command::Exec { exec, id, command } => {
@@ -219,13 +279,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn spec(res: &Resources, name: Option<String>, image: String) -> CreateSpec {
+fn spec(
+    res: &Resources,
+    name: Option<String>,
+    image: String,
+    from_snapshot: Option<String>,
+) -> CreateSpec {
     CreateSpec {
         image,
         name,
         cpus: res.cpus,
         memory_mib: res.memory,
         disk_mib: res.disk,
+        from_snapshot,
+        use_template: true,
     }
 }
 

@@ -4,10 +4,11 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{HostError, SandboxRecord};
+use crate::{HostError, SandboxRecord, SnapshotRecord};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE sandboxes (
     id          TEXT PRIMARY KEY,
     name        TEXT UNIQUE,
@@ -25,7 +26,22 @@ CREATE TABLE sandboxes (
     boot_ms     INTEGER,
     reason      TEXT
 );
-"];
+",
+    r"
+CREATE TABLE snapshots (
+    id          TEXT PRIMARY KEY,
+    name        TEXT UNIQUE,
+    sandbox     TEXT,
+    image       TEXT NOT NULL,
+    cpus        INTEGER NOT NULL,
+    memory_mib  INTEGER NOT NULL,
+    disk_mib    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    dir         TEXT NOT NULL,
+    template    INTEGER NOT NULL DEFAULT 0
+);
+",
+];
 
 /// An open state database.
 #[derive(Debug)]
@@ -34,6 +50,24 @@ pub struct Db {
 }
 
 const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason";
+
+const SNAP_COLUMNS: &str =
+    "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template";
+
+fn snap_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
+    Ok(SnapshotRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        sandbox: r.get(2)?,
+        image: r.get(3)?,
+        cpus: r.get(4)?,
+        memory_mib: r.get(5)?,
+        disk_mib: r.get(6)?,
+        created_at: r.get(7)?,
+        dir: r.get(8)?,
+        template: r.get(9)?,
+    })
+}
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
     Ok(SandboxRecord {
@@ -150,6 +184,48 @@ impl Db {
     pub fn delete(&self, id: &str) -> Result<(), HostError> {
         self.conn
             .execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Records a snapshot.
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
+        let r = self.conn.execute(
+            &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+            }
+            r => r.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// Finds a snapshot by id, unique id prefix or name.
+    pub fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, HostError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1 OR name = ?1 OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1) LIMIT 2"
+        ))?;
+        let mut found: Vec<SnapshotRecord> =
+            stmt.query_map([key], snap_row)?.collect::<Result<_, _>>()?;
+        Ok(if found.len() == 1 { found.pop() } else { None })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SNAP_COLUMNS} FROM snapshots ORDER BY created_at, id"
+        ))?;
+        let v = stmt.query_map([], snap_row)?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Forgets a snapshot.
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), HostError> {
+        self.conn
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
 

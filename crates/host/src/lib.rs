@@ -37,6 +37,9 @@ pub enum HostError {
     /// No sandbox has that id, prefix or name.
     #[error("no such sandbox: {0}")]
     NoSuchSandbox(String),
+    /// No snapshot has that id, prefix or name.
+    #[error("no such snapshot: {0}")]
+    NoSuchSnapshot(String),
     /// The image is not installed.
     #[error("no such image: {name} (installed: {installed}); run `make setup` for the defaults")]
     NoSuchImage {
@@ -175,6 +178,38 @@ pub struct SandboxRecord {
     pub reason: Option<String>,
 }
 
+/// A sandbox being started.
+#[derive(Debug)]
+struct Pending {
+    rec: SandboxRecord,
+    pid: u32,
+}
+
+/// A snapshot as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotRecord {
+    /// 12 hex digits.
+    pub id: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// The sandbox it was taken from.
+    pub sandbox: Option<String>,
+    /// Its image.
+    pub image: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Its directory.
+    pub dir: String,
+    /// The template of its image.
+    pub template: bool,
+}
+
 /// What to create.
 #[derive(Debug, Clone)]
 pub struct CreateSpec {
@@ -188,6 +223,10 @@ pub struct CreateSpec {
     pub memory_mib: u32,
     /// Writable disk in MiB.
     pub disk_mib: u32,
+    /// Restore this snapshot (id or name) instead of booting.
+    pub from_snapshot: Option<String>,
+    /// Restore the image's template when one fits.
+    pub use_template: bool,
 }
 
 impl Default for CreateSpec {
@@ -198,6 +237,8 @@ impl Default for CreateSpec {
             cpus: 1,
             memory_mib: 512,
             disk_mib: 2048,
+            from_snapshot: None,
+            use_template: true,
         }
     }
 }
@@ -251,10 +292,82 @@ impl Host {
         self.home.join("kernel/initramfs.cpio")
     }
 
-    /// Creates a sandbox and waits until its agent answers.
+    /// Creates a sandbox and waits until its agent answers. It is restored from
+    /// `spec.from_snapshot`, or from the image's template when one fits, or booted.
     pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
+        let from = match &spec.from_snapshot {
+            Some(key) => Some(self.snapshot_record(key)?),
+            None if spec.use_template => self.template_for(spec)?,
+            None => None,
+        };
+        let explicit = spec.from_snapshot.is_some();
+        let pending = self.begin(spec, from.as_ref())?;
+        match self.finish(pending).await {
+            // A template that no longer restores (a new QEMU, say) is not the user's problem:
+            // boot instead, and say why in the log.
+            Err(HostError::StartFailed { id, reason }) if from.is_some() && !explicit => {
+                tracing::warn!("template restore failed ({reason}); booting instead");
+                let _ = self.remove(&id, true).await;
+                let pending = self.begin(spec, None)?;
+                self.finish(pending).await
+            }
+            r => r,
+        }
+    }
+
+    /// N new sandboxes from a running (or paused) one: a snapshot, then N restores, each with its
+    /// own disk copy, hostname, machine-id, entropy and a clock set to now. The source keeps
+    /// running.
+    pub async fn fork(&self, key: &str, count: u32) -> Result<Vec<SandboxRecord>, HostError> {
+        if !(1..=64).contains(&count) {
+            return Err(HostError::InvalidSetting {
+                what: "count",
+                value: count.to_string(),
+                allowed: "1 to 64",
+            });
+        }
+        let snap = self.snapshot(key, None, false).await?;
+        let spec = CreateSpec {
+            image: snap.image.clone(),
+            name: None,
+            cpus: snap.cpus,
+            memory_mib: snap.memory_mib,
+            disk_mib: snap.disk_mib,
+            from_snapshot: Some(snap.id.clone()),
+            use_template: false,
+        };
+        // All clones start at once, then each is awaited: they restore in parallel.
+        let mut pending = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..count {
+            match self.begin(&spec, Some(&snap)) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for p in pending {
+            match self.finish(p).await {
+                Ok(r) => out.push(r),
+                Err(e) if result.is_ok() => result = Err(e),
+                Err(_) => {}
+            }
+        }
+        // The clones hold their own copies of memory and disk: the snapshot is no longer needed.
+        let _ = self.remove_snapshot(&snap.id);
+        result.map(|()| out)
+    }
+
+    fn begin(
+        &self,
+        spec: &CreateSpec,
+        from: Option<&SnapshotRecord>,
+    ) -> Result<Pending, HostError> {
         validate(spec)?;
-        let image = images::find(&self.home, &spec.image)?;
+        let image = images::find(&self.home, from.map_or(&spec.image, |s| &s.image))?;
         for (what, p) in [
             ("guest kernel", self.kernel()),
             ("initramfs", self.initramfs()),
@@ -270,20 +383,25 @@ impl Host {
         let id = new_id();
         let dir = self.home.join("sandboxes").join(&id);
         let socket = dir.join("control.sock");
-        if dir.join("agent.sock").as_os_str().len() > 100 {
+        if dir.join("console.sock").as_os_str().len() > 100 {
             return Err(HostError::SocketPathTooLong {
                 path: socket.display().to_string(),
             });
         }
         std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
+        // A restore keeps the snapshot's machine shape.
+        let (cpus, memory_mib, disk_mib) = match from {
+            Some(s) => (s.cpus, s.memory_mib, s.disk_mib),
+            None => (spec.cpus, spec.memory_mib, spec.disk_mib),
+        };
         let mut rec = SandboxRecord {
             id: id.clone(),
             name: spec.name.clone(),
             image: image.name.clone(),
             state: "creating".into(),
-            cpus: spec.cpus,
-            memory_mib: spec.memory_mib,
-            disk_mib: spec.disk_mib,
+            cpus,
+            memory_mib,
+            disk_mib,
             created_at: now_ms(),
             engine: choice.engine.clone(),
             accel: choice.accel.clone(),
@@ -297,8 +415,8 @@ impl Host {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        match self.boot(&mut rec, &image, &choice, &dir).await {
-            Ok(()) => Ok(rec),
+        match self.start_vm(&mut rec, &image, &choice, &dir, from) {
+            Ok(pid) => Ok(Pending { rec, pid }),
             Err(e) => {
                 rec.state = "failed".into();
                 rec.reason = Some(e.to_string());
@@ -308,15 +426,57 @@ impl Host {
         }
     }
 
-    async fn boot(
+    async fn finish(&self, p: Pending) -> Result<SandboxRecord, HostError> {
+        let Pending { mut rec, pid } = p;
+        let dir = PathBuf::from(&rec.dir);
+        let status = control(
+            Path::new(&rec.socket),
+            &ControlRequest::WaitReady,
+            Some(pid),
+        )
+        .await;
+        let e = match status {
+            Ok(s) if s.state == VmState::Running => {
+                rec.state = "running".into();
+                rec.boot_ms = s.boot_ms.and_then(|v| i64::try_from(v).ok());
+                self.db.update(&rec)?;
+                return Ok(rec);
+            }
+            Ok(s) => HostError::StartFailed {
+                id: rec.id.clone(),
+                reason: s.reason.unwrap_or_else(|| format!("{:?}", s.state)),
+            },
+            Err(reason) => {
+                kill_vm(pid).await;
+                HostError::StartFailed {
+                    id: rec.id.clone(),
+                    reason: exit_reason(&dir).unwrap_or(reason),
+                }
+            }
+        };
+        rec.state = "failed".into();
+        rec.reason = Some(match &e {
+            HostError::StartFailed { reason, .. } => format!("failed to start: {reason}"),
+            other => other.to_string(),
+        });
+        let _ = self.db.update(&rec);
+        Err(e)
+    }
+
+    fn start_vm(
         &self,
         rec: &mut SandboxRecord,
         image: &Image,
         choice: &engine::EngineChoice,
         dir: &Path,
-    ) -> Result<(), HostError> {
+        from: Option<&SnapshotRecord>,
+    ) -> Result<u32, HostError> {
         let disk = dir.join("disk.ext4");
-        make_disk(&disk, rec.disk_mib)?;
+        match from {
+            // The clone's own disk: a sparse copy of the snapshot's (the snapshot stays intact).
+            Some(s) => copy_sparse_file(&Path::new(&s.dir).join("disk-cove-rw"), &disk)?,
+            None => make_disk(&disk, rec.disk_mib)?,
+        }
         let cfg = VmConfig {
             id: rec.id.clone(),
             engine: choice.engine.clone(),
@@ -339,7 +499,8 @@ impl Host {
             ],
             tsc_khz: engine::tsc_khz(&self.home),
             qemu: choice.qemu.clone(),
-            restore: None,
+            restore: from.map(|s| s.dir.clone()),
+            clone_of: from.map(|s| s.id.clone()),
         };
         write_atomic(
             &dir.join("vm.json"),
@@ -348,31 +509,114 @@ impl Host {
         let pid = spawn_vm(dir)?;
         rec.pid = Some(pid);
         self.db.update(rec)?;
-        let status = control(
-            Path::new(&rec.socket),
-            &ControlRequest::WaitReady,
-            Some(pid),
+        Ok(pid)
+    }
+
+    /// Takes a snapshot of a running or paused sandbox, which keeps running. `template` marks it
+    /// as its image's template (used by `create` for that image).
+    pub async fn snapshot(
+        &self,
+        key: &str,
+        name: Option<String>,
+        template: bool,
+    ) -> Result<SnapshotRecord, HostError> {
+        let rec = self.get(key)?;
+        if !matches!(rec.state.as_str(), "running" | "paused") {
+            return Err(not_running(rec));
+        }
+        let id = new_id();
+        let dir = self.home.join("snapshots").join(&id);
+        std::fs::create_dir_all(self.home.join("snapshots"))
+            .map_err(io_err("creating the snapshot store", &self.home))?;
+        self.vm_op(
+            &rec,
+            &ControlRequest::Snapshot {
+                dir: dir.display().to_string(),
+            },
         )
-        .await;
-        match status {
-            Ok(s) if s.state == VmState::Running => {
-                rec.state = "running".into();
-                rec.boot_ms = s.boot_ms.and_then(|v| i64::try_from(v).ok());
-                self.db.update(rec)?;
-                Ok(())
-            }
-            Ok(s) => Err(HostError::StartFailed {
-                id: rec.id.clone(),
-                reason: s.reason.unwrap_or_else(|| format!("{:?}", s.state)),
-            }),
-            Err(reason) => {
-                kill_vm(pid).await;
-                Err(HostError::StartFailed {
-                    id: rec.id.clone(),
-                    reason: exit_reason(dir).unwrap_or(reason),
-                })
+        .await?;
+        let snap = SnapshotRecord {
+            id,
+            name,
+            sandbox: Some(rec.id.clone()),
+            image: rec.image.clone(),
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+            disk_mib: rec.disk_mib,
+            created_at: now_ms(),
+            dir: dir.display().to_string(),
+            template,
+        };
+        if let Err(e) = self.db.insert_snapshot(&snap) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(snap)
+    }
+
+    /// Boots a sandbox from `image`, snapshots it as the image's template, and removes it.
+    /// `create` for that image (with the same cpus, memory and disk) then restores instead of
+    /// booting.
+    pub async fn template_create(&self, spec: &CreateSpec) -> Result<SnapshotRecord, HostError> {
+        let boot = CreateSpec {
+            use_template: false,
+            from_snapshot: None,
+            name: None,
+            ..spec.clone()
+        };
+        let rec = self.create(&boot).await?;
+        let r = self.snapshot(&rec.id, None, true).await;
+        self.remove(&rec.id, true).await?;
+        let snap = r?;
+        // One template per image and shape: the new one replaces older ones.
+        for old in self.db.list_snapshots()? {
+            if old.template
+                && old.id != snap.id
+                && old.image == snap.image
+                && (old.cpus, old.memory_mib, old.disk_mib)
+                    == (snap.cpus, snap.memory_mib, snap.disk_mib)
+            {
+                let _ = self.remove_snapshot(&old.id);
             }
         }
+        Ok(snap)
+    }
+
+    fn template_for(&self, spec: &CreateSpec) -> Result<Option<SnapshotRecord>, HostError> {
+        Ok(self.db.list_snapshots()?.into_iter().rev().find(|s| {
+            s.template
+                && s.image == spec.image
+                && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
+                && Path::new(&s.dir).join("manifest.json").is_file()
+        }))
+    }
+
+    /// A snapshot by id, unique id prefix or name.
+    pub fn snapshot_record(&self, key: &str) -> Result<SnapshotRecord, HostError> {
+        self.db
+            .find_snapshot(key)?
+            .ok_or_else(|| HostError::NoSuchSnapshot(key.to_string()))
+    }
+
+    /// Every snapshot.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
+        self.db.list_snapshots()
+    }
+
+    /// Deletes a snapshot and its files.
+    pub fn remove_snapshot(&self, key: &str) -> Result<SnapshotRecord, HostError> {
+        let s = self.snapshot_record(key)?;
+        let dir = Path::new(&s.dir);
+        if dir.starts_with(self.home.join("snapshots")) {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("removing the snapshot", dir)(e));
+                }
+                _ => {}
+            }
+        }
+        self.db.delete_snapshot(&s.id)?;
+        Ok(s)
     }
 
     /// Every sandbox, with vanished cove-vm processes marked `failed`.
@@ -693,6 +937,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
         std::fs::rename(&tmp, path)
     })();
     r.map_err(io_err("writing", path))
+}
+
+/// Copies a (sparse) file: a reflink where the filesystem can, holes kept otherwise.
+fn copy_sparse_file(from: &Path, to: &Path) -> Result<(), HostError> {
+    let out = std::process::Command::new("cp")
+        .args(["--reflink=auto", "--sparse=always"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(io_err("copying the snapshot disk", from))?;
+    if !out.status.success() {
+        return Err(HostError::Io {
+            what: "copying the snapshot disk",
+            path: from.display().to_string(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(())
 }
 
 /// A sparse ext4 disk for the sandbox's own changes, holding the overlay's `upper` and `work`

@@ -23,6 +23,12 @@ pub enum ControlRequest {
     Pause,
     /// Runs the vCPUs again.
     Resume,
+    /// Saves the whole VM (device state, memory, writable disks, the manifest) into `dir`; the
+    /// sandbox keeps running (or stays paused).
+    Snapshot {
+        /// Directory to create for the snapshot (must not exist).
+        dir: String,
+    },
     /// Saves the whole VM (device state, memory, the manifest) into `dir`, then ends cove-vm
     /// and its VM. A later cove-vm started with `restore` set to `dir` carries on from there.
     Hibernate {
@@ -110,9 +116,14 @@ pub struct VmConfig {
     pub tsc_khz: Option<u64>,
     /// Path of the QEMU binary.
     pub qemu: String,
-    /// Start from this snapshot directory (written by `hibernate`) instead of booting.
+    /// Start from this snapshot directory (written by `hibernate` or `snapshot`) instead of
+    /// booting.
     #[serde(default)]
     pub restore: Option<String>,
+    /// Set when the restore makes a new sandbox (fork, snapshot, template): names the sandbox or
+    /// snapshot it came from; the guest then takes a new identity (hostname, machine-id).
+    #[serde(default)]
+    pub clone_of: Option<String>,
 }
 
 /// One virtio-blk disk.

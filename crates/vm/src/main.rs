@@ -47,6 +47,7 @@ enum VmCommand {
     Pause(oneshot::Sender<Result<(), String>>),
     Resume(oneshot::Sender<Result<(), String>>),
     Hibernate(PathBuf, oneshot::Sender<Result<(), String>>),
+    Snapshot(PathBuf, oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Debug)]
@@ -163,7 +164,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             .hello(
                 u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
                 random_hex(32),
-                None,
+                cfg.clone_of.is_some().then(|| cfg.id.clone()),
             )
             .await?
         {
@@ -251,7 +252,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             }
             VmCommand::Hibernate(snap, tx) => {
                 let paused = shared.status().state == VmState::Paused;
-                match hibernate(vm.as_mut(), &link, &snap, paused).await {
+                match save_snapshot(vm.as_mut(), &link, &snap, paused, &[]).await {
                     Ok(()) => {
                         vm.kill();
                         let _ = vm.wait().await;
@@ -264,9 +265,26 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                             let _ = vm.resume().await;
                         }
                         let _ = link.request(&Request::Thaw).await;
-                        let _ = tx.send(Err(format!("hibernate: {e}")));
+                        let _ = tx.send(Err(format!("hibernate: {e:#}")));
                     }
                 }
+            }
+            VmCommand::Snapshot(snap, tx) => {
+                let paused = shared.status().state == VmState::Paused;
+                // The writable disks go into the snapshot too: a clone needs its own copy.
+                let disks: Vec<(String, PathBuf)> = cfg
+                    .disks
+                    .iter()
+                    .filter(|d| !d.read_only)
+                    .map(|d| (d.serial.clone(), PathBuf::from(&d.path)))
+                    .collect();
+                let r = save_snapshot(vm.as_mut(), &link, &snap, paused, &disks).await;
+                // Either way the guest carries on as it was.
+                if !paused {
+                    let _ = vm.resume().await;
+                }
+                let _ = link.request(&Request::Thaw).await;
+                let _ = tx.send(r.map_err(|e| format!("snapshot: {e:#}")));
             }
         }
     };
@@ -279,13 +297,15 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     Ok(reason)
 }
 
-/// Quiesces the agent link, stops the vCPUs and saves the VM into `snap` (written as
-/// `snap.tmp`, synced, then renamed, so a crash leaves no half snapshot).
-async fn hibernate(
+/// Quiesces the agent link, stops the vCPUs and saves the VM into `snap`, with copies of
+/// `disks` (serial, path) as `disk-SERIAL`. Written as `snap.tmp`, synced, then renamed, so a crash
+/// leaves no half snapshot. The vCPUs stay stopped and the agent frozen.
+async fn save_snapshot(
     vm: &mut dyn engine::RunningVm,
     link: &proxy::Link,
     snap: &Path,
     paused: bool,
+    disks: &[(String, PathBuf)],
 ) -> anyhow::Result<()> {
     if paused {
         vm.resume().await?; // the agent must run to answer the freeze
@@ -300,9 +320,20 @@ async fn hibernate(
     let tmp = snap.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    if let Err(e) = vm.save(&tmp).await {
+    let saved = async {
+        let mut m = vm.save(&tmp).await?;
+        for (serial, path) in disks {
+            let name = format!("disk-{serial}");
+            let sum = snapshot::copy_sparse(path, &tmp.join(&name))?;
+            m.files.insert(name, sum);
+        }
+        m.write(&tmp)?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = saved {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.into());
+        return Err(e);
     }
     std::fs::rename(&tmp, snap).with_context(|| format!("renaming {}", tmp.display()))?;
     if let Some(parent) = snap.parent() {
@@ -409,6 +440,10 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
         }
         ControlRequest::Resume => {
             let r = command(&shared, VmCommand::Resume).await;
+            let _ = respond(&mut w, &result(&shared, r)).await;
+        }
+        ControlRequest::Snapshot { dir } => {
+            let r = command(&shared, |tx| VmCommand::Snapshot(PathBuf::from(dir), tx)).await;
             let _ = respond(&mut w, &result(&shared, r)).await;
         }
         ControlRequest::Hibernate { dir } => {
