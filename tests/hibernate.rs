@@ -110,3 +110,238 @@ fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     ok(&cove_out(&["resume", &sb.id]));
     assert_eq!(ok(&sb.exec(&[], &["echo", "back"], b"")), "back\n");
 }
+
+#[test]
+fn forks_share_the_past_and_diverge_after() {
+    let src = Sandbox::create("busybox", &[]);
+    ok(&src.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "head -c 100000 /dev/urandom > /root/data && sha256sum /root/data > /root/sum",
+        ],
+        b"",
+    ));
+    ok(&src.exec(
+        &[],
+        &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid"],
+        b"",
+    ));
+    let sum = ok(&src.exec(&[], &["cat", "/root/sum"], b""));
+    let pid = ok(&src.exec(&[], &["cat", "/tmp/pid"], b""));
+    let out = ok(&cove_out(&["fork", &src.id, "--count", "3"]));
+    let clones: Vec<Sandbox> = out
+        .lines()
+        .map(|id| Sandbox { id: id.to_string() })
+        .collect();
+    assert_eq!(clones.len(), 3);
+    let mut randoms = std::collections::HashSet::new();
+    let mut ids = std::collections::HashSet::new();
+    for (i, c) in clones.iter().enumerate() {
+        // The past is shared: files, and the process with its PID, still counting.
+        assert_eq!(
+            ok(&c.exec(&[], &["sh", "-c", "sha256sum /root/data"], b"")),
+            sum
+        );
+        assert_eq!(ok(&c.exec(&[], &["cat", "/tmp/pid"], b"")), pid);
+        ok(&c.exec(&[], &["kill", "-0", pid.trim()], b""));
+        // Each clone is its own machine: its hostname, its random state.
+        assert_eq!(ok(&c.exec(&[], &["hostname"], b"")).trim(), c.id);
+        randoms.insert(ok(&c.exec(
+            &[],
+            &["sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"],
+            b"",
+        )));
+        ids.insert(c.id.clone());
+        // The future is not: a write in one clone is seen nowhere else.
+        ok(&c.exec(
+            &[],
+            &["sh", "-c", &format!("echo clone{i} > /root/mine")],
+            b"",
+        ));
+    }
+    assert_eq!(randoms.len(), 3, "clones never share random state");
+    assert_eq!(ids.len(), 3);
+    for (i, c) in clones.iter().enumerate() {
+        assert_eq!(
+            ok(&c.exec(&[], &["cat", "/root/mine"], b"")),
+            format!("clone{i}\n")
+        );
+    }
+    let o = src.exec(&[], &["cat", "/root/mine"], b"");
+    assert!(
+        !o.status.success(),
+        "the source did not see its clones' writes"
+    );
+    assert_eq!(
+        ok(&src.exec(&[], &["sh", "-c", "sha256sum /root/data"], b"")),
+        sum
+    );
+    assert!(
+        !ok(&cove_out(&["snapshot", "ls", "--json"])).contains(&src.id),
+        "fork's snapshot is gone"
+    );
+}
+
+#[test]
+fn named_snapshots_restore_and_templates_replace_boots() {
+    let src = Sandbox::create("busybox", &[]);
+    ok(&src.exec(&[], &["sh", "-c", "echo kept > /root/note"], b""));
+    let name = format!("snap-{}", std::process::id());
+    let snap = ok(&cove_out(&["snapshot", &src.id, "--name", &name]))
+        .trim()
+        .to_string();
+    // The source keeps running after a snapshot.
+    assert_eq!(ok(&src.exec(&[], &["echo", "alive"], b"")), "alive\n");
+    let o = ok(&cove_out(&["create", "--from-snapshot", &name]));
+    let restored = Sandbox {
+        id: o.trim().to_string(),
+    };
+    assert_eq!(
+        ok(&restored.exec(&[], &["cat", "/root/note"], b"")),
+        "kept\n"
+    );
+    let listed = ok(&cove_out(&["snapshot", "ls", "--json"]));
+    assert!(listed.contains(&snap) && listed.contains(&name));
+    ok(&cove_out(&["snapshot", "rm", &name]));
+    assert!(!ok(&cove_out(&["snapshot", "ls", "--json"])).contains(&snap));
+    let o = cove_out(&["create", "--from-snapshot", &name]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such snapshot"));
+
+    // A template: `create` with the same shape restores it instead of booting.
+    let tpl = ok(&cove_out(&[
+        "template", "create", "busybox", "--memory", "192",
+    ]))
+    .trim()
+    .to_string();
+    let o = ok(&cove_out(&[
+        "create", "--image", "busybox", "--memory", "192",
+    ]));
+    let from_tpl = Sandbox {
+        id: o.trim().to_string(),
+    };
+    let vm: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(from_tpl.inspect()["dir"].as_str().unwrap()).join("vm.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(vm["clone_of"], tpl.as_str(), "restored from the template");
+    assert_eq!(
+        ok(&from_tpl.exec(&[], &["hostname"], b"")).trim(),
+        from_tpl.id
+    );
+    ok(&cove_out(&["snapshot", "rm", &tpl]));
+}
+
+#[test]
+fn a_full_disk_during_a_snapshot_is_a_clear_error_and_the_sandbox_keeps_running() {
+    // A Cove home on a 64 MiB tmpfs: the guest assets fit, a snapshot of a 256 MiB guest with
+    // tens of MiB of touched memory does not.
+    let home = std::env::temp_dir().join(format!("cove-full-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs (tests run as root)");
+    let src = cove_tests::home();
+    for f in [
+        "kernel/vmlinux",
+        "kernel/initramfs.cpio",
+        "images/busybox/rootfs.ext4",
+        "images/busybox/image.json",
+    ] {
+        std::fs::create_dir_all(home.join(f).parent().unwrap()).unwrap();
+        std::fs::copy(src.join(f), home.join(f)).unwrap();
+    }
+    let run = |args: &[&str]| {
+        cove_tests::cove()
+            .env("COVE_HOME", &home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["create", "--memory", "256", "--disk", "256"]);
+    let id = ok(&o).trim().to_string();
+    // Touch memory so the snapshot has something to write.
+    ok(&run(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "head -c 40000000 /dev/urandom > /dev/shm/fill",
+    ]));
+    let o = run(&["snapshot", &id]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
+    // Nothing half-written is left, and the sandbox carries on.
+    assert!(ok(&run(&["snapshot", "ls", "--json"])).trim() == "[]");
+    assert_eq!(
+        ok(&run(&["exec", &id, "--", "echo", "running"])),
+        "running\n"
+    );
+    assert!(
+        std::fs::read_dir(home.join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    ok(&run(&["rm", "-f", &id]));
+    let _ = std::process::Command::new("umount").arg(&home).status();
+    let _ = std::fs::remove_dir(&home);
+}
+
+#[test]
+fn killing_cove_vm_during_a_snapshot_leaves_a_usable_state_or_a_failed_sandbox() {
+    let sb = Sandbox::create("busybox", &[]);
+    ok(&sb.exec(
+        &[],
+        &["sh", "-c", "head -c 30000000 /dev/urandom > /dev/shm/fill"],
+        b"",
+    ));
+    let pid = sb.inspect()["pid"].as_u64().unwrap();
+    let mut snap = cove_tests::cove()
+        .args(["snapshot", &sb.id])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let finished = snap.wait().unwrap();
+    let v = sb.inspect();
+    let snaps = ok(&cove_out(&["snapshot", "ls", "--json"]));
+    if finished.success() && snaps.contains(&sb.id) {
+        // The snapshot completed before the kill: it must restore.
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&snaps).unwrap();
+        let s = listed
+            .iter()
+            .find(|s| s["sandbox"] == sb.id.as_str())
+            .unwrap();
+        let o = ok(&cove_out(&[
+            "create",
+            "--from-snapshot",
+            s["id"].as_str().unwrap(),
+        ]));
+        let restored = Sandbox {
+            id: o.trim().to_string(),
+        };
+        assert_eq!(ok(&restored.exec(&[], &["echo", "ok"], b"")), "ok\n");
+        ok(&cove_out(&["snapshot", "rm", s["id"].as_str().unwrap()]));
+    } else {
+        // It did not: no snapshot is recorded, and the sandbox says why it is gone.
+        assert!(!snaps.contains(&sb.id), "{snaps}");
+        assert_eq!(v["state"], "failed", "{v}");
+        assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+}
