@@ -345,3 +345,35 @@ fn killing_cove_vm_during_a_snapshot_leaves_a_usable_state_or_a_failed_sandbox()
         assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()));
     }
 }
+
+#[test]
+fn idle_and_ttl_policies_are_enforced_and_the_next_request_resumes() {
+    let paused = Sandbox::create("busybox", &["--idle-timeout", "2", "--on-idle", "pause"]);
+    let hibernated = Sandbox::create(
+        "busybox",
+        &["--idle-timeout", "2", "--on-idle", "hibernate"],
+    );
+    let expiring = Sandbox::create("busybox", &["--ttl", "3"]);
+    ok(&paused.exec(&[], &["sh", "-c", "echo 1 > /root/a"], b""));
+    ok(&hibernated.exec(&[], &["sh", "-c", "echo 2 > /root/b"], b""));
+    assert!(cove_tests::wait_until(Duration::from_secs(20), || state(
+        &paused
+    ) == "paused"
+        && state(&hibernated) == "hibernated"
+        && state(&expiring) == "stopped"));
+    assert_eq!(paused.inspect()["reason"], "idle");
+    assert!(
+        expiring.inspect()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("time to live")
+    );
+    // The next request brings idle sandboxes back, state intact; an expired one stays down.
+    assert_eq!(ok(&paused.exec(&[], &["cat", "/root/a"], b"")), "1\n");
+    assert_eq!(ok(&hibernated.exec(&[], &["cat", "/root/b"], b"")), "2\n");
+    assert_eq!(state(&paused), "running");
+    assert_eq!(state(&hibernated), "running");
+    assert_eq!(expiring.exec(&[], &["true"], b"").status.code(), Some(125));
+    let o = cove_out(&["create", "--on-idle", "sleep", "--idle-timeout", "5"]);
+    assert_eq!(o.status.code(), Some(125));
+}

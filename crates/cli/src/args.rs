@@ -29,6 +29,20 @@ pub struct Resources {
     pub disk: u32,
 }
 
+/// Lifetime policies of a new sandbox.
+#[derive(Debug, Args)]
+pub struct Policy {
+    /// Stop the sandbox this many seconds after it was created.
+    #[arg(long, value_name = "SECS")]
+    pub ttl: Option<u64>,
+    /// After this many seconds without activity, apply --on-idle.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// What idleness does: pause or hibernate (the next request resumes it).
+    #[arg(long, value_name = "pause|hibernate", requires = "idle_timeout")]
+    pub on_idle: Option<String>,
+}
+
 /// How to run a command.
 #[derive(Debug, Args)]
 pub struct ExecOpts {
@@ -84,6 +98,8 @@ pub enum Command {
         /// Restore this snapshot (id or name) instead of booting.
         #[arg(long, value_name = "SNAPSHOT", conflicts_with = "image")]
         from_snapshot: Option<String>,
+        #[command(flatten)]
+        policy: Policy,
     },
     /// Clone a running sandbox into new ones; prints one id per line.
     Fork {

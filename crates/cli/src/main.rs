@@ -18,7 +18,9 @@ use cove_host::{AgentClient, ClientError, CreateSpec, Host, HostError};
 use cove_protocol::{ErrorCode, ExecRequest, Reply, Request, Stream, TtySize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use args::{Cli, Command, ExecOpts, FsCommand, Resources, SnapshotCommand, TemplateCommand};
+use args::{
+    Cli, Command, ExecOpts, FsCommand, Policy, Resources, SnapshotCommand, TemplateCommand,
+};
 
 /// cove failed before or around the user's command.
 const EXIT_COVE: u8 = 125;
@@ -90,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command,
         } => {
             let host = host()?;
-            let spec = spec(&res, name, image, None);
+            let spec = spec(&res, name, image, None, None);
             let rec = match host.create(&spec).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -118,9 +120,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             name,
             image,
             from_snapshot,
+            policy,
         } => {
             let host = host()?;
-            let rec = host.create(&spec(&res, name, image, from_snapshot)).await?;
+            let rec = host
+                .create(&spec(&res, name, image, from_snapshot, Some(&policy)))
+                .await?;
             println!("{}", rec.id);
             Ok(0)
         }
@@ -174,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command: TemplateCommand::Create { image, res },
         } => {
             let snap = host()?
-                .template_create(&spec(&res, None, image, None))
+                .template_create(&spec(&res, None, image, None, None))
                 .await?;
             println!("{}", snap.id);
             Ok(0)
@@ -284,6 +289,7 @@ fn spec(
     name: Option<String>,
     image: String,
     from_snapshot: Option<String>,
+    policy: Option<&Policy>,
 ) -> CreateSpec {
     CreateSpec {
         image,
@@ -293,6 +299,9 @@ fn spec(
         disk_mib: res.disk,
         from_snapshot,
         use_template: true,
+        ttl_secs: policy.and_then(|p| p.ttl),
+        idle_timeout_secs: policy.and_then(|p| p.idle_timeout),
+        on_idle: policy.and_then(|p| p.on_idle.clone()),
     }
 }
 

@@ -227,6 +227,12 @@ pub struct CreateSpec {
     pub from_snapshot: Option<String>,
     /// Restore the image's template when one fits.
     pub use_template: bool,
+    /// Stop the sandbox this many seconds after it was created.
+    pub ttl_secs: Option<u64>,
+    /// Apply `on_idle` after this many seconds without activity.
+    pub idle_timeout_secs: Option<u64>,
+    /// `pause` or `hibernate` (default `pause`); the next request resumes it.
+    pub on_idle: Option<String>,
 }
 
 impl Default for CreateSpec {
@@ -239,6 +245,9 @@ impl Default for CreateSpec {
             disk_mib: 2048,
             from_snapshot: None,
             use_template: true,
+            ttl_secs: None,
+            idle_timeout_secs: None,
+            on_idle: None,
         }
     }
 }
@@ -335,6 +344,7 @@ impl Host {
             disk_mib: snap.disk_mib,
             from_snapshot: Some(snap.id.clone()),
             use_template: false,
+            ..CreateSpec::default()
         };
         // All clones start at once, then each is awaited: they restore in parallel.
         let mut pending = Vec::new();
@@ -415,7 +425,7 @@ impl Host {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        match self.start_vm(&mut rec, &image, &choice, &dir, from) {
+        match self.start_vm(&mut rec, &image, &choice, &dir, from, spec) {
             Ok(pid) => Ok(Pending { rec, pid }),
             Err(e) => {
                 rec.state = "failed".into();
@@ -470,6 +480,7 @@ impl Host {
         choice: &engine::EngineChoice,
         dir: &Path,
         from: Option<&SnapshotRecord>,
+        policy: &CreateSpec,
     ) -> Result<u32, HostError> {
         let disk = dir.join("disk.ext4");
         match from {
@@ -501,6 +512,9 @@ impl Host {
             qemu: choice.qemu.clone(),
             restore: from.map(|s| s.dir.clone()),
             clone_of: from.map(|s| s.id.clone()),
+            expires_at: policy.ttl_secs.map(|t| unix_now() + t),
+            idle_timeout_secs: policy.idle_timeout_secs,
+            on_idle: policy.on_idle.clone(),
         };
         write_atomic(
             &dir.join("vm.json"),
@@ -644,6 +658,19 @@ impl Host {
             return Ok(());
         }
         if rec.pid.is_some_and(vm_alive) {
+            // cove-vm may have paused the sandbox itself (idle policy): take its word.
+            if let Some(st) = live_status(Path::new(&rec.dir)) {
+                let (state, reason) = match st.state {
+                    VmState::Paused => ("paused", st.reason),
+                    VmState::Running => ("running", None),
+                    _ => return Ok(()),
+                };
+                if rec.state != "creating" && (rec.state != state || rec.reason != reason) {
+                    rec.state = state.into();
+                    rec.reason = reason;
+                    self.db.update(rec)?;
+                }
+            }
             return Ok(());
         }
         if rec.state == "creating" && rec.pid.is_none() && now_ms() - rec.created_at < 60_000 {
@@ -652,13 +679,18 @@ impl Host {
         let reason = exit_reason(Path::new(&rec.dir)).unwrap_or_else(|| {
             "its cove-vm process vanished (killed, or the host rebooted)".into()
         });
-        rec.state = if reason == "stopped" {
-            "stopped"
+        if reason == "hibernated (idle)" {
+            rec.state = "hibernated".into();
+            rec.reason = Some("idle".into());
         } else {
-            "failed"
+            rec.state = if reason.starts_with("stopped") {
+                "stopped"
+            } else {
+                "failed"
+            }
+            .into();
+            rec.reason = Some(reason);
         }
-        .into();
-        rec.reason = Some(reason);
         rec.pid = None;
         self.db.update(rec)?;
         Ok(())
@@ -666,7 +698,13 @@ impl Host {
 
     /// A client of a running sandbox's agent.
     pub async fn connect(&self, key: &str) -> Result<AgentClient, HostError> {
-        let rec = self.get(key)?;
+        let mut rec = self.get(key)?;
+        // A sandbox the idle policy put away comes back on the next request.
+        if matches!(rec.state.as_str(), "paused" | "hibernated")
+            && rec.reason.as_deref() == Some("idle")
+        {
+            rec = self.resume(&rec.id).await?;
+        }
         if rec.state != "running" {
             return Err(HostError::NotRunning {
                 id: rec.id,
@@ -724,6 +762,7 @@ impl Host {
             "paused" => {
                 self.vm_op(&rec, &ControlRequest::Resume).await?;
                 rec.state = "running".into();
+                rec.reason = None;
                 self.db.update(&rec)?;
                 Ok(rec)
             }
@@ -864,6 +903,18 @@ impl Host {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What cove-vm last wrote to `status.json`.
+fn live_status(dir: &Path) -> Option<cove_protocol::control::VmStatus> {
+    serde_json::from_slice(&std::fs::read(dir.join("status.json")).ok()?).ok()
+}
+
 fn not_running(rec: SandboxRecord) -> HostError {
     HostError::NotRunning {
         id: rec.id,
@@ -894,6 +945,21 @@ fn validate(spec: &CreateSpec) -> Result<(), HostError> {
             format!("{} MiB", spec.disk_mib),
             "64 to 1048576 MiB",
         ));
+    }
+    if let Some(p) = &spec.on_idle
+        && !matches!(p.as_str(), "pause" | "hibernate")
+    {
+        return Err(bad("on-idle", p.clone(), "pause or hibernate"));
+    }
+    if spec.on_idle.is_some() && spec.idle_timeout_secs.is_none() {
+        return Err(bad(
+            "on-idle",
+            "without --idle-timeout".into(),
+            "with --idle-timeout SECS",
+        ));
+    }
+    if spec.ttl_secs == Some(0) || spec.idle_timeout_secs == Some(0) {
+        return Err(bad("timeout", "0".into(), "at least 1 second"));
     }
     if let Some(n) = &spec.name {
         let ok = !n.is_empty()

@@ -124,6 +124,15 @@ pub struct VmConfig {
     /// snapshot it came from; the guest then takes a new identity (hostname, machine-id).
     #[serde(default)]
     pub clone_of: Option<String>,
+    /// When the sandbox ends (seconds since the epoch): cove-vm stops it then.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// Seconds without activity (no agent session open, no frame either way) before `on_idle`.
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// `pause` or `hibernate`.
+    #[serde(default)]
+    pub on_idle: Option<String>,
 }
 
 /// One virtio-blk disk.

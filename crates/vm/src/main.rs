@@ -52,6 +52,9 @@ enum VmCommand {
 
 #[derive(Debug)]
 struct Shared {
+    /// `status.json` in the sandbox directory, rewritten on every change so the host sees
+    /// states cove-vm reached on its own (an idle pause) without asking.
+    status_file: PathBuf,
     status: Mutex<VmStatus>,
     changed: watch::Sender<VmState>,
     link: Mutex<Option<Arc<proxy::Link>>>,
@@ -67,6 +70,10 @@ impl Shared {
         let mut s = self.status.lock().expect("lock");
         f(&mut s);
         let state = s.state;
+        let tmp = self.status_file.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&*s).expect("serializes")).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.status_file);
+        }
         drop(s);
         self.changed.send_replace(state);
     }
@@ -125,6 +132,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     let spawned_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let (changed, _) = watch::channel(VmState::Booting);
     let shared = Arc::new(Shared {
+        status_file: dir.join("status.json"),
         status: Mutex::new(VmStatus {
             state: VmState::Booting,
             engine: cfg.engine.clone(),
@@ -220,6 +228,41 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                 Some(c) => c,
                 None => continue,
             },
+            _ = tokio::time::sleep(POLICY_TICK) => {
+                match policy(&cfg, &link, shared.status().state) {
+                    Some(Policy::Expire) => {
+                        let _ = vm.resume().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), link.request(&Request::Shutdown)).await;
+                        if tokio::time::timeout(STOP_GRACE, vm.wait()).await.is_err() {
+                            vm.kill();
+                            let _ = vm.wait().await;
+                        }
+                        break "stopped: its time to live ran out".to_string();
+                    }
+                    Some(Policy::Pause) => {
+                        if vm.pause().await.is_ok() {
+                            shared.set(|s| {
+                                s.state = VmState::Paused;
+                                s.reason = Some("idle".into());
+                            });
+                        }
+                    }
+                    Some(Policy::Hibernate) => {
+                        let snap = dir.join("hibernation");
+                        let _ = std::fs::remove_dir_all(&snap);
+                        if save_snapshot(vm.as_mut(), &link, &snap, false, &[]).await.is_ok() {
+                            vm.kill();
+                            let _ = vm.wait().await;
+                            break "hibernated (idle)".to_string();
+                        }
+                        let _ = vm.resume().await;
+                        let _ = link.request(&Request::Thaw).await;
+                        link.touch(); // do not retry at once
+                    }
+                    None => {}
+                }
+                continue;
+            }
         };
         match cmd {
             VmCommand::Pause(tx) => {
@@ -232,7 +275,11 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             VmCommand::Resume(tx) => {
                 let r = vm.resume().await.map_err(|e| format!("resume: {e}"));
                 if r.is_ok() {
-                    shared.set(|s| s.state = VmState::Running);
+                    link.touch();
+                    shared.set(|s| {
+                        s.state = VmState::Running;
+                        s.reason = None;
+                    });
                 }
                 let _ = tx.send(r);
             }
@@ -288,7 +335,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             }
         }
     };
-    if reason != "stopped" && reason != "hibernated" {
+    if !reason.starts_with("stopped") && !reason.starts_with("hibernated") {
         shared.set(|s| {
             s.state = VmState::Failed;
             s.reason = Some(reason.clone());
@@ -340,6 +387,35 @@ async fn save_snapshot(
         snapshot::sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// How often the time-to-live and idle policies are checked.
+const POLICY_TICK: Duration = Duration::from_millis(500);
+
+/// What the sandbox's policies ask for now.
+#[derive(Debug, PartialEq, Eq)]
+enum Policy {
+    Expire,
+    Pause,
+    Hibernate,
+}
+
+fn policy(cfg: &VmConfig, link: &proxy::Link, state: VmState) -> Option<Policy> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if cfg.expires_at.is_some_and(|t| now >= t) {
+        return Some(Policy::Expire);
+    }
+    let limit = Duration::from_secs(cfg.idle_timeout_secs?);
+    if state != VmState::Running || link.idle_for() < limit {
+        return None;
+    }
+    match cfg.on_idle.as_deref() {
+        Some("hibernate") => Some(Policy::Hibernate),
+        _ => Some(Policy::Pause),
+    }
 }
 
 /// `n` random bytes as hex.

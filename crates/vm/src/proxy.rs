@@ -72,6 +72,8 @@ pub struct Link {
     next_session: AtomicU32,
     next_client: AtomicU64,
     hello: Mutex<Option<oneshot::Sender<Reply>>>,
+    /// When a frame last crossed the link, either way.
+    last_activity: Mutex<std::time::Instant>,
 }
 
 impl Link {
@@ -104,6 +106,7 @@ impl Link {
             next_session: AtomicU32::new(1),
             next_client: AtomicU64::new(1),
             hello: Mutex::default(),
+            last_activity: Mutex::new(std::time::Instant::now()),
         });
         let l = link.clone();
         tokio::spawn(async move { l.read_agent(reader).await });
@@ -159,7 +162,21 @@ impl Link {
         Err("the agent connection closed".into())
     }
 
+    /// How long nothing has happened: no session open and no frame either way.
+    pub fn idle_for(&self) -> std::time::Duration {
+        if !self.routes.lock().expect("lock").is_empty() {
+            return std::time::Duration::ZERO;
+        }
+        self.last_activity.lock().expect("lock").elapsed()
+    }
+
+    /// Counts as activity (a control operation, a resume).
+    pub fn touch(&self) {
+        *self.last_activity.lock().expect("lock") = std::time::Instant::now();
+    }
+
     async fn send(&self, f: &Frame) {
+        self.touch();
         let mut buf = Vec::new();
         frame::encode(f, &mut buf);
         let _ = self.to_agent.send(buf).await;
@@ -180,6 +197,7 @@ impl Link {
                     break;
                 }
             };
+            self.touch();
             if f.session == 0 {
                 if let FrameBody::Msg(json) = &f.body
                     && let Ok(reply) = cove_protocol::decode_msg::<Reply>(json)
