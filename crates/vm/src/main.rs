@@ -240,7 +240,8 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                         break "stopped: its time to live ran out".to_string();
                     }
                     Some(Policy::Pause) => {
-                        if vm.pause().await.is_ok() {
+                        let paused = vm.pause().await;
+                        if paused.is_ok() {
                             shared.set(|s| {
                                 s.state = VmState::Paused;
                                 s.reason = Some("idle".into());
