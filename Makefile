@@ -41,6 +41,7 @@ bench: build
 	guest/setup.sh "$(TEST_HOME)"
 	COVE_HOME="$(TEST_HOME)" bench/run boot
 	COVE_HOME="$(TEST_HOME)" bench/run exec
+	COVE_HOME="$(TEST_HOME)" bench/run lifecycle
 
 fmt:
 	$(CARGO) fmt --all

@@ -5,7 +5,7 @@
 //! - `exec`: round trip of `true` in a running sandbox (100 runs, p50/p99), and stdout MB/s.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -220,6 +220,241 @@ async fn exec(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
     result
 }
 
+/// A tiny QMP client for the plain-QEMU comparison (the engine's own lives in cove-vm).
+struct PlainQmp {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl PlainQmp {
+    async fn connect(path: &Path) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let t = Instant::now();
+        let conn = loop {
+            match tokio::net::UnixStream::connect(path).await {
+                Ok(c) => break c,
+                Err(_) if t.elapsed().as_secs() < 10 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let (r, w) = conn.into_split();
+        let mut q = Self {
+            lines: tokio::io::BufReader::new(r).lines(),
+            w,
+        };
+        q.lines.next_line().await?;
+        q.cmd(json!({"execute": "qmp_capabilities"})).await?;
+        Ok(q)
+    }
+
+    async fn cmd(&mut self, v: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        use tokio::io::AsyncWriteExt;
+        let mut line = serde_json::to_vec(&v)?;
+        line.push(b'\n');
+        self.w.write_all(&line).await?;
+        while let Some(l) = self.lines.next_line().await? {
+            let v: serde_json::Value = serde_json::from_str(&l)?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("qmp: {e}");
+            }
+        }
+        bail!("qmp closed")
+    }
+
+    async fn wait_migration(&mut self) -> anyhow::Result<()> {
+        loop {
+            let v = self.cmd(json!({"execute": "query-migrate"})).await?;
+            match v["status"].as_str() {
+                Some("completed") => return Ok(()),
+                Some("failed" | "cancelled") => bail!("migration failed: {v}"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            }
+        }
+    }
+}
+
+/// Plain QEMU with Cove's devices but ordinary (anonymous) guest RAM, booted, then saved with
+/// its own full migration to a file and restored from it: (save ms, restore ms).
+async fn plain_save_restore(host: &Host, work: &Path) -> anyhow::Result<(f64, f64)> {
+    // A stopped sandbox gives the exact command line; RAM goes back to QEMU's default.
+    let rec = host
+        .create(&CreateSpec {
+            memory_mib: 256,
+            use_template: false,
+            ..Default::default()
+        })
+        .await?;
+    host.stop(&rec.id).await?;
+    let dir = PathBuf::from(&rec.dir);
+    let vm = std::env::current_exe()?.with_file_name("cove-vm");
+    let out = Command::new(&vm)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--print-engine-args")
+        .output()?;
+    let mut argv: Vec<String> = serde_json::from_slice(&out.stdout)?;
+    let mut i = 0;
+    while i < argv.len() {
+        if argv[i] == "-object" && argv[i + 1].starts_with("memory-backend-file") {
+            argv.drain(i..i + 2);
+            continue;
+        }
+        argv[i] = argv[i].replace(",memory-backend=mem", "");
+        if argv[i].starts_with("socket,id=con,") {
+            argv[i] = format!("file,id=con,path={}", dir.join("console.log").display());
+        }
+        i += 1;
+    }
+    let state = work.join("plain-state");
+    let qmp_path = dir.join("qmp.sock");
+    let spawn = |extra: &[&str]| {
+        let _ = std::fs::remove_file(&qmp_path);
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let mut q1 = spawn(&[])?;
+    let mut qmp = PlainQmp::connect(&qmp_path).await?;
+    // Let the guest reach its agent, as a Cove sandbox would be.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    qmp.cmd(json!({"execute": "stop"})).await?;
+    qmp.cmd(
+        json!({"execute": "migrate-set-parameters", "arguments": {"max-bandwidth": 1u64 << 40}}),
+    )
+    .await?;
+    qmp.cmd(json!({"execute": "migrate", "arguments": {"uri": format!("exec:cat > '{}'", state.display())}})).await?;
+    qmp.wait_migration().await?;
+    let save = ms(t);
+    let _ = q1.kill();
+    let _ = q1.wait();
+    let t = Instant::now();
+    let mut q2 = spawn(&["-incoming", "defer"])?;
+    let mut qmp = PlainQmp::connect(&qmp_path).await?;
+    qmp.cmd(json!({"execute": "migrate-incoming", "arguments": {"uri": format!("exec:cat '{}'", state.display())}})).await?;
+    qmp.wait_migration().await?;
+    let restore = ms(t);
+    let _ = q2.kill();
+    let _ = q2.wait();
+    let _ = std::fs::remove_file(&state);
+    host.remove(&rec.id, true).await?;
+    Ok((save, restore))
+}
+
+async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
+    let spec = CreateSpec {
+        memory_mib: 256,
+        use_template: false,
+        ..Default::default()
+    };
+    let work = std::env::temp_dir().join(format!("cove-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let first_exec = |id: String| async move {
+        let c = host.connect(&id).await?;
+        let o = c
+            .output(
+                ExecRequest {
+                    argv: vec!["true".into()],
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+        anyhow::ensure!(o.status.code == Some(0), "true failed");
+        anyhow::Ok(())
+    };
+    let rec = host.create(&spec).await?;
+    first_exec(rec.id.clone()).await?;
+    let (mut pause, mut resume, mut snapshot, mut hibernate, mut wake) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let t = Instant::now();
+        host.pause(&rec.id).await?;
+        pause.push(ms(t));
+        let t = Instant::now();
+        host.resume(&rec.id).await?;
+        resume.push(ms(t));
+    }
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = host.snapshot(&rec.id, None, false).await?;
+        snapshot.push(ms(t));
+        host.remove_snapshot(&s.id)?;
+        let t = Instant::now();
+        host.hibernate(&rec.id).await?;
+        hibernate.push(ms(t));
+        let t = Instant::now();
+        host.resume(&rec.id).await?;
+        first_exec(rec.id.clone()).await?;
+        wake.push(ms(t));
+    }
+    let mut fork = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let clones = host.fork(&rec.id, 5).await?;
+        fork.push(ms(t));
+        for c in clones {
+            host.remove(&c.id, true).await?;
+        }
+    }
+    host.remove(&rec.id, true).await?;
+    let tpl = host.template_create(&spec).await?;
+    let mut from_template = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = host
+            .create(&CreateSpec {
+                use_template: true,
+                ..spec.clone()
+            })
+            .await?;
+        first_exec(r.id.clone()).await?;
+        from_template.push(ms(t));
+        host.remove(&r.id, true).await?;
+    }
+    host.remove_snapshot(&tpl.id)?;
+    let (mut plain_save, mut plain_restore) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (s, r) = plain_save_restore(host, &work).await?;
+        plain_save.push(s);
+        plain_restore.push(r);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let hib = summary(hibernate);
+    let wk = summary(wake);
+    let ps = summary(plain_save);
+    let pr = summary(plain_restore);
+    let ratio = |a: &serde_json::Value, b: &serde_json::Value| {
+        ((a["median"].as_f64().unwrap_or(0.0) / b["median"].as_f64().unwrap_or(1.0)) * 100.0)
+            .round()
+            / 100.0
+    };
+    Ok(json!({
+        "bench": "lifecycle",
+        "memory_mib": 256,
+        "pause_ms": summary(pause),
+        "resume_ms": summary(resume),
+        "snapshot_ms": summary(snapshot),
+        "ratio_hibernate_to_plain_save": ratio(&hib, &ps),
+        "ratio_wake_to_plain_restore": ratio(&wk, &pr),
+        "hibernate_ms": hib,
+        "wake_to_first_exec_ms": wk,
+        "template_create_to_first_exec_ms": summary(from_template),
+        "fork_of_5_ms": summary(fork),
+        "plain_qemu_save_ms": ps,
+        "plain_qemu_restore_ms": pr,
+    }))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -229,7 +464,8 @@ async fn main() -> anyhow::Result<()> {
     let line = match which {
         "boot" => boot(&host, 10).await?,
         "exec" => exec(&host, 100).await?,
-        _ => bail!("usage: bench/run boot|exec"),
+        "lifecycle" => lifecycle(&host).await?,
+        _ => bail!("usage: bench/run boot|exec|lifecycle"),
     };
     println!("{line}");
     Ok(())
