@@ -377,3 +377,22 @@ fn idle_and_ttl_policies_are_enforced_and_the_next_request_resumes() {
     let o = cove_out(&["create", "--on-idle", "sleep", "--idle-timeout", "5"]);
     assert_eq!(o.status.code(), Some(125));
 }
+
+#[test]
+fn a_hibernated_sandbox_resumes_from_the_blob_store_alone() {
+    // As on another host: no local copy of the hibernation or of the disk, only the store.
+    let sb = Sandbox::create("busybox", &[]);
+    ok(&sb.exec(&[], &["sh", "-c", "head -c 200000 /dev/urandom > /root/r; sha256sum /root/r > /root/sum; sleep 1000 & echo $! > /tmp/pid"], b""));
+    let sum = ok(&sb.exec(&[], &["cat", "/root/sum"], b""));
+    let pid = ok(&sb.exec(&[], &["cat", "/tmp/pid"], b""));
+    ok(&cove_out(&["hibernate", &sb.id]));
+    let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+    std::fs::remove_dir_all(dir.join("hibernation")).unwrap();
+    std::fs::remove_file(dir.join("disk.ext4")).unwrap();
+    ok(&cove_out(&["resume", &sb.id]));
+    assert_eq!(
+        ok(&sb.exec(&[], &["sh", "-c", "sha256sum /root/r"], b"")),
+        sum
+    );
+    ok(&sb.exec(&[], &["kill", "-0", pid.trim()], b""));
+}

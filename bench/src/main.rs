@@ -388,7 +388,7 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
         let t = Instant::now();
         let s = host.snapshot(&rec.id, None, false).await?;
         snapshot.push(ms(t));
-        host.remove_snapshot(&s.id)?;
+        host.remove_snapshot(&s.id).await?;
         let t = Instant::now();
         host.hibernate(&rec.id).await?;
         hibernate.push(ms(t));
@@ -421,7 +421,7 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
         from_template.push(ms(t));
         host.remove(&r.id, true).await?;
     }
-    host.remove_snapshot(&tpl.id)?;
+    host.remove_snapshot(&tpl.id).await?;
     let (mut plain_save, mut plain_restore) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let (s, r) = plain_save_restore(host, &work).await?;

@@ -20,6 +20,10 @@ use crate::fdio::FdIo;
 use crate::server::{Agent, Inbound, Outbox};
 use crate::user::{self, Identity};
 
+/// How long an exec waits, after its process exited, for output pipes that something else (a
+/// background child) still holds open.
+const OUTPUT_GRACE: Duration = Duration::from_millis(250);
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Collects exit statuses. As PID 1 it reaps every child, orphans included (`waitpid(-1)`);
@@ -241,6 +245,7 @@ pub async fn run(
     // Output pumps and the stdin writer run as their own tasks: a child that does not read its
     // stdin must never stop us from draining its stdout.
     let mut pumps = Vec::new();
+    let activity = PumpActivity::new();
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
     let mut resize_fd = None;
     match pty {
@@ -252,6 +257,7 @@ pub async fn run(
                 master.clone(),
                 Stream::Stdout,
                 ob.clone(),
+                activity.clone(),
             )));
             tokio::spawn(stdin_writer(Some(master), stdin_rx, ob.clone()));
         }
@@ -269,7 +275,7 @@ pub async fn run(
                 if let Some(fd) = pipe {
                     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                         .map_err(|e| io_err(&e, "output pipe", &program))?;
-                    pumps.push(tokio::spawn(pump(rx, stream, ob.clone())));
+                    pumps.push(tokio::spawn(pump(rx, stream, ob.clone(), activity.clone())));
                 }
             }
         }
@@ -286,7 +292,10 @@ pub async fn run(
     let mut cancelled = false;
     let mut status = None;
     let mut exit_rx = exit_rx;
+    let pump_handles: Vec<tokio::task::AbortHandle> =
+        pumps.iter().map(|p| p.abort_handle()).collect();
     let mut pumps_done = futures_join(pumps);
+    let mut drain_deadline = None;
     let mut outputs_closed = false;
     let mut inbox_open = true;
     loop {
@@ -296,6 +305,22 @@ pub async fn run(
         tokio::select! {
             st = &mut exit_rx, if status.is_none() => {
                 status = Some(st.ok());
+                // Output still in the pipes arrives at once; a background child that keeps them
+                // open (`sh -c 'server &'`) must not hold the exec open with it.
+                drain_deadline = Some(tokio::time::Instant::now() + OUTPUT_GRACE);
+            }
+            _ = sleep_until(drain_deadline), if status.is_some() && !outputs_closed => {
+                if activity.recently_busy(OUTPUT_GRACE) {
+                    // Still delivering (or waiting for the host's credit): nothing is cut short.
+                    drain_deadline = Some(tokio::time::Instant::now() + OUTPUT_GRACE);
+                } else {
+                    for p in &pump_handles {
+                        p.abort();
+                    }
+                    ob.eof(Stream::Stdout).await;
+                    ob.eof(Stream::Stderr).await;
+                    outputs_closed = true;
+                }
             }
             _ = &mut pumps_done, if !outputs_closed => {
                 outputs_closed = true;
@@ -367,8 +392,49 @@ fn futures_join(
     })
 }
 
-async fn pump<R: AsyncRead + Unpin>(mut r: R, stream: Stream, ob: Outbox) {
+/// What the output pumps of one exec are doing, so the exec can tell a drained pipe held open
+/// by a background child from output still on its way.
+#[derive(Debug)]
+struct PumpActivity {
+    start: std::time::Instant,
+    /// Pumps now handing data to the host (possibly waiting for credit).
+    sending: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `start` of the last read that returned data.
+    last_data_ms: std::sync::atomic::AtomicU64,
+}
+
+impl PumpActivity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: std::time::Instant::now(),
+            sending: Default::default(),
+            last_data_ms: Default::default(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn recently_busy(&self, within: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        self.sending.load(Relaxed) > 0
+            || self
+                .now_ms()
+                .saturating_sub(self.last_data_ms.load(Relaxed))
+                < within
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(
+    mut r: R,
+    stream: Stream,
+    ob: Outbox,
+    activity: Arc<PumpActivity>,
+) {
     use cove_protocol::frame::{DATA_PREFIX_LEN, MAX_DATA_CHUNK, put_data_prefix};
+    use std::sync::atomic::Ordering::Relaxed;
     loop {
         // Read straight into the frame's buffer after room for its header: no zeroing, no copy.
         let mut buf = Vec::with_capacity(DATA_PREFIX_LEN + MAX_DATA_CHUNK);
@@ -376,8 +442,12 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, stream: Stream, ob: Outbox) {
         match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                activity.sending.fetch_add(1, Relaxed);
+                activity.last_data_ms.store(activity.now_ms(), Relaxed);
                 put_data_prefix(&mut buf, ob.session(), stream, n);
                 ob.data_encoded(buf, n).await;
+                activity.last_data_ms.store(activity.now_ms(), Relaxed);
+                activity.sending.fetch_sub(1, Relaxed);
             }
         }
     }

@@ -185,3 +185,24 @@ async fn freeze_holds_output_until_thaw() {
     assert!(health.await.unwrap().is_ok());
     assert!(matches!(thaw.await.unwrap().unwrap(), Reply::Ok));
 }
+
+/// A background child holding the output pipes open does not hold the exec open: it ends
+/// shortly after its process, with all the output written before.
+#[tokio::test]
+async fn background_children_do_not_hold_an_exec_open() {
+    let c = pair();
+    let t = std::time::Instant::now();
+    let o = c
+        .output(req(&["sh", "-c", "sleep 30 & echo started; exit 4"]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.stdout.as_slice(), o.status.code),
+        (&b"started\n"[..], Some(4))
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+}

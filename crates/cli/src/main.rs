@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 (Some(SnapshotCommand::Rm { ids }), _) => {
                     for id in ids {
-                        println!("{}", host.remove_snapshot(&id)?.id);
+                        println!("{}", host.remove_snapshot(&id).await?.id);
                     }
                 }
                 (None, Some(id)) => println!("{}", host.snapshot(&id, name, false).await?.id),

@@ -19,6 +19,7 @@ pub mod agent;
 mod db;
 pub mod engine;
 pub mod images;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -106,6 +107,9 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// The blob store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// The engine cannot run here.
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
@@ -272,6 +276,7 @@ pub fn default_home() -> PathBuf {
 pub struct Host {
     home: PathBuf,
     db: Db,
+    blobs: store::BlobStore,
 }
 
 impl Host {
@@ -283,6 +288,7 @@ impl Host {
         Ok(Self {
             home: home.to_path_buf(),
             db,
+            blobs: store::BlobStore::local(home)?,
         })
     }
 
@@ -310,6 +316,9 @@ impl Host {
             None => None,
         };
         let explicit = spec.from_snapshot.is_some();
+        if let Some(s) = &from {
+            self.ensure_local(s).await?;
+        }
         let pending = self.begin(spec, from.as_ref())?;
         match self.finish(pending).await {
             // A template that no longer restores (a new QEMU, say) is not the user's problem:
@@ -367,7 +376,7 @@ impl Host {
             }
         }
         // The clones hold their own copies of memory and disk: the snapshot is no longer needed.
-        let _ = self.remove_snapshot(&snap.id);
+        let _ = self.remove_snapshot(&snap.id).await;
         result.map(|()| out)
     }
 
@@ -549,6 +558,16 @@ impl Host {
             },
         )
         .await?;
+        // Stored in the blob store; the local directory stays as this host's cache.
+        if let Err(e) = self
+            .blobs
+            .upload_dir(&format!("snapshots/{id}"), &dir)
+            .await
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.blobs.delete_prefix(&format!("snapshots/{id}")).await;
+            return Err(e.into());
+        }
         let snap = SnapshotRecord {
             id,
             name,
@@ -590,7 +609,7 @@ impl Host {
                 && (old.cpus, old.memory_mib, old.disk_mib)
                     == (snap.cpus, snap.memory_mib, snap.disk_mib)
             {
-                let _ = self.remove_snapshot(&old.id);
+                let _ = self.remove_snapshot(&old.id).await;
             }
         }
         Ok(snap)
@@ -603,6 +622,17 @@ impl Host {
                 && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
                 && Path::new(&s.dir).join("manifest.json").is_file()
         }))
+    }
+
+    /// Fetches a snapshot from the blob store when this host has no cached copy.
+    async fn ensure_local(&self, s: &SnapshotRecord) -> Result<(), HostError> {
+        let dir = Path::new(&s.dir);
+        if !dir.join("manifest.json").is_file() {
+            self.blobs
+                .download_dir(&format!("snapshots/{}", s.id), dir)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A snapshot by id, unique id prefix or name.
@@ -618,8 +648,11 @@ impl Host {
     }
 
     /// Deletes a snapshot and its files.
-    pub fn remove_snapshot(&self, key: &str) -> Result<SnapshotRecord, HostError> {
+    pub async fn remove_snapshot(&self, key: &str) -> Result<SnapshotRecord, HostError> {
         let s = self.snapshot_record(key)?;
+        self.blobs
+            .delete_prefix(&format!("snapshots/{}", s.id))
+            .await?;
         let dir = Path::new(&s.dir);
         if dir.starts_with(self.home.join("snapshots")) {
             match std::fs::remove_dir_all(dir) {
@@ -769,6 +802,22 @@ impl Host {
             "hibernated" => {
                 let dir = PathBuf::from(&rec.dir);
                 let snap = dir.join("hibernation");
+                let key = format!("hibernations/{}", rec.id);
+                // Another host hibernated it, or the cache is gone: fetch it from the store.
+                if !snap.join("manifest.json").is_file() {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(io_err("creating the sandbox directory", &dir))?;
+                    self.blobs.download_dir(&key, &snap).await?;
+                }
+                let stored_disk = snap.join("disk-cove-rw");
+                if stored_disk.is_file() {
+                    if dir.join("disk.ext4").is_file() {
+                        let _ = std::fs::remove_file(&stored_disk);
+                    } else {
+                        std::fs::rename(&stored_disk, dir.join("disk.ext4"))
+                            .map_err(io_err("placing the sandbox disk", &dir))?;
+                    }
+                }
                 let mut cfg: VmConfig = serde_json::from_slice(
                     &std::fs::read(dir.join("vm.json")).map_err(io_err("reading vm.json", &dir))?,
                 )
@@ -800,6 +849,7 @@ impl Host {
                         self.db.update(&rec)?;
                         // The snapshot is stale from here on (the guest runs and writes its disk).
                         let _ = std::fs::remove_dir_all(&snap);
+                        let _ = self.blobs.delete_prefix(&key).await;
                         Ok(rec)
                     }
                     other => {
@@ -841,9 +891,22 @@ impl Host {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
+        // Into the blob store (with the disk), so any host can resume it; the local copy stays
+        // as this host's cache.
+        let key = format!("hibernations/{}", rec.id);
+        let uploaded = async {
+            self.blobs
+                .upload_file(&format!("{key}/disk-cove-rw"), &dir.join("disk.ext4"), true)
+                .await?;
+            self.blobs.upload_dir(&key, &snap).await
+        }
+        .await;
         rec.state = "hibernated".into();
         rec.pid = None;
-        rec.reason = None;
+        rec.reason = uploaded
+            .as_ref()
+            .err()
+            .map(|e| format!("not in the blob store: {e}"));
         self.db.update(&rec)?;
         Ok(rec)
     }
@@ -867,6 +930,10 @@ impl Host {
             }
             kill_vm(pid).await;
         }
+        let _ = self
+            .blobs
+            .delete_prefix(&format!("hibernations/{}", rec.id))
+            .await;
         // Guest RAM of a cove-vm that was killed outright (it removes the file itself otherwise).
         let _ = std::fs::remove_file(format!("/dev/shm/cove-{}.mem", rec.id));
         let dir = Path::new(&rec.dir);
