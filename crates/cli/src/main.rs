@@ -205,12 +205,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             } else {
                 println!(
-                    "{:<12}  {:<16}  {:<10}  {:<8}  {:>4}  {:>7}  CREATED",
+                    "{:<12}  {:<16}  {:<10}  {:<10}  {:>4}  {:>7}  CREATED",
                     "ID", "NAME", "IMAGE", "STATE", "CPUS", "MEMORY"
                 );
                 for r in all {
                     println!(
-                        "{:<12}  {:<16}  {:<10}  {:<8}  {:>4}  {:>6}M  {}",
+                        "{:<12}  {:<16}  {:<10}  {:<10}  {:>4}  {:>6}M  {}",
                         r.id,
                         r.name.as_deref().unwrap_or("-"),
                         r.image,
