@@ -94,6 +94,19 @@ fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     let sb = Sandbox::create("busybox", &[]);
     ok(&cove_out(&["hibernate", &sb.id]));
     let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap()).join("hibernation");
+    // Guest memory first: one flipped byte where the guest wrote.
+    let memory = dir.join("memory");
+    let good_memory = std::fs::read(&memory).unwrap();
+    let at = good_memory.iter().position(|b| *b != 0).unwrap();
+    let mut bad_memory = good_memory.clone();
+    bad_memory[at] ^= 0x01;
+    std::fs::write(&memory, &bad_memory).unwrap();
+    let o = cove_out(&["resume", &sb.id]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("corrupted"));
+    assert_eq!(state(&sb), "hibernated");
+    std::fs::write(&memory, &good_memory).unwrap();
+    drop((good_memory, bad_memory));
     let state_file = dir.join("state");
     let good = std::fs::read(&state_file).unwrap();
     let mut bad = good.clone();
@@ -146,6 +159,19 @@ fn forks_share_the_past_and_diverge_after() {
         );
         assert_eq!(ok(&c.exec(&[], &["cat", "/tmp/pid"], b"")), pid);
         ok(&c.exec(&[], &["kill", "-0", pid.trim()], b""));
+        let n1: u64 = ok(&c.exec(&[], &["cat", "/tmp/counter"], b""))
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let n2: u64 = ok(&c.exec(&[], &["cat", "/tmp/counter"], b""))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            n2 > n1,
+            "the clone's copy of the process counts on: {n1} then {n2}"
+        );
         // Each clone is its own machine: its hostname, its random state.
         assert_eq!(ok(&c.exec(&[], &["hostname"], b"")).trim(), c.id);
         randoms.insert(ok(&c.exec(

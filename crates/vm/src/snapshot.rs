@@ -12,8 +12,10 @@
 //! and verifies every checksum before the VM starts, so a corrupted or foreign snapshot is refused,
 //! never half-restored.
 //!
-//! The sparse sha256 of a file hashes, for each data segment (`SEEK_DATA`/`SEEK_HOLE`), its
-//! offset and length (u64 LE) then its bytes: holes cost nothing to hash or copy.
+//! The sparse sha256 of a file hashes, for each 4 KiB page that is not all zeros, its offset
+//! (u64 LE) and its bytes, in order. Pages are found through `SEEK_DATA`/`SEEK_HOLE`, so holes
+//! cost nothing to hash or copy, and the sum does not depend on whether zeros are stored as
+//! holes or as bytes.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -78,6 +80,9 @@ pub struct Manifest {
     pub accel: String,
     /// CPU model the guest saw.
     pub cpu: String,
+    /// With the `host` model, the host CPU's feature flags: a restore needs them all.
+    #[serde(default)]
+    pub cpu_flags: Vec<String>,
     /// Guest memory.
     pub memory_mib: u32,
     /// vCPUs.
@@ -139,6 +144,18 @@ impl Manifest {
                 self.cpu
             ));
         }
+        if !self.cpu_flags.is_empty() {
+            let here = host_cpu_flags();
+            let missing: Vec<&str> = self
+                .cpu_flags
+                .iter()
+                .filter(|f| !here.contains(f))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return bad(format!("this host's CPU lacks {}", missing.join(" ")));
+            }
+        }
         if self.memory_mib != memory_mib || self.cpus != cpus {
             return bad(format!(
                 "taken with {} MiB and {} vCPUs, asked to restore with {memory_mib} MiB and {cpus}",
@@ -147,6 +164,19 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The host CPU's feature flags (`/proc/cpuinfo`), sorted.
+pub fn host_cpu_flags() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut flags: Vec<String> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    flags.sort();
+    flags
 }
 
 /// Data segments of a file: `(offset, len)`, from `SEEK_DATA`/`SEEK_HOLE`.
@@ -176,28 +206,54 @@ fn segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// Copies `src` to `dst` keeping holes, hashing as it goes; syncs `dst`. Returns the sum.
+/// Size of the pages the sparse sum and copy work in.
+const PAGE: usize = 4096;
+
+/// Calls `page(offset, bytes)` for every page of `f` that is not all zeros, in order.
+fn for_each_page(
+    f: &mut File,
+    path: &Path,
+    mut page: impl FnMut(u64, &[u8]) -> Result<(), SnapshotError>,
+) -> Result<u64, SnapshotError> {
+    let size = f.metadata().map_err(io("reading", path))?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, len) in segments(f, size).map_err(io("scanning", path))? {
+        f.seek(SeekFrom::Start(off)).map_err(io("reading", path))?;
+        let mut pos = off;
+        let mut left = len;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            f.read_exact(&mut buf[..n]).map_err(io("reading", path))?;
+            for (i, p) in buf[..n].chunks(PAGE).enumerate() {
+                if p.iter().any(|b| *b != 0) {
+                    page(pos + (i * PAGE) as u64, p)?;
+                }
+            }
+            pos += n as u64;
+            left -= n as u64;
+        }
+    }
+    Ok(size)
+}
+
+/// Copies `src` to `dst`, leaving zero pages as holes, hashing as it goes; syncs `dst`.
 pub fn copy_sparse(src: &Path, dst: &Path) -> Result<FileSum, SnapshotError> {
     let mut s = File::open(src).map_err(io("opening", src))?;
     let size = s.metadata().map_err(io("reading", src))?.len();
     let mut d = File::create(dst).map_err(io("creating", dst))?;
     d.set_len(size).map_err(io("sizing", dst))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for (off, len) in segments(&s, size).map_err(io("scanning", src))? {
+    let mut next = 0u64; // where `d`'s cursor is
+    for_each_page(&mut s, src, |off, page| {
         h.update(off.to_le_bytes());
-        h.update(len.to_le_bytes());
-        s.seek(SeekFrom::Start(off)).map_err(io("reading", src))?;
-        d.seek(SeekFrom::Start(off)).map_err(io("writing", dst))?;
-        let mut left = len;
-        while left > 0 {
-            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            s.read_exact(&mut buf[..n]).map_err(io("reading", src))?;
-            h.update(&buf[..n]);
-            d.write_all(&buf[..n]).map_err(io("writing", dst))?;
-            left -= n as u64;
+        h.update(page);
+        if off != next {
+            d.seek(SeekFrom::Start(off)).map_err(io("writing", dst))?;
         }
-    }
+        d.write_all(page).map_err(io("writing", dst))?;
+        next = off + page.len() as u64;
+        Ok(())
+    })?;
     d.sync_all().map_err(io("syncing", dst))?;
     Ok(FileSum {
         size,
@@ -208,21 +264,12 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<FileSum, SnapshotError> {
 /// The sparse sha256 of a file.
 pub fn sum(path: &Path) -> Result<FileSum, SnapshotError> {
     let mut f = File::open(path).map_err(io("opening", path))?;
-    let size = f.metadata().map_err(io("reading", path))?.len();
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for (off, len) in segments(&f, size).map_err(io("scanning", path))? {
+    let size = for_each_page(&mut f, path, |off, page| {
         h.update(off.to_le_bytes());
-        h.update(len.to_le_bytes());
-        f.seek(SeekFrom::Start(off)).map_err(io("reading", path))?;
-        let mut left = len;
-        while left > 0 {
-            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            f.read_exact(&mut buf[..n]).map_err(io("reading", path))?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-    }
+        h.update(page);
+        Ok(())
+    })?;
     Ok(FileSum {
         size,
         sha256: hex(&h.finalize()),
@@ -259,6 +306,10 @@ mod tests {
         let a = copy_sparse(&src, &dst).unwrap();
         assert_eq!(a, sum(&dst).unwrap());
         assert_eq!(a, sum(&src).unwrap());
+        // Zeros written out as bytes sum the same as holes.
+        let dense = d.path().join("dense");
+        std::fs::write(&dense, std::fs::read(&src).unwrap()).unwrap();
+        assert_eq!(sum(&dense).unwrap(), a);
         assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
         use std::os::unix::fs::MetadataExt;
         assert!(
@@ -281,6 +332,7 @@ mod tests {
             engine_version: "7.2".into(),
             accel: "tcg".into(),
             cpu: "max".into(),
+            cpu_flags: vec![],
             memory_mib: 256,
             cpus: 1,
             created_at: 0,
@@ -300,6 +352,15 @@ mod tests {
             );
         }
         let d = tempfile::tempdir().unwrap();
+        let foreign = Manifest {
+            cpu_flags: vec!["no-such-cpu-feature".into()],
+            ..m.clone()
+        };
+        let e = foreign
+            .check("qemu", "7.2", "max", 256, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-cpu-feature"), "{e}");
         std::fs::write(d.path().join("manifest.json"), br#"{"format": 99}"#).unwrap();
         assert!(Manifest::read(d.path()).is_err());
     }

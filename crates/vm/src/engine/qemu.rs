@@ -316,6 +316,12 @@ impl RunningVm for Qemu {
                 engine_version: qemu_version(&self.cfg.qemu).await,
                 accel: self.cfg.accel.clone(),
                 cpu: cpu_model(&self.cfg).into(),
+                // TCG's `max` model is QEMU's own; only `host` depends on this machine's CPU.
+                cpu_flags: if cpu_model(&self.cfg) == "host" {
+                    snapshot::host_cpu_flags()
+                } else {
+                    Vec::new()
+                },
                 memory_mib: self.cfg.memory_mib,
                 cpus: self.cfg.cpus,
                 created_at: std::time::SystemTime::now()
