@@ -22,12 +22,22 @@ fn cli_run_passes_exit_codes_and_keeps_streams_apart() {
         "-c",
         "echo out; echo err >&2; exit 0",
     ]);
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(text(&o), "out\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
 
     let o = cove_out(&["run", "--memory", "256", "--", "sh", "-c", "exit 1"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = cove_out(&["run", "--memory", "256", "--", "sh", "-c", "kill -9 $$"]);
     assert_eq!(o.status.code(), Some(137), "SIGKILL is 128 + 9");
 }

@@ -43,6 +43,28 @@ CREATE TABLE snapshots (
 ",
 ];
 
+fn is_busy(code: rusqlite::ErrorCode) -> bool {
+    matches!(
+        code,
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+    )
+}
+
+/// Runs `f` again while SQLite answers busy (up to 10 s).
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if is_busy(e.code) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// An open state database.
 #[derive(Debug)]
 pub struct Db {
@@ -94,11 +116,22 @@ impl Db {
     pub fn open(path: &Path) -> Result<Self, HostError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching a new database to WAL, and migrating it, can meet another process doing the
+        // same: SQLite reports that as busy without calling the busy handler, so retry here.
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut db = Self { conn };
-        db.migrate()?;
-        Ok(db)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match db.migrate() {
+                Err(HostError::Db(rusqlite::Error::SqliteFailure(e, _)))
+                    if is_busy(e.code) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                r => return r.map(|()| db),
+            }
+        }
     }
 
     fn migrate(&mut self) -> Result<(), HostError> {
