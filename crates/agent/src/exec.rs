@@ -24,6 +24,10 @@ use crate::user::{self, Identity};
 /// background child) still holds open.
 const OUTPUT_GRACE: Duration = Duration::from_millis(250);
 
+/// After its process exited, an exec delivers output for at most this long while something
+/// keeps writing (a chatty background child), unless the host is the one holding it up.
+const OUTPUT_DRAIN_MAX: Duration = Duration::from_secs(5);
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Collects exit statuses. As PID 1 it reaps every child, orphans included (`waitpid(-1)`);
@@ -239,8 +243,10 @@ pub async fn run(
             io_err(&e, "starting the process", &program)
         }
     })?;
-    ob.reply(&Reply::Started { pid }).await;
     let pgid = Pid::from_raw(i32::try_from(pid).expect("pid fits"));
+    // Until the session owns the process, an early return must not leave it running.
+    let mut guard = KillOnDrop(Some(pgid));
+    ob.reply(&Reply::Started { pid }).await;
 
     // Output pumps and the stdin writer run as their own tasks: a child that does not read its
     // stdin must never stop us from draining its stdout.
@@ -285,6 +291,7 @@ pub async fn run(
         ob.eof(Stream::Stderr).await;
     }
 
+    guard.0 = None;
     let deadline = req
         .timeout_ms
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
@@ -296,6 +303,7 @@ pub async fn run(
         pumps.iter().map(|p| p.abort_handle()).collect();
     let mut pumps_done = futures_join(pumps);
     let mut drain_deadline = None;
+    let mut exited_at = None;
     let mut outputs_closed = false;
     let mut inbox_open = true;
     loop {
@@ -305,12 +313,17 @@ pub async fn run(
         tokio::select! {
             st = &mut exit_rx, if status.is_none() => {
                 status = Some(st.ok());
+                exited_at = Some(tokio::time::Instant::now());
                 // Output still in the pipes arrives at once; a background child that keeps them
                 // open (`sh -c 'server &'`) must not hold the exec open with it.
                 drain_deadline = Some(tokio::time::Instant::now() + OUTPUT_GRACE);
             }
             _ = sleep_until(drain_deadline), if status.is_some() && !outputs_closed => {
-                if activity.recently_busy(OUTPUT_GRACE) {
+                let exited_long_ago =
+                    exited_at.is_some_and(|t: tokio::time::Instant| t.elapsed() > OUTPUT_DRAIN_MAX);
+                // Waiting for the host's credit is the host's pace: never cut that short. Fresh
+                // output is followed for a while, not for ever.
+                if activity.sending() || (activity.recent_data(OUTPUT_GRACE) && !exited_long_ago) {
                     // Still delivering (or waiting for the host's credit): nothing is cut short.
                     drain_deadline = Some(tokio::time::Instant::now() + OUTPUT_GRACE);
                 } else {
@@ -341,7 +354,14 @@ pub async fn run(
                 }
                 // The host connection is gone for good (a restore detached this session): the
                 // process lives on, its output is dropped.
-                None => inbox_open = false,
+                // Its stdin is closed (nobody can write to it any more), and a terminal hangs up.
+                None => {
+                    inbox_open = false;
+                    let _ = stdin_tx.send(None);
+                    if tty {
+                        let _ = killpg(pgid, Signal::SIGHUP);
+                    }
+                }
                 Some(Inbound::Cancel) => {
                     cancelled = true;
                     let _ = killpg(pgid, Signal::SIGKILL);
@@ -358,6 +378,10 @@ pub async fn run(
         }
     }
     drop(stdin_tx);
+    // Whatever ended the loop, no pump outlives the session.
+    for p in &pump_handles {
+        p.abort();
+    }
     if cancelled {
         return Err(err(ErrorCode::Cancelled, "exec cancelled", None));
     }
@@ -392,6 +416,17 @@ fn futures_join(
     })
 }
 
+/// Kills a process group when dropped, unless disarmed.
+struct KillOnDrop(Option<Pid>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = killpg(p, Signal::SIGKILL);
+        }
+    }
+}
+
 /// What the output pumps of one exec are doing, so the exec can tell a drained pipe held open
 /// by a background child from output still on its way.
 #[derive(Debug)]
@@ -416,14 +451,16 @@ impl PumpActivity {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn recently_busy(&self, within: Duration) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// A pump is handing data to the host (or waiting for its credit).
+    fn sending(&self) -> bool {
+        self.sending.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Data was read from the pipes within `within`.
+    fn recent_data(&self, within: Duration) -> bool {
         let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        self.sending.load(Relaxed) > 0
-            || self
-                .now_ms()
-                .saturating_sub(self.last_data_ms.load(Relaxed))
-                < within
+        let last = self.last_data_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) < within
     }
 }
 

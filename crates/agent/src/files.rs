@@ -361,7 +361,6 @@ pub async fn write_file(
     });
     let mut total = 0u64;
     let mut tx = Some(tx);
-    let mut done_open = true;
     loop {
         tokio::select! {
             ev = inbox.recv() => match ev {
@@ -381,9 +380,11 @@ pub async fn write_file(
                 }
                 Some(_) => {}
             },
-            n = done_rx.recv(), if done_open => match n {
+            n = done_rx.recv() => match n {
                 Some(n) => ob.grant(n).await,
-                None => done_open = false,
+                // The writer stopped before the end of the data: it failed, say why below
+                // (the host may be waiting for credit that would never come).
+                None => break,
             },
         }
     }

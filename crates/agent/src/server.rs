@@ -238,12 +238,15 @@ where
                 }
                 if matches!(req, Request::Freeze | Request::Thaw) {
                     let ob = outbox(session, &out_tx, Arc::new(Semaphore::new(0)));
-                    ob.reply(&Reply::Ok).await;
                     if matches!(req, Request::Freeze) {
                         let at = *thaw_tx.borrow();
+                        ob.reply(&Reply::Ok).await;
                         let _ = out_tx.send(Out::Freeze(at)).await;
                     } else {
+                        // Thaw first: while frozen the writer drains nothing, so the queue may be
+                        // full and the reply could not be queued.
                         thaw_tx.send_modify(|n| *n += 1);
+                        ob.reply(&Reply::Ok).await;
                     }
                     continue;
                 }
@@ -293,8 +296,17 @@ where
         let _ = e.inbox.send(Inbound::Cancel);
         e.credit.close();
     }
+    // A frozen writer must not wait for a thaw that cannot come; and sessions still holding a
+    // sender (detached ones) must not keep it alive: flush briefly, then stop it.
+    thaw_tx.send_modify(|n| *n += 1);
     drop(out_tx);
-    let _ = writer_task.await;
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(std::time::Duration::from_millis(500), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
     shutdown
 }
 

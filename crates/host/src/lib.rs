@@ -377,6 +377,12 @@ impl Host {
         }
         // The clones hold their own copies of memory and disk: the snapshot is no longer needed.
         let _ = self.remove_snapshot(&snap.id).await;
+        if result.is_err() {
+            // All or nothing: clones that did start are not left running unannounced.
+            for c in &out {
+                let _ = self.remove(&c.id, true).await;
+            }
+        }
         result.map(|()| out)
     }
 
@@ -687,7 +693,10 @@ impl Host {
 
     /// Re-attaches: a recorded sandbox whose cove-vm is gone is marked with how it ended.
     fn reconcile(&self, rec: &mut SandboxRecord) -> Result<(), HostError> {
-        if !matches!(rec.state.as_str(), "running" | "creating" | "paused") {
+        if !matches!(
+            rec.state.as_str(),
+            "running" | "creating" | "paused" | "resuming"
+        ) {
             return Ok(());
         }
         if rec.pid.is_some_and(vm_alive) {
@@ -698,7 +707,9 @@ impl Host {
                     VmState::Running => ("running", None),
                     _ => return Ok(()),
                 };
-                if rec.state != "creating" && (rec.state != state || rec.reason != reason) {
+                // `creating`/`resuming` whose caller went away (an interrupted CLI) but whose VM
+                // came up are running sandboxes.
+                if rec.state != state || rec.reason != reason {
                     rec.state = state.into();
                     rec.reason = reason;
                     self.db.update(rec)?;
@@ -712,9 +723,10 @@ impl Host {
         let reason = exit_reason(Path::new(&rec.dir)).unwrap_or_else(|| {
             "its cove-vm process vanished (killed, or the host rebooted)".into()
         });
-        if reason == "hibernated (idle)" {
+        if reason.starts_with("hibernated") {
+            // cove-vm saved it and ended (on request, or for the idle policy).
             rec.state = "hibernated".into();
-            rec.reason = Some("idle".into());
+            rec.reason = (reason == "hibernated (idle)").then(|| "idle".to_string());
         } else {
             rec.state = if reason.starts_with("stopped") {
                 "stopped"
@@ -925,7 +937,12 @@ impl Host {
     pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
         let rec = self.get(key)?;
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
-            if !force && matches!(rec.state.as_str(), "running" | "paused") {
+            if !force
+                && matches!(
+                    rec.state.as_str(),
+                    "running" | "paused" | "creating" | "resuming"
+                )
+            {
                 return Err(HostError::StillRunning(rec.id));
             }
             kill_vm(pid).await;

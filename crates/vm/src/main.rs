@@ -256,8 +256,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                             let _ = vm.wait().await;
                             break "hibernated (idle)".to_string();
                         }
-                        let _ = vm.resume().await;
-                        let _ = link.request(&Request::Thaw).await;
+                        carry_on(vm.as_mut(), &link, false).await;
                         link.touch(); // do not retry at once
                     }
                     None => {}
@@ -308,11 +307,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                         break "hibernated".to_string();
                     }
                     Err(e) => {
-                        // The guest carries on as it was.
-                        if !paused {
-                            let _ = vm.resume().await;
-                        }
-                        let _ = link.request(&Request::Thaw).await;
+                        carry_on(vm.as_mut(), &link, paused).await;
                         let _ = tx.send(Err(format!("hibernate: {e:#}")));
                     }
                 }
@@ -327,11 +322,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                     .map(|d| (d.serial.clone(), PathBuf::from(&d.path)))
                     .collect();
                 let r = save_snapshot(vm.as_mut(), &link, &snap, paused, &disks).await;
-                // Either way the guest carries on as it was.
-                if !paused {
-                    let _ = vm.resume().await;
-                }
-                let _ = link.request(&Request::Thaw).await;
+                carry_on(vm.as_mut(), &link, paused).await;
                 let _ = tx.send(r.map_err(|e| format!("snapshot: {e:#}")));
             }
         }
@@ -343,6 +334,17 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         });
     }
     Ok(reason)
+}
+
+/// After a snapshot (or a failed one), puts the sandbox back as it was: vCPUs running so the
+/// agent can take the thaw, the link thawed, then paused again if it was paused. Nothing here
+/// waits without a limit.
+async fn carry_on(vm: &mut dyn engine::RunningVm, link: &proxy::Link, paused: bool) {
+    let _ = vm.resume().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), link.thaw()).await;
+    if paused {
+        let _ = vm.pause().await;
+    }
 }
 
 /// Quiesces the agent link, stops the vCPUs and saves the VM into `snap`, with copies of
@@ -358,7 +360,7 @@ async fn save_snapshot(
     if paused {
         vm.resume().await?; // the agent must run to answer the freeze
     }
-    match tokio::time::timeout(Duration::from_secs(5), link.request(&Request::Freeze)).await {
+    match tokio::time::timeout(Duration::from_secs(5), link.freeze()).await {
         Ok(Ok(Reply::Ok)) => {}
         Ok(Ok(other)) => anyhow::bail!("the agent refused to freeze: {other:?}"),
         Ok(Err(e)) => anyhow::bail!("freezing the agent: {e}"),

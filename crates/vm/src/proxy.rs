@@ -74,6 +74,12 @@ pub struct Link {
     hello: Mutex<Option<oneshot::Sender<Reply>>>,
     /// When a frame last crossed the link, either way.
     last_activity: Mutex<std::time::Instant>,
+    /// Clients' frames are held while this is true (a freeze for a snapshot), so nothing
+    /// is half-delivered to the guest when its vCPUs stop.
+    frozen: tokio::sync::watch::Sender<bool>,
+    /// Taken for reading while a client frame is forwarded, for writing to freeze: a freeze
+    /// never lands in the middle of one.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Link {
@@ -107,6 +113,8 @@ impl Link {
             next_client: AtomicU64::new(1),
             hello: Mutex::default(),
             last_activity: Mutex::new(std::time::Instant::now()),
+            frozen: tokio::sync::watch::Sender::new(false),
+            gate: tokio::sync::RwLock::new(()),
         });
         let l = link.clone();
         tokio::spawn(async move { l.read_agent(reader).await });
@@ -160,6 +168,23 @@ impl Link {
             }
         }
         Err("the agent connection closed".into())
+    }
+
+    /// Stops forwarding clients' frames, then asks the agent to freeze its side (see
+    /// `Request::Freeze`): afterwards nothing crosses the link until [`Link::thaw`].
+    pub async fn freeze(&self) -> Result<Reply, String> {
+        {
+            let _no_frame_in_flight = self.gate.write().await;
+            self.frozen.send_replace(true);
+        }
+        self.request(&Request::Freeze).await
+    }
+
+    /// Ends a freeze on both sides.
+    pub async fn thaw(&self) -> Result<Reply, String> {
+        let r = self.request(&Request::Thaw).await;
+        self.frozen.send_replace(false);
+        r
     }
 
     /// How long nothing has happened: no session open and no frame either way.
@@ -309,6 +334,15 @@ impl Link {
                         .insert(g, Route::new(client, f.session, tx.clone()));
                     locals.insert(f.session, g);
                     g
+                }
+            };
+            // Held while the link is frozen; the gate keeps a freeze from starting mid-frame.
+            let _in_flight = loop {
+                let mut frozen = self.frozen.subscribe();
+                let _ = frozen.wait_for(|f| !*f).await;
+                let g = self.gate.read().await;
+                if !*self.frozen.borrow() {
+                    break g;
                 }
             };
             if let Some(route) = self.routes.lock().expect("lock").get_mut(&global) {

@@ -29,7 +29,17 @@ pub struct Qemu {
     accel: String,
     cfg: VmConfig,
     qmp: Qmp,
-    memory: PathBuf,
+    memory: MemoryFile,
+}
+
+/// The guest RAM file, removed when dropped: whether the VM ends or its start fails halfway.
+#[derive(Debug)]
+struct MemoryFile(PathBuf);
+
+impl Drop for MemoryFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Guest RAM lives in this file (tmpfs), shared with QEMU: a snapshot then needs only the device
@@ -138,7 +148,7 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
 impl Qemu {
     /// Spawns QEMU for `cfg`, with its files in `dir`: a boot, or a restore of `cfg.restore`.
     pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
-        let memory = memory_path(cfg);
+        let memory = MemoryFile(memory_path(cfg));
         let restore = cfg.restore.as_ref().map(PathBuf::from);
         let mut args = args(cfg, dir);
         if let Some(snap) = &restore {
@@ -151,20 +161,33 @@ impl Qemu {
                 cfg.memory_mib,
                 cfg.cpus,
             )?;
-            let mem = snapshot::copy_sparse(&snap.join("memory"), &memory)?;
+            let mem = snapshot::copy_sparse(&snap.join("memory"), &memory.0)?;
             let state = snapshot::sum(&snap.join("state"))?;
             for (name, got) in [("memory", mem), ("state", state)] {
                 if m.files.get(name) != Some(&got) {
-                    let _ = std::fs::remove_file(&memory);
                     return Err(snapshot::SnapshotError::Corrupted(
                         snap.join(name).display().to_string(),
                     )
                     .into());
                 }
             }
+            // A clone's disk was copied from the snapshot by the host: it must match too.
+            for (name, want) in &m.files {
+                let Some(serial) = name.strip_prefix("disk-") else {
+                    continue;
+                };
+                if let Some(d) = cfg
+                    .disks
+                    .iter()
+                    .find(|d| d.serial == serial && !d.read_only)
+                    && &snapshot::sum(Path::new(&d.path))? != want
+                {
+                    return Err(snapshot::SnapshotError::Corrupted(d.path.clone()).into());
+                }
+            }
             args.extend(["-incoming".to_string(), "defer".to_string()]);
         } else {
-            let _ = std::fs::remove_file(&memory);
+            let _ = std::fs::remove_file(&memory.0);
         }
         let mut cmd = Command::new(&cfg.qemu);
         cmd.args(args)
@@ -236,8 +259,8 @@ pub async fn qemu_version(qemu: &str) -> String {
 
 impl Drop for Qemu {
     fn drop(&mut self) {
+        // QEMU first; the memory file goes with `self.memory` right after.
         let _ = self.child.start_kill();
-        let _ = std::fs::remove_file(&self.memory);
     }
 }
 
@@ -299,7 +322,7 @@ impl RunningVm for Qemu {
                 .execute("migrate", Some(json!({ "uri": uri })))
                 .await?;
             self.qmp.wait_migration().await?;
-            let memory = snapshot::copy_sparse(&self.memory, &dir.join("memory"))?;
+            let memory = snapshot::copy_sparse(&self.memory.0, &dir.join("memory"))?;
             std::fs::File::open(&state)
                 .and_then(|f| f.sync_all())
                 .map_err(|source| snapshot::SnapshotError::Io {

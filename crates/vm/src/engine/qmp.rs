@@ -38,6 +38,9 @@ pub enum QmpError {
 pub struct Qmp {
     lines: Lines<BufReader<OwnedReadHalf>>,
     w: OwnedWriteHalf,
+    /// Each command carries an id; an answer with another id (a late one, after a timeout)
+    /// is skipped, never taken for the current command's.
+    next_id: u64,
 }
 
 impl Qmp {
@@ -57,6 +60,7 @@ impl Qmp {
         let mut q = Self {
             lines: BufReader::new(r).lines(),
             w,
+            next_id: 0,
         };
         // The greeting, then capabilities.
         q.lines.next_line().await?.ok_or(QmpError::Closed)?;
@@ -66,7 +70,9 @@ impl Qmp {
 
     /// Runs a command and returns its `return` value.
     pub async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
-        let mut msg = json!({ "execute": command });
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({ "execute": command, "id": id });
         if let Some(a) = args {
             msg["arguments"] = a;
         }
@@ -81,6 +87,9 @@ impl Qmp {
                 let Ok(v) = serde_json::from_str::<Value>(&l) else {
                     continue;
                 };
+                if v.get("id").and_then(Value::as_u64) != Some(id) {
+                    continue; // an event, or a late answer to an earlier command
+                }
                 if let Some(r) = v.get("return") {
                     return Ok(r.clone());
                 }
