@@ -422,3 +422,31 @@ fn a_hibernated_sandbox_resumes_from_the_blob_store_alone() {
     );
     ok(&sb.exec(&[], &["kill", "-0", pid.trim()], b""));
 }
+
+#[test]
+fn a_paused_sandbox_can_be_snapshotted_forked_and_hibernated() {
+    let sb = Sandbox::create("busybox", &[]);
+    ok(&sb.exec(&[], &["sh", "-c", "echo paused-state > /root/p"], b""));
+    ok(&cove_out(&["pause", &sb.id]));
+    let snap = ok(&cove_out(&["snapshot", &sb.id])).trim().to_string();
+    assert_eq!(
+        state(&sb),
+        "paused",
+        "a snapshot leaves a paused sandbox paused"
+    );
+    let clone = Sandbox {
+        id: ok(&cove_out(&["fork", &sb.id])).trim().to_string(),
+    };
+    assert_eq!(
+        ok(&clone.exec(&[], &["cat", "/root/p"], b"")),
+        "paused-state\n"
+    );
+    assert_eq!(state(&sb), "paused");
+    ok(&cove_out(&["hibernate", &sb.id]));
+    ok(&cove_out(&["resume", &sb.id]));
+    assert_eq!(
+        ok(&sb.exec(&[], &["cat", "/root/p"], b"")),
+        "paused-state\n"
+    );
+    ok(&cove_out(&["snapshot", "rm", &snap]));
+}
