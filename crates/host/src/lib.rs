@@ -896,7 +896,18 @@ impl Host {
         let req = ControlRequest::Hibernate {
             dir: snap.display().to_string(),
         };
-        self.vm_op(&rec, &req).await?;
+        if let Err(e) = self.vm_op(&rec, &req).await {
+            // The answer can be lost if cove-vm ends first; its exit record says what happened.
+            if let Some(pid) = rec.pid {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while vm_alive(pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            if exit_reason(&dir).as_deref() != Some("hibernated") {
+                return Err(e);
+            }
+        }
         if let Some(pid) = rec.pid {
             let deadline = Instant::now() + Duration::from_secs(10);
             while vm_alive(pid) && Instant::now() < deadline {

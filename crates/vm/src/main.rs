@@ -59,6 +59,9 @@ struct Shared {
     changed: watch::Sender<VmState>,
     link: Mutex<Option<Arc<proxy::Link>>>,
     commands: mpsc::Sender<VmCommand>,
+    /// Control connections waiting for a command's outcome or writing it: cove-vm does not exit
+    /// before they have answered (a stop or hibernate is answered just before the end).
+    answering: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -146,6 +149,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         changed,
         link: Mutex::default(),
         commands,
+        answering: Default::default(),
     });
 
     // The control socket answers from the start: a client can wait for readiness on it.
@@ -333,6 +337,13 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             s.reason = Some(reason.clone());
         });
     }
+    // Let the connection that asked for the end hear that it happened.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shared.answering.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     Ok(reason)
 }
 
@@ -509,25 +520,20 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
             };
             let _ = respond(&mut w, &resp).await;
         }
-        ControlRequest::Stop => {
-            let r = command(&shared, VmCommand::Stop).await;
-            let _ = respond(&mut w, &result(&shared, r)).await;
-        }
-        ControlRequest::Pause => {
-            let r = command(&shared, VmCommand::Pause).await;
-            let _ = respond(&mut w, &result(&shared, r)).await;
-        }
-        ControlRequest::Resume => {
-            let r = command(&shared, VmCommand::Resume).await;
-            let _ = respond(&mut w, &result(&shared, r)).await;
-        }
+        ControlRequest::Stop => answer(&shared, &mut w, VmCommand::Stop).await,
+        ControlRequest::Pause => answer(&shared, &mut w, VmCommand::Pause).await,
+        ControlRequest::Resume => answer(&shared, &mut w, VmCommand::Resume).await,
         ControlRequest::Snapshot { dir } => {
-            let r = command(&shared, |tx| VmCommand::Snapshot(PathBuf::from(dir), tx)).await;
-            let _ = respond(&mut w, &result(&shared, r)).await;
+            answer(&shared, &mut w, |tx| {
+                VmCommand::Snapshot(PathBuf::from(dir), tx)
+            })
+            .await;
         }
         ControlRequest::Hibernate { dir } => {
-            let r = command(&shared, |tx| VmCommand::Hibernate(PathBuf::from(dir), tx)).await;
-            let _ = respond(&mut w, &result(&shared, r)).await;
+            answer(&shared, &mut w, |tx| {
+                VmCommand::Hibernate(PathBuf::from(dir), tx)
+            })
+            .await;
         }
         ControlRequest::Attach => {
             let link = shared.link.lock().expect("lock").clone();
@@ -556,6 +562,19 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
             }
         }
     }
+}
+
+/// Runs a command and writes its outcome, holding cove-vm open until the answer is out.
+async fn answer<W: AsyncWriteExt + Unpin>(
+    shared: &Shared,
+    w: &mut W,
+    make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> VmCommand,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    shared.answering.fetch_add(1, SeqCst);
+    let r = command(shared, make).await;
+    let _ = respond(w, &result(shared, r)).await;
+    shared.answering.fetch_sub(1, SeqCst);
 }
 
 /// Hands a command to the supervisor's loop and waits for its outcome.
