@@ -388,6 +388,12 @@ fn idle_and_ttl_policies_are_enforced_and_the_next_request_resumes() {
         && state(&hibernated) == "hibernated"
         && state(&expiring) == "stopped"));
     assert_eq!(paused.inspect()["reason"], "idle");
+    // An idle hibernation reaches the blob store like an explicit one.
+    let stored = cove_tests::home().join(format!(
+        "blobs/hibernations/{}/manifest.json",
+        hibernated.id
+    ));
+    assert!(stored.is_file(), "{}", stored.display());
     assert!(
         expiring.inspect()["reason"]
             .as_str()

@@ -19,7 +19,7 @@ pub mod agent;
 mod db;
 pub mod engine;
 pub mod images;
-pub mod store;
+pub use cove_store as store;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -530,6 +530,7 @@ impl Host {
             expires_at: policy.ttl_secs.map(|t| unix_now() + t),
             idle_timeout_secs: policy.idle_timeout_secs,
             on_idle: policy.on_idle.clone(),
+            blob_store: Some(self.home.join("blobs").display().to_string()),
         };
         write_atomic(
             &dir.join("vm.json"),

@@ -133,6 +133,9 @@ pub struct VmConfig {
     /// `pause` or `hibernate`.
     #[serde(default)]
     pub on_idle: Option<String>,
+    /// Root of the local-folder blob store, where an idle hibernation is uploaded.
+    #[serde(default)]
+    pub blob_store: Option<String>,
 }
 
 /// One virtio-blk disk.

@@ -258,6 +258,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                         if save_snapshot(vm.as_mut(), &link, &snap, false, &[]).await.is_ok() {
                             vm.kill();
                             let _ = vm.wait().await;
+                            upload_hibernation(&cfg, &snap).await;
                             break "hibernated (idle)".to_string();
                         }
                         carry_on(vm.as_mut(), &link, false).await;
@@ -345,6 +346,26 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(reason)
+}
+
+/// Puts an idle hibernation (and the sandbox disk) in the blob store, as `cove hibernate` does,
+/// so any host can resume it. The local copy stays as this host's cache; a failed upload only
+/// costs that.
+async fn upload_hibernation(cfg: &VmConfig, snap: &Path) {
+    let Some(root) = &cfg.blob_store else { return };
+    let key = format!("hibernations/{}", cfg.id);
+    let r = async {
+        let store = cove_store::BlobStore::at(Path::new(root))?;
+        for d in cfg.disks.iter().filter(|d| !d.read_only) {
+            let name = format!("{key}/disk-{}", d.serial);
+            store.upload_file(&name, Path::new(&d.path), true).await?;
+        }
+        store.upload_dir(&key, snap).await
+    }
+    .await;
+    if let Err(e) = r {
+        eprintln!("cove-vm: the idle hibernation stays local: {e}");
+    }
 }
 
 /// After a snapshot (or a failed one), puts the sandbox back as it was: vCPUs running so the

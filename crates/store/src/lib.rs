@@ -1,5 +1,7 @@
 //! The blob store: snapshots and hibernated sandboxes, through `object_store`.
 //!
+//! Shared by the host (snapshots, `cove hibernate`) and cove-vm (an idle hibernation).
+//!
 //! A local folder (`$COVE_HOME/blobs`) by default; the several-hosts work points the same seam at
 //! S3. Each snapshot directory becomes objects under a prefix, one per file. Sparse files (guest
 //! memory, disks) are stored in a sparse container so a 256 MiB guest that touched 40 MiB costs
@@ -66,12 +68,16 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// The local-folder store of a Cove home.
+    /// The local-folder store of a Cove home (`HOME/blobs`).
     pub fn local(home: &Path) -> Result<Self, StoreError> {
-        let root = home.join("blobs");
-        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        Self::at(&home.join("blobs"))
+    }
+
+    /// A local-folder store rooted at `root`.
+    pub fn at(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(io("creating", root))?;
         Ok(Self {
-            store: Arc::new(LocalFileSystem::new_with_prefix(&root)?),
+            store: Arc::new(LocalFileSystem::new_with_prefix(root)?),
         })
     }
 
