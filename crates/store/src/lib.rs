@@ -268,8 +268,8 @@ fn unpack_sparse(packed: &Path, out: &Path, key: &str) -> Result<(), StoreError>
     o.sync_all().map_err(io("syncing", out))
 }
 
-/// Data segments of a file (`SEEK_DATA`/`SEEK_HOLE`).
-fn data_segments(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+/// Data segments of a file, `(offset, len)`, from `SEEK_DATA`/`SEEK_HOLE`.
+pub fn data_segments(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let fd = f.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: i64 = 0;

@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -179,33 +178,6 @@ pub fn host_cpu_flags() -> Vec<String> {
     flags
 }
 
-/// Data segments of a file: `(offset, len)`, from `SEEK_DATA`/`SEEK_HOLE`.
-fn segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    let end = i64::try_from(size).unwrap_or(i64::MAX);
-    while pos < end {
-        // SAFETY: lseek on a valid fd; no memory is touched.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data past `pos`
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        out.push((data.unsigned_abs(), (hole - data).unsigned_abs()));
-        pos = hole;
-    }
-    Ok(out)
-}
-
 /// Size of the pages the sparse sum and copy work in.
 const PAGE: usize = 4096;
 
@@ -217,7 +189,7 @@ fn for_each_page(
 ) -> Result<u64, SnapshotError> {
     let size = f.metadata().map_err(io("reading", path))?.len();
     let mut buf = vec![0u8; 1 << 20];
-    for (off, len) in segments(f, size).map_err(io("scanning", path))? {
+    for (off, len) in cove_store::data_segments(f, size).map_err(io("scanning", path))? {
         f.seek(SeekFrom::Start(off)).map_err(io("reading", path))?;
         let mut pos = off;
         let mut left = len;
