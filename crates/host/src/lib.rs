@@ -285,6 +285,7 @@ impl Host {
         std::fs::create_dir_all(home.join("sandboxes"))
             .map_err(io_err("creating the Cove home", home))?;
         let db = Db::open(&home.join("state.db"))?;
+        remove_stale_partials(&home.join("snapshots"));
         Ok(Self {
             home: home.to_path_buf(),
             db,
@@ -996,6 +997,27 @@ impl Host {
     /// Images in use by sandboxes (for `image rm`).
     pub fn image_in_use(&self, image: &str) -> Result<usize, HostError> {
         self.db.using_image(image)
+    }
+}
+
+/// Removes snapshot directories a cove-vm left half-written (it was killed mid-snapshot): they
+/// are never trusted, only wasted space. Ten minutes old is far past any snapshot in progress.
+fn remove_stale_partials(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let partial = p.extension().is_some_and(|x| x == "tmp" || x == "download");
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        if partial && stale {
+            let _ = std::fs::remove_dir_all(&p);
+        }
     }
 }
 
