@@ -4,7 +4,6 @@
 //!   booting the same kernel and initramfs to the init's first console line.
 //! - `exec`: round trip of `true` in a running sandbox (100 runs, p50/p99), and stdout MB/s.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -36,42 +35,18 @@ fn ms(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
-/// Plain QEMU with the same machine, kernel and initramfs as the engine, no devices, timed to
-/// the init's first console line (`COVE_FIRST_LINE=1` makes the agent print one at once).
-fn plain_qemu(host: &Host, memory: u32) -> anyhow::Result<f64> {
-    let khz = cove_host::engine::tsc_khz(host.home()).context("TSC frequency")?;
-    let choice = cove_host::engine::choose(None)?;
-    let t = Instant::now();
-    let mut child = Command::new(&choice.qemu)
-        .args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=on", "-accel", &choice.accel])
-        .args(["-cpu", if choice.accel == "kvm" { "host" } else { "max" }])
-        .args(["-m", &memory.to_string(), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(host.kernel())
-        .arg("-initrd")
-        .arg(host.initramfs())
-        .args(["-append", &format!("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 tsc_early_khz={khz} COVE_FIRST_LINE=1{}", if choice.accel == "tcg" { " nolapic_timer" } else { "" })])
-        .args(["-serial", "stdio"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().context("qemu stdout")?;
-    let mut found = None;
-    for line in std::io::BufReader::new(out).lines() {
-        if line?.contains("cove-agent: init started") {
-            found = Some(ms(t));
-            break;
-        }
+/// A 256 MiB busybox sandbox that always boots (never restored from a template).
+fn bench_spec() -> CreateSpec {
+    CreateSpec {
+        memory_mib: 256,
+        use_template: false,
+        ..Default::default()
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    found.context("plain QEMU never reached init")
 }
 
-/// Plain QEMU with exactly the engine's command line for a (stopped) sandbox, timed to the
-/// init's first line in its console log: the guest then does everything Cove's does up to init.
-fn plain_same_args(dir: &Path) -> anyhow::Result<f64> {
+/// The engine's exact QEMU command line for a (stopped) sandbox, from `cove-vm`, with the
+/// serial console written by QEMU to `console.log` (cove-vm is not there to copy it).
+fn engine_argv(dir: &Path) -> anyhow::Result<Vec<String>> {
     let vm = std::env::current_exe()?.with_file_name("cove-vm");
     let out = Command::new(&vm)
         .arg("--dir")
@@ -85,18 +60,53 @@ fn plain_same_args(dir: &Path) -> anyhow::Result<f64> {
         );
     }
     let mut argv: Vec<String> = serde_json::from_slice(&out.stdout)?;
+    for a in &mut argv {
+        if a.starts_with("socket,id=con,") {
+            *a = format!("file,id=con,path={}", dir.join("console.log").display());
+        }
+    }
+    Ok(argv)
+}
+
+/// Drops options (with their values) whose value passes `drop`, and the machine's memory
+/// backend when that is dropped too.
+fn without(argv: &[String], drop: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        if i + 1 < argv.len() && argv[i].starts_with('-') && drop(&argv[i], &argv[i + 1]) {
+            i += 2;
+            continue;
+        }
+        out.push(argv[i].clone());
+        i += 1;
+    }
+    if !out.iter().any(|a| a.starts_with("memory-backend-file")) {
+        for a in &mut out {
+            *a = a.replace(",memory-backend=mem", "");
+        }
+    }
+    out
+}
+
+/// The engine's command line with no devices: kernel, initramfs, machine and console only.
+fn bare(argv: &[String]) -> Vec<String> {
+    without(argv, |opt, val| {
+        matches!(opt, "-drive" | "-device" | "-qmp")
+            || (opt == "-chardev" && !val.contains("id=con,"))
+    })
+}
+
+/// Runs QEMU with `argv` plus `COVE_FIRST_LINE=1` on the kernel command line, and times it to
+/// the init's first console line (the agent prints one at once when told to).
+fn time_to_init(argv: &[String], dir: &Path) -> anyhow::Result<f64> {
+    let mut argv = argv.to_vec();
     let i = argv
         .iter()
         .position(|a| a == "-append")
         .context("no -append")?;
     argv[i + 1].push_str(" COVE_FIRST_LINE=1");
     let console = dir.join("console.log");
-    // cove-vm reads the console from a socket; here QEMU writes it to the file itself.
-    for a in &mut argv {
-        if a.starts_with("socket,id=con,") {
-            *a = format!("file,id=con,path={}", console.display());
-        }
-    }
     let _ = std::fs::remove_file(&console);
     let t = Instant::now();
     let mut child = Command::new(&argv[0])
@@ -122,12 +132,8 @@ fn plain_same_args(dir: &Path) -> anyhow::Result<f64> {
 }
 
 async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let spec = CreateSpec {
-        memory_mib: 256,
-        use_template: false,
-        ..Default::default()
-    };
-    let (mut boot, mut create, mut bare, mut same) =
+    let spec = bench_spec();
+    let (mut boot, mut create, mut plain_bare, mut same) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Interleaved, so all see the same machine load.
     for _ in 0..runs {
@@ -136,13 +142,20 @@ async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
         create.push(ms(t));
         boot.push(rec.boot_ms.context("boot time")? as f64);
         host.stop(&rec.id).await?;
-        let r = plain_same_args(Path::new(&rec.dir));
+        let dir = PathBuf::from(&rec.dir);
+        let r = engine_argv(&dir).and_then(|argv| {
+            Ok((
+                time_to_init(&argv, &dir)?,
+                time_to_init(&bare(&argv), &dir)?,
+            ))
+        });
         host.remove(&rec.id, true).await?;
-        same.push(r?);
-        bare.push(plain_qemu(host, spec.memory_mib)?);
+        let (s_ms, b_ms) = r?;
+        same.push(s_ms);
+        plain_bare.push(b_ms);
     }
     let b = summary(boot);
-    let bare = summary(bare);
+    let bare = summary(plain_bare);
     let same = summary(same);
     let ratio = |p: &serde_json::Value| {
         let r = b["median"].as_f64().unwrap_or(0.0) / p["median"].as_f64().unwrap_or(1.0);
@@ -161,13 +174,7 @@ async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn exec(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let rec = host
-        .create(&CreateSpec {
-            memory_mib: 256,
-            use_template: false,
-            ..Default::default()
-        })
-        .await?;
+    let rec = host.create(&bench_spec()).await?;
     let result = async {
         let c = host.connect(&rec.id).await?;
         let req = |argv: &[&str]| ExecRequest {
@@ -282,34 +289,12 @@ impl PlainQmp {
 /// its own full migration to a file and restored from it: (save ms, restore ms).
 async fn plain_save_restore(host: &Host, work: &Path) -> anyhow::Result<(f64, f64)> {
     // A stopped sandbox gives the exact command line; RAM goes back to QEMU's default.
-    let rec = host
-        .create(&CreateSpec {
-            memory_mib: 256,
-            use_template: false,
-            ..Default::default()
-        })
-        .await?;
+    let rec = host.create(&bench_spec()).await?;
     host.stop(&rec.id).await?;
     let dir = PathBuf::from(&rec.dir);
-    let vm = std::env::current_exe()?.with_file_name("cove-vm");
-    let out = Command::new(&vm)
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--print-engine-args")
-        .output()?;
-    let mut argv: Vec<String> = serde_json::from_slice(&out.stdout)?;
-    let mut i = 0;
-    while i < argv.len() {
-        if argv[i] == "-object" && argv[i + 1].starts_with("memory-backend-file") {
-            argv.drain(i..i + 2);
-            continue;
-        }
-        argv[i] = argv[i].replace(",memory-backend=mem", "");
-        if argv[i].starts_with("socket,id=con,") {
-            argv[i] = format!("file,id=con,path={}", dir.join("console.log").display());
-        }
-        i += 1;
-    }
+    let argv = without(&engine_argv(&dir)?, |opt, val| {
+        opt == "-object" && val.starts_with("memory-backend-file")
+    });
     let state = work.join("plain-state");
     let qmp_path = dir.join("qmp.sock");
     let spawn = |extra: &[&str]| {
@@ -351,11 +336,7 @@ async fn plain_save_restore(host: &Host, work: &Path) -> anyhow::Result<(f64, f6
 }
 
 async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
-    let spec = CreateSpec {
-        memory_mib: 256,
-        use_template: false,
-        ..Default::default()
-    };
+    let spec = bench_spec();
     let work = std::env::temp_dir().join(format!("cove-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let first_exec = |id: String| async move {

@@ -255,6 +255,14 @@ fn finish_root(nosuid: MsFlags) -> Result<(), SetupError> {
 static BACKGROUND: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
     std::sync::Mutex::new(None);
 
+/// Set once the background part of setup has been waited for: later execs skip the wait.
+static BACKGROUND_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when [`wait_background`] has nothing left to wait for.
+pub fn background_done() -> bool {
+    BACKGROUND_DONE.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Waits until the background part of setup is done (before the first user process runs).
 pub fn wait_background() {
     let h = BACKGROUND
@@ -264,6 +272,7 @@ pub fn wait_background() {
     if let Some(h) = h {
         let _ = h.join();
     }
+    BACKGROUND_DONE.store(true, std::sync::atomic::Ordering::Release);
 }
 
 /// Points stdin at /dev/null and stdout and stderr at the serial console (the sandbox's

@@ -345,7 +345,8 @@ impl Host {
                 allowed: "1 to 64",
             });
         }
-        let snap = self.snapshot(key, None, false).await?;
+        // The fork's snapshot lives only until the clones have started: it stays local.
+        let snap = self.take_snapshot(key, None, false, false).await?;
         let spec = CreateSpec {
             image: snap.image.clone(),
             name: None,
@@ -551,6 +552,16 @@ impl Host {
         name: Option<String>,
         template: bool,
     ) -> Result<SnapshotRecord, HostError> {
+        self.take_snapshot(key, name, template, true).await
+    }
+
+    async fn take_snapshot(
+        &self,
+        key: &str,
+        name: Option<String>,
+        template: bool,
+        store: bool,
+    ) -> Result<SnapshotRecord, HostError> {
         let rec = self.get(key)?;
         if !matches!(rec.state.as_str(), "running" | "paused") {
             return Err(not_running(rec));
@@ -567,11 +578,14 @@ impl Host {
         )
         .await?;
         // Stored in the blob store; the local directory stays as this host's cache.
-        if let Err(e) = self
-            .blobs
-            .upload_dir(&format!("snapshots/{id}"), &dir)
-            .await
-        {
+        let uploaded = if store {
+            self.blobs
+                .upload_dir(&format!("snapshots/{id}"), &dir)
+                .await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = uploaded {
             let _ = std::fs::remove_dir_all(&dir);
             let _ = self.blobs.delete_prefix(&format!("snapshots/{id}")).await;
             return Err(e.into());

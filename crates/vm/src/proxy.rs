@@ -403,19 +403,24 @@ mod tests {
     use super::*;
     use cove_protocol::frame::FrameKind;
     use cove_protocol::{Health, Stream};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
-    /// A hostile guest sends malformed frames and frames for sessions nobody opened; the client's
-    /// own session still gets exactly its own answer, and the link keeps serving.
-    #[tokio::test]
-    async fn hostile_guest_frames_are_dropped_and_the_link_keeps_serving() {
+    /// A link to a fake agent with one attached client: (the client's end, the agent's end).
+    fn link_with_client() -> (DuplexStream, DuplexStream) {
         let (agent_end, vm_end) = tokio::io::duplex(1 << 20);
         let (vr, vw) = tokio::io::split(vm_end);
         let link = Link::start(vr, vw);
         let (client_end, served_end) = tokio::io::duplex(1 << 20);
         let (sr, sw) = tokio::io::split(served_end);
-        let l = link.clone();
-        tokio::spawn(async move { l.serve_client(sr, sw).await });
+        tokio::spawn(async move { link.serve_client(sr, sw).await });
+        (client_end, agent_end)
+    }
+
+    /// A hostile guest sends malformed frames and frames for sessions nobody opened; the client's
+    /// own session still gets exactly its own answer, and the link keeps serving.
+    #[tokio::test]
+    async fn hostile_guest_frames_are_dropped_and_the_link_keeps_serving() {
+        let (client_end, agent_end) = link_with_client();
         let (mut cr, mut cw) = tokio::io::split(client_end);
         let (mut ar, mut aw) = tokio::io::split(agent_end);
 
@@ -484,13 +489,7 @@ mod tests {
     /// cove-vm buffer without bound; the client sees a protocol error, not a flood.
     #[tokio::test]
     async fn a_guest_ignoring_flow_control_is_cut_off() {
-        let (agent_end, vm_end) = tokio::io::duplex(1 << 20);
-        let (vr, vw) = tokio::io::split(vm_end);
-        let link = Link::start(vr, vw);
-        let (client_end, served_end) = tokio::io::duplex(1 << 20);
-        let (sr, sw) = tokio::io::split(served_end);
-        let l = link.clone();
-        tokio::spawn(async move { l.serve_client(sr, sw).await });
+        let (client_end, agent_end) = link_with_client();
         let (cr, mut cw) = tokio::io::split(client_end);
         let (ar, mut aw) = tokio::io::split(agent_end);
 
