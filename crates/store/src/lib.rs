@@ -220,6 +220,28 @@ impl BlobStore {
         Ok(())
     }
 
+    /// True when the object `key` exists.
+    pub async fn exists(&self, key: &str) -> bool {
+        self.store.head(&ObjectPath::from(key)).await.is_ok()
+    }
+
+    /// Keys and sizes of the objects under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut list = self.store.list(Some(&ObjectPath::from(prefix)));
+        let mut out = Vec::new();
+        while let Some(meta) = list.next().await {
+            let meta = meta?;
+            out.push((meta.location.to_string(), meta.size));
+        }
+        Ok(out)
+    }
+
+    /// Deletes one object.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.store.delete(&ObjectPath::from(key)).await?;
+        Ok(())
+    }
+
     /// True when a complete upload exists under `prefix`.
     pub async fn has(&self, prefix: &str) -> bool {
         self.store
