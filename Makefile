@@ -16,8 +16,8 @@ build:
 	$(CARGO) build --release --bins
 
 # Debian packages, guest kernel (cached), agent, initramfs, default images (cached).
-setup:
-	guest/setup.sh "$(COVE_HOME)"
+setup: build
+	COVE_BIN=target/release/cove guest/setup.sh "$(COVE_HOME)"
 
 demo: build setup
 	COVE_HOME="$(COVE_HOME)" scripts/demo.sh target/release/cove
@@ -27,8 +27,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test:
-	guest/setup.sh "$(TEST_HOME)"
+	scripts/test-deps.sh
 	$(CARGO) build --workspace --bins --tests
+	COVE_BIN=target/debug/cove guest/setup.sh "$(TEST_HOME)"
 	$(MAKE) lint
 	set -o pipefail; COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
 	@leftover=$$(COVE_HOME="$(TEST_HOME)" target/debug/cove ls -q); \
@@ -38,10 +39,11 @@ test:
 
 # Benchmarks print one JSON line each (see bench/README.md).
 bench: build
-	guest/setup.sh "$(TEST_HOME)"
+	COVE_BIN=target/release/cove guest/setup.sh "$(TEST_HOME)"
 	COVE_HOME="$(TEST_HOME)" bench/run boot
 	COVE_HOME="$(TEST_HOME)" bench/run exec
 	COVE_HOME="$(TEST_HOME)" bench/run lifecycle
+	COVE_HOME="$(TEST_HOME)" bench/run image-import
 
 fmt:
 	$(CARGO) fmt --all

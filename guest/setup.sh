@@ -3,7 +3,8 @@
 #   Debian packages (QEMU, e2fsprogs, cpio, busybox-static, debootstrap)
 #   the guest kernel (cached; see guest/kernel/build.sh)
 #   cove-agent (static) and the initramfs
-#   the default images busybox and python (cached; see guest/images/build.sh)
+#   the default images busybox and python (cached OCI layouts, see guest/images/build.sh,
+#   imported with `cove image import`; COVE_BIN names the cove binary, else a release build)
 # Usage: guest/setup.sh [COVE_HOME]   (default: $COVE_HOME, else /var/lib/cove)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,12 +44,18 @@ place() {
 place "$vmlinux" "$home/kernel/vmlinux"
 "$repo/guest/initramfs.sh" "$agent" "$home/kernel/initramfs.cpio"
 
+# The default images go through the same import pipeline as any other image.
+cove="${COVE_BIN:-}"
+if [[ -z "$cove" ]]; then
+	(cd "$repo" && cargo build -q --release -p cove-cli --bin cove)
+	cove="$repo/target/release/cove"
+fi
+# Homes from before content-addressed images kept disks under images/NAME/.
+rm -rf "$home/images/busybox" "$home/images/python"
 for img in busybox python; do
 	s=$(t)
-	dir="$("$repo/guest/images/build.sh" "$img")"
-	mkdir -p "$home/images/$img"
-	place "$dir/rootfs.ext4" "$home/images/$img/rootfs.ext4"
-	place "$dir/image.json" "$home/images/$img/image.json"
+	layout="$("$repo/guest/images/build.sh" "$img")"
+	"$cove" --home "$home" image import --quiet --name "$img" "$layout" >/dev/null
 	log "image $img ready ($(elapsed "$s") s)"
 done
 log "Cove home $home is ready"

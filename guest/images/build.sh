@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds Cove's default images as ext4 disks, offline from Debian packages:
+# Builds Cove's default images as OCI image layouts, offline from Debian packages:
 #   busybox  Debian's busybox-static and its applet links
 #   python   debootstrap minbase (bookworm) with python3
-# Usage: build.sh NAME  → prints the directory holding rootfs.ext4 and image.json.
-# Results are cached under $COVE_CACHE/images/<name>-<key>; a cached image is used only if its
+# Usage: build.sh NAME  → prints the OCI layout directory (one gzip layer), which
+# `cove image import` installs through the same pipeline as any other image.
+# Results are cached under $COVE_CACHE/images/<name>-<key>; a cached layout is used only if its
 # recorded checksums still match.
 set -euo pipefail
 
@@ -22,7 +23,7 @@ ensure() {
 	fi
 }
 
-ensure e2fsprogs
+ensure e2fsprogs gzip
 case "$name" in
 busybox) ensure busybox-static; inputs="busybox-static $(dpkg-query -W -f='${Version}' busybox-static)" ;;
 python) ensure debootstrap; inputs="bookworm minbase python3" ;;
@@ -32,7 +33,7 @@ key="$( { echo "$inputs"; cat "$0"; } | sha256sum | cut -c1-16)"
 out="$cache/images/$name-$key"
 if [[ -f "$out/SHA256SUMS" ]] && (cd "$out" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
 	log "cached $out"
-	echo "$out"
+	echo "$out/layout"
 	exit 0
 fi
 
@@ -76,23 +77,38 @@ python)
 	;;
 esac
 
-cat >"$stage/image.json" <<J
-{
-  "name": "$name",
-  "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-  "workdir": "/",
-  "user": "root",
-  "cmd": $cmd
+# The OCI layout: one gzip layer, a config with the defaults, a manifest, an index.
+layout="$stage/layout"
+mkdir -p "$layout/blobs/sha256"
+blob() { # FILE → moves it into the layout, prints its digest
+	local d
+	d="$(sha256sum "$1" | cut -d' ' -f1)"
+	mv "$1" "$layout/blobs/sha256/$d"
+	echo "$d"
 }
-J
-# Size: content plus a quarter (at least 16 MiB) for ext4's own metadata.
-kib=$(du -sk "$root" | cut -f1)
-size=$((kib + kib / 4 + 16384))
-mkfs.ext4 -q -F -L cove-image -O ^has_journal -E root_owner=0:0 -d "$root" "$stage/rootfs.ext4" "${size}k" >&2
+tar --numeric-owner --sort=name --xattrs -C "$root" -cf "$stage/layer.tar" .
+diff_id="$(sha256sum "$stage/layer.tar" | cut -d' ' -f1)"
+gzip -1 -n "$stage/layer.tar"
+layer_size=$(stat -c %s "$stage/layer.tar.gz")
+layer="$(blob "$stage/layer.tar.gz")"
 rm -rf "$root"
-(cd "$stage" && sha256sum rootfs.ext4 image.json >SHA256SUMS && sync -f rootfs.ext4)
+cat >"$stage/config.json" <<J
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/","User":"root","Cmd":$cmd},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]}}
+J
+config_size=$(stat -c %s "$stage/config.json")
+config="$(blob "$stage/config.json")"
+cat >"$stage/manifest.json" <<J
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer","size":$layer_size}]}
+J
+manifest_size=$(stat -c %s "$stage/manifest.json")
+manifest="$(blob "$stage/manifest.json")"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+cat >"$layout/index.json" <<J
+{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest","size":$manifest_size,"annotations":{"org.opencontainers.image.ref.name":"$name"}}]}
+J
+(cd "$stage" && find layout -type f | sort | xargs sha256sum >SHA256SUMS && sync -f SHA256SUMS)
 rm -rf "$out"
 mv "$stage" "$out"
 trap - EXIT
-log "built in $(($(date +%s) - start)) s: $(du -h --apparent-size "$out/rootfs.ext4" | cut -f1)"
-echo "$out"
+log "built in $(($(date +%s) - start)) s: layer $((layer_size / 1048576)) MiB"
+echo "$out/layout"

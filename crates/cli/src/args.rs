@@ -120,6 +120,11 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Images: pull from registries, import archives and directories, list, remove.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Templates: a snapshot taken right after boot, restored by `create` instead of a boot.
     Template {
         #[command(subcommand)]
@@ -219,6 +224,88 @@ pub enum SnapshotCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+/// Image management.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from an OCI registry (`name[:tag]`, `host:port/path:tag`, `name@sha256:…`).
+    /// Credentials: --username with --password-stdin, else ~/.docker/config.json, else none.
+    Pull {
+        /// Image reference.
+        reference: String,
+        /// Plain HTTP instead of HTTPS (registries on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user name.
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Import a `docker save` archive or an OCI layout (a directory or a tar of one).
+    Import {
+        /// Archive or layout.
+        path: std::path::PathBuf,
+        /// Name for the image (default: the names the archive gives).
+        #[arg(long)]
+        name: Option<String>,
+        /// Which image of an archive holding several (a tag or ref name).
+        #[arg(long = "ref", value_name = "REF")]
+        pick: Option<String>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Import a plain directory as a one-layer image.
+    ImportRootfs {
+        /// The root directory.
+        dir: std::path::PathBuf,
+        /// Name for the image.
+        #[arg(long)]
+        name: String,
+        /// Default environment, KEY=VALUE (repeatable).
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Default working directory.
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// Default user.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Default command.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// List images.
+    Ls {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+        /// Digests only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// An image's details, as JSON.
+    Inspect {
+        /// Name, reference or digest (prefix).
+        image: String,
+    },
+    /// Remove image names, and images no name points at (refused while in use).
+    Rm {
+        /// Names, references or digests.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images without names that nothing uses, and unused cached layers.
+    Prune,
 }
 
 /// Template management.

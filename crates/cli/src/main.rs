@@ -6,6 +6,7 @@
 
 mod args;
 mod copy;
+mod image;
 mod term;
 
 use std::io::Write as _;
@@ -23,7 +24,7 @@ use args::{
 };
 
 /// cove failed before or around the user's command.
-const EXIT_COVE: u8 = 125;
+pub(crate) const EXIT_COVE: u8 = 125;
 /// The program exists but could not be started.
 const EXIT_CANNOT_RUN: u8 = 126;
 /// The program was not found.
@@ -135,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Image { command } => image::run(host()?, command).await,
         Command::Snapshot { command, id, name } => {
             let host = host()?;
             match (command, id) {
@@ -188,12 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let host = host()?;
             let rec = host.get(&id)?;
             let client = host.connect(&rec.id).await?;
-            let img = host.image_of(&rec).unwrap_or_else(|_| cove_host::Image {
-                name: rec.image.clone(),
-                disk: Default::default(),
-                config: Default::default(),
-            });
-            exec_command(&client, &img.config, &exec, command).await
+            // An image removed under a sandbox (it cannot be, but a home may be tampered
+            // with) costs only its defaults.
+            let config = host.image_of(&rec).map(|i| i.config).unwrap_or_default();
+            exec_command(&client, &config, &exec, command).await
         }
         Command::Ls { quiet, json } => {
             let all = host()?.list()?;
@@ -327,7 +327,7 @@ async fn exec_command(
     command: Vec<String>,
 ) -> anyhow::Result<u8> {
     let argv = if command.is_empty() {
-        image.cmd.clone()
+        image.default_argv()
     } else {
         command
     };
@@ -488,6 +488,11 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
     };
     let kernel = host.kernel();
     let initramfs = host.initramfs();
+    let imgs: Vec<String> = host
+        .image_list()?
+        .into_iter()
+        .flat_map(|i| i.names)
+        .collect();
     let v = serde_json::json!({
         "cove_version": env!("CARGO_PKG_VERSION"),
         "protocol_version": cove_protocol::PROTOCOL_VERSION,
@@ -498,7 +503,7 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
         "qemu": qemu_version,
         "kernel": { "path": kernel, "present": kernel.is_file() },
         "initramfs": { "path": initramfs, "present": initramfs.is_file() },
-        "images": cove_host::images::installed(home),
+        "images": imgs,
         "tsc_khz": cove_host::engine::tsc_khz(home),
     });
     if json {
@@ -531,7 +536,6 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
     };
     println!("kernel:    {}{}", kernel.display(), present(&kernel));
     println!("initramfs: {}{}", initramfs.display(), present(&initramfs));
-    let imgs = cove_host::images::installed(home);
     println!(
         "images:    {}",
         if imgs.is_empty() {

@@ -41,6 +41,17 @@ CREATE TABLE snapshots (
     template    INTEGER NOT NULL DEFAULT 0
 );
 ",
+    // Images are content-addressed (cove-image); names point at manifest digests, and what
+    // a sandbox or snapshot runs on is pinned by digest, so re-pointing a name moves nothing.
+    r"
+CREATE TABLE image_names (
+    name        TEXT PRIMARY KEY,
+    digest      TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
+",
 ];
 
 fn is_busy(code: rusqlite::ErrorCode) -> bool {
@@ -71,10 +82,10 @@ pub struct Db {
     conn: Connection,
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest";
 
 const SNAP_COLUMNS: &str =
-    "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template";
+    "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest";
 
 fn snap_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
     Ok(SnapshotRecord {
@@ -88,6 +99,7 @@ fn snap_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
         created_at: r.get(7)?,
         dir: r.get(8)?,
         template: r.get(9)?,
+        image_digest: r.get(10)?,
     })
 }
 
@@ -108,6 +120,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         dir: r.get(12)?,
         boot_ms: r.get(13)?,
         reason: r.get(14)?,
+        image_digest: r.get(15)?,
     })
 }
 
@@ -161,8 +174,8 @@ impl Db {
     /// Records a new sandbox.
     pub fn insert(&self, s: &SandboxRecord) -> Result<(), HostError> {
         let r = self.conn.execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
-            params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason],
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason, s.image_digest],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -223,8 +236,8 @@ impl Db {
     /// Records a snapshot.
     pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
         let r = self.conn.execute(
-            &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-            params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template],
+            &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template, s.image_digest],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -263,13 +276,55 @@ impl Db {
     }
 
     /// Sandboxes using an image.
-    pub fn using_image(&self, image: &str) -> Result<usize, HostError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM sandboxes WHERE image = ?1",
-            [image],
-            |r| r.get(0),
+    pub fn using_image(&self, digest: &str) -> Result<Vec<String>, HostError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT 'sandbox ' || id FROM sandboxes WHERE image_digest = ?1 AND state NOT IN ('stopped', 'failed')
+             UNION ALL SELECT 'snapshot ' || id FROM snapshots WHERE image_digest = ?1 AND template = 0",
         )?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        let v = stmt
+            .query_map([digest], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Points an image name at a digest.
+    pub fn set_image_name(&self, name: &str, digest: &str, now: i64) -> Result<(), HostError> {
+        self.conn.execute(
+            "INSERT INTO image_names (name, digest, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET digest = ?2, updated_at = ?3",
+            params![name, digest, now],
+        )?;
+        Ok(())
+    }
+
+    /// The digest a name points at.
+    pub fn image_name(&self, name: &str) -> Result<Option<String>, HostError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT digest FROM image_names WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every (name, digest), by name.
+    pub fn image_names(&self) -> Result<Vec<(String, String)>, HostError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, digest FROM image_names ORDER BY name")?;
+        let v = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Removes a name.
+    pub fn remove_image_name(&self, name: &str) -> Result<(), HostError> {
+        self.conn
+            .execute("DELETE FROM image_names WHERE name = ?1", [name])?;
+        Ok(())
     }
 }
 
@@ -282,6 +337,7 @@ mod tests {
             id: id.into(),
             name: name.map(str::to_string),
             image: "busybox".into(),
+            image_digest: "sha256:b".into(),
             state: "running".into(),
             cpus: 1,
             memory_mib: 256,
@@ -321,7 +377,15 @@ mod tests {
         );
         db.delete("abcdef123456").unwrap();
         assert_eq!(db.list().unwrap().len(), 1);
-        assert_eq!(db.using_image("busybox").unwrap(), 1);
+        assert_eq!(db.using_image("sha256:b").unwrap().len(), 1);
+        db.set_image_name("busybox", "sha256:b", 1).unwrap();
+        db.set_image_name("busybox", "sha256:c", 2).unwrap();
+        assert_eq!(
+            db.image_name("busybox").unwrap().as_deref(),
+            Some("sha256:c")
+        );
+        db.remove_image_name("busybox").unwrap();
+        assert!(db.image_names().unwrap().is_empty());
         // Reopening keeps the data and does not re-run migrations.
         drop(db);
         let db = Db::open(&d.path().join("state.db")).unwrap();

@@ -30,7 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 pub use agent::{AgentClient, ClientError};
 use db::Db;
-pub use images::{Image, ImageConfig};
+pub use images::{Image, ImageConfig, ImageInfo, normalize};
 
 /// Errors of host operations. Each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,17 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// The image is needed by sandboxes or snapshots.
+    #[error("image {image} is in use by {users}; remove them first")]
+    ImageInUse {
+        /// The image asked for.
+        image: String,
+        /// What uses it.
+        users: String,
+    },
+    /// The image pipeline failed.
+    #[error(transparent)]
+    Image(#[from] cove_image::ImageError),
     /// The blob store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -156,6 +167,8 @@ pub struct SandboxRecord {
     pub name: Option<String>,
     /// Image name.
     pub image: String,
+    /// The image's manifest digest (what its disk is).
+    pub image_digest: String,
     /// `creating`, `running`, `stopped` or `failed`.
     pub state: String,
     /// vCPUs.
@@ -200,6 +213,8 @@ pub struct SnapshotRecord {
     pub sandbox: Option<String>,
     /// Its image.
     pub image: String,
+    /// The image's manifest digest.
+    pub image_digest: String,
     /// vCPUs.
     pub cpus: u32,
     /// Memory in MiB.
@@ -277,6 +292,7 @@ pub struct Host {
     home: PathBuf,
     db: Db,
     blobs: store::BlobStore,
+    images: cove_image::Images,
 }
 
 impl Host {
@@ -286,10 +302,12 @@ impl Host {
             .map_err(io_err("creating the Cove home", home))?;
         let db = Db::open(&home.join("state.db"))?;
         remove_stale_partials(&home.join("snapshots"));
+        let blobs = store::BlobStore::local(home)?;
         Ok(Self {
             home: home.to_path_buf(),
             db,
-            blobs: store::BlobStore::local(home)?,
+            images: cove_image::Images::open(home, blobs.clone())?,
+            blobs,
         })
     }
 
@@ -394,7 +412,11 @@ impl Host {
         from: Option<&SnapshotRecord>,
     ) -> Result<Pending, HostError> {
         validate(spec)?;
-        let image = images::find(&self.home, from.map_or(&spec.image, |s| &s.image))?;
+        let image = match from {
+            // A restore runs on exactly the disk its snapshot was taken on.
+            Some(s) => self.image_by_digest(&s.image, &s.image_digest)?,
+            None => self.image(&spec.image)?,
+        };
         for (what, p) in [
             ("guest kernel", self.kernel()),
             ("initramfs", self.initramfs()),
@@ -425,6 +447,7 @@ impl Host {
             id: id.clone(),
             name: spec.name.clone(),
             image: image.name.clone(),
+            image_digest: image.digest.clone(),
             state: "creating".into(),
             cpus,
             memory_mib,
@@ -595,6 +618,7 @@ impl Host {
             name,
             sandbox: Some(rec.id.clone()),
             image: rec.image.clone(),
+            image_digest: rec.image_digest.clone(),
             cpus: rec.cpus,
             memory_mib: rec.memory_mib,
             disk_mib: rec.disk_mib,
@@ -627,7 +651,7 @@ impl Host {
         for old in self.db.list_snapshots()? {
             if old.template
                 && old.id != snap.id
-                && old.image == snap.image
+                && old.image_digest == snap.image_digest
                 && (old.cpus, old.memory_mib, old.disk_mib)
                     == (snap.cpus, snap.memory_mib, snap.disk_mib)
             {
@@ -638,9 +662,10 @@ impl Host {
     }
 
     fn template_for(&self, spec: &CreateSpec) -> Result<Option<SnapshotRecord>, HostError> {
+        let digest = self.image(&spec.image)?.digest;
         Ok(self.db.list_snapshots()?.into_iter().rev().find(|s| {
             s.template
-                && s.image == spec.image
+                && s.image_digest == digest
                 && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
                 && Path::new(&s.dir).join("manifest.json").is_file()
         }))
@@ -778,7 +803,7 @@ impl Host {
 
     /// The image a sandbox was created from.
     pub fn image_of(&self, rec: &SandboxRecord) -> Result<Image, HostError> {
-        images::find(&self.home, &rec.image)
+        self.image_by_digest(&rec.image, &rec.image_digest)
     }
 
     /// Stops a sandbox's guest (flushing its disk) and keeps its files.
@@ -1006,11 +1031,6 @@ impl Host {
             }
         }
         Ok(out)
-    }
-
-    /// Images in use by sandboxes (for `image rm`).
-    pub fn image_in_use(&self, image: &str) -> Result<usize, HostError> {
-        self.db.using_image(image)
     }
 }
 

@@ -25,7 +25,16 @@ pub(crate) fn build(root: &Path, disk: &Path, s: UnpackStats) -> Result<(), Imag
     let (size, inodes) = sizing(s);
     let _ = std::fs::remove_file(disk);
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "cove-image", "-m", "0", "-O", "^has_journal"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "cove-image",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+        ])
         .args(["-N", &inodes.to_string()])
         .args(["-E", "root_owner=0:0,nodiscard"])
         .arg("-d")
@@ -34,9 +43,7 @@ pub(crate) fn build(root: &Path, disk: &Path, s: UnpackStats) -> Result<(), Imag
         .arg(format!("{}k", size / 1024))
         .output()
         .map_err(|e| {
-            ImageError::Mkfs(format!(
-                "running mkfs.ext4 (install e2fsprogs ≥ 1.43): {e}"
-            ))
+            ImageError::Mkfs(format!("running mkfs.ext4 (install e2fsprogs ≥ 1.43): {e}"))
         })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(disk);

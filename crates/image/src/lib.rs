@@ -177,6 +177,9 @@ pub struct ImageMeta {
     pub disk_bytes: u64,
     /// How processes run by default.
     pub config: ImageConfig,
+    /// Names the source gave the image (docker `RepoTags`, a layout's image name).
+    #[serde(default)]
+    pub source_names: Vec<String>,
 }
 
 impl ImageMeta {
@@ -307,10 +310,7 @@ impl<R: Read> HashReader<R> {
     /// Reads to the end (tar streams end before their padding does) and returns the digest.
     pub(crate) fn finish(mut self) -> std::io::Result<(String, u64)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok((
-            format!("sha256:{}", hex(&self.hasher.finalize())),
-            self.n,
-        ))
+        Ok((format!("sha256:{}", hex(&self.hasher.finalize())), self.n))
     }
 }
 
@@ -332,6 +332,7 @@ pub(crate) struct Resolved {
     pub(crate) config_digest: String,
     pub(crate) layers: Vec<source::Layer>,
     pub(crate) source: String,
+    pub(crate) names: Vec<String>,
 }
 
 /// The images of one Cove home.
@@ -567,9 +568,7 @@ impl Images {
         let stage = self.tmp.join(format!("build-{hex}"));
         let _ = std::fs::remove_dir_all(&stage);
         std::fs::create_dir_all(&stage).map_err(|e| ImageError::io("creating", &stage, e))?;
-        let result = self
-            .build_in(&r, &config, &stage, puller, progress)
-            .await;
+        let result = self.build_in(&r, &config, &stage, puller, progress).await;
         let _ = std::fs::remove_dir_all(&stage);
         drop(lock);
         let meta = result?;
@@ -600,14 +599,18 @@ impl Images {
                     f
                 }
                 (None, None) => {
-                    return Err(ImageError::Malformed(format!("layer {} is missing", l.digest)));
+                    return Err(ImageError::Malformed(format!(
+                        "layer {} is missing",
+                        l.digest
+                    )));
                 }
             };
             files.push(file);
         }
         let root = stage.join("root");
         let unpacked = {
-            let (layers, root, diff_ids) = (r.layers.clone(), root.clone(), config.diff_ids.clone());
+            let (layers, root, diff_ids) =
+                (r.layers.clone(), root.clone(), config.diff_ids.clone());
             let progress = ProgressBridge::new(progress);
             let tx = progress.sender();
             let task = tokio::task::spawn_blocking(move || {
@@ -654,6 +657,7 @@ impl Images {
             devices_skipped: unpacked.devices_skipped,
             disk_bytes,
             config: config.run.clone(),
+            source_names: r.names.clone(),
         };
         for (name, bytes) in [("manifest.json", &r.manifest), ("config.json", &r.config)] {
             write_synced(&out.join(name), bytes)?;
@@ -675,7 +679,11 @@ impl Images {
         // The blob store's copy, for other hosts; the marker (image.json) goes last.
         let key = format!("images/{hex}");
         self.blobs
-            .upload_file(&format!("{key}/rootfs.ext4"), &dest.join("rootfs.ext4"), true)
+            .upload_file(
+                &format!("{key}/rootfs.ext4"),
+                &dest.join("rootfs.ext4"),
+                true,
+            )
             .await?;
         for name in ["manifest.json", "config.json", "image.json"] {
             self.blobs

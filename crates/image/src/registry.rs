@@ -143,10 +143,7 @@ pub(crate) async fn resolve(
                 })
             })
             .ok_or_else(|| {
-                ImageError::Unsupported(format!(
-                    "{} has no linux/amd64 image",
-                    r.whole()
-                ))
+                ImageError::Unsupported(format!("{} has no linux/amd64 image", r.whole()))
             })?;
         at = r.clone_with_digest(m.digest().to_string());
         (bytes, digest) = client
@@ -186,6 +183,7 @@ pub(crate) async fn resolve(
             config_digest,
             layers,
             source: r.whole(),
+            names: vec![r.whole()],
         },
         Puller {
             client,
@@ -321,10 +319,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<'_, W> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

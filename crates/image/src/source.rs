@@ -171,8 +171,7 @@ fn extract_outer(archive: &Path, dest: &Path) -> Result<(), ImageError> {
                 if let Some(p) = out.parent() {
                     std::fs::create_dir_all(p).map_err(|e| ImageError::io("creating", p, e))?;
                 }
-                let mut f =
-                    File::create(&out).map_err(|e| ImageError::io("creating", &out, e))?;
+                let mut f = File::create(&out).map_err(|e| ImageError::io("creating", &out, e))?;
                 let n = std::io::copy(&mut e, &mut f).map_err(ImageError::Layer)?;
                 if n != e.size() {
                     return Err(ImageError::Malformed(format!(
@@ -226,8 +225,7 @@ fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageErro
                 d.annotations().as_ref().is_some_and(|a| {
                     a.get("org.opencontainers.image.ref.name")
                         .is_some_and(|n| n == want)
-                        || a.get("io.containerd.image.name")
-                            .is_some_and(|n| n == want)
+                        || a.get("io.containerd.image.name").is_some_and(|n| n == want)
                 })
             })
             .ok_or_else(|| {
@@ -235,7 +233,9 @@ fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageErro
             })?,
         None if entries.len() == 1 => &entries[0],
         None if entries.is_empty() => {
-            return Err(ImageError::Malformed("the layout's index.json is empty".into()));
+            return Err(ImageError::Malformed(
+                "the layout's index.json is empty".into(),
+            ));
         }
         None => {
             // Several: a platform index of one image is resolved below; several images are not.
@@ -273,6 +273,17 @@ fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageErro
         .map_err(|e| ImageError::Malformed(format!("manifest {digest}: {e}")))?;
     let config_digest = manifest.config().digest().to_string();
     let config = read_blob(dir, &config_digest)?;
+    // A full name (containerd's annotation, or a ref name that is more than a bare tag).
+    let ann = pick.annotations().clone().unwrap_or_default();
+    let names = ann
+        .get("io.containerd.image.name")
+        .or_else(|| {
+            ann.get("org.opencontainers.image.ref.name")
+                .filter(|n| n.contains(['/', ':']))
+        })
+        .cloned()
+        .into_iter()
+        .collect();
     let mut layers = manifest_layers(&manifest)?;
     for l in &mut layers {
         l.path = Some(blob_path(dir, &l.digest)?);
@@ -284,6 +295,7 @@ fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageErro
         config_digest,
         layers,
         source: String::new(),
+        names,
     })
 }
 
@@ -319,7 +331,11 @@ fn docker_archive(dir: &Path, reference: Option<&str>) -> Result<Resolved, Image
     let e = match reference {
         Some(want) => entries
             .iter()
-            .find(|e| e.repo_tags.as_ref().is_some_and(|t| t.iter().any(|t| t == want)))
+            .find(|e| {
+                e.repo_tags
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| t == want))
+            })
             .ok_or_else(|| {
                 ImageError::Malformed(format!("the archive has no image tagged {want:?}"))
             })?,
@@ -345,7 +361,9 @@ fn docker_archive(dir: &Path, reference: Option<&str>) -> Result<Resolved, Image
         let f = File::open(&p).map_err(|e| ImageError::io("opening", &p, e))?;
         let mut head = [0u8; 4];
         let mut r = HashReader::new(BufReader::with_capacity(1 << 20, f));
-        let got = r.read(&mut head).map_err(|e| ImageError::io("reading", &p, e))?;
+        let got = r
+            .read(&mut head)
+            .map_err(|e| ImageError::io("reading", &p, e))?;
         let media_type = match compression(&head[..got]) {
             Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -378,6 +396,7 @@ fn docker_archive(dir: &Path, reference: Option<&str>) -> Result<Resolved, Image
         config_digest,
         layers,
         source: String::new(),
+        names: e.repo_tags.clone().unwrap_or_default(),
     })
 }
 
@@ -458,6 +477,7 @@ pub(crate) fn pack_rootfs(
             path: Some(layer),
         }],
         source: dir.display().to_string(),
+        names: vec![],
     })
 }
 

@@ -280,7 +280,10 @@ impl Unpacker {
                     continue;
                 }
                 other => {
-                    return Err(refuse(&name, format!("unsupported tar entry type {other:?}")));
+                    return Err(refuse(
+                        &name,
+                        format!("unsupported tar entry type {other:?}"),
+                    ));
                 }
             }
             let owner = std::os::unix::fs::lchown(
@@ -471,7 +474,10 @@ mod tests {
         let stats = stats.unwrap();
         assert_eq!(read(&d, "etc/keep"), "keep");
         assert!(!exists(&d, "etc/gone"), "whiteout removes the lower file");
-        assert!(!exists(&d, "opq/old"), "opaque dir hides the lower contents");
+        assert!(
+            !exists(&d, "opq/old"),
+            "opaque dir hides the lower contents"
+        );
         assert_eq!(read(&d, "opq/new"), "new", "but keeps its own layer's");
         assert_eq!(read(&d, "swap"), "a file again");
         assert_eq!(read(&d, "back/again"), "a dir again");
@@ -510,7 +516,10 @@ mod tests {
 
     #[test]
     fn hostile_layers_are_refused_and_write_nothing_outside() {
-        let d = refused(&[Layer::new().raw_file("../escape", b"x").build()], "../escape");
+        let d = refused(
+            &[Layer::new().raw_file("../escape", b"x").build()],
+            "../escape",
+        );
         assert!(!d.path().join("escape").exists());
         refused(
             &[Layer::new().raw_file("/etc/evil", b"x").build()],
@@ -559,9 +568,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("t");
         std::fs::write(&target, b"original").unwrap();
-        let l1 = Layer::new()
-            .symlink("f", target.to_str().unwrap())
-            .build();
+        let l1 = Layer::new().symlink("f", target.to_str().unwrap()).build();
         let l2 = Layer::new().file("f", b"replaced").build();
         let (d, r) = apply_all(&[l1, l2]);
         r.unwrap();

@@ -1,0 +1,324 @@
+//! `cove image …`: pulls and imports with progress, listing, removal.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read as _};
+use std::sync::Mutex;
+
+use cove_host::images::{Event, Progress, PullOptions};
+use cove_host::{Host, ImageConfig, ImageInfo};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::ImageCommand;
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn short(digest: &str) -> &str {
+    let h = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &h[..12.min(h.len())]
+}
+
+/// Bars on a terminal, plain lines otherwise (logs, CI), nothing with `--quiet`.
+struct Display {
+    mode: Mode,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    multi: MultiProgress,
+}
+
+#[derive(PartialEq, Eq)]
+enum Mode {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+impl Display {
+    fn new(quiet: bool) -> Self {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+            Mode::Bars
+        } else {
+            Mode::Lines
+        };
+        Self {
+            mode,
+            bars: Mutex::new(HashMap::new()),
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        }
+    }
+
+    fn bar(&self, key: &str, len: u64, prefix: String) -> ProgressBar {
+        let mut bars = self.bars.lock().expect("bars");
+        bars.entry(key.to_string())
+            .or_insert_with(|| {
+                let b = self.multi.add(ProgressBar::new(len));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>20} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
+                );
+                b.set_prefix(prefix);
+                b
+            })
+            .clone()
+    }
+
+    fn line(&self, s: String) {
+        if self.mode == Mode::Lines {
+            eprintln!("{s}");
+        }
+    }
+}
+
+impl Progress for Display {
+    fn event(&self, ev: &Event) {
+        if self.mode == Mode::Quiet {
+            return;
+        }
+        let bars = self.mode == Mode::Bars;
+        match ev {
+            Event::Resolved {
+                digest,
+                layers,
+                bytes,
+            } => self.line(format!(
+                "image {}: {layers} layers, {}",
+                short(digest),
+                mb(*bytes)
+            )),
+            Event::Installed { digest } => {
+                self.line(format!("image {}: already installed", short(digest)));
+            }
+            Event::LayerCached { digest, size } => {
+                self.line(format!("layer {}: cached ({})", short(digest), mb(*size)));
+            }
+            Event::Download { digest, size } if bars => {
+                self.bar(digest, *size, format!("layer {}", short(digest)));
+            }
+            Event::Download { digest, size } => {
+                self.line(format!(
+                    "layer {}: downloading {}",
+                    short(digest),
+                    mb(*size)
+                ));
+            }
+            Event::Downloaded { digest, done } if bars => {
+                self.bar(digest, 0, String::new()).set_position(*done);
+            }
+            Event::Downloaded { .. } => {}
+            Event::Unpack {
+                index,
+                of,
+                done,
+                size,
+            } if bars => {
+                let b = self.bar(
+                    &format!("unpack-{index}"),
+                    *size,
+                    format!("unpack {}/{of}", index + 1),
+                );
+                b.set_position(*done);
+                if done == size {
+                    b.finish();
+                }
+            }
+            Event::Unpack {
+                index,
+                of,
+                done: 0,
+                size,
+            } => self.line(format!(
+                "unpacking layer {}/{of} ({})",
+                index + 1,
+                mb(*size)
+            )),
+            Event::Unpack { .. } => {}
+            Event::Disk { bytes } => {
+                if bars {
+                    let _ = self
+                        .multi
+                        .println(format!("writing the disk ({})", mb(*bytes)));
+                }
+                self.line(format!("writing the disk ({})", mb(*bytes)));
+            }
+            Event::Done { digest, secs } => {
+                for b in self.bars.lock().expect("bars").values() {
+                    b.finish();
+                }
+                let msg = format!("image {}: installed in {secs:.1} s", short(digest));
+                if bars {
+                    let _ = self.multi.println(msg);
+                } else {
+                    self.line(msg);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        if self.mode == Mode::Bars {
+            let _ = self.multi.clear();
+        }
+    }
+}
+
+fn print_done(info: &ImageInfo) {
+    println!(
+        "{}{}",
+        info.meta.digest,
+        if info.names.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", info.names.join(" "))
+        }
+    );
+}
+
+fn age(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let s = (now - ms).max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86400 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+/// Runs one `cove image` command.
+pub async fn run(host: Host, command: ImageCommand) -> anyhow::Result<u8> {
+    match command {
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            username,
+            password_stdin,
+            quiet,
+        } => {
+            let credentials = match username {
+                Some(u) if password_stdin => {
+                    let mut p = String::new();
+                    std::io::stdin().read_to_string(&mut p)?;
+                    Some((u, p.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                _ => None,
+            };
+            let opts = PullOptions {
+                insecure,
+                credentials,
+                docker_config: None,
+            };
+            let display = Display::new(quiet);
+            let info = host.image_pull(&reference, &opts, &display).await?;
+            drop(display);
+            print_done(&info);
+        }
+        ImageCommand::Import {
+            path,
+            name,
+            pick,
+            quiet,
+        } => {
+            let display = Display::new(quiet);
+            let info = host
+                .image_import(&path, pick.as_deref(), name.as_deref(), &display)
+                .await?;
+            drop(display);
+            print_done(&info);
+        }
+        ImageCommand::ImportRootfs {
+            dir,
+            name,
+            env,
+            workdir,
+            user,
+            quiet,
+            cmd,
+        } => {
+            let config = ImageConfig {
+                env,
+                workdir,
+                user,
+                entrypoint: vec![],
+                cmd,
+            };
+            let display = Display::new(quiet);
+            let info = host
+                .image_import_rootfs(&dir, &name, config, &display)
+                .await?;
+            drop(display);
+            print_done(&info);
+        }
+        ImageCommand::Ls { json, quiet } => {
+            let all = host.image_list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if quiet {
+                for i in all {
+                    println!("{}", i.meta.digest);
+                }
+            } else {
+                println!(
+                    "{:<40}  {:<12}  {:>9}  {:>6}  CREATED",
+                    "NAME", "ID", "SIZE", "USERS"
+                );
+                for i in all {
+                    let names = if i.names.is_empty() {
+                        vec!["<none>".to_string()]
+                    } else {
+                        i.names.clone()
+                    };
+                    for n in names {
+                        println!(
+                            "{:<40}  {:<12}  {:>9}  {:>6}  {}",
+                            n,
+                            i.meta.short_id(),
+                            mb(i.meta.content_bytes),
+                            i.used_by.len(),
+                            age(i.meta.created_at)
+                        );
+                    }
+                }
+            }
+        }
+        ImageCommand::Inspect { image } => {
+            let info = host.image_inspect(&image)?;
+            let mut v = serde_json::to_value(&info)?;
+            v["disk"] = serde_json::json!(host.images().disk(&info.meta));
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ImageCommand::Rm { images } => {
+            let mut failed = false;
+            for key in images {
+                match host.image_remove(&key).await {
+                    Ok(Some(d)) => println!("removed {d}"),
+                    Ok(None) => println!("untagged {key}"),
+                    Err(e) => {
+                        eprintln!("cove: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(crate::EXIT_COVE);
+            }
+        }
+        ImageCommand::Prune => {
+            let (removed, freed) = host.image_prune().await?;
+            for d in &removed {
+                println!("removed {d}");
+            }
+            println!("freed {}", mb(freed));
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# What the test suite needs beyond guest/setup.sh: a real OCI registry (Debian's
+# docker-registry, CNCF distribution), skopeo to push images into it, and htpasswd (bcrypt) for
+# its basic-auth configuration. Each test starts its own registry on 127.0.0.1.
+set -euo pipefail
+need=()
+for p in docker-registry skopeo apache2-utils e2fsprogs; do
+	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+	echo "test-deps: installing ${need[*]}" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The package starts a registry on :5000 with its own config; the tests start their own.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true
