@@ -14,18 +14,22 @@ pub fn home() -> PathBuf {
     let home = std::env::var_os("COVE_TEST_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cove-test-home"));
-    for need in [
-        "kernel/vmlinux",
-        "kernel/initramfs.cpio",
-        "images/busybox/rootfs.ext4",
-        "images/python/rootfs.ext4",
-    ] {
+    for need in ["kernel/vmlinux", "kernel/initramfs.cpio"] {
         assert!(
             home.join(need).is_file(),
             "{} is missing: run `make test` (or guest/setup.sh {}) first; end-to-end tests never skip",
             home.join(need).display(),
             home.display()
         );
+    }
+    let host = cove_host::Host::open(&home).expect("opening the test home");
+    for image in ["busybox", "python"] {
+        if let Err(e) = host.image(image) {
+            panic!(
+                "{e}: run `make test` (or guest/setup.sh {}) first; end-to-end tests never skip",
+                home.display()
+            );
+        }
     }
     assert!(
         Path::new("/usr/bin/qemu-system-x86_64").is_file()
@@ -163,4 +167,148 @@ pub fn sha256(b: &[u8]) -> String {
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect()
+}
+
+/// A real OCI registry (Debian's `docker-registry`, CNCF distribution) on 127.0.0.1, with its
+/// own storage and config; stopped when dropped.
+#[derive(Debug)]
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its storage root (for tests that tamper with blobs).
+    pub storage: PathBuf,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+/// A temporary directory under `target/`, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after `tag`.
+    pub fn new(tag: &str) -> Self {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "../target/test-tmp/{tag}-{}-{:08x}",
+            std::process::id(),
+            rand_u32()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a test directory");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u32::from_le_bytes(b)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Registry {
+    /// Starts a registry; with `htpasswd` = (user, password), it demands basic auth.
+    pub fn start(htpasswd: Option<(&str, &str)>) -> Self {
+        let bin = Path::new("/usr/bin/docker-registry");
+        assert!(
+            bin.is_file(),
+            "docker-registry is missing: run scripts/test-deps.sh (make test does)"
+        );
+        let dir = TempDir::new("registry");
+        let storage = dir.0.join("storage");
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some((user, password)) = htpasswd {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (apache2-utils): run scripts/test-deps.sh");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.0.join("htpasswd");
+            std::fs::write(&file, &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: cove-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let cfg = dir.0.join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        // Its log (every 404 of a HEAD is an "error" there) stays in its directory.
+        let log = std::fs::File::create(dir.0.join("registry.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let addr = format!("127.0.0.1:{port}");
+        let up = wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        assert!(up, "docker-registry did not listen on {addr}");
+        Self {
+            addr,
+            storage,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `skopeo copy SRC docker://ADDR/DEST` (plain HTTP), with optional credentials and layer
+    /// compression (`gzip`, `zstd`).
+    pub fn push(&self, src: &str, dest: &str, creds: Option<&str>, compress: Option<&str>) {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(creds) = creds {
+            c.args(["--dest-creds", creds]);
+        }
+        if let Some(f) = compress {
+            c.args(["--dest-compress-format", f, "--dest-compress"]);
+        }
+        c.arg(src).arg(format!("docker://{}/{dest}", self.addr));
+        let out = c.output().expect("skopeo: run scripts/test-deps.sh");
+        assert!(
+            out.status.success(),
+            "skopeo copy {src} → {dest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The OCI layout of a default image (cached by guest/images/build.sh).
+pub fn default_layout(name: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/images/build.sh");
+    let out = Command::new(script)
+        .arg(name)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("guest/images/build.sh");
+    assert!(out.status.success(), "building the {name} layout failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

@@ -172,10 +172,10 @@ fn print_done(info: &ImageInfo) {
     println!(
         "{}{}",
         info.meta.digest,
-        if info.names.is_empty() {
+        if info.assigned.is_empty() {
             String::new()
         } else {
-            format!(" {}", info.names.join(" "))
+            format!(" {}", info.assigned.join(" "))
         }
     );
 }

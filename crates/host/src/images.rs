@@ -35,6 +35,9 @@ pub struct ImageInfo {
     pub names: Vec<String>,
     /// Sandboxes and snapshots that need it (`sandbox ID`, `snapshot ID`).
     pub used_by: Vec<String>,
+    /// The names the operation that returned this gave it (pull, import).
+    #[serde(skip)]
+    pub assigned: Vec<String>,
 }
 
 fn hexish(s: &str) -> Option<&str> {
@@ -132,6 +135,7 @@ impl Host {
             meta,
             names,
             used_by,
+            assigned: vec![],
         })
     }
 
@@ -139,7 +143,9 @@ impl Host {
         for n in names {
             self.db.set_image_name(n, &meta.digest, now_ms())?;
         }
-        self.info(meta)
+        let mut info = self.info(meta)?;
+        info.assigned = names.to_vec();
+        Ok(info)
     }
 
     /// Pulls `reference` and names it by the normalized reference.
