@@ -3,6 +3,9 @@
 //! - `boot`: cove-vm start → agent answered, 10 runs; beside it, in the same run, plain QEMU
 //!   booting the same kernel and initramfs to the init's first console line.
 //! - `exec`: round trip of `true` in a running sandbox (100 runs, p50/p99), and stdout MB/s.
+//! - `image-import`: importing the `python` OCI layout into a fresh home (3 runs), a second
+//!   import of the same digest (the cache hit, 20 runs), and beside them, in the same run, the
+//!   plain tools doing the same work (`tar -xzf` of the layer, then `mkfs.ext4 -d`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -436,6 +439,113 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// The `python` image's OCI layout (cached by guest/images/build.sh).
+fn python_layout() -> anyhow::Result<PathBuf> {
+    let out = Command::new("guest/images/build.sh")
+        .arg("python")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("guest/images/build.sh python")?;
+    if !out.status.success() {
+        bail!("building the python layout failed");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+async fn image_import(home: &Path) -> anyhow::Result<serde_json::Value> {
+    let layout = python_layout()?;
+    let scratch = home.join("tmp/bench-image");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let mut cold = Vec::new();
+    let mut meta = None;
+    for i in 0..3 {
+        let h = scratch.join(format!("home-{i}"));
+        let host = Host::open(&h)?;
+        let t = Instant::now();
+        let info = host
+            .image_import(
+                &layout,
+                None,
+                Some("python"),
+                &cove_host::images::NoProgress,
+            )
+            .await?;
+        cold.push(t.elapsed().as_secs_f64());
+        meta = Some(info.meta);
+        // Keep the last home for the cache hits.
+        if i < 2 {
+            drop(host);
+            std::fs::remove_dir_all(&h)?;
+        }
+    }
+    let meta = meta.expect("three runs");
+    let host = Host::open(&scratch.join("home-2"))?;
+    let mut hit = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        host.image_import(
+            &layout,
+            None,
+            Some("python"),
+            &cove_host::images::NoProgress,
+        )
+        .await?;
+        hit.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    // The same work with the plain tools: unpack the layer, write the disk.
+    let layer = layout
+        .join("blobs/sha256")
+        .join(meta.layers[0].digest.trim_start_matches("sha256:"));
+    let mut plain = Vec::new();
+    for _ in 0..3 {
+        let root = scratch.join("plain-root");
+        let disk = scratch.join("plain.ext4");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root)?;
+        let t = Instant::now();
+        let ok = Command::new("tar")
+            .args(["--numeric-owner", "-xzf"])
+            .arg(&layer)
+            .arg("-C")
+            .arg(&root)
+            .status()?
+            .success()
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-d"])
+                .arg(&root)
+                .arg(&disk)
+                .arg(format!("{}", meta.disk_bytes / 1024))
+                .stdout(Stdio::null())
+                .status()?
+                .success();
+        if !ok {
+            bail!("the plain tar + mkfs run failed");
+        }
+        plain.push(t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_dir_all(&scratch)?;
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 500)
+    };
+    let cold_med = med(cold.clone());
+    let plain_med = med(plain.clone());
+    Ok(json!({
+        "bench": "image-import",
+        "image": "python",
+        "layer_mb": meta.layers.iter().map(|l| l.size).sum::<u64>() as f64 / 1e6,
+        "content_mb": meta.content_bytes as f64 / 1e6,
+        "entries": meta.entries,
+        "import_s": summary(cold),
+        "layer_mb_per_s": meta.layers.iter().map(|l| l.size).sum::<u64>() as f64 / 1e6 / cold_med,
+        "content_mb_per_s": meta.content_bytes as f64 / 1e6 / cold_med,
+        "cache_hit_ms": summary(hit),
+        "plain_tar_mkfs_s": summary(plain),
+        "ratio_to_plain": cold_med / plain_med,
+    }))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -446,7 +556,8 @@ async fn main() -> anyhow::Result<()> {
         "boot" => boot(&host, 10).await?,
         "exec" => exec(&host, 100).await?,
         "lifecycle" => lifecycle(&host).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle"),
+        "image-import" => image_import(Path::new(&home)).await?,
+        _ => bail!("usage: bench/run boot|exec|lifecycle|image-import"),
     };
     println!("{line}");
     Ok(())
