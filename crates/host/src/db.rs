@@ -377,7 +377,15 @@ mod tests {
         );
         db.delete("abcdef123456").unwrap();
         assert_eq!(db.list().unwrap().len(), 1);
-        assert_eq!(db.using_image("sha256:b").unwrap().len(), 1);
+        assert!(
+            db.using_image("sha256:b").unwrap().is_empty(),
+            "a failed sandbox does not hold its image"
+        );
+        db.insert(&rec("eeee00000000", None)).unwrap();
+        assert_eq!(
+            db.using_image("sha256:b").unwrap(),
+            vec!["sandbox eeee00000000".to_string()]
+        );
         db.set_image_name("busybox", "sha256:b", 1).unwrap();
         db.set_image_name("busybox", "sha256:c", 2).unwrap();
         assert_eq!(
@@ -389,6 +397,6 @@ mod tests {
         // Reopening keeps the data and does not re-run migrations.
         drop(db);
         let db = Db::open(&d.path().join("state.db")).unwrap();
-        assert_eq!(db.list().unwrap().len(), 1);
+        assert_eq!(db.list().unwrap().len(), 2);
     }
 }
