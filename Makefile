@@ -31,7 +31,7 @@ test:
 	$(CARGO) build --workspace --bins --tests
 	COVE_BIN=target/debug/cove guest/setup.sh "$(TEST_HOME)"
 	$(MAKE) lint
-	set -o pipefail; COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
+	set -o pipefail; COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace --all-targets --no-fail-fast 2>&1 | tee target/test.log
 	@leftover=$$(COVE_HOME="$(TEST_HOME)" target/debug/cove ls -q); \
 	if [ -n "$$leftover" ]; then echo "tests left sandboxes behind: $$leftover"; \
 	  COVE_HOME="$(TEST_HOME)" target/debug/cove rm -f $$leftover; exit 1; fi

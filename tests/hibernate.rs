@@ -276,12 +276,7 @@ fn a_full_disk_during_a_snapshot_is_a_clear_error_and_the_sandbox_keeps_running(
         .unwrap();
     assert!(mounted.success(), "mounting a tmpfs (tests run as root)");
     let src = cove_tests::home();
-    for f in [
-        "kernel/vmlinux",
-        "kernel/initramfs.cpio",
-        "images/busybox/rootfs.ext4",
-        "images/busybox/image.json",
-    ] {
+    for f in ["kernel/vmlinux", "kernel/initramfs.cpio"] {
         std::fs::create_dir_all(home.join(f).parent().unwrap()).unwrap();
         std::fs::copy(src.join(f), home.join(f)).unwrap();
     }
@@ -292,6 +287,15 @@ fn a_full_disk_during_a_snapshot_is_a_clear_error_and_the_sandbox_keeps_running(
             .output()
             .unwrap()
     };
+    let layout = cove_tests::default_layout("busybox");
+    ok(&run(&[
+        "image",
+        "import",
+        "--quiet",
+        "--name",
+        "busybox",
+        layout.to_str().unwrap(),
+    ]));
     let o = run(&["create", "--memory", "256", "--disk", "256"]);
     let id = ok(&o).trim().to_string();
     // Touch memory so the snapshot has something to write.

@@ -426,11 +426,18 @@ impl Images {
         if let Ok(rd) = std::fs::read_dir(&self.tmp) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let hex = name.strip_prefix("build-").unwrap_or("");
-                // A staging directory whose builder is gone: its lock is free.
-                if let Ok(Some(_lock)) = self.try_lock(hex) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                } else if hex.is_empty() {
+                let stale = match name.strip_prefix("build-") {
+                    // A staging directory whose builder is gone: its lock is free.
+                    Some(hex) => matches!(self.try_lock(hex), Ok(Some(_))),
+                    // An import's scratch space: an hour old is long past any import.
+                    None => e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age.as_secs() > 3600),
+                };
+                if stale {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
