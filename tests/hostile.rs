@@ -18,7 +18,9 @@ fn bad_settings_and_unknown_images_are_refused_clearly() {
     let o = cove_out(&["run", "--image", "no-such-image", "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        stderr(&o).starts_with("cove: no such image: no-such-image (installed: busybox"),
+        stderr(&o).starts_with("cove: no such image: no-such-image (installed: ")
+            && stderr(&o).contains("busybox")
+            && stderr(&o).ends_with("`cove image pull` or `cove image import` it"),
         "{}",
         stderr(&o)
     );

@@ -307,7 +307,9 @@ fn pull_from_a_registry_boot_and_check_every_layer_rule() {
     // By digest: already installed, so a cache hit that still checks the registry's manifest.
     let by_digest = format!("{}/cove/stack@{digest}", reg.addr);
     let out = ok(&["image", "pull", "--insecure", &by_digest]);
-    assert!(out.starts_with(&digest), "{out}");
+    assert_eq!(out, format!("{digest}\n"), "a pull by digest names nothing");
+    let o = cove_out(&["run", "--image", &by_digest, "--", "cat", "/swap"]);
+    assert_eq!(text(&o), "a file again", "{}", stderr(&o));
 
     // Plain HTTPS is the default: this registry speaks HTTP, so without --insecure it fails.
     let o = cove_out(&["image", "pull", &gz]);

@@ -80,10 +80,16 @@ impl Host {
         if let Some(d) = self.db.image_name(key)? {
             return Ok(d);
         }
-        if let Some(n) = normalize(key)
-            && let Some(d) = self.db.image_name(&n)?
-        {
-            return Ok(d);
+        if let Ok(r) = cove_image::parse_reference(key) {
+            if let Some(d) = self.db.image_name(&r.whole())? {
+                return Ok(d);
+            }
+            // `repo@sha256:…`: the digest is the image.
+            if let Some(d) = r.digest()
+                && self.images.get(d).is_some()
+            {
+                return Ok(d.to_string());
+            }
         }
         if let Some(h) = hexish(key) {
             let found: Vec<ImageMeta> = self
@@ -155,9 +161,15 @@ impl Host {
         opts: &PullOptions,
         progress: &dyn Progress,
     ) -> Result<ImageInfo, HostError> {
-        let name = cove_image::parse_reference(reference)?.whole();
+        let r = cove_image::parse_reference(reference)?;
         let meta = self.images.pull(reference, opts, progress).await?;
-        self.name_image(&[name], meta)
+        // A pull by digest alone names nothing: the digest is its name.
+        let names: Vec<String> = if r.tag().is_some() || r.digest().is_none() {
+            vec![r.whole()]
+        } else {
+            vec![]
+        };
+        self.name_image(&names, meta)
     }
 
     /// Imports a docker archive or OCI layout; names it `name`, else by the names the archive

@@ -42,7 +42,9 @@ pub enum HostError {
     #[error("no such snapshot: {0}")]
     NoSuchSnapshot(String),
     /// The image is not installed.
-    #[error("no such image: {name} (installed: {installed}); run `make setup` for the defaults")]
+    #[error(
+        "no such image: {name} (installed: {installed}); `cove image pull` or `cove image import` it"
+    )]
     NoSuchImage {
         /// The name asked for.
         name: String,
