@@ -180,20 +180,6 @@ fn print_done(info: &ImageInfo) {
     );
 }
 
-fn age(ms: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    let s = (now - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86400 => format!("{} h ago", s / 3600),
-        _ => format!("{} days ago", s / 86400),
-    }
-}
-
 /// Runs one `cove image` command.
 pub async fn run(host: Host, command: ImageCommand) -> anyhow::Result<u8> {
     match command {
@@ -284,7 +270,7 @@ pub async fn run(host: Host, command: ImageCommand) -> anyhow::Result<u8> {
                             i.meta.short_id(),
                             mb(i.meta.content_bytes),
                             i.used_by.len(),
-                            age(i.meta.created_at)
+                            crate::ago(i.meta.created_at)
                         );
                     }
                 }

@@ -128,14 +128,19 @@ impl Host {
         })
     }
 
-    fn info(&self, meta: ImageMeta) -> Result<ImageInfo, HostError> {
-        let names = self
+    /// The names pointing at a digest.
+    fn names_of(&self, digest: &str) -> Result<Vec<String>, HostError> {
+        Ok(self
             .db
             .image_names()?
             .into_iter()
-            .filter(|(_, d)| *d == meta.digest)
+            .filter(|(_, d)| d == digest)
             .map(|(n, _)| n)
-            .collect();
+            .collect())
+    }
+
+    fn info(&self, meta: ImageMeta) -> Result<ImageInfo, HostError> {
+        let names = self.names_of(&meta.digest)?;
         let used_by = self.db.using_image(&meta.digest)?;
         Ok(ImageInfo {
             meta,
@@ -226,23 +231,15 @@ impl Host {
     /// with it. Returns the removed image's digest, if it went.
     pub async fn image_remove(&self, key: &str) -> Result<Option<String>, HostError> {
         let digest = self.image_digest(key)?;
-        let by_name = self.db.image_name(key)?.is_some()
-            || normalize(key).is_some_and(|n| self.db.image_name(&n).ok().flatten().is_some());
-        let names: Vec<String> = self
-            .db
-            .image_names()?
-            .into_iter()
-            .filter(|(_, d)| *d == digest)
-            .map(|(n, _)| n)
-            .collect();
-        let named_key = names
-            .iter()
-            .find(|n| **n == key || Some((*n).clone()) == normalize(key))
-            .cloned();
-        if by_name && names.len() > 1 {
-            if let Some(n) = named_key {
-                self.db.remove_image_name(&n)?;
-            }
+        let names = self.names_of(&digest)?;
+        let normalized = normalize(key);
+        // Removing one of several names only untags.
+        if names.len() > 1
+            && let Some(n) = names
+                .iter()
+                .find(|n| **n == key || Some(n.as_str()) == normalized.as_deref())
+        {
+            self.db.remove_image_name(n)?;
             return Ok(None);
         }
         let users = self.db.using_image(&digest)?;

@@ -271,6 +271,9 @@ impl Progress for NoProgress {
     fn event(&self, _: &Event) {}
 }
 
+/// Manifests, indexes and configs are small: anything larger is refused before it is parsed.
+pub(crate) const META_LIMIT: u64 = 4 << 20;
+
 /// `sha256:HEX` of some bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&sha2::Sha256::digest(bytes)))
@@ -363,11 +366,11 @@ impl Images {
 
     /// The image whose manifest digest is `digest` (`sha256:HEX` or `HEX`), if installed.
     pub fn get(&self, digest: &str) -> Option<ImageMeta> {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let dir = self.dir.join(hex);
+        let full = format!(
+            "sha256:{}",
+            digest.strip_prefix("sha256:").unwrap_or(digest)
+        );
+        let dir = self.dir.join(digest_hex(&full).ok()?);
         let meta: ImageMeta =
             serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
         dir.join("rootfs.ext4").is_file().then_some(meta)
@@ -445,20 +448,21 @@ impl Images {
         Ok(freed)
     }
 
-    fn lock_path(&self, hex: &str) -> PathBuf {
-        self.dir.join(".locks").join(format!("{hex}.lock"))
+    fn lock_file(&self, hex: &str) -> Result<(std::fs::File, PathBuf), ImageError> {
+        let path = self.dir.join(".locks").join(format!("{hex}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ImageError::io("opening", &path, e))?;
+        Ok((f, path))
     }
 
     /// Holds the build lock of one digest (waiting for another builder to finish).
     async fn lock(&self, hex: &str) -> Result<nix::fcntl::Flock<std::fs::File>, ImageError> {
-        let path = self.lock_path(hex);
+        let (f, path) = self.lock_file(hex)?;
         tokio::task::spawn_blocking(move || {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| ImageError::io("opening", &path, e))?;
             nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
                 .map_err(|(_, e)| ImageError::io("locking", &path, e.into()))
         })
@@ -466,17 +470,12 @@ impl Images {
         .expect("lock task")
     }
 
+    /// The build lock of one digest, if no one holds it.
     fn try_lock(&self, hex: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ImageError> {
         if digest_hex(&format!("sha256:{hex}")).is_err() {
             return Ok(None);
         }
-        let path = self.lock_path(hex);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ImageError::io("opening", &path, e))?;
+        let (f, _) = self.lock_file(hex)?;
         Ok(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok())
     }
 
@@ -618,14 +617,17 @@ impl Images {
         let unpacked = {
             let (layers, root, diff_ids) =
                 (r.layers.clone(), root.clone(), config.diff_ids.clone());
-            let progress = ProgressBridge::new(progress);
-            let tx = progress.sender();
+            // Events cross from the blocking task; the channel closes when the task ends.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let task = tokio::task::spawn_blocking(move || {
                 source::unpack_all(&layers, &files, &diff_ids, &root, &|ev| {
                     let _ = tx.send(ev);
                 })
             });
-            progress.drain(task).await?
+            while let Some(ev) = rx.recv().await {
+                progress.event(&ev);
+            }
+            task.await.expect("unpack task")?
         };
         progress.event(&Event::Disk {
             bytes: unpacked.bytes,
@@ -730,41 +732,4 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| ImageError::io("writing", path, e))
-}
-
-/// Carries events from a blocking task to the caller's [`Progress`].
-struct ProgressBridge<'a> {
-    progress: &'a dyn Progress,
-    tx: std::sync::mpsc::Sender<Event>,
-    rx: std::sync::mpsc::Receiver<Event>,
-}
-
-impl<'a> ProgressBridge<'a> {
-    fn new(progress: &'a dyn Progress) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        Self { progress, tx, rx }
-    }
-    fn sender(&self) -> std::sync::mpsc::Sender<Event> {
-        self.tx.clone()
-    }
-    async fn drain<T>(
-        self,
-        mut task: tokio::task::JoinHandle<Result<T, ImageError>>,
-    ) -> Result<T, ImageError> {
-        loop {
-            tokio::select! {
-                r = &mut task => {
-                    while let Ok(ev) = self.rx.try_recv() {
-                        self.progress.event(&ev);
-                    }
-                    return r.expect("unpack task");
-                }
-                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
-                    while let Ok(ev) = self.rx.try_recv() {
-                        self.progress.event(&ev);
-                    }
-                }
-            }
-        }
-    }
 }

@@ -10,11 +10,11 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use oci_spec::image::{ImageIndex, ImageManifest};
+use oci_spec::image::ImageManifest;
 use tokio::io::AsyncWrite;
 
-use crate::source::{Layer, manifest_layers};
-use crate::{Event, ImageError, Progress, Resolved, sha256_digest};
+use crate::source::{Layer, is_index, linux_amd64, manifest_layers};
+use crate::{Event, ImageError, META_LIMIT, Progress, Resolved, sha256_digest};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -97,9 +97,6 @@ fn registry_err(reference: &Reference, e: impl std::fmt::Display) -> ImageError 
     ImageError::Registry(format!("{}: {e}", reference.whole()))
 }
 
-/// Manifests and configs are small; anything larger is refused before it is parsed.
-const META_LIMIT: usize = 4 << 20;
-
 /// Resolves `reference` to an image manifest and its config.
 pub(crate) async fn resolve(
     reference: &str,
@@ -132,20 +129,7 @@ pub(crate) async fn resolve(
     let mut at = r.clone();
     check_manifest(&at, &bytes, &digest)?;
     if is_index(&bytes) {
-        let idx = ImageIndex::from_reader(&bytes[..])
-            .map_err(|e| ImageError::Malformed(format!("image index {digest}: {e}")))?;
-        let m = idx
-            .manifests()
-            .iter()
-            .find(|d| {
-                d.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
-                })
-            })
-            .ok_or_else(|| {
-                ImageError::Unsupported(format!("{} has no linux/amd64 image", r.whole()))
-            })?;
-        at = r.clone_with_digest(m.digest().to_string());
+        at = r.clone_with_digest(linux_amd64(&bytes, &r.whole())?);
         (bytes, digest) = client
             .pull_manifest_raw(&at, &auth, MANIFEST_TYPES)
             .await
@@ -155,7 +139,7 @@ pub(crate) async fn resolve(
     let manifest = ImageManifest::from_reader(&bytes[..])
         .map_err(|e| ImageError::Malformed(format!("manifest {digest}: {e}")))?;
     let cd = manifest.config();
-    if cd.size() > META_LIMIT as u64 {
+    if cd.size() > META_LIMIT {
         return Err(ImageError::Malformed(format!(
             "the config is {} bytes",
             cd.size()
@@ -195,7 +179,7 @@ pub(crate) async fn resolve(
 /// The manifest's bytes match the digest asked for (when the reference has one) and the one
 /// the registry reported.
 fn check_manifest(r: &Reference, bytes: &[u8], reported: &str) -> Result<(), ImageError> {
-    if bytes.len() > META_LIMIT {
+    if bytes.len() as u64 > META_LIMIT {
         return Err(ImageError::Malformed(format!(
             "the manifest of {} is {} bytes",
             r.whole(),
@@ -213,22 +197,6 @@ fn check_manifest(r: &Reference, bytes: &[u8], reported: &str) -> Result<(), Ima
         }
     }
     Ok(())
-}
-
-fn is_index(bytes: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct M {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-    }
-    serde_json::from_slice::<M>(bytes).is_ok_and(|m| {
-        m.manifests.is_some()
-            || m.media_type.is_some_and(|t| {
-                t == "application/vnd.oci.image.index.v1+json"
-                    || t == "application/vnd.docker.distribution.manifest.list.v2+json"
-            })
-    })
 }
 
 impl Puller {

@@ -9,7 +9,9 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 use crate::unpack::{UnpackStats, Unpacker};
-use crate::{Event, HashReader, ImageConfig, ImageError, Resolved, digest_hex, sha256_digest};
+use crate::{
+    Event, HashReader, ImageConfig, ImageError, META_LIMIT, Resolved, digest_hex, sha256_digest,
+};
 
 /// A layer of a resolved image.
 #[derive(Debug, Clone)]
@@ -120,8 +122,6 @@ fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
     Ok(v)
 }
 
-const META_LIMIT: u64 = 4 << 20;
-
 /// Resolves a local archive or layout.
 pub(crate) fn resolve_local(
     path: &Path,
@@ -208,11 +208,6 @@ fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
     Ok(bytes)
 }
 
-const INDEX_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-
 /// An OCI image layout directory.
 fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageError> {
     let index = ImageIndex::from_reader(&read_small(&dir.join("index.json"), META_LIMIT)?[..])
@@ -249,24 +244,10 @@ fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageErro
     let mut bytes = read_blob(dir, &digest)?;
     // A nested index (one image, several platforms): take linux/amd64.
     for _ in 0..4 {
-        let mt = media_type_of(&bytes).unwrap_or_else(|| pick.media_type().to_string());
-        if !INDEX_TYPES.contains(&mt.as_str()) {
+        if !is_index(&bytes) {
             break;
         }
-        let idx = ImageIndex::from_reader(&bytes[..])
-            .map_err(|e| ImageError::Malformed(format!("image index {digest}: {e}")))?;
-        let m = idx
-            .manifests()
-            .iter()
-            .find(|d| {
-                d.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
-                })
-            })
-            .ok_or_else(|| {
-                ImageError::Unsupported(format!("image index {digest} has no linux/amd64 image"))
-            })?;
-        digest = m.digest().to_string();
+        digest = linux_amd64(&bytes, &format!("image index {digest}"))?;
         bytes = read_blob(dir, &digest)?;
     }
     let manifest = ImageManifest::from_reader(&bytes[..])
@@ -299,18 +280,55 @@ fn oci_layout(dir: &Path, reference: Option<&str>) -> Result<Resolved, ImageErro
     })
 }
 
-fn media_type_of(bytes: &[u8]) -> Option<String> {
+/// True when a manifest's bytes are an image index or a docker manifest list.
+pub(crate) fn is_index(bytes: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct M {
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
         manifests: Option<serde_json::Value>,
     }
-    let m: M = serde_json::from_slice(bytes).ok()?;
-    m.media_type.or_else(|| {
-        m.manifests
-            .map(|_| "application/vnd.oci.image.index.v1+json".to_string())
+    serde_json::from_slice::<M>(bytes).is_ok_and(|m| {
+        m.manifests.is_some()
+            || m.media_type.is_some_and(|t| {
+                t == "application/vnd.oci.image.index.v1+json"
+                    || t == "application/vnd.docker.distribution.manifest.list.v2+json"
+            })
     })
+}
+
+/// The digest of the linux/amd64 image of an index (`what` names the index in errors).
+pub(crate) fn linux_amd64(index: &[u8], what: &str) -> Result<String, ImageError> {
+    let idx = ImageIndex::from_reader(index)
+        .map_err(|e| ImageError::Malformed(format!("{what}: {e}")))?;
+    idx.manifests()
+        .iter()
+        .find(|d| {
+            d.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+            })
+        })
+        .map(|d| d.digest().to_string())
+        .ok_or_else(|| ImageError::Unsupported(format!("{what} has no linux/amd64 image")))
+}
+
+/// The OCI manifest of a config and layers, as Cove writes it for sources that have none.
+fn oci_manifest(config_digest: &str, config_len: usize, layers: &[Layer]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_len,
+        },
+        "layers": layers,
+    }))
+    .expect("serializes")
 }
 
 /// A `docker save` archive (extracted): `manifest.json` names the config and the layer files.
@@ -355,7 +373,6 @@ fn docker_archive(dir: &Path, reference: Option<&str>) -> Result<Resolved, Image
     let config = read_small(&inside(&e.config)?, META_LIMIT)?;
     let config_digest = sha256_digest(&config);
     let mut layers = Vec::new();
-    let mut descs = Vec::new();
     for name in &e.layers {
         let p = inside(name)?;
         let f = File::open(&p).map_err(|e| ImageError::io("opening", &p, e))?;
@@ -370,7 +387,6 @@ fn docker_archive(dir: &Path, reference: Option<&str>) -> Result<Resolved, Image
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
         };
         let (digest, size) = r.finish().map_err(|e| ImageError::io("reading", &p, e))?;
-        descs.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
         layers.push(Layer {
             digest,
             media_type: media_type.into(),
@@ -378,17 +394,7 @@ fn docker_archive(dir: &Path, reference: Option<&str>) -> Result<Resolved, Image
             path: Some(p),
         });
     }
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": descs,
-    }))
-    .expect("serializes");
+    let manifest = oci_manifest(&config_digest, config.len(), &layers);
     Ok(Resolved {
         digest: sha256_digest(&manifest),
         manifest,
@@ -453,29 +459,19 @@ pub(crate) fn pack_rootfs(
     }
     let config_bytes = serde_json::to_vec(&cfg).expect("serializes");
     let config_digest = sha256_digest(&config_bytes);
-    let media_type = "application/vnd.oci.image.layer.v1.tar";
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config_bytes.len(),
-        },
-        "layers": [{"mediaType": media_type, "digest": digest, "size": size}],
-    }))
-    .expect("serializes");
+    let layers = vec![Layer {
+        digest,
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        size,
+        path: Some(layer),
+    }];
+    let manifest = oci_manifest(&config_digest, config_bytes.len(), &layers);
     Ok(Resolved {
         digest: sha256_digest(&manifest),
         manifest,
         config: config_bytes,
         config_digest,
-        layers: vec![Layer {
-            digest,
-            media_type: media_type.into(),
-            size,
-            path: Some(layer),
-        }],
+        layers,
         source: dir.display().to_string(),
         names: vec![],
     })

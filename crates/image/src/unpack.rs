@@ -364,9 +364,8 @@ mod tests {
             self.0.append_data(&mut h, name, io::empty()).unwrap();
             self
         }
-        pub(crate) fn file(mut self, name: &str, body: &[u8]) -> Self {
-            self = self.file_owned(name, body, 0o644, 0, 0);
-            self
+        pub(crate) fn file(self, name: &str, body: &[u8]) -> Self {
+            self.file_owned(name, body, 0o644, 0, 0)
         }
         pub(crate) fn file_owned(
             mut self,
