@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cove_store::{BlobStore, StoreError};
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -270,6 +271,9 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn event(&self, _: &Event) {}
 }
+
+/// Layer downloads in flight at once for one image.
+const PARALLEL_DOWNLOADS: usize = 3;
 
 /// Manifests, indexes and configs are small: anything larger is refused before it is parsed.
 pub(crate) const META_LIMIT: u64 = 4 << 20;
@@ -594,25 +598,31 @@ impl Images {
         progress: &dyn Progress,
     ) -> Result<ImageMeta, ImageError> {
         let hex = digest_hex(&r.digest)?;
-        // Every layer as a local file.
-        let mut files = Vec::with_capacity(r.layers.len());
-        for (i, l) in r.layers.iter().enumerate() {
-            let file = match (&l.path, puller) {
-                (Some(p), _) => p.clone(),
-                (None, Some(p)) => {
-                    let f = stage.join(format!("layer-{i}"));
-                    self.fetch_layer(p, l, &f, progress).await?;
-                    f
-                }
-                (None, None) => {
-                    return Err(ImageError::Malformed(format!(
+        // Every layer as a local file; registry layers download a few at a time.
+        // (Collected first: a lazy Map in the stream trips the compiler's Send check.)
+        let fetches: Vec<_> = r
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| async move {
+                match (&l.path, puller) {
+                    (Some(p), _) => Ok(p.clone()),
+                    (None, Some(p)) => {
+                        let f = stage.join(format!("layer-{i}"));
+                        self.fetch_layer(p, l, &f, progress).await?;
+                        Ok(f)
+                    }
+                    (None, None) => Err(ImageError::Malformed(format!(
                         "layer {} is missing",
                         l.digest
-                    )));
+                    ))),
                 }
-            };
-            files.push(file);
-        }
+            })
+            .collect();
+        let files: Vec<PathBuf> = futures::stream::iter(fetches)
+            .buffered(PARALLEL_DOWNLOADS)
+            .try_collect()
+            .await?;
         let root = stage.join("root");
         let unpacked = {
             let (layers, root, diff_ids) =
