@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let result = async {
                 let client = host.connect(&rec.id).await?;
                 let img = host.image_of(&rec)?;
-                exec_command(&client, &img.config, &exec, command).await
+                exec_command(&client, &img.config, &rec.env, &exec, command).await
             }
             .await;
             // `run` is create, exec, remove: the sandbox goes whatever happened.
@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             // An image removed under a sandbox (it cannot be, but a home may be tampered
             // with) costs only its defaults.
             let config = host.image_of(&rec).map(|i| i.config).unwrap_or_default();
-            exec_command(&client, &config, &exec, command).await
+            exec_command(&client, &config, &rec.env, &exec, command).await
         }
         Command::Ls { quiet, json } => {
             let all = host()?.list()?;
@@ -302,6 +302,7 @@ fn spec(
         ttl_secs: policy.and_then(|p| p.ttl),
         idle_timeout_secs: policy.and_then(|p| p.idle_timeout),
         on_idle: policy.and_then(|p| p.on_idle.clone()),
+        ..CreateSpec::default()
     }
 }
 
@@ -323,6 +324,7 @@ pub(crate) fn ago(ms: i64) -> String {
 async fn exec_command(
     client: &AgentClient,
     image: &cove_host::ImageConfig,
+    sandbox_env: &std::collections::BTreeMap<String, String>,
     opts: &ExecOpts,
     command: Vec<String>,
 ) -> anyhow::Result<u8> {
@@ -335,6 +337,11 @@ async fn exec_command(
         anyhow::bail!("no command given and the image has no default command");
     }
     let mut env = image.env_pairs();
+    // The sandbox's own environment over the image's, then the command's over both.
+    for (k, v) in sandbox_env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
     for kv in &opts.env {
         let (k, v) = kv
             .split_once('=')

@@ -1,6 +1,7 @@
 //! The state database: one SQLite file under the Cove home.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -52,6 +53,15 @@ CREATE TABLE image_names (
 ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
 ALTER TABLE snapshots ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
 ",
+    // Who a sandbox or snapshot belongs to (coved's tenant; none for local use), the sandbox's
+    // labels, and the environment every exec in it gets (JSON).
+    r"
+ALTER TABLE sandboxes ADD COLUMN owner TEXT;
+ALTER TABLE sandboxes ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE sandboxes ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE snapshots ADD COLUMN owner TEXT;
+CREATE INDEX sandboxes_owner ON sandboxes (owner);
+",
 ];
 
 fn is_busy(code: rusqlite::ErrorCode) -> bool {
@@ -79,13 +89,14 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
 /// An open state database.
 #[derive(Debug)]
 pub struct Db {
-    conn: Connection,
+    /// One connection, locked per call: the host is shared by concurrent requests (coved), and
+    /// no lock is held beyond one method.
+    conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env";
 
-const SNAP_COLUMNS: &str =
-    "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest";
+const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
 fn snap_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
     Ok(SnapshotRecord {
@@ -100,6 +111,18 @@ fn snap_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
         dir: r.get(8)?,
         template: r.get(9)?,
         image_digest: r.get(10)?,
+        owner: r.get(11)?,
+    })
+}
+
+/// A JSON column (labels, env): written by this code, so a bad value is a corrupt database.
+fn json_col<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -121,10 +144,20 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         boot_ms: r.get(13)?,
         reason: r.get(14)?,
         image_digest: r.get(15)?,
+        owner: r.get(16)?,
+        labels: json_col(r, 17)?,
+        env: json_col(r, 18)?,
     })
 }
 
 impl Db {
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: SQLite rolled back.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Opens (creating and migrating) the database.
     pub fn open(path: &Path) -> Result<Self, HostError> {
         let conn = Connection::open(path)?;
@@ -133,7 +166,9 @@ impl Db {
         // same: SQLite reports that as busy without calling the busy handler, so retry here.
         retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let mut db = Self { conn };
+        let db = Self {
+            conn: Mutex::new(conn),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match db.migrate() {
@@ -147,10 +182,9 @@ impl Db {
         }
     }
 
-    fn migrate(&mut self) -> Result<(), HostError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fn migrate(&self) -> Result<(), HostError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let done = usize::try_from(done).unwrap_or(0);
         if done > MIGRATIONS.len() {
@@ -173,9 +207,9 @@ impl Db {
 
     /// Records a new sandbox.
     pub fn insert(&self, s: &SandboxRecord) -> Result<(), HostError> {
-        let r = self.conn.execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
-            params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason, s.image_digest],
+        let r = self.conn().execute(
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
+            params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason, s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes")],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -189,7 +223,7 @@ impl Db {
 
     /// Updates state, pid, boot time and reason.
     pub fn update(&self, s: &SandboxRecord) -> Result<(), HostError> {
-        self.conn.execute(
+        self.conn().execute(
             "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason = ?5 WHERE id = ?1",
             params![s.id, s.state, s.pid, s.boot_ms, s.reason],
         )?;
@@ -199,7 +233,7 @@ impl Db {
     /// Finds a sandbox by id, unique id prefix, or name.
     pub fn find(&self, key: &str) -> Result<Option<SandboxRecord>, HostError> {
         let exact = self
-            .conn
+            .conn()
             .query_row(
                 &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1 OR name = ?1"),
                 [key],
@@ -209,7 +243,8 @@ impl Db {
         if exact.is_some() || key.len() < 4 {
             return Ok(exact);
         }
-        let mut stmt = self.conn.prepare(&format!(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2"
         ))?;
         let mut found: Vec<SandboxRecord> =
@@ -219,7 +254,8 @@ impl Db {
 
     /// Every sandbox, oldest first.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
-        let mut stmt = self.conn.prepare(&format!(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"
         ))?;
         let v = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
@@ -228,16 +264,16 @@ impl Db {
 
     /// Forgets a sandbox.
     pub fn delete(&self, id: &str) -> Result<(), HostError> {
-        self.conn
+        self.conn()
             .execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
         Ok(())
     }
 
     /// Records a snapshot.
     pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
-        let r = self.conn.execute(
-            &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template, s.image_digest],
+        let r = self.conn().execute(
+            &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template, s.image_digest, s.owner],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -251,7 +287,8 @@ impl Db {
 
     /// Finds a snapshot by id, unique id prefix or name.
     pub fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, HostError> {
-        let mut stmt = self.conn.prepare(&format!(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
             "SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1 OR name = ?1 OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1) LIMIT 2"
         ))?;
         let mut found: Vec<SnapshotRecord> =
@@ -261,7 +298,8 @@ impl Db {
 
     /// Every snapshot, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
-        let mut stmt = self.conn.prepare(&format!(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
             "SELECT {SNAP_COLUMNS} FROM snapshots ORDER BY created_at, id"
         ))?;
         let v = stmt.query_map([], snap_row)?.collect::<Result<_, _>>()?;
@@ -270,14 +308,15 @@ impl Db {
 
     /// Forgets a snapshot.
     pub fn delete_snapshot(&self, id: &str) -> Result<(), HostError> {
-        self.conn
+        self.conn()
             .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
 
     /// Sandboxes using an image.
     pub fn using_image(&self, digest: &str) -> Result<Vec<String>, HostError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT 'sandbox ' || id FROM sandboxes WHERE image_digest = ?1 AND state NOT IN ('stopped', 'failed')
              UNION ALL SELECT 'snapshot ' || id FROM snapshots WHERE image_digest = ?1 AND template = 0",
         )?;
@@ -289,7 +328,7 @@ impl Db {
 
     /// Points an image name at a digest.
     pub fn set_image_name(&self, name: &str, digest: &str, now: i64) -> Result<(), HostError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO image_names (name, digest, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET digest = ?2, updated_at = ?3",
             params![name, digest, now],
@@ -300,7 +339,7 @@ impl Db {
     /// The digest a name points at.
     pub fn image_name(&self, name: &str) -> Result<Option<String>, HostError> {
         Ok(self
-            .conn
+            .conn()
             .query_row(
                 "SELECT digest FROM image_names WHERE name = ?1",
                 [name],
@@ -311,9 +350,8 @@ impl Db {
 
     /// Every (name, digest), by name.
     pub fn image_names(&self) -> Result<Vec<(String, String)>, HostError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, digest FROM image_names ORDER BY name")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, digest FROM image_names ORDER BY name")?;
         let v = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -322,7 +360,7 @@ impl Db {
 
     /// Removes a name.
     pub fn remove_image_name(&self, name: &str) -> Result<(), HostError> {
-        self.conn
+        self.conn()
             .execute("DELETE FROM image_names WHERE name = ?1", [name])?;
         Ok(())
     }
@@ -338,6 +376,9 @@ mod tests {
             name: name.map(str::to_string),
             image: "busybox".into(),
             image_digest: "sha256:b".into(),
+            owner: Some("t1".into()),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            env: Default::default(),
             state: "running".into(),
             cpus: 1,
             memory_mib: 256,

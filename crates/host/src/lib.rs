@@ -21,6 +21,7 @@ pub mod engine;
 pub mod images;
 pub use cove_store as store;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -195,6 +196,12 @@ pub struct SandboxRecord {
     pub boot_ms: Option<i64>,
     /// Why it failed or stopped.
     pub reason: Option<String>,
+    /// Its owner (coved's tenant); none when created locally.
+    pub owner: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Environment every exec in it gets (over the image's).
+    pub env: BTreeMap<String, String>,
 }
 
 /// A sandbox being started.
@@ -229,6 +236,8 @@ pub struct SnapshotRecord {
     pub dir: String,
     /// The template of its image.
     pub template: bool,
+    /// Its owner (coved's tenant); none for local snapshots and templates.
+    pub owner: Option<String>,
 }
 
 /// What to create.
@@ -254,6 +263,12 @@ pub struct CreateSpec {
     pub idle_timeout_secs: Option<u64>,
     /// `pause` or `hibernate` (default `pause`); the next request resumes it.
     pub on_idle: Option<String>,
+    /// Owner recorded on the sandbox.
+    pub owner: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Environment for every exec.
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for CreateSpec {
@@ -269,6 +284,9 @@ impl Default for CreateSpec {
             ttl_secs: None,
             idle_timeout_secs: None,
             on_idle: None,
+            owner: None,
+            labels: BTreeMap::new(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -365,8 +383,10 @@ impl Host {
                 allowed: "1 to 64",
             });
         }
+        let source = self.get(key)?;
         // The fork's snapshot lives only until the clones have started: it stays local.
-        let snap = self.take_snapshot(key, None, false, false).await?;
+        let snap = self.take_snapshot(&source.id, None, false, false).await?;
+        // Clones belong to the source's owner and carry its labels and environment.
         let spec = CreateSpec {
             image: snap.image.clone(),
             name: None,
@@ -375,6 +395,9 @@ impl Host {
             disk_mib: snap.disk_mib,
             from_snapshot: Some(snap.id.clone()),
             use_template: false,
+            owner: source.owner,
+            labels: source.labels,
+            env: source.env,
             ..CreateSpec::default()
         };
         // All clones start at once, then each is awaited: they restore in parallel.
@@ -462,6 +485,9 @@ impl Host {
             dir: dir.display().to_string(),
             boot_ms: None,
             reason: None,
+            owner: spec.owner.clone(),
+            labels: spec.labels.clone(),
+            env: spec.env.clone(),
         };
         if let Err(e) = self.db.insert(&rec) {
             let _ = std::fs::remove_dir_all(&dir);
@@ -627,6 +653,7 @@ impl Host {
             created_at: now_ms(),
             dir: dir.display().to_string(),
             template,
+            owner: if template { None } else { rec.owner.clone() },
         };
         if let Err(e) = self.db.insert_snapshot(&snap) {
             let _ = std::fs::remove_dir_all(&dir);
@@ -1393,6 +1420,13 @@ mod tests {
         assert_eq!(a.len(), 12);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, new_id());
+    }
+
+    #[test]
+    fn a_host_is_shared_across_threads() {
+        // coved serves concurrent requests from one Host.
+        fn shared<T: Send + Sync>() {}
+        shared::<Host>();
     }
 
     #[tokio::test]
