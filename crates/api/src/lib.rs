@@ -1,0 +1,212 @@
+//! Cove's public HTTP API (`/v1`): the request and response bodies, shared by coved, the SDK
+//! and the CLI, each described for the OpenAPI document coved serves at `/v1/openapi.json`.
+//!
+//! Requests reject unknown fields (a misspelt option is an error, not a silent default). Times
+//! are milliseconds since the Unix epoch.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Every error: a stable machine-readable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Error {
+    /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unprocessable`, `quota_exceeded`, `rate_limited`, `unavailable`,
+    /// `internal`.
+    pub code: String,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+    /// The request's id (also in the `x-request-id` header and coved's log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Image name, reference or digest (default `busybox`). Ignored with `snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Restore this snapshot (one of the tenant's) instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// vCPUs (1–32, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory in MiB (64–65536, default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Writable disk in MiB (64–1048576, default 2048).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u32>,
+    /// Environment for every command run in the sandbox (over the image's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Stop the sandbox this many seconds after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Apply `on_idle` after this many seconds without activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// `pause` (default) or `hibernate`; the next request resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_idle: Option<String>,
+    /// Labels, for filtering lists.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    /// 12 hex digits.
+    pub id: String,
+    /// `creating`, `running`, `paused`, `resuming`, `hibernated`, `stopped` or `failed`.
+    pub state: String,
+    /// The image as asked for.
+    pub image: String,
+    /// The image's manifest digest (what the sandbox runs on).
+    pub image_digest: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds from start to the agent answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<i64>,
+    /// Why it failed or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Environment of every command run in it.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A page of sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    /// Oldest first.
+    pub items: Vec<Sandbox>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/sandboxes/{id}/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    /// Program and arguments.
+    pub cmd: Vec<String>,
+    /// Environment over the sandbox's and the image's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User: name, uid or uid:gid (default: the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Standard input (UTF-8 text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Kill the command after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// Exit code; 128 + N when signal N ended it.
+    pub exit_code: i32,
+    /// Standard output (UTF-8, invalid bytes replaced), at most `limit` bytes.
+    pub stdout: String,
+    /// Standard error, likewise.
+    pub stderr: String,
+    /// Output beyond the limit was dropped.
+    pub stdout_truncated: bool,
+    /// Likewise for standard error.
+    pub stderr_truncated: bool,
+    /// The command was killed by its timeout.
+    pub timed_out: bool,
+}
+
+/// `POST /v1/sandboxes/{id}/fork`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fork {
+    /// How many clones (1–64, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// `POST /v1/sandboxes/{id}/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshot {}
+
+/// A snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    /// 12 hex digits.
+    pub id: String,
+    /// The sandbox it was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// Its image.
+    pub image: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// An installed image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    /// Manifest digest.
+    pub digest: String,
+    /// Names pointing at it.
+    pub names: Vec<String>,
+    /// Bytes of file content.
+    pub content_bytes: u64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A list of items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct List<T> {
+    /// The items.
+    pub items: Vec<T>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_wrong_types() {
+        let ok: CreateSandbox = serde_json::from_str(r#"{"image":"python","cpus":2}"#).unwrap();
+        assert_eq!(ok.cpus, Some(2));
+        let e = serde_json::from_str::<CreateSandbox>(r#"{"imgae":"python"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `imgae`"), "{e}");
+        assert!(serde_json::from_str::<CreateSandbox>(r#"{"cpus":-1}"#).is_err());
+        assert!(serde_json::from_str::<Exec>(r#"{"cmd":"ls"}"#).is_err());
+    }
+}

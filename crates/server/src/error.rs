@@ -1,0 +1,166 @@
+//! Every error coved answers: a status that fits and `{"code", "message", "request_id"}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cove_host::{ClientError, HostError};
+
+tokio::task_local! {
+    /// The request being served (set by the request-id middleware).
+    pub static REQUEST_ID: String;
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400.
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
+    }
+    /// 404: also what another tenant's sandbox looks like.
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}: {id}"),
+        )
+    }
+    /// 401.
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+    }
+    /// 403.
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", m)
+    }
+    /// 429, naming the quota or limit.
+    pub fn quota(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m)
+    }
+}
+
+impl From<HostError> for ApiError {
+    fn from(e: HostError) -> Self {
+        use StatusCode as S;
+        let message = e.to_string();
+        let (status, code) = match &e {
+            HostError::NoSuchSandbox(_) | HostError::NoSuchSnapshot(_) => {
+                (S::NOT_FOUND, "not_found")
+            }
+            HostError::NoSuchImage { .. } | HostError::Image(_) => {
+                (S::UNPROCESSABLE_ENTITY, "unprocessable")
+            }
+            HostError::NameTaken(_)
+            | HostError::NotRunning { .. }
+            | HostError::StillRunning(_)
+            | HostError::ImageInUse { .. } => (S::CONFLICT, "conflict"),
+            HostError::InvalidSetting { .. } => (S::BAD_REQUEST, "bad_request"),
+            HostError::MissingAsset { .. } | HostError::Engine(_) => {
+                (S::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            HostError::Client(c) => return client_error(c, message),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+fn client_error(c: &ClientError, message: String) -> ApiError {
+    use cove_protocol::ErrorCode as C;
+    match c {
+        ClientError::Agent(a) => {
+            let (status, code) = match a.code {
+                // A missing program or path is the request's fault, not a missing resource.
+                C::NotFound | C::NotADirectory | C::IsADirectory => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable")
+                }
+                C::InvalidRequest | C::Protocol => (StatusCode::BAD_REQUEST, "bad_request"),
+                C::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
+                C::AlreadyExists | C::NotEmpty => (StatusCode::CONFLICT, "conflict"),
+                C::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            ApiError::new(status, code, a.message.clone())
+        }
+        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        let m = e.to_string();
+        client_error(&e, m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        let body = cove_api::Error {
+            code: self.code.into(),
+            message: self.message,
+            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// JSON bodies: a malformed or mistyped body is a 400 (or 422 for well-formed JSON of the wrong
+/// shape, as axum tells them apart) with this server's error body, not axum's plain text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection as R;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(R::JsonDataError(e)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                e.body_text(),
+            )),
+            Err(R::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_request",
+                "send the body as JSON with `content-type: application/json`",
+            )),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is over the limit",
+            )),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

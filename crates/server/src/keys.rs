@@ -1,0 +1,331 @@
+//! API keys and tenants, in `COVE_HOME/coved.db` (SQLite).
+//!
+//! A key is 256 random bits, shown once (`cove_` + 64 hex digits) and stored only as its
+//! sha256: a database leak gives no usable key, and with that much entropy a slow hash adds
+//! nothing. Each key belongs to one tenant and has scopes: `read`, `exec` (implies read, and
+//! creating, changing and removing the tenant's sandboxes), `admin` (implies exec; images).
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use sha2::Digest as _;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// List and inspect.
+    Read,
+    /// Create, change, exec in and remove sandboxes.
+    Exec,
+    /// Everything, images included.
+    Admin,
+}
+
+impl Scope {
+    /// Parses `read`, `exec` or `admin`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Self::Read),
+            "exec" => Some(Self::Exec),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Exec => "exec",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's id.
+    pub key_id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its highest scope (the others are implied).
+    pub scope: Scope,
+}
+
+impl Principal {
+    /// True when the key's scope covers `need`.
+    pub fn allows(&self, need: Scope) -> bool {
+        self.scope >= need
+    }
+}
+
+/// A key as listed (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    /// Id (12 hex digits).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Scope.
+    pub scope: Scope,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// A tenant's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Quota {
+    /// Sandboxes not stopped or failed.
+    pub sandboxes: u32,
+    /// Their vCPUs.
+    pub vcpus: u32,
+    /// Their memory.
+    pub memory_mib: u32,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            sandboxes: 100,
+            vcpus: 64,
+            memory_mib: 64 << 10,
+        }
+    }
+}
+
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE keys (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    scope       TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE quotas (
+    tenant      TEXT PRIMARY KEY,
+    sandboxes   INTEGER NOT NULL,
+    vcpus       INTEGER NOT NULL,
+    memory_mib  INTEGER NOT NULL
+);
+"];
+
+/// The key store.
+#[derive(Debug)]
+pub struct Keys {
+    conn: Mutex<Connection>,
+}
+
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut b = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    }))
+}
+
+fn hash(secret: &str) -> String {
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .fold(String::new(), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Tenant names: what fits in logs and metrics labels unquoted.
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Keys {
+    /// Opens (creating and migrating) the store.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let done = usize::try_from(done).unwrap_or(0);
+        anyhow::ensure!(
+            done <= MIGRATIONS.len(),
+            "coved.db has schema version {done}, newer than this coved knows; upgrade it"
+        );
+        for m in &MIGRATIONS[done..] {
+            tx.execute_batch(m)?;
+        }
+        tx.pragma_update(None, "user_version", i64::try_from(MIGRATIONS.len())?)?;
+        tx.commit()?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new key for `tenant`; returns its info and the secret (shown once).
+    pub fn create(&self, tenant: &str, scope: Scope) -> anyhow::Result<(KeyInfo, String)> {
+        anyhow::ensure!(
+            valid_tenant(tenant),
+            "invalid tenant {tenant:?}: 1 to 64 of a-z, 0-9, - and _"
+        );
+        let id = random_hex(6)?;
+        let secret = format!("cove_{}", random_hex(32)?);
+        let created_at = now_ms();
+        self.conn().execute(
+            "INSERT INTO keys (id, tenant, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, tenant, scope.name(), hash(&secret), created_at],
+        )?;
+        Ok((
+            KeyInfo {
+                id,
+                tenant: tenant.into(),
+                scope,
+                created_at,
+                revoked_at: None,
+            },
+            secret,
+        ))
+    }
+
+    /// The principal of a presented secret; `None` for unknown or revoked keys.
+    pub fn authenticate(&self, secret: &str) -> anyhow::Result<Option<Principal>> {
+        let row: Option<(String, String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT id, tenant, scope FROM keys WHERE hash = ?1 AND revoked_at IS NULL",
+                [hash(secret)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(key_id, tenant, scope)| {
+            Some(Principal {
+                key_id,
+                tenant,
+                scope: Scope::parse(&scope)?,
+            })
+        }))
+    }
+
+    /// Every key, oldest first.
+    pub fn list(&self) -> anyhow::Result<Vec<KeyInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, tenant, scope, created_at, revoked_at FROM keys ORDER BY created_at, id",
+        )?;
+        let v = stmt
+            .query_map([], |r| {
+                let scope: String = r.get(2)?;
+                Ok(KeyInfo {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    scope: Scope::parse(&scope).unwrap_or(Scope::Read),
+                    created_at: r.get(3)?,
+                    revoked_at: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Revokes a key; false when there is no such (unrevoked) key.
+    pub fn revoke(&self, id: &str) -> anyhow::Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A tenant's quota (the defaults unless set).
+    pub fn quota(&self, tenant: &str) -> anyhow::Result<Quota> {
+        let q = self
+            .conn()
+            .query_row(
+                "SELECT sandboxes, vcpus, memory_mib FROM quotas WHERE tenant = ?1",
+                [tenant],
+                |r| {
+                    Ok(Quota {
+                        sandboxes: r.get(0)?,
+                        vcpus: r.get(1)?,
+                        memory_mib: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(q.unwrap_or_default())
+    }
+
+    /// Sets a tenant's quota.
+    pub fn set_quota(&self, tenant: &str, q: Quota) -> anyhow::Result<()> {
+        anyhow::ensure!(valid_tenant(tenant), "invalid tenant {tenant:?}");
+        self.conn().execute(
+            "INSERT INTO quotas (tenant, sandboxes, vcpus, memory_mib) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(tenant) DO UPDATE SET sandboxes = ?2, vcpus = ?3, memory_mib = ?4",
+            params![tenant, q.sandboxes, q.vcpus, q.memory_mib],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_authenticate_until_revoked_and_are_stored_hashed() {
+        let d = tempfile::tempdir().unwrap();
+        let keys = Keys::open(&d.path().join("coved.db")).unwrap();
+        let (info, secret) = keys.create("acme", Scope::Exec).unwrap();
+        assert!(
+            secret.starts_with("cove_") && secret.len() == 69,
+            "{secret}"
+        );
+        let p = keys.authenticate(&secret).unwrap().unwrap();
+        assert_eq!((p.tenant.as_str(), p.scope), ("acme", Scope::Exec));
+        assert!(p.allows(Scope::Read) && p.allows(Scope::Exec) && !p.allows(Scope::Admin));
+        assert!(keys.authenticate("cove_wrong").unwrap().is_none());
+        // The database, its WAL and shared memory: the secret is in none of them.
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let raw = std::fs::read(f.path()).unwrap();
+            assert!(
+                !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the secret itself is stored in {}",
+                f.path().display()
+            );
+        }
+        assert!(keys.revoke(&info.id).unwrap());
+        assert!(!keys.revoke(&info.id).unwrap());
+        assert!(keys.authenticate(&secret).unwrap().is_none());
+        assert!(keys.create("Bad Tenant", Scope::Read).is_err());
+        assert_eq!(keys.quota("acme").unwrap(), Quota::default());
+        let q = Quota {
+            sandboxes: 1,
+            vcpus: 2,
+            memory_mib: 512,
+        };
+        keys.set_quota("acme", q).unwrap();
+        assert_eq!(keys.quota("acme").unwrap(), q);
+    }
+}

@@ -1,0 +1,282 @@
+//! coved: Cove's HTTP API over this host's sandboxes.
+//!
+//! ```text
+//! coved [--listen ADDR] [--metrics-listen ADDR]     serve (ADDR: host:port or unix:/path)
+//! coved keys create --tenant NAME [--scope S]       prints a new key on stdout
+//! coved keys ls | coved keys revoke ID
+//! coved quota set TENANT --sandboxes N --vcpus N --memory-mib N
+//! ```
+
+mod app;
+mod error;
+mod keys;
+mod metrics;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "coved", version, about = "Cove's HTTP API")]
+struct Cli {
+    /// Cove home (state, images, sandboxes).
+    #[arg(long, env = "COVE_HOME", global = true)]
+    home: Option<PathBuf>,
+    /// Where to listen: `HOST:PORT` or `unix:/path` (default: unix:$COVE_HOME/coved.sock).
+    /// The first line on stdout says where it listens (with port 0, which port it got).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Serve `/metrics` here instead of on the API listener.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Requests per second per key (and as many in a burst).
+    #[arg(long, default_value_t = 100.0)]
+    rate_limit: f64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Tenant quotas.
+    Quota {
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints it (once) on stdout.
+    Create {
+        /// The tenant it belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// `read`, `exec` (read, and changing sandboxes) or `admin` (everything).
+        #[arg(long, default_value = "exec")]
+        scope: String,
+    },
+    /// List keys (never their secrets).
+    Ls {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// Key id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// Set a tenant's quota.
+    Set {
+        /// Tenant.
+        tenant: String,
+        /// Sandboxes (not stopped or failed).
+        #[arg(long)]
+        sandboxes: u32,
+        /// vCPUs.
+        #[arg(long)]
+        vcpus: u32,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory_mib: u32,
+    },
+    /// Show a tenant's quota.
+    Show {
+        /// Tenant.
+        tenant: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let home = cli.home.clone().unwrap_or_else(cove_host::default_home);
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let keys = keys::Keys::open(&home.join("coved.db"))?;
+    match cli.command {
+        Some(Command::Keys { command }) => keys_command(&keys, command),
+        Some(Command::Quota { command }) => match command {
+            QuotaCommand::Set {
+                tenant,
+                sandboxes,
+                vcpus,
+                memory_mib,
+            } => keys.set_quota(
+                &tenant,
+                keys::Quota {
+                    sandboxes,
+                    vcpus,
+                    memory_mib,
+                },
+            ),
+            QuotaCommand::Show { tenant } => {
+                println!("{}", serde_json::to_string(&keys.quota(&tenant)?)?);
+                Ok(())
+            }
+        },
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("COVE_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(cli, home, keys))
+        }
+    }
+}
+
+fn keys_command(keys: &keys::Keys, c: KeysCommand) -> anyhow::Result<()> {
+    match c {
+        KeysCommand::Create { tenant, scope } => {
+            let scope = keys::Scope::parse(&scope)
+                .with_context(|| format!("unknown scope {scope:?}: read, exec or admin"))?;
+            let (info, secret) = keys.create(&tenant, scope)?;
+            eprintln!(
+                "key {} for tenant {} ({:?})",
+                info.id, info.tenant, info.scope
+            );
+            println!("{secret}");
+        }
+        KeysCommand::Ls { json } => {
+            let all = keys.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("{:<12}  {:<20}  {:<6}  REVOKED", "ID", "TENANT", "SCOPE");
+                for k in all {
+                    println!(
+                        "{:<12}  {:<20}  {:<6}  {}",
+                        k.id,
+                        k.tenant,
+                        format!("{:?}", k.scope).to_lowercase(),
+                        if k.revoked_at.is_some() { "yes" } else { "-" }
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            anyhow::ensure!(keys.revoke(&id)?, "no such key (or already revoked): {id}");
+        }
+    }
+    Ok(())
+}
+
+/// A bound listener of either kind.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+async fn bind(addr: &str) -> anyhow::Result<Listener> {
+    match addr.strip_prefix("unix:") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            // A socket left by a coved that died; a live one would still answer.
+            if tokio::net::UnixStream::connect(&path).await.is_ok() {
+                anyhow::bail!("another coved is listening on {}", path.display());
+            }
+            let _ = std::fs::remove_file(&path);
+            let l = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            Ok(Listener::Unix(l, path))
+        }
+        None => Ok(Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        )),
+    }
+}
+
+impl Listener {
+    fn describe(&self) -> String {
+        match self {
+            Self::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+            Self::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    async fn serve(self, router: axum::Router) -> std::io::Result<()> {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        match self {
+            Self::Tcp(l) => {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Self::Unix(l, path) => {
+                let r = axum::serve(l, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                let _ = std::fs::remove_file(path);
+                r
+            }
+        }
+    }
+}
+
+async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cli.rate_limit.is_finite() && cli.rate_limit >= 1.0,
+        "--rate-limit: at least 1 request a second"
+    );
+    let host = cove_host::Host::open(&home)?;
+    // Re-attach: every recorded sandbox gets its true state before the first request.
+    let n = host.list()?.len();
+    let listen = cli
+        .listen
+        .clone()
+        .unwrap_or_else(|| format!("unix:{}", home.join("coved.sock").display()));
+    let api = bind(&listen).await?;
+    let metrics = match &cli.metrics_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let app = app::state(host, keys, cli.rate_limit, metrics.is_none());
+    println!("coved: listening on {}", api.describe());
+    if let Some(m) = &metrics {
+        println!("coved: metrics on {}", m.describe());
+    }
+    tracing::info!(sandboxes = n, home = %home.display(), "coved started");
+    let router = app::router(app.clone());
+    let api_task = tokio::spawn(api.serve(router));
+    if let Some(m) = metrics {
+        let app = app.clone();
+        let r = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let app = app.clone();
+                async move { app::render_metrics(&app) }
+            }),
+        );
+        tokio::spawn(m.serve(r));
+    }
+    api_task.await??;
+    Ok(())
+}
