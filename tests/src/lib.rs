@@ -312,3 +312,71 @@ pub fn default_layout(name: &str) -> PathBuf {
     assert!(out.status.success(), "building the {name} layout failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// A coved on 127.0.0.1 (a free port) over the test home; killed when dropped.
+#[derive(Debug)]
+pub struct Coved {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its process.
+    pub child: std::process::Child,
+}
+
+/// `coved ARGS` with the test home.
+pub fn coved() -> Command {
+    let bin = bin_dir().join("coved");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first",
+        bin.display()
+    );
+    let mut c = Command::new(bin);
+    c.env("COVE_HOME", home())
+        .env("COVE_VM_BIN", bin_dir().join("cove-vm"));
+    c
+}
+
+/// A new API key (`coved keys create`).
+pub fn api_key(tenant: &str, scope: &str) -> String {
+    let o = coved()
+        .args(["keys", "create", "--tenant", tenant, "--scope", scope])
+        .output()
+        .expect("coved keys create");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    text(&o).trim().to_string()
+}
+
+impl Coved {
+    /// Starts coved with `extra` arguments and waits for its listening line.
+    pub fn start(extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = coved()
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("COVE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("starting coved");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("coved: listening on ")
+            .unwrap_or_else(|| panic!("coved said {line:?}"))
+            .to_string();
+        Self {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+}
+
+impl Drop for Coved {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1104,7 +1104,8 @@ fn not_running(rec: SandboxRecord) -> HostError {
     }
 }
 
-fn validate(spec: &CreateSpec) -> Result<(), HostError> {
+/// Checks a create's settings (resources and policies) without creating anything.
+pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
     let bad = |what, value: String, allowed| HostError::InvalidSetting {
         what,
         value,

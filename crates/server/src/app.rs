@@ -350,6 +350,8 @@ async fn create_sandbox(
         env: req.env,
         ..defaults
     };
+    // Settings first: a malformed request is a 400 whatever the quota says.
+    cove_host::validate(&spec)?;
     let (cpus, memory_mib) = from
         .as_ref()
         .map_or((spec.cpus, spec.memory_mib), |s| (s.cpus, s.memory_mib));

@@ -1,0 +1,754 @@
+//! coved through HTTP with real guests: every route, two tenants against every route, scopes,
+//! revoked keys, malformed requests, quotas, metrics, a kill -9 restart, and a bounded load.
+
+use std::time::Duration;
+
+use cove_tests::{Coved, api_key, coved};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+fn tenant(tag: &str) -> String {
+    format!("{tag}-{}-{:04x}", std::process::id(), rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (t ^ (t >> 16)) as u16
+}
+
+struct Api {
+    http: Client,
+    url: String,
+}
+
+impl Api {
+    fn new(c: &Coved) -> Self {
+        Self {
+            http: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            url: c.url.clone(),
+        }
+    }
+
+    async fn call(
+        &self,
+        key: Option<&str>,
+        m: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self.http.request(m, format!("{}{path}", self.url));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().await.unwrap();
+        let status = res.status();
+        let has_id = res.headers().contains_key("x-request-id");
+        let text = res.text().await.unwrap();
+        assert!(has_id, "{path}: every response has a request id");
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_client_error() || status.is_server_error() {
+            assert!(
+                v["code"].is_string() && v["message"].is_string() && v["request_id"].is_string(),
+                "{path}: error bodies are JSON with code, message and request id: {v}"
+            );
+        }
+        (status, v)
+    }
+
+    async fn ok(&self, key: &str, m: Method, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(Some(key), m.clone(), path, body).await;
+        assert!(s.is_success(), "{m} {path}: {s} {v}");
+        v
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_two_tenants_scopes_and_bad_requests() {
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let (ta, tb) = (tenant("a"), tenant("b"));
+    let a = api_key(&ta, "exec");
+    let b = api_key(&tb, "admin");
+    let a_read = api_key(&ta, "read");
+
+    // Create, with labels and an environment every command gets.
+    let (s, sb) = api
+        .call(
+            Some(&a),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": "busybox", "memory_mib": 256, "labels": {"app": "web"}, "env": {"GREETING": "hi"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_string();
+    assert_eq!(sb["state"], "running");
+    let base = format!("/v1/sandboxes/{id}");
+
+    // The other tenant sees nothing of it, on every route: 404, as if it did not exist.
+    for (m, path, body) in [
+        (Method::GET, base.clone(), None),
+        (Method::DELETE, base.clone(), None),
+        (Method::POST, format!("{base}/pause"), None),
+        (Method::POST, format!("{base}/resume"), None),
+        (Method::POST, format!("{base}/hibernate"), None),
+        (Method::POST, format!("{base}/snapshot"), None),
+        (Method::POST, format!("{base}/fork"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("{base}/exec"),
+            Some(json!({"cmd": ["true"]})),
+        ),
+        (Method::GET, format!("{base}/logs"), None),
+    ] {
+        let (s, v) = api.call(Some(&b), m.clone(), &path, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{m} {path}: {v}");
+        assert_eq!(v["code"], "not_found");
+    }
+    let list = api.ok(&b, Method::GET, "/v1/sandboxes", None).await;
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["id"] != id.as_str())
+    );
+
+    // The owner: get, list with filters, exec with env and stdin.
+    assert_eq!(
+        api.ok(&a, Method::GET, &base, None).await["id"],
+        id.as_str()
+    );
+    let list = api
+        .ok(
+            &a_read,
+            Method::GET,
+            "/v1/sandboxes?label=app=web&state=running",
+            None,
+        )
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let list = api
+        .ok(&a, Method::GET, "/v1/sandboxes?label=app=db", None)
+        .await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+    let r = api
+        .ok(
+            &a,
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({
+                "cmd": ["sh", "-c", "echo $GREETING $EXTRA; cat; echo oops >&2; exit 3"],
+                "env": {"EXTRA": "there"}, "stdin": "from stdin\n",
+            })),
+        )
+        .await;
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["stdout"], "hi there\nfrom stdin\n");
+    assert_eq!(r["stderr"], "oops\n");
+    // Output past the limit is dropped and flagged; the command still finishes.
+    let r = api
+        .ok(
+            &a,
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({
+                "cmd": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo done >&2"]
+            })),
+        )
+        .await;
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(r["stdout_truncated"], true);
+    assert_eq!(r["stderr"], "done\n");
+    let r = api
+        .ok(
+            &a,
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({"cmd": ["sleep", "10"], "timeout_secs": 0.5})),
+        )
+        .await;
+    assert_eq!(r["timed_out"], true, "{r}");
+    let (s, v) = api
+        .call(
+            Some(&a),
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({"cmd": ["no-such-program"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    // Scopes: a read key reads but does not change; a revoked key is unknown.
+    let (s, v) = api
+        .call(Some(&a_read), Method::POST, &format!("{base}/pause"), None)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{v}"
+    );
+    let (s, _) = api
+        .call(
+            Some(&a),
+            Method::DELETE,
+            "/v1/images/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "images need admin");
+    let revoked = api_key(&ta, "exec");
+    let (s, _) = api.call(Some(&revoked), Method::GET, &base, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let id_of = coved().args(["keys", "ls", "--json"]).output().unwrap();
+    let keys: Value = serde_json::from_slice(&id_of.stdout).unwrap();
+    let kid = keys.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        coved()
+            .args(["keys", "revoke", &kid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (s, v) = api.call(Some(&revoked), Method::GET, &base, None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+        "{v}"
+    );
+    let (s, _) = api.call(None, Method::GET, &base, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = api
+        .call(Some("cove_made_up"), Method::GET, &base, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Lifecycle through HTTP.
+    assert_eq!(
+        api.ok(&a, Method::POST, &format!("{base}/pause"), None)
+            .await["state"],
+        "paused"
+    );
+    let (s, v) = api
+        .call(
+            Some(&a),
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({"cmd": ["true"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "exec in a paused sandbox: {v}"
+    );
+    assert_eq!(
+        api.ok(&a, Method::POST, &format!("{base}/resume"), None)
+            .await["state"],
+        "running"
+    );
+    assert_eq!(
+        api.ok(&a, Method::POST, &format!("{base}/hibernate"), None)
+            .await["state"],
+        "hibernated"
+    );
+    assert_eq!(
+        api.ok(&a, Method::POST, &format!("{base}/resume"), None)
+            .await["state"],
+        "running"
+    );
+    let snap = api
+        .ok(&a, Method::POST, &format!("{base}/snapshot"), None)
+        .await;
+    let snap_id = snap["id"].as_str().unwrap().to_string();
+    let snaps = api.ok(&a, Method::GET, "/v1/snapshots", None).await;
+    assert!(
+        snaps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == snap_id.as_str())
+    );
+    let snaps_b = api.ok(&b, Method::GET, "/v1/snapshots", None).await;
+    assert!(
+        snaps_b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["id"] != snap_id.as_str())
+    );
+    let (s, _) = api
+        .call(
+            Some(&b),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"snapshot": snap_id})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another tenant's snapshot");
+    let restored = api
+        .ok(
+            &a,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"snapshot": snap_id})),
+        )
+        .await;
+    let forks = api
+        .ok(
+            &a,
+            Method::POST,
+            &format!("{base}/fork"),
+            Some(json!({"count": 2})),
+        )
+        .await;
+    let forks: Vec<String> = forks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(forks.len(), 2);
+    for f in &forks {
+        let r = api
+            .ok(
+                &a,
+                Method::POST,
+                &format!("/v1/sandboxes/{f}/exec"),
+                Some(json!({"cmd": ["sh", "-c", "echo $GREETING"]})),
+            )
+            .await;
+        assert_eq!(r["stdout"], "hi\n", "a fork keeps the environment");
+    }
+    let logs = api.ok(&a, Method::GET, &format!("{base}/logs"), None).await;
+    assert!(logs.as_str().is_some_and(|l| !l.is_empty()), "{logs}");
+    api.ok(
+        &a,
+        Method::DELETE,
+        &format!("/v1/snapshots/{snap_id}"),
+        None,
+    )
+    .await;
+    let images = api.ok(&a_read, Method::GET, "/v1/images", None).await;
+    assert!(images["items"].as_array().unwrap().iter().any(|i| {
+        i["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "busybox")
+    }));
+
+    // Malformed requests: a 4xx with a code, and nothing created.
+    let before = api.ok(&a, Method::GET, "/v1/sandboxes", None).await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let raw = |body: &'static str| {
+        let api = &api;
+        let a = a.clone();
+        async move {
+            let res = api
+                .http
+                .post(format!("{}/v1/sandboxes", api.url))
+                .bearer_auth(a)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let s = res.status();
+            let v: Value = res.json().await.unwrap();
+            (s, v["code"].as_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(
+        raw("{bad json").await,
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    assert_eq!(
+        raw(r#"{"cpus": "two"}"#).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable".into())
+    );
+    assert_eq!(
+        raw(r#"{"cpus": -1}"#).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable".into())
+    );
+    assert_eq!(
+        raw(r#"{"imgae": "busybox"}"#).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable".into())
+    );
+    assert_eq!(
+        raw(r#"{"cpus": 1000}"#).await,
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    assert_eq!(
+        raw(r#"{"image": "no-such-image"}"#).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable".into())
+    );
+    assert_eq!(
+        raw(r#"{"env": {"BAD NAME": "x"}}"#).await,
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    let huge = format!(r#"{{"labels": {{"k": "{}"}}}}"#, "x".repeat(2 << 20));
+    let res = api
+        .http
+        .post(format!("{}/v1/sandboxes", api.url))
+        .bearer_auth(&a)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, v) = api
+        .call(Some(&a), Method::GET, "/v1/sandboxes?limit=0", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = api.call(Some(&a), Method::GET, "/v1/nope", None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_route"))
+    );
+    let after = api.ok(&a, Method::GET, "/v1/sandboxes", None).await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "a refused create leaves nothing");
+
+    // Pagination: three pages of one.
+    let mut seen = vec![];
+    let mut cursor = String::new();
+    loop {
+        let page = api
+            .ok(
+                &a,
+                Method::GET,
+                &format!("/v1/sandboxes?limit=1{cursor}"),
+                None,
+            )
+            .await;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "the sandbox, the restore and two forks: {seen:?}"
+    );
+
+    // Metrics, unauthenticated.
+    let m = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("cove_operation_seconds_count{op=\"create\"}"),
+        "{m}"
+    );
+    assert!(m.contains("cove_sandboxes{state=\"running\"}"), "{m}");
+    assert!(m.contains("cove_execs_total{outcome=\"ok\"}"), "{m}");
+
+    // Every sandbox goes.
+    for s in seen {
+        let (st, _) = api
+            .call(
+                Some(&a),
+                Method::DELETE,
+                &format!("/v1/sandboxes/{s}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+    }
+    let _ = restored;
+    let (s, _) = api.call(Some(&a), Method::GET, &base, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_and_the_router_agree() {
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let key = api_key(&tenant("doc"), "admin");
+    let doc: Value = api
+        .http
+        .get(format!("{}/v1/openapi.json", api.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15, "{:?}", paths.keys());
+    // Every documented route is served: asked with ids that exist nowhere, each answers from
+    // its handler (not found, unprocessable…), never the router's `no_route` or
+    // `method_not_allowed`. (The router is built from these same handlers, so it serves nothing
+    // the document lacks; an undocumented path gets `no_route`.)
+    for (path, ops) in paths {
+        let concrete = path.replace("{id}", "000000000000").replace(
+            "{digest}",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        );
+        for method in ops.as_object().unwrap().keys() {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (m == Method::POST).then(|| json!({"cpus": "not a number", "cmd": []}));
+            let (s, v) = api.call(Some(&key), m.clone(), &concrete, body).await;
+            let code = v["code"].as_str().unwrap_or("");
+            assert!(
+                code != "no_route"
+                    && code != "method_not_allowed"
+                    && s != StatusCode::METHOD_NOT_ALLOWED,
+                "{m} {path} is documented but not served: {s} {v}"
+            );
+        }
+    }
+    let (s, v) = api
+        .call(Some(&key), Method::GET, "/v1/undocumented", None)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_route"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
+    let t = tenant("quota");
+    let key = api_key(&t, "exec");
+    let o = coved()
+        .args([
+            "quota",
+            "set",
+            &t,
+            "--sandboxes",
+            "1",
+            "--vcpus",
+            "1",
+            "--memory-mib",
+            "512",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let server = Coved::start(&["--rate-limit", "1000"]);
+    let api = Api::new(&server);
+    let (s, v) = api
+        .call(
+            Some(&key),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 1024})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory (MiB) quota"),
+        "{v}"
+    );
+    // Two at once against a quota of one: exactly one wins.
+    let body = json!({"memory_mib": 256});
+    let (r1, r2) = tokio::join!(
+        api.call(
+            Some(&key),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(body.clone())
+        ),
+        api.call(
+            Some(&key),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(body.clone())
+        ),
+    );
+    let mut statuses = [r1.0, r2.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::TOO_MANY_REQUESTS],
+        "{r1:?} {r2:?}"
+    );
+    let (won, lost) = if r1.0 == StatusCode::CREATED {
+        (r1.1, r2.1)
+    } else {
+        (r2.1, r1.1)
+    };
+    assert!(
+        lost["message"]
+            .as_str()
+            .unwrap()
+            .contains("sandboxes quota"),
+        "{lost}"
+    );
+    let id = won["id"].as_str().unwrap();
+    api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    drop(server);
+
+    // A rate of 1 a second: a burst of 5 meets 429 `rate_limited`.
+    let server = Coved::start(&["--rate-limit", "1"]);
+    let api = Api::new(&server);
+    let mut limited = 0;
+    for _ in 0..5 {
+        let (s, v) = api
+            .call(Some(&key), Method::GET, "/v1/sandboxes", None)
+            .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(v["code"], "rate_limited");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited} of 5 limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coved_killed_mid_request_restarts_with_every_sandbox_intact() {
+    let t = tenant("restart");
+    let key = api_key(&t, "exec");
+    let mut server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let sb = api
+        .ok(
+            &key,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    api.ok(
+        &key,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/exec"),
+        Some(json!({"cmd": ["sh", "-c", "echo kept > /root/state"]})),
+    )
+    .await;
+    // An exec in flight when coved dies.
+    let inflight = {
+        let http = api.http.clone();
+        let url = format!("{}/v1/sandboxes/{id}/exec", api.url);
+        let key = key.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"cmd": ["sleep", "30"]}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SIGKILL: no chance to clean up.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert!(
+        inflight.await.unwrap().is_err(),
+        "the in-flight request failed with the server"
+    );
+
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let got = api
+        .ok(&key, Method::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(got["state"], "running", "{got}");
+    let r = api
+        .ok(
+            &key,
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["cat", "/root/state"]})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "kept\n");
+    // The interrupted command ended with its session: nothing of it is left running.
+    let r = api
+        .ok(
+            &key,
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["sh", "-c", "pgrep -x sleep || echo none"]})),
+        )
+        .await;
+    assert_eq!(r["stdout"], "none\n", "{r}");
+    api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_execs_across_ten_sandboxes() {
+    let t = tenant("load");
+    let key = api_key(&t, "exec");
+    let server = Coved::start(&["--rate-limit", "10000"]);
+    let api = std::sync::Arc::new(Api::new(&server));
+    let mut ids = vec![];
+    for _ in 0..10 {
+        let sb = api
+            .ok(
+                &key,
+                Method::POST,
+                "/v1/sandboxes",
+                Some(json!({"memory_mib": 128, "disk_mib": 256})),
+            )
+            .await;
+        ids.push(sb["id"].as_str().unwrap().to_string());
+    }
+    let mut tasks = vec![];
+    for i in 0..200 {
+        let (api, key, id) = (api.clone(), key.clone(), ids[i % 10].clone());
+        tasks.push(tokio::spawn(async move {
+            let r = api
+                .ok(
+                    &key,
+                    Method::POST,
+                    &format!("/v1/sandboxes/{id}/exec"),
+                    Some(json!({
+                        "cmd": ["sh", "-c", format!("seq 1 {}; echo end-{i}", 100 + i)]
+                    })),
+                )
+                .await;
+            (i, r)
+        }));
+    }
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        let expect: String =
+            (1..=100 + i).map(|n| format!("{n}\n")).collect::<String>() + &format!("end-{i}\n");
+        assert_eq!(r["exit_code"], 0);
+        assert_eq!(r["stdout"].as_str().unwrap(), expect, "exec {i}");
+    }
+    for id in ids {
+        api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+            .await;
+    }
+}
