@@ -8,15 +8,11 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
 fn tenant(tag: &str) -> String {
-    format!("{tag}-{}-{:04x}", std::process::id(), rand_u16())
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    (t ^ (t >> 16)) as u16
+    format!("{tag}-{}-{nanos:08x}", std::process::id())
 }
 
 struct Api {
