@@ -44,6 +44,7 @@ bench: build
 	COVE_HOME="$(TEST_HOME)" bench/run exec
 	COVE_HOME="$(TEST_HOME)" bench/run lifecycle
 	COVE_HOME="$(TEST_HOME)" bench/run image-import
+	COVE_HOME="$(TEST_HOME)" bench/run api
 
 fmt:
 	$(CARGO) fmt --all

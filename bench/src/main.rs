@@ -3,6 +3,8 @@
 //! - `boot`: cove-vm start → agent answered, 10 runs; beside it, in the same run, plain QEMU
 //!   booting the same kernel and initramfs to the init's first console line.
 //! - `exec`: round trip of `true` in a running sandbox (100 runs, p50/p99), and stdout MB/s.
+//! - `api`: what coved adds: create-from-template and exec of `true` through HTTP against the
+//!   same calls through the `host` library, interleaved in one run (p50/p99 each).
 //! - `image-import`: importing the `python` OCI layout into a fresh home (3 runs), a second
 //!   import of the same digest (the cache hit, 20 runs), and beside them, in the same run, the
 //!   plain tools doing the same work (`tar -xzf` of the layer, then `mkfs.ext4 -d`).
@@ -439,6 +441,131 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// A coved on a free loopback port over `home`, killed on drop.
+struct Coved(std::process::Child, String);
+
+impl Drop for Coved {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
+    use std::io::BufRead;
+    let coved = std::env::current_exe()?.with_file_name("coved");
+    let tenant = format!("bench-{}", std::process::id());
+    let out = Command::new(&coved)
+        .arg("--home")
+        .arg(home)
+        .args(["keys", "create", "--tenant", &tenant])
+        .stderr(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("coved keys create failed");
+    }
+    let key = String::from_utf8(out.stdout)?.trim().to_string();
+    let mut child = Command::new(&coved)
+        .arg("--home")
+        .arg(home)
+        .args(["--listen", "127.0.0.1:0", "--rate-limit", "100000"])
+        .env("COVE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("coved stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("coved: listening on ")
+        .with_context(|| format!("coved said {line:?}"))?
+        .to_string();
+    let server = Coved(child, format!("http://{addr}"));
+    let http = reqwest::Client::new();
+    let spec = CreateSpec {
+        memory_mib: 256,
+        ..Default::default()
+    };
+    let tpl = host.template_create(&spec).await?;
+    let (mut lib_create, mut api_create) = (Vec::new(), Vec::new());
+    let (mut lib_exec, mut api_exec) = (Vec::new(), Vec::new());
+    let result = async {
+        let body = json!({"memory_mib": 256});
+        // Interleaved, so both see the same machine.
+        for _ in 0..10 {
+            let t = Instant::now();
+            let r = host.create(&spec).await?;
+            lib_create.push(ms(t));
+            host.remove(&r.id, true).await?;
+            let t = Instant::now();
+            let res = http
+                .post(format!("{}/v1/sandboxes", server.1))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?;
+            api_create.push(ms(t));
+            let v: serde_json::Value = res.json().await?;
+            let id = v["id"].as_str().with_context(|| format!("create: {v}"))?;
+            http.delete(format!("{}/v1/sandboxes/{id}", server.1))
+                .bearer_auth(&key)
+                .send()
+                .await?;
+        }
+        let rec = host
+            .create(&CreateSpec {
+                owner: Some(tenant.clone()),
+                ..spec.clone()
+            })
+            .await?;
+        let r = async {
+            let req = ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            };
+            let url = format!("{}/v1/sandboxes/{}/exec", server.1, rec.id);
+            let body = json!({"cmd": ["true"]});
+            for i in 0..101 {
+                // The library as an API client of it would use it: a connection per call.
+                let t = Instant::now();
+                let c = host.connect(&rec.id).await?;
+                c.output(req.clone(), None).await?;
+                let lib = ms(t);
+                let t = Instant::now();
+                let res = http.post(&url).bearer_auth(&key).json(&body).send().await?;
+                let v: serde_json::Value = res.json().await?;
+                let over_api = ms(t);
+                if v["exit_code"] != 0 {
+                    bail!("exec: {v}");
+                }
+                // The first of each warms caches.
+                if i > 0 {
+                    lib_exec.push(lib);
+                    api_exec.push(over_api);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        host.remove(&rec.id, true).await?;
+        r
+    }
+    .await;
+    host.remove_snapshot(&tpl.id).await?;
+    result?;
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 500)
+    };
+    Ok(json!({
+        "bench": "api",
+        "create_from_template_ms": {"library": summary(lib_create.clone()), "api": summary(api_create.clone())},
+        "create_added_ms_p50": med(&api_create) - med(&lib_create),
+        "exec_true_ms": {"library": summary(lib_exec.clone()), "api": summary(api_exec.clone())},
+        "exec_added_ms_p50": med(&api_exec) - med(&lib_exec),
+    }))
+}
+
 /// The `python` image's OCI layout (cached by guest/images/build.sh).
 fn python_layout() -> anyhow::Result<PathBuf> {
     let out = Command::new("guest/images/build.sh")
@@ -557,7 +684,8 @@ async fn main() -> anyhow::Result<()> {
         "exec" => exec(&host, 100).await?,
         "lifecycle" => lifecycle(&host).await?,
         "image-import" => image_import(Path::new(&home)).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle|image-import"),
+        "api" => api(&host, Path::new(&home)).await?,
+        _ => bail!("usage: bench/run boot|exec|lifecycle|image-import|api"),
     };
     println!("{line}");
     Ok(())
