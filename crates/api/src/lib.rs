@@ -142,6 +142,85 @@ pub struct ExecResult {
     pub timed_out: bool,
 }
 
+/// The first message (text, JSON) on `GET /v1/sandboxes/{id}/exec/ws`.
+///
+/// After it, the client sends stdin as binary messages and [`ExecControl`] as text; the server
+/// sends output as binary messages whose first byte is the stream (1 stdout, 2 stderr) and
+/// [`ExecEvent`] as text, ending with `exit` (or `error`) and a close.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStart {
+    /// Program and arguments.
+    pub cmd: Vec<String>,
+    /// Environment over the sandbox's and the image's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Run on a terminal of this size (stderr then goes to the terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+    /// Keep stdin open for the client's binary messages (else it is empty).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Kill the command after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+}
+
+/// A terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TtySize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// Client → server control messages of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecControl {
+    /// No more stdin.
+    Eof,
+    /// The terminal changed size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Send a signal to the command's process group.
+    Signal {
+        /// Signal number.
+        signal: i32,
+    },
+}
+
+/// Server → client events of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    /// The command runs.
+    Started {
+        /// Its pid in the guest.
+        pid: u32,
+    },
+    /// It ended.
+    Exit {
+        /// Exit code; 128 + N for signal N.
+        exit_code: i32,
+        /// Its timeout killed it.
+        timed_out: bool,
+    },
+    /// It could not start, or the sandbox went away.
+    Error(Error),
+}
+
 /// `POST /v1/sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -82,7 +82,8 @@ pub fn state(host: Host, keys: Keys, rate: f64, metrics_on_api: bool) -> App {
 pub struct Auth(pub Principal);
 
 impl Auth {
-    fn need(&self, scope: Scope) -> Result<(), ApiError> {
+    /// Refuses (403) unless the key's scope covers `scope`.
+    pub(crate) fn need(&self, scope: Scope) -> Result<(), ApiError> {
         if self.0.allows(scope) {
             Ok(())
         } else {
@@ -148,7 +149,7 @@ impl Inner {
 
     /// The tenant's sandbox `id`: another tenant's, a malformed id and a missing one all read
     /// `404`.
-    fn owned(&self, p: &Principal, id: &str) -> Result<SandboxRecord, ApiError> {
+    pub(crate) fn owned(&self, p: &Principal, id: &str) -> Result<SandboxRecord, ApiError> {
         let nf = || ApiError::not_found("sandbox", id);
         if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(nf());
@@ -569,27 +570,46 @@ async fn exec_sandbox(
             "cmd: give the program and its arguments",
         ));
     }
-    check_env(&req.env)?;
-    let timeout_ms = match req.timeout_secs {
-        None => None,
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
-            Some(std::time::Duration::from_secs_f64(s).as_millis().max(1))
-        }
-        Some(s) => {
-            return Err(ApiError::bad_request(format!(
-                "timeout_secs {s}: 0 to 86400"
-            )));
-        }
-    };
-    let result = run(
-        &app,
-        &r,
-        req,
-        timeout_ms.map(|m| u64::try_from(m).unwrap_or(u64::MAX)),
-    )
-    .await;
+    let timeout_ms = timeout_ms(req.timeout_secs)?;
+    let result = run(&app, &r, req, timeout_ms).await;
     app.metrics.exec(result.is_ok());
     Ok(Json(result?))
+}
+
+/// `timeout_secs` as the agent's milliseconds.
+pub(crate) fn timeout_ms(secs: Option<f64>) -> Result<Option<u64>, ApiError> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some(
+            u64::try_from(std::time::Duration::from_secs_f64(s).as_millis().max(1))
+                .unwrap_or(u64::MAX),
+        )),
+        Some(s) => Err(ApiError::bad_request(format!(
+            "timeout_secs {s}: more than 0, at most 86400"
+        ))),
+    }
+}
+
+/// An exec's environment (the image's, the sandbox's, the request's, each over the one
+/// before), working directory and user; the caller fills in the rest.
+pub(crate) fn exec_env(
+    app: &Inner,
+    r: &SandboxRecord,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    user: Option<String>,
+) -> Result<ExecRequest, ApiError> {
+    check_env(&env)?;
+    let image = app.host.image_of(r).map(|i| i.config).unwrap_or_default();
+    let mut all: BTreeMap<String, String> = image.env_pairs().into_iter().collect();
+    all.extend(r.env.clone());
+    all.extend(env);
+    Ok(ExecRequest {
+        env: all.into_iter().collect(),
+        cwd: cwd.or(image.workdir),
+        user: user.or(image.user),
+        ..ExecRequest::default()
+    })
 }
 
 async fn run(
@@ -598,20 +618,14 @@ async fn run(
     req: api::Exec,
     timeout_ms: Option<u64>,
 ) -> Result<api::ExecResult, ApiError> {
-    let image = app.host.image_of(r).map(|i| i.config).unwrap_or_default();
-    let mut env: BTreeMap<String, String> = image.env_pairs().into_iter().collect();
-    env.extend(r.env.clone());
-    env.extend(req.env);
+    let base = exec_env(app, r, req.env, req.cwd, req.user)?;
     let client = app.host.connect(&r.id).await?;
     let mut ex = client
         .exec(ExecRequest {
             argv: req.cmd,
-            env: env.into_iter().collect(),
-            cwd: req.cwd.or(image.workdir),
-            user: req.user.or(image.user),
-            tty: None,
             stdin: req.stdin.is_some(),
             timeout_ms,
+            ..base
         })
         .await?;
     if let Some(input) = req.stdin {
@@ -836,6 +850,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(snapshot_sandbox))
         .routes(routes!(fork_sandbox))
         .routes(routes!(exec_sandbox))
+        .routes(routes!(crate::ws::exec_ws))
         .routes(routes!(sandbox_logs))
         .routes(routes!(list_snapshots))
         .routes(routes!(delete_snapshot))

@@ -11,6 +11,7 @@ mod app;
 mod error;
 mod keys;
 mod metrics;
+mod ws;
 
 use std::path::PathBuf;
 

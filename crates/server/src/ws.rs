@@ -1,0 +1,192 @@
+//! Streaming exec over WebSocket: stdin, stdout, stderr, terminal resizes, signals, the exit.
+//! The messages are in `cove_api::{ExecStart, ExecControl, ExecEvent}`.
+//!
+//! Backpressure is end to end: output is read from the agent only as fast as the WebSocket
+//! takes it, so a slow client holds back the guest's writer through the session's credit window
+//! rather than filling coved's memory.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use cove_api as api;
+use cove_host::agent::{Event, SessionSender};
+use cove_protocol::{ExecRequest, Reply, Request, Stream, TtySize};
+
+use crate::app::{App, Auth, exec_env};
+use crate::error::ApiError;
+use crate::keys::Scope;
+
+/// Start a command and stream it (WebSocket; see `ExecStart`, `ExecControl`, `ExecEvent`).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/ws", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 101, description = "Upgraded: send an ExecStart"),
+        (status = 404, body = api::Error), (status = 426, description = "Not a WebSocket request", body = api::Error)))]
+pub async fn exec_ws(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    auth.need(Scope::Exec)?;
+    let rec = app.owned(&auth.0, &id)?;
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("this route is a WebSocket: {}", e.body_text()),
+        )
+    })?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        let mut socket = socket;
+        let outcome = session(&app, &rec, &mut socket).await;
+        app.metrics.exec(outcome.is_ok());
+        if let Err(e) = outcome {
+            let ev = api::ExecEvent::Error(api::Error {
+                code: e.code.into(),
+                message: e.message,
+                request_id: None,
+            });
+            let _ = socket
+                .send(Message::Text(
+                    serde_json::to_string(&ev).expect("serializes").into(),
+                ))
+                .await;
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }))
+}
+
+fn event(ev: &api::ExecEvent) -> Message {
+    Message::Text(serde_json::to_string(ev).expect("serializes").into())
+}
+
+async fn session(
+    app: &crate::app::Inner,
+    rec: &cove_host::SandboxRecord,
+    socket: &mut WebSocket,
+) -> Result<(), ApiError> {
+    let start: api::ExecStart = match socket.recv().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(&t).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                format!("the first message must be an ExecStart: {e}"),
+            )
+        })?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "the first message must be an ExecStart (text)",
+            ));
+        }
+    };
+    if start.cmd.first().is_none_or(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "cmd: give the program and its arguments",
+        ));
+    }
+    let timeout_ms = crate::app::timeout_ms(start.timeout_secs)?;
+    let base = exec_env(app, rec, start.env, start.cwd, start.user)?;
+    let client = app.host.connect(&rec.id).await?;
+    let mut ex = client
+        .exec(ExecRequest {
+            argv: start.cmd,
+            tty: start.tty.map(|t| TtySize {
+                rows: t.rows,
+                cols: t.cols,
+            }),
+            stdin: start.stdin,
+            timeout_ms,
+            ..base
+        })
+        .await?;
+    let _ = socket
+        .send(event(&api::ExecEvent::Started { pid: ex.pid }))
+        .await;
+    let sender = ex.session.sender();
+    let mut stdin_open = start.stdin;
+    loop {
+        tokio::select! {
+            ev = ex.session.next() => match ev {
+                Some(Event::Data(stream, b)) => {
+                    let mut m = Vec::with_capacity(b.len() + 1);
+                    m.push(if stream == Stream::Stderr { 2 } else { 1 });
+                    m.extend_from_slice(&b);
+                    if socket.send(Message::Binary(m.into())).await.is_err() {
+                        // The client left: the session ends with this function, and the agent
+                        // kills what the session started.
+                        return Ok(());
+                    }
+                }
+                Some(Event::Eof(_)) => {}
+                Some(Event::Reply(Reply::Exited(st))) => {
+                    let _ = socket.send(event(&api::ExecEvent::Exit {
+                        exit_code: st.shell_code(),
+                        timed_out: st.timed_out,
+                    })).await;
+                    return Ok(());
+                }
+                Some(Event::Reply(Reply::Error(e))) => {
+                    return Err(cove_host::ClientError::from(e).into());
+                }
+                Some(Event::Reply(_)) => {}
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the sandbox went away while the command ran",
+                    ));
+                }
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) if stdin_open => {
+                    for chunk in b.chunks(cove_protocol::frame::MAX_DATA_CHUNK) {
+                        sender.data(Stream::Stdin, chunk.to_vec()).await?;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(ApiError::bad_request("stdin was not asked for (ExecStart.stdin)"));
+                }
+                Some(Ok(Message::Text(t))) => {
+                    control(&sender, &t, &mut stdin_open).await?;
+                }
+                Some(Ok(_)) => {}
+                // Closed or broken: dropping the session ends the command.
+                Some(Err(_)) | None => return Ok(()),
+            },
+        }
+    }
+}
+
+async fn control(
+    sender: &SessionSender,
+    text: &str,
+    stdin_open: &mut bool,
+) -> Result<(), ApiError> {
+    let c: api::ExecControl = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            format!("not an ExecControl: {e}"),
+        )
+    })?;
+    match c {
+        api::ExecControl::Eof => {
+            if std::mem::take(stdin_open) {
+                sender.eof(Stream::Stdin).await?;
+            }
+        }
+        api::ExecControl::Resize { rows, cols } => {
+            sender
+                .request(&Request::Resize(TtySize { rows, cols }))
+                .await?;
+        }
+        api::ExecControl::Signal { signal } => {
+            if !(1..=64).contains(&signal) {
+                return Err(ApiError::bad_request(format!("signal {signal}: 1 to 64")));
+            }
+            sender.request(&Request::Signal { signal }).await?;
+        }
+    }
+    Ok(())
+}
