@@ -748,3 +748,197 @@ async fn two_hundred_concurrent_execs_across_ten_sandboxes() {
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_exec_over_websocket_with_stdin_resize_and_signals() {
+    use cove_sdk::ExecOutput;
+    let key = api_key(&tenant("ws"), "exec");
+    let server = Coved::start(&[]);
+    let c = cove_sdk::Client::new(&server.url, &key).unwrap();
+    let sb = c
+        .create(&cove_api::CreateSandbox {
+            memory_mib: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let collect = |mut out: cove_sdk::ExecReader| async move {
+        let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
+        while let Some(ev) = out.next().await {
+            match ev.unwrap() {
+                ExecOutput::Stdout(b) => stdout.extend(b),
+                ExecOutput::Stderr(b) => stderr.extend(b),
+                ExecOutput::Exit(code, timed_out) => exit = Some((code, timed_out)),
+                ExecOutput::Started(pid) => assert!(pid > 1),
+            }
+        }
+        (
+            String::from_utf8(stdout).unwrap(),
+            String::from_utf8(stderr).unwrap(),
+            exit,
+        )
+    };
+
+    // Stdin in several pieces, then its end; stdout and stderr apart.
+    let mut s = c
+        .exec_stream(
+            &sb.id,
+            &cove_api::ExecStart {
+                cmd: vec!["sh".into(), "-c".into(), "cat; echo done >&2".into()],
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for part in ["one ", "two ", "three\n"] {
+        s.input.stdin(part.as_bytes()).await.unwrap();
+    }
+    s.input.control(&cove_api::ExecControl::Eof).await.unwrap();
+    let (out, err, exit) = collect(s.output).await;
+    assert_eq!(
+        (out.as_str(), err.as_str(), exit),
+        ("one two three\n", "done\n", Some((0, false)))
+    );
+
+    // A terminal, resized while the command waits.
+    let mut s = c
+        .exec_stream(
+            &sb.id,
+            &cove_api::ExecStart {
+                cmd: vec!["sh".into(), "-c".into(), "read x; stty size".into()],
+                tty: Some(cove_api::TtySize { rows: 24, cols: 80 }),
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    s.input
+        .control(&cove_api::ExecControl::Resize {
+            rows: 40,
+            cols: 100,
+        })
+        .await
+        .unwrap();
+    s.input.stdin(b"go\n").await.unwrap();
+    let (out, _, exit) = collect(s.output).await;
+    assert!(out.contains("40 100"), "{out:?}");
+    assert_eq!(exit, Some((0, false)));
+
+    // A signal to the command.
+    let mut s = c
+        .exec_stream(
+            &sb.id,
+            &cove_api::ExecStart {
+                cmd: vec!["sleep".into(), "30".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let first = s.output.next().await.unwrap().unwrap();
+    assert!(matches!(first, ExecOutput::Started(_)), "{first:?}");
+    s.input
+        .control(&cove_api::ExecControl::Signal { signal: 9 })
+        .await
+        .unwrap();
+    let (_, _, exit) = collect(s.output).await;
+    assert_eq!(exit, Some((137, false)));
+
+    // The image's default command when none is given; refusals before the upgrade are JSON.
+    let s = c
+        .exec_stream(
+            &sb.id,
+            &cove_api::ExecStart {
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut input = s.input;
+    input.stdin(b"echo from the default shell\n").await.unwrap();
+    input.control(&cove_api::ExecControl::Eof).await.unwrap();
+    let (out, _, exit) = collect(s.output).await;
+    assert_eq!(
+        (out.as_str(), exit),
+        ("from the default shell\n", Some((0, false)))
+    );
+    match c
+        .exec_stream("000000000000", &cove_api::ExecStart::default())
+        .await
+    {
+        Err(cove_sdk::Error::Api { status, error }) => {
+            assert_eq!(
+                (status, error.code.as_str()),
+                (StatusCode::NOT_FOUND, "not_found")
+            );
+        }
+        other => panic!("expected a 404, got {other:?}"),
+    }
+    c.delete(&sb.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_over_the_api_works_like_the_local_one() {
+    let key = api_key(&tenant("cli"), "exec");
+    let server = Coved::start(&[]);
+    let remote = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut c = cove_tests::cove();
+        c.args(args)
+            .env("COVE_HOST", &server.url)
+            .env("COVE_API_KEY", &key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = remote(
+        &["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    let o = remote(&["create", "--memory", "256"], b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = remote(
+        &["exec", "-i", &id, "--", "tr", "a-z", "A-Z"],
+        b"piped through\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED THROUGH\n");
+    let o = remote(&["exec", &id, "--", "no-such-program"], b"");
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // `ls`: the local table, with this tenant's sandbox.
+    let o = remote(&["ls"], b"");
+    let local = cove_tests::cove_out(&["ls"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().next(),
+        String::from_utf8_lossy(&local.stdout).lines().next()
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains(&id));
+    let o = remote(&["cp", "x", &format!("{id}:/y")], b"");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not offered over the API"));
+    let o = remote(&["rm", &id], b"");
+    assert!(o.status.success());
+    let o = remote(&["inspect", &id], b"");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no such sandbox"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

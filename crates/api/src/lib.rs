@@ -106,7 +106,8 @@ pub struct SandboxList {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exec {
-    /// Program and arguments.
+    /// Program and arguments (empty: the image's entrypoint and command).
+    #[serde(default)]
     pub cmd: Vec<String>,
     /// Environment over the sandbox's and the image's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -150,7 +151,8 @@ pub struct ExecResult {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecStart {
-    /// Program and arguments.
+    /// Program and arguments (empty: the image's entrypoint and command).
+    #[serde(default)]
     pub cmd: Vec<String>,
     /// Environment over the sandbox's and the image's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -11,6 +11,12 @@ pub struct Cli {
     /// Cove home (state, images, sandboxes); default /var/lib/cove for root, else ~/.local/share/cove.
     #[arg(long, env = "COVE_HOME", global = true)]
     pub home: Option<PathBuf>,
+    /// A coved to drive instead of this machine (`http://host:port`); with COVE_API_KEY.
+    #[arg(long, env = "COVE_HOST", global = true)]
+    pub host: Option<String>,
+    /// API key for --host.
+    #[arg(long, env = "COVE_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

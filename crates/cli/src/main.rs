@@ -7,6 +7,7 @@
 mod args;
 mod copy;
 mod image;
+mod remote;
 mod term;
 
 use std::io::Write as _;
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn exit_code_for(e: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
     let agent = e
         .downcast_ref::<ClientError>()
         .or_else(|| match e.downcast_ref::<HostError>() {
@@ -82,6 +83,13 @@ fn exit_code_for(e: &anyhow::Error) -> u8 {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(host) = cli.host.as_deref().filter(|h| !h.is_empty()) {
+        let key = cli
+            .api_key
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--host needs an API key: set COVE_API_KEY"))?;
+        return remote::run(cove_sdk::Client::new(host, &key)?, cli.command).await;
+    }
     let home = cli.home.clone().unwrap_or_else(cove_host::default_home);
     let host = || Host::open(&home);
     match cli.command {
@@ -145,26 +153,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&all)?);
                     } else {
-                        println!(
-                            "{:<12}  {:<16}  {:<12}  {:<10}  {:>7}  CREATED",
-                            "ID", "NAME", "SANDBOX", "IMAGE", "MEMORY"
-                        );
-                        for s in all {
-                            let name = match (&s.name, s.template) {
-                                (Some(n), _) => n.clone(),
-                                (None, true) => "(template)".into(),
-                                (None, false) => "-".into(),
-                            };
-                            println!(
-                                "{:<12}  {:<16}  {:<12}  {:<10}  {:>6}M  {}",
-                                s.id,
-                                name,
-                                s.sandbox.as_deref().unwrap_or("-"),
-                                s.image,
-                                s.memory_mib,
-                                ago(s.created_at)
-                            );
-                        }
+                        print_snapshots(all.iter().map(|s| SnapshotRow {
+                            id: &s.id,
+                            name: match (&s.name, s.template) {
+                                (Some(n), _) => n,
+                                (None, true) => "(template)",
+                                (None, false) => "-",
+                            },
+                            sandbox: s.sandbox.as_deref(),
+                            image: &s.image,
+                            memory_mib: s.memory_mib,
+                            created_at: s.created_at,
+                        }));
                     }
                 }
                 (Some(SnapshotCommand::Rm { ids }), _) => {
@@ -204,22 +204,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     println!("{}", r.id);
                 }
             } else {
-                println!(
-                    "{:<12}  {:<16}  {:<10}  {:<10}  {:>4}  {:>7}  CREATED",
-                    "ID", "NAME", "IMAGE", "STATE", "CPUS", "MEMORY"
-                );
-                for r in all {
-                    println!(
-                        "{:<12}  {:<16}  {:<10}  {:<10}  {:>4}  {:>6}M  {}",
-                        r.id,
-                        r.name.as_deref().unwrap_or("-"),
-                        r.image,
-                        r.state,
-                        r.cpus,
-                        r.memory_mib,
-                        ago(r.created_at)
-                    );
-                }
+                print_sandboxes(all.iter().map(|r| SandboxRow {
+                    id: &r.id,
+                    name: r.name.as_deref(),
+                    image: &r.image,
+                    state: &r.state,
+                    cpus: r.cpus,
+                    memory_mib: r.memory_mib,
+                    created_at: r.created_at,
+                }));
             }
             Ok(0)
         }
@@ -303,6 +296,66 @@ fn spec(
         idle_timeout_secs: policy.and_then(|p| p.idle_timeout),
         on_idle: policy.and_then(|p| p.on_idle.clone()),
         ..CreateSpec::default()
+    }
+}
+
+/// One line of `cove snapshot ls`.
+pub(crate) struct SnapshotRow<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub sandbox: Option<&'a str>,
+    pub image: &'a str,
+    pub memory_mib: u32,
+    pub created_at: i64,
+}
+
+/// The `cove snapshot ls` table (local and remote alike).
+pub(crate) fn print_snapshots<'a>(rows: impl Iterator<Item = SnapshotRow<'a>>) {
+    println!(
+        "{:<12}  {:<16}  {:<12}  {:<10}  {:>7}  CREATED",
+        "ID", "NAME", "SANDBOX", "IMAGE", "MEMORY"
+    );
+    for s in rows {
+        println!(
+            "{:<12}  {:<16}  {:<12}  {:<10}  {:>6}M  {}",
+            s.id,
+            s.name,
+            s.sandbox.unwrap_or("-"),
+            s.image,
+            s.memory_mib,
+            ago(s.created_at)
+        );
+    }
+}
+
+/// One line of `cove ls`.
+pub(crate) struct SandboxRow<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub image: &'a str,
+    pub state: &'a str,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub created_at: i64,
+}
+
+/// The `cove ls` table (local and remote alike).
+pub(crate) fn print_sandboxes<'a>(rows: impl Iterator<Item = SandboxRow<'a>>) {
+    println!(
+        "{:<12}  {:<16}  {:<10}  {:<10}  {:>4}  {:>7}  CREATED",
+        "ID", "NAME", "IMAGE", "STATE", "CPUS", "MEMORY"
+    );
+    for r in rows {
+        println!(
+            "{:<12}  {:<16}  {:<10}  {:<10}  {:>4}  {:>6}M  {}",
+            r.id,
+            r.name.unwrap_or("-"),
+            r.image,
+            r.state,
+            r.cpus,
+            r.memory_mib,
+            ago(r.created_at)
+        );
     }
 }
 

@@ -565,11 +565,6 @@ async fn exec_sandbox(
 ) -> Result<Json<api::ExecResult>, ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
-    if req.cmd.is_empty() || req.cmd[0].is_empty() {
-        return Err(ApiError::bad_request(
-            "cmd: give the program and its arguments",
-        ));
-    }
     let timeout_ms = timeout_ms(req.timeout_secs)?;
     let result = run(&app, &r, req, timeout_ms).await;
     app.metrics.exec(result.is_ok());
@@ -590,21 +585,34 @@ pub(crate) fn timeout_ms(secs: Option<f64>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// An exec's environment (the image's, the sandbox's, the request's, each over the one
-/// before), working directory and user; the caller fills in the rest.
+/// An exec's program (the image's entrypoint and command when `cmd` is empty), environment
+/// (the image's, the sandbox's, the request's, each over the one before), working directory
+/// and user; the caller fills in the rest.
 pub(crate) fn exec_env(
     app: &Inner,
     r: &SandboxRecord,
+    cmd: Vec<String>,
     env: BTreeMap<String, String>,
     cwd: Option<String>,
     user: Option<String>,
 ) -> Result<ExecRequest, ApiError> {
     check_env(&env)?;
     let image = app.host.image_of(r).map(|i| i.config).unwrap_or_default();
+    let argv = if cmd.is_empty() {
+        image.default_argv()
+    } else {
+        cmd
+    };
+    if argv.first().is_none_or(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "cmd: give the program and its arguments (the image has no default command)",
+        ));
+    }
     let mut all: BTreeMap<String, String> = image.env_pairs().into_iter().collect();
     all.extend(r.env.clone());
     all.extend(env);
     Ok(ExecRequest {
+        argv,
         env: all.into_iter().collect(),
         cwd: cwd.or(image.workdir),
         user: user.or(image.user),
@@ -618,11 +626,10 @@ async fn run(
     req: api::Exec,
     timeout_ms: Option<u64>,
 ) -> Result<api::ExecResult, ApiError> {
-    let base = exec_env(app, r, req.env, req.cwd, req.user)?;
+    let base = exec_env(app, r, req.cmd, req.env, req.cwd, req.user)?;
     let client = app.host.connect(&r.id).await?;
     let mut ex = client
         .exec(ExecRequest {
-            argv: req.cmd,
             stdin: req.stdin.is_some(),
             timeout_ms,
             ..base

@@ -80,17 +80,11 @@ async fn session(
             ));
         }
     };
-    if start.cmd.first().is_none_or(String::is_empty) {
-        return Err(ApiError::bad_request(
-            "cmd: give the program and its arguments",
-        ));
-    }
     let timeout_ms = crate::app::timeout_ms(start.timeout_secs)?;
-    let base = exec_env(app, rec, start.env, start.cwd, start.user)?;
+    let base = exec_env(app, rec, start.cmd, start.env, start.cwd, start.user)?;
     let client = app.host.connect(&rec.id).await?;
     let mut ex = client
         .exec(ExecRequest {
-            argv: start.cmd,
             tty: start.tty.map(|t| TtySize {
                 rows: t.rows,
                 cols: t.cols,

@@ -1,0 +1,321 @@
+//! The CLI over a coved (`--host`/`COVE_HOST` with `COVE_API_KEY`): the same commands and the
+//! same output as on this machine, through `cove-sdk`. Commands the API does not offer yet say
+//! so.
+
+use cove_api as api;
+use cove_sdk::{Client, ExecOutput};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::args::{Command, ExecOpts, ImageCommand, Resources, SnapshotCommand};
+use crate::{EXIT_COVE, SandboxRow, print_sandboxes, term};
+
+fn create_req(res: &Resources, image: String) -> api::CreateSandbox {
+    api::CreateSandbox {
+        image: Some(image),
+        cpus: Some(res.cpus),
+        memory_mib: Some(res.memory),
+        disk_mib: Some(res.disk),
+        ..Default::default()
+    }
+}
+
+/// Runs one command against the coved.
+pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Run {
+            res,
+            name,
+            image,
+            exec,
+            command,
+        } => {
+            if name.is_some() {
+                anyhow::bail!("--name is not offered over the API; sandboxes are named by id");
+            }
+            let sb = c.create(&create_req(&res, image)).await?;
+            let code = exec_stream(&c, &sb.id, &exec, command).await;
+            // `run` is create, exec, remove: the sandbox goes whatever happened.
+            let removed = c.delete(&sb.id).await;
+            let code = code?;
+            removed?;
+            Ok(code)
+        }
+        Command::Create {
+            res,
+            name,
+            image,
+            from_snapshot,
+            policy,
+        } => {
+            if name.is_some() {
+                anyhow::bail!("--name is not offered over the API; sandboxes are named by id");
+            }
+            let req = api::CreateSandbox {
+                snapshot: from_snapshot,
+                ttl_secs: policy.ttl,
+                idle_timeout_secs: policy.idle_timeout,
+                on_idle: policy.on_idle,
+                ..create_req(&res, image)
+            };
+            println!("{}", c.create(&req).await?.id);
+            Ok(0)
+        }
+        Command::Exec { exec, id, command } => exec_stream(&c, &id, &exec, command).await,
+        Command::Ls { quiet, json } => {
+            let all = c.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if quiet {
+                for s in all {
+                    println!("{}", s.id);
+                }
+            } else {
+                print_sandboxes(all.iter().map(|s| SandboxRow {
+                    id: &s.id,
+                    name: None,
+                    image: &s.image,
+                    state: &s.state,
+                    cpus: s.cpus,
+                    memory_mib: s.memory_mib,
+                    created_at: s.created_at,
+                }));
+            }
+            Ok(0)
+        }
+        Command::Inspect { id } => {
+            println!("{}", serde_json::to_string_pretty(&c.get(&id).await?)?);
+            Ok(0)
+        }
+        Command::Logs { id } => {
+            tokio::io::stdout().write_all(&c.logs(&id).await?).await?;
+            Ok(0)
+        }
+        Command::Rm { ids, .. } => {
+            let mut failed = false;
+            for id in ids {
+                match c.delete(&id).await {
+                    Ok(()) => println!("{id}"),
+                    Err(e) => {
+                        eprintln!("cove: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { EXIT_COVE } else { 0 })
+        }
+        Command::Pause { id } => lifecycle(&c, &id, "pause").await,
+        Command::Resume { id } => lifecycle(&c, &id, "resume").await,
+        Command::Hibernate { id } => lifecycle(&c, &id, "hibernate").await,
+        Command::Fork { id, count } => {
+            for s in c.fork(&id, count).await? {
+                println!("{}", s.id);
+            }
+            Ok(0)
+        }
+        Command::Snapshot { command, id, name } => {
+            match (command, id) {
+                (Some(SnapshotCommand::Ls { json }), _) => {
+                    let all = c.snapshots().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&all)?);
+                    } else {
+                        crate::print_snapshots(all.iter().map(|s| crate::SnapshotRow {
+                            id: &s.id,
+                            name: "-",
+                            sandbox: s.sandbox.as_deref(),
+                            image: &s.image,
+                            memory_mib: s.memory_mib,
+                            created_at: s.created_at,
+                        }));
+                    }
+                }
+                (Some(SnapshotCommand::Rm { ids }), _) => {
+                    for id in ids {
+                        c.delete_snapshot(&id).await?;
+                        println!("{id}");
+                    }
+                }
+                (None, Some(id)) => {
+                    if name.is_some() {
+                        anyhow::bail!("--name is not offered over the API");
+                    }
+                    println!("{}", c.snapshot(&id).await?.id);
+                }
+                (None, None) => anyhow::bail!("give a sandbox to snapshot, or `ls` / `rm`"),
+            }
+            Ok(0)
+        }
+        Command::Image {
+            command: ImageCommand::Ls { json, quiet },
+        } => {
+            let all = c.images().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if quiet {
+                for i in all {
+                    println!("{}", i.digest);
+                }
+            } else {
+                println!("{:<40}  {:<12}  {:>9}  CREATED", "NAME", "ID", "SIZE");
+                for i in all {
+                    let id = &i.digest[7.min(i.digest.len())..][..12];
+                    let names = if i.names.is_empty() {
+                        vec!["<none>".to_string()]
+                    } else {
+                        i.names.clone()
+                    };
+                    for n in names {
+                        println!(
+                            "{:<40}  {:<12}  {:>9}  {}",
+                            n,
+                            id,
+                            format!("{:.1} MB", i.content_bytes as f64 / 1e6),
+                            crate::ago(i.created_at)
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        other => {
+            // The subcommand's name, as typed (`Cp { .. }` → `cp`).
+            let name = format!("{other:?}");
+            let name = name
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_lowercase();
+            anyhow::bail!(
+                "`cove {name}` is not offered over the API yet; run it on the coved's machine"
+            )
+        }
+    }
+}
+
+async fn lifecycle(c: &Client, id: &str, op: &str) -> anyhow::Result<u8> {
+    println!("{}", c.lifecycle(id, op).await?.id);
+    Ok(0)
+}
+
+/// Runs a command over the WebSocket exec, streaming its I/O; returns its shell exit code.
+async fn exec_stream(
+    c: &Client,
+    id: &str,
+    opts: &ExecOpts,
+    command: Vec<String>,
+) -> anyhow::Result<u8> {
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &opts.env {
+        let (k, v) = kv
+            .split_once('=')
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .unwrap_or_else(|| (kv.clone(), std::env::var(kv).unwrap_or_default()));
+        env.insert(k, v);
+    }
+    let tty = opts.tty.then(|| {
+        let s = term::size().unwrap_or(cove_protocol::TtySize { rows: 24, cols: 80 });
+        api::TtySize {
+            rows: s.rows,
+            cols: s.cols,
+        }
+    });
+    let start = api::ExecStart {
+        cmd: command,
+        env,
+        cwd: opts.workdir.clone(),
+        user: opts.user.clone(),
+        tty,
+        stdin: opts.interactive,
+        timeout_secs: opts.timeout,
+    };
+    let stream = c.exec_stream(id, &start).await?;
+    let (mut input, mut output) = (stream.input, stream.output);
+    let _raw = if opts.tty && opts.interactive {
+        term::RawMode::enter()
+    } else {
+        None
+    };
+    // Stdin and resizes go through one task that owns the sending half.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Outgoing>(16);
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let r = match m {
+                Outgoing::Stdin(b) => input.stdin(&b).await,
+                Outgoing::Control(c) => input.control(&c).await,
+            };
+            if r.is_err() {
+                return;
+            }
+        }
+    });
+    if opts.interactive {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(Outgoing::Stdin(buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Outgoing::Control(api::ExecControl::Eof)).await;
+        });
+    }
+    if opts.tty {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some(s) = term::size() {
+                    let c = api::ExecControl::Resize {
+                        rows: s.rows,
+                        cols: s.cols,
+                    };
+                    if tx.send(Outgoing::Control(c)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    while let Some(ev) = output.next().await {
+        match ev? {
+            ExecOutput::Started(_) => {}
+            ExecOutput::Stdout(b) => {
+                // A closed stdout (`| head`) is not the sandbox's failure: keep draining.
+                if stdout.write_all(&b).await.is_ok() {
+                    let _ = stdout.flush().await;
+                }
+            }
+            ExecOutput::Stderr(b) => {
+                stderr.write_all(&b).await?;
+                stderr.flush().await?;
+            }
+            ExecOutput::Exit(code, timed_out) => {
+                drop(_raw);
+                if timed_out {
+                    eprintln!("cove: the command timed out and was killed");
+                }
+                return Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
+            }
+        }
+    }
+    anyhow::bail!("the exec stream ended without the command's exit")
+}
+
+enum Outgoing {
+    Stdin(Vec<u8>),
+    Control(api::ExecControl),
+}

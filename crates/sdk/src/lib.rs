@@ -1,0 +1,377 @@
+//! Rust client of Cove's HTTP API: what the `cove` CLI uses when `COVE_HOST` and `COVE_API_KEY`
+//! are set.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cove_sdk::Error> {
+//! let cove = cove_sdk::Client::new("http://127.0.0.1:7070", "cove_…")?;
+//! let sb = cove.create(&cove_api::CreateSandbox { image: Some("python".into()), ..Default::default() }).await?;
+//! let out = cove.exec(&sb.id, &cove_api::Exec { cmd: vec!["python3".into(), "-c".into(), "print(6*7)".into()], ..Default::default() }).await?;
+//! assert_eq!(out.stdout, "42\n");
+//! cove.delete(&sb.id).await?;
+//! # Ok(()) }
+//! ```
+
+use futures::{SinkExt as _, StreamExt as _};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest as _};
+
+pub use cove_api as api;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// coved answered with an error.
+    #[error("{} ({status})", error.message)]
+    Api {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Its body.
+        error: api::Error,
+    },
+    /// The request did not complete.
+    #[error("cannot reach coved at {url}: {source}")]
+    Http {
+        /// Where.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The WebSocket failed.
+    #[error("exec stream: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    /// coved said something this client does not understand.
+    #[error("unexpected answer from coved: {0}")]
+    Protocol(String),
+}
+
+/// A coved and a key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+/// An event of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    /// The command started.
+    Started(u32),
+    /// Bytes on stdout.
+    Stdout(Vec<u8>),
+    /// Bytes on stderr.
+    Stderr(Vec<u8>),
+    /// It ended: exit code (128 + N for signal N), and whether its timeout killed it.
+    Exit(i32, bool),
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A running command: send stdin and controls, receive output until `Exit`.
+#[derive(Debug)]
+pub struct ExecStream {
+    /// Stdin and controls.
+    pub input: ExecInput,
+    /// Output and the exit.
+    pub output: ExecReader,
+}
+
+/// The sending half of an [`ExecStream`].
+#[derive(Debug)]
+pub struct ExecInput {
+    tx: futures::stream::SplitSink<Ws, Message>,
+}
+
+/// The receiving half of an [`ExecStream`].
+#[derive(Debug)]
+pub struct ExecReader {
+    rx: futures::stream::SplitStream<Ws>,
+}
+
+impl Client {
+    /// A client of the coved at `base` (`http://host:port`, or `host:port`).
+    pub fn new(base: &str, key: &str) -> Result<Self, Error> {
+        let base = if base.contains("://") {
+            base.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", base.trim_end_matches('/'))
+        };
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|source| Error::Http {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base,
+            key: key.to_string(),
+        })
+    }
+
+    /// From `COVE_HOST` and `COVE_API_KEY`; `None` when `COVE_HOST` is not set.
+    pub fn from_env() -> Option<Result<Self, Error>> {
+        let host = std::env::var("COVE_HOST").ok().filter(|h| !h.is_empty())?;
+        let key = std::env::var("COVE_API_KEY").unwrap_or_default();
+        Some(Self::new(&host, &key))
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<reqwest::Response, Error> {
+        let url = format!("{}{path}", self.base);
+        let mut r = self.http.request(method, &url).bearer_auth(&self.key);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let res = r.send().await.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let text = res.text().await.unwrap_or_default();
+        let error = serde_json::from_str(&text).unwrap_or(api::Error {
+            code: "unknown".into(),
+            message: text,
+            request_id: None,
+        });
+        Err(Error::Api { status, error })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, Error> {
+        let res = self.send(method, path, body).await?;
+        let url = res.url().to_string();
+        res.json()
+            .await
+            .map_err(|source| Error::Http { url, source })
+    }
+
+    /// Creates a sandbox (running when this returns).
+    pub async fn create(&self, req: &api::CreateSandbox) -> Result<api::Sandbox, Error> {
+        self.call(Method::POST, "/v1/sandboxes", Some(req)).await
+    }
+
+    /// Every sandbox of this key's tenant, oldest first (all pages).
+    pub async fn list(&self) -> Result<Vec<api::Sandbox>, Error> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/sandboxes?limit=1000&cursor={c}"),
+                None => "/v1/sandboxes?limit=1000".into(),
+            };
+            let page: api::SandboxList = self.call(Method::GET, &path, None::<&()>).await?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One sandbox.
+    pub async fn get(&self, id: &str) -> Result<api::Sandbox, Error> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{id}"), None::<&()>)
+            .await
+    }
+
+    /// Removes a sandbox.
+    pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/sandboxes/{id}"), None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// `pause`, `resume` or `hibernate`.
+    pub async fn lifecycle(&self, id: &str, op: &str) -> Result<api::Sandbox, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/{op}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Snapshots a sandbox (it keeps running).
+    pub async fn snapshot(&self, id: &str) -> Result<api::Snapshot, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/snapshot"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Forks a sandbox into `count` new ones.
+    pub async fn fork(&self, id: &str, count: u32) -> Result<Vec<api::Sandbox>, Error> {
+        let l: api::List<api::Sandbox> = self
+            .call(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/fork"),
+                Some(&api::Fork { count: Some(count) }),
+            )
+            .await?;
+        Ok(l.items)
+    }
+
+    /// Runs a command to its end.
+    pub async fn exec(&self, id: &str, req: &api::Exec) -> Result<api::ExecResult, Error> {
+        self.call(Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(req))
+            .await
+    }
+
+    /// The guest's console log.
+    pub async fn logs(&self, id: &str) -> Result<Vec<u8>, Error> {
+        let res = self
+            .send(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/logs"),
+                None::<&()>,
+            )
+            .await?;
+        let url = res.url().to_string();
+        Ok(res
+            .bytes()
+            .await
+            .map_err(|source| Error::Http { url, source })?
+            .to_vec())
+    }
+
+    /// The tenant's snapshots.
+    pub async fn snapshots(&self) -> Result<Vec<api::Snapshot>, Error> {
+        let l: api::List<api::Snapshot> =
+            self.call(Method::GET, "/v1/snapshots", None::<&()>).await?;
+        Ok(l.items)
+    }
+
+    /// Deletes a snapshot.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/snapshots/{id}"), None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// Installed images.
+    pub async fn images(&self) -> Result<Vec<api::Image>, Error> {
+        let l: api::List<api::Image> = self.call(Method::GET, "/v1/images", None::<&()>).await?;
+        Ok(l.items)
+    }
+
+    /// Starts a command and streams it.
+    pub async fn exec_stream(&self, id: &str, start: &api::ExecStart) -> Result<ExecStream, Error> {
+        let url = format!(
+            "{}/v1/sandboxes/{id}/exec/ws",
+            self.base
+                .replacen("http://", "ws://", 1)
+                .replacen("https://", "wss://", 1)
+        );
+        let mut req = url.as_str().into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.key)
+                .parse()
+                .map_err(|_| Error::Protocol("the API key is not a valid header".into()))?,
+        );
+        let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+            Ok(c) => c,
+            // A refusal before the upgrade carries coved's JSON error.
+            Err(tungstenite::Error::Http(res)) => {
+                let status =
+                    StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let body = res.body().clone().unwrap_or_default();
+                let error = serde_json::from_slice(&body).unwrap_or(api::Error {
+                    code: "unknown".into(),
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                    request_id: None,
+                });
+                return Err(Error::Api { status, error });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        ws.send(Message::Text(
+            serde_json::to_string(start).expect("serializes").into(),
+        ))
+        .await?;
+        let (tx, rx) = ws.split();
+        Ok(ExecStream {
+            input: ExecInput { tx },
+            output: ExecReader { rx },
+        })
+    }
+}
+
+impl ExecInput {
+    /// Sends stdin bytes.
+    pub async fn stdin(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        Ok(self.tx.send(Message::Binary(bytes.to_vec().into())).await?)
+    }
+
+    /// Sends a control message (end of stdin, resize, signal).
+    pub async fn control(&mut self, c: &api::ExecControl) -> Result<(), Error> {
+        Ok(self
+            .tx
+            .send(Message::Text(
+                serde_json::to_string(c).expect("serializes").into(),
+            ))
+            .await?)
+    }
+}
+
+impl ExecReader {
+    /// The next output; `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<ExecOutput, Error>> {
+        loop {
+            let msg = match self.rx.next().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e.into())),
+            };
+            match msg {
+                Message::Binary(b) => {
+                    let (tag, data) = b.split_first()?;
+                    return Some(Ok(match tag {
+                        2 => ExecOutput::Stderr(data.to_vec()),
+                        _ => ExecOutput::Stdout(data.to_vec()),
+                    }));
+                }
+                Message::Text(t) => {
+                    let ev: api::ExecEvent = match serde_json::from_str(&t) {
+                        Ok(ev) => ev,
+                        Err(e) => return Some(Err(Error::Protocol(e.to_string()))),
+                    };
+                    return Some(match ev {
+                        api::ExecEvent::Started { pid } => Ok(ExecOutput::Started(pid)),
+                        api::ExecEvent::Exit {
+                            exit_code,
+                            timed_out,
+                        } => Ok(ExecOutput::Exit(exit_code, timed_out)),
+                        api::ExecEvent::Error(error) => Err(Error::Api {
+                            status: StatusCode::UNPROCESSABLE_ENTITY,
+                            error,
+                        }),
+                    });
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+}
