@@ -105,6 +105,25 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
             Some(json!({"cmd": ["true"]})),
         ),
         (Method::GET, format!("{base}/logs"), None),
+        (
+            Method::GET,
+            format!("{base}/files?path=/etc/hostname"),
+            None,
+        ),
+        (Method::PUT, format!("{base}/files?path=/x"), None),
+        (Method::DELETE, format!("{base}/files?path=/x"), None),
+        (Method::GET, format!("{base}/files/stat?path=/"), None),
+        (Method::GET, format!("{base}/files/list?path=/"), None),
+        (
+            Method::POST,
+            format!("{base}/files/mkdir"),
+            Some(json!({"path": "/d"})),
+        ),
+        (
+            Method::POST,
+            format!("{base}/files/rename"),
+            Some(json!({"from": "/a", "to": "/b"})),
+        ),
     ] {
         let (s, v) = api.call(Some(&b), m.clone(), &path, body).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{m} {path}: {v}");
@@ -941,4 +960,170 @@ async fn the_cli_over_the_api_works_like_the_local_one() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stream_both_ways_and_metadata_operations_work() {
+    let key = api_key(&tenant("files"), "exec");
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let sb = api
+        .ok(
+            &key,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let base = format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap());
+    // 24 MiB of non-repeating bytes: larger than any body limit, streamed both ways.
+    let mut data = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for c in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    let res = api
+        .http
+        .put(format!(
+            "{}{base}/files?path=/data/in/blob.bin&mode=600",
+            api.url
+        ))
+        .bearer_auth(&key)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let w: Value = res.json().await.unwrap();
+    assert_eq!(w["bytes"], data.len());
+    let r = api
+        .ok(
+            &key,
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({"cmd": ["sha256sum", "/data/in/blob.bin"]})),
+        )
+        .await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with(&cove_tests::sha256(&data)),
+        "{r}"
+    );
+    let back = api
+        .http
+        .get(format!("{}{base}/files?path=/data/in/blob.bin", api.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    let back = back.bytes().await.unwrap();
+    assert!(
+        back.len() == data.len() && back[..] == data[..],
+        "the download matches"
+    );
+    let st = api
+        .ok(
+            &key,
+            Method::GET,
+            &format!("{base}/files/stat?path=/data/in/blob.bin"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            st["kind"].as_str(),
+            st["size"].as_u64(),
+            st["mode"].as_u64()
+        ),
+        (Some("file"), Some(24 << 20), Some(0o600))
+    );
+    api.ok(
+        &key,
+        Method::POST,
+        &format!("{base}/files/mkdir"),
+        Some(json!({"path": "/data/out/deep", "parents": true})),
+    )
+    .await;
+    api.ok(
+        &key,
+        Method::POST,
+        &format!("{base}/files/rename"),
+        Some(json!({"from": "/data/in/blob.bin", "to": "/data/out/deep/blob.bin"})),
+    )
+    .await;
+    let l = api
+        .ok(
+            &key,
+            Method::GET,
+            &format!("{base}/files/list?path=/data/out/deep"),
+            None,
+        )
+        .await;
+    assert_eq!(l["items"][0]["name"], "blob.bin");
+    // Errors with the status that fits.
+    let (s, v) = api
+        .call(
+            Some(&key),
+            Method::GET,
+            &format!("{base}/files?path=/data/in/blob.bin"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{v}"
+    );
+    let (s, _) = api
+        .call(
+            Some(&key),
+            Method::GET,
+            &format!("{base}/files?path=/data"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "a directory is not downloaded");
+    let (s, _) = api
+        .call(
+            Some(&key),
+            Method::GET,
+            &format!("{base}/files/stat?path=relative"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = api
+        .call(
+            Some(&key),
+            Method::DELETE,
+            &format!("{base}/files?path=/data/out"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "not empty without recursive");
+    let (s, _) = api
+        .call(
+            Some(&key),
+            Method::DELETE,
+            &format!("{base}/files?path=/data/out&recursive=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .call(
+            Some(&key),
+            Method::GET,
+            &format!("{base}/files/stat?path=/data/out"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    api.ok(&key, Method::DELETE, &base, None).await;
 }

@@ -858,6 +858,15 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(fork_sandbox))
         .routes(routes!(exec_sandbox))
         .routes(routes!(crate::ws::exec_ws))
+        .routes(routes!(
+            crate::files::download,
+            crate::files::upload,
+            crate::files::remove
+        ))
+        .routes(routes!(crate::files::stat))
+        .routes(routes!(crate::files::list))
+        .routes(routes!(crate::files::mkdir))
+        .routes(routes!(crate::files::rename))
         .routes(routes!(sandbox_logs))
         .routes(routes!(list_snapshots))
         .routes(routes!(delete_snapshot))

@@ -9,6 +9,7 @@
 
 mod app;
 mod error;
+mod files;
 mod keys;
 mod metrics;
 mod ws;
