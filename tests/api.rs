@@ -948,9 +948,36 @@ async fn the_cli_over_the_api_works_like_the_local_one() {
     );
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains(&id));
-    let o = remote(&["cp", "x", &format!("{id}:/y")], b"");
+    // cp both ways, streamed through coved.
+    let dir = cove_tests::TempDir::new("remote-cp");
+    let src = dir.0.join("in.txt");
+    std::fs::write(&src, b"copied over HTTP\n").unwrap();
+    let o = remote(&["cp", src.to_str().unwrap(), &format!("{id}:/root/")], b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let back = dir.0.join("back.txt");
+    let o = remote(
+        &["cp", &format!("{id}:/root/in.txt"), back.to_str().unwrap()],
+        b"",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), b"copied over HTTP\n");
+    let o = remote(
+        &["cp", &format!("{id}:/root/missing"), back.to_str().unwrap()],
+        b"",
+    );
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not offered over the API"));
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        b"copied over HTTP\n",
+        "a failed copy keeps the old file"
+    );
+    let o = remote(&["stop", &id], b"");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("`cove stop` is not offered over the API"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = remote(&["rm", &id], b"");
     assert!(o.status.success());
     let o = remote(&["inspect", &id], b"");

@@ -1,10 +1,75 @@
-//! `cove cp`: one file between this machine and a sandbox, streamed both ways.
+//! `cove cp`: one file between this machine and a sandbox, streamed both ways, with the
+//! sandbox reached directly (its agent) or through a coved (the HTTP API): one copy logic over
+//! [`Files`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use cove_host::Host;
+use cove_host::{AgentClient, Host};
 use cove_protocol::FileKind;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A sandbox's files, however they are reached.
+pub(crate) trait Files {
+    /// True when `path` is a directory.
+    async fn is_dir(&self, path: &str) -> bool;
+    /// Replaces `path` with what `from` yields.
+    async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        from: &mut R,
+    ) -> anyhow::Result<()>;
+    /// Streams `path` into `to`.
+    async fn download<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> anyhow::Result<()>;
+}
+
+impl Files for AgentClient {
+    async fn is_dir(&self, path: &str) -> bool {
+        self.stat(path).await.is_ok_and(|s| s.kind == FileKind::Dir)
+    }
+    async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        from: &mut R,
+    ) -> anyhow::Result<()> {
+        self.write_file(path, mode, from).await?;
+        Ok(())
+    }
+    async fn download<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> anyhow::Result<()> {
+        self.read_file(path, to).await?;
+        Ok(())
+    }
+}
+
+/// One sandbox of a coved.
+pub(crate) struct Remote<'a> {
+    pub client: &'a cove_sdk::Client,
+    pub id: String,
+}
+
+impl Files for Remote<'_> {
+    async fn is_dir(&self, path: &str) -> bool {
+        self.client
+            .stat(&self.id, path)
+            .await
+            .is_ok_and(|s| s.kind == "dir")
+    }
+    async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        from: &mut R,
+    ) -> anyhow::Result<()> {
+        self.client.upload(&self.id, path, mode, from).await?;
+        Ok(())
+    }
+    async fn download<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> anyhow::Result<()> {
+        self.client.download(&self.id, path, to).await?;
+        Ok(())
+    }
+}
 
 /// One side of a copy.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,17 +93,36 @@ fn base_name(p: &str) -> Option<&str> {
     Path::new(p).file_name().and_then(|n| n.to_str())
 }
 
-/// Runs `cove cp SRC DST`.
-pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
+/// The sandbox a copy involves.
+fn sandbox_of(src: &str, dst: &str) -> anyhow::Result<String> {
     match (parse(src), parse(dst)) {
-        (Side::Local(l), Side::Sandbox(id, mut path)) => {
-            let client = host.connect(&id).await?;
+        (Side::Sandbox(id, _), Side::Local(_)) | (Side::Local(_), Side::Sandbox(id, _)) => Ok(id),
+        (Side::Sandbox(..), Side::Sandbox(..)) => {
+            bail!("copy between two sandboxes through this machine: cp to a local file first")
+        }
+        (Side::Local(_), Side::Local(_)) => {
+            bail!("one side of cove cp must be ID:/path in a sandbox")
+        }
+    }
+}
+
+/// Runs `cove cp SRC DST` on this machine.
+pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
+    let client = host.connect(&sandbox_of(src, dst)?).await?;
+    copy(&client, src, dst).await
+}
+
+/// Runs `cove cp SRC DST` through a coved.
+pub async fn run_remote(client: &cove_sdk::Client, src: &str, dst: &str) -> anyhow::Result<()> {
+    let id = sandbox_of(src, dst)?;
+    copy(&Remote { client, id }, src, dst).await
+}
+
+async fn copy(client: &impl Files, src: &str, dst: &str) -> anyhow::Result<()> {
+    match (parse(src), parse(dst)) {
+        (Side::Local(l), Side::Sandbox(_, mut path)) => {
             // Into a directory: keep the file's name.
-            let into_dir = path.ends_with('/')
-                || client
-                    .stat(&path)
-                    .await
-                    .is_ok_and(|s| s.kind == FileKind::Dir);
+            let into_dir = path.ends_with('/') || client.is_dir(&path).await;
             if into_dir {
                 let name = base_name(&l)
                     .filter(|_| l != "-")
@@ -46,9 +130,7 @@ pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
                 path = format!("{}/{name}", path.trim_end_matches('/'));
             }
             if l == "-" {
-                client
-                    .write_file(&path, None, &mut tokio::io::stdin())
-                    .await?;
+                client.upload(&path, None, &mut tokio::io::stdin()).await?;
             } else {
                 let meta = std::fs::metadata(&l).with_context(|| format!("cannot read {l}"))?;
                 if meta.is_dir() {
@@ -58,13 +140,12 @@ pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
                 let mut f = tokio::fs::File::open(&l)
                     .await
                     .with_context(|| format!("cannot open {l}"))?;
-                client.write_file(&path, Some(mode), &mut f).await?;
+                client.upload(&path, Some(mode), &mut f).await?;
             }
         }
-        (Side::Sandbox(id, path), Side::Local(l)) => {
-            let client = host.connect(&id).await?;
+        (Side::Sandbox(_, path), Side::Local(l)) => {
             if l == "-" {
-                client.read_file(&path, &mut tokio::io::stdout()).await?;
+                client.download(&path, &mut tokio::io::stdout()).await?;
                 return Ok(());
             }
             let mut target = PathBuf::from(&l);
@@ -82,22 +163,18 @@ pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
             let mut f = tokio::fs::File::create(&tmp)
                 .await
                 .with_context(|| format!("cannot create {}", tmp.display()))?;
-            let r = client.read_file(&path, &mut f).await;
+            let r = client.download(&path, &mut f).await;
             if let Err(e) = r {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
+                return Err(e);
             }
             f.sync_all().await?;
             drop(f);
             std::fs::rename(&tmp, &target)
                 .with_context(|| format!("cannot write {}", target.display()))?;
         }
-        (Side::Sandbox(..), Side::Sandbox(..)) => {
-            bail!("copy between two sandboxes through this machine: cp to a local file first")
-        }
-        (Side::Local(_), Side::Local(_)) => {
-            bail!("one side of cove cp must be ID:/path in a sandbox")
-        }
+        // Refused by `sandbox_of` before anything was opened.
+        _ => unreachable!("cp sides were checked"),
     }
     Ok(())
 }

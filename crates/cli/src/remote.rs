@@ -145,6 +145,10 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Cp { src, dst } => {
+            crate::copy::run_remote(&c, &src, &dst).await?;
+            Ok(0)
+        }
         Command::Image {
             command: ImageCommand::Ls { json, quiet },
         } => {

@@ -139,17 +139,7 @@ impl Client {
             url: url.clone(),
             source,
         })?;
-        let status = res.status();
-        if status.is_success() {
-            return Ok(res);
-        }
-        let text = res.text().await.unwrap_or_default();
-        let error = serde_json::from_str(&text).unwrap_or(api::Error {
-            code: "unknown".into(),
-            message: text,
-            request_id: None,
-        });
-        Err(Error::Api { status, error })
+        check(res).await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -276,6 +266,91 @@ impl Client {
         Ok(l.items)
     }
 
+    /// A path's metadata.
+    pub async fn stat(&self, id: &str, path: &str) -> Result<api::FileStat, Error> {
+        self.call(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/files/stat?path={}", query_escape(path)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Uploads `from` to `path` (replaced atomically, parents created), streamed.
+    pub async fn upload<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        from: &mut R,
+    ) -> Result<api::Written, Error> {
+        let mut url = format!(
+            "{}/v1/sandboxes/{id}/files?path={}",
+            self.base,
+            query_escape(path)
+        );
+        if let Some(m) = mode {
+            url.push_str(&format!("&mode={m:o}"));
+        }
+        // The body reads a pipe that this task fills from `from`, so `from` may be borrowed.
+        let (mut w, r) = tokio::io::duplex(256 << 10);
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(r));
+        let send = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.key)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send();
+        let fill = async {
+            let r = tokio::io::copy(from, &mut w).await;
+            drop(w);
+            r
+        };
+        let (res, filled) = tokio::join!(send, fill);
+        let res = res.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })?;
+        filled.map_err(|e| Error::Protocol(format!("reading the upload: {e}")))?;
+        let res = check(res).await?;
+        res.json()
+            .await
+            .map_err(|source| Error::Http { url, source })
+    }
+
+    /// Downloads `path` into `to`, streamed; returns the bytes written.
+    pub async fn download<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        id: &str,
+        path: &str,
+        to: &mut W,
+    ) -> Result<u64, Error> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut res = self
+            .send(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/files?path={}", query_escape(path)),
+                None::<&()>,
+            )
+            .await?;
+        let url = res.url().to_string();
+        let mut n = 0;
+        while let Some(chunk) = res.chunk().await.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })? {
+            to.write_all(&chunk)
+                .await
+                .map_err(|e| Error::Protocol(format!("writing the download: {e}")))?;
+            n += chunk.len() as u64;
+        }
+        to.flush()
+            .await
+            .map_err(|e| Error::Protocol(format!("writing the download: {e}")))?;
+        Ok(n)
+    }
+
     /// Starts a command and streams it.
     pub async fn exec_stream(&self, id: &str, start: &api::ExecStart) -> Result<ExecStream, Error> {
         let url = format!(
@@ -317,6 +392,34 @@ impl Client {
             output: ExecReader { rx },
         })
     }
+}
+
+/// A success, or coved's JSON error as [`Error::Api`].
+async fn check(res: reqwest::Response) -> Result<reqwest::Response, Error> {
+    let status = res.status();
+    if status.is_success() {
+        return Ok(res);
+    }
+    let text = res.text().await.unwrap_or_default();
+    let error = serde_json::from_str(&text).unwrap_or(api::Error {
+        code: "unknown".into(),
+        message: text,
+        request_id: None,
+    });
+    Err(Error::Api { status, error })
+}
+
+/// Percent-encodes a query value (paths may hold anything but NUL).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl ExecInput {
