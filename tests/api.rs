@@ -1154,3 +1154,127 @@ async fn files_stream_both_ways_and_metadata_operations_work() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     api.ok(&key, Method::DELETE, &base, None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_stream_as_ndjson_and_sse_per_tenant() {
+    let (t, other) = (tenant("ev"), tenant("ev-other"));
+    let key = api_key(&t, "exec");
+    let other_key = api_key(&other, "read");
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    // Follow from now on: what the tenant's sandbox goes through arrives as it happens.
+    let mut follow = api
+        .http
+        .get(format!("{}/v1/events?follow=true", api.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        follow.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let sb = api
+        .ok(
+            &key,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    let base = format!("/v1/sandboxes/{id}");
+    api.ok(&key, Method::POST, &format!("{base}/pause"), None)
+        .await;
+    api.ok(&key, Method::POST, &format!("{base}/resume"), None)
+        .await;
+    api.ok(&key, Method::DELETE, &base, None).await;
+    let mut seen: Vec<Value> = vec![];
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|e| e["state"] == "removed") {
+        let chunk = tokio::time::timeout_at(deadline, follow.chunk())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            seen.push(serde_json::from_str(&line).unwrap());
+        }
+    }
+    let mine: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["sandbox"] == id.as_str())
+        .collect();
+    let states: Vec<&str> = mine.iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(
+        states,
+        ["creating", "running", "paused", "running", "removed"],
+        "{seen:?}"
+    );
+    assert!(
+        mine.iter()
+            .all(|e| e["actor"].as_str().unwrap().starts_with("key:")),
+        "{mine:?}"
+    );
+    assert!(
+        mine.windows(2)
+            .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64())
+    );
+
+    // Without follow: the log so far, and it ends; from a sequence number, only what came after.
+    let all = api
+        .http
+        .get(format!("{}/v1/events?sandbox={id}", api.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(all.lines().count(), 5, "{all}");
+    let paused_seq = mine[2]["seq"].as_i64().unwrap();
+    let rest = api
+        .http
+        .get(format!(
+            "{}/v1/events?sandbox={id}&after={paused_seq}",
+            api.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rest.lines().count(), 2, "{rest}");
+    // Server-sent events on request.
+    let sse = api
+        .http
+        .get(format!("{}/v1/events?sandbox={id}", api.url))
+        .bearer_auth(&key)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse.matches("\ndata: {").count(), 5, "{sse}");
+    assert!(sse.starts_with("id: "));
+    // Another tenant sees none of it.
+    let theirs = api
+        .http
+        .get(format!("{}/v1/events", api.url))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!theirs.contains(&id), "{theirs}");
+}

@@ -286,6 +286,26 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// One lifecycle transition (`GET /v1/events`, one JSON object per line, or SSE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increasing sequence number: pass the last one seen as `after` to resume.
+    pub seq: i64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// The sandbox.
+    pub sandbox: String,
+    /// The state it entered (`creating`, `running`, `paused`, `hibernated`, `stopped`,
+    /// `failed`, …) or `removed`.
+    pub state: String,
+    /// Who: `key:ID` (an API key), `local` (the CLI on the host), `cove-vm` (the sandbox's own
+    /// policy or its end).
+    pub actor: String,
+    /// Why, when there is a reason (`idle`, `ttl`, an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
 /// `POST /v1/sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

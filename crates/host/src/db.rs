@@ -62,7 +62,62 @@ ALTER TABLE sandboxes ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE snapshots ADD COLUMN owner TEXT;
 CREATE INDEX sandboxes_owner ON sandboxes (owner);
 ",
+    // Every state a sandbox enters (and its removal), with who asked and why: the event log.
+    r"
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    sandbox     TEXT NOT NULL,
+    owner       TEXT,
+    state       TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    cause       TEXT
+);
+CREATE INDEX events_owner ON events (owner, seq);
+",
 ];
+
+tokio::task_local! {
+    /// Who is acting, for the event log (coved sets the API key; the CLI leaves it unset: `local`).
+    pub static ACTOR: String;
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventRecord {
+    /// Increasing sequence number.
+    pub seq: i64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// The sandbox.
+    pub sandbox: String,
+    /// Its owner.
+    pub owner: Option<String>,
+    /// The state it entered, or `removed`.
+    pub state: String,
+    /// Who asked: `local`, `key:ID`, or `cove-vm` for what a sandbox's own policy did.
+    pub actor: String,
+    /// Why, when there is a reason (an error, `idle`, `ttl`, …).
+    pub cause: Option<String>,
+}
+
+fn log_event(
+    conn: &Connection,
+    s: &SandboxRecord,
+    state: &str,
+    actor: Option<&str>,
+) -> rusqlite::Result<()> {
+    let actor = actor.map(str::to_string).unwrap_or_else(|| {
+        ACTOR
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| "local".into())
+    });
+    conn.execute(
+        "INSERT INTO events (at, sandbox, owner, state, actor, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![crate::now_ms(), s.id, s.owner, state, actor, s.reason],
+    )?;
+    Ok(())
+}
 
 fn is_busy(code: rusqlite::ErrorCode) -> bool {
     matches!(
@@ -207,7 +262,8 @@ impl Db {
 
     /// Records a new sandbox.
     pub fn insert(&self, s: &SandboxRecord) -> Result<(), HostError> {
-        let r = self.conn().execute(
+        let conn = self.conn();
+        let r = conn.execute(
             &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
             params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason, s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes")],
         );
@@ -217,17 +273,66 @@ impl Db {
             {
                 Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
             }
-            r => r.map(drop).map_err(Into::into),
+            r => {
+                r?;
+                log_event(&conn, s, &s.state, None)?;
+                Ok(())
+            }
         }
     }
 
-    /// Updates state, pid, boot time and reason.
+    /// Updates state, pid, boot time and reason; a new state goes into the event log.
     pub fn update(&self, s: &SandboxRecord) -> Result<(), HostError> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old: Option<String> = tx
+            .query_row("SELECT state FROM sandboxes WHERE id = ?1", [&s.id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        tx.execute(
             "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason = ?5 WHERE id = ?1",
             params![s.id, s.state, s.pid, s.boot_ms, s.reason],
         )?;
+        if old.as_deref().is_some_and(|o| o != s.state) {
+            // A sandbox that ended or paused itself (its policies, a crash) was noticed by a
+            // reconcile: cove-vm acted, not whoever looked.
+            let by_vm = matches!(s.reason.as_deref(), Some("idle" | "ttl" | "vanished"))
+                || s.state == "failed";
+            log_event(&tx, s, &s.state, by_vm.then_some("cove-vm"))?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// The event log after `seq`, oldest first: everything, or one owner's, or one sandbox's.
+    pub fn events(
+        &self,
+        after: i64,
+        owner: Option<&str>,
+        sandbox: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, HostError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, sandbox, owner, state, actor, cause FROM events
+             WHERE seq > ?1 AND (?2 IS NULL OR owner = ?2) AND (?3 IS NULL OR sandbox = ?3)
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let v = stmt
+            .query_map(params![after, owner, sandbox, limit], |r| {
+                Ok(EventRecord {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    sandbox: r.get(2)?,
+                    owner: r.get(3)?,
+                    state: r.get(4)?,
+                    actor: r.get(5)?,
+                    cause: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
     }
 
     /// Finds a sandbox by id, unique id prefix, or name.
@@ -264,8 +369,21 @@ impl Db {
 
     /// Forgets a sandbox.
     pub fn delete(&self, id: &str) -> Result<(), HostError> {
-        self.conn()
-            .execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let rec = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
+                [id],
+                row,
+            )
+            .optional()?;
+        tx.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+        if let Some(mut rec) = rec {
+            rec.reason = None;
+            log_event(&tx, &rec, "removed", None)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -435,6 +553,35 @@ mod tests {
         );
         db.remove_image_name("busybox").unwrap();
         assert!(db.image_names().unwrap().is_empty());
+        // The event log: each new state once, removals too, with the actor.
+        let log = db.events(0, Some("t1"), Some("eeee00000000"), 100).unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.state.as_str()).collect::<Vec<_>>(),
+            ["running"]
+        );
+        let mut r = db.find("eeee00000000").unwrap().unwrap();
+        db.update(&r).unwrap();
+        r.state = "paused".into();
+        db.update(&r).unwrap();
+        r.state = "failed".into();
+        r.reason = Some("vanished".into());
+        db.update(&r).unwrap();
+        let log = db.events(0, None, Some("eeee00000000"), 100).unwrap();
+        let seen: Vec<(&str, &str)> = log
+            .iter()
+            .map(|e| (e.state.as_str(), e.actor.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("running", "local"),
+                ("paused", "local"),
+                ("failed", "cove-vm")
+            ]
+        );
+        assert_eq!(log[2].cause.as_deref(), Some("vanished"));
+        assert!(db.events(log[2].seq, None, None, 100).unwrap().is_empty());
+        assert!(db.events(0, Some("other"), None, 100).unwrap().is_empty());
         // Reopening keeps the data and does not re-run migrations.
         drop(db);
         let db = Db::open(&d.path().join("state.db")).unwrap();

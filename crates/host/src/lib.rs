@@ -31,6 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 pub use agent::{AgentClient, ClientError};
 use db::Db;
+pub use db::{ACTOR, EventRecord};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
 
 /// Errors of host operations. Each says what to do about it.
@@ -751,6 +752,17 @@ impl Host {
         Ok(all)
     }
 
+    /// The event log after `seq` (oldest first, at most `limit`), of one owner or sandbox.
+    pub fn events(
+        &self,
+        after: i64,
+        owner: Option<&str>,
+        sandbox: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, HostError> {
+        self.db.events(after, owner, sandbox, limit)
+    }
+
     /// One sandbox by id, unique id prefix or name.
     pub fn get(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self
@@ -1168,7 +1180,7 @@ fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

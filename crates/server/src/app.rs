@@ -174,13 +174,18 @@ impl Inner {
     }
 
     /// Times a lifecycle operation into `cove_operation_seconds`.
+    /// Runs a lifecycle operation for `auth` (the event log names the key), timed into
+    /// `cove_operation_seconds`.
     async fn timed<T>(
         &self,
+        auth: &Auth,
         op: &str,
         f: impl Future<Output = Result<T, HostError>>,
     ) -> Result<T, ApiError> {
         let t = Instant::now();
-        let r = f.await;
+        let r = cove_host::ACTOR
+            .scope(format!("key:{}", auth.0.key_id), f)
+            .await;
         if r.is_ok() {
             self.metrics.operation(op, t.elapsed().as_secs_f64());
         }
@@ -364,7 +369,7 @@ async fn create_sandbox(
             memory_mib: memory_mib.into(),
         },
     )?;
-    let rec = app.timed("create", app.host.create(&spec)).await?;
+    let rec = app.timed(&auth, "create", app.host.create(&spec)).await?;
     Ok((StatusCode::CREATED, Json(sandbox(rec))))
 }
 
@@ -455,7 +460,8 @@ async fn delete_sandbox(
 ) -> Result<StatusCode, ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
-    app.timed("delete", app.host.remove(&r.id, true)).await?;
+    app.timed(&auth, "delete", app.host.remove(&r.id, true))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -473,7 +479,7 @@ macro_rules! lifecycle {
         ) -> Result<Json<api::Sandbox>, ApiError> {
             auth.need(Scope::Exec)?;
             let r = app.owned(&auth.0, &id)?;
-            Ok(Json(sandbox(app.timed($op, app.host.$call(&r.id)).await?)))
+            Ok(Json(sandbox(app.timed(&auth, $op, app.host.$call(&r.id)).await?)))
         }
     };
 }
@@ -513,7 +519,7 @@ async fn snapshot_sandbox(
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
     let s = app
-        .timed("snapshot", app.host.snapshot(&r.id, None, false))
+        .timed(&auth, "snapshot", app.host.snapshot(&r.id, None, false))
         .await?;
     Ok((StatusCode::CREATED, Json(snapshot(s))))
 }
@@ -541,7 +547,9 @@ async fn fork_sandbox(
             memory_mib: u64::from(r.memory_mib) * u64::from(count),
         },
     )?;
-    let clones = app.timed("fork", app.host.fork(&r.id, count)).await?;
+    let clones = app
+        .timed(&auth, "fork", app.host.fork(&r.id, count))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(api::List {
@@ -867,6 +875,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::files::list))
         .routes(routes!(crate::files::mkdir))
         .routes(routes!(crate::files::rename))
+        .routes(routes!(crate::events::events))
         .routes(routes!(sandbox_logs))
         .routes(routes!(list_snapshots))
         .routes(routes!(delete_snapshot))

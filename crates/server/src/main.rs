@@ -9,6 +9,7 @@
 
 mod app;
 mod error;
+mod events;
 mod files;
 mod keys;
 mod metrics;
