@@ -105,6 +105,7 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
             Some(json!({"cmd": ["true"]})),
         ),
         (Method::GET, format!("{base}/logs"), None),
+        (Method::GET, format!("{base}/metrics"), None),
         (
             Method::GET,
             format!("{base}/files?path=/etc/hostname"),
@@ -347,6 +348,16 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
             .await;
         assert_eq!(r["stdout"], "hi\n", "a fork keeps the environment");
     }
+    // Usage, measured on the host: a guest that wrote 32 MiB to its disk holds at least that.
+    api.ok(&a, Method::POST, &format!("{base}/exec"), Some(json!({"cmd": ["sh", "-c", "dd if=/dev/urandom of=/root/fill bs=1M count=32 2>/dev/null; sync"]}))).await;
+    let m = api
+        .ok(&a, Method::GET, &format!("{base}/metrics"), None)
+        .await;
+    assert!(m["cpu_seconds"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["memory_bytes"].as_u64().unwrap() > 16 << 20, "{m}");
+    assert_eq!(m["memory_limit_bytes"], 256u64 << 20);
+    assert!(m["disk_bytes"].as_u64().unwrap() >= 32 << 20, "{m}");
+    assert_eq!(m["disk_limit_bytes"], 2048u64 << 20);
     let logs = api.ok(&a, Method::GET, &format!("{base}/logs"), None).await;
     assert!(logs.as_str().is_some_and(|l| !l.is_empty()), "{logs}");
     api.ok(

@@ -306,6 +306,21 @@ pub struct Event {
     pub cause: Option<String>,
 }
 
+/// What a sandbox uses (`GET /v1/sandboxes/{id}/metrics`), measured on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxMetrics {
+    /// CPU time of its VM so far, seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory of its VM (guest memory touched, plus the VMM's own).
+    pub memory_bytes: u64,
+    /// Its memory size.
+    pub memory_limit_bytes: u64,
+    /// What its writable disk holds.
+    pub disk_bytes: u64,
+    /// Its writable disk's size.
+    pub disk_limit_bytes: u64,
+}
+
 /// `POST /v1/sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

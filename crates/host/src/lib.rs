@@ -1388,6 +1388,65 @@ pub async fn vm_status(rec: &SandboxRecord) -> Result<cove_protocol::control::Vm
     control(Path::new(&rec.socket), &ControlRequest::Status, None).await
 }
 
+/// What a sandbox uses on this host, read from outside the guest (whatever runs in it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// CPU time of the process that runs the guest (its vCPUs and devices), seconds.
+    pub cpu_seconds: f64,
+    /// Its resident memory: the guest memory touched so far, plus the VMM's own.
+    pub memory_bytes: u64,
+    /// The guest's memory size.
+    pub memory_limit_bytes: u64,
+    /// Blocks the sandbox's writable disk holds on this host.
+    pub disk_bytes: u64,
+    /// The writable disk's size.
+    pub disk_limit_bytes: u64,
+}
+
+/// CPU seconds and resident bytes of a process, from `/proc`.
+fn process_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Some((ticks as f64 / hz as f64, rss_kb * 1024))
+}
+
+impl Host {
+    /// CPU, memory and disk a sandbox uses (zero CPU and memory while it has no VM: hibernated,
+    /// stopped).
+    pub async fn usage(&self, key: &str) -> Result<Usage, HostError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let rec = self.get(key)?;
+        let disk = Path::new(&rec.dir).join("disk.ext4");
+        let mut u = Usage {
+            memory_limit_bytes: u64::from(rec.memory_mib) << 20,
+            disk_limit_bytes: u64::from(rec.disk_mib) << 20,
+            disk_bytes: std::fs::metadata(&disk)
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0),
+            ..Usage::default()
+        };
+        if matches!(rec.state.as_str(), "running" | "paused")
+            && let Ok(st) = vm_status(&rec).await
+            && let Some((cpu, rss)) = process_usage(st.vmm_pid.unwrap_or(st.pid))
+        {
+            u.cpu_seconds = cpu;
+            u.memory_bytes = rss;
+        }
+        Ok(u)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

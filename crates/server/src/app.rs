@@ -719,6 +719,27 @@ async fn sandbox_logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
 
+/// CPU, memory and disk a sandbox uses, measured on the host.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = api::SandboxMetrics), (status = 404, body = api::Error)))]
+async fn sandbox_metrics(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<api::SandboxMetrics>, ApiError> {
+    auth.need(Scope::Read)?;
+    let r = app.owned(&auth.0, &id)?;
+    let u = app.host.usage(&r.id).await?;
+    Ok(Json(api::SandboxMetrics {
+        cpu_seconds: u.cpu_seconds,
+        memory_bytes: u.memory_bytes,
+        memory_limit_bytes: u.memory_limit_bytes,
+        disk_bytes: u.disk_bytes,
+        disk_limit_bytes: u.disk_limit_bytes,
+    }))
+}
+
 /// The tenant's snapshots.
 #[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots",
     responses((status = 200, body = api::List<api::Snapshot>)))]
@@ -877,6 +898,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::files::rename))
         .routes(routes!(crate::events::events))
         .routes(routes!(sandbox_logs))
+        .routes(routes!(sandbox_metrics))
         .routes(routes!(list_snapshots))
         .routes(routes!(delete_snapshot))
         .routes(routes!(list_images))
