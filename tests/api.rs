@@ -1289,3 +1289,148 @@ async fn lifecycle_events_stream_as_ndjson_and_sse_per_tenant() {
         .unwrap();
     assert!(!theirs.contains(&id), "{theirs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_certificate_of_our_own() {
+    let dir = cove_tests::TempDir::new("tls");
+    // A CA of our own, and a server certificate for 127.0.0.1 signed by it.
+    let ca = dir.0.join("ca.pem");
+    let (cert, key_pem) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let openssl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .expect("openssl");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=cove test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "req.pem",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.0.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.pem",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let key = api_key(&tenant("tls"), "read");
+    let server = Coved::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key_pem.to_str().unwrap(),
+    ]);
+    let https = server.url.replacen("http://", "https://", 1);
+    let http = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let res = http
+        .get(format!("{https}/v1/sandboxes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Plain HTTP to the TLS port gets no API answer; a client that does not trust the
+    // certificate refuses it.
+    assert!(
+        Client::new()
+            .get(format!("{}/v1/sandboxes", server.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .map(|r| r.status() != StatusCode::OK)
+            .unwrap_or(true)
+    );
+    assert!(
+        Client::new()
+            .get(format!("{https}/v1/sandboxes"))
+            .send()
+            .await
+            .is_err()
+    );
+    // The CLI over HTTPS, trusting the CA through COVE_CA_CERT.
+    let o = cove_tests::cove()
+        .args(["ls", "-q"])
+        .env("COVE_HOST", &https)
+        .env("COVE_API_KEY", &key)
+        .env("COVE_CA_CERT", &ca)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cove_tests::cove()
+        .args(["ls", "-q"])
+        .env("COVE_HOST", &https)
+        .env("COVE_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "an untrusted certificate is refused"
+    );
+    // The WebSocket exec over wss, trusting the same CA.
+    let exec_key = api_key(&tenant("tls-exec"), "exec");
+    let o = cove_tests::cove()
+        .args(["run", "--memory", "256", "--", "echo", "over wss"])
+        .env("COVE_HOST", &https)
+        .env("COVE_API_KEY", &exec_key)
+        .env("COVE_CA_CERT", &ca)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "over wss\n");
+}

@@ -88,7 +88,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             .api_key
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--host needs an API key: set COVE_API_KEY"))?;
-        return remote::run(cove_sdk::Client::new(host, &key)?, cli.command).await;
+        let ca = match std::env::var_os("COVE_CA_CERT") {
+            Some(p) => Some(std::fs::read(&p).map_err(|e| {
+                anyhow::anyhow!("reading COVE_CA_CERT {}: {e}", Path::new(&p).display())
+            })?),
+            None => None,
+        };
+        let client = cove_sdk::Client::with_ca(host, &key, ca.as_deref())?;
+        return remote::run(client, cli.command).await;
     }
     let home = cli.home.clone().unwrap_or_else(cove_host::default_home);
     let host = || Host::open(&home);

@@ -52,6 +52,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     key: String,
+    /// The WebSocket's TLS settings when a CA of the caller's own is trusted.
+    ws_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// An event of a streaming exec.
@@ -92,31 +94,59 @@ pub struct ExecReader {
 }
 
 impl Client {
-    /// A client of the coved at `base` (`http://host:port`, or `host:port`).
+    /// A client of the coved at `base` (`http://host:port`, `https://…`, or `host:port`).
     pub fn new(base: &str, key: &str) -> Result<Self, Error> {
+        Self::with_ca(base, key, None)
+    }
+
+    /// Likewise, also trusting the CA certificate `ca_pem` (for a coved with a certificate of
+    /// its own).
+    pub fn with_ca(base: &str, key: &str, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
         let base = if base.contains("://") {
             base.trim_end_matches('/').to_string()
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|source| Error::Http {
+        let mut b = reqwest::Client::builder();
+        let mut ws_tls = None;
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|source| Error::Http {
                 url: base.clone(),
                 source,
             })?;
+            b = b.add_root_certificate(cert);
+            ws_tls = Some(std::sync::Arc::new(ws_tls_config(pem)?));
+        }
+        let http = b.build().map_err(|source| Error::Http {
+            url: base.clone(),
+            source,
+        })?;
         Ok(Self {
             http,
             base,
             key: key.to_string(),
+            ws_tls,
         })
     }
 
-    /// From `COVE_HOST` and `COVE_API_KEY`; `None` when `COVE_HOST` is not set.
+    /// From `COVE_HOST`, `COVE_API_KEY` and (optionally) `COVE_CA_CERT`, a PEM file; `None`
+    /// when `COVE_HOST` is not set.
     pub fn from_env() -> Option<Result<Self, Error>> {
         let host = std::env::var("COVE_HOST").ok().filter(|h| !h.is_empty())?;
         let key = std::env::var("COVE_API_KEY").unwrap_or_default();
-        Some(Self::new(&host, &key))
+        let ca = match std::env::var_os("COVE_CA_CERT") {
+            Some(p) => match std::fs::read(&p) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    return Some(Err(Error::Protocol(format!(
+                        "reading COVE_CA_CERT {}: {e}",
+                        std::path::Path::new(&p).display()
+                    ))));
+                }
+            },
+            None => None,
+        };
+        Some(Self::with_ca(&host, &key, ca.as_deref()))
     }
 
     /// The base URL.
@@ -366,7 +396,15 @@ impl Client {
                 .parse()
                 .map_err(|_| Error::Protocol("the API key is not a valid header".into()))?,
         );
-        let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+        let connector = self
+            .ws_tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
+            req, None, true, connector,
+        )
+        .await
+        {
             Ok(c) => c,
             // A refusal before the upgrade carries coved's JSON error.
             Err(tungstenite::Error::Http(res)) => {
@@ -392,6 +430,31 @@ impl Client {
             output: ExecReader { rx },
         })
     }
+}
+
+/// rustls settings trusting the platform's roots and the CA certificates in `pem`.
+fn ws_tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| Error::Protocol(format!("the CA certificate: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| Error::Protocol(format!("the CA certificate: {e}")))?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Protocol(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 /// A success, or coved's JSON error as [`Error::Api`].

@@ -1,7 +1,8 @@
 //! coved: Cove's HTTP API over this host's sandboxes.
 //!
 //! ```text
-//! coved [--listen ADDR] [--metrics-listen ADDR]     serve (ADDR: host:port or unix:/path)
+//! coved [--listen ADDR] [--metrics-listen ADDR] [--tls-cert PEM --tls-key PEM]
+//!                                                   serve (ADDR: host:port or unix:/path)
 //! coved keys create --tenant NAME [--scope S]       prints a new key on stdout
 //! coved keys ls | coved keys revoke ID
 //! coved quota set TENANT --sandboxes N --vcpus N --memory-mib N
@@ -33,6 +34,12 @@ struct Cli {
     /// Serve `/metrics` here instead of on the API listener.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key; TCP listeners only).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Requests per second per key (and as many in a burst).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
@@ -179,6 +186,9 @@ fn keys_command(keys: &keys::Keys, c: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A TLS configuration (rustls).
+struct Tls(axum_server::tls_rustls::RustlsConfig);
+
 /// A bound listener of either kind.
 enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -217,7 +227,7 @@ impl Listener {
         }
     }
 
-    async fn serve(self, router: axum::Router) -> std::io::Result<()> {
+    async fn serve(self, router: axum::Router, tls: Option<Tls>) -> std::io::Result<()> {
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -227,6 +237,24 @@ impl Listener {
                 _ = term.recv() => {}
             }
         };
+        if let Some(tls) = tls {
+            let Self::Tcp(l) = self else {
+                return Err(std::io::Error::other(
+                    "TLS needs a TCP listener (HOST:PORT)",
+                ));
+            };
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            let l = l.into_std()?;
+            return axum_server::tls_rustls::from_tcp_rustls(l, tls.0)?
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await;
+        }
         match self {
             Self::Tcp(l) => {
                 axum::serve(l, router)
@@ -261,6 +289,14 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls(axum_server::tls_rustls::RustlsConfig::from_pem_file(
+            cert, key,
+        )
+        .await
+        .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?)),
+        _ => None,
+    };
     let app = app::state(host, keys, cli.rate_limit, metrics.is_none());
     println!("coved: listening on {}", api.describe());
     if let Some(m) = &metrics {
@@ -268,7 +304,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
     }
     tracing::info!(sandboxes = n, home = %home.display(), "coved started");
     let router = app::router(app.clone());
-    let api_task = tokio::spawn(api.serve(router));
+    let api_task = tokio::spawn(api.serve(router, tls));
     if let Some(m) = metrics {
         let app = app.clone();
         let r = axum::Router::new().route(
@@ -278,7 +314,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
                 async move { app::render_metrics(&app) }
             }),
         );
-        tokio::spawn(m.serve(r));
+        tokio::spawn(m.serve(r, None));
     }
     api_task.await??;
     Ok(())
