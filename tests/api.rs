@@ -1434,3 +1434,184 @@ async fn tls_with_a_certificate_of_our_own() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "over wss\n");
 }
+
+/// A copy of the busybox layout whose config carries `NONCE=nonce`: a new image, same layers.
+fn busybox_variant(dir: &std::path::Path, nonce: &str) {
+    let base = cove_tests::default_layout("busybox");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&base)
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| {
+        let d = format!("sha256:{}", cove_tests::sha256(bytes));
+        std::fs::write(blob(&d), bytes).unwrap();
+        d
+    };
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut manifest: Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut config: Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    config["config"]["Env"]
+        .as_array_mut()
+        .unwrap()
+        .push(format!("NONCE={nonce}").into());
+    let c = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put(&c).into();
+    manifest["config"]["size"] = c.len().into();
+    let m = serde_json::to_vec(&manifest).unwrap();
+    index["manifests"][0]["digest"] = put(&m).into();
+    index["manifests"][0]["size"] = m.len().into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pulls_run_in_the_background_with_progress() {
+    let reg = cove_tests::Registry::start(None);
+    let dir = cove_tests::TempDir::new("api-pull");
+    let nonce =
+        format!("{:?}", std::time::SystemTime::now()).replace(['{', '}', ' ', ':', ','], "");
+    let layout = dir.0.join("layout");
+    busybox_variant(&layout, &nonce);
+    let reference = format!("{}/api/busybox:{}", reg.addr, &nonce[nonce.len() - 12..]);
+    reg.push(
+        &format!("oci:{}:busybox", layout.display()),
+        &reference[reg.addr.len() + 1..],
+        None,
+        None,
+    );
+    let admin = api_key(&tenant("pull"), "admin");
+    let exec = api_key(&tenant("pull"), "exec");
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let (s, _) = api
+        .call(
+            Some(&exec),
+            Method::POST,
+            "/v1/images/pull",
+            Some(json!({"reference": reference, "insecure": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "pulling needs admin");
+    let (s, _) = api
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/v1/images/pull",
+            Some(json!({"reference": "Bad Ref!"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, started) = api
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/v1/images/pull",
+            Some(json!({"reference": reference, "insecure": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let id = started["id"].as_str().unwrap();
+    let progress = api
+        .http
+        .get(format!("{}/v1/images/pulls/{id}", api.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = progress
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    // The layers may be cached from other pulls of busybox: downloaded or found, then unpacked.
+    assert!(
+        types.contains(&"resolved")
+            && (types.contains(&"download") || types.contains(&"layer_cached"))
+            && types.contains(&"unpack")
+            && types.contains(&"disk"),
+        "{types:?}"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "complete", "{last}");
+    assert_eq!(last["names"][0], reference.as_str());
+    let images = api.ok(&admin, Method::GET, "/v1/images", None).await;
+    let digest = last["digest"].as_str().unwrap();
+    assert!(
+        images["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["digest"] == digest)
+    );
+    // Followed again after the end: the whole history, then the end.
+    let again = api
+        .http
+        .get(format!("{}/v1/images/pulls/{id}", api.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(again, progress);
+    // A pull that fails ends with `failed` and the reason.
+    let (_, started) = api
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/v1/images/pull",
+            Some(json!({"reference": format!("{}/api/missing:1", reg.addr), "insecure": true})),
+        )
+        .await;
+    let failed = api
+        .http
+        .get(format!(
+            "{}/v1/images/pulls/{}",
+            api.url,
+            started["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(failed.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "failed", "{failed}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{last}"
+    );
+    let (s, _) = api
+        .call(
+            Some(&admin),
+            Method::DELETE,
+            &format!("/v1/images/{digest}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}

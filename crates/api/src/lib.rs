@@ -321,6 +321,30 @@ pub struct SandboxMetrics {
     pub disk_limit_bytes: u64,
 }
 
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pull {
+    /// Image reference (`name[:tag]`, `host:port/path:tag`, `…@sha256:…`).
+    pub reference: String,
+    /// Plain HTTP (registries on loopback).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Registry user name (with `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Registry password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// A pull that started (`202`): follow it at `/v1/images/pulls/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PullStarted {
+    /// The pull's id.
+    pub id: String,
+}
+
 /// `POST /v1/sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

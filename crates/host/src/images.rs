@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 pub use cove_image::{
-    Event, ImageConfig, ImageError, ImageMeta, NoProgress, Progress, PullOptions,
+    Event, ImageConfig, ImageError, ImageMeta, NoProgress, Progress, PullOptions, parse_reference,
 };
 use serde::Serialize;
 

@@ -195,8 +195,9 @@ impl ImageMeta {
     }
 }
 
-/// What the pipeline is doing, for progress displays.
-#[derive(Debug, Clone)]
+/// What the pipeline is doing, for progress displays (and, as JSON, coved's pull progress).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The manifest is known.
     Resolved {

@@ -59,6 +59,8 @@ pub struct Inner {
     pub metrics_on_api: bool,
     pending: Mutex<HashMap<String, Usage>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Image pulls started through the API.
+    pub pulls: crate::pulls::Pulls,
 }
 
 /// The shared state.
@@ -74,6 +76,7 @@ pub fn state(host: Host, keys: Keys, rate: f64, metrics_on_api: bool) -> App {
         metrics_on_api,
         pending: Mutex::new(HashMap::new()),
         buckets: Mutex::new(HashMap::new()),
+        pulls: crate::pulls::Pulls::default(),
     })
 }
 
@@ -903,6 +906,8 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(delete_snapshot))
         .routes(routes!(list_images))
         .routes(routes!(delete_image))
+        .routes(routes!(crate::pulls::start))
+        .routes(routes!(crate::pulls::follow))
         .routes(routes!(openapi))
         .routes(routes!(metrics))
         .split_for_parts()

@@ -122,7 +122,8 @@ pub struct Keys {
     conn: Mutex<Connection>,
 }
 
-fn random_hex(bytes: usize) -> std::io::Result<String> {
+/// `bytes` random bytes from the kernel, as hex.
+pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b.iter().fold(String::new(), |mut s, x| {

@@ -14,6 +14,7 @@ mod events;
 mod files;
 mod keys;
 mod metrics;
+mod pulls;
 mod ws;
 
 use std::path::PathBuf;
