@@ -694,6 +694,20 @@ async fn coved_killed_mid_request_restarts_with_every_sandbox_intact() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // A create in flight too (a boot takes most of a second here).
+    let creating = {
+        let http = api.http.clone();
+        let url = format!("{}/v1/sandboxes", api.url);
+        let key = key.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"memory_mib": 256, "labels": {"interrupted": "yes"}}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // SIGKILL: no chance to clean up.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -701,6 +715,7 @@ async fn coved_killed_mid_request_restarts_with_every_sandbox_intact() {
         inflight.await.unwrap().is_err(),
         "the in-flight request failed with the server"
     );
+    assert!(creating.await.unwrap().is_err(), "so did the create");
 
     let server = Coved::start(&[]);
     let api = Api::new(&server);
@@ -729,6 +744,44 @@ async fn coved_killed_mid_request_restarts_with_every_sandbox_intact() {
     assert_eq!(r["stdout"], "none\n", "{r}");
     api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
         .await;
+    // The interrupted create ended in a defined state: its VM came up (running) or it failed;
+    // either way it is listed, owned by the tenant, and removable.
+    let mut state = String::new();
+    for _ in 0..300 {
+        let l = api
+            .ok(
+                &key,
+                Method::GET,
+                "/v1/sandboxes?label=interrupted=yes",
+                None,
+            )
+            .await;
+        if let Some(s) = l["items"].as_array().unwrap().first() {
+            state = s["state"].as_str().unwrap().to_string();
+            if state == "running" || state == "failed" {
+                let id = s["id"].as_str().unwrap().to_string();
+                if state == "running" {
+                    let r = api
+                        .ok(
+                            &key,
+                            Method::POST,
+                            &format!("/v1/sandboxes/{id}/exec"),
+                            Some(json!({"cmd": ["true"]})),
+                        )
+                        .await;
+                    assert_eq!(r["exit_code"], 0);
+                }
+                api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+                    .await;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        state == "running" || state == "failed",
+        "the interrupted create is {state:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
