@@ -106,6 +106,12 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
         ),
         (Method::GET, format!("{base}/logs"), None),
         (Method::GET, format!("{base}/metrics"), None),
+        (Method::GET, format!("{base}/processes"), None),
+        (
+            Method::POST,
+            format!("{base}/processes/1/kill"),
+            Some(json!({})),
+        ),
         (
             Method::GET,
             format!("{base}/files?path=/etc/hostname"),
@@ -348,6 +354,72 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
             .await;
         assert_eq!(r["stdout"], "hi\n", "a fork keeps the environment");
     }
+    // Processes: a background sleep is listed and can be killed; the agent cannot.
+    api.ok(
+        &a,
+        Method::POST,
+        &format!("{base}/exec"),
+        Some(json!({"cmd": ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &"]})),
+    )
+    .await;
+    let ps = api
+        .ok(&a, Method::GET, &format!("{base}/processes"), None)
+        .await;
+    let sleeper = ps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cmdline"] == json!(["sleep", "300"]))
+        .unwrap_or_else(|| panic!("{ps}"));
+    let pid = sleeper["pid"].as_u64().unwrap();
+    let (s, v) = api
+        .call(
+            Some(&a),
+            Method::POST,
+            &format!("{base}/processes/1/kill"),
+            Some(json!({"signal": 9})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "the agent is not signalled: {v}"
+    );
+    let (s, _) = api
+        .call(
+            Some(&a),
+            Method::POST,
+            &format!("{base}/processes/{pid}/kill"),
+            Some(json!({"signal": 9})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut gone = false;
+    for _ in 0..50 {
+        let ps = api
+            .ok(&a, Method::GET, &format!("{base}/processes"), None)
+            .await;
+        if !ps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == pid && p["state"] != "Z")
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the killed process went away");
+    let (s, _) = api
+        .call(
+            Some(&a),
+            Method::POST,
+            &format!("{base}/processes/999999/kill"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     // Usage, measured on the host: a guest that wrote 32 MiB to its disk holds at least that.
     api.ok(&a, Method::POST, &format!("{base}/exec"), Some(json!({"cmd": ["sh", "-c", "dd if=/dev/urandom of=/root/fill bs=1M count=32 2>/dev/null; sync"]}))).await;
     let m = api
@@ -539,10 +611,13 @@ async fn the_openapi_document_and_the_router_agree() {
     // `method_not_allowed`. (The router is built from these same handlers, so it serves nothing
     // the document lacks; an undocumented path gets `no_route`.)
     for (path, ops) in paths {
-        let concrete = path.replace("{id}", "000000000000").replace(
-            "{digest}",
-            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-        );
+        let concrete = path
+            .replace("{id}", "000000000000")
+            .replace("{pid}", "1")
+            .replace(
+                "{digest}",
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            );
         for method in ops.as_object().unwrap().keys() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = (m == Method::POST).then(|| json!({"cpus": "not a number", "cmd": []}));

@@ -8,5 +8,6 @@ pub mod exec;
 pub mod fdio;
 pub mod files;
 pub mod init;
+pub mod procs;
 pub mod server;
 pub mod user;

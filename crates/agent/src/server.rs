@@ -452,6 +452,10 @@ async fn run_request(
             files::blocking(move || files::remove(&path, recursive)).await
         }
         Request::Rename { from, to } => files::blocking(move || files::rename(&from, &to)).await,
+        Request::Processes => files::blocking(crate::procs::list).await,
+        Request::Kill { pid, signal } => {
+            files::blocking(move || crate::procs::kill(pid, signal)).await
+        }
         Request::Shutdown => {
             if agent.pid1 {
                 tokio::spawn(async {

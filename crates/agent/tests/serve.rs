@@ -206,3 +206,49 @@ async fn background_children_do_not_hold_an_exec_open() {
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn processes_are_listed_and_signalled_but_never_the_agent() {
+    let c = pair();
+    let mut ex = c.exec(req(&["sleep", "30"])).await.unwrap();
+    let ps = c.processes().await.unwrap();
+    let me = ps
+        .iter()
+        .find(|p| p.pid == ex.pid)
+        .expect("the exec is listed");
+    assert_eq!(me.cmdline, ["sleep", "30"]);
+    assert_eq!(me.ppid, std::process::id(), "a child of the agent");
+    assert!(ps.iter().any(|p| p.pid == std::process::id()));
+    // The agent itself (here: this test process) cannot be signalled.
+    let e = c.kill(std::process::id(), 9).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(a) if a.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
+    let e = c.kill(1, 9).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(a) if a.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
+    let e = c.kill(ex.pid, 999).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(a) if a.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
+    c.kill(ex.pid, 9).await.unwrap();
+    loop {
+        match ex.session.next().await {
+            Some(cove_host::agent::Event::Reply(Reply::Exited(st))) => {
+                assert_eq!(st.signal, Some(9));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the session ended without an exit"),
+        }
+    }
+    let e = c.kill(ex.pid, 9).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(a) if a.code == ErrorCode::NotFound),
+        "{e}"
+    );
+}

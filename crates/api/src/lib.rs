@@ -345,6 +345,34 @@ pub struct PullStarted {
     pub id: String,
 }
 
+/// A process of a sandbox (`GET /v1/sandboxes/{id}/processes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Process {
+    /// Pid in the guest.
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: u32,
+    /// User id.
+    pub uid: u32,
+    /// State letter (`R`, `S`, `Z`, …).
+    pub state: String,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU time, milliseconds.
+    pub cpu_ms: u64,
+    /// Command line.
+    pub cmdline: Vec<String>,
+}
+
+/// `POST /v1/sandboxes/{id}/processes/{pid}/kill`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kill {
+    /// Signal number (default 15, SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
 /// `POST /v1/sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -356,6 +356,19 @@ impl AgentClient {
         finish_write(ev, &mut s).await
     }
 
+    /// Every process of the guest, by pid.
+    pub async fn processes(&self) -> Result<Vec<cove_protocol::ProcessInfo>, ClientError> {
+        match self.call(&Request::Processes).await? {
+            Reply::Processes { processes } => Ok(processes),
+            r => Err(ClientError::Unexpected(format!("{r:?}"))),
+        }
+    }
+
+    /// Sends `signal` to one process of the guest.
+    pub async fn kill(&self, pid: u32, signal: i32) -> Result<(), ClientError> {
+        self.call(&Request::Kill { pid, signal }).await.map(drop)
+    }
+
     /// `stat` of a path (not following a final symlink).
     pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
         match self.call(&Request::Stat { path: path.into() }).await? {

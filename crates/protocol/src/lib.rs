@@ -17,7 +17,7 @@ pub use frame::{Decoder, Frame, FrameBody, FrameError, FrameKind, Stream};
 pub use message::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Versions this build can speak, newest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
 /// Data bytes a sender may have in flight on one session before the receiver grants more.

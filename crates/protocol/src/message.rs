@@ -100,8 +100,37 @@ pub enum Request {
         /// Absolute path in the sandbox.
         to: String,
     },
+    /// Every process in the guest (from `/proc`), the agent included.
+    Processes,
+    /// Sends a signal to one process of the guest (never the agent itself).
+    Kill {
+        /// Its pid.
+        pid: u32,
+        /// Signal number.
+        signal: i32,
+    },
     /// Flushes the filesystems and stops the guest.
     Shutdown,
+}
+
+/// A process of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    /// Pid.
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// State letter (`R` running, `S` sleeping, `Z` zombie, …).
+    pub state: String,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU time used, milliseconds.
+    pub cpu_ms: u64,
+    /// Command line (the name in brackets for kernel threads).
+    pub cmdline: Vec<String>,
 }
 
 /// How to start a process.
@@ -170,6 +199,11 @@ pub enum Reply {
     },
     /// Answer to `Stat`.
     Stat(FileStat),
+    /// Answer to `Processes`.
+    Processes {
+        /// By pid.
+        processes: Vec<ProcessInfo>,
+    },
     /// Answer to `List`.
     Entries {
         /// The directory's entries, sorted by name.

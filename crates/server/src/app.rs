@@ -743,6 +743,65 @@ async fn sandbox_metrics(
     }))
 }
 
+/// The sandbox's processes (every process of the guest, the agent included).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = api::List<api::Process>), (status = 404, body = api::Error),
+        (status = 409, body = api::Error)))]
+async fn list_processes(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<api::List<api::Process>>, ApiError> {
+    auth.need(Scope::Read)?;
+    let r = app.owned(&auth.0, &id)?;
+    let items = app
+        .host
+        .connect(&r.id)
+        .await?
+        .processes()
+        .await?
+        .into_iter()
+        .map(|p| api::Process {
+            pid: p.pid,
+            ppid: p.ppid,
+            uid: p.uid,
+            state: p.state,
+            rss_bytes: p.rss_bytes,
+            cpu_ms: p.cpu_ms,
+            cmdline: p.cmdline,
+        })
+        .collect();
+    Ok(Json(api::List { items }))
+}
+
+/// Signal one process of the sandbox (never its agent).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid}/kill", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id"), ("pid" = u32, Path, description = "Pid in the guest")),
+    request_body = api::Kill,
+    responses((status = 204, description = "Sent"), (status = 400, body = api::Error),
+        (status = 404, body = api::Error)))]
+async fn kill_process(
+    State(app): State<App>,
+    auth: Auth,
+    Path((id, pid)): Path<(String, String)>,
+    Json(req): Json<api::Kill>,
+) -> Result<StatusCode, ApiError> {
+    auth.need(Scope::Exec)?;
+    let r = app.owned(&auth.0, &id)?;
+    let pid: u32 = pid
+        .parse()
+        .map_err(|_| ApiError::not_found("process", &pid))?;
+    let client = app.host.connect(&r.id).await?;
+    match client.kill(pid, req.signal.unwrap_or(15)).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(cove_host::ClientError::Agent(a)) if a.code == cove_protocol::ErrorCode::NotFound => {
+            Err(ApiError::not_found("process", &pid.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The tenant's snapshots.
 #[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots",
     responses((status = 200, body = api::List<api::Snapshot>)))]
@@ -902,6 +961,8 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::events::events))
         .routes(routes!(sandbox_logs))
         .routes(routes!(sandbox_metrics))
+        .routes(routes!(list_processes))
+        .routes(routes!(kill_process))
         .routes(routes!(list_snapshots))
         .routes(routes!(delete_snapshot))
         .routes(routes!(list_images))
