@@ -1743,3 +1743,51 @@ async fn image_pulls_run_in_the_background_with_progress() {
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_logs_follow_what_the_guest_prints() {
+    let key = api_key(&tenant("logs"), "exec");
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let sb = api
+        .ok(
+            &key,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let base = format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap());
+    let mut follow = api
+        .http
+        .get(format!("{}{base}/logs?follow=true", api.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), StatusCode::OK);
+    api.ok(
+        &key,
+        Method::POST,
+        &format!("{base}/exec"),
+        Some(json!({"cmd": ["sh", "-c", "echo cove-follow-marker > /dev/console"]})),
+    )
+    .await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains("cove-follow-marker") {
+        let chunk = tokio::time::timeout_at(deadline, follow.chunk())
+            .await
+            .expect("the line arrives")
+            .unwrap()
+            .expect("still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Removing the sandbox ends the stream.
+    api.ok(&key, Method::DELETE, &base, None).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = follow.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ends with its sandbox");
+}

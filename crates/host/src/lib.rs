@@ -1059,6 +1059,11 @@ impl Host {
         Ok(rec)
     }
 
+    /// The file the console log is appended to (rotated to `console.log.1` past 1 MiB).
+    pub fn console_log(&self, rec: &SandboxRecord) -> PathBuf {
+        Path::new(&rec.dir).join("console.log")
+    }
+
     /// The console log of a sandbox: the rotated part (`console.log.1`), then the current one.
     pub fn logs(&self, key: &str) -> Result<Vec<u8>, HostError> {
         let rec = self.get(key)?;

@@ -707,19 +707,72 @@ async fn run(
     }
 }
 
-/// The guest's console log (kernel and agent messages), as text.
+/// `GET /v1/sandboxes/{id}/logs` options.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    /// Keep the stream open and send what the guest prints next, until the sandbox is gone.
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The guest's console log (kernel and agent messages), as text; `follow=true` streams on.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", tag = "sandboxes",
-    params(("id" = String, Path, description = "Sandbox id")),
+    params(("id" = String, Path, description = "Sandbox id"), LogsQuery),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = api::Error)))]
 async fn sandbox_logs(
     State(app): State<App>,
     auth: Auth,
     Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     auth.need(Scope::Read)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let r = app.owned(&auth.0, &id)?;
     let bytes = app.host.logs(&r.id)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+    let ct = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !q.follow {
+        return Ok((ct, bytes).into_response());
+    }
+    // Followed: what is there, then what is appended (from the start of the file again when
+    // cove-vm rotates it), looked for every 200 ms, until the sandbox is removed.
+    let path = app.host.console_log(&r);
+    let at = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+    let rest = futures::stream::unfold(
+        (app, r.id, path, at),
+        |(app, id, path, mut at)| async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let len = match std::fs::metadata(&path) {
+                    Ok(m) => m.len(),
+                    // Removed with its sandbox: the end.
+                    Err(_) if app.host.get(&id).is_err() => return None,
+                    Err(_) => 0,
+                };
+                if len < at {
+                    at = 0;
+                }
+                if len > at {
+                    use std::io::{Read as _, Seek as _};
+                    let mut buf = Vec::new();
+                    let read = std::fs::File::open(&path).and_then(|mut f| {
+                        f.seek(std::io::SeekFrom::Start(at))?;
+                        f.take(len - at).read_to_end(&mut buf)
+                    });
+                    if read.is_ok() {
+                        at += buf.len() as u64;
+                        return Some((Ok(buf), (app, id, path, at)));
+                    }
+                }
+                if app.host.get(&id).is_err() {
+                    return None;
+                }
+            }
+        },
+    );
+    use futures::StreamExt as _;
+    Ok((ct, axum::body::Body::from_stream(first.chain(rest))).into_response())
 }
 
 /// CPU, memory and disk a sandbox uses, measured on the host.
