@@ -1791,3 +1791,30 @@ async fn console_logs_follow_what_the_guest_prints() {
     .await;
     assert!(end.is_ok(), "the stream ends with its sandbox");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_and_cli_over_a_unix_socket() {
+    let dir = cove_tests::TempDir::new("unix");
+    let sock = dir.0.join("coved.sock");
+    let server = Coved::start_on(&format!("unix:{}", sock.display()), &[]);
+    assert_eq!(server.url, format!("unix:{}", sock.display()));
+    // A second coved on the same socket is refused: the first still answers there.
+    let o = coved().args(["--listen", &server.url]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another coved"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let key = api_key(&tenant("unix"), "exec");
+    let c = cove_sdk::Client::new(&server.url, &key).unwrap();
+    assert!(c.list().await.unwrap().is_empty());
+    let o = cove_tests::cove()
+        .args(["run", "--memory", "256", "--", "echo", "over a unix socket"])
+        .env("COVE_HOST", &server.url)
+        .env("COVE_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "over a unix socket\n");
+}

@@ -347,11 +347,17 @@ pub fn api_key(tenant: &str, scope: &str) -> String {
 }
 
 impl Coved {
-    /// Starts coved with `extra` arguments and waits for its listening line.
+    /// Starts coved on a free loopback port with `extra` arguments and waits for its
+    /// listening line.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// Starts coved listening on `listen` (`HOST:PORT` or `unix:/path`).
+    pub fn start_on(listen: &str, extra: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = coved()
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("COVE_LOG", "warn")
             .stdout(std::process::Stdio::piped())
@@ -368,7 +374,11 @@ impl Coved {
             .unwrap_or_else(|| panic!("coved said {line:?}"))
             .to_string();
         Self {
-            url: format!("http://{addr}"),
+            url: if addr.starts_with("unix:") {
+                addr
+            } else {
+                format!("http://{addr}")
+            },
             child,
         }
     }

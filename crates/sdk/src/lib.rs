@@ -51,6 +51,8 @@ pub enum Error {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// coved's Unix socket, when it is reached through one (`base` is then `http://localhost`).
+    unix: Option<std::path::PathBuf>,
     key: String,
     /// The WebSocket's TLS settings when a CA of the caller's own is trusted.
     ws_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -69,8 +71,11 @@ pub enum ExecOutput {
     Exit(i32, bool),
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A byte stream to coved: TCP or a Unix socket.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn Io>>>;
 
 /// A running command: send stdin and controls, receive output until `Exit`.
 #[derive(Debug)]
@@ -94,7 +99,8 @@ pub struct ExecReader {
 }
 
 impl Client {
-    /// A client of the coved at `base` (`http://host:port`, `https://…`, or `host:port`).
+    /// A client of the coved at `base` (`http://host:port`, `https://…`, `host:port`, or
+    /// `unix:/path/coved.sock`).
     pub fn new(base: &str, key: &str) -> Result<Self, Error> {
         Self::with_ca(base, key, None)
     }
@@ -102,12 +108,18 @@ impl Client {
     /// Likewise, also trusting the CA certificate `ca_pem` (for a coved with a certificate of
     /// its own).
     pub fn with_ca(base: &str, key: &str, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
-        let base = if base.contains("://") {
+        let unix = base.strip_prefix("unix:").map(std::path::PathBuf::from);
+        let base = if unix.is_some() {
+            "http://localhost".to_string()
+        } else if base.contains("://") {
             base.trim_end_matches('/').to_string()
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
         let mut b = reqwest::Client::builder();
+        if let Some(p) = &unix {
+            b = b.unix_socket(p.clone());
+        }
         let mut ws_tls = None;
         if let Some(pem) = ca_pem {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|source| Error::Http {
@@ -124,6 +136,7 @@ impl Client {
         Ok(Self {
             http,
             base,
+            unix,
             key: key.to_string(),
             ws_tls,
         })
@@ -400,26 +413,48 @@ impl Client {
             .ws_tls
             .clone()
             .map(tokio_tungstenite::Connector::Rustls);
-        let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
-            req, None, true, connector,
-        )
-        .await
-        {
-            Ok(c) => c,
-            // A refusal before the upgrade carries coved's JSON error.
-            Err(tungstenite::Error::Http(res)) => {
-                let status =
-                    StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-                let body = res.body().clone().unwrap_or_default();
-                let error = serde_json::from_slice(&body).unwrap_or(api::Error {
-                    code: "unknown".into(),
-                    message: String::from_utf8_lossy(&body).into_owned(),
-                    request_id: None,
-                });
-                return Err(Error::Api { status, error });
+        let stream: Box<dyn Io> = match &self.unix {
+            Some(p) => Box::new(
+                tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| Error::Protocol(format!("connecting to {}: {e}", p.display())))?,
+            ),
+            None => {
+                let uri = req.uri();
+                let host = uri.host().unwrap_or("localhost").to_string();
+                let port = uri
+                    .port_u16()
+                    .unwrap_or(if uri.scheme_str() == Some("wss") {
+                        443
+                    } else {
+                        80
+                    });
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(|e| Error::Protocol(format!("connecting to {host}:{port}: {e}")))?;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
             }
-            Err(e) => return Err(e.into()),
         };
+        let (mut ws, _) =
+            match tokio_tungstenite::client_async_tls_with_config(req, stream, None, connector)
+                .await
+            {
+                Ok(c) => c,
+                // A refusal before the upgrade carries coved's JSON error.
+                Err(tungstenite::Error::Http(res)) => {
+                    let status = StatusCode::from_u16(res.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    let body = res.body().clone().unwrap_or_default();
+                    let error = serde_json::from_slice(&body).unwrap_or(api::Error {
+                        code: "unknown".into(),
+                        message: String::from_utf8_lossy(&body).into_owned(),
+                        request_id: None,
+                    });
+                    return Err(Error::Api { status, error });
+                }
+                Err(e) => return Err(e.into()),
+            };
         ws.send(Message::Text(
             serde_json::to_string(start).expect("serializes").into(),
         ))
