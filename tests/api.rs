@@ -105,6 +105,7 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
             Some(json!({"cmd": ["true"]})),
         ),
         (Method::GET, format!("{base}/logs"), None),
+        (Method::POST, format!("{base}/stop"), None),
         (Method::GET, format!("{base}/metrics"), None),
         (Method::GET, format!("{base}/processes"), None),
         (
@@ -1110,10 +1111,35 @@ async fn the_cli_over_the_api_works_like_the_local_one() {
         b"copied over HTTP\n",
         "a failed copy keeps the old file"
     );
-    let o = remote(&["stop", &id], b"");
+    // fs, with the local output.
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    text(remote(&["fs", "mkdir", "-p", &id, "/root/a/b"], b""));
+    text(remote(
+        &["fs", "mv", &id, "/root/in.txt", "/root/a/b/moved.txt"],
+        b"",
+    ));
+    let ls = text(remote(&["fs", "ls", &id, "/root/a/b"], b""));
+    assert_eq!(ls, "-0644           17 moved.txt\n");
+    let st: Value =
+        serde_json::from_str(&text(remote(&["fs", "stat", &id, "/root/a"], b""))).unwrap();
+    assert_eq!(st["kind"], "dir");
+    text(remote(&["fs", "rm", "-r", &id, "/root/a"], b""));
+    let o = remote(&["fs", "stat", &id, "/root/a"], b"");
+    assert_eq!(o.status.code(), Some(125));
+    let img: Value =
+        serde_json::from_str(&text(remote(&["image", "inspect", "busybox"], b""))).unwrap();
+    assert!(img["digest"].as_str().unwrap().starts_with("sha256:"));
+    // stop, then the state says so.
+    text(remote(&["stop", &id], b""));
+    let st: Value = serde_json::from_str(&text(remote(&["inspect", &id], b""))).unwrap();
+    assert_eq!(st["state"], "stopped");
+    let o = remote(&["template", "create", "busybox"], b"");
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("`cove stop` is not offered over the API"),
+        String::from_utf8_lossy(&o.stderr).contains("`cove template` is not offered over the API"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -1742,6 +1768,31 @@ async fn image_pulls_run_in_the_background_with_progress() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // The CLI over the API: the same pull, progress on stderr, the digest and name on stdout.
+    let o = cove_tests::cove()
+        .args(["image", "pull", "--insecure", &reference])
+        .env("COVE_HOST", &server.url)
+        .env("COVE_API_KEY", &admin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{digest} {reference}\n")
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"type\":\"resolved\""));
+    let o = cove_tests::cove()
+        .args(["image", "rm", &reference])
+        .env("COVE_HOST", &server.url)
+        .env("COVE_API_KEY", &admin)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("removed {digest}\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use cove_api as api;
 use cove_sdk::{Client, ExecOutput};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::args::{Command, ExecOpts, ImageCommand, Resources, SnapshotCommand};
+use crate::args::{Command, ExecOpts, FsCommand, ImageCommand, Resources, SnapshotCommand};
 use crate::{EXIT_COVE, SandboxRow, print_sandboxes, term};
 
 fn create_req(res: &Resources, image: String) -> api::CreateSandbox {
@@ -103,6 +103,99 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             }
             Ok(if failed { EXIT_COVE } else { 0 })
         }
+        Command::Stop { ids } => {
+            for id in ids {
+                lifecycle(&c, &id, "stop").await?;
+            }
+            Ok(0)
+        }
+        Command::Fs { command } => fs(&c, command).await,
+        Command::Image {
+            command:
+                ImageCommand::Pull {
+                    reference,
+                    insecure,
+                    username,
+                    password_stdin,
+                    quiet,
+                },
+        } => {
+            let password = if password_stdin {
+                let mut p = String::new();
+                tokio::io::stdin().read_to_string(&mut p).await?;
+                Some(p.trim_end_matches(['\r', '\n']).to_string())
+            } else {
+                None
+            };
+            let started = c
+                .pull(&api::Pull {
+                    reference,
+                    insecure,
+                    username,
+                    password,
+                })
+                .await?;
+            // The server's progress, one plain line per step (downloads in whole MB).
+            let last = c
+                .pull_progress(&started.id, |ev| {
+                    if !quiet && ev["type"] != "downloaded" {
+                        eprintln!("{ev}");
+                    }
+                })
+                .await?;
+            match last["type"].as_str() {
+                Some("complete") => {
+                    let names: Vec<&str> = last["names"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                        .unwrap_or_default();
+                    let digest = last["digest"].as_str().unwrap_or_default();
+                    if names.is_empty() {
+                        println!("{digest}");
+                    } else {
+                        println!("{digest} {}", names.join(" "));
+                    }
+                    Ok(0)
+                }
+                _ => anyhow::bail!(
+                    "{}",
+                    last["error"]["message"]
+                        .as_str()
+                        .unwrap_or("the pull failed")
+                ),
+            }
+        }
+        Command::Image {
+            command: ImageCommand::Rm { images },
+        } => {
+            let all = c.images().await?;
+            let mut failed = false;
+            for key in images {
+                match find_image(&all, &key) {
+                    Some(i) => match c.delete_image(&i.digest).await {
+                        Ok(()) => println!("removed {}", i.digest),
+                        Err(e) => {
+                            eprintln!("cove: {e}");
+                            failed = true;
+                        }
+                    },
+                    None => {
+                        eprintln!("cove: no such image: {key}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { EXIT_COVE } else { 0 })
+        }
+        Command::Image {
+            command: ImageCommand::Inspect { image },
+        } => {
+            let all = c.images().await?;
+            let i = find_image(&all, &image)
+                .ok_or_else(|| anyhow::anyhow!("no such image: {image}"))?;
+            println!("{}", serde_json::to_string_pretty(i)?);
+            Ok(0)
+        }
         Command::Pause { id } => lifecycle(&c, &id, "pause").await,
         Command::Resume { id } => lifecycle(&c, &id, "resume").await,
         Command::Hibernate { id } => lifecycle(&c, &id, "hibernate").await,
@@ -194,6 +287,55 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             )
         }
     }
+}
+
+/// An image by name, digest or digest prefix (of at least 4 hex digits).
+fn find_image<'a>(all: &'a [api::Image], key: &str) -> Option<&'a api::Image> {
+    let hex = key.strip_prefix("sha256:").unwrap_or(key);
+    all.iter()
+        .find(|i| i.names.iter().any(|n| n == key))
+        .or_else(|| {
+            let by_digest: Vec<&api::Image> = all
+                .iter()
+                .filter(|i| hex.len() >= 4 && i.digest[7.min(i.digest.len())..].starts_with(hex))
+                .collect();
+            (by_digest.len() == 1).then(|| by_digest[0])
+        })
+}
+
+/// `cove fs …` through the API, with the local output.
+async fn fs(c: &Client, command: FsCommand) -> anyhow::Result<u8> {
+    let id = command.sandbox().to_string();
+    match command {
+        FsCommand::Stat { path, .. } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&c.stat(&id, &path).await?)?
+            );
+        }
+        FsCommand::Ls { path, json, .. } => {
+            let entries = c.list_dir(&id, &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                for e in entries {
+                    let kind = match e.kind.as_str() {
+                        "dir" => "d",
+                        "symlink" => "l",
+                        "file" => "-",
+                        _ => "?",
+                    };
+                    println!("{kind}{:04o} {:>12} {}", e.mode, e.size, e.name);
+                }
+            }
+        }
+        FsCommand::Mkdir { path, parents, .. } => c.mkdir(&id, &path, parents).await?,
+        FsCommand::Rm {
+            path, recursive, ..
+        } => c.remove_path(&id, &path, recursive).await?,
+        FsCommand::Mv { from, to, .. } => c.rename(&id, &from, &to).await?,
+    }
+    Ok(0)
 }
 
 async fn lifecycle(c: &Client, id: &str, op: &str) -> anyhow::Result<u8> {

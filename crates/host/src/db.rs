@@ -262,8 +262,11 @@ impl Db {
 
     /// Records a new sandbox.
     pub fn insert(&self, s: &SandboxRecord) -> Result<(), HostError> {
-        let conn = self.conn();
-        let r = conn.execute(
+        let mut conn = self.conn();
+        // Write-locked from the start: a deferred transaction that reads and then writes can
+        // meet SQLITE_BUSY_SNAPSHOT under concurrent writers, which no busy timeout waits out.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let r = tx.execute(
             &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
             params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason, s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes")],
         );
@@ -275,7 +278,8 @@ impl Db {
             }
             r => {
                 r?;
-                log_event(&conn, s, &s.state, None)?;
+                log_event(&tx, s, &s.state, None)?;
+                tx.commit()?;
                 Ok(())
             }
         }
@@ -284,7 +288,7 @@ impl Db {
     /// Updates state, pid, boot time and reason; a new state goes into the event log.
     pub fn update(&self, s: &SandboxRecord) -> Result<(), HostError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let old: Option<String> = tx
             .query_row("SELECT state FROM sandboxes WHERE id = ?1", [&s.id], |r| {
                 r.get(0)
@@ -370,7 +374,7 @@ impl Db {
     /// Forgets a sandbox.
     pub fn delete(&self, id: &str) -> Result<(), HostError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let rec = tx
             .query_row(
                 &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),

@@ -319,6 +319,103 @@ impl Client {
         .await
     }
 
+    /// A directory's entries.
+    pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<api::DirEntry>, Error> {
+        let l: api::List<api::DirEntry> = self
+            .call(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/files/list?path={}", query_escape(path)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(l.items)
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<(), Error> {
+        let body = api::Mkdir {
+            path: path.into(),
+            parents,
+        };
+        self.send(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/files/mkdir"),
+            Some(&body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes a path (`recursive` for a directory with content).
+    pub async fn remove_path(&self, id: &str, path: &str, recursive: bool) -> Result<(), Error> {
+        self.send(
+            Method::DELETE,
+            &format!(
+                "/v1/sandboxes/{id}/files?path={}&recursive={recursive}",
+                query_escape(path)
+            ),
+            None::<&()>,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Renames a path within the sandbox.
+    pub async fn rename(&self, id: &str, from: &str, to: &str) -> Result<(), Error> {
+        let body = api::Rename {
+            from: from.into(),
+            to: to.into(),
+        };
+        self.send(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/files/rename"),
+            Some(&body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Starts an image pull; follow it with [`Client::pull_progress`].
+    pub async fn pull(&self, req: &api::Pull) -> Result<api::PullStarted, Error> {
+        self.call(Method::POST, "/v1/images/pull", Some(req)).await
+    }
+
+    /// A pull's progress, one JSON object per line, to its `complete` or `failed` line;
+    /// `each` sees every line as it arrives. Returns the last one.
+    pub async fn pull_progress(
+        &self,
+        id: &str,
+        mut each: impl FnMut(&serde_json::Value),
+    ) -> Result<serde_json::Value, Error> {
+        let mut res = self
+            .send(Method::GET, &format!("/v1/images/pulls/{id}"), None::<&()>)
+            .await?;
+        let url = res.url().to_string();
+        let mut buf = Vec::new();
+        let mut last = serde_json::Value::Null;
+        while let Some(chunk) = res.chunk().await.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })? {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let v: serde_json::Value = serde_json::from_slice(&line)
+                    .map_err(|e| Error::Protocol(format!("pull progress: {e}")))?;
+                each(&v);
+                last = v;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Deletes an image by digest.
+    pub async fn delete_image(&self, digest: &str) -> Result<(), Error> {
+        self.send(Method::DELETE, &format!("/v1/images/{digest}"), None::<&()>)
+            .await
+            .map(drop)
+    }
+
     /// Uploads `from` to `path` (replaced atomically, parents created), streamed.
     pub async fn upload<R: tokio::io::AsyncRead + Unpin>(
         &self,

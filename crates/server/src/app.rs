@@ -502,6 +502,13 @@ lifecycle!(
     "Resume a paused or hibernated sandbox."
 );
 lifecycle!(
+    stop_sandbox,
+    "/v1/sandboxes/{id}/stop",
+    "stop",
+    stop,
+    "Stop a sandbox: its VM ends, its record and files stay until it is removed."
+);
+lifecycle!(
     hibernate_sandbox,
     "/v1/sandboxes/{id}/hibernate",
     "hibernate",
@@ -998,6 +1005,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(pause_sandbox))
         .routes(routes!(resume_sandbox))
         .routes(routes!(hibernate_sandbox))
+        .routes(routes!(stop_sandbox))
         .routes(routes!(snapshot_sandbox))
         .routes(routes!(fork_sandbox))
         .routes(routes!(exec_sandbox))
