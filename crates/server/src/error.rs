@@ -119,7 +119,16 @@ impl IntoResponse for ApiError {
             message: self.message,
             request_id: REQUEST_ID.try_with(Clone::clone).ok(),
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is never read, so the connection cannot carry another
+            // request: say so, or a client's pool may reuse it and lose its next request.
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        res
     }
 }
 
