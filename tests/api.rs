@@ -1136,12 +1136,25 @@ async fn the_cli_over_the_api_works_like_the_local_one() {
     text(remote(&["stop", &id], b""));
     let st: Value = serde_json::from_str(&text(remote(&["inspect", &id], b""))).unwrap();
     assert_eq!(st["state"], "stopped");
+    // Host administration needs an admin key.
     let o = remote(&["template", "create", "busybox"], b"");
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("`cove template` is not offered over the API"),
+        String::from_utf8_lossy(&o.stderr).contains("needs admin"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    let o = remote(&["image", "prune"], b"");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("`cove image` is not offered over the API"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let info = text(remote(&["info"], b""));
+    assert!(
+        info.contains("engine:    qemu") && info.contains("busybox"),
+        "{info}"
     );
     let o = remote(&["rm", &id], b"");
     assert!(o.status.success());
@@ -1793,6 +1806,60 @@ async fn image_pulls_run_in_the_background_with_progress() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // An archive imported through the API, and a template of an odd shape (removed after).
+    let tar = dir.0.join("layout.tar");
+    assert!(
+        std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .args(["-cf"])
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let admin_cli = |args: &[&str]| {
+        let o = cove_tests::cove()
+            .args(args)
+            .env("COVE_HOST", &server.url)
+            .env("COVE_API_KEY", &admin)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = admin_cli(&[
+        "image",
+        "import",
+        "--name",
+        "api/imported:1",
+        tar.to_str().unwrap(),
+    ]);
+    assert_eq!(out, format!("{digest} api/imported:1\n"));
+    let tpl = admin_cli(&["template", "create", "api/imported:1", "--memory", "320"])
+        .trim()
+        .to_string();
+    assert_eq!(tpl.len(), 12, "{tpl}");
+    let local = cove_tests::cove_out(&["snapshot", "rm", &tpl]);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let (s, _) = api
+        .call(
+            Some(&admin),
+            Method::DELETE,
+            &format!("/v1/images/{digest}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

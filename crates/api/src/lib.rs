@@ -373,6 +373,37 @@ pub struct Kill {
     pub signal: Option<i32>,
 }
 
+/// `POST /v1/templates`: boot an image once and keep its snapshot, which creates of that image
+/// and shape then restore instead of booting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTemplate {
+    /// Image.
+    pub image: String,
+    /// vCPUs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory in MiB (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Writable disk in MiB (default 2048).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u32>,
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    /// coved's version.
+    pub version: String,
+    /// The host↔agent protocol version.
+    pub protocol_version: u32,
+    /// The engine new sandboxes get, and how (`qemu` / `tcg`, …), or why none can run.
+    pub engine: String,
+    /// Image names installed.
+    pub images: Vec<String>,
+}
+
 /// `POST /v1/sandboxes/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -196,6 +196,67 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(i)?);
             Ok(0)
         }
+        Command::Template {
+            command: crate::args::TemplateCommand::Create { image, res },
+        } => {
+            let t = c
+                .create_template(&api::CreateTemplate {
+                    image,
+                    cpus: Some(res.cpus),
+                    memory_mib: Some(res.memory),
+                    disk_mib: Some(res.disk),
+                })
+                .await?;
+            println!("{}", t.id);
+            Ok(0)
+        }
+        Command::Image {
+            command: ImageCommand::Import {
+                path, name, pick, ..
+            },
+        } => {
+            if path.is_dir() {
+                anyhow::bail!(
+                    "{} is a directory: over the API, import a tar of it",
+                    path.display()
+                );
+            }
+            let mut f = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+            let i = c
+                .import_image(&mut f, name.as_deref(), pick.as_deref())
+                .await?;
+            if i.names.is_empty() {
+                println!("{}", i.digest);
+            } else {
+                println!("{} {}", i.digest, i.names.join(" "));
+            }
+            Ok(0)
+        }
+        Command::Info { json } => {
+            let i = c.info().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!(
+                    "coved {} (protocol {}) at {}",
+                    i.version,
+                    i.protocol_version,
+                    c.base()
+                );
+                println!("engine:    {}", i.engine);
+                println!(
+                    "images:    {}",
+                    if i.images.is_empty() {
+                        "none".to_string()
+                    } else {
+                        i.images.join(", ")
+                    }
+                );
+            }
+            Ok(0)
+        }
         Command::Pause { id } => lifecycle(&c, &id, "pause").await,
         Command::Resume { id } => lifecycle(&c, &id, "resume").await,
         Command::Hibernate { id } => lifecycle(&c, &id, "hibernate").await,

@@ -409,6 +409,57 @@ impl Client {
         Ok(last)
     }
 
+    /// Boots `req.image` once and keeps its snapshot as the template of that image and shape.
+    pub async fn create_template(&self, req: &api::CreateTemplate) -> Result<api::Snapshot, Error> {
+        self.call(Method::POST, "/v1/templates", Some(req)).await
+    }
+
+    /// Imports a `docker save` archive or an OCI layout tar read from `from`, streamed.
+    pub async fn import_image<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        from: &mut R,
+        name: Option<&str>,
+        pick: Option<&str>,
+    ) -> Result<api::Image, Error> {
+        let mut url = format!("{}/v1/images/import?", self.base);
+        if let Some(n) = name {
+            url.push_str(&format!("name={}&", query_escape(n)));
+        }
+        if let Some(p) = pick {
+            url.push_str(&format!("ref={}&", query_escape(p)));
+        }
+        let (mut w, r) = tokio::io::duplex(256 << 10);
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(r));
+        let send = self
+            .http
+            .put(url.trim_end_matches(['&', '?']))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/x-tar")
+            .body(body)
+            .send();
+        let fill = async {
+            let r = tokio::io::copy(from, &mut w).await;
+            drop(w);
+            r
+        };
+        let (res, filled) = tokio::join!(send, fill);
+        let res = res.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })?;
+        filled.map_err(|e| Error::Protocol(format!("reading the archive: {e}")))?;
+        check(res)
+            .await?
+            .json()
+            .await
+            .map_err(|source| Error::Http { url, source })
+    }
+
+    /// What the host runs.
+    pub async fn info(&self) -> Result<api::Info, Error> {
+        self.call(Method::GET, "/v1/info", None::<&()>).await
+    }
+
     /// Deletes an image by digest.
     pub async fn delete_image(&self, digest: &str) -> Result<(), Error> {
         self.send(Method::DELETE, &format!("/v1/images/{digest}"), None::<&()>)

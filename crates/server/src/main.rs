@@ -8,6 +8,7 @@
 //! coved quota set TENANT --sandboxes N --vcpus N --memory-mib N
 //! ```
 
+mod admin;
 mod app;
 mod error;
 mod events;

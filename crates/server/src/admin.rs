@@ -1,0 +1,130 @@
+//! Host administration through the API: templates, image imports, and what the host runs.
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use cove_api as api;
+use cove_host::CreateSpec;
+use futures::TryStreamExt as _;
+use serde::Deserialize;
+
+use crate::app::{App, Auth};
+use crate::error::{ApiError, Json};
+use crate::keys::Scope;
+
+/// Boot an image once and keep its snapshot as the template of that image and shape (`admin`).
+#[utoipa::path(post, path = "/v1/templates", tag = "images", request_body = api::CreateTemplate,
+    responses((status = 201, body = api::Snapshot), (status = 422, body = api::Error)))]
+pub async fn create_template(
+    State(app): State<App>,
+    auth: Auth,
+    Json(req): Json<api::CreateTemplate>,
+) -> Result<(StatusCode, Json<api::Snapshot>), ApiError> {
+    auth.need(Scope::Admin)?;
+    let d = CreateSpec::default();
+    let spec = CreateSpec {
+        image: req.image,
+        cpus: req.cpus.unwrap_or(d.cpus),
+        memory_mib: req.memory_mib.unwrap_or(d.memory_mib),
+        disk_mib: req.disk_mib.unwrap_or(d.disk_mib),
+        ..d
+    };
+    cove_host::validate(&spec)?;
+    let s = app.host.template_create(&spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::Snapshot {
+            id: s.id,
+            sandbox: s.sandbox,
+            image: s.image,
+            cpus: s.cpus,
+            memory_mib: s.memory_mib,
+            disk_mib: s.disk_mib,
+            created_at: s.created_at,
+        }),
+    ))
+}
+
+/// `PUT /v1/images/import` options.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// Name for the image (default: the names the archive gives).
+    name: Option<String>,
+    /// Which image of an archive holding several.
+    #[serde(rename = "ref")]
+    pick: Option<String>,
+}
+
+/// Import a `docker save` archive or an OCI layout tar, sent as the body (`admin`; streamed to
+/// a temporary file, any size).
+#[utoipa::path(put, path = "/v1/images/import", tag = "images", params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 201, body = api::Image), (status = 422, body = api::Error)))]
+pub async fn import(
+    State(app): State<App>,
+    auth: Auth,
+    q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<api::Image>), ApiError> {
+    auth.need(Scope::Admin)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let internal = |e: std::io::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
+    let dir = app.host.home().join("tmp");
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("upload-")
+        .suffix(".tar")
+        .tempfile_in(&dir)
+        .map_err(internal)?;
+    let mut file = tokio::fs::File::create(tmp.path())
+        .await
+        .map_err(internal)?;
+    let mut reader =
+        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    tokio::io::copy(&mut reader, &mut file)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("receiving the archive: {e}")))?;
+    drop(file);
+    let info = app
+        .host
+        .image_import(
+            tmp.path(),
+            q.pick.as_deref(),
+            q.name.as_deref(),
+            &cove_host::images::NoProgress,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::Image {
+            digest: info.meta.digest,
+            names: info.names,
+            content_bytes: info.meta.content_bytes,
+            created_at: info.meta.created_at,
+        }),
+    ))
+}
+
+/// What this host runs: versions, the engine, the images.
+#[utoipa::path(get, path = "/v1/info", tag = "meta", responses((status = 200, body = api::Info)))]
+pub async fn info(State(app): State<App>, auth: Auth) -> Result<Json<api::Info>, ApiError> {
+    auth.need(Scope::Read)?;
+    let engine = match cove_host::engine::choose(None) {
+        Ok(c) => format!("{} ({})", c.engine, c.accel),
+        Err(e) => format!("none: {e}"),
+    };
+    Ok(Json(api::Info {
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: cove_protocol::PROTOCOL_VERSION,
+        engine,
+        images: app
+            .host
+            .image_list()?
+            .into_iter()
+            .flat_map(|i| i.names)
+            .collect(),
+    }))
+}
