@@ -1147,7 +1147,7 @@ async fn the_cli_over_the_api_works_like_the_local_one() {
     let o = remote(&["image", "prune"], b"");
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("`cove image` is not offered over the API"),
+        String::from_utf8_lossy(&o.stderr).contains("needs admin"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -1772,7 +1772,7 @@ async fn image_pulls_run_in_the_background_with_progress() {
             .contains("missing"),
         "{last}"
     );
-    let (s, _) = api
+    let (s, v) = api
         .call(
             Some(&admin),
             Method::DELETE,
@@ -1780,7 +1780,8 @@ async fn image_pulls_run_in_the_background_with_progress() {
             None,
         )
         .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["removed"].as_str(), Some(digest));
     // The CLI over the API: the same pull, progress on stderr, the digest and name on stdout.
     let o = cove_tests::cove()
         .args(["image", "pull", "--insecure", &reference])
@@ -1851,7 +1852,7 @@ async fn image_pulls_run_in_the_background_with_progress() {
         "{}",
         String::from_utf8_lossy(&local.stderr)
     );
-    let (s, _) = api
+    let (s, v) = api
         .call(
             Some(&admin),
             Method::DELETE,
@@ -1859,7 +1860,8 @@ async fn image_pulls_run_in_the_background_with_progress() {
             None,
         )
         .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["removed"].as_str(), Some(digest));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1935,4 +1937,286 @@ async fn the_sdk_and_cli_over_a_unix_socket() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "over a unix socket\n");
+}
+
+/// `cove ARGS` against `url` with `key`.
+fn cli_over(url: &str, key: &str, args: &[&str]) -> std::process::Output {
+    cove_tests::cove()
+        .args(args)
+        .env("COVE_HOST", url)
+        .env("COVE_API_KEY", key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout_ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_per_tenant_and_usable_wherever_ids_are() {
+    let (ta, tb) = (tenant("names-a"), tenant("names-b"));
+    let (ka, kb) = (api_key(&ta, "exec"), api_key(&tb, "exec"));
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let a = stdout_ok(&cli_over(
+        &server.url,
+        &ka,
+        &["create", "--name", "web", "--memory", "256"],
+    ));
+    // Another tenant may use the same name: its own namespace, its own sandbox.
+    let b = stdout_ok(&cli_over(
+        &server.url,
+        &kb,
+        &["create", "--name", "web", "--memory", "256"],
+    ));
+    assert_ne!(a, b);
+    let o = cli_over(&server.url, &ka, &["create", "--name", "web"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already in use"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let got = api.ok(&ka, Method::GET, "/v1/sandboxes/web", None).await;
+    assert_eq!(
+        (got["id"].as_str(), got["name"].as_str()),
+        (Some(a.as_str()), Some("web"))
+    );
+    let got = api.ok(&kb, Method::GET, "/v1/sandboxes/web", None).await;
+    assert_eq!(got["id"].as_str(), Some(b.as_str()));
+    let out = api
+        .ok(
+            &ka,
+            Method::POST,
+            "/v1/sandboxes/web/exec",
+            Some(json!({"cmd": ["sh", "-c", "echo by name"]})),
+        )
+        .await;
+    assert_eq!(out["stdout"], "by name\n");
+    for (path, body) in [
+        ("/v1/sandboxes", json!({"name": "0123456789ab"})),
+        ("/v1/sandboxes", json!({"name": "../x"})),
+    ] {
+        let (s, v) = api.call(Some(&ka), Method::POST, path, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    let (s, _) = api
+        .call(Some(&ka), Method::GET, "/v1/sandboxes/nope", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // `ls` shows the name; the local CLI shows (and takes) it as `tenant/name`.
+    let ls = stdout_ok(&cli_over(&server.url, &ka, &["ls"]));
+    assert!(
+        ls.lines().any(|l| l.contains(&a) && l.contains(" web ")),
+        "{ls}"
+    );
+    let local = cove_tests::cove_out(&["ls"]);
+    let local = String::from_utf8_lossy(&local.stdout);
+    assert!(local.contains(&format!("{ta}/web")), "{local}");
+    let v: Value = serde_json::from_str(&cove_tests::text(&cove_tests::cove_out(&[
+        "inspect",
+        &format!("{tb}/web"),
+    ])))
+    .unwrap();
+    assert_eq!(v["id"].as_str(), Some(b.as_str()));
+    // Snapshots too: named, restored by name, invisible to the other tenant.
+    let snap = stdout_ok(&cli_over(
+        &server.url,
+        &ka,
+        &["snapshot", "web", "--name", "base"],
+    ));
+    let ls = stdout_ok(&cli_over(&server.url, &ka, &["snapshot", "ls"]));
+    assert!(
+        ls.lines().any(|l| l.contains(&snap) && l.contains("base")),
+        "{ls}"
+    );
+    let clone = stdout_ok(&cli_over(
+        &server.url,
+        &ka,
+        &["create", "--from-snapshot", "base", "--name", "web2"],
+    ));
+    let out = api
+        .ok(
+            &ka,
+            Method::POST,
+            "/v1/sandboxes/web2/exec",
+            Some(json!({"cmd": ["true"]})),
+        )
+        .await;
+    assert_eq!(out["exit_code"], 0);
+    let (s, v) = api
+        .call(
+            Some(&kb),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"snapshot": "base"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _) = api
+        .call(Some(&kb), Method::DELETE, "/v1/snapshots/base", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Names go with their sandbox: removed, the name is free again.
+    stdout_ok(&cli_over(&server.url, &ka, &["rm", "web", "web2"]));
+    let (s, _) = api
+        .call(
+            Some(&ka),
+            Method::GET,
+            &format!("/v1/sandboxes/{clone}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let again = stdout_ok(&cli_over(
+        &server.url,
+        &ka,
+        &["create", "--name", "web", "--memory", "256"],
+    ));
+    for (k, id) in [(&ka, &again), (&kb, &b)] {
+        api.ok(k, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+            .await;
+    }
+    api.ok(&ka, Method::DELETE, "/v1/snapshots/base", None)
+        .await;
+}
+
+/// A root directory holding busybox and a marker.
+fn rootfs(dir: &std::path::Path, marker: &str) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "true"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("marker"), marker).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfs_imports_and_prune_over_the_api() {
+    let admin = api_key(&tenant("rootfs"), "admin");
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let dir = cove_tests::TempDir::new("api-rootfs");
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    let root = dir.0.join("root");
+    rootfs(&root, &nonce);
+    let name = format!("rootfs-{}", std::process::id());
+    // Packed by the CLI, imported by coved: the digest a local import of the same tree gets.
+    let remote = stdout_ok(&cli_over(
+        &server.url,
+        &admin,
+        &[
+            "image",
+            "import-rootfs",
+            root.to_str().unwrap(),
+            "--name",
+            &name,
+            "-e",
+            "FROM=remote",
+            "--",
+            "cat",
+            "/marker",
+        ],
+    ));
+    let (digest, names) = remote.split_once(' ').unwrap();
+    assert_eq!(names, name);
+    let local = cove_tests::cove_out(&[
+        "image",
+        "import-rootfs",
+        root.to_str().unwrap(),
+        "--name",
+        &format!("{name}-local"),
+        "-q",
+        "-e",
+        "FROM=remote",
+        "--",
+        "cat",
+        "/marker",
+    ]);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    assert!(
+        cove_tests::text(&local).starts_with(digest),
+        "{} vs {digest}",
+        cove_tests::text(&local)
+    );
+    // It runs: its default command and its environment.
+    let sb = api
+        .ok(
+            &admin,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": name, "memory_mib": 256})),
+        )
+        .await;
+    let id = sb["id"].as_str().unwrap();
+    let out = api
+        .ok(
+            &admin,
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": []})),
+        )
+        .await;
+    assert_eq!(out["stdout"].as_str(), Some(nonce.as_str()));
+    let out = api
+        .ok(
+            &admin,
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["sh", "-c", "echo $FROM"]})),
+        )
+        .await;
+    assert_eq!(out["stdout"], "remote\n");
+    api.ok(&admin, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    stdout_ok(&cli_over(
+        &server.url,
+        &admin,
+        &["image", "rm", &name, &format!("{name}-local")],
+    ));
+    // An image nothing names: prune removes it (and only through an admin key).
+    let other = dir.0.join("other");
+    rootfs(&other, "unnamed");
+    let tar = dir.0.join("unnamed.tar");
+    let unnamed = cove_image::write_rootfs_layout(
+        &other,
+        &cove_image::ImageConfig::default(),
+        &mut std::fs::File::create(&tar).unwrap(),
+    )
+    .unwrap();
+    let res = reqwest::Client::new()
+        .put(format!("{}/v1/images/import", server.url))
+        .bearer_auth(&admin)
+        .body(std::fs::read(&tar).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let img: Value = res.json().await.unwrap();
+    assert_eq!(img["digest"].as_str(), Some(unnamed.as_str()));
+    assert_eq!(img["names"], json!([]));
+    let exec_key = api_key(&tenant("rootfs-exec"), "exec");
+    let (s, _) = api
+        .call(Some(&exec_key), Method::POST, "/v1/images/prune", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let pruned = stdout_ok(&cli_over(&server.url, &admin, &["image", "prune"]));
+    assert!(pruned.contains(&format!("removed {unnamed}")), "{pruned}");
+    let list = api.ok(&admin, Method::GET, "/v1/images", None).await;
+    assert!(
+        !list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["digest"].as_str() == Some(unnamed.as_str())
+                || i["digest"].as_str() == Some(digest)),
+        "{list}"
+    );
 }

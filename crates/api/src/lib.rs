@@ -27,6 +27,10 @@ pub struct Error {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
+    /// A name, unique among the tenant's sandboxes, usable wherever the id is: 1 to 63 of
+    /// `[A-Za-z0-9_.-]`, not starting with `-` or `.`, not 12 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Image name, reference or digest (default `busybox`). Ignored with `snapshot`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -64,6 +68,9 @@ pub struct CreateSandbox {
 pub struct Sandbox {
     /// 12 hex digits.
     pub id: String,
+    /// Its name, when it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `creating`, `running`, `paused`, `resuming`, `hibernated`, `stopped` or `failed`.
     pub state: String,
     /// The image as asked for.
@@ -416,13 +423,21 @@ pub struct Fork {
 /// `POST /v1/sandboxes/{id}/snapshot`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TakeSnapshot {}
+pub struct TakeSnapshot {
+    /// A name, unique among the tenant's snapshots, usable wherever the id is (same rules as
+    /// a sandbox's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
 
 /// A snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Snapshot {
     /// 12 hex digits.
     pub id: String,
+    /// Its name, when it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The sandbox it was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
@@ -436,6 +451,24 @@ pub struct Snapshot {
     pub disk_mib: u32,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+}
+
+/// What `DELETE /v1/images/{image}` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageRemoved {
+    /// The digest of the image removed; absent when only the name went (other names still
+    /// point at the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
+}
+
+/// What `POST /v1/images/prune` removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Pruned {
+    /// Digests of the images removed.
+    pub removed: Vec<String>,
+    /// Bytes freed (image disks and cached layers).
+    pub freed_bytes: u64,
 }
 
 /// An installed image.

@@ -211,9 +211,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     println!("{}", r.id);
                 }
             } else {
-                print_sandboxes(all.iter().map(|r| SandboxRow {
+                // A tenant's names are its own: the operator sees them as `tenant/name`, which
+                // is also how they address them here.
+                let names: Vec<Option<String>> = all
+                    .iter()
+                    .map(|r| match (&r.owner, &r.name) {
+                        (Some(o), Some(n)) => Some(format!("{o}/{n}")),
+                        (None, n) => n.clone(),
+                        (Some(_), None) => None,
+                    })
+                    .collect();
+                print_sandboxes(all.iter().zip(&names).map(|(r, name)| SandboxRow {
                     id: &r.id,
-                    name: r.name.as_deref(),
+                    name: name.as_deref(),
                     image: &r.image,
                     state: &r.state,
                     cpus: r.cpus,

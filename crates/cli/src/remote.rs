@@ -1,6 +1,5 @@
 //! The CLI over a coved (`--host`/`COVE_HOST` with `COVE_API_KEY`): the same commands and the
-//! same output as on this machine, through `cove-sdk`. Commands the API does not offer yet say
-//! so.
+//! same output as on this machine, through `cove-sdk`.
 
 use cove_api as api;
 use cove_sdk::{Client, ExecOutput};
@@ -9,8 +8,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::args::{Command, ExecOpts, FsCommand, ImageCommand, Resources, SnapshotCommand};
 use crate::{EXIT_COVE, SandboxRow, print_sandboxes, term};
 
-fn create_req(res: &Resources, image: String) -> api::CreateSandbox {
+fn create_req(res: &Resources, image: String, name: Option<String>) -> api::CreateSandbox {
     api::CreateSandbox {
+        name,
         image: Some(image),
         cpus: Some(res.cpus),
         memory_mib: Some(res.memory),
@@ -29,10 +29,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             exec,
             command,
         } => {
-            if name.is_some() {
-                anyhow::bail!("--name is not offered over the API; sandboxes are named by id");
-            }
-            let sb = c.create(&create_req(&res, image)).await?;
+            let sb = c.create(&create_req(&res, image, name)).await?;
             let code = exec_stream(&c, &sb.id, &exec, command).await;
             // `run` is create, exec, remove: the sandbox goes whatever happened.
             let removed = c.delete(&sb.id).await;
@@ -47,15 +44,12 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             from_snapshot,
             policy,
         } => {
-            if name.is_some() {
-                anyhow::bail!("--name is not offered over the API; sandboxes are named by id");
-            }
             let req = api::CreateSandbox {
                 snapshot: from_snapshot,
                 ttl_secs: policy.ttl,
                 idle_timeout_secs: policy.idle_timeout,
                 on_idle: policy.on_idle,
-                ..create_req(&res, image)
+                ..create_req(&res, image, name)
             };
             println!("{}", c.create(&req).await?.id);
             Ok(0)
@@ -72,7 +66,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             } else {
                 print_sandboxes(all.iter().map(|s| SandboxRow {
                     id: &s.id,
-                    name: None,
+                    name: s.name.as_deref(),
                     image: &s.image,
                     state: &s.state,
                     cpus: s.cpus,
@@ -171,16 +165,17 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             let all = c.images().await?;
             let mut failed = false;
             for key in images {
-                match find_image(&all, &key) {
-                    Some(i) => match c.delete_image(&i.digest).await {
-                        Ok(()) => println!("removed {}", i.digest),
-                        Err(e) => {
-                            eprintln!("cove: {e}");
-                            failed = true;
-                        }
-                    },
-                    None => {
-                        eprintln!("cove: no such image: {key}");
+                // Digest prefixes resolve here; names and references go as they are, so the
+                // coved removes just the name when others point at the image.
+                let target = match find_image(&all, &key) {
+                    Some(i) if !i.names.contains(&key) => i.digest.clone(),
+                    _ => key.clone(),
+                };
+                match c.delete_image(&target).await {
+                    Ok(Some(d)) => println!("removed {d}"),
+                    Ok(None) => println!("untagged {key}"),
+                    Err(e) => {
+                        eprintln!("cove: {e}");
                         failed = true;
                     }
                 }
@@ -215,23 +210,71 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                 path, name, pick, ..
             },
         } => {
-            if path.is_dir() {
-                anyhow::bail!(
-                    "{} is a directory: over the API, import a tar of it",
-                    path.display()
-                );
-            }
-            let mut f = tokio::fs::File::open(&path)
+            // A layout directory travels as a tar of it, packed here.
+            let packed = if path.is_dir() {
+                let dir = path.clone();
+                Some(
+                    pack(move |out| {
+                        let mut b = tar::Builder::new(out);
+                        b.follow_symlinks(false);
+                        b.append_dir_all(".", &dir)?;
+                        b.finish()?;
+                        Ok(())
+                    })
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let file = packed.as_ref().map_or(path.as_path(), |t| t.path());
+            let mut f = tokio::fs::File::open(file)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
             let i = c
                 .import_image(&mut f, name.as_deref(), pick.as_deref())
                 .await?;
-            if i.names.is_empty() {
-                println!("{}", i.digest);
-            } else {
-                println!("{} {}", i.digest, i.names.join(" "));
+            print_imported(&i);
+            Ok(0)
+        }
+        Command::Image {
+            command:
+                ImageCommand::ImportRootfs {
+                    dir,
+                    name,
+                    env,
+                    workdir,
+                    user,
+                    cmd,
+                    ..
+                },
+        } => {
+            // The directory is on this machine: it is packed here as a one-layer OCI layout
+            // (the digest a local import of the same tree gives) and imported by the coved.
+            let config = cove_image::ImageConfig {
+                env,
+                workdir,
+                user,
+                entrypoint: vec![],
+                cmd,
+            };
+            let layout = pack(move |out| {
+                cove_image::write_rootfs_layout(&dir, &config, out)?;
+                Ok(())
+            })
+            .await?;
+            let mut f = tokio::fs::File::open(layout.path()).await?;
+            let i = c.import_image(&mut f, Some(&name), None).await?;
+            print_imported(&i);
+            Ok(0)
+        }
+        Command::Image {
+            command: ImageCommand::Prune,
+        } => {
+            let p = c.prune_images().await?;
+            for d in &p.removed {
+                println!("removed {d}");
             }
+            println!("freed {:.1} MB", p.freed_bytes as f64 / 1e6);
             Ok(0)
         }
         Command::Info { json } => {
@@ -275,7 +318,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     } else {
                         crate::print_snapshots(all.iter().map(|s| crate::SnapshotRow {
                             id: &s.id,
-                            name: "-",
+                            name: s.name.as_deref().unwrap_or("-"),
                             sandbox: s.sandbox.as_deref(),
                             image: &s.image,
                             memory_mib: s.memory_mib,
@@ -290,10 +333,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     }
                 }
                 (None, Some(id)) => {
-                    if name.is_some() {
-                        anyhow::bail!("--name is not offered over the API");
-                    }
-                    println!("{}", c.snapshot(&id).await?.id);
+                    println!("{}", c.snapshot(&id, name.as_deref()).await?.id);
                 }
                 (None, None) => anyhow::bail!("give a sandbox to snapshot, or `ls` / `rm`"),
             }
@@ -335,19 +375,30 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        other => {
-            // The subcommand's name, as typed (`Cp { .. }` → `cp`).
-            let name = format!("{other:?}");
-            let name = name
-                .split([' ', '{', '('])
-                .next()
-                .unwrap_or_default()
-                .to_lowercase();
-            anyhow::bail!(
-                "`cove {name}` is not offered over the API yet; run it on the coved's machine"
-            )
-        }
     }
+}
+
+fn print_imported(i: &api::Image) {
+    if i.names.is_empty() {
+        println!("{}", i.digest);
+    } else {
+        println!("{} {}", i.digest, i.names.join(" "));
+    }
+}
+
+/// Writes a tar with `write` into a temporary file (off the async threads) for an upload.
+async fn pack(
+    write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    tokio::task::spawn_blocking(move || {
+        let mut t = tempfile::Builder::new()
+            .prefix("cove-upload-")
+            .suffix(".tar")
+            .tempfile()?;
+        write(t.as_file_mut())?;
+        Ok(t)
+    })
+    .await?
 }
 
 /// An image by name, digest or digest prefix (of at least 4 hex digits).

@@ -75,6 +75,58 @@ CREATE TABLE events (
 );
 CREATE INDEX events_owner ON events (owner, seq);
 ",
+    // Names are unique per owner (each tenant of a coved has its own namespace; local use is
+    // the owner-less one), so the column-level UNIQUE goes: SQLite drops a constraint only by
+    // rebuilding the table. `events_at` serves the retention sweep.
+    r"
+CREATE TABLE sandboxes_new (
+    id          TEXT PRIMARY KEY,
+    name        TEXT,
+    image       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    cpus        INTEGER NOT NULL,
+    memory_mib  INTEGER NOT NULL,
+    disk_mib    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    engine      TEXT NOT NULL,
+    accel       TEXT NOT NULL,
+    pid         INTEGER,
+    socket      TEXT NOT NULL,
+    dir         TEXT NOT NULL,
+    boot_ms     INTEGER,
+    reason      TEXT,
+    image_digest TEXT NOT NULL DEFAULT '',
+    owner       TEXT,
+    labels      TEXT NOT NULL DEFAULT '{}',
+    env         TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO sandboxes_new (id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env)
+    SELECT id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env FROM sandboxes;
+DROP TABLE sandboxes;
+ALTER TABLE sandboxes_new RENAME TO sandboxes;
+CREATE INDEX sandboxes_owner ON sandboxes (owner);
+CREATE UNIQUE INDEX sandboxes_name ON sandboxes (coalesce(owner, ''), name);
+CREATE TABLE snapshots_new (
+    id          TEXT PRIMARY KEY,
+    name        TEXT,
+    sandbox     TEXT,
+    image       TEXT NOT NULL,
+    cpus        INTEGER NOT NULL,
+    memory_mib  INTEGER NOT NULL,
+    disk_mib    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    dir         TEXT NOT NULL,
+    template    INTEGER NOT NULL DEFAULT 0,
+    image_digest TEXT NOT NULL DEFAULT '',
+    owner       TEXT
+);
+INSERT INTO snapshots_new (id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner)
+    SELECT id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner FROM snapshots;
+DROP TABLE snapshots;
+ALTER TABLE snapshots_new RENAME TO snapshots;
+CREATE UNIQUE INDEX snapshots_name ON snapshots (coalesce(owner, ''), name);
+CREATE INDEX events_at ON events (at);
+",
 ];
 
 tokio::task_local! {
@@ -339,26 +391,72 @@ impl Db {
         Ok(v)
     }
 
-    /// Finds a sandbox by id, unique id prefix, or name.
+    /// Drops events older than `before_ms` (milliseconds since the epoch); returns how many.
+    pub fn prune_events(&self, before_ms: i64) -> Result<usize, HostError> {
+        let conn = self.conn();
+        Ok(retry_busy(|| {
+            conn.execute("DELETE FROM events WHERE at < ?1", [before_ms])
+        })?)
+    }
+
+    /// Finds a sandbox by id, name, `owner/name`, or unique id prefix. A name that several
+    /// owners use finds none (their `owner/name` does).
     pub fn find(&self, key: &str) -> Result<Option<SandboxRecord>, HostError> {
-        let exact = self
-            .conn()
+        let conn = self.conn();
+        let by_id = conn
             .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1 OR name = ?1"),
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
                 [key],
                 row,
             )
             .optional()?;
-        if exact.is_some() || key.len() < 4 {
-            return Ok(exact);
+        if by_id.is_some() {
+            return Ok(by_id);
         }
-        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE name = ?1 LIMIT 2"
+        ))?;
+        let mut named: Vec<SandboxRecord> =
+            stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
+        if !named.is_empty() {
+            return Ok(if named.len() == 1 { named.pop() } else { None });
+        }
+        if let Some((owner, name)) = key.split_once('/') {
+            return Ok(conn
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM sandboxes WHERE owner = ?1 AND name = ?2"),
+                    [owner, name],
+                    row,
+                )
+                .optional()?);
+        }
+        if key.len() < 4 {
+            return Ok(None);
+        }
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2"
         ))?;
         let mut found: Vec<SandboxRecord> =
             stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
         Ok(if found.len() == 1 { found.pop() } else { None })
+    }
+
+    /// The sandbox `owner` (none: local use) named `name`.
+    pub fn find_named(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<Option<SandboxRecord>, HostError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM sandboxes WHERE coalesce(owner, '') = ?1 AND name = ?2"
+                ),
+                [owner.unwrap_or_default(), name],
+                row,
+            )
+            .optional()?)
     }
 
     /// Every sandbox, oldest first.
@@ -407,15 +505,61 @@ impl Db {
         }
     }
 
-    /// Finds a snapshot by id, unique id prefix or name.
+    /// Finds a snapshot by id, name, `owner/name`, or unique id prefix. A name that several
+    /// owners use finds none (their `owner/name` does).
     pub fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, HostError> {
         let conn = self.conn();
+        let by_id = conn
+            .query_row(
+                &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1"),
+                [key],
+                snap_row,
+            )
+            .optional()?;
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
         let mut stmt = conn.prepare(&format!(
-            "SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1 OR name = ?1 OR (length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1) LIMIT 2"
+            "SELECT {SNAP_COLUMNS} FROM snapshots WHERE name = ?1 LIMIT 2"
+        ))?;
+        let mut named: Vec<SnapshotRecord> =
+            stmt.query_map([key], snap_row)?.collect::<Result<_, _>>()?;
+        if !named.is_empty() {
+            return Ok(if named.len() == 1 { named.pop() } else { None });
+        }
+        if let Some((owner, name)) = key.split_once('/') {
+            return Ok(conn
+                .query_row(
+                    &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE owner = ?1 AND name = ?2"),
+                    [owner, name],
+                    snap_row,
+                )
+                .optional()?);
+        }
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SNAP_COLUMNS} FROM snapshots WHERE length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1 LIMIT 2"
         ))?;
         let mut found: Vec<SnapshotRecord> =
             stmt.query_map([key], snap_row)?.collect::<Result<_, _>>()?;
         Ok(if found.len() == 1 { found.pop() } else { None })
+    }
+
+    /// The snapshot `owner` (none: local use) named `name`.
+    pub fn find_snapshot_named(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<Option<SnapshotRecord>, HostError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {SNAP_COLUMNS} FROM snapshots WHERE coalesce(owner, '') = ?1 AND name = ?2"
+                ),
+                [owner.unwrap_or_default(), name],
+                snap_row,
+            )
+            .optional()?)
     }
 
     /// Every snapshot, oldest first.
@@ -590,5 +734,99 @@ mod tests {
         drop(db);
         let db = Db::open(&d.path().join("state.db")).unwrap();
         assert_eq!(db.list().unwrap().len(), 2);
+    }
+
+    fn owned(id: &str, owner: Option<&str>, name: &str) -> SandboxRecord {
+        SandboxRecord {
+            owner: owner.map(str::to_string),
+            ..rec(id, Some(name))
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("state.db")).unwrap();
+        db.insert(&owned("aaaa00000001", Some("acme"), "web"))
+            .unwrap();
+        db.insert(&owned("aaaa00000002", Some("blue"), "web"))
+            .unwrap();
+        db.insert(&owned("aaaa00000003", None, "api")).unwrap();
+        for dup in [
+            owned("aaaa00000004", Some("acme"), "web"),
+            owned("aaaa00000005", None, "api"),
+        ] {
+            assert!(matches!(db.insert(&dup), Err(HostError::NameTaken(_))));
+        }
+        let id = |r: Option<SandboxRecord>| r.map(|r| r.id);
+        assert_eq!(
+            id(db.find_named(Some("acme"), "web").unwrap()).as_deref(),
+            Some("aaaa00000001")
+        );
+        assert_eq!(
+            id(db.find_named(Some("blue"), "web").unwrap()).as_deref(),
+            Some("aaaa00000002")
+        );
+        assert!(db.find_named(Some("blue"), "api").unwrap().is_none());
+        assert!(db.find_named(None, "web").unwrap().is_none());
+        assert_eq!(
+            id(db.find_named(None, "api").unwrap()).as_deref(),
+            Some("aaaa00000003")
+        );
+        // Locally a name two owners use finds neither; `owner/name` finds each.
+        assert!(db.find("web").unwrap().is_none());
+        assert_eq!(
+            id(db.find("blue/web").unwrap()).as_deref(),
+            Some("aaaa00000002")
+        );
+        assert_eq!(id(db.find("api").unwrap()).as_deref(), Some("aaaa00000003"));
+    }
+
+    #[test]
+    fn migrating_a_version_5_database_keeps_its_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..5] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute(
+                "INSERT INTO sandboxes (id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, socket, dir, owner, labels)
+                 VALUES ('bbbb00000001', 'web', 'busybox', 'running', 2, 256, 1024, 7, 'qemu', 'tcg', '/s', '/d', 'acme', '{\"k\":\"v\"}')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO snapshots (id, name, image, cpus, memory_mib, disk_mib, created_at, dir, owner)
+                 VALUES ('cccc00000001', 'base', 'busybox', 1, 256, 1024, 8, '/d', 'acme')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let r = db.find_named(Some("acme"), "web").unwrap().unwrap();
+        assert_eq!((r.id.as_str(), r.cpus), ("bbbb00000001", 2));
+        assert_eq!(r.labels.get("k").map(String::as_str), Some("v"));
+        let s = db
+            .find_snapshot_named(Some("acme"), "base")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.id, "cccc00000001");
+        // The same name under another owner is now allowed.
+        db.insert(&owned("bbbb00000002", Some("blue"), "web"))
+            .unwrap();
+    }
+
+    #[test]
+    fn prune_events_drops_only_older_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("state.db")).unwrap();
+        db.insert(&rec("dddd00000001", None)).unwrap();
+        assert_eq!(db.prune_events(0).unwrap(), 0);
+        assert_eq!(db.events(0, None, None, 10).unwrap().len(), 1);
+        assert_eq!(db.prune_events(crate::now_ms() + 1).unwrap(), 1);
+        assert!(db.events(0, None, None, 10).unwrap().is_empty());
     }
 }

@@ -54,7 +54,7 @@ pub enum HostError {
         installed: String,
     },
     /// The name is in use.
-    #[error("the name {0:?} is already used by another sandbox")]
+    #[error("the name {0:?} is already in use")]
     NameTaken(String),
     /// A resource setting is out of range.
     #[error("invalid {what}: {value} (allowed: {allowed})")]
@@ -614,6 +614,9 @@ impl Host {
         template: bool,
         store: bool,
     ) -> Result<SnapshotRecord, HostError> {
+        if let Some(n) = &name {
+            validate_name(n)?;
+        }
         let rec = self.get(key)?;
         if !matches!(rec.state.as_str(), "running" | "paused") {
             return Err(not_running(rec));
@@ -763,7 +766,34 @@ impl Host {
         self.db.events(after, owner, sandbox, limit)
     }
 
-    /// One sandbox by id, unique id prefix or name.
+    /// Drops events older than `before_ms` (milliseconds since the epoch): the event log's
+    /// retention. Returns how many went.
+    pub fn prune_events(&self, before_ms: i64) -> Result<usize, HostError> {
+        self.db.prune_events(before_ms)
+    }
+
+    /// The sandbox that `owner` (none: local use) named `name`.
+    pub fn get_named(&self, owner: Option<&str>, name: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self
+            .db
+            .find_named(owner, name)?
+            .ok_or_else(|| HostError::NoSuchSandbox(name.to_string()))?;
+        self.reconcile(&mut rec)?;
+        Ok(rec)
+    }
+
+    /// The snapshot that `owner` (none: local use) named `name`.
+    pub fn snapshot_named(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<SnapshotRecord, HostError> {
+        self.db
+            .find_snapshot_named(owner, name)?
+            .ok_or_else(|| HostError::NoSuchSnapshot(name.to_string()))
+    }
+
+    /// One sandbox by id, name, `owner/name` or unique id prefix.
     pub fn get(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self
             .db
@@ -1161,20 +1191,29 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
         return Err(bad("timeout", "0".into(), "at least 1 second"));
     }
     if let Some(n) = &spec.name {
-        let ok = !n.is_empty()
-            && n.len() <= 63
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && !n.starts_with(['-', '.']);
-        if !ok {
-            return Err(bad(
-                "name",
-                format!("{n:?}"),
-                "1 to 63 of [A-Za-z0-9_.-], not starting with - or .",
-            ));
-        }
+        validate_name(n)?;
     }
     Ok(())
+}
+
+/// A sandbox or snapshot name: 1 to 63 of `[A-Za-z0-9_.-]`, not starting with `-` or `.`, and
+/// not 12 hex digits (which reads as an id).
+pub fn validate_name(n: &str) -> Result<(), HostError> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !n.starts_with(['-', '.'])
+        && !(n.len() == 12 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::InvalidSetting {
+            what: "name",
+            value: format!("{n:?}"),
+            allowed: "1 to 63 of [A-Za-z0-9_.-], not starting with - or ., not 12 hex digits",
+        })
+    }
 }
 
 fn new_id() -> String {
@@ -1483,6 +1522,10 @@ mod tests {
             },
             CreateSpec {
                 name: Some(String::new()),
+                ..ok.clone()
+            },
+            CreateSpec {
+                name: Some("0123456789ab".into()),
                 ..ok.clone()
             },
         ] {

@@ -34,6 +34,7 @@ mod source;
 pub mod unpack;
 
 pub use registry::{PullOptions, docker_credentials, parse_reference};
+pub use source::write_rootfs_layout;
 
 /// Errors of the image pipeline.
 #[derive(Debug, thiserror::Error)]

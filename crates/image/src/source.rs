@@ -477,6 +477,51 @@ pub(crate) fn pack_rootfs(
     })
 }
 
+/// Packs a directory as a one-layer image and writes it to `out` as an OCI image layout tar:
+/// what `cove image import-rootfs` sends to a coved, since the directory lives on the client's
+/// machine. A coved importing it gets the digest a local import of the same tree gets.
+pub fn write_rootfs_layout(
+    dir: &Path,
+    config: &ImageConfig,
+    out: &mut dyn std::io::Write,
+) -> Result<String, ImageError> {
+    let scratch = tempfile::tempdir().map_err(|e| ImageError::io("creating", dir, e))?;
+    let r = pack_rootfs(dir, scratch.path(), config)?;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": r.digest,
+            "size": r.manifest.len(),
+        }],
+    }))
+    .expect("serializes");
+    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    let mut b = tar::Builder::new(out);
+    let mut put = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, bytes)
+    };
+    let wrote = put("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .and_then(|()| put("index.json", &index))
+        .and_then(|()| put(&blob(&r.digest), &r.manifest))
+        .and_then(|()| put(&blob(&r.config_digest), &r.config));
+    let out_path = Path::new("(layout)");
+    wrote.map_err(|e| ImageError::io("writing", out_path, e))?;
+    for l in &r.layers {
+        let path = l.path.as_deref().expect("packed layers are files");
+        b.append_path_with_name(path, blob(&l.digest))
+            .map_err(|e| ImageError::io("writing", path, e))?;
+    }
+    b.finish()
+        .map_err(|e| ImageError::io("writing", out_path, e))?;
+    Ok(r.digest)
+}
+
 enum Compression {
     Gzip,
     Zstd,

@@ -245,11 +245,14 @@ impl Client {
     }
 
     /// Snapshots a sandbox (it keeps running).
-    pub async fn snapshot(&self, id: &str) -> Result<api::Snapshot, Error> {
+    pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<api::Snapshot, Error> {
+        let req = api::TakeSnapshot {
+            name: name.map(str::to_string),
+        };
         self.call(
             Method::POST,
             &format!("/v1/sandboxes/{id}/snapshot"),
-            None::<&()>,
+            Some(&req),
         )
         .await
     }
@@ -460,11 +463,23 @@ impl Client {
         self.call(Method::GET, "/v1/info", None::<&()>).await
     }
 
-    /// Deletes an image by digest.
-    pub async fn delete_image(&self, digest: &str) -> Result<(), Error> {
-        self.send(Method::DELETE, &format!("/v1/images/{digest}"), None::<&()>)
+    /// Removes an image name (the image goes with its last name), or an image by digest (an
+    /// admin key). Returns the removed image's digest, if the image went.
+    pub async fn delete_image(&self, image: &str) -> Result<Option<String>, Error> {
+        let r: api::ImageRemoved = self
+            .call(
+                Method::DELETE,
+                &format!("/v1/images/{}", query_escape(image).replace('/', "%2F")),
+                None::<&()>,
+            )
+            .await?;
+        Ok(r.removed)
+    }
+
+    /// Removes unnamed unused images and unneeded cached layers (an admin key).
+    pub async fn prune_images(&self) -> Result<api::Pruned, Error> {
+        self.call(Method::POST, "/v1/images/prune", None::<&()>)
             .await
-            .map(drop)
     }
 
     /// Uploads `from` to `path` (replaced atomically, parents created), streamed.

@@ -31,18 +31,7 @@ pub async fn create_template(
     };
     cove_host::validate(&spec)?;
     let s = app.host.template_create(&spec).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(api::Snapshot {
-            id: s.id,
-            sandbox: s.sandbox,
-            image: s.image,
-            cpus: s.cpus,
-            memory_mib: s.memory_mib,
-            disk_mib: s.disk_mib,
-            created_at: s.created_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(crate::app::snapshot(s))))
 }
 
 /// `PUT /v1/images/import` options.
@@ -106,6 +95,19 @@ pub async fn import(
             created_at: info.meta.created_at,
         }),
     ))
+}
+
+/// Remove images that no name points at and nothing uses, and cached layers no image needs
+/// (`admin`).
+#[utoipa::path(post, path = "/v1/images/prune", tag = "images",
+    responses((status = 200, body = api::Pruned), (status = 403, body = api::Error)))]
+pub async fn prune(State(app): State<App>, auth: Auth) -> Result<Json<api::Pruned>, ApiError> {
+    auth.need(Scope::Admin)?;
+    let (removed, freed_bytes) = app.host.image_prune().await?;
+    Ok(Json(api::Pruned {
+        removed,
+        freed_bytes,
+    }))
 }
 
 /// What this host runs: versions, the engine, the images.

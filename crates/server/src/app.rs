@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -19,7 +19,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, Json, REQUEST_ID};
+use crate::error::{ApiError, Json, OptionalJson, REQUEST_ID};
 use crate::keys::{Keys, Principal, Scope};
 use crate::metrics::Metrics;
 
@@ -125,7 +125,46 @@ impl FromRequestParts<App> for Auth {
     }
 }
 
+/// Housekeeping, every ten minutes from the start: the event log's retention, finished pulls,
+/// and the rate buckets of keys gone quiet.
+pub async fn maintain(app: App, event_retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let cutoff = i64::try_from(event_retention.as_millis())
+            .ok()
+            .and_then(|keep| now_ms().checked_sub(keep));
+        let events = match cutoff.map(|c| app.host.prune_events(c)) {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                tracing::warn!("pruning the event log: {e}");
+                0
+            }
+            None => 0,
+        };
+        let pulls = app.pulls.sweep(crate::pulls::Pulls::KEEP);
+        let buckets = app.sweep_buckets(Duration::from_secs(60));
+        tracing::debug!(events, pulls, buckets, "housekeeping");
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl Inner {
+    /// Forgets the buckets of keys idle for `idle` (at least a second: a bucket refills
+    /// completely within one, so a forgotten one is exactly a new full one).
+    fn sweep_buckets(&self, idle: Duration) -> usize {
+        let idle = idle.max(Duration::from_secs(1));
+        let mut b = self.buckets.lock().expect("buckets");
+        let before = b.len();
+        b.retain(|_, bucket| bucket.at.elapsed() < idle);
+        before - b.len()
+    }
+
     fn take_token(&self, key: &str) -> Result<(), ApiError> {
         let mut b = self.buckets.lock().expect("buckets");
         let now = Instant::now();
@@ -152,10 +191,15 @@ impl Inner {
 
     /// The tenant's sandbox `id`: another tenant's, a malformed id and a missing one all read
     /// `404`.
+    /// `id` is a whole id or one of the tenant's sandbox names.
     pub(crate) fn owned(&self, p: &Principal, id: &str) -> Result<SandboxRecord, ApiError> {
         let nf = || ApiError::not_found("sandbox", id);
-        if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(nf());
+        if !is_id(id) {
+            return match self.host.get_named(Some(&p.tenant), id) {
+                Ok(r) => Ok(r),
+                Err(HostError::NoSuchSandbox(_)) => Err(nf()),
+                Err(e) => Err(e.into()),
+            };
         }
         match self.host.get(id) {
             Ok(r) if r.id == id && r.owner.as_deref() == Some(p.tenant.as_str()) => Ok(r),
@@ -164,10 +208,15 @@ impl Inner {
         }
     }
 
+    /// `id` is a whole id or one of the tenant's snapshot names.
     fn owned_snapshot(&self, p: &Principal, id: &str) -> Result<SnapshotRecord, ApiError> {
         let nf = || ApiError::not_found("snapshot", id);
-        if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(nf());
+        if !is_id(id) {
+            return match self.host.snapshot_named(Some(&p.tenant), id) {
+                Ok(s) => Ok(s),
+                Err(HostError::NoSuchSnapshot(_)) => Err(nf()),
+                Err(e) => Err(e.into()),
+            };
         }
         match self.host.snapshot_record(id) {
             Ok(s) if s.id == id && s.owner.as_deref() == Some(p.tenant.as_str()) => Ok(s),
@@ -270,9 +319,15 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// A whole sandbox or snapshot id: 12 hex digits (names never look like one).
+fn is_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn sandbox(r: SandboxRecord) -> api::Sandbox {
     api::Sandbox {
         id: r.id,
+        name: r.name,
         state: r.state,
         image: r.image,
         image_digest: r.image_digest,
@@ -287,9 +342,10 @@ fn sandbox(r: SandboxRecord) -> api::Sandbox {
     }
 }
 
-fn snapshot(s: SnapshotRecord) -> api::Snapshot {
+pub(crate) fn snapshot(s: SnapshotRecord) -> api::Snapshot {
     api::Snapshot {
         id: s.id,
+        name: s.name,
         sandbox: s.sandbox,
         image: s.image,
         cpus: s.cpus,
@@ -354,6 +410,7 @@ async fn create_sandbox(
         ttl_secs: req.ttl_secs,
         idle_timeout_secs: req.idle_timeout_secs,
         on_idle: req.on_idle,
+        name: req.name,
         owner: Some(auth.0.tenant.clone()),
         labels: req.labels,
         env: req.env,
@@ -525,11 +582,12 @@ async fn snapshot_sandbox(
     State(app): State<App>,
     auth: Auth,
     Path(id): Path<String>,
+    OptionalJson(req): OptionalJson<api::TakeSnapshot>,
 ) -> Result<(StatusCode, Json<api::Snapshot>), ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
     let s = app
-        .timed(&auth, "snapshot", app.host.snapshot(&r.id, None, false))
+        .timed(&auth, "snapshot", app.host.snapshot(&r.id, req.name, false))
         .await?;
     Ok((StatusCode::CREATED, Json(snapshot(s))))
 }
@@ -917,23 +975,26 @@ async fn list_images(
     Ok(Json(api::List { items }))
 }
 
-/// Delete an image by digest (`admin`); refused while sandboxes or snapshots use it.
-#[utoipa::path(delete, path = "/v1/images/{digest}", tag = "images",
-    params(("digest" = String, Path, description = "Manifest digest, sha256:…")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = api::Error),
+/// Remove an image name, or an image by digest (`admin`): like `cove image rm`, a name that is
+/// one of several only goes itself; the image goes with its last name, refused (409) while
+/// sandboxes or snapshots use it. Names with `/` or `:` are sent percent-encoded.
+#[utoipa::path(delete, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "Name, reference or manifest digest (sha256:…)")),
+    responses((status = 200, body = api::ImageRemoved), (status = 404, body = api::Error),
         (status = 409, body = api::Error)))]
 async fn delete_image(
     State(app): State<App>,
     auth: Auth,
-    Path(digest): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    Path(image): Path<String>,
+) -> Result<Json<api::ImageRemoved>, ApiError> {
     auth.need(Scope::Admin)?;
-    let hex = digest.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() != 64 || app.host.images().get(&digest).is_none() {
-        return Err(ApiError::not_found("image", &digest));
+    if let Some(hex) = image.strip_prefix("sha256:")
+        && (hex.len() != 64 || app.host.images().get(&image).is_none())
+    {
+        return Err(ApiError::not_found("image", &image));
     }
-    app.host.image_remove(&digest).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let removed = app.host.image_remove(&image).await?;
+    Ok(Json(api::ImageRemoved { removed }))
 }
 
 /// The OpenAPI document of this API.
@@ -1030,6 +1091,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(delete_image))
         .routes(routes!(crate::pulls::start))
         .routes(routes!(crate::admin::import))
+        .routes(routes!(crate::admin::prune))
         .routes(routes!(crate::admin::create_template))
         .routes(routes!(crate::admin::info))
         .routes(routes!(crate::pulls::follow))

@@ -173,3 +173,40 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+/// A JSON body that may be left out (no body reads as `T::default()`); errors as [`Json`].
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let empty = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v == "0")
+            || (req
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .is_none()
+                && req
+                    .headers()
+                    .get(axum::http::header::CONTENT_LENGTH)
+                    .is_none()
+                && req
+                    .headers()
+                    .get(axum::http::header::TRANSFER_ENCODING)
+                    .is_none());
+        if empty {
+            return Ok(Self(T::default()));
+        }
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Self(v))
+    }
+}

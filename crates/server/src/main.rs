@@ -45,6 +45,9 @@ struct Cli {
     /// Requests per second per key (and as many in a burst).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
+    /// Keep the event log this many hours (pruned every ten minutes).
+    #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..))]
+    event_retention_hours: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -307,6 +310,10 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
     tracing::info!(sandboxes = n, home = %home.display(), "coved started");
     let router = app::router(app.clone());
     let api_task = tokio::spawn(api.serve(router, tls));
+    tokio::spawn(app::maintain(
+        app.clone(),
+        std::time::Duration::from_secs(cli.event_retention_hours.saturating_mul(3600)),
+    ));
     if let Some(m) = metrics {
         let app = app.clone();
         let r = axum::Router::new().route(

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -15,16 +16,36 @@ use crate::app::{App, Auth};
 use crate::error::{ApiError, Json};
 use crate::keys::Scope;
 
-/// Pulls kept for following (finished ones included, until coved restarts).
+/// Pulls kept for following: running ones, and finished ones for [`Pulls::KEEP`] (in memory:
+/// a restart forgets them; the images they pulled stay).
 #[derive(Debug, Default)]
 pub struct Pulls {
     map: Mutex<HashMap<String, Arc<Pull>>>,
+}
+
+impl Pulls {
+    /// How long a finished pull's progress can still be followed.
+    pub const KEEP: Duration = Duration::from_secs(3600);
+
+    /// Forgets pulls that finished more than `keep` ago; returns how many.
+    pub fn sweep(&self, keep: Duration) -> usize {
+        let mut map = self.map.lock().expect("pulls");
+        let before = map.len();
+        map.retain(|_, p| {
+            p.done_at
+                .lock()
+                .expect("pull done")
+                .is_none_or(|t| t.elapsed() < keep)
+        });
+        before - map.len()
+    }
 }
 
 /// One pull's progress lines.
 #[derive(Debug, Default)]
 pub struct Pull {
     lines: Mutex<(Vec<String>, bool)>,
+    done_at: Mutex<Option<Instant>>,
     more: tokio::sync::Notify,
 }
 
@@ -34,6 +55,9 @@ impl Pull {
         l.0.push(line);
         l.1 |= last;
         drop(l);
+        if last {
+            *self.done_at.lock().expect("pull done") = Some(Instant::now());
+        }
         self.more.notify_waiters();
     }
 }
@@ -129,4 +153,27 @@ pub async fn follow(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_forgets_only_finished_pulls_past_keep() {
+        let pulls = Pulls::default();
+        let running = Arc::new(Pull::default());
+        running.push("{}".into(), false);
+        let done = Arc::new(Pull::default());
+        done.push("{}".into(), true);
+        {
+            let mut m = pulls.map.lock().unwrap();
+            m.insert("running".into(), running);
+            m.insert("done".into(), done);
+        }
+        assert_eq!(pulls.sweep(Pulls::KEEP), 0, "nothing is an hour old");
+        assert_eq!(pulls.sweep(Duration::ZERO), 1);
+        let m = pulls.map.lock().unwrap();
+        assert!(m.contains_key("running") && !m.contains_key("done"));
+    }
 }
