@@ -171,6 +171,44 @@ fn log_event(
     Ok(())
 }
 
+/// Finds a row of `table` by id, then by name (one owner's only: a name that several owners
+/// use is ambiguous), then by `owner/name`, then by a unique id prefix of at least 4.
+fn find_in<T>(
+    conn: &Connection,
+    table: &str,
+    columns: &str,
+    key: &str,
+    row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, HostError> {
+    let one = |sql: &str, args: &[&str]| -> Result<Option<T>, HostError> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {columns} FROM {table} WHERE {sql} LIMIT 2"
+        ))?;
+        let mut found: Vec<T> = stmt
+            .query_map(rusqlite::params_from_iter(args), row)?
+            .collect::<Result<_, _>>()?;
+        Ok(if found.len() == 1 { found.pop() } else { None })
+    };
+    if let Some(r) = one("id = ?1", &[key])? {
+        return Ok(Some(r));
+    }
+    let named: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {table} WHERE name = ?1"),
+        [key],
+        |r| r.get(0),
+    )?;
+    if named > 0 {
+        return one("name = ?1", &[key]);
+    }
+    if let Some((owner, name)) = key.split_once('/') {
+        return one("owner = ?1 AND name = ?2", &[owner, name]);
+    }
+    if key.len() < 4 {
+        return Ok(None);
+    }
+    one("substr(id, 1, length(?1)) = ?1", &[key])
+}
+
 fn is_busy(code: rusqlite::ErrorCode) -> bool {
     matches!(
         code,
@@ -402,43 +440,7 @@ impl Db {
     /// Finds a sandbox by id, name, `owner/name`, or unique id prefix. A name that several
     /// owners use finds none (their `owner/name` does).
     pub fn find(&self, key: &str) -> Result<Option<SandboxRecord>, HostError> {
-        let conn = self.conn();
-        let by_id = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
-                [key],
-                row,
-            )
-            .optional()?;
-        if by_id.is_some() {
-            return Ok(by_id);
-        }
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE name = ?1 LIMIT 2"
-        ))?;
-        let mut named: Vec<SandboxRecord> =
-            stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
-        if !named.is_empty() {
-            return Ok(if named.len() == 1 { named.pop() } else { None });
-        }
-        if let Some((owner, name)) = key.split_once('/') {
-            return Ok(conn
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM sandboxes WHERE owner = ?1 AND name = ?2"),
-                    [owner, name],
-                    row,
-                )
-                .optional()?);
-        }
-        if key.len() < 4 {
-            return Ok(None);
-        }
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2"
-        ))?;
-        let mut found: Vec<SandboxRecord> =
-            stmt.query_map([key], row)?.collect::<Result<_, _>>()?;
-        Ok(if found.len() == 1 { found.pop() } else { None })
+        find_in(&self.conn(), "sandboxes", COLUMNS, key, row)
     }
 
     /// The sandbox `owner` (none: local use) named `name`.
@@ -508,40 +510,7 @@ impl Db {
     /// Finds a snapshot by id, name, `owner/name`, or unique id prefix. A name that several
     /// owners use finds none (their `owner/name` does).
     pub fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, HostError> {
-        let conn = self.conn();
-        let by_id = conn
-            .query_row(
-                &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1"),
-                [key],
-                snap_row,
-            )
-            .optional()?;
-        if by_id.is_some() {
-            return Ok(by_id);
-        }
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {SNAP_COLUMNS} FROM snapshots WHERE name = ?1 LIMIT 2"
-        ))?;
-        let mut named: Vec<SnapshotRecord> =
-            stmt.query_map([key], snap_row)?.collect::<Result<_, _>>()?;
-        if !named.is_empty() {
-            return Ok(if named.len() == 1 { named.pop() } else { None });
-        }
-        if let Some((owner, name)) = key.split_once('/') {
-            return Ok(conn
-                .query_row(
-                    &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE owner = ?1 AND name = ?2"),
-                    [owner, name],
-                    snap_row,
-                )
-                .optional()?);
-        }
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {SNAP_COLUMNS} FROM snapshots WHERE length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1 LIMIT 2"
-        ))?;
-        let mut found: Vec<SnapshotRecord> =
-            stmt.query_map([key], snap_row)?.collect::<Result<_, _>>()?;
-        Ok(if found.len() == 1 { found.pop() } else { None })
+        find_in(&self.conn(), "snapshots", SNAP_COLUMNS, key, snap_row)
     }
 
     /// The snapshot `owner` (none: local use) named `name`.
