@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond guest/setup.sh: a real OCI registry (Debian's
 # docker-registry, CNCF distribution), skopeo to push images into it, and htpasswd (bcrypt) for
-# its basic-auth configuration. Each test starts its own registry on 127.0.0.1.
+# its basic-auth configuration. Each test starts its own registry on 127.0.0.1. binutils: the
+# kvm engine's tests assemble their purpose-built guest programs with GNU as and ld.
 set -euo pipefail
 need=()
-for p in docker-registry skopeo apache2-utils e2fsprogs; do
+for p in docker-registry skopeo apache2-utils e2fsprogs binutils; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

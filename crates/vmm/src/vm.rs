@@ -1,0 +1,372 @@
+//! The VM: KVM objects, guest memory, buses and devices, and the vCPU threads.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cove_devices::i8042::{I8042_BASE, I8042_LEN, I8042Device};
+use cove_devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOut};
+use cove_devices::{BusError, EventFdTrigger};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::boot::{self, BootError, BootInfo, EntryPoint, KernelConfig};
+use crate::cpu_template::VcpuIdentity;
+use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, LayoutError, MemoryLayout};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vcpu::{
+    Buses, SetupError, VcpuError, VcpuHandle, VcpuReport, VcpuState, VcpuStop, kick, setup,
+};
+
+/// The most vCPUs a Cove VM has (APIC ids are 8 bits in CPUID leaf 1).
+pub const MAX_VCPUS: u8 = 254;
+
+/// What the VM is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Number of vCPUs, 1..=[`MAX_VCPUS`].
+    pub vcpu_count: u8,
+    /// Guest RAM in bytes (a multiple of 4 KiB).
+    pub mem_size: u64,
+}
+
+/// Why the VM stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest asked for a reset (i8042 command 0xFE: Linux `reboot` with `reboot=k`).
+    Reset,
+    /// The guest stopped a vCPU.
+    Vcpu {
+        /// Which vCPU.
+        vcpu: u8,
+        /// Why.
+        reason: VcpuStop,
+    },
+}
+
+/// Errors from building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Open /dev/kvm.
+    #[error("open /dev/kvm (is KVM available and are you in the kvm group?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl on the VM failed.
+    #[error("{0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// The vCPU count is out of range.
+    #[error("{0} vCPUs requested; Cove supports 1 to {MAX_VCPUS}")]
+    VcpuCount(u8),
+    /// The memory size is not usable.
+    #[error("guest memory layout")]
+    Layout(#[from] LayoutError),
+    /// Guest memory.
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    /// Create an event fd.
+    #[error("create an event fd")]
+    EventFd(#[source] std::io::Error),
+    /// Put a device on a bus.
+    #[error("attach a device")]
+    Bus(#[from] BusError),
+    /// Load the kernel.
+    #[error("boot")]
+    Boot(#[from] BootError),
+    /// Install the vCPU kick signal handler.
+    #[error("install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// Configure a vCPU.
+    #[error("configure vCPU {0}")]
+    VcpuSetup(u8, #[source] SetupError),
+    /// Drive a vCPU thread.
+    #[error("vCPU")]
+    Vcpu(#[from] VcpuError),
+    /// The vCPUs were already started.
+    #[error("the vCPUs are already started")]
+    AlreadyStarted,
+    /// One entry point per vCPU is needed.
+    #[error("{given} entry points for {vcpus} vCPUs")]
+    EntryCount {
+        /// Entry points given.
+        given: usize,
+        /// vCPUs in the VM.
+        vcpus: u8,
+    },
+    /// Wait for the VM's events.
+    #[error("wait for VM events")]
+    Wait(#[source] std::io::Error),
+}
+
+/// A KVM virtual machine and everything it owns.
+///
+/// Field order is drop order: vCPU threads stop first, then the VM fd closes, and only then is
+/// guest memory unmapped.
+#[derive(Debug)]
+pub struct Vm {
+    vcpus: Vec<VcpuHandle>,
+    buses: Buses,
+    reports: Receiver<VcpuReport>,
+    report_tx: Sender<VcpuReport>,
+    report_evt: EventFd,
+    reset_evt: EventFd,
+    fd: VmFd,
+    supported_cpuid: CpuId,
+    memory: GuestMemoryMmap,
+    layout: MemoryLayout,
+    config: VmConfig,
+}
+
+impl Vm {
+    /// Creates the VM: in-kernel irqchip and PIT, guest memory registered with KVM, empty
+    /// buses. No vCPUs yet (see [`Vm::start`]).
+    pub fn new(config: VmConfig) -> Result<Self, VmError> {
+        if config.vcpu_count == 0 || config.vcpu_count > MAX_VCPUS {
+            return Err(VmError::VcpuCount(config.vcpu_count));
+        }
+        let layout = MemoryLayout::new(config.mem_size)?;
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::Kvm("create the VM", e))?;
+        // Both regions lie in the MMIO gap, where there is no RAM; KVM wants them before the
+        // first vCPU exists.
+        fd.set_tss_address(usize::try_from(KVM_TSS_ADDRESS).unwrap_or(usize::MAX))
+            .map_err(|e| VmError::Kvm("set the TSS address", e))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(|e| VmError::Kvm("set the identity map address", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))?;
+
+        let memory = memory::create(&layout)?;
+        memory::register(&fd, &memory)?;
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::Kvm("get the supported CPUID", e))?;
+
+        let (report_tx, reports) = mpsc::channel();
+        Ok(Self {
+            vcpus: Vec::new(),
+            buses: Buses::default(),
+            reports,
+            report_tx,
+            report_evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?,
+            reset_evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?,
+            fd,
+            supported_cpuid,
+            memory,
+            layout,
+            config,
+        })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The memory layout.
+    pub fn layout(&self) -> &MemoryLayout {
+        &self.layout
+    }
+
+    /// The port and MMIO buses, to attach devices.
+    pub fn buses(&self) -> &Buses {
+        &self.buses
+    }
+
+    /// The KVM VM (irqfds, ioeventfds).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Attaches COM1, writing guest output to `out`; its interrupt is IRQ 4 through an irqfd.
+    pub fn add_serial(&mut self, out: SerialOut) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_irqfd(&irq, COM1_IRQ)
+            .map_err(|e| VmError::Kvm("register the serial irqfd", e))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger::new(irq), out)));
+        self.buses.pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
+        Ok(serial)
+    }
+
+    /// Attaches the i8042, whose reset command ends the VM with [`VmExit::Reset`].
+    pub fn add_i8042(&mut self) -> Result<(), VmError> {
+        let reset = self.reset_evt.try_clone().map_err(VmError::EventFd)?;
+        let dev = Arc::new(Mutex::new(I8042Device::new(EventFdTrigger::new(reset))));
+        self.buses.pio.insert(I8042_BASE, I8042_LEN, dev)?;
+        Ok(())
+    }
+
+    /// Loads a kernel (and initramfs, command line) for the boot vCPU.
+    pub fn load_kernel(&mut self, cfg: &KernelConfig) -> Result<BootInfo, VmError> {
+        Ok(boot::load(&self.memory, &self.layout, cfg)?)
+    }
+
+    /// Creates the vCPUs and starts them: vCPU 0 at `boot`, the others waiting for the boot
+    /// vCPU's INIT/SIPI, as on a PC.
+    pub fn start(&mut self, boot: EntryPoint) -> Result<(), VmError> {
+        let mut entries = vec![None; usize::from(self.config.vcpu_count)];
+        entries[0] = Some(boot);
+        self.start_vcpus(&entries)
+    }
+
+    /// Creates the vCPUs and starts every one at its own entry point, in long mode (for test
+    /// programs that do not bring up application processors themselves).
+    pub fn start_each_at(&mut self, entries: &[EntryPoint]) -> Result<(), VmError> {
+        if entries.len() != usize::from(self.config.vcpu_count) {
+            return Err(VmError::EntryCount {
+                given: entries.len(),
+                vcpus: self.config.vcpu_count,
+            });
+        }
+        let entries: Vec<_> = entries.iter().copied().map(Some).collect();
+        self.start_vcpus(&entries)
+    }
+
+    fn start_vcpus(&mut self, entries: &[Option<EntryPoint>]) -> Result<(), VmError> {
+        if !self.vcpus.is_empty() {
+            return Err(VmError::AlreadyStarted);
+        }
+        kick::install_handler().map_err(VmError::KickHandler)?;
+        for (id, entry) in (0u8..).zip(entries) {
+            let vcpu = self
+                .fd
+                .create_vcpu(u64::from(id))
+                .map_err(|e| VmError::Kvm("create a vCPU", e))?;
+            let identity = VcpuIdentity {
+                apic_id: id,
+                vcpu_count: self.config.vcpu_count,
+            };
+            setup::configure(&vcpu, &self.supported_cpuid, identity, *entry)
+                .map_err(|e| VmError::VcpuSetup(id, e))?;
+            let report_evt = self.report_evt.try_clone().map_err(VmError::EventFd)?;
+            let handle = VcpuHandle::spawn(
+                id,
+                vcpu,
+                self.buses.clone(),
+                self.report_tx.clone(),
+                report_evt,
+            )?;
+            self.vcpus.push(handle);
+        }
+        self.resume()
+    }
+
+    /// Stops every vCPU and waits until all are out of `KVM_RUN`: after this returns, guest
+    /// memory and vCPU state do not change until [`Vm::resume`].
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        // Ask all first, then wait: the vCPUs stop in parallel.
+        for vcpu in &self.vcpus {
+            vcpu.request_pause()?;
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.wait_paused()?;
+        }
+        Ok(())
+    }
+
+    /// Lets every vCPU run again.
+    pub fn resume(&mut self) -> Result<(), VmError> {
+        for vcpu in &self.vcpus {
+            vcpu.request_resume()?;
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.wait_resumed()?;
+        }
+        Ok(())
+    }
+
+    /// The state each vCPU last acknowledged.
+    pub fn vcpu_states(&self) -> Vec<VcpuState> {
+        self.vcpus.iter().map(VcpuHandle::state).collect()
+    }
+
+    /// Waits up to `timeout` for the guest to stop the VM; `None` if it is still running.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<Option<VmExit>, VmError> {
+        let deadline = Instant::now() + timeout;
+        let epoll = Epoll::new().map_err(VmError::Wait)?;
+        for (fd, token) in [(&self.reset_evt, 0u64), (&self.report_evt, 1u64)] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(VmError::Wait)?;
+        }
+        loop {
+            if self.reset_evt.read().is_ok() {
+                return Ok(Some(VmExit::Reset));
+            }
+            if let Ok(report) = self.reports.try_recv() {
+                return Ok(Some(VmExit::Vcpu {
+                    vcpu: report.vcpu,
+                    reason: report.reason,
+                }));
+            }
+            // Drain the counter; the report (if any) is read on the next pass.
+            let _ = self.report_evt.read();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            let mut events = [EpollEvent::default(); 2];
+            match epoll.wait(ms, &mut events) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VmError::Wait(e)),
+            }
+        }
+    }
+
+    /// Ends every vCPU thread. The VM cannot run again afterwards.
+    pub fn stop(&mut self) -> Result<(), VmError> {
+        let mut first_error = None;
+        for vcpu in &mut self.vcpus {
+            if let Err(e) = vcpu.exit() {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.vcpus.clear();
+        first_error.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Both are refused before /dev/kvm is opened, so these run anywhere.
+    #[test]
+    fn rejects_bad_vcpu_counts() {
+        for vcpu_count in [0, MAX_VCPUS + 1] {
+            let config = VmConfig {
+                vcpu_count,
+                mem_size: 64 << 20,
+            };
+            assert!(matches!(Vm::new(config), Err(VmError::VcpuCount(n)) if n == vcpu_count));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_memory_sizes() {
+        let config = VmConfig {
+            vcpu_count: 1,
+            mem_size: 1 << 20,
+        };
+        assert!(matches!(
+            Vm::new(config),
+            Err(VmError::Layout(LayoutError::TooSmall { .. }))
+        ));
+    }
+}
