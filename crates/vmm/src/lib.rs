@@ -9,9 +9,11 @@ pub mod cpu_template;
 pub mod layout;
 pub mod memory;
 pub mod msr;
+pub mod persist;
 pub mod vcpu;
 mod vm;
 
 pub use boot::{BootInfo, EntryPoint, KernelConfig};
 pub use layout::MemoryLayout;
+pub use persist::VmSnapshot;
 pub use vm::{MAX_VCPUS, Vm, VmConfig, VmError, VmExit};

@@ -16,6 +16,7 @@ use crate::boot::{self, BootError, BootInfo, EntryPoint, KernelConfig};
 use crate::cpu_template::VcpuIdentity;
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, LayoutError, MemoryLayout};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::persist::{self, SavedConfig, VmSnapshot};
 use crate::vcpu::{
     Buses, SetupError, VcpuError, VcpuHandle, VcpuReport, VcpuState, VcpuStop, kick, setup,
 };
@@ -96,6 +97,15 @@ pub enum VmError {
     /// Wait for the VM's events.
     #[error("wait for VM events")]
     Wait(#[source] std::io::Error),
+    /// Map or save guest memory for a snapshot.
+    #[error("snapshot memory")]
+    MemoryFile(#[from] persist::memory::MemoryFileError),
+    /// Restore a vCPU's state, or list the MSRs to save.
+    #[error("vCPU {0} state")]
+    VcpuState(u8, #[source] persist::vcpu::VcpuStateError),
+    /// Save or restore the in-kernel devices.
+    #[error("in-kernel device state")]
+    VmState(#[from] persist::vm::VmStateError),
 }
 
 /// A KVM virtual machine and everything it owns.
@@ -112,6 +122,8 @@ pub struct Vm {
     reset_evt: EventFd,
     fd: VmFd,
     supported_cpuid: CpuId,
+    /// The MSRs a snapshot saves (KVM's list for this host).
+    msrs: Arc<[u32]>,
     memory: GuestMemoryMmap,
     layout: MemoryLayout,
     config: VmConfig,
@@ -125,6 +137,71 @@ impl Vm {
             return Err(VmError::VcpuCount(config.vcpu_count));
         }
         let layout = MemoryLayout::new(config.mem_size)?;
+        let memory = memory::create(&layout)?;
+        Self::build(config, layout, memory)
+    }
+
+    /// Restores a VM from a snapshot: its memory a private mapping of `memory_file` (pages load
+    /// on first touch, and clones of one snapshot share what none of them wrote), the in-kernel
+    /// devices and every vCPU as they were. The vCPUs stay paused: attach the devices (and
+    /// restore their state from `snap.devices`), then [`Vm::resume`].
+    pub fn restore(snap: &VmSnapshot, memory_file: &std::fs::File) -> Result<Self, VmError> {
+        let config = VmConfig {
+            vcpu_count: snap.config.vcpu_count,
+            mem_size: snap.config.mem_size,
+        };
+        if config.vcpu_count == 0 || config.vcpu_count > MAX_VCPUS {
+            return Err(VmError::VcpuCount(config.vcpu_count));
+        }
+        if snap.vcpus.len() != usize::from(config.vcpu_count) {
+            return Err(VmError::EntryCount {
+                given: snap.vcpus.len(),
+                vcpus: config.vcpu_count,
+            });
+        }
+        let layout = MemoryLayout::new(config.mem_size)?;
+        let memory = persist::memory::map_private(memory_file, &layout.ram_ranges())?;
+        let mut vm = Self::build(config, layout, memory)?;
+        persist::vm::restore(&vm.fd, &snap.vm)?;
+        kick::install_handler().map_err(VmError::KickHandler)?;
+        for (id, state) in (0u8..).zip(&snap.vcpus) {
+            let vcpu = vm
+                .fd
+                .create_vcpu(u64::from(id))
+                .map_err(|e| VmError::Kvm("create a vCPU", e))?;
+            persist::vcpu::restore(&vcpu, state).map_err(|e| VmError::VcpuState(id, e))?;
+            let report_evt = vm.report_evt.try_clone().map_err(VmError::EventFd)?;
+            let handle =
+                VcpuHandle::spawn(id, vcpu, vm.buses.clone(), vm.report_tx.clone(), report_evt)?;
+            vm.vcpus.push(handle);
+        }
+        Ok(vm)
+    }
+
+    /// Reads the state of the paused VM (every vCPU and the in-kernel devices). Memory is
+    /// saved apart ([`persist::memory::save`] of [`Vm::memory`]); device state is the caller's
+    /// to add to `devices`.
+    pub fn snapshot(&mut self) -> Result<VmSnapshot, VmError> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &mut self.vcpus {
+            vcpus.push(v.save(self.msrs.clone())?);
+        }
+        Ok(VmSnapshot {
+            config: SavedConfig {
+                vcpu_count: self.config.vcpu_count,
+                mem_size: self.config.mem_size,
+            },
+            vm: persist::vm::save(&self.fd)?,
+            vcpus,
+            devices: std::collections::BTreeMap::new(),
+        })
+    }
+
+    fn build(
+        config: VmConfig,
+        layout: MemoryLayout,
+        memory: GuestMemoryMmap,
+    ) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm
             .create_vm()
@@ -144,15 +221,18 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))?;
 
-        let memory = memory::create(&layout)?;
         memory::register(&fd, &memory)?;
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("get the supported CPUID", e))?;
 
+        let msrs = persist::vcpu::msr_index_list(&kvm)
+            .map_err(|e| VmError::VcpuState(0, e))?
+            .into();
         let (report_tx, reports) = mpsc::channel();
         Ok(Self {
+            msrs,
             vcpus: Vec::new(),
             buses: Buses::default(),
             reports,

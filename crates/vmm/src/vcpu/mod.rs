@@ -21,6 +21,7 @@ pub mod kick;
 mod run;
 pub mod setup;
 
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -28,6 +29,8 @@ use std::time::Duration;
 use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
+
+use crate::persist;
 
 pub use run::{Buses, VcpuStop};
 pub use setup::SetupError;
@@ -44,12 +47,17 @@ pub enum VcpuState {
 }
 
 /// Commands from the VM to a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Command {
     Pause,
     Resume,
     Exit,
+    /// Read the vCPU's state (only while it is out of `KVM_RUN`), saving these MSRs.
+    Save(Arc<[u32]>),
 }
+
+/// A saved vCPU state, or why it could not be read.
+type SaveReply = Result<persist::vcpu::VcpuState, persist::vcpu::VcpuStateError>;
 
 /// A vCPU stopped by the guest, as reported to the VM.
 #[derive(Debug)]
@@ -82,6 +90,12 @@ pub enum VcpuError {
     /// Signal the thread.
     #[error("kick vCPU {0}")]
     Kick(u8, #[source] vmm_sys_util::errno::Error),
+    /// Its state can only be read while it is paused.
+    #[error("vCPU {0} is running; pause the VM before saving it")]
+    NotPaused(u8),
+    /// Reading its state failed.
+    #[error("save vCPU {0}")]
+    Save(u8, #[source] persist::vcpu::VcpuStateError),
 }
 
 /// How long a vCPU has to acknowledge a command. Generous: on an emulated KVM under load an
@@ -94,6 +108,7 @@ pub struct VcpuHandle {
     id: u8,
     commands: Sender<Command>,
     acks: Receiver<VcpuState>,
+    saves: Receiver<SaveReply>,
     thread: Option<JoinHandle<()>>,
     state: VcpuState,
 }
@@ -109,6 +124,7 @@ impl VcpuHandle {
     ) -> Result<Self, VcpuError> {
         let (commands, command_rx) = mpsc::channel();
         let (ack_tx, acks) = mpsc::channel();
+        let (save_tx, saves) = mpsc::channel();
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
@@ -119,13 +135,14 @@ impl VcpuHandle {
                     reports,
                     report_evt,
                 };
-                runner_loop(&mut runner, &command_rx, &ack_tx);
+                runner_loop(&mut runner, &command_rx, &ack_tx, &save_tx);
             })
             .map_err(|e| VcpuError::Spawn(id, e))?;
         Ok(Self {
             id,
             commands,
             acks,
+            saves,
             thread: Some(thread),
             state: VcpuState::Paused,
         })
@@ -191,6 +208,23 @@ impl VcpuHandle {
         self.wait_ack("resume")
     }
 
+    /// Reads the state of the paused vCPU, with the MSRs in `msrs` that it has.
+    pub fn save(&mut self, msrs: Arc<[u32]>) -> Result<persist::vcpu::VcpuState, VcpuError> {
+        if self.state == VcpuState::Running {
+            return Err(VcpuError::NotPaused(self.id));
+        }
+        self.send(Command::Save(msrs))?;
+        match self.saves.recv_timeout(ACK_TIMEOUT) {
+            Ok(r) => r.map_err(|e| VcpuError::Save(self.id, e)),
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::NoAck {
+                vcpu: self.id,
+                command: "save",
+                timeout: ACK_TIMEOUT,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone(self.id)),
+        }
+    }
+
     /// Ends the thread and waits for it.
     pub fn exit(&mut self) -> Result<(), VcpuError> {
         let sent = self.send(Command::Exit);
@@ -212,7 +246,12 @@ impl Drop for VcpuHandle {
 }
 
 /// The thread's state machine.
-fn runner_loop(runner: &mut run::Runner, commands: &Receiver<Command>, acks: &Sender<VcpuState>) {
+fn runner_loop(
+    runner: &mut run::Runner,
+    commands: &Receiver<Command>,
+    acks: &Sender<VcpuState>,
+    saves: &Sender<SaveReply>,
+) {
     let _registration = kick::ThreadRegistration::new(&mut runner.vcpu);
     let mut state = VcpuState::Paused;
     loop {
@@ -227,12 +266,23 @@ fn runner_loop(runner: &mut run::Runner, commands: &Receiver<Command>, acks: &Se
             Some(commands.recv().unwrap_or(Command::Exit))
         };
 
+        if let Some(Command::Save(msrs)) = &command {
+            // Only asked of a paused vCPU (the handle checks); a vCPU that was running when
+            // the command raced in is out of KVM_RUN now, which is all reading needs, and the
+            // loop goes back to running it.
+            let r = persist::vcpu::save(&runner.vcpu, u32::from(runner.id), msrs);
+            if saves.send(r).is_err() {
+                return;
+            }
+            continue;
+        }
         if let Some(command) = command {
             state = match (command, state) {
                 (Command::Exit, _) => return,
                 (_, VcpuState::Exited) => VcpuState::Exited,
                 (Command::Pause, _) => VcpuState::Paused,
                 (Command::Resume, _) => VcpuState::Running,
+                (Command::Save(_), s) => s,
             };
             if acks.send(state).is_err() {
                 return;
