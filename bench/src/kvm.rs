@@ -1,0 +1,166 @@
+//! `bench/run kvm`: Cove's own VMM, timed from outside the process that runs it
+//! (`cove-kvm-guest`), with the purpose-built guest programs in `bench/guests`.
+//!
+//! - `start_ms`: process start → the guest's first output (VM, memory, kernel load, vCPU).
+//! - `restore_ms`: process start → a restored guest's first output.
+//! - `snapshot_ms`, `snapshot_bytes`: pause, save and sync a 128 MiB guest that touched 8 MiB.
+//! - `rss_kib`: resident memory of a restored VM process at its guest's first output.
+//! - `vms_per_s`: 50 VMs started and run to their end in sequence.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use serde_json::json;
+
+use crate::summary;
+
+fn assemble(name: &str, out: &Path) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guests")
+        .join(format!("{name}.S"));
+    let obj = out.join(format!("{name}.o"));
+    let elf = out.join(format!("{name}.elf"));
+    let ok = Command::new("as")
+        .args(["--64", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .context("running as (binutils)")?
+        .success()
+        && Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-nostdlib",
+                "-static",
+                "--build-id=none",
+            ])
+            .args([
+                "-z",
+                "max-page-size=0x1000",
+                "-Ttext=0x100000",
+                "-e",
+                "_start",
+                "-o",
+            ])
+            .arg(&elf)
+            .arg(&obj)
+            .status()
+            .context("running ld (binutils)")?
+            .success();
+    ensure!(ok, "assembling {}", src.display());
+    Ok(elf)
+}
+
+fn guest_process(args: &[&str]) -> anyhow::Result<Child> {
+    let bin = std::env::current_exe()?.with_file_name("cove-kvm-guest");
+    Command::new(&bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// Milliseconds from `t` to the first byte `child` prints.
+fn first_output(child: &mut Child, t: Instant) -> anyhow::Result<f64> {
+    let mut b = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .context("stdout")?
+        .read_exact(&mut b)
+        .context("the guest printed nothing")?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+pub fn run() -> anyhow::Result<serde_json::Value> {
+    let dir = std::env::temp_dir().join(format!("cove-bench-kvm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let hello = assemble("hello", &dir)?;
+    let touch = assemble("touch", &dir)?;
+    let hello = hello.to_str().context("path")?;
+    let touch = touch.to_str().context("path")?;
+
+    let mut start = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let mut c = guest_process(&["boot", hello, "128"])?;
+        start.push(first_output(&mut c, t)?);
+        ensure!(c.wait()?.success(), "a boot failed");
+    }
+    let t = Instant::now();
+    for _ in 0..50 {
+        let out = guest_process(&["boot", hello, "128"])?.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let vms_per_s = 50.0 / t.elapsed().as_secs_f64();
+
+    let mut snapshot_ms = Vec::new();
+    let mut snapshot_bytes = 0;
+    let snap = dir.join("snap");
+    for _ in 0..5 {
+        let _ = std::fs::remove_dir_all(&snap);
+        std::fs::create_dir_all(&snap)?;
+        let out = guest_process(&["snapshot", touch, "128", snap.to_str().context("path")?])?
+            .wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stderr)?;
+        snapshot_ms.push(v["snapshot_ms"].as_f64().context("snapshot_ms")?);
+        snapshot_bytes = v["bytes"].as_u64().context("bytes")?;
+    }
+
+    let mut restore = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let mut c = guest_process(&["restore", snap.to_str().context("path")?])?;
+        restore.push(first_output(&mut c, t)?);
+        rss.push(rss_kib(c.id())?);
+        c.kill()?;
+        c.wait()?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let med = |v: &[f64]| summary(v.to_vec())["median"].clone();
+    Ok(json!({
+        "bench": "kvm",
+        "start_ms": med(&start),
+        "restore_ms": med(&restore),
+        "snapshot_ms": med(&snapshot_ms),
+        "snapshot_bytes": snapshot_bytes,
+        "touched_bytes": 8 << 20,
+        "rss_kib": med(&rss),
+        "vms_per_s": vms_per_s,
+        "detail": {
+            "start_ms": summary(start),
+            "restore_ms": summary(restore),
+            "snapshot_ms": summary(snapshot_ms),
+            "rss_kib": summary(rss),
+        },
+        "note": "start_ms is process start to the guest's first output (the control socket comes with the cove-vm engine)",
+    }))
+}
