@@ -10,6 +10,7 @@ pub mod layout;
 pub mod memory;
 pub mod msr;
 pub mod persist;
+pub mod seccomp;
 pub mod vcpu;
 mod vm;
 

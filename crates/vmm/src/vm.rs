@@ -103,6 +103,9 @@ pub enum VmError {
     /// Restore a vCPU's state, or list the MSRs to save.
     #[error("vCPU {0} state")]
     VcpuState(u8, #[source] persist::vcpu::VcpuStateError),
+    /// Build the vCPU threads' seccomp filter.
+    #[error("seccomp")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     /// Save or restore the in-kernel devices.
     #[error("in-kernel device state")]
     VmState(#[from] persist::vm::VmStateError),
@@ -124,6 +127,8 @@ pub struct Vm {
     supported_cpuid: CpuId,
     /// The MSRs a snapshot saves (KVM's list for this host).
     msrs: Arc<[u32]>,
+    /// Whether vCPU threads run under their seccomp filter.
+    seccomp: bool,
     memory: GuestMemoryMmap,
     layout: MemoryLayout,
     config: VmConfig,
@@ -171,8 +176,15 @@ impl Vm {
                 .map_err(|e| VmError::Kvm("create a vCPU", e))?;
             persist::vcpu::restore(&vcpu, state).map_err(|e| VmError::VcpuState(id, e))?;
             let report_evt = vm.report_evt.try_clone().map_err(VmError::EventFd)?;
-            let handle =
-                VcpuHandle::spawn(id, vcpu, vm.buses.clone(), vm.report_tx.clone(), report_evt)?;
+            let filter = vm.vcpu_filter()?;
+            let handle = VcpuHandle::spawn(
+                id,
+                vcpu,
+                vm.buses.clone(),
+                vm.report_tx.clone(),
+                report_evt,
+                filter,
+            )?;
             vm.vcpus.push(handle);
         }
         Ok(vm)
@@ -233,6 +245,7 @@ impl Vm {
         let (report_tx, reports) = mpsc::channel();
         Ok(Self {
             msrs,
+            seccomp: true,
             vcpus: Vec::new(),
             buses: Buses::default(),
             reports,
@@ -245,6 +258,22 @@ impl Vm {
             layout,
             config,
         })
+    }
+
+    /// Whether vCPU threads install their seccomp filter ([`crate::seccomp`]) before running
+    /// the guest: on unless turned off before the vCPUs start (for debugging a VMM under
+    /// strace or gdb).
+    pub fn set_seccomp(&mut self, on: bool) {
+        self.seccomp = on;
+    }
+
+    fn vcpu_filter(&self) -> Result<Option<Arc<seccompiler::BpfProgram>>, VmError> {
+        if !self.seccomp {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(
+            crate::seccomp::vcpu_filter().map_err(VmError::Seccomp)?,
+        )))
     }
 
     /// Guest memory.
@@ -335,6 +364,7 @@ impl Vm {
                 self.buses.clone(),
                 self.report_tx.clone(),
                 report_evt,
+                self.vcpu_filter()?,
             )?;
             self.vcpus.push(handle);
         }

@@ -93,6 +93,9 @@ pub enum VcpuError {
     /// Its state can only be read while it is paused.
     #[error("vCPU {0} is running; pause the VM before saving it")]
     NotPaused(u8),
+    /// Its seccomp filter could not be installed.
+    #[error("seccomp filter of vCPU {0}")]
+    Seccomp(u8, #[source] crate::seccomp::SeccompError),
     /// Reading its state failed.
     #[error("save vCPU {0}")]
     Save(u8, #[source] persist::vcpu::VcpuStateError),
@@ -121,13 +124,22 @@ impl VcpuHandle {
         buses: Buses,
         reports: Sender<VcpuReport>,
         report_evt: EventFd,
+        filter: Option<Arc<seccompiler::BpfProgram>>,
     ) -> Result<Self, VcpuError> {
         let (commands, command_rx) = mpsc::channel();
         let (ack_tx, acks) = mpsc::channel();
         let (save_tx, saves) = mpsc::channel();
+        let (ready_tx, ready) = mpsc::channel();
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                // The filter goes on before this thread ever enters the guest.
+                let filtered = filter.as_deref().map_or(Ok(()), crate::seccomp::apply);
+                let failed = filtered.is_err();
+                let _ = ready_tx.send(filtered);
+                if failed {
+                    return;
+                }
                 let mut runner = run::Runner {
                     id,
                     vcpu,
@@ -138,6 +150,11 @@ impl VcpuHandle {
                 runner_loop(&mut runner, &command_rx, &ack_tx, &save_tx);
             })
             .map_err(|e| VcpuError::Spawn(id, e))?;
+        match ready.recv_timeout(ACK_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(VcpuError::Seccomp(id, e)),
+            Err(_) => return Err(VcpuError::ThreadGone(id)),
+        }
         Ok(Self {
             id,
             commands,
