@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cove_devices::i8042::{I8042_BASE, I8042_LEN, I8042Device};
-use cove_devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOut};
+use cove_devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice, SerialOut, SerialPersist};
 use cove_devices::{BusError, EventFdTrigger};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VmFd};
@@ -103,6 +103,9 @@ pub enum VmError {
     /// Restore a vCPU's state, or list the MSRs to save.
     #[error("vCPU {0} state")]
     VcpuState(u8, #[source] persist::vcpu::VcpuStateError),
+    /// A device's state in the snapshot does not fit it.
+    #[error("the {0} state in the snapshot: {1}")]
+    DeviceState(&'static str, String),
     /// Build the vCPU threads' seccomp filter.
     #[error("seccomp")]
     Seccomp(#[source] crate::seccomp::SeccompError),
@@ -129,6 +132,11 @@ pub struct Vm {
     msrs: Arc<[u32]>,
     /// Whether vCPU threads run under their seccomp filter.
     seccomp: bool,
+    /// COM1, once attached (its state goes into snapshots).
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// Device state from the snapshot this VM was restored from, taken by each device as it is
+    /// attached.
+    restored_devices: std::collections::BTreeMap<String, serde_json::Value>,
     memory: GuestMemoryMmap,
     layout: MemoryLayout,
     config: VmConfig,
@@ -167,6 +175,7 @@ impl Vm {
         let layout = MemoryLayout::new(config.mem_size)?;
         let memory = persist::memory::map_private(memory_file, &layout.ram_ranges())?;
         let mut vm = Self::build(config, layout, memory)?;
+        vm.restored_devices = snap.devices.clone();
         persist::vm::restore(&vm.fd, &snap.vm)?;
         kick::install_handler().map_err(VmError::KickHandler)?;
         for (id, state) in (0u8..).zip(&snap.vcpus) {
@@ -205,7 +214,17 @@ impl Vm {
             },
             vm: persist::vm::save(&self.fd)?,
             vcpus,
-            devices: std::collections::BTreeMap::new(),
+            devices: self
+                .serial
+                .iter()
+                .map(|s| {
+                    let state = s.lock().unwrap_or_else(|e| e.into_inner()).state();
+                    (
+                        "serial".to_string(),
+                        serde_json::to_value(state).expect("serializes"),
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -246,6 +265,8 @@ impl Vm {
         Ok(Self {
             msrs,
             seccomp: true,
+            serial: None,
+            restored_devices: std::collections::BTreeMap::new(),
             vcpus: Vec::new(),
             buses: Buses::default(),
             reports,
@@ -302,8 +323,19 @@ impl Vm {
         self.fd
             .register_irqfd(&irq, COM1_IRQ)
             .map_err(|e| VmError::Kvm("register the serial irqfd", e))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger::new(irq), out)));
+        let trigger = EventFdTrigger::new(irq);
+        let dev = match self.restored_devices.remove("serial") {
+            Some(v) => {
+                let state: SerialPersist = serde_json::from_value(v)
+                    .map_err(|e| VmError::DeviceState("serial", e.to_string()))?;
+                SerialDevice::restore(&state, trigger, out)
+                    .map_err(|e| VmError::DeviceState("serial", e.to_string()))?
+            }
+            None => SerialDevice::new(trigger, out),
+        };
+        let serial = Arc::new(Mutex::new(dev));
         self.buses.pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
+        self.serial = Some(serial.clone());
         Ok(serial)
     }
 

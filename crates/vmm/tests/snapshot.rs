@@ -37,6 +37,7 @@ fn wait_above(vm: &Vm, floor: u64) -> u64 {
 fn a_snapshot_restores_in_a_new_process_and_the_guest_keeps_counting() {
     let dir = tempfile::tempdir().unwrap();
     let mut vm = new_vm(1, MEM);
+    vm.add_serial(Box::new(std::io::sink())).unwrap();
     let info = vm
         .load_kernel(&KernelConfig {
             kernel: guest("counter_reg"),
@@ -54,6 +55,11 @@ fn a_snapshot_restores_in_a_new_process_and_the_guest_keeps_counting() {
     vm.pause().unwrap();
     let at = counter(&vm);
     let snap = vm.snapshot().unwrap();
+    assert!(
+        snap.devices.contains_key("serial"),
+        "{:?}",
+        snap.devices.keys()
+    );
     let rax = snap.vcpus[0].regs.rax;
     assert!(rax == at || rax == at + 1, "rax {rax}, memory {at}");
     persist::write_state(&dir.path().join("state"), &snap).unwrap();
@@ -107,6 +113,10 @@ fn restore_child() {
     let snap = persist::read_state(&dir.join("state")).unwrap();
     let memory = File::open(dir.join("memory")).unwrap();
     let mut vm = Vm::restore(&snap, &memory).unwrap();
+    vm.add_serial(Box::new(std::io::sink())).unwrap();
+    let mut scratch = [0u8];
+    assert!(vm.buses().pio.read(0x3ff, &mut scratch));
+    assert_eq!(scratch[0], 0x5a, "the UART comes back with its registers");
     assert_eq!(counter(&vm), at, "memory comes back as it was saved");
     vm.resume().unwrap();
     let next = wait_above(&vm, at);

@@ -5,6 +5,7 @@ use std::io::Write;
 use vm_superio::Serial;
 use vm_superio::serial::NoEvents;
 
+use super::SerialPersist;
 use crate::bus::BusDevice;
 use crate::trigger::EventFdTrigger;
 
@@ -14,6 +15,9 @@ pub enum SerialError {
     /// Queue input for the guest.
     #[error("queue serial input")]
     Enqueue(#[source] vm_superio::serial::Error<std::io::Error>),
+    /// Rebuild it from a snapshot (more pending input than its FIFO holds).
+    #[error("restore the serial port")]
+    Restore(#[source] vm_superio::serial::Error<std::io::Error>),
 }
 
 /// Where the guest's serial output goes.
@@ -36,6 +40,23 @@ impl SerialDevice {
         Self {
             uart: Serial::new(interrupt, out),
         }
+    }
+
+    /// A UART continuing from a snapshot's `state`.
+    pub fn restore(
+        state: &SerialPersist,
+        interrupt: EventFdTrigger,
+        out: SerialOut,
+    ) -> Result<Self, SerialError> {
+        Ok(Self {
+            uart: Serial::from_state(&state.into(), interrupt, NoEvents, out)
+                .map_err(SerialError::Restore)?,
+        })
+    }
+
+    /// Its state, for a snapshot.
+    pub fn state(&self) -> SerialPersist {
+        self.uart.state().into()
     }
 
     /// Queues bytes for the guest to read; returns how many fit in the receive FIFO.

@@ -5,8 +5,10 @@
 //! to the in-kernel irqchip with an irqfd.
 
 mod device;
+mod persist;
 
 pub use device::{SerialDevice, SerialError, SerialOut};
+pub use persist::SerialPersist;
 
 /// Base of COM1 in the I/O port space.
 pub const COM1_BASE: u64 = 0x3f8;
