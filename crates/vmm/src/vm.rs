@@ -106,6 +106,9 @@ pub enum VmError {
     /// A device's state in the snapshot does not fit it.
     #[error("the {0} state in the snapshot: {1}")]
     DeviceState(&'static str, String),
+    /// Write the MP table.
+    #[error("MP table")]
+    MpTable(#[from] boot::mptable::MpTableError),
     /// Build the vCPU threads' seccomp filter.
     #[error("seccomp")]
     Seccomp(#[source] crate::seccomp::SeccompError),
@@ -348,8 +351,11 @@ impl Vm {
     }
 
     /// Loads a kernel (and initramfs, command line) for the boot vCPU.
+    /// The MP table that tells the kernel about the vCPUs and the IOAPIC goes with it.
     pub fn load_kernel(&mut self, cfg: &KernelConfig) -> Result<BootInfo, VmError> {
-        Ok(boot::load(&self.memory, &self.layout, cfg)?)
+        let info = boot::load(&self.memory, &self.layout, cfg)?;
+        boot::mptable::write(&self.memory, self.config.vcpu_count)?;
+        Ok(info)
     }
 
     /// Creates the vCPUs and starts them: vCPU 0 at `boot`, the others waiting for the boot

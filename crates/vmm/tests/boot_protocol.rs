@@ -16,8 +16,12 @@ const INITRAMFS: &[u8] = b"070701cove-test-initramfs";
 
 /// Boots `boot_report` in a guest of `mem_size` bytes; returns the probe values, the serial
 /// text, and what the VMM configured.
-fn boot_report(mem_size: u64, initramfs: bool) -> (Vec<u64>, String, cove_vmm::BootInfo, Vec<u64>) {
-    let mut vm = new_vm(1, mem_size);
+fn boot_report(
+    mem_size: u64,
+    initramfs: bool,
+    vcpus: u8,
+) -> (Vec<u64>, String, cove_vmm::BootInfo, Vec<u64>) {
+    let mut vm = new_vm(vcpus, mem_size);
     let probe = Probe::attach(&vm);
     let serial = SerialCapture::default();
     vm.add_serial(Box::new(serial.clone())).unwrap();
@@ -63,7 +67,7 @@ fn boot_report(mem_size: u64, initramfs: bool) -> (Vec<u64>, String, cove_vmm::B
 }
 
 /// Splits the report into its fields and checks each against the VMM's configuration.
-fn check_report(values: &[u64], serial: &str, info: &cove_vmm::BootInfo, e820: &[u64]) {
+fn check_report(values: &[u64], serial: &str, info: &cove_vmm::BootInfo, e820: &[u64], vcpus: u8) {
     let mut v = values.iter().copied();
     let mut next = |what: &str| {
         v.next()
@@ -103,6 +107,19 @@ fn check_report(values: &[u64], serial: &str, info: &cove_vmm::BootInfo, e820: &
     } else {
         assert_eq!(head, 0);
     }
+    assert_eq!(
+        next("MP signature"),
+        u64::from(u32::from_le_bytes(*b"_MP_"))
+    );
+    let table = cove_vmm::boot::mptable::build(vcpus).unwrap();
+    let ptr = u64::from(u32::from_le_bytes(table[4..8].try_into().unwrap()));
+    assert_eq!(next("MP config table"), ptr);
+    let at = usize::try_from(ptr - cove_vmm::boot::mptable::MPTABLE_START).unwrap();
+    assert_eq!(
+        next("MP entry count"),
+        u64::from(u16::from_le_bytes([table[at + 34], table[at + 35]]))
+    );
+    assert_eq!(next("MP processors"), u64::from(vcpus));
     assert_eq!(v.next(), None, "nothing else reported");
 
     assert_eq!(
@@ -113,12 +130,12 @@ fn check_report(values: &[u64], serial: &str, info: &cove_vmm::BootInfo, e820: &
 
 #[test]
 fn guest_sees_zero_page_and_long_mode_as_configured() {
-    let (values, serial, info, e820) = boot_report(128 << 20, true);
+    let (values, serial, info, e820) = boot_report(128 << 20, true, 1);
     let (addr, size) = info.initramfs.expect("initramfs loaded");
     assert_eq!(size, INITRAMFS.len() as u64);
     assert_eq!(addr % 0x20_0000, 0, "initramfs aligned");
     assert!(addr + size <= 128 << 20 && addr >= info.kernel_end);
-    check_report(&values, &serial, &info, &e820);
+    check_report(&values, &serial, &info, &e820, 1);
 }
 
 #[test]
@@ -126,8 +143,15 @@ fn guest_above_4gib_sees_the_split_e820_map() {
     // Low RAM stops at the MMIO gap; the rest starts at 4 GiB. No initramfs: it would sit near
     // 3.25 GiB, outside the 1 GiB the boot page tables map, where the guest could not read it.
     let mem = (4 << 30) + (512 << 20);
-    let (values, serial, info, e820) = boot_report(mem, false);
+    let (values, serial, info, e820) = boot_report(mem, false, 1);
     assert_eq!(e820.len() / 3, 3);
     assert_eq!(e820[6], 1 << 32);
-    check_report(&values, &serial, &info, &e820);
+    check_report(&values, &serial, &info, &e820, 1);
+}
+
+#[test]
+fn a_four_vcpu_guest_finds_them_in_the_mp_table() {
+    // vCPU 0 boots; the others wait for INIT/SIPI as on a PC (the report comes from vCPU 0).
+    let (values, serial, info, e820) = boot_report(128 << 20, true, 4);
+    check_report(&values, &serial, &info, &e820, 4);
 }

@@ -9,6 +9,7 @@
 //! (32-bit entry with an `hvm_start_info`) is not implemented yet.
 
 mod long_mode;
+pub mod mptable;
 pub mod zero_page;
 
 use std::fs::File;

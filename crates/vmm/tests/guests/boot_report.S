@@ -57,6 +57,33 @@ e820_done:
 no_initramfs:
     call report64
 
+    /* The MP table as Linux finds it: the floating pointer at the EBDA's start, its config
+       table, and the processor entries counted by walking the entries by type. */
+    mov eax, [0x9fc00]                  /* "_MP_" */
+    call report64
+    mov edi, [0x9fc04]                  /* -> config table */
+    mov eax, edi
+    call report64
+    movzx eax, word ptr [rdi + 34]      /* entry count */
+    call report64
+    movzx ecx, word ptr [rdi + 4]       /* base table length */
+    add rcx, rdi                        /* end */
+    lea rsi, [rdi + 44]                 /* first entry */
+    xor eax, eax                        /* processors seen */
+mp_next:
+    cmp rsi, rcx
+    jae mp_done
+    cmp byte ptr [rsi], 0
+    jne mp_other
+    inc eax
+    add rsi, 20
+    jmp mp_next
+mp_other:
+    add rsi, 8
+    jmp mp_next
+mp_done:
+    call report64
+
     mov esi, [rbx + 0x228]
     mov dx, COM1
 cmdline_next:
