@@ -9,7 +9,7 @@
 //! processor entries (20 B each)  one per vCPU, APIC id = index, vCPU 0 the BSP
 //! bus entry (8 B)           bus 0, ISA
 //! IOAPIC entry (8 B)        id = vCPU count, at IOAPIC_ADDR
-//! I/O interrupt entries     ISA IRQ n -> IOAPIC pin n, for n in 0..16
+//! I/O interrupt entries     IRQ n -> IOAPIC pin n, for n in 0..24
 //! local interrupt entries   ExtINT -> LINT0, NMI -> LINT1, on every LAPIC
 //! ```
 
@@ -24,8 +24,9 @@ pub const MPTABLE_START: u64 = EBDA_START;
 pub const APIC_ADDR: u32 = 0xfee0_0000;
 /// The IOAPIC's MMIO base.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
-/// ISA interrupt lines routed through the IOAPIC.
-const ISA_IRQS: u8 = 16;
+/// The IOAPIC's input pins (KVM's has 24): 0–15 the ISA lines, the rest for virtio-mmio
+/// devices, each line routed to the pin of its number.
+const IOAPIC_PINS: u8 = 24;
 /// The space the table may use: it starts in the EBDA's first KiB (where Linux looks for the
 /// floating pointer) and may run on into the rest of the range below 1 MiB, which the e820 map
 /// also reserves (254 vCPUs take about 5 KiB).
@@ -71,8 +72,8 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, MpTableError> {
     io[4..8].copy_from_slice(&IOAPIC_ADDR.to_le_bytes());
     entries.extend_from_slice(&io);
     count += 1;
-    for irq in 0..ISA_IRQS {
-        // INT, conforming polarity and trigger, from ISA bus 0 line irq to IOAPIC pin irq.
+    for irq in 0..IOAPIC_PINS {
+        // INT, conforming polarity and trigger, from bus 0 line irq to IOAPIC pin irq.
         entries.extend_from_slice(&[3, 0, 0, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
