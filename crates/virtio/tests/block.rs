@@ -1,0 +1,271 @@
+//! virtio-blk through the MMIO transport, driven as a Linux guest would.
+#![allow(clippy::cast_possible_truncation)] // test patterns truncate on purpose
+
+use std::io::Write;
+use std::sync::Arc;
+
+use cove_virtio::block::*;
+use cove_virtio::testing::*;
+use cove_virtio::{Interrupt, MmioTransport};
+use vm_memory::{Bytes, GuestAddress};
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const DISK_SECTORS: u64 = 2048; // 1 MiB
+
+struct Disk {
+    file: tempfile::NamedTempFile,
+    mem: vm_memory::GuestMemoryMmap<()>,
+    t: MmioTransport<Block>,
+    q: GuestQueue,
+    alloc: BufAlloc,
+}
+
+fn config(file: &tempfile::NamedTempFile, read_only: bool) -> BlockConfig {
+    BlockConfig {
+        path: file.path().to_path_buf(),
+        read_only,
+        serial: "cove-rootfs-0001".into(),
+    }
+}
+
+fn disk(read_only: bool) -> Disk {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let pattern: Vec<u8> = (0..DISK_SECTORS * 512).map(|i| (i % 251) as u8).collect();
+    file.write_all(&pattern).unwrap();
+    let mem = guest_memory();
+    let (mut t, _line) = transport(Block::new(config(&file, read_only)).unwrap(), &mem);
+    let q = init(&mut t, &[256]).remove(0);
+    Disk {
+        file,
+        mem,
+        t,
+        q,
+        alloc: BufAlloc::default(),
+    }
+}
+
+/// A request as Linux builds it: header, data buffers, status. Returns (status addr, data addrs).
+fn submit(d: &mut Disk, typ: u32, sector: u64, data: &[(u32, bool)]) -> (u64, Vec<u64>) {
+    let hdr = d.alloc.alloc(16);
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&typ.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    d.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+    let mut bufs = vec![(hdr, 16, false)];
+    let mut addrs = Vec::new();
+    for &(len, w) in data {
+        let a = d.alloc.alloc(u64::from(len));
+        addrs.push(a);
+        bufs.push((a, len, w));
+    }
+    let status = d.alloc.alloc(1);
+    d.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+    bufs.push((status, 1, true));
+    d.q.add_chain(&d.mem, &bufs);
+    (status, addrs)
+}
+
+fn run(d: &mut Disk) -> (u32, u32) {
+    notify(&mut d.t, 0);
+    d.q.pop_used(&d.mem).expect("request completed")
+}
+
+fn status(d: &Disk, addr: u64) -> u8 {
+    d.mem.read_obj(GuestAddress(addr)).unwrap()
+}
+
+#[test]
+fn blk_config_space_and_features() {
+    let d = disk(true);
+    let mut t = d.t;
+    assert_eq!(read32(&mut t, 0x08), 2);
+    write32(&mut t, 0x14, 0);
+    let f = read32(&mut t, 0x10);
+    assert_ne!(
+        f & (1 << 5),
+        0,
+        "VIRTIO_BLK_F_RO offered for a read-only disk"
+    );
+    assert_ne!(f & (1 << 9), 0, "VIRTIO_BLK_F_FLUSH");
+    let mut cap = [0u8; 8];
+    cove_devices::BusDevice::read(&mut t, 0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK_SECTORS);
+    assert_eq!(read32(&mut t, 0x100 + 20), 512, "blk_size");
+    assert_eq!(read32(&mut t, 0x100 + 12), SEG_MAX);
+    assert_eq!(
+        read32(&mut t, 0x100 + 0x80),
+        0,
+        "past the config space reads as zero"
+    );
+}
+
+#[test]
+fn blk_write_then_read_matches_checksum() {
+    let mut d = disk(false);
+    let data: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(7) ^ 0x5a) as u8)
+        .collect();
+    let want = crc32fast::hash(&data);
+    // OUT: two data buffers of 4 KiB at sector 10.
+    let (st, addrs) = submit(&mut d, T_OUT, 10, &[(4096, false), (4096, false)]);
+    d.mem
+        .write_slice(&data[..4096], GuestAddress(addrs[0]))
+        .unwrap();
+    d.mem
+        .write_slice(&data[4096..], GuestAddress(addrs[1]))
+        .unwrap();
+    let (_, len) = run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    assert_eq!(len, 1, "only the status byte written");
+    let on_disk = std::fs::read(d.file.path()).unwrap();
+    assert_eq!(crc32fast::hash(&on_disk[10 * 512..10 * 512 + 8192]), want);
+    // IN: read back through three buffers of different sizes.
+    let (st, addrs) = submit(&mut d, T_IN, 10, &[(512, true), (4096, true), (3584, true)]);
+    let (_, len) = run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    assert_eq!(len, 8192 + 1);
+    let mut back = vec![0u8; 8192];
+    d.mem
+        .read_slice(&mut back[..512], GuestAddress(addrs[0]))
+        .unwrap();
+    d.mem
+        .read_slice(&mut back[512..4608], GuestAddress(addrs[1]))
+        .unwrap();
+    d.mem
+        .read_slice(&mut back[4608..], GuestAddress(addrs[2]))
+        .unwrap();
+    assert_eq!(crc32fast::hash(&back), want);
+    assert_eq!(read32(&mut d.t, 0x60) & 1, 1, "used-ring interrupt");
+}
+
+#[test]
+fn blk_read_only_refuses_writes() {
+    let mut d = disk(true);
+    let before = crc32fast::hash(&std::fs::read(d.file.path()).unwrap());
+    let (st, addrs) = submit(&mut d, T_OUT, 0, &[(512, false)]);
+    d.mem
+        .write_slice(&[0xee; 512], GuestAddress(addrs[0]))
+        .unwrap();
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR);
+    assert_eq!(
+        crc32fast::hash(&std::fs::read(d.file.path()).unwrap()),
+        before
+    );
+    // Reads still work.
+    let (st, addrs) = submit(&mut d, T_IN, 1, &[(512, true)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let b: u8 = d.mem.read_obj(GuestAddress(addrs[0])).unwrap();
+    assert_eq!(b, (512 % 251) as u8);
+}
+
+#[test]
+fn blk_flush_succeeds() {
+    let mut d = disk(false);
+    let (st, _) = submit(&mut d, T_FLUSH, 0, &[]);
+    assert_eq!(run(&mut d).1, 1);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn blk_get_id_returns_the_serial() {
+    let mut d = disk(false);
+    let (st, addrs) = submit(&mut d, T_GET_ID, 0, &[(20, true)]);
+    assert_eq!(run(&mut d).1, 21);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let mut id = [0xffu8; 20];
+    d.mem.read_slice(&mut id, GuestAddress(addrs[0])).unwrap();
+    assert_eq!(&id[..16], b"cove-rootfs-0001");
+    assert_eq!(&id[16..], &[0, 0, 0, 0]);
+}
+
+#[test]
+fn blk_out_of_range_and_overflowing_sectors_fail() {
+    let mut d = disk(false);
+    for sector in [DISK_SECTORS, DISK_SECTORS - 1, u64::MAX, u64::MAX / 512] {
+        let (st, _) = submit(&mut d, T_IN, sector, &[(1024, true)]);
+        run(&mut d);
+        assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR, "sector {sector}");
+    }
+    // The last whole sector is fine.
+    let (st, _) = submit(&mut d, T_IN, DISK_SECTORS - 1, &[(512, true)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn blk_bad_directions_and_types_are_refused() {
+    let mut d = disk(false);
+    // IN whose data buffer is device-readable.
+    let (st, _) = submit(&mut d, T_IN, 0, &[(512, false)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR);
+    // OUT whose data buffer is device-writable.
+    let (st, _) = submit(&mut d, T_OUT, 0, &[(512, true)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR);
+    // Data not a multiple of 512.
+    let (st, _) = submit(&mut d, T_IN, 0, &[(100, true)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR);
+    // Unknown type.
+    let (st, _) = submit(&mut d, 0x77, 0, &[]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_UNSUPP);
+    // Status descriptor read-only: nothing is written, the chain is still returned.
+    let hdr = d.alloc.alloc(16);
+    let st = d.alloc.alloc(1);
+    d.mem.write_obj(0x55u8, GuestAddress(st)).unwrap();
+    d.q.add_chain(&d.mem, &[(hdr, 16, false), (st, 1, false)]);
+    assert_eq!(run(&mut d).1, 0);
+    assert_eq!(status(&d, st), 0x55);
+    // Header too short.
+    let (st, _) = {
+        let hdr = d.alloc.alloc(8);
+        let st = d.alloc.alloc(1);
+        d.q.add_chain(&d.mem, &[(hdr, 8, false), (st, 1, true)]);
+        (st, ())
+    };
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR);
+    // A request larger than the cap.
+    let big = u32::try_from(MAX_REQUEST_DATA + 512).unwrap();
+    let (st, _) = submit(&mut d, T_IN, 0, &[(big, true)]);
+    run(&mut d);
+    assert_ne!(status(&d, st), VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn blk_save_restore_continues_mid_stream() {
+    let mut d = disk(false);
+    let (st, addrs) = submit(&mut d, T_OUT, 3, &[(512, false)]);
+    d.mem
+        .write_slice(&[0xab; 512], GuestAddress(addrs[0]))
+        .unwrap();
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    // A request is queued but not yet notified when the snapshot is taken.
+    let (st, addrs) = submit(&mut d, T_IN, 3, &[(512, true)]);
+    let json = serde_json::to_string(&(d.t.device().save(), d.t.save())).unwrap();
+    let (bs, ms): (BlockState, cove_virtio::persist::MmioState) =
+        serde_json::from_str(&json).unwrap();
+    let line = CountingLine::default();
+    let irq = Arc::new(Interrupt::new(Box::new(line.clone())));
+    let dev = Block::restore(config(&d.file, false), &bs, d.mem.clone(), irq.clone()).unwrap();
+    d.t = MmioTransport::restore(dev, d.mem.clone(), irq, &ms).unwrap();
+    assert_eq!(read32(&mut d.t, 0x70) & 4, 4, "still DRIVER_OK");
+    let (_, len) = run(&mut d);
+    assert_eq!(len, 513);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let b: u8 = d.mem.read_obj(GuestAddress(addrs[0] + 511)).unwrap();
+    assert_eq!(b, 0xab);
+    assert_eq!(line.count(), 1);
+    // A disk whose size changed is refused.
+    d.file.as_file().set_len(4096).unwrap();
+    let irq = Arc::new(Interrupt::new(Box::new(CountingLine::default())));
+    assert!(Block::restore(config(&d.file, false), &bs, d.mem.clone(), irq).is_err());
+}
