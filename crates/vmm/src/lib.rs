@@ -6,12 +6,14 @@
 
 pub mod boot;
 pub mod cpu_template;
+pub mod io;
 pub mod layout;
 pub mod memory;
 pub mod msr;
 pub mod persist;
 pub mod seccomp;
 pub mod vcpu;
+pub mod virtio;
 mod vm;
 
 pub use boot::{BootInfo, EntryPoint, KernelConfig};

@@ -70,46 +70,79 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
     .into_iter()
     .map(|nr| rule(vec![arg(1, SeccompCmpOp::Eq, nr)?]))
     .collect::<Result<Vec<_>, _>>()?;
+    let mut rules = common()?;
+    // KVM_RUN, and reading a paused vCPU's state for a snapshot.
+    rules.insert(libc::SYS_ioctl, ioctls);
+    // A guest activating a device (a register write handled on this thread) may move bytes
+    // on the console's stream or draw entropy.
+    rules.insert(libc::SYS_getrandom, vec![]);
+    compile(rules)
+}
+
+/// The I/O thread's filter: the virtio devices' work (disk reads, writes and flushes, the agent
+/// port's socket, entropy) and its event loop.
+pub fn io_filter() -> Result<BpfProgram, SeccompError> {
+    let mut rules = common()?;
+    for nr in [
+        // The event loop and the agent port's listener.
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_ctl,
+        libc::SYS_accept4,
+        // Disks.
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        // The agent port's socket.
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        // virtio-rng.
+        libc::SYS_getrandom,
+    ] {
+        rules.insert(nr, vec![]);
+    }
+    // Making an accepted connection non-blocking.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![arg(1, SeccompCmpOp::Eq, libc::FIONBIO)?])?],
+    );
+    compile(rules)
+}
+
+/// What every VMM thread needs.
+fn common() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let none = Vec::new;
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = [
-        // KVM_RUN, and reading a paused vCPU's state for a snapshot.
-        (libc::SYS_ioctl, ioctls),
-        // Devices answering exits: serial output, event fds (interrupts, reset); log lines.
+    let no_exec = || -> Result<Vec<SeccompRule>, SeccompError> {
+        let exec = u64::from(libc::PROT_EXEC.unsigned_abs());
+        Ok(vec![rule(vec![arg(2, SeccompCmpOp::MaskedEq(exec), 0)?])?])
+    };
+    Ok([
+        // Devices: serial output, event fds (interrupts, notifications, reset); log lines.
         (libc::SYS_write, none()),
         (libc::SYS_writev, none()),
         (libc::SYS_read, none()),
-        // Channels and locks shared with the VMM thread.
+        (libc::SYS_readv, none()),
+        // Channels and locks shared with the other threads.
         (libc::SYS_futex, none()),
         (libc::SYS_sched_yield, none()),
-        // The kick signal's handler returns through it.
+        // Signal handlers (the vCPU kick) return through it.
         (libc::SYS_rt_sigreturn, none()),
         (libc::SYS_rt_sigprocmask, none()),
         // The allocator; memory is never made executable.
-        (
-            libc::SYS_mmap,
-            vec![rule(vec![arg(
-                2,
-                SeccompCmpOp::MaskedEq(u64::from(libc::PROT_EXEC.unsigned_abs())),
-                0,
-            )?])?],
-        ),
-        (
-            libc::SYS_mprotect,
-            vec![rule(vec![arg(
-                2,
-                SeccompCmpOp::MaskedEq(u64::from(libc::PROT_EXEC.unsigned_abs())),
-                0,
-            )?])?],
-        ),
+        (libc::SYS_mmap, no_exec()?),
+        (libc::SYS_mprotect, no_exec()?),
         (libc::SYS_munmap, none()),
         (libc::SYS_madvise, none()),
         (libc::SYS_mremap, none()),
         (libc::SYS_brk, none()),
         // Timestamps of log lines where the vDSO cannot serve them.
         (libc::SYS_clock_gettime, none()),
-        // The thread's end: its vCPU fd and run area go, then the thread.
+        // Closing descriptors (a dropped stream, the thread's own at its end); std's debug
+        // builds check a descriptor is open before closing it.
         (libc::SYS_close, none()),
-        // std's debug builds check a descriptor is open before closing it.
         (
             libc::SYS_fcntl,
             vec![rule(vec![arg(
@@ -118,12 +151,16 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
                 libc::F_GETFD.unsigned_abs().into(),
             )?])?],
         ),
+        // The thread's end.
         (libc::SYS_sigaltstack, none()),
         (libc::SYS_exit, none()),
         (libc::SYS_exit_group, none()),
     ]
     .into_iter()
-    .collect();
+    .collect())
+}
+
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, SeccompError> {
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(SeccompError::Build)?;
@@ -147,8 +184,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_vcpu_filter_compiles() {
-        let f = vcpu_filter().unwrap();
-        assert!(!f.is_empty());
+    fn the_filters_compile() {
+        assert!(!vcpu_filter().unwrap().is_empty());
+        assert!(!io_filter().unwrap().is_empty());
     }
 }

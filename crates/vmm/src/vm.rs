@@ -106,6 +106,12 @@ pub enum VmError {
     /// A device's state in the snapshot does not fit it.
     #[error("the {0} state in the snapshot: {1}")]
     DeviceState(&'static str, String),
+    /// A virtio device.
+    #[error("virtio")]
+    Virtio(#[from] crate::virtio::VirtioError),
+    /// The I/O thread.
+    #[error("I/O thread")]
+    Io(#[from] crate::io::IoError),
     /// Write the MP table.
     #[error("MP table")]
     MpTable(#[from] boot::mptable::MpTableError),
@@ -137,6 +143,12 @@ pub struct Vm {
     seccomp: bool,
     /// COM1, once attached (its state goes into snapshots).
     serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// virtio devices, in slot order.
+    virtio: Vec<crate::virtio::Slot>,
+    /// Serves the virtio devices once the VM first runs.
+    io: Option<crate::io::IoThread>,
+    /// Restored from a snapshot: the devices' queues are processed once when the I/O starts.
+    restored: bool,
     /// Device state from the snapshot this VM was restored from, taken by each device as it is
     /// attached.
     restored_devices: std::collections::BTreeMap<String, serde_json::Value>,
@@ -179,6 +191,7 @@ impl Vm {
         let memory = persist::memory::map_private(memory_file, &layout.ram_ranges())?;
         let mut vm = Self::build(config, layout, memory)?;
         vm.restored_devices = snap.devices.clone();
+        vm.restored = true;
         persist::vm::restore(&vm.fd, &snap.vm)?;
         kick::install_handler().map_err(VmError::KickHandler)?;
         for (id, state) in (0u8..).zip(&snap.vcpus) {
@@ -227,6 +240,11 @@ impl Vm {
                         serde_json::to_value(state).expect("serializes"),
                     )
                 })
+                .chain(
+                    self.virtio
+                        .iter()
+                        .map(|v| (format!("virtio:{}", v.name), v.save())),
+                )
                 .collect(),
         })
     }
@@ -269,6 +287,9 @@ impl Vm {
             msrs,
             seccomp: true,
             serial: None,
+            virtio: Vec::new(),
+            io: None,
+            restored: false,
             restored_devices: std::collections::BTreeMap::new(),
             vcpus: Vec::new(),
             buses: Buses::default(),
@@ -340,6 +361,47 @@ impl Vm {
         self.buses.pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
         self.serial = Some(serial.clone());
         Ok(serial)
+    }
+
+    /// Attaches a virtio device named `name` in the next slot (restored from the snapshot's
+    /// state of that name on a restored VM). Add them in the same order on a restore.
+    pub fn add_virtio(
+        &mut self,
+        name: &str,
+        spec: crate::virtio::DeviceSpec,
+    ) -> Result<(), VmError> {
+        if self.virtio.iter().any(|v| v.name == name) {
+            return Err(crate::virtio::VirtioError::DuplicateName(name.into()).into());
+        }
+        let saved = self.restored_devices.remove(&format!("virtio:{name}"));
+        if self.restored && saved.is_none() {
+            return Err(VmError::DeviceState(
+                "virtio",
+                format!("{name} is not in the snapshot"),
+            ));
+        }
+        let slot =
+            crate::virtio::build(&self.fd, &self.memory, self.virtio.len(), name, spec, saved)?;
+        let dev: Arc<Mutex<dyn cove_devices::BusDevice>> = match &slot.transport {
+            crate::virtio::Transport::Block(t) => t.clone(),
+            crate::virtio::Transport::Rng(t) => t.clone(),
+            crate::virtio::Transport::Console(t, _) => t.clone(),
+        };
+        self.buses
+            .mmio
+            .insert(slot.base, crate::virtio::VIRTIO_MMIO_SIZE, dev)
+            .map_err(|e| crate::virtio::VirtioError::Bus(name.into(), e))?;
+        self.virtio.push(slot);
+        Ok(())
+    }
+
+    /// The kernel command-line entries that describe the virtio devices.
+    pub fn virtio_cmdline(&self) -> String {
+        self.virtio
+            .iter()
+            .map(crate::virtio::Slot::cmdline)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Attaches the i8042, whose reset command ends the VM with [`VmExit::Reset`].
@@ -419,11 +481,32 @@ impl Vm {
         for vcpu in &mut self.vcpus {
             vcpu.wait_paused()?;
         }
+        if let Some(io) = &self.io {
+            io.pause();
+        }
         Ok(())
     }
 
     /// Lets every vCPU run again.
     pub fn resume(&mut self) -> Result<(), VmError> {
+        match &self.io {
+            Some(io) => io.resume(),
+            None if !self.virtio.is_empty() => {
+                let filter = if self.seccomp {
+                    Some(Arc::new(
+                        crate::seccomp::io_filter().map_err(VmError::Seccomp)?,
+                    ))
+                } else {
+                    None
+                };
+                self.io = Some(crate::io::IoThread::spawn(
+                    self.virtio.clone(),
+                    self.restored,
+                    filter,
+                )?);
+            }
+            None => {}
+        }
         for vcpu in &self.vcpus {
             vcpu.request_resume()?;
         }
@@ -486,6 +569,9 @@ impl Vm {
             }
         }
         self.vcpus.clear();
+        if let Some(mut io) = self.io.take() {
+            io.stop();
+        }
         first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 }

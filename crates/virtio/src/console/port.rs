@@ -61,6 +61,11 @@ impl Console {
         }
     }
 
+    /// The attached stream's descriptor, for the event loop to poll.
+    pub fn stream_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.stream.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+    }
+
     /// Whether the event loop should poll the stream for input.
     pub fn wants_host_input(&self) -> bool {
         self.stream.is_some() && self.to_guest.len() < HOST_INPUT_CAP
