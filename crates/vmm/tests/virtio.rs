@@ -107,3 +107,17 @@ fn a_read_only_disk_refuses_the_guests_write() {
     assert_eq!(v[2], 1, "the write is refused with VIRTIO_BLK_S_IOERR");
     assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0x5a));
 }
+
+#[test]
+fn a_hostile_driver_gets_refusals_and_the_vmm_carries_on() {
+    let mut vm = new_vm(1, 64 << 20);
+    vm.add_virtio("rng", DeviceSpec::Rng).unwrap();
+    let v = run(vm, "virtio_hostile");
+    assert_eq!(
+        v[0], 1,
+        "the good request behind the bad ones was served: {v:x?}"
+    );
+    assert!((1..=4).contains(&v[1]), "used index {}", v[1]);
+    assert_eq!(v[2], 0, "an offset the transport lacks reads zero");
+    assert_eq!(v[3], 4, "the device id is still rng");
+}
