@@ -133,3 +133,98 @@ fn restore_child() {
     vm.stop().unwrap();
     println!("restored: counter {at} -> {later}");
 }
+
+fn disk_spec(path: &Path) -> cove_vmm::virtio::DeviceSpec {
+    cove_vmm::virtio::DeviceSpec::Block(cove_virtio::block::BlockConfig {
+        path: path.to_path_buf(),
+        read_only: false,
+        serial: "resume".into(),
+    })
+}
+
+const FLAG: GuestAddress = GuestAddress(0x58000);
+
+#[test]
+fn a_restored_guest_goes_on_using_its_virtio_disk_without_setting_it_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let mut data = vec![0u8; 8 * 512];
+    data[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+    std::fs::write(&disk, &data).unwrap();
+    let mut vm = new_vm(1, MEM);
+    let probe = common::Probe::attach(&vm);
+    vm.add_virtio("disk", disk_spec(&disk)).unwrap();
+    let info = vm
+        .load_kernel(&KernelConfig {
+            kernel: guest("virtio_blk_resume"),
+            initramfs: None,
+            cmdline: vm.virtio_cmdline(),
+        })
+        .unwrap();
+    vm.start(info.entry).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe.values().len() < 2 {
+        assert!(Instant::now() < deadline, "the first read never finished");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(probe.values(), [0, 0x1122_3344_5566_7788]);
+    vm.pause().unwrap();
+    let snap = vm.snapshot().unwrap();
+    assert!(snap.devices.contains_key("virtio:disk"));
+    persist::write_state(&dir.path().join("state"), &snap).unwrap();
+    persist::memory::save(
+        vm.memory(),
+        &File::create(dir.path().join("memory")).unwrap(),
+    )
+    .unwrap();
+    vm.stop().unwrap();
+    drop(vm);
+
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "virtio_restore_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("COVE_TEST_SNAPSHOT", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the restore process failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        &back[512..1024],
+        &data[..512],
+        "the restored guest's write reached the disk"
+    );
+}
+
+/// The restoring half of the virtio test, run in its own process.
+#[test]
+#[ignore = "run in a child process by a_restored_guest_goes_on_using_its_virtio_disk_without_setting_it_up_again"]
+fn virtio_restore_child() {
+    let dir =
+        std::env::var_os("COVE_TEST_SNAPSHOT").expect("COVE_TEST_SNAPSHOT: run by its parent test");
+    let dir = Path::new(&dir);
+    let snap = persist::read_state(&dir.join("state")).unwrap();
+    let mut vm = Vm::restore(&snap, &File::open(dir.join("memory")).unwrap()).unwrap();
+    let probe = common::Probe::attach(&vm);
+    vm.add_i8042().unwrap();
+    vm.add_virtio("disk", disk_spec(&dir.join("disk"))).unwrap();
+    vm.memory().write_obj(1u64, FLAG).unwrap();
+    vm.resume().unwrap();
+    assert_eq!(
+        vm.wait_for_exit(Duration::from_secs(30)).unwrap(),
+        Some(cove_vmm::VmExit::Reset),
+        "reported {:?}",
+        probe.values()
+    );
+    assert_eq!(probe.values(), [0], "the write after the restore succeeded");
+    vm.stop().unwrap();
+}
