@@ -19,4 +19,4 @@ mod vm;
 pub use boot::{BootInfo, EntryPoint, KernelConfig};
 pub use layout::MemoryLayout;
 pub use persist::VmSnapshot;
-pub use vm::{MAX_VCPUS, Vm, VmConfig, VmError, VmExit};
+pub use vm::{ExitWatch, MAX_VCPUS, Vm, VmConfig, VmError, VmExit};

@@ -106,6 +106,9 @@ pub enum VmError {
     /// A device's state in the snapshot does not fit it.
     #[error("the {0} state in the snapshot: {1}")]
     DeviceState(&'static str, String),
+    /// The exit events were taken by [`Vm::take_exit_watch`].
+    #[error("the VM's exit events were handed to another waiter")]
+    ExitWatchTaken,
     /// A virtio device.
     #[error("virtio")]
     Virtio(#[from] crate::virtio::VirtioError),
@@ -131,7 +134,7 @@ pub enum VmError {
 pub struct Vm {
     vcpus: Vec<VcpuHandle>,
     buses: Buses,
-    reports: Receiver<VcpuReport>,
+    exits: Option<ExitWatch>,
     report_tx: Sender<VcpuReport>,
     report_evt: EventFd,
     reset_evt: EventFd,
@@ -283,6 +286,14 @@ impl Vm {
             .map_err(|e| VmError::VcpuState(0, e))?
             .into();
         let (report_tx, reports) = mpsc::channel();
+        let report_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        let exits = ExitWatch {
+            reports,
+            reset_evt: reset_evt.try_clone().map_err(VmError::EventFd)?,
+            report_evt: report_evt.try_clone().map_err(VmError::EventFd)?,
+            wake: EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?,
+        };
         Ok(Self {
             msrs,
             seccomp: true,
@@ -293,10 +304,10 @@ impl Vm {
             restored_devices: std::collections::BTreeMap::new(),
             vcpus: Vec::new(),
             buses: Buses::default(),
-            reports,
+            exits: Some(exits),
             report_tx,
-            report_evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?,
-            reset_evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?,
+            report_evt,
+            reset_evt,
             fd,
             supported_cpuid,
             memory,
@@ -523,41 +534,16 @@ impl Vm {
 
     /// Waits up to `timeout` for the guest to stop the VM; `None` if it is still running.
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<Option<VmExit>, VmError> {
-        let deadline = Instant::now() + timeout;
-        let epoll = Epoll::new().map_err(VmError::Wait)?;
-        for (fd, token) in [(&self.reset_evt, 0u64), (&self.report_evt, 1u64)] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    std::os::fd::AsRawFd::as_raw_fd(fd),
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(VmError::Wait)?;
-        }
-        loop {
-            if self.reset_evt.read().is_ok() {
-                return Ok(Some(VmExit::Reset));
-            }
-            if let Ok(report) = self.reports.try_recv() {
-                return Ok(Some(VmExit::Vcpu {
-                    vcpu: report.vcpu,
-                    reason: report.reason,
-                }));
-            }
-            // Drain the counter; the report (if any) is read on the next pass.
-            let _ = self.report_evt.read();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
-            let mut events = [EpollEvent::default(); 2];
-            match epoll.wait(ms, &mut events) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(VmError::Wait(e)),
-            }
-        }
+        self.exits
+            .as_mut()
+            .ok_or(VmError::ExitWatchTaken)?
+            .wait(timeout)
+    }
+
+    /// Takes the VM's exit events, for a thread of the caller's that waits on them while the
+    /// VM is driven from elsewhere ([`Vm::wait_for_exit`] fails afterwards).
+    pub fn take_exit_watch(&mut self) -> Option<ExitWatch> {
+        self.exits.take()
     }
 
     /// Ends every vCPU thread. The VM cannot run again afterwards.
@@ -602,5 +588,68 @@ mod tests {
             Vm::new(config),
             Err(VmError::Layout(LayoutError::TooSmall { .. }))
         ));
+    }
+}
+
+/// The events that end a VM: the guest's reset request and vCPUs the guest stopped.
+#[derive(Debug)]
+pub struct ExitWatch {
+    reports: Receiver<VcpuReport>,
+    reset_evt: EventFd,
+    report_evt: EventFd,
+    wake: EventFd,
+}
+
+impl ExitWatch {
+    /// An event that makes a [`ExitWatch::wait`] in progress return `None` (write 1 to it).
+    pub fn waker(&self) -> Result<EventFd, VmError> {
+        self.wake.try_clone().map_err(VmError::EventFd)
+    }
+
+    /// Waits up to `timeout` for the guest to stop the VM; `None` if it is still running (or
+    /// the waker fired).
+    pub fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>, VmError> {
+        let deadline = Instant::now() + timeout;
+        let epoll = Epoll::new().map_err(VmError::Wait)?;
+        for (fd, token) in [
+            (&self.reset_evt, 0u64),
+            (&self.report_evt, 1u64),
+            (&self.wake, 2u64),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(VmError::Wait)?;
+        }
+        loop {
+            if self.reset_evt.read().is_ok() {
+                return Ok(Some(VmExit::Reset));
+            }
+            if let Ok(report) = self.reports.try_recv() {
+                return Ok(Some(VmExit::Vcpu {
+                    vcpu: report.vcpu,
+                    reason: report.reason,
+                }));
+            }
+            if self.wake.read().is_ok() {
+                return Ok(None);
+            }
+            // Drain the counter; the report (if any) is read on the next pass.
+            let _ = self.report_evt.read();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            let mut events = [EpollEvent::default(); 3];
+            match epoll.wait(ms, &mut events) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VmError::Wait(e)),
+            }
+        }
     }
 }
