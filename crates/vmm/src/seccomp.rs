@@ -98,7 +98,6 @@ pub fn io_filter() -> Result<BpfProgram, SeccompError> {
         libc::SYS_fdatasync,
         // The agent port's socket.
         libc::SYS_recvfrom,
-        libc::SYS_sendto,
         // virtio-rng.
         libc::SYS_getrandom,
     ] {
@@ -125,6 +124,15 @@ fn common() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         (libc::SYS_writev, none()),
         (libc::SYS_read, none()),
         (libc::SYS_readv, none()),
+        // A serial console or agent port on a connected socket (std sends with MSG_NOSIGNAL;
+        // never to an address of the caller's choosing).
+        (
+            libc::SYS_sendto,
+            vec![rule(vec![
+                SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)
+                    .map_err(SeccompError::Build)?,
+            ])?],
+        ),
         // Channels and locks shared with the other threads.
         (libc::SYS_futex, none()),
         (libc::SYS_sched_yield, none()),

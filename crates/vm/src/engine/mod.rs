@@ -2,6 +2,7 @@
 //! boot the same kernel and initramfs, expose the agent's port as a Unix socket, and implement
 //! the same lifecycle operations (pause, resume, save to a snapshot directory, restore from one).
 
+pub mod kvm;
 pub mod qemu;
 pub mod qmp;
 
@@ -19,9 +20,12 @@ pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// Unknown engine {0:?}; this build has `qemu`.
-    #[error("unknown engine {0:?}; this build has `qemu`")]
+    /// Unknown engine.
+    #[error("unknown engine {0:?}; this build has `kvm` and `qemu`")]
     Unknown(String),
+    /// Cove's own VMM failed.
+    #[error("{0}")]
+    Vmm(String),
     /// Spawning the VMM failed.
     #[error("starting {program}")]
     Spawn {
@@ -67,6 +71,7 @@ pub trait RunningVm: Send {
 pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Box<dyn RunningVm>, EngineError> {
     match cfg.engine.as_str() {
         "qemu" => Ok(Box::new(qemu::Qemu::start(cfg, dir).await?)),
+        "kvm" => Ok(Box::new(kvm::Kvm::start(cfg, dir).await?)),
         other => Err(EngineError::Unknown(other.to_string())),
     }
 }

@@ -365,9 +365,8 @@ pub const CONSOLE_LOG_MAX: u64 = 1 << 20;
 
 /// Copies the guest's serial console into `console.log`, rotating at [`CONSOLE_LOG_MAX`].
 async fn keep_console(sock: PathBuf, log: PathBuf) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut conn = loop {
+    let conn = loop {
         match tokio::net::UnixStream::connect(&sock).await {
             Ok(c) => break c,
             Err(_) if tokio::time::Instant::now() < deadline => {
@@ -379,6 +378,13 @@ async fn keep_console(sock: PathBuf, log: PathBuf) {
             }
         }
     };
+    keep_console_from(conn, log).await;
+}
+
+/// Appends what `conn` carries (the guest's serial console) to `log`, rotating at
+/// [`CONSOLE_LOG_MAX`]; ends with the stream.
+pub async fn keep_console_from(mut conn: tokio::net::UnixStream, log: PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     async fn open(log: &Path) -> std::io::Result<tokio::fs::File> {
         tokio::fs::OpenOptions::new()
             .create(true)
