@@ -1,10 +1,11 @@
 //! Which engine runs a sandbox on this host, and why.
 //!
-//! `auto` picks the `kvm` engine only where `/dev/kvm` is backed by hardware virtualisation (the
-//! CPU flags show `vmx` or `svm`). A nested, software-emulated KVM (such as `kvm_pvm`) is not:
-//! an unmodified Linux guest crawls through its instruction emulator. There the `qemu` engine
-//! runs the guest under TCG. The kvm engine is not built yet, so today `auto` always means qemu,
-//! accelerated by KVM where the hardware allows it.
+//! `auto` picks the `kvm` engine (Cove's own VMM) only where `/dev/kvm` is backed by hardware
+//! virtualisation (the CPU flags show `vmx` or `svm`). A nested, software-emulated KVM (such as
+//! `kvm_pvm`) is not: an unmodified Linux guest crawls through its instruction emulator and
+//! dies on instructions it lacks. There the `qemu` engine runs the guest under TCG. Either can
+//! be forced (`COVE_ENGINE=kvm|qemu`); forcing `kvm` on an emulated KVM is allowed (the reason
+//! says what to expect), for purpose-built guests.
 
 use std::path::Path;
 
@@ -12,8 +13,11 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The requested engine does not exist in this build.
-    #[error("engine {0:?} is not available in this build; use `auto` or `qemu`")]
+    #[error("engine {0:?} is not available in this build; use `auto`, `kvm` or `qemu`")]
     Unavailable(String),
+    /// The kvm engine needs /dev/kvm.
+    #[error("the kvm engine needs /dev/kvm, which this host lacks; use `auto` or `qemu`")]
+    NoKvm,
     /// QEMU is missing.
     #[error("qemu-system-x86_64 not found; run `make setup` (Debian package qemu-system-x86)")]
     NoQemu,
@@ -22,13 +26,13 @@ pub enum EngineError {
 /// The engine chosen for new sandboxes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EngineChoice {
-    /// `qemu` (or `kvm`, once built).
+    /// `kvm` or `qemu`.
     pub engine: String,
     /// `tcg` or `kvm`.
     pub accel: String,
     /// Why.
     pub reason: String,
-    /// QEMU binary.
+    /// QEMU binary (empty for the kvm engine when QEMU is not installed).
     pub qemu: String,
 }
 
@@ -64,46 +68,52 @@ pub fn choose(requested: Option<&str>) -> Result<EngineChoice, EngineError> {
         .map(str::to_string)
         .or_else(|| std::env::var("COVE_ENGINE").ok())
         .unwrap_or_else(|| "auto".into());
-    let qemu = find_qemu().ok_or(EngineError::NoQemu)?;
-    decide(&requested, &probe(), qemu)
+    decide(&requested, &probe(), find_qemu())
 }
 
-fn decide(requested: &str, v: &HostVirt, qemu: String) -> Result<EngineChoice, EngineError> {
-    let why_accel = if v.dev_kvm && v.hw_virt {
-        (
-            "kvm",
-            "/dev/kvm is backed by hardware virtualisation (vmx/svm)".to_string(),
-        )
+fn decide(
+    requested: &str,
+    v: &HostVirt,
+    qemu: Option<String>,
+) -> Result<EngineChoice, EngineError> {
+    let hw = v.dev_kvm && v.hw_virt;
+    let why_accel = if hw {
+        "/dev/kvm is backed by hardware virtualisation (vmx/svm)".to_string()
     } else if v.dev_kvm {
         let nested = if v.kvm_pvm {
             " (kvm_pvm: nested, software-emulated)"
         } else {
             ""
         };
-        (
-            "tcg",
-            format!(
-                "/dev/kvm exists{nested} but the CPU shows no vmx/svm, so KVM would emulate every guest instruction; QEMU's TCG is faster"
-            ),
+        format!(
+            "/dev/kvm exists{nested} but the CPU shows no vmx/svm, so KVM would emulate every guest instruction"
         )
     } else {
-        ("tcg", "no /dev/kvm".to_string())
+        "no /dev/kvm".to_string()
+    };
+    let kvm = |reason: String| EngineChoice {
+        engine: "kvm".into(),
+        accel: "kvm".into(),
+        reason,
+        qemu: qemu.clone().unwrap_or_default(),
+    };
+    let qemu_engine = |reason: String| -> Result<EngineChoice, EngineError> {
+        Ok(EngineChoice {
+            engine: "qemu".into(),
+            accel: if hw { "kvm" } else { "tcg" }.into(),
+            reason,
+            qemu: qemu.clone().ok_or(EngineError::NoQemu)?,
+        })
     };
     match requested {
-        "auto" | "qemu" => Ok(EngineChoice {
-            engine: "qemu".into(),
-            accel: why_accel.0.into(),
-            reason: format!(
-                "{}: {}; the kvm engine is not built yet",
-                if requested == "auto" {
-                    "auto chose qemu"
-                } else {
-                    "qemu requested"
-                },
-                why_accel.1
-            ),
-            qemu,
-        }),
+        "auto" if hw => Ok(kvm(format!("auto chose kvm (Cove's own VMM): {why_accel}"))),
+        "auto" => qemu_engine(format!("auto chose qemu with TCG: {why_accel}")),
+        "qemu" => qemu_engine(format!("qemu requested: {why_accel}")),
+        "kvm" if !v.dev_kvm => Err(EngineError::NoKvm),
+        "kvm" if hw => Ok(kvm(format!("kvm requested: {why_accel}"))),
+        "kvm" => Ok(kvm(format!(
+            "kvm requested: {why_accel}: only purpose-built guests run here; Linux will not boot"
+        ))),
         other => Err(EngineError::Unavailable(other.to_string())),
     }
 }
@@ -190,23 +200,41 @@ mod tests {
 
     #[test]
     fn auto_never_uses_an_emulated_kvm() {
-        let c = decide("auto", &v(true, false, true), "q".into()).unwrap();
+        let q = || Some("q".to_string());
+        let c = decide("auto", &v(true, false, true), q()).unwrap();
         assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));
         assert!(c.reason.contains("kvm_pvm"), "{}", c.reason);
-        let c = decide("auto", &v(true, true, false), "q".into()).unwrap();
-        assert_eq!(c.accel, "kvm");
-        let c = decide("qemu", &v(false, false, false), "q".into()).unwrap();
+        let c = decide("auto", &v(true, true, false), q()).unwrap();
+        assert_eq!((c.engine.as_str(), c.accel.as_str()), ("kvm", "kvm"));
+        let c = decide("auto", &v(true, true, false), None).unwrap();
+        assert_eq!(c.engine, "kvm", "the kvm engine needs no QEMU");
+        let c = decide("qemu", &v(true, true, false), q()).unwrap();
+        assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "kvm"));
+        let c = decide("qemu", &v(false, false, false), q()).unwrap();
         assert_eq!(c.accel, "tcg");
-        assert!(decide("kvm", &v(true, true, false), "q".into()).is_err());
-        assert!(decide("xen", &v(true, true, false), "q".into()).is_err());
+        assert!(matches!(
+            decide("qemu", &v(false, false, false), None),
+            Err(EngineError::NoQemu)
+        ));
+        let c = decide("kvm", &v(true, false, true), q()).unwrap();
+        assert_eq!(c.engine, "kvm");
+        assert!(c.reason.contains("Linux will not boot"), "{}", c.reason);
+        assert!(matches!(
+            decide("kvm", &v(false, false, false), q()),
+            Err(EngineError::NoKvm)
+        ));
+        assert!(decide("xen", &v(true, true, false), q()).is_err());
     }
 
     #[test]
     fn this_host_is_probed_consistently() {
         // On the project's machines /dev/kvm is nested and emulated: auto must pick TCG there.
         let p = probe();
-        let c = decide("auto", &p, "q".into()).unwrap();
-        assert_eq!(c.accel == "kvm", p.dev_kvm && p.hw_virt);
+        let c = decide("auto", &p, Some("q".into())).unwrap();
+        assert_eq!(c.engine == "kvm", p.dev_kvm && p.hw_virt);
+        if !p.hw_virt {
+            assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));
+        }
     }
 
     #[test]

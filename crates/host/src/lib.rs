@@ -696,11 +696,14 @@ impl Host {
 
     fn template_for(&self, spec: &CreateSpec) -> Result<Option<SnapshotRecord>, HostError> {
         let digest = self.image(&spec.image)?.digest;
+        // A template restores only on the engine that took it (a host whose engine changed
+        // boots until a new template is made).
+        let engine = engine::choose(None).ok().map(|c| c.engine);
         Ok(self.db.list_snapshots()?.into_iter().rev().find(|s| {
             s.template
                 && s.image_digest == digest
                 && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
-                && Path::new(&s.dir).join("manifest.json").is_file()
+                && snapshot_engine(Path::new(&s.dir)).is_some_and(|e| Some(e) == engine)
         }))
     }
 
@@ -1149,6 +1152,13 @@ fn not_running(rec: SandboxRecord) -> HostError {
         state: rec.state,
         reason: rec.reason,
     }
+}
+
+/// The engine a snapshot directory was taken with (from its manifest), if it is readable.
+fn snapshot_engine(dir: &Path) -> Option<String> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    m["engine"].as_str().map(str::to_string)
 }
 
 /// Checks a create's settings (resources and policies) without creating anything.
