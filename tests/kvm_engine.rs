@@ -28,7 +28,9 @@ fn the_kvm_engine_boots_execs_snapshots_and_restores_the_real_guest() {
              (this host: /dev/kvm {}, vmx/svm {}, kvm_pvm {}). The engine's own tests\n\
              with purpose-built guests ran; run this one on a host with vmx or svm.\n\
              ==================================================================\n",
-            v.dev_kvm, v.hw_virt, v.kvm_pvm
+            v.dev_kvm,
+            v.hw_virt,
+            v.kvm_pvm
         );
         return;
     }
