@@ -32,6 +32,15 @@ pub enum MemoryError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM_GET_DIRTY_LOG (the slot was registered without the dirty log).
+    #[error("read the dirty log of memory slot {slot}")]
+    DirtyLog {
+        /// The memory slot.
+        slot: u32,
+        /// The ioctl's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     /// More regions than slot numbers.
     #[error("too many guest memory regions")]
     TooManyRegions,
@@ -53,6 +62,16 @@ pub fn create(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
 
 /// Tells KVM about every region of `memory`, one slot per region, numbered from 0.
 pub fn register(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    register_with(vm, memory, false)
+}
+
+/// [`register`], with KVM logging the pages the guest writes (`KVM_MEM_LOG_DIRTY_PAGES`) or
+/// not. Registering a slot again with other flags is how KVM turns the log on and off.
+pub fn register_with(
+    vm: &VmFd,
+    memory: &GuestMemoryMmap,
+    log_dirty: bool,
+) -> Result<(), MemoryError> {
     for (index, region) in memory.iter().enumerate() {
         let slot = u32::try_from(index).map_err(|_| MemoryError::TooManyRegions)?;
         let start = region.start_addr().0;
@@ -61,7 +80,11 @@ pub fn register(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryError> 
             .map_err(|e| MemoryError::HostAddress(start, e))?;
         let kvm_region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if log_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: start,
             memory_size: region.len(),
             userspace_addr: host as u64,
@@ -74,4 +97,46 @@ pub fn register(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryError> 
             .map_err(|source| MemoryError::Register { slot, source })?;
     }
     Ok(())
+}
+
+/// The pages of one memory region written since the last look: bit `i` of the bitmap is the
+/// page at `start + i * 4096`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyRegion {
+    /// The region's first guest address.
+    pub start: GuestAddress,
+    /// One bit per 4 KiB page.
+    pub bitmap: Vec<u64>,
+}
+
+impl DirtyRegion {
+    /// The guest addresses of the dirty pages.
+    pub fn pages(&self) -> impl Iterator<Item = GuestAddress> + '_ {
+        self.bitmap.iter().enumerate().flat_map(move |(w, bits)| {
+            (0..64u64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| GuestAddress(self.start.0 + ((w as u64) * 64 + b) * 4096))
+        })
+    }
+}
+
+/// Reads (and clears) KVM's log of the pages the guest wrote in each region of `memory`,
+/// registered with [`register_with`] and `log_dirty`.
+pub fn dirty_log(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<Vec<DirtyRegion>, MemoryError> {
+    memory
+        .iter()
+        .enumerate()
+        .map(|(index, region)| {
+            let slot = u32::try_from(index).map_err(|_| MemoryError::TooManyRegions)?;
+            let len = usize::try_from(region.len())
+                .map_err(|_| MemoryError::RegionTooLarge(region.start_addr().0))?;
+            let bitmap = vm
+                .get_dirty_log(slot, len)
+                .map_err(|source| MemoryError::DirtyLog { slot, source })?;
+            Ok(DirtyRegion {
+                start: region.start_addr(),
+                bitmap,
+            })
+        })
+        .collect()
 }

@@ -406,6 +406,17 @@ impl Vm {
         Ok(())
     }
 
+    /// Turns KVM's log of the pages the guest writes on or off (off at first). Writes the VMM
+    /// itself makes (device emulation, the kernel load) are not in KVM's log.
+    pub fn set_dirty_log(&mut self, on: bool) -> Result<(), VmError> {
+        Ok(memory::register_with(&self.fd, &self.memory, on)?)
+    }
+
+    /// The pages the guest wrote since the log was turned on or last read (reading clears it).
+    pub fn dirty_pages(&self) -> Result<Vec<memory::DirtyRegion>, VmError> {
+        Ok(memory::dirty_log(&self.fd, &self.memory)?)
+    }
+
     /// The kernel command-line entries that describe the virtio devices.
     pub fn virtio_cmdline(&self) -> String {
         self.virtio

@@ -79,3 +79,54 @@ fn pause_stops_and_resume_restarts_one_vcpu() {
 fn pause_stops_and_resume_restarts_two_vcpus() {
     pause_resume(2);
 }
+
+#[test]
+fn the_dirty_log_shows_the_pages_the_guest_wrote_and_clears_when_read() {
+    let mut vm = new_vm(1, 64 << 20);
+    vm.set_dirty_log(true).unwrap();
+    let info = vm
+        .load_kernel(&KernelConfig {
+            kernel: guest("counter"),
+            initramfs: None,
+            cmdline: String::new(),
+        })
+        .unwrap();
+    vm.start_each_at(&[EntryPoint {
+        rip: info.entry.rip,
+        rsp: 0x8000,
+        rsi: counter_addr(0).0,
+    }])
+    .unwrap();
+    wait_all_above(&vm, &[0]);
+    vm.pause().unwrap();
+    let dirty: Vec<u64> = vm
+        .dirty_pages()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.pages().map(|p| p.0).collect::<Vec<_>>())
+        .collect();
+    assert!(dirty.contains(&counter_addr(0).0), "{dirty:x?}");
+    assert!(
+        !dirty.contains(&0x30_0000),
+        "a page nobody wrote: {dirty:x?}"
+    );
+    // Read once, the log is clear until the guest writes again.
+    assert!(
+        vm.dirty_pages()
+            .unwrap()
+            .iter()
+            .all(|r| r.pages().next().is_none())
+    );
+    vm.resume().unwrap();
+    let now = counter(&vm, 0);
+    wait_all_above(&vm, &[now]);
+    vm.pause().unwrap();
+    let again: Vec<u64> = vm
+        .dirty_pages()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.pages().map(|p| p.0).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(again, [counter_addr(0).0], "only the counter's page");
+    vm.stop().unwrap();
+}
