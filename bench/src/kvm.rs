@@ -1,7 +1,11 @@
 //! `bench/run kvm`: Cove's own VMM, timed from outside the process that runs it
 //! (`cove-kvm-guest`), with the purpose-built guest programs in `bench/guests`.
 //!
-//! - `start_ms`: process start → the guest's first output (VM, memory, kernel load, vCPU).
+//! - `start_ms`: a `cove-vm` process (kvm engine) start → its control socket answering, with a
+//!   purpose-built guest as the kernel (as the issue defines it; the guest cannot speak the agent
+//!   protocol, so the process is killed once the socket answers).
+//! - `first_output_ms`: process start → the guest's first output (VM, memory, kernel load,
+//!   vCPU) in a bare VMM process.
 //! - `restore_ms`: process start → a restored guest's first output.
 //! - `snapshot_ms`, `snapshot_bytes`: pause, save and sync a 128 MiB guest that touched 8 MiB.
 //! - `rss_kib`: resident memory of a restored VM process at its guest's first output.
@@ -90,6 +94,39 @@ fn rss_kib(pid: u32) -> anyhow::Result<f64> {
         .parse()?)
 }
 
+/// Starts `cove-vm` on a kvm-engine config whose kernel is `elf`; milliseconds until its
+/// control socket accepts a connection.
+fn control_socket_ms(dir: &Path, elf: &str) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let initramfs = dir.join("initramfs");
+    std::fs::write(&initramfs, b"07070100")?;
+    let cfg = json!({
+        "id": "bench", "engine": "kvm", "accel": "kvm", "kernel": elf,
+        "initramfs": initramfs, "cpus": 1, "memory_mib": 128, "disks": [], "qemu": "",
+    });
+    std::fs::write(dir.join("vm.json"), serde_json::to_vec(&cfg)?)?;
+    let bin = std::env::current_exe()?.with_file_name("cove-vm");
+    let sock = dir.join("control.sock");
+    let t = Instant::now();
+    let mut child = Command::new(&bin)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let ms = loop {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            break t.elapsed().as_secs_f64() * 1000.0;
+        }
+        ensure!(t.elapsed().as_secs() < 10, "cove-vm's control socket never answered");
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    };
+    child.kill()?;
+    child.wait()?;
+    Ok(ms)
+}
+
 pub fn run() -> anyhow::Result<serde_json::Value> {
     let dir = std::env::temp_dir().join(format!("cove-bench-kvm-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -98,6 +135,10 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
     let hello = hello.to_str().context("path")?;
     let touch = touch.to_str().context("path")?;
 
+    let mut control = Vec::new();
+    for i in 0..20 {
+        control.push(control_socket_ms(&dir.join(format!("vm{i}")), hello)?);
+    }
     let mut start = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
@@ -148,7 +189,8 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
     let med = |v: &[f64]| summary(v.to_vec())["median"].clone();
     Ok(json!({
         "bench": "kvm",
-        "start_ms": med(&start),
+        "start_ms": med(&control),
+        "first_output_ms": med(&start),
         "restore_ms": med(&restore),
         "snapshot_ms": med(&snapshot_ms),
         "snapshot_bytes": snapshot_bytes,
@@ -156,11 +198,11 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         "rss_kib": med(&rss),
         "vms_per_s": vms_per_s,
         "detail": {
-            "start_ms": summary(start),
+            "start_ms": summary(control),
+            "first_output_ms": summary(start),
             "restore_ms": summary(restore),
             "snapshot_ms": summary(snapshot_ms),
             "rss_kib": summary(rss),
         },
-        "note": "start_ms is process start to the guest's first output (the control socket comes with the cove-vm engine)",
     }))
 }
