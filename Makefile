@@ -45,6 +45,7 @@ bench: build
 	COVE_HOME="$(TEST_HOME)" bench/run lifecycle
 	COVE_HOME="$(TEST_HOME)" bench/run image-import
 	COVE_HOME="$(TEST_HOME)" bench/run api
+	bench/run kvm
 
 fmt:
 	$(CARGO) fmt --all
