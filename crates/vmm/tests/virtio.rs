@@ -121,3 +121,50 @@ fn a_hostile_driver_gets_refusals_and_the_vmm_carries_on() {
     assert_eq!(v[2], 0, "an offset the transport lacks reads zero");
     assert_eq!(v[3], 4, "the device id is still rng");
 }
+
+#[test]
+fn a_guest_driver_opens_the_agent_port_and_echoes_what_the_host_sends() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut vm = new_vm(1, 64 << 20);
+    vm.add_virtio(
+        "agent",
+        DeviceSpec::Console(UnixListener::bind(&sock).unwrap()),
+    )
+    .unwrap();
+    let probe = Probe::attach(&vm);
+    let info = vm
+        .load_kernel(&KernelConfig {
+            kernel: guest("virtio_console"),
+            initramfs: None,
+            cmdline: vm.virtio_cmdline(),
+        })
+        .unwrap();
+    vm.start(info.entry).unwrap();
+    let mut host = UnixStream::connect(&sock).unwrap();
+    host.write_all(b"hello agent").unwrap();
+    host.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
+    let mut back = [0u8; 11];
+    host.read_exact(&mut back).unwrap();
+    assert_eq!(
+        &back, b"HELLO AGENT",
+        "the guest's echo, through its transmit queue"
+    );
+    let deadline = std::time::Instant::now() + GUEST_TIMEOUT;
+    while probe.values().len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let v = probe.values();
+    assert_eq!(v[0], 1, "DEVICE_ADD after DEVICE_READY: {v:x?}");
+    assert!(
+        v[1] >= 3,
+        "PORT_NAME and PORT_OPEN after PORT_READY: {v:x?}"
+    );
+    assert_eq!(
+        &v[2..],
+        [11, 1],
+        "the message's length, one chain sent back"
+    );
+    vm.stop().unwrap();
+}
