@@ -119,7 +119,10 @@ fn control_socket_ms(dir: &Path, elf: &str) -> anyhow::Result<f64> {
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             break t.elapsed().as_secs_f64() * 1000.0;
         }
-        ensure!(t.elapsed().as_secs() < 10, "cove-vm's control socket never answered");
+        ensure!(
+            t.elapsed().as_secs() < 10,
+            "cove-vm's control socket never answered"
+        );
         std::thread::sleep(std::time::Duration::from_micros(100));
     };
     child.kill()?;
