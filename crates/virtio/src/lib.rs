@@ -2,7 +2,7 @@
 //!
 //! The layout follows the rest of `cove-devices`: the transport in [`mmio`], the contract every
 //! device implements in [`device`], descriptor-chain helpers shared by the devices in [`queue`],
-//! and one folder per device (`rng/`, `block/`, `console/`), each with `device.rs` (what the
+//! and one folder per device (`rng/`, `block/`, `console/`, `net/`), each with `device.rs` (what the
 //! device does) and `persist.rs` (its serde state for snapshots).
 //!
 //! Everything in this crate treats the guest as hostile: register values, ring addresses,
@@ -15,6 +15,7 @@ pub mod device;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fuzzing;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod queue;
 pub mod rng;
@@ -51,6 +52,8 @@ pub mod status {
 
 /// Device type numbers (virtio 1.x, section 5).
 pub mod device_type {
+    /// virtio-net.
+    pub const NET: u32 = 1;
     /// virtio-blk.
     pub const BLOCK: u32 = 2;
     /// virtio-console.
