@@ -1088,6 +1088,16 @@ async fn the_cli_over_the_api_works_like_the_local_one() {
     );
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains(&id));
+    // `image ls`: the same table as locally.
+    let o = remote(&["image", "ls"], b"");
+    let local = cove_tests::cove_out(&["image", "ls"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().next(),
+        String::from_utf8_lossy(&local.stdout).lines().next(),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("busybox ")), "{out}");
     // cp both ways, streamed through coved.
     let dir = cove_tests::TempDir::new("remote-cp");
     let src = dir.0.join("in.txt");
@@ -2007,6 +2017,17 @@ async fn names_are_per_tenant_and_usable_wherever_ids_are() {
         .call(Some(&ka), Method::GET, "/v1/sandboxes/nope", None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // Who uses an image: a tenant sees its own sandboxes only.
+    let images = api.ok(&kb, Method::GET, "/v1/images", None).await;
+    let users: Vec<String> = images["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["used_by"].as_array().unwrap().clone())
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    assert!(users.contains(&format!("sandbox {b}")), "{users:?}");
+    assert!(!users.iter().any(|u| u.contains(&a)), "{users:?}");
     // `ls` shows the name; the local CLI shows (and takes) it as `tenant/name`.
     let ls = stdout_ok(&cli_over(&server.url, &ka, &["ls"]));
     assert!(

@@ -482,6 +482,10 @@ pub struct Image {
     pub content_bytes: u64,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// What needs it (`sandbox ID`, `snapshot ID`): for an admin key everything on the host,
+    /// for others only the tenant's own.
+    #[serde(default)]
+    pub used_by: Vec<String>,
 }
 
 /// A list of items.

@@ -180,6 +180,42 @@ fn print_done(info: &ImageInfo) {
     );
 }
 
+/// One image of `cove image ls`.
+pub(crate) struct ImageRow<'a> {
+    pub names: &'a [String],
+    pub digest: &'a str,
+    pub bytes: u64,
+    pub users: usize,
+    pub created_at: i64,
+}
+
+/// The `cove image ls` table (local and remote alike): a line per name.
+pub(crate) fn print_images<'a>(rows: impl Iterator<Item = ImageRow<'a>>) {
+    println!(
+        "{:<40}  {:<12}  {:>9}  {:>6}  CREATED",
+        "NAME", "ID", "SIZE", "USERS"
+    );
+    let none = ["<none>".to_string()];
+    for i in rows {
+        let names = if i.names.is_empty() {
+            &none[..]
+        } else {
+            i.names
+        };
+        let hex = i.digest.strip_prefix("sha256:").unwrap_or(i.digest);
+        for n in names {
+            println!(
+                "{:<40}  {:<12}  {:>9}  {:>6}  {}",
+                n,
+                &hex[..12.min(hex.len())],
+                mb(i.bytes),
+                i.users,
+                crate::ago(i.created_at)
+            );
+        }
+    }
+}
+
 /// Runs one `cove image` command.
 pub async fn run(host: Host, command: ImageCommand) -> anyhow::Result<u8> {
     match command {
@@ -253,27 +289,13 @@ pub async fn run(host: Host, command: ImageCommand) -> anyhow::Result<u8> {
                     println!("{}", i.meta.digest);
                 }
             } else {
-                println!(
-                    "{:<40}  {:<12}  {:>9}  {:>6}  CREATED",
-                    "NAME", "ID", "SIZE", "USERS"
-                );
-                for i in all {
-                    let names = if i.names.is_empty() {
-                        vec!["<none>".to_string()]
-                    } else {
-                        i.names.clone()
-                    };
-                    for n in names {
-                        println!(
-                            "{:<40}  {:<12}  {:>9}  {:>6}  {}",
-                            n,
-                            i.meta.short_id(),
-                            mb(i.meta.content_bytes),
-                            i.used_by.len(),
-                            crate::ago(i.meta.created_at)
-                        );
-                    }
-                }
+                print_images(all.iter().map(|i| ImageRow {
+                    names: &i.names,
+                    digest: &i.meta.digest,
+                    bytes: i.meta.content_bytes,
+                    users: i.used_by.len(),
+                    created_at: i.meta.created_at,
+                }));
             }
         }
         ImageCommand::Inspect { image } => {

@@ -354,24 +354,13 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     println!("{}", i.digest);
                 }
             } else {
-                println!("{:<40}  {:<12}  {:>9}  CREATED", "NAME", "ID", "SIZE");
-                for i in all {
-                    let id = &i.digest[7.min(i.digest.len())..][..12];
-                    let names = if i.names.is_empty() {
-                        vec!["<none>".to_string()]
-                    } else {
-                        i.names.clone()
-                    };
-                    for n in names {
-                        println!(
-                            "{:<40}  {:<12}  {:>9}  {}",
-                            n,
-                            id,
-                            format!("{:.1} MB", i.content_bytes as f64 / 1e6),
-                            crate::ago(i.created_at)
-                        );
-                    }
-                }
+                crate::image::print_images(all.iter().map(|i| crate::image::ImageRow {
+                    names: &i.names,
+                    digest: &i.digest,
+                    bytes: i.content_bytes,
+                    users: i.used_by.len(),
+                    created_at: i.created_at,
+                }));
             }
             Ok(0)
         }

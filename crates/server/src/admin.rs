@@ -93,6 +93,7 @@ pub async fn import(
             names: info.names,
             content_bytes: info.meta.content_bytes,
             created_at: info.meta.created_at,
+            used_by: Vec::new(),
         }),
     ))
 }

@@ -961,6 +961,26 @@ async fn list_images(
     auth: Auth,
 ) -> Result<Json<api::List<api::Image>>, ApiError> {
     auth.need(Scope::Read)?;
+    // Who uses an image is the tenant's own business: other keys see only their own users.
+    let admin = auth.0.allows(Scope::Admin);
+    let mine: std::collections::HashSet<String> = if admin {
+        std::collections::HashSet::new()
+    } else {
+        let t = Some(auth.0.tenant.as_str());
+        app.host
+            .list()?
+            .into_iter()
+            .filter(|r| r.owner.as_deref() == t)
+            .map(|r| format!("sandbox {}", r.id))
+            .chain(
+                app.host
+                    .snapshots()?
+                    .into_iter()
+                    .filter(|s| s.owner.as_deref() == t)
+                    .map(|s| format!("snapshot {}", s.id)),
+            )
+            .collect()
+    };
     let items = app
         .host
         .image_list()?
@@ -970,6 +990,11 @@ async fn list_images(
             names: i.names,
             content_bytes: i.meta.content_bytes,
             created_at: i.meta.created_at,
+            used_by: i
+                .used_by
+                .into_iter()
+                .filter(|u| admin || mine.contains(u))
+                .collect(),
         })
         .collect();
     Ok(Json(api::List { items }))
