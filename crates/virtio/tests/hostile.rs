@@ -273,3 +273,31 @@ fn hostile_register_storm_then_clean_reinit() {
     init(&mut t, &[16; 6]);
     storm(&mut t, 3);
 }
+
+#[test]
+fn hostile_register_storm_on_net_then_clean_reinit() {
+    use cove_virtio::net::{FakeBackend, Net, VNET_HDR_LEN};
+    let mem = guest_memory();
+    let link = FakeBackend::new();
+    let mac = [0x02, 0, 0, 0, 0, 1];
+    let (mut t, _) = transport(Net::with_backend(link.clone(), mac).unwrap(), &mem);
+    init(&mut t, &[16, 16]);
+    // Frames keep arriving from the host while the driver misbehaves.
+    for _ in 0..4 {
+        link.inject(vec![0u8; VNET_HDR_LEN + 60]);
+    }
+    storm(&mut t, 4);
+    let _ = t.device_mut().process_tap_input();
+    t.device_mut().process_tap_output();
+    let mut qs = init(&mut t, &[16, 16]);
+    let frame = [0x5au8; VNET_HDR_LEN + 60];
+    mem.write_slice(&frame, GuestAddress(BUF_BASE)).unwrap();
+    qs[1].add_chain(&mem, &[(BUF_BASE, 72, false)]);
+    notify(&mut t, 1);
+    assert_eq!(qs[1].pop_used(&mem), Some((0, 0)), "works after a reset");
+    let written = link.take_written();
+    assert_eq!(
+        written.last().map(|p| &p[VNET_HDR_LEN..]),
+        Some(&frame[VNET_HDR_LEN..])
+    );
+}
