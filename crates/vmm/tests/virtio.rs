@@ -141,9 +141,11 @@ fn a_guest_driver_opens_the_agent_port_and_echoes_what_the_host_sends() {
             cmdline: vm.virtio_cmdline(),
         })
         .unwrap();
-    vm.start(info.entry).unwrap();
+    // Connected, with the message waiting, before the guest runs (as cove-vm connects): the
+    // guest's DRIVER_OK, handled on its vCPU thread, already finds the stream.
     let mut host = UnixStream::connect(&sock).unwrap();
     host.write_all(b"hello agent").unwrap();
+    vm.start(info.entry).unwrap();
     host.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
     let mut back = [0u8; 11];
     host.read_exact(&mut back).unwrap();
