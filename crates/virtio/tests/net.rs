@@ -415,7 +415,7 @@ fn net_rx_frame_from_the_tap_lands_in_the_guest_buffer() {
     let mut g = Guest::new(net_on_tap(&name));
     let sock = PacketSocket::open(&name);
     for _ in 0..8 {
-        g.give_rx(1526); // hdr_len + GOOD_PACKET_LEN, as Linux posts without mergeable buffers
+        g.give_rx(1530); // hdr_len + GOOD_PACKET_LEN, as Linux posts without mergeable buffers
     }
     notify(&mut g.t, RX as u32);
     assert!(g.dev().wants_tap_input());
@@ -460,7 +460,7 @@ fn net_rx_frame_waits_for_buffers_then_is_delivered() {
     );
     assert!(g.take_rx().is_empty());
     // Buffers come: the waiting frame goes first, on the guest's notification alone.
-    g.give_rx(1526);
+    g.give_rx(1530);
     notify(&mut g.t, RX as u32);
     let p = receive_ours(&mut g, &f);
     assert_eq!(p[..VNET_HDR_LEN], rx_header());
@@ -584,7 +584,7 @@ fn net_reset_keeps_the_link_and_the_driver_starts_over() {
     let f = frame(HOST_MAC, GUEST_MAC, &[2; 60]);
     g.send(&packet(&f));
     assert_eq!(sock.recv_ours(Duration::from_secs(5)).unwrap(), f);
-    g.give_rx(1526);
+    g.give_rx(1530);
     notify(&mut g.t, RX as u32);
     let f = frame(GUEST_MAC, HOST_MAC, &[3; 60]);
     sock.send(&f);
@@ -608,7 +608,7 @@ fn net_save_restore_with_frames_in_flight() {
     g.send(&out[0]);
     g.send(&out[1]);
     g.queue_tx(&out[2], &[VNET_HDR_LEN]);
-    g.give_rx(1526); // posted, not notified
+    g.give_rx(1530); // posted, not notified
 
     let json = serde_json::to_string(&(g.t.device().save(), g.t.save())).unwrap();
     let (ns, ms): (NetState, cove_virtio::persist::MmioState) =
@@ -641,7 +641,7 @@ fn net_save_restore_with_frames_in_flight() {
     // And the link keeps working both ways.
     let more = packet(&frame(GUEST_MAC, HOST_MAC, &[5; 64]));
     link.inject(more.clone());
-    g.give_rx(1526);
+    g.give_rx(1530);
     notify(&mut g.t, RX as u32);
     assert_eq!(g.take_rx().len(), 1);
 }
@@ -650,7 +650,7 @@ fn net_save_restore_with_frames_in_flight() {
 fn net_restore_reopens_the_tap_by_name() {
     let name = tap_name();
     let mut g = Guest::new(net_on_tap(&name));
-    g.give_rx(1526);
+    g.give_rx(1530);
     notify(&mut g.t, RX as u32);
     let (ns, ms) = (g.t.device().save(), g.t.save());
     // The old process goes away, and its tap with it.
