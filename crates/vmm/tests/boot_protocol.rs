@@ -155,3 +155,40 @@ fn a_four_vcpu_guest_finds_them_in_the_mp_table() {
     let (values, serial, info, e820) = boot_report(128 << 20, true, 4);
     check_report(&values, &serial, &info, &e820, 4);
 }
+
+#[test]
+fn the_boot_vcpu_starts_another_with_init_and_startup_ipis() {
+    // As a PC: vCPU 1 waits for INIT/SIPI from vCPU 0's local APIC, then runs real-mode code
+    // at the STARTUP vector (how Linux brings up its application processors).
+    let mut vm = new_vm(2, 64 << 20);
+    let probe = Probe::attach(&vm);
+    vm.add_i8042().unwrap();
+    let info = vm
+        .load_kernel(&cove_vmm::KernelConfig {
+            kernel: guest("ap_start"),
+            initramfs: None,
+            cmdline: String::new(),
+        })
+        .unwrap();
+    vm.start(info.entry).unwrap();
+    let exit = vm.wait_for_exit(GUEST_TIMEOUT).unwrap();
+    assert_eq!(
+        exit,
+        Some(cove_vmm::VmExit::Reset),
+        "reported {:x?}",
+        probe.values()
+    );
+    assert_eq!(
+        probe.values(),
+        [0x42],
+        "the application processor ran its trampoline"
+    );
+    vm.pause().unwrap();
+    let s = vm.snapshot().unwrap();
+    assert_eq!(
+        (s.vcpus[1].sregs.cs.selector, s.vcpus[1].mp_state.mp_state),
+        (0x1000, kvm_bindings::KVM_MP_STATE_HALTED),
+        "vCPU 1 started at the STARTUP vector and halted there"
+    );
+    vm.stop().unwrap();
+}
