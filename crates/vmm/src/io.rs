@@ -13,11 +13,16 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use cove_virtio::MmioTransport;
+use cove_virtio::net::Net;
+
 use crate::virtio::{Slot, Transport};
 
 const STOP: u64 = u64::MAX;
 const LISTEN: u64 = u64::MAX - 1;
 const STREAM: u64 = u64::MAX - 2;
+/// Taps: `TAP_BASE + slot`.
+const TAP_BASE: u64 = 1 << 40;
 
 /// Why the I/O thread could not start.
 #[derive(Debug, thiserror::Error)]
@@ -155,16 +160,64 @@ struct Stream {
     events: u32,
 }
 
+/// A tap's registration: whether it is in the epoll set, with which interest.
+#[derive(Default)]
+struct Interest {
+    added: bool,
+    events: u32,
+}
+
+/// Polls a tap for input while the device can take a frame and for output while it holds one.
+fn update_tap(epoll: &Epoll, i: &mut Interest, slot: usize, t: &MmioTransport<Net>) {
+    let dev = t.device();
+    let mut want = 0;
+    if dev.wants_tap_input() {
+        want |= EventSet::IN.bits();
+    }
+    if dev.wants_tap_output() {
+        want |= EventSet::OUT.bits();
+    }
+    if i.added && want == i.events {
+        return;
+    }
+    let op = if i.added {
+        ControlOperation::Modify
+    } else {
+        ControlOperation::Add
+    };
+    let token = TAP_BASE + slot as u64;
+    let set = EventSet::from_bits_truncate(want);
+    match epoll.ctl(op, dev.tap_fd(), EpollEvent::new(set, token)) {
+        Ok(()) => {
+            i.added = true;
+            i.events = want;
+        }
+        Err(e) => tracing::warn!(error = %e, "virtio-net: cannot poll the tap"),
+    }
+}
+
 fn serve(epoll: &Epoll, slots: &[Slot], gate: &Gate) {
     let console = slots.iter().find_map(|s| match &s.transport {
         Transport::Console(t, l) => Some((t.clone(), l.clone())),
         _ => None,
     });
     let mut stream = Stream::default();
+    let nets: Vec<(usize, Arc<Mutex<MmioTransport<Net>>>)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match &s.transport {
+            Transport::Net(t) => Some((i, t.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut taps: Vec<Interest> = nets.iter().map(|_| Interest::default()).collect();
     let mut events = vec![EpollEvent::default(); 32];
     loop {
         if let Some((t, _)) = &console {
             update_stream(epoll, &mut stream, &lock(t));
+        }
+        for ((slot, t), interest) in nets.iter().zip(&mut taps) {
+            update_tap(epoll, interest, *slot, &lock(t));
         }
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -200,6 +253,21 @@ fn serve(epoll: &Epoll, slots: &[Slot], gate: &Gate) {
                         }
                         if set.contains(EventSet::OUT) {
                             t.device_mut().process_host_output();
+                        }
+                    }
+                }
+                token if (TAP_BASE..STREAM - 1).contains(&token) => {
+                    let slot = usize::try_from(token - TAP_BASE).unwrap_or(usize::MAX);
+                    if let Some((_, t)) = nets.iter().find(|(s, _)| *s == slot) {
+                        let mut t = lock(t);
+                        let set = ev.event_set();
+                        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR)
+                            && let Err(e) = t.device_mut().process_tap_input()
+                        {
+                            tracing::warn!(error = %e, "virtio-net: the tap failed");
+                        }
+                        if set.contains(EventSet::OUT) {
+                            t.device_mut().process_tap_output();
                         }
                     }
                 }

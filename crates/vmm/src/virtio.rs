@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use cove_virtio::block::{Block, BlockConfig, BlockState};
 use cove_virtio::console::{Console, ConsoleState};
+use cove_virtio::net::{Net, NetConfig, NetState};
 use cove_virtio::persist::MmioState;
 use cove_virtio::rng::{Rng, RngState};
 use cove_virtio::{Interrupt, MmioTransport};
@@ -55,6 +56,12 @@ pub enum VirtioError {
     /// The block device.
     #[error("virtio-blk {0}")]
     Block(String, #[source] cove_virtio::block::BlockError),
+    /// The network device.
+    #[error("virtio-net {0}")]
+    Net(String, #[source] cove_virtio::net::NetError),
+    /// Restoring the network device.
+    #[error("virtio-net {0} from the snapshot")]
+    NetState(String, #[source] cove_virtio::net::NetPersistError),
     /// Restoring the block device.
     #[error("virtio-blk {0} from the snapshot")]
     BlockState(String, #[source] cove_virtio::block::BlockPersistError),
@@ -76,6 +83,8 @@ pub enum Transport {
     Block(Arc<Mutex<MmioTransport<Block>>>),
     /// virtio-rng.
     Rng(Arc<Mutex<MmioTransport<Rng>>>),
+    /// virtio-net over a tap.
+    Net(Arc<Mutex<MmioTransport<Net>>>),
     /// virtio-console, with the listener its host side is accepted on.
     Console(Arc<Mutex<MmioTransport<Console>>>, Arc<UnixListener>),
 }
@@ -105,6 +114,10 @@ enum SavedDevice {
         mmio: MmioState,
         device: RngState,
     },
+    Net {
+        mmio: MmioState,
+        device: NetState,
+    },
     Console {
         mmio: MmioState,
         device: ConsoleState,
@@ -128,6 +141,7 @@ impl Slot {
         match &self.transport {
             Transport::Block(t) => f(lock(t).queue_events()),
             Transport::Rng(t) => f(lock(t).queue_events()),
+            Transport::Net(t) => f(lock(t).queue_events()),
             Transport::Console(t, _) => f(lock(t).queue_events()),
         }
     }
@@ -137,6 +151,7 @@ impl Slot {
         match &self.transport {
             Transport::Block(t) => lock(t).handle_queue_event(index),
             Transport::Rng(t) => lock(t).handle_queue_event(index),
+            Transport::Net(t) => lock(t).handle_queue_event(index),
             Transport::Console(t, _) => lock(t).handle_queue_event(index),
         }
     }
@@ -146,6 +161,7 @@ impl Slot {
         match &self.transport {
             Transport::Block(t) => lock(t).kick_all(),
             Transport::Rng(t) => lock(t).kick_all(),
+            Transport::Net(t) => lock(t).kick_all(),
             Transport::Console(t, _) => lock(t).kick_all(),
         }
     }
@@ -163,6 +179,13 @@ impl Slot {
             Transport::Rng(t) => {
                 let t = lock(t);
                 SavedDevice::Rng {
+                    mmio: t.save(),
+                    device: t.device().save(),
+                }
+            }
+            Transport::Net(t) => {
+                let t = lock(t);
+                SavedDevice::Net {
                     mmio: t.save(),
                     device: t.device().save(),
                 }
@@ -186,6 +209,8 @@ pub enum DeviceSpec {
     Block(BlockConfig),
     /// An entropy source.
     Rng,
+    /// A network interface over a tap (created, or attached if it exists).
+    Net(NetConfig),
     /// The agent's console port; its host side is accepted on `listener`.
     Console(UnixListener),
 }
@@ -237,6 +262,19 @@ pub fn build(
             let dev = Rng::restore(&device, mem.clone(), interrupt.clone())
                 .map_err(|e| VirtioError::State(name.to_string(), e))?;
             Transport::Rng(Arc::new(Mutex::new(
+                MmioTransport::restore(dev, mem, interrupt, &mmio).map_err(named)?,
+            )))
+        }
+        (DeviceSpec::Net(cfg), None) => {
+            let dev = Net::new(&cfg).map_err(|e| VirtioError::Net(name.to_string(), e))?;
+            Transport::Net(Arc::new(Mutex::new(
+                MmioTransport::new(dev, mem, interrupt).map_err(named)?,
+            )))
+        }
+        (DeviceSpec::Net(cfg), Some(SavedDevice::Net { mmio, device })) => {
+            let dev = Net::restore(&cfg, &device, mem.clone(), interrupt.clone())
+                .map_err(|e| VirtioError::NetState(name.to_string(), e))?;
+            Transport::Net(Arc::new(Mutex::new(
                 MmioTransport::restore(dev, mem, interrupt, &mmio).map_err(named)?,
             )))
         }

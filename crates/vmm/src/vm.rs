@@ -396,6 +396,7 @@ impl Vm {
         let dev: Arc<Mutex<dyn cove_devices::BusDevice>> = match &slot.transport {
             crate::virtio::Transport::Block(t) => t.clone(),
             crate::virtio::Transport::Rng(t) => t.clone(),
+            crate::virtio::Transport::Net(t) => t.clone(),
             crate::virtio::Transport::Console(t, _) => t.clone(),
         };
         self.buses
