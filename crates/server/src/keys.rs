@@ -156,24 +156,65 @@ pub fn valid_tenant(t: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Applies the migrations not applied yet, under the write lock; returns the version found (a
+/// version newer than this build knows is left alone for the caller to refuse).
+fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let done = usize::try_from(done).unwrap_or(0);
+    if done > MIGRATIONS.len() {
+        return Ok(done);
+    }
+    for m in &MIGRATIONS[done..] {
+        tx.execute_batch(m)?;
+    }
+    tx.pragma_update(
+        None,
+        "user_version",
+        i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX),
+    )?;
+    tx.commit()?;
+    Ok(done)
+}
+
+/// Runs `f` again while SQLite says the database is busy or locked (up to 10 s).
+fn retry_locked<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Keys {
     /// Opens (creating and migrating) the store.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let done = usize::try_from(done).unwrap_or(0);
+        // Several processes opening the store at once (coved and `coved keys`), or one opening
+        // it after another was killed mid-write (WAL recovery): SQLite answers some of those
+        // lock waits with "busy" at once instead of using the busy timeout, so retry them.
+        retry_locked(|| {
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+            }
+            Ok(())
+        })?;
+        let done = retry_locked(|| migrate(&mut conn))?;
         anyhow::ensure!(
             done <= MIGRATIONS.len(),
             "coved.db has schema version {done}, newer than this coved knows; upgrade it"
         );
-        for m in &MIGRATIONS[done..] {
-            tx.execute_batch(m)?;
-        }
-        tx.pragma_update(None, "user_version", i64::try_from(MIGRATIONS.len())?)?;
-        tx.commit()?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -194,10 +235,14 @@ impl Keys {
         let id = random_hex(6)?;
         let secret = format!("cove_{}", random_hex(32)?);
         let created_at = now_ms();
-        self.conn().execute(
-            "INSERT INTO keys (id, tenant, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, tenant, scope.name(), hash(&secret), created_at],
-        )?;
+        let conn = self.conn();
+        retry_locked(|| {
+            conn.execute(
+                "INSERT INTO keys (id, tenant, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, tenant, scope.name(), hash(&secret), created_at],
+            )
+        })?;
+        drop(conn);
         Ok((
             KeyInfo {
                 id,
@@ -328,5 +373,24 @@ mod tests {
         };
         keys.set_quota("acme", q).unwrap();
         assert_eq!(keys.quota("acme").unwrap(), q);
+    }
+
+    #[test]
+    fn many_openers_of_a_new_store_all_get_in() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("coved.db");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let k = Keys::open(&path).unwrap();
+                    k.create(&format!("t{i}"), Scope::Read).unwrap();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(Keys::open(&path).unwrap().list().unwrap().len(), 8);
     }
 }
