@@ -3,7 +3,8 @@
 //! escaped into a vCPU thread finds almost nothing to call.
 //!
 //! Each allowed syscall says why the thread needs it. The vCPU thread's ioctls are limited to
-//! the ones it issues (`KVM_RUN`, and the reads a snapshot makes of a paused vCPU); everything
+//! the ones it issues (`KVM_RUN`, `KVM_KVMCLOCK_CTRL` when it pauses, and the reads a snapshot
+//! makes of a paused vCPU); everything
 //! that sets up or restores a vCPU runs on the VMM's main thread before the vCPU thread starts.
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
 ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
 ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
 ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
 ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
 
@@ -66,12 +68,13 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
         KVM_GET_TSC_KHZ(),
         KVM_GET_XSAVE(),
         KVM_GET_XCRS(),
+        KVM_KVMCLOCK_CTRL(),
     ]
     .into_iter()
     .map(|nr| rule(vec![arg(1, SeccompCmpOp::Eq, nr)?]))
     .collect::<Result<Vec<_>, _>>()?;
     let mut rules = common()?;
-    // KVM_RUN, and reading a paused vCPU's state for a snapshot.
+    // KVM_RUN, KVMCLOCK_CTRL on a pause, and reading a paused vCPU's state for a snapshot.
     rules.insert(libc::SYS_ioctl, ioctls);
     // A guest activating a device (a register write handled on this thread) may move bytes
     // on the console's stream or draw entropy.

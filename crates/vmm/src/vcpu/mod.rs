@@ -297,7 +297,15 @@ fn runner_loop(
             state = match (command, state) {
                 (Command::Exit, _) => return,
                 (_, VcpuState::Exited) => VcpuState::Exited,
-                (Command::Pause, _) => VcpuState::Paused,
+                (Command::Pause, was) => {
+                    if was == VcpuState::Running {
+                        // Tell a Linux guest's kvmclock the vCPU was stopped on purpose, so the
+                        // time it spends paused is not taken for a soft lockup. A guest that
+                        // has not set kvmclock up answers EINVAL: nothing to tell.
+                        let _ = runner.vcpu.kvmclock_ctrl();
+                    }
+                    VcpuState::Paused
+                }
                 (Command::Resume, _) => VcpuState::Running,
                 (Command::Save(_), s) => s,
             };
