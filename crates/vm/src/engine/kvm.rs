@@ -59,6 +59,24 @@ fn cmdline(cfg: &VmConfig, devices: &str) -> String {
     )
 }
 
+/// The guest's serial output on its way to `console.log`: written by a vCPU thread, which must
+/// never block on it (a stuck log writer would hold the vCPU, and a stop with it), so what the
+/// socket cannot take at once is dropped, as a UART with nobody listening loses it.
+struct ConsoleOut(std::os::unix::net::UnixStream);
+
+impl std::io::Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(buf.len()),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Kvm {
     /// Boots `cfg` (or restores `cfg.restore`), with its sockets and logs in `dir`.
     pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
@@ -100,7 +118,10 @@ impl Kvm {
         };
         let (console, console_host) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| vmm(format!("console stream: {e}")))?;
-        vm.add_serial(Box::new(console)).map_err(vmm)?;
+        console
+            .set_nonblocking(true)
+            .map_err(|e| vmm(format!("console stream: {e}")))?;
+        vm.add_serial(Box::new(ConsoleOut(console))).map_err(vmm)?;
         vm.add_i8042().map_err(vmm)?;
         for d in &cfg.disks {
             vm.add_virtio(
