@@ -189,9 +189,8 @@ impl Inner {
         Ok(())
     }
 
-    /// The tenant's sandbox `id`: another tenant's, a malformed id and a missing one all read
-    /// `404`.
-    /// `id` is a whole id or one of the tenant's sandbox names.
+    /// The tenant's sandbox `id` (a whole id, or one of the tenant's sandbox names): another
+    /// tenant's, a malformed id and a missing one all read `404`.
     pub(crate) fn owned(&self, p: &Principal, id: &str) -> Result<SandboxRecord, ApiError> {
         let nf = || ApiError::not_found("sandbox", id);
         if !is_id(id) {
