@@ -59,6 +59,56 @@ fn cmdline(cfg: &VmConfig, devices: &str) -> String {
     )
 }
 
+/// What identifies a file's content on this host without reading it: a file changed in place
+/// gets a new size or modification time, a replaced one a new inode.
+fn identity(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+/// Whether `snap/name` was checked against `want` on this host and has not changed since. A
+/// template is restored by every create of its image: hashing its memory each time would cost
+/// more than the restore (a 8 MiB memory file takes ~20 ms to hash), so a check is remembered in
+/// `snap/verified.json`, keyed by the file's identity and its sum.
+fn verified_before(snap: &Path, name: &str, want: &snapshot::FileSum) -> bool {
+    let Ok(bytes) = std::fs::read(snap.join("verified.json")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    let entry = &v[name];
+    identity(&snap.join(name)).is_some_and(|id| entry["identity"] == id.as_str())
+        && entry["sha256"] == want.sha256.as_str()
+        && entry["size"] == want.size
+}
+
+/// Records that `snap/name` matched `sum` (best effort: a failed write only costs a new check).
+fn remember_verified(snap: &Path, name: &str, sum: &snapshot::FileSum) {
+    let Some(id) = identity(&snap.join(name)) else {
+        return;
+    };
+    let path = snap.join("verified.json");
+    let mut v: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    v[name] = serde_json::json!({ "identity": id, "sha256": sum.sha256, "size": sum.size });
+    let tmp = snap.join(format!("verified.json.{}", std::process::id()));
+    if std::fs::write(&tmp, v.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}
+
 /// The guest's serial output on its way to `console.log`: written by a vCPU thread, which must
 /// never block on it (a stuck log writer would hold the vCPU, and a stop with it), so what the
 /// socket cannot take at once is dropped, as a UART with nobody listening loses it.
@@ -91,12 +141,18 @@ impl Kvm {
                 let m = Manifest::read(snap)?;
                 m.check("kvm", ENGINE_VERSION, CPU_MODEL, cfg.memory_mib, cfg.cpus)?;
                 for name in ["memory", "state"] {
-                    if m.files.get(name) != Some(&snapshot::sum(&snap.join(name))?) {
+                    let want = m.files.get(name);
+                    if want.is_some_and(|w| verified_before(snap, name, w)) {
+                        continue;
+                    }
+                    let got = snapshot::sum(&snap.join(name))?;
+                    if want != Some(&got) {
                         return Err(snapshot::SnapshotError::Corrupted(
                             snap.join(name).display().to_string(),
                         )
                         .into());
                     }
+                    remember_verified(snap, name, &got);
                 }
                 for d in cfg.disks.iter().filter(|d| !d.read_only) {
                     if let Some(want) = m.files.get(&format!("disk-{}", d.serial))
@@ -448,6 +504,12 @@ mod tests {
         );
         back.kill();
         drop(back);
+
+        // The first restore remembered its check; a second one trusts it while the files are
+        // unchanged.
+        assert!(snap.join("verified.json").is_file());
+        let m = Manifest::read(&snap).unwrap();
+        assert!(verified_before(&snap, "memory", &m.files["memory"]));
 
         // A snapshot for another shape, or a damaged one, is refused before anything runs.
         let mut wrong = config(t.path(), &kernel, Some(&snap));
