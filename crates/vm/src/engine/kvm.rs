@@ -76,8 +76,9 @@ fn identity(path: &Path) -> Option<String> {
 
 /// Whether `snap/name` was checked against `want` on this host and has not changed since. A
 /// template is restored by every create of its image: hashing its memory each time would cost
-/// more than the restore (a 8 MiB memory file takes ~20 ms to hash), so a check is remembered in
-/// `snap/verified.json`, keyed by the file's identity and its sum.
+/// about as much as the restore (8 MiB take ~5 ms with the CPU's SHA extensions, several times
+/// that without), so a check is remembered in `snap/verified.json`, keyed by the file's identity
+/// and its sum.
 fn verified_before(snap: &Path, name: &str, want: &snapshot::FileSum) -> bool {
     let Ok(bytes) = std::fs::read(snap.join("verified.json")) else {
         return false;
