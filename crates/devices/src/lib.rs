@@ -6,6 +6,7 @@
 //! event file descriptors; this crate never depends on `cove-vmm`.
 
 pub mod bus;
+pub mod cmos;
 pub mod i8042;
 pub mod serial;
 pub mod trigger;

@@ -427,6 +427,17 @@ impl Vm {
             .join(" ")
     }
 
+    /// Attaches the CMOS real-time clock (the wall clock Linux reads at boot).
+    pub fn add_cmos(&mut self) -> Result<(), VmError> {
+        let dev = Arc::new(Mutex::new(cove_devices::cmos::CmosDevice::new()));
+        self.buses.pio.insert(
+            cove_devices::cmos::CMOS_BASE,
+            cove_devices::cmos::CMOS_LEN,
+            dev,
+        )?;
+        Ok(())
+    }
+
     /// Attaches the i8042, whose reset command ends the VM with [`VmExit::Reset`].
     pub fn add_i8042(&mut self) -> Result<(), VmError> {
         let reset = self.reset_evt.try_clone().map_err(VmError::EventFd)?;

@@ -68,3 +68,38 @@ fn triple_fault_stops_the_vcpu_with_shutdown() {
     vm.pause().unwrap();
     assert_eq!(vm.vcpu_states(), vec![VcpuState::Exited]);
 }
+
+#[test]
+fn a_guest_reads_the_cmos_clock_without_waiting_for_an_update() {
+    let mut vm = new_vm(1, 64 << 20);
+    vm.add_cmos().unwrap();
+    let probe = Probe::attach(&vm);
+    vm.add_i8042().unwrap();
+    let info = vm
+        .load_kernel(&KernelConfig {
+            kernel: guest("cmos"),
+            initramfs: None,
+            cmdline: String::new(),
+        })
+        .unwrap();
+    vm.start(info.entry).unwrap();
+    assert_eq!(
+        vm.wait_for_exit(GUEST_TIMEOUT).unwrap(),
+        Some(VmExit::Reset)
+    );
+    let v = probe.values();
+    assert_eq!(v[0] & 0x80, 0, "update-in-progress clear: {v:x?}");
+    let year = v[1];
+    let now_year = 1970
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 31_556_952;
+    let bcd = |y: u64| ((y % 100 / 10) << 4) | (y % 10);
+    assert!(
+        year == bcd(now_year) || year == bcd(now_year - 1) || year == bcd(now_year + 1),
+        "the year in BCD: {year:#x}"
+    );
+    vm.stop().unwrap();
+}

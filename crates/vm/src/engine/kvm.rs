@@ -1,7 +1,8 @@
 //! The `kvm` engine: Cove's own VMM (`cove-vmm`) running the guest in this process.
 //!
 //! The same guest as the qemu engine: the kernel and initramfs, COM1 as the console (copied into
-//! `console.log`), one virtio-blk per disk (the agent finds them by serial), the agent's
+//! `console.log`), the CMOS clock (without it Linux waits on a clock update that never ends, as
+//! under QEMU without an RTC), one virtio-blk per disk (the agent finds them by serial), the agent's
 //! virtio-console port `cove.agent` with its host side on `agent.sock`, virtio-rng. The devices
 //! are described on the kernel command line (`virtio_mmio.device=`, `acpi=off`); the MP table
 //! gives the vCPUs. `reboot=k` turns the agent's power-off into an i8042 reset, which ends the VM.
@@ -180,6 +181,7 @@ impl Kvm {
             .map_err(|e| vmm(format!("console stream: {e}")))?;
         vm.add_serial(Box::new(ConsoleOut(console))).map_err(vmm)?;
         vm.add_i8042().map_err(vmm)?;
+        vm.add_cmos().map_err(vmm)?;
         for d in &cfg.disks {
             vm.add_virtio(
                 &format!("disk-{}", d.serial),
