@@ -127,6 +127,22 @@ pub struct ActiveQueues {
 }
 
 impl ActiveQueues {
+    /// Activates a device whose queues live in `slot`: refused if it is active already, else
+    /// the arguments are checked as by [`ActiveQueues::new`].
+    pub fn activate_once(
+        slot: &mut Option<Self>,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+        expected: usize,
+    ) -> Result<(), ActivateError> {
+        if slot.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        *slot = Some(Self::new(mem, queues, interrupt, expected)?);
+        Ok(())
+    }
+
     /// Checks the activation arguments against the device's queue count and guest memory.
     pub fn new(
         mem: GuestMemoryMmap,

@@ -162,6 +162,18 @@ pub struct VirtioState {
 }
 
 impl VirtioState {
+    /// The state of a device that accepted `acked_features` and is `active` (or not).
+    pub fn of(acked_features: u64, active: Option<&crate::device::ActiveQueues>) -> Self {
+        Self {
+            acked_features,
+            activated: active.is_some(),
+            queues: active
+                .iter()
+                .flat_map(|a| a.queues.iter().map(QueueConfig::from))
+                .collect(),
+        }
+    }
+
     /// Checks the acked features against what the device offers.
     pub fn check_features(&self, offered: u64) -> Result<(), PersistError> {
         if self.acked_features & !offered != 0 {

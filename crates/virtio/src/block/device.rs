@@ -242,11 +242,7 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        self.active = Some(ActiveQueues::new(mem, queues, interrupt, 1)?);
-        Ok(())
+        ActiveQueues::activate_once(&mut self.active, mem, queues, interrupt, 1)
     }
 
     fn is_activated(&self) -> bool {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Block, BlockConfig, BlockError};
 use crate::GuestMemoryMmap;
 use crate::device::{Interrupt, VirtioDevice};
-use crate::persist::{PersistError, QueueConfig, VirtioState, restore_queues};
+use crate::persist::{PersistError, VirtioState, restore_queues};
 
 /// Saved state of a [`Block`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,15 +44,7 @@ impl Block {
     /// The device's state.
     pub fn save(&self) -> BlockState {
         BlockState {
-            virtio: VirtioState {
-                acked_features: self.acked_features,
-                activated: self.active.is_some(),
-                queues: self
-                    .active
-                    .iter()
-                    .flat_map(|a| a.queues.iter().map(QueueConfig::from))
-                    .collect(),
-            },
+            virtio: VirtioState::of(self.acked_features, self.active.as_ref()),
             capacity: self.capacity,
             read_only: self.config.read_only,
             serial: self.config.serial.clone(),

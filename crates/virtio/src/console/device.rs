@@ -166,11 +166,7 @@ impl VirtioDevice for Console {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        self.active = Some(ActiveQueues::new(mem, queues, interrupt, NUM_QUEUES)?);
-        Ok(())
+        ActiveQueues::activate_once(&mut self.active, mem, queues, interrupt, NUM_QUEUES)
     }
 
     fn is_activated(&self) -> bool {

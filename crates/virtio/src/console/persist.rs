@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Console;
 use crate::GuestMemoryMmap;
 use crate::device::{Interrupt, VirtioDevice};
-use crate::persist::{PersistError, QueueConfig, VirtioState, restore_queues};
+use crate::persist::{PersistError, VirtioState, restore_queues};
 
 /// Saved state of a [`Console`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,15 +39,7 @@ impl Console {
     /// The device's state.
     pub fn save(&self) -> ConsoleState {
         ConsoleState {
-            virtio: VirtioState {
-                acked_features: self.acked_features,
-                activated: self.active.is_some(),
-                queues: self
-                    .active
-                    .iter()
-                    .flat_map(|a| a.queues.iter().map(QueueConfig::from))
-                    .collect(),
-            },
+            virtio: VirtioState::of(self.acked_features, self.active.as_ref()),
             device_ready: self.device_ready,
             port_added: self.port_added,
             port_ready: self.port_ready,

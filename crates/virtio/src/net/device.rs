@@ -476,11 +476,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        self.active = Some(ActiveQueues::new(mem, queues, interrupt, NUM_QUEUES)?);
-        Ok(())
+        ActiveQueues::activate_once(&mut self.active, mem, queues, interrupt, NUM_QUEUES)
     }
 
     fn is_activated(&self) -> bool {

@@ -13,7 +13,7 @@ use super::tap::NetBackend;
 use super::{Net, NetConfig, NetError, Tap};
 use crate::GuestMemoryMmap;
 use crate::device::{Interrupt, VirtioDevice};
-use crate::persist::{PersistError, QueueConfig, VirtioState, restore_queues};
+use crate::persist::{PersistError, VirtioState, restore_queues};
 
 /// Saved state of a [`Net`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,15 +55,7 @@ impl<B: NetBackend> Net<B> {
     /// The device's state.
     pub fn save(&self) -> NetState {
         NetState {
-            virtio: VirtioState {
-                acked_features: self.acked_features,
-                activated: self.active.is_some(),
-                queues: self
-                    .active
-                    .iter()
-                    .flat_map(|a| a.queues.iter().map(QueueConfig::from))
-                    .collect(),
-            },
+            virtio: VirtioState::of(self.acked_features, self.active.as_ref()),
             mac: self.mac,
             rx_pending: self.rx_buf[..self.rx_len].to_vec(),
             tx_pending: self.tx_buf[..self.tx_len].to_vec(),

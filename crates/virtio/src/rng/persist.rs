@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Rng;
 use crate::GuestMemoryMmap;
 use crate::device::{Interrupt, VirtioDevice};
-use crate::persist::{PersistError, QueueConfig, VirtioState, restore_queues};
+use crate::persist::{PersistError, VirtioState, restore_queues};
 
 /// Saved state of a [`Rng`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,15 +20,7 @@ impl Rng {
     /// The device's state.
     pub fn save(&self) -> RngState {
         RngState {
-            virtio: VirtioState {
-                acked_features: self.acked_features,
-                activated: self.active.is_some(),
-                queues: self
-                    .active
-                    .iter()
-                    .flat_map(|a| a.queues.iter().map(QueueConfig::from))
-                    .collect(),
-            },
+            virtio: VirtioState::of(self.acked_features, self.active.as_ref()),
         }
     }
 

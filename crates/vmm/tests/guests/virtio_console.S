@@ -10,7 +10,6 @@
 .text
 .globl _start
 /* Queue q's rings: desc QBASE + q * 0x3000, avail + 0x1000, used + 0x2000; 8 entries each. */
-.set QBASE, 0x60000
 .set CRX, 2
 .set CTX, 3
 .set PRX, 4
@@ -21,39 +20,10 @@
 _start:
     call map_gap
     mov r15, VIRTIO_BASE
-    mov eax, 0xbad0003
-    cmp dword ptr [r15 + 0x08], 3
-    jne virtio_fail
-    mov dword ptr [r15 + 0x70], 0
-    mov dword ptr [r15 + 0x70], 1
-    mov dword ptr [r15 + 0x70], 3
-    mov dword ptr [r15 + 0x24], 1
-    mov dword ptr [r15 + 0x20], 1            /* VERSION_1 */
-    mov dword ptr [r15 + 0x24], 0
-    mov dword ptr [r15 + 0x20], 2            /* VIRTIO_CONSOLE_F_MULTIPORT */
-    mov dword ptr [r15 + 0x70], 11
-    mov eax, 0xbad0005
-    test dword ptr [r15 + 0x70], 8
-    jz virtio_fail
-    xor ecx, ecx
-1:  mov [r15 + 0x30], ecx                    /* QueueSel */
-    mov dword ptr [r15 + 0x38], QSIZE
-    mov eax, ecx
-    imul eax, eax, 0x3000
-    add eax, QBASE
-    mov [r15 + 0x80], eax
-    mov dword ptr [r15 + 0x84], 0
-    add eax, 0x1000
-    mov [r15 + 0x90], eax
-    mov dword ptr [r15 + 0x94], 0
-    add eax, 0x1000
-    mov [r15 + 0xa0], eax
-    mov dword ptr [r15 + 0xa4], 0
-    mov dword ptr [r15 + 0x44], 1
-    inc ecx
-    cmp ecx, 6
-    jne 1b
-    mov dword ptr [r15 + 0x70], 15           /* DRIVER_OK */
+    mov edx, 3
+    mov esi, 0x2
+    mov ecx, 6
+    call virtio_init_queues
 
     /* Control receive: eight 64-byte buffers (descriptors 0..7 of queue 2). */
     mov rdi, QBASE + CRX * 0x3000

@@ -5,7 +5,6 @@
 .intel_syntax noprefix
 #include "defs.inc"
 #include "virtio_defs.inc"
-.set QBASE, 0x60000
 .set RXBUF, 0x80000
 .set TXBUF, 0x81000
 .code64
@@ -14,39 +13,10 @@
 _start:
     call map_gap
     mov r15, VIRTIO_BASE
-    mov eax, 0xbad0003
-    cmp dword ptr [r15 + 0x08], 1
-    jne virtio_fail
-    mov dword ptr [r15 + 0x70], 0
-    mov dword ptr [r15 + 0x70], 1
-    mov dword ptr [r15 + 0x70], 3
-    mov dword ptr [r15 + 0x24], 1
-    mov dword ptr [r15 + 0x20], 1            /* VERSION_1 */
-    mov dword ptr [r15 + 0x24], 0
-    mov dword ptr [r15 + 0x20], 0x20         /* VIRTIO_NET_F_MAC */
-    mov dword ptr [r15 + 0x70], 11
-    mov eax, 0xbad0005
-    test dword ptr [r15 + 0x70], 8
-    jz virtio_fail
-    xor ecx, ecx
-1:  mov [r15 + 0x30], ecx
-    mov dword ptr [r15 + 0x38], QSIZE
-    mov eax, ecx
-    imul eax, eax, 0x3000
-    add eax, QBASE
-    mov [r15 + 0x80], eax
-    mov dword ptr [r15 + 0x84], 0
-    add eax, 0x1000
-    mov [r15 + 0x90], eax
-    mov dword ptr [r15 + 0x94], 0
-    add eax, 0x1000
-    mov [r15 + 0xa0], eax
-    mov dword ptr [r15 + 0xa4], 0
-    mov dword ptr [r15 + 0x44], 1
-    inc ecx
-    cmp ecx, 2
-    jne 1b
-    mov dword ptr [r15 + 0x70], 15           /* DRIVER_OK */
+    mov edx, 1
+    mov esi, 0x20
+    mov ecx, 2
+    call virtio_init_queues
 
     /* The MAC, from config space. */
     mov eax, [r15 + 0x100]
