@@ -431,13 +431,28 @@ impl Client {
         if let Some(p) = pick {
             url.push_str(&format!("ref={}&", query_escape(p)));
         }
+        let url = url.trim_end_matches(['&', '?']).to_string();
+        self.put_stream(url, "application/x-tar", from, "the archive")
+            .await
+    }
+
+    /// PUTs what `from` yields to `url` as a streamed body of `content_type` and parses the JSON
+    /// answer. The body reads a pipe that this task fills from `from`, so `from` may be
+    /// borrowed; `what` names it in errors.
+    async fn put_stream<R: tokio::io::AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        content_type: &str,
+        from: &mut R,
+        what: &str,
+    ) -> Result<T, Error> {
         let (mut w, r) = tokio::io::duplex(256 << 10);
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(r));
         let send = self
             .http
-            .put(url.trim_end_matches(['&', '?']))
+            .put(&url)
             .bearer_auth(&self.key)
-            .header("content-type", "application/x-tar")
+            .header("content-type", content_type)
             .body(body)
             .send();
         let fill = async {
@@ -450,7 +465,7 @@ impl Client {
             url: url.clone(),
             source,
         })?;
-        filled.map_err(|e| Error::Protocol(format!("reading the archive: {e}")))?;
+        filled.map_err(|e| Error::Protocol(format!("reading {what}: {e}")))?;
         check(res)
             .await?
             .json()
@@ -498,31 +513,8 @@ impl Client {
         if let Some(m) = mode {
             url.push_str(&format!("&mode={m:o}"));
         }
-        // The body reads a pipe that this task fills from `from`, so `from` may be borrowed.
-        let (mut w, r) = tokio::io::duplex(256 << 10);
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(r));
-        let send = self
-            .http
-            .put(&url)
-            .bearer_auth(&self.key)
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .send();
-        let fill = async {
-            let r = tokio::io::copy(from, &mut w).await;
-            drop(w);
-            r
-        };
-        let (res, filled) = tokio::join!(send, fill);
-        let res = res.map_err(|source| Error::Http {
-            url: url.clone(),
-            source,
-        })?;
-        filled.map_err(|e| Error::Protocol(format!("reading the upload: {e}")))?;
-        let res = check(res).await?;
-        res.json()
+        self.put_stream(url, "application/octet-stream", from, "the upload")
             .await
-            .map_err(|source| Error::Http { url, source })
     }
 
     /// Downloads `path` into `to`, streamed; returns the bytes written.
