@@ -47,8 +47,14 @@ pub struct HostVirt {
     pub kvm_pvm: bool,
 }
 
-/// Reads what this host offers.
+/// What this host offers, read once per process: every create asks (for the engine and for
+/// the template that fits it), and the CPU flags of a large host are a long read.
 pub fn probe() -> HostVirt {
+    static PROBED: std::sync::OnceLock<HostVirt> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe_now).clone()
+}
+
+fn probe_now() -> HostVirt {
     let flags = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
