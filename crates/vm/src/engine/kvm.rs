@@ -53,9 +53,10 @@ fn lock(vm: &Mutex<Vm>) -> std::sync::MutexGuard<'_, Vm> {
 
 /// The kernel command line: the qemu engine's, with the devices the kernel cannot discover.
 fn cmdline(cfg: &VmConfig, devices: &str) -> String {
+    // reboot=k: the agent's power-off becomes an i8042 reset, which ends the VM.
     format!(
-        "console=ttyS0 reboot=k panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on acpi=off \
-         cove.hostname={} {devices}",
+        "{} reboot=k acpi=off cove.hostname={} {devices}",
+        super::GUEST_CMDLINE,
         cfg.id
     )
 }
@@ -334,10 +335,7 @@ impl RunningVm for Kvm {
                 cpu_flags: snapshot::host_cpu_flags(),
                 memory_mib: self.cfg.memory_mib,
                 cpus: self.cfg.cpus,
-                created_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                created_at: super::now_secs(),
                 files,
             })
         })

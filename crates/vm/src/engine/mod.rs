@@ -14,6 +14,18 @@ use cove_protocol::control::VmConfig;
 
 use crate::snapshot::{Manifest, SnapshotError};
 
+/// The kernel command line both engines start from: the serial console, a reboot on panic, one
+/// UART, and the CPU's RNG trusted to seed the kernel's (so early user space never waits for
+/// entropy). Each engine adds how the guest's power-off reaches it and what it needs besides.
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on";
+
+/// Seconds since the epoch, for a snapshot's manifest.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A future borrowed from an engine.
 pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -63,10 +63,9 @@ fn quoted(p: &Path) -> Result<String, EngineError> {
 
 /// The QEMU command line for a config (public for `cove info` and the benchmarks).
 pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
-    // trust_cpu: seed the kernel CRNG from RDRAND at once (QEMU backs it with the host RNG), so
-    // nothing in early user space waits for entropy.
-    let mut cmdline =
-        String::from("console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on");
+    // reboot=t: the agent's reboot (its power-off) becomes a triple fault, which -no-reboot
+    // turns into QEMU's exit.
+    let mut cmdline = format!("{} reboot=t", super::GUEST_CMDLINE);
     if cfg.accel == "tcg" {
         cmdline.push_str(" nolapic_timer");
     }
@@ -347,10 +346,7 @@ impl RunningVm for Qemu {
                 },
                 memory_mib: self.cfg.memory_mib,
                 cpus: self.cfg.cpus,
-                created_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                created_at: super::now_secs(),
                 files,
             };
             m.write(dir)?;
