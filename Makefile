@@ -7,6 +7,10 @@ CARGO ?= cargo
 # The demo uses the normal Cove home; tests use their own under target/.
 COVE_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/cove,$(HOME)/.local/share/cove)
 TEST_HOME := $(CURDIR)/target/cove-test-home
+# A clean clone gains nothing from incremental caches, which are most of a debug target/.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 
 .PHONY: all build setup demo test lint fmt bench clean-sandboxes
 

@@ -89,37 +89,62 @@ fn the_clock_is_resynced_after_hibernation() {
     assert!((host - guest).abs() <= 1.5, "guest {guest} vs host {host}");
 }
 
+/// The offset of the first non-zero byte of `path`, read a MiB at a time.
+fn first_non_zero(path: &std::path::Path) -> u64 {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut base = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        assert!(n > 0, "{} is all zeros", path.display());
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return base + i as u64;
+        }
+        base += n as u64;
+    }
+}
+
+/// XORs one byte of `path` in place with `mask` (twice restores it).
+fn flip(path: &std::path::Path, at: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
+}
+
 #[test]
 fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     let sb = Sandbox::create("busybox", &[]);
     ok(&cove_out(&["hibernate", &sb.id]));
     let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap()).join("hibernation");
-    // Guest memory first: one flipped byte where the guest wrote.
+    // Guest memory first: one flipped byte where the guest wrote. The file is sparse and as big
+    // as guest RAM, so it is changed in place: rewriting it whole would make it dense and fill a
+    // small CI disk with zeros.
     let memory = dir.join("memory");
-    let good_memory = std::fs::read(&memory).unwrap();
-    let at = good_memory.iter().position(|b| *b != 0).unwrap();
-    let mut bad_memory = good_memory.clone();
-    bad_memory[at] ^= 0x01;
-    std::fs::write(&memory, &bad_memory).unwrap();
+    let at = first_non_zero(&memory);
+    flip(&memory, at, 0x01);
     let o = cove_out(&["resume", &sb.id]);
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("corrupted"));
     assert_eq!(state(&sb), "hibernated");
-    std::fs::write(&memory, &good_memory).unwrap();
-    drop((good_memory, bad_memory));
+    flip(&memory, at, 0x01);
     let state_file = dir.join("state");
-    let good = std::fs::read(&state_file).unwrap();
-    let mut bad = good.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0xff;
-    std::fs::write(&state_file, &bad).unwrap();
+    let mid = std::fs::metadata(&state_file).unwrap().len() / 2;
+    flip(&state_file, mid, 0xff);
     let o = cove_out(&["resume", &sb.id]);
     assert_eq!(o.status.code(), Some(125));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("corrupted"), "{err}");
     assert_eq!(state(&sb), "hibernated");
     // The snapshot was not consumed: with the file repaired the sandbox comes back.
-    std::fs::write(&state_file, &good).unwrap();
+    flip(&state_file, mid, 0xff);
     ok(&cove_out(&["resume", &sb.id]));
     assert_eq!(ok(&sb.exec(&[], &["echo", "back"], b"")), "back\n");
 }
@@ -275,6 +300,7 @@ fn a_full_disk_during_a_snapshot_is_a_clear_error_and_the_sandbox_keeps_running(
         .status()
         .unwrap();
     assert!(mounted.success(), "mounting a tmpfs (tests run as root)");
+    let _mount = TmpfsHome(home.clone());
     let src = cove_tests::home();
     for f in ["kernel/vmlinux", "kernel/initramfs.cpio"] {
         std::fs::create_dir_all(home.join(f).parent().unwrap()).unwrap();
@@ -327,8 +353,31 @@ fn a_full_disk_during_a_snapshot_is_a_clear_error_and_the_sandbox_keeps_running(
             == 0
     );
     ok(&run(&["rm", "-f", &id]));
-    let _ = std::process::Command::new("umount").arg(&home).status();
-    let _ = std::fs::remove_dir(&home);
+}
+
+/// A tmpfs Cove home that is taken down however the test ends: its sandboxes are removed and
+/// the mount lazily detached, so a failed assertion leaves no mount and no guest behind.
+struct TmpfsHome(std::path::PathBuf);
+
+impl Drop for TmpfsHome {
+    fn drop(&mut self) {
+        let cove = |args: &[&str]| {
+            cove_tests::cove()
+                .env("COVE_HOME", &self.0)
+                .args(args)
+                .output()
+        };
+        if let Ok(o) = cove(&["ls", "-q"]) {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = cove(&["rm", "-f", id]);
+            }
+        }
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 #[test]
