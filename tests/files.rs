@@ -166,3 +166,54 @@ fn cli_cp_both_ways() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Just after a boot the agent answers while its sandbox root is still being mounted (see
+/// `cove_agent::init::setup`): every request sent at once must still see the finished root —
+/// the image's files, /tmp, /dev/shm, /proc — never the initramfs underneath.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_at_once_after_a_boot_see_the_finished_root() {
+    let host = cove_host::Host::open(&cove_tests::home()).unwrap();
+    let rec = host
+        .create(&cove_host::CreateSpec {
+            memory_mib: 256,
+            // A real boot: a template's restore would bring a root finished long ago.
+            use_template: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sb = Sandbox { id: rec.id.clone() };
+    let c = host.connect(&sb.id).await.unwrap();
+    // The three kinds of request, sent together before anything else.
+    let mut early: &[u8] = b"early";
+    let (written, listed, procs) = tokio::join!(
+        c.write_file("/tmp/early", None, &mut early),
+        c.list("/bin"),
+        c.processes(),
+    );
+    assert_eq!(written.unwrap(), 5);
+    assert!(
+        listed.unwrap().iter().any(|e| e.name == "busybox"),
+        "/bin is the image's"
+    );
+    assert!(procs.unwrap().iter().any(|p| p.pid == 1));
+    let o = c
+        .output(
+            ExecRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "cat /tmp/early; grep -c ' /dev/shm \\| /dev/pts ' /proc/mounts; hostname"
+                        .into(),
+                ],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("early2\n{}\n", sb.id)
+    );
+}

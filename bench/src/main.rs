@@ -1,7 +1,8 @@
 //! Benchmarks of Cove's hot paths. Each prints one JSON line.
 //!
 //! - `boot`: cove-vm start → agent answered, 10 runs; beside it, in the same run, plain QEMU
-//!   booting the same kernel and initramfs to the init's first console line.
+//!   booting the same kernel and initramfs to the init's first console line; and create → a
+//!   first `true` run in the new sandbox, what a user waits for.
 //! - `exec`: round trip of `true` in a running sandbox (100 runs, p50/p99), and stdout MB/s.
 //! - `api`: what coved adds: create-from-template and exec of `true` through HTTP against the
 //!   same calls through the `host` library, interleaved in one run (p50/p99 each).
@@ -140,14 +141,30 @@ fn time_to_init(argv: &[String], dir: &Path) -> anyhow::Result<f64> {
 
 async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
     let spec = bench_spec();
-    let (mut boot, mut create, mut plain_bare, mut same) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut boot, mut create, mut first_exec, mut plain_bare, mut same) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Interleaved, so all see the same machine load.
     for _ in 0..runs {
         let t = Instant::now();
         let rec = host.create(&spec).await?;
         create.push(ms(t));
         boot.push(rec.boot_ms.context("boot time")? as f64);
+        // What a user waits for: the sandbox created and a first command run in it.
+        let o = host
+            .connect(&rec.id)
+            .await?
+            .output(
+                ExecRequest {
+                    argv: vec!["true".into()],
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+        first_exec.push(ms(t));
+        if o.status.code != Some(0) {
+            bail!("true failed: {:?}", o.status);
+        }
         host.stop(&rec.id).await?;
         let dir = PathBuf::from(&rec.dir);
         let r = engine_argv(&dir).and_then(|argv| {
@@ -173,6 +190,7 @@ async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
         "engine": cove_host::engine::choose(None)?,
         "agent_ready_ms": b,
         "create_total_ms": summary(create),
+        "create_to_first_exec_ms": summary(first_exec),
         "plain_qemu_to_init_ms": bare,
         "plain_qemu_same_devices_to_init_ms": same,
         "ratio_median": ratio(&bare),

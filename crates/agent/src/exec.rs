@@ -107,13 +107,6 @@ pub async fn run(
     ob: &Outbox,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Result<Reply, AgentError> {
-    if agent.pid1 && !crate::init::background_done() {
-        // Hostname and loopback are set before any user process can look at them (the first
-        // exec waits; the rest of them skip the thread hop).
-        tokio::task::spawn_blocking(crate::init::wait_background)
-            .await
-            .ok();
-    }
     let Some(program) = req.argv.first().cloned() else {
         return Err(err(ErrorCode::InvalidRequest, "argv is empty", None));
     };

@@ -98,6 +98,14 @@ impl std::fmt::Display for SetupTimes {
 /// Returns the agent's port, opened as early as possible: the host's hello is already waiting
 /// on it, and the VMM starts delivering it once the guest side is open (measured: opening it
 /// after the mounts left the hello waiting 36 ms).
+///
+/// Only the pseudo filesystems and the port are set up here. The sandbox root (disks, overlay,
+/// switch root, PTYs, cgroups, hostname, loopback) is built by a background thread at the lowest
+/// priority while the agent starts its runtime and answers the host's hello, and every request
+/// that touches the guest waits for it (see [`wait_root`]): under emulation the mounts cost
+/// ~55 ms of guest CPU that the host's own work after the hello (recording the sandbox,
+/// answering its client, the client's next request) now overlaps. A root that cannot be built
+/// stops the guest with the reason on the console, as a failed boot always has.
 pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
     times.mark("start");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
@@ -105,6 +113,9 @@ pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
     mnt("proc", "/proc", "proc", nosuid, None)?;
     mnt("sysfs", "/sys", "sysfs", nosuid, None)?;
     console_to_serial();
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") {
+        let _ = URANDOM.set(f);
+    }
 
     let port = match open_port() {
         Ok(p) => Some(p),
@@ -114,6 +125,82 @@ pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
         }
     };
     times.mark("pseudo-fs and port");
+    *ROOT
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = RootState::Building;
+    let spawned = std::thread::Builder::new()
+        .name("root".into())
+        .spawn(move || {
+            // Nice 19: the hello path runs first, the root whenever that path waits. (On Linux
+            // the nice value is per thread, and `who = 0` is the calling thread.)
+            // SAFETY: setpriority with constant arguments.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            }
+            let mut t = SetupTimes::default();
+            let started = std::time::Instant::now();
+            match build_root(nosuid, &mut t) {
+                Ok(()) => {
+                    root_state(RootState::Ready);
+                    eprintln!(
+                        "cove-agent: root ready {:.1} ms after setup began ({t})",
+                        started.elapsed().as_secs_f64() * 1000.0
+                    );
+                    warm_up();
+                }
+                Err(e) => {
+                    eprintln!("cove-agent: setup failed: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                    power_off();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        return Err(SetupError {
+            step: "starting the root thread".into(),
+            source: e,
+        });
+    }
+    Ok(port)
+}
+
+/// Environment variable that makes the agent exit at once: [`warm_up`] runs it so.
+pub const WARM_UP_ENV: &str = "COVE_AGENT_WARM_UP";
+
+/// Runs one throwaway process (the agent itself, which exits at once) at the lowest priority,
+/// so the guest's first user command does not pay alone for the first fork, exec, exit and
+/// reap: under emulation each kernel and agent code path costs most the first time it runs,
+/// and the first exec of a sandbox measured ~60 ms slower than the next. The child is the
+/// agent's own binary (`/proc/self/exe` reaches it from inside the new root), never a program
+/// of the user's image; the reaper collects it like any orphan.
+fn warm_up() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.env_clear()
+        .env(WARM_UP_ENV, "1")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // As an exec does: a hook before exec makes the standard library fork rather than spawn,
+    // and fork (copying the agent's page tables) is the costly path to have run once.
+    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    // Not waited for here: PID 1's reaper collects every child (a wait of our own would race it).
+    if let Err(e) = cmd.spawn() {
+        eprintln!("cove-agent: warm-up: {e}");
+    }
+}
+
+/// Mounts the disks under an overlay, switches into it and finishes the root.
+fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError> {
+    times.mark("start");
     let image = find_disk(IMAGE_SERIAL);
     let rw = find_disk(RW_SERIAL);
     times.mark("find disks");
@@ -173,6 +260,8 @@ pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
     }
 
     // Move the pseudo filesystems into the new root, then make it `/` (as switch_root does).
+    // The agent's other threads hold only open descriptors here (the port, the console), which
+    // the moves leave working; nothing of theirs looks up a path until the root is ready.
     for d in ["dev", "proc", "sys"] {
         let target = format!("{root}/{d}");
         let _ = std::fs::create_dir_all(&target);
@@ -194,25 +283,16 @@ pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
     )?;
     step("chroot", nix::unistd::chroot("."))?;
     step("chdir /", std::env::set_current_dir("/"))?;
-
     times.mark("switch root");
-    // Off the critical path: the agent answers hello while these finish, and an exec waits for
-    // them (see `wait_background`), so no user process ever sees them missing.
-    let bg = std::thread::spawn(move || {
-        if let Err(e) = finish_root(nosuid) {
-            eprintln!("cove-agent: {e}");
-        }
-        if let Some(h) = cmdline_value("cove.hostname") {
-            let _ = nix::unistd::sethostname(&h);
-        }
-        if let Err(e) = loopback_up() {
-            eprintln!("cove-agent: loopback: {e}");
-        }
-    });
-    *BACKGROUND
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bg);
-    Ok(port)
+    finish_root(nosuid)?;
+    if let Some(h) = cmdline_value("cove.hostname") {
+        let _ = nix::unistd::sethostname(&h);
+    }
+    if let Err(e) = loopback_up() {
+        eprintln!("cove-agent: loopback: {e}");
+    }
+    times.mark("finish");
+    Ok(())
 }
 
 /// The mounts and links a root needs beyond the disks: PTYs, shared memory, /run, cgroups.
@@ -251,28 +331,63 @@ fn finish_root(nosuid: MsFlags) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Setup finishing in the background (root mounts, hostname, loopback).
-static BACKGROUND: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
-    std::sync::Mutex::new(None);
+/// /dev/urandom, opened before the root thread moves /dev (see [`add_entropy`]).
+static URANDOM: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
 
-/// Set once the background part of setup has been waited for: later execs skip the wait.
-static BACKGROUND_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// True when [`wait_background`] has nothing left to wait for.
-pub fn background_done() -> bool {
-    BACKGROUND_DONE.load(std::sync::atomic::Ordering::Acquire)
+/// Where the sandbox root stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootState {
+    /// No root is being built (the agent is not PID 1, or setup has not started).
+    Absent,
+    /// The root thread is at work.
+    Building,
+    /// The root is mounted and switched into.
+    Ready,
 }
 
-/// Waits until the background part of setup is done (before the first user process runs).
-pub fn wait_background() {
-    let h = BACKGROUND
+/// The root's state, and the condition its waiters sleep on.
+static ROOT: (std::sync::Mutex<RootState>, std::sync::Condvar) = (
+    std::sync::Mutex::new(RootState::Absent),
+    std::sync::Condvar::new(),
+);
+
+/// Set once the root is known to be ready: later requests skip the lock.
+static ROOT_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn root_state(state: RootState) {
+    *ROOT
+        .0
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(h) = h {
-        let _ = h.join();
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    if state == RootState::Ready {
+        ROOT_READY.store(true, std::sync::atomic::Ordering::Release);
     }
-    BACKGROUND_DONE.store(true, std::sync::atomic::Ordering::Release);
+    ROOT.1.notify_all();
+}
+
+/// True when [`wait_root`] has nothing to wait for.
+pub fn root_ready() -> bool {
+    ROOT_READY.load(std::sync::atomic::Ordering::Acquire)
+        || *ROOT
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == RootState::Absent
+}
+
+/// Blocks until the sandbox root is ready (at once when none is being built). A root that
+/// fails stops the guest, so a waiter never sees a half-built one.
+pub fn wait_root() {
+    let mut state = ROOT
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while *state == RootState::Building {
+        state = ROOT
+            .1
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
 }
 
 /// Points stdin at /dev/null and stdout and stderr at the serial console (the sandbox's
@@ -393,15 +508,29 @@ pub fn add_entropy(hex: &str) {
     let bytes: Vec<u8> = (0..hex.len() / 2)
         .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
-    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") {
-        use std::io::Write;
-        let _ = f.write_all(&bytes);
-        // RNDRESEEDCRNG = _IO('R', 0x07): reseed now rather than at the next interval.
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-        // SAFETY: an argument-less ioctl on an open /dev/urandom.
-        unsafe {
-            libc::ioctl(fd, 0x5207);
-        }
+    // The descriptor opened at setup: the hello that brings the entropy may arrive while the
+    // root thread has /dev moved away from its path.
+    let opened;
+    let f = match URANDOM.get() {
+        Some(f) => f,
+        None => match std::fs::OpenOptions::new().write(true).open("/dev/urandom") {
+            Ok(f) => {
+                opened = f;
+                &opened
+            }
+            Err(e) => {
+                eprintln!("cove-agent: /dev/urandom: {e}");
+                return;
+            }
+        },
+    };
+    use std::io::Write;
+    let _ = (&*f).write_all(&bytes);
+    // RNDRESEEDCRNG = _IO('R', 0x07): reseed now rather than at the next interval.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+    // SAFETY: an argument-less ioctl on an open /dev/urandom.
+    unsafe {
+        libc::ioctl(fd, 0x5207);
     }
 }
 

@@ -7,6 +7,9 @@ use cove_agent::{exec::Reaper, fdio::FdIo, init, server};
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    if !pid1 && std::env::var_os(init::WARM_UP_ENV).is_some() {
+        return;
+    }
     // `COVE_FIRST_LINE=1` on the kernel command line (the kernel hands it to init's environment)
     // marks the moment init runs: the boot benchmark times plain QEMU to this line.
     if std::env::var_os("COVE_FIRST_LINE").is_some() {
@@ -37,7 +40,12 @@ fn main() {
         times.mark("reaper");
         let fd = match early_port {
             Some(fd) => Ok(fd),
-            None => init::open_port(),
+            // The port was not there yet: look again once the root thread has moved /dev and
+            // /sys into the new root, so the lookup never sees them half-moved.
+            None => {
+                init::wait_root();
+                init::open_port()
+            }
         };
         let port = match fd.and_then(|fd| FdIo::new(fd, false)) {
             Ok(p) => p,

@@ -369,7 +369,13 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Out>) {
             crate::init::add_entropy(&hex);
         }
         if let Some(h) = hostname {
-            crate::init::new_identity(&h);
+            // A clone's identity is written into its root (machine-id), and must not race the
+            // boot's own hostname.
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::init::wait_root();
+                crate::init::new_identity(&h);
+            })
+            .await;
         }
     }
     ob.reply(&Reply::Hello {
@@ -426,6 +432,11 @@ async fn run_request(
     ob: &Outbox,
     inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Reply {
+    // Everything but health and shutdown looks at the sandbox root, which may still be being
+    // built just after boot (see `init::setup`): wait for it, off the runtime's thread.
+    if !matches!(req, Request::Health | Request::Shutdown) && !crate::init::root_ready() {
+        let _ = tokio::task::spawn_blocking(crate::init::wait_root).await;
+    }
     let result = match req {
         Request::Health => Ok(Reply::Health(cove_protocol::Health {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
