@@ -677,7 +677,14 @@ impl Host {
             ..spec.clone()
         };
         let rec = self.create(&boot).await?;
-        let r = self.snapshot(&rec.id, None, true).await;
+        let r = async {
+            // The agent answers while its sandbox root is still being mounted (it finishes in
+            // the background); a template must hold the finished root, or every restore would
+            // redo that work. Any file request waits for it.
+            self.connect(&rec.id).await?.stat("/").await?;
+            self.snapshot(&rec.id, None, true).await
+        }
+        .await;
         self.remove(&rec.id, true).await?;
         let snap = r?;
         // One template per image and shape: the new one replaces older ones.
