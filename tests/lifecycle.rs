@@ -6,6 +6,30 @@ use std::time::Duration;
 
 use cove_tests::{Sandbox, alive, cove_out, text, wait_until};
 
+/// A relative `COVE_HOME` is resolved once: the recorded directory is absolute, and a removal
+/// through the absolute home (or from anywhere else) leaves nothing behind. It used to keep the
+/// relative path, which the removal's "inside the home" check then failed to match.
+#[test]
+fn a_relative_home_is_recorded_absolute_and_rm_leaves_nothing() {
+    let home = cove_tests::home();
+    let o = cove_tests::cove()
+        .current_dir(home.parent().unwrap())
+        .env("COVE_HOME", home.file_name().unwrap())
+        .args(["create", "--memory", "256"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sb = Sandbox {
+        id: text(&o).trim().to_string(),
+    };
+    let dir = PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+    assert!(dir.is_absolute() && dir.is_dir(), "{}", dir.display());
+    assert_eq!(sb.exec(&[], &["echo", "ok"], b"").stdout, b"ok\n");
+    let o = cove_out(&["rm", "-f", &sb.id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.exists(), "no file left");
+}
+
 #[test]
 fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
     let sb = Sandbox::create(

@@ -319,6 +319,10 @@ pub struct Host {
 impl Host {
     /// Opens the home, creating it if needed.
     pub fn open(home: &Path) -> Result<Self, HostError> {
+        // Absolute: every path recorded (sandbox and snapshot directories, the VM's disks and
+        // kernel) must mean the same to a process started elsewhere, and a relative home once
+        // left `rm`'s "inside the home" check failing and the directory behind.
+        let home = &std::path::absolute(home).map_err(io_err("resolving the Cove home", home))?;
         std::fs::create_dir_all(home.join("sandboxes"))
             .map_err(io_err("creating the Cove home", home))?;
         let db = Db::open(&home.join("state.db"))?;
@@ -743,14 +747,13 @@ impl Host {
         self.blobs
             .delete_prefix(&format!("snapshots/{}", s.id))
             .await?;
-        let dir = Path::new(&s.dir);
-        if dir.starts_with(self.home.join("snapshots")) {
-            match std::fs::remove_dir_all(dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_err("removing the snapshot", dir)(e));
-                }
-                _ => {}
+        // Where the snapshot lives by construction (a recorded path is not trusted for deletion).
+        let dir = &self.home.join("snapshots").join(&s.id);
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("removing the snapshot", dir)(e));
             }
+            _ => {}
         }
         self.db.delete_snapshot(&s.id)?;
         Ok(s)
@@ -1086,14 +1089,13 @@ impl Host {
             .await;
         // Guest RAM of a cove-vm that was killed outright (it removes the file itself otherwise).
         let _ = std::fs::remove_file(format!("/dev/shm/cove-{}.mem", rec.id));
-        let dir = Path::new(&rec.dir);
-        if dir.starts_with(self.home.join("sandboxes")) {
-            match std::fs::remove_dir_all(dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_err("removing the sandbox directory", dir)(e));
-                }
-                _ => {}
+        // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
+        let dir = &self.home.join("sandboxes").join(&rec.id);
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("removing the sandbox directory", dir)(e));
             }
+            _ => {}
         }
         self.db.delete(&rec.id)?;
         Ok(rec)
