@@ -285,6 +285,51 @@ fn named_snapshots_restore_and_templates_replace_boots() {
         ok(&from_tpl.exec(&[], &["hostname"], b"")).trim(),
         from_tpl.id
     );
+    // The template records the guest (kernel and initramfs) it holds, and the restored sandbox
+    // inherits it. A template of another guest — a kernel or agent installed since it was taken,
+    // simulated by rewriting that record — no longer replaces boots: the current guest boots.
+    let clone_of = |sb: &Sandbox| -> serde_json::Value {
+        let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+        let vm: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("vm.json")).unwrap()).unwrap();
+        vm["clone_of"].clone()
+    };
+    let snaps: serde_json::Value =
+        serde_json::from_str(&ok(&cove_out(&["snapshot", "ls", "--json"]))).unwrap();
+    let tpl_dir = std::path::PathBuf::from(
+        snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == tpl.as_str())
+            .unwrap()["dir"]
+            .as_str()
+            .unwrap(),
+    );
+    let recorded = std::fs::read_to_string(tpl_dir.join("guest")).unwrap();
+    let from_tpl_dir = std::path::PathBuf::from(from_tpl.inspect()["dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(from_tpl_dir.join("guest")).unwrap(),
+        recorded
+    );
+    std::fs::write(tpl_dir.join("guest"), "0000000000000000-0000000000000000").unwrap();
+    let booted = Sandbox {
+        id: ok(&cove_out(&[
+            "create", "--image", "busybox", "--memory", "192",
+        ]))
+        .trim()
+        .to_string(),
+    };
+    assert!(
+        clone_of(&booted).is_null(),
+        "a template of another guest was restored"
+    );
+    let booted_dir = std::path::PathBuf::from(booted.inspect()["dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(booted_dir.join("guest")).unwrap(),
+        recorded,
+        "the boot records the home's guest"
+    );
     ok(&cove_out(&["snapshot", "rm", &tpl]));
 }
 

@@ -351,6 +351,60 @@ impl Host {
         self.home.join("kernel/initramfs.cpio")
     }
 
+    /// What identifies the guest this home boots: the sha256 of its kernel and of its initramfs
+    /// (`KERNEL-INITRAMFS`, 16 hex digits each). Each sandbox records the identity it runs
+    /// (`guest` in its directory: the one it booted, or its snapshot's), snapshots keep it, and a
+    /// template only replaces boots while it matches — after a new kernel or agent is installed,
+    /// creates boot the new guest instead of restoring the old one. Cached in
+    /// `kernel/identity.json`, recomputed when either file's size or modification time changes.
+    pub fn guest_identity(&self) -> Result<String, HostError> {
+        #[derive(Serialize, serde::Deserialize, PartialEq)]
+        struct Cached {
+            kernel: (u64, u128),
+            initramfs: (u64, u128),
+            identity: String,
+        }
+        let stamp = |p: &Path| -> Result<(u64, u128), HostError> {
+            let m = std::fs::metadata(p).map_err(io_err("reading the guest's files", p))?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            Ok((m.len(), mtime))
+        };
+        let (kernel, initramfs) = (self.kernel(), self.initramfs());
+        let (k, i) = (stamp(&kernel)?, stamp(&initramfs)?);
+        let cache = self.home.join("kernel/identity.json");
+        if let Some(c) = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+            && c.kernel == k
+            && c.initramfs == i
+        {
+            return Ok(c.identity);
+        }
+        let identity = format!(
+            "{}-{}",
+            &sha256_file(&kernel)?[..16],
+            &sha256_file(&initramfs)?[..16]
+        );
+        // Best effort: without the cache the next call hashes again.
+        let tmp = cache.with_extension("json.tmp");
+        let c = Cached {
+            kernel: k,
+            initramfs: i,
+            identity: identity.clone(),
+        };
+        if serde_json::to_vec(&c)
+            .ok()
+            .is_some_and(|b| std::fs::write(&tmp, b).is_ok())
+        {
+            let _ = std::fs::rename(&tmp, &cache);
+        }
+        Ok(identity)
+    }
+
     /// Creates a sandbox and waits until its agent answers. It is restored from
     /// `spec.from_snapshot`, or from the image's template when one fits, or booted.
     pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
@@ -468,6 +522,14 @@ impl Host {
             });
         }
         std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
+        // The guest it will run: the snapshot's for a restore, this home's for a boot.
+        let guest = match from {
+            Some(s) => std::fs::read_to_string(Path::new(&s.dir).join(GUEST_FILE)).ok(),
+            None => Some(self.guest_identity()?),
+        };
+        if let Some(g) = guest {
+            std::fs::write(dir.join(GUEST_FILE), g).map_err(io_err("recording the guest", &dir))?;
+        }
         // A restore keeps the snapshot's machine shape.
         let (cpus, memory_mib, disk_mib) = match from {
             Some(s) => (s.cpus, s.memory_mib, s.disk_mib),
@@ -636,6 +698,10 @@ impl Host {
             },
         )
         .await?;
+        // The guest the snapshot holds travels with it (templates are matched on it).
+        if let Ok(g) = std::fs::read(Path::new(&rec.dir).join(GUEST_FILE)) {
+            let _ = std::fs::write(dir.join(GUEST_FILE), g);
+        }
         // Stored in the blob store; the local directory stays as this host's cache.
         let uploaded = if store {
             self.blobs
@@ -710,11 +776,26 @@ impl Host {
         // A template restores only on the engine that took it (a host whose engine changed
         // boots until a new template is made).
         let engine = engine::choose(None).ok().map(|c| c.engine);
-        Ok(self.db.list_snapshots()?.into_iter().rev().find(|s| {
+        let guest = self.guest_identity().ok();
+        let found = self.db.list_snapshots()?.into_iter().rev().find(|s| {
             s.template
                 && s.image_digest == digest
                 && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
                 && snapshot_engine(Path::new(&s.dir)).is_some_and(|e| Some(e) == engine)
+        });
+        // A template of another guest (taken before a new kernel or agent was installed, or
+        // before templates recorded their guest) would bring the old one back: boot instead.
+        Ok(found.filter(|s| {
+            let theirs = std::fs::read_to_string(Path::new(&s.dir).join(GUEST_FILE)).ok();
+            let same = theirs.is_some() && theirs == guest;
+            if !same {
+                tracing::warn!(
+                    "template {} holds another guest kernel or agent than this host boots; \
+                     booting instead (remake it: cove template create)",
+                    s.id
+                );
+            }
+            same
         }))
     }
 
@@ -1164,6 +1245,29 @@ fn not_running(rec: SandboxRecord) -> HostError {
 }
 
 /// The engine a snapshot directory was taken with (from its manifest), if it is readable.
+/// The file, in a sandbox's or snapshot's directory, naming the guest it runs or holds (see
+/// [`Host::guest_identity`]).
+const GUEST_FILE: &str = "guest";
+
+/// The sha256 of a file, in hex.
+fn sha256_file(path: &Path) -> Result<String, HostError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io_err("reading the guest's files", path))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io_err("reading the guest's files", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn snapshot_engine(dir: &Path) -> Option<String> {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
