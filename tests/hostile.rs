@@ -139,3 +139,68 @@ fn a_guest_flooding_its_console_cannot_fill_the_host_disk() {
     let o = sb.exec(&[], &["echo", "still here"], b"");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "still here\n");
 }
+
+/// An image disk the guest cannot mount (its ext4 superblock zeroed after the import): the
+/// agent answers the hello while its root is being built, so the create succeeds; the first
+/// request then gets the reason instead of waiting, the guest stops, and the sandbox is marked
+/// failed with the console's line. Nothing else is harmed.
+#[test]
+fn an_image_disk_that_cannot_be_mounted_fails_the_sandbox_with_the_reason() {
+    use std::os::unix::fs::FileExt;
+    let dir = cove_tests::TempDir::new("broken-image");
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    // Unique contents: a digest no other test shares.
+    let nonce = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+    std::fs::write(root.join("etc/nonce"), &nonce).unwrap();
+    let name = format!("broken-{}", std::process::id());
+    let o = cove_out(&[
+        "image",
+        "import-rootfs",
+        root.to_str().unwrap(),
+        "--name",
+        &name,
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let digest = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let disk = cove_tests::home()
+        .join("images")
+        .join(&digest)
+        .join("rootfs.ext4");
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&[0u8; 1024], 1024).unwrap();
+    drop(f);
+
+    let o = cove_out(&["create", "--image", &name, "--memory", "256"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sb = Sandbox {
+        id: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+    };
+    let o = sb.exec(&[], &["true"], b"");
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the sandbox root could not be built") || err.contains("setup failed"),
+        "{err}"
+    );
+    assert!(err.contains("mount ext4 on /run/cove/image"), "{err}");
+    assert!(
+        cove_tests::wait_until(Duration::from_secs(20), || sb.inspect()["state"]
+            == "failed"),
+        "{}",
+        sb.inspect()
+    );
+    let reason = sb.inspect()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("setup failed: mount ext4"), "{reason}");
+    drop(sb);
+    assert!(cove_out(&["image", "rm", &name]).status.success());
+}

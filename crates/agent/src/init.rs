@@ -150,8 +150,14 @@ pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
                     warm_up();
                 }
                 Err(e) => {
+                    // Requests waiting for the root hear why; then the guest stops, and the
+                    // host marks the sandbox failed with this line from the console.
+                    *ROOT_ERROR
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                    root_state(RootState::Failed);
                     eprintln!("cove-agent: setup failed: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(500));
                     power_off();
                 }
             }
@@ -343,7 +349,12 @@ enum RootState {
     Building,
     /// The root is mounted and switched into.
     Ready,
+    /// The root could not be built; the guest is stopping.
+    Failed,
 }
+
+/// Why the root could not be built.
+static ROOT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// The root's state, and the condition its waiters sleep on.
 static ROOT: (std::sync::Mutex<RootState>, std::sync::Condvar) = (
@@ -375,9 +386,9 @@ pub fn root_ready() -> bool {
             == RootState::Absent
 }
 
-/// Blocks until the sandbox root is ready (at once when none is being built). A root that
-/// fails stops the guest, so a waiter never sees a half-built one.
-pub fn wait_root() {
+/// Blocks until the sandbox root is ready (at once when none is being built); an error names
+/// why it could not be built (the guest is then stopping).
+pub fn wait_root() -> Result<(), String> {
     let mut state = ROOT
         .0
         .lock()
@@ -388,6 +399,18 @@ pub fn wait_root() {
             .wait(state)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
+    if *state == RootState::Failed {
+        drop(state);
+        let why = ROOT_ERROR
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        return Err(format!(
+            "the sandbox root could not be built ({why}); the guest is stopping"
+        ));
+    }
+    Ok(())
 }
 
 /// Points stdin at /dev/null and stdout and stderr at the serial console (the sandbox's

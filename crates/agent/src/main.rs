@@ -43,7 +43,8 @@ fn main() {
             // The port was not there yet: look again once the root thread has moved /dev and
             // /sys into the new root, so the lookup never sees them half-moved.
             None => {
-                init::wait_root();
+                // A failed root stops the guest; the port lookup below then simply waits.
+                let _ = init::wait_root();
                 init::open_port()
             }
         };

@@ -372,8 +372,9 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Out>) {
             // A clone's identity is written into its root (machine-id), and must not race the
             // boot's own hostname.
             let _ = tokio::task::spawn_blocking(move || {
-                crate::init::wait_root();
-                crate::init::new_identity(&h);
+                if crate::init::wait_root().is_ok() {
+                    crate::init::new_identity(&h);
+                }
             })
             .await;
         }
@@ -435,7 +436,13 @@ async fn run_request(
     // Everything but health and shutdown looks at the sandbox root, which may still be being
     // built just after boot (see `init::setup`): wait for it, off the runtime's thread.
     if !matches!(req, Request::Health | Request::Shutdown) && !crate::init::root_ready() {
-        let _ = tokio::task::spawn_blocking(crate::init::wait_root).await;
+        if let Ok(Err(message)) = tokio::task::spawn_blocking(crate::init::wait_root).await {
+            return Reply::Error(AgentError {
+                code: ErrorCode::Internal,
+                message,
+                path: None,
+            });
+        }
     }
     let result = match req {
         Request::Health => Ok(Reply::Health(cove_protocol::Health {
