@@ -435,14 +435,15 @@ async fn run_request(
 ) -> Reply {
     // Everything but health and shutdown looks at the sandbox root, which may still be being
     // built just after boot (see `init::setup`): wait for it, off the runtime's thread.
-    if !matches!(req, Request::Health | Request::Shutdown) && !crate::init::root_ready() {
-        if let Ok(Err(message)) = tokio::task::spawn_blocking(crate::init::wait_root).await {
-            return Reply::Error(AgentError {
-                code: ErrorCode::Internal,
-                message,
-                path: None,
-            });
-        }
+    if !matches!(req, Request::Health | Request::Shutdown)
+        && !crate::init::root_ready()
+        && let Ok(Err(message)) = tokio::task::spawn_blocking(crate::init::wait_root).await
+    {
+        return Reply::Error(AgentError {
+            code: ErrorCode::Internal,
+            message,
+            path: None,
+        });
     }
     let result = match req {
         Request::Health => Ok(Reply::Health(cove_protocol::Health {
