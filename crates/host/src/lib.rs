@@ -390,7 +390,7 @@ impl Host {
             &sha256_file(&initramfs)?[..16]
         );
         // Best effort: without the cache the next call hashes again.
-        let tmp = cache.with_extension("json.tmp");
+        let tmp = cache.with_extension(format!("json.{}.tmp", std::process::id()));
         let c = Cached {
             kernel: k,
             initramfs: i,
