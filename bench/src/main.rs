@@ -139,6 +139,23 @@ fn time_to_init(argv: &[String], dir: &Path) -> anyhow::Result<f64> {
     found.context("plain QEMU never reached init")
 }
 
+/// Runs `true` in sandbox `id` through a new connection and checks that it succeeded.
+async fn run_true(host: &Host, id: &str) -> anyhow::Result<()> {
+    let o = host
+        .connect(id)
+        .await?
+        .output(
+            ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .await?;
+    anyhow::ensure!(o.status.code == Some(0), "true failed: {:?}", o.status);
+    Ok(())
+}
+
 async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
     let spec = bench_spec();
     let (mut boot, mut create, mut first_exec, mut plain_bare, mut same) =
@@ -150,21 +167,8 @@ async fn boot(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
         create.push(ms(t));
         boot.push(rec.boot_ms.context("boot time")? as f64);
         // What a user waits for: the sandbox created and a first command run in it.
-        let o = host
-            .connect(&rec.id)
-            .await?
-            .output(
-                ExecRequest {
-                    argv: vec!["true".into()],
-                    ..Default::default()
-                },
-                None,
-            )
-            .await?;
+        run_true(host, &rec.id).await?;
         first_exec.push(ms(t));
-        if o.status.code != Some(0) {
-            bail!("true failed: {:?}", o.status);
-        }
         host.stop(&rec.id).await?;
         let dir = PathBuf::from(&rec.dir);
         let r = engine_argv(&dir).and_then(|argv| {
@@ -364,20 +368,7 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     let spec = bench_spec();
     let work = std::env::temp_dir().join(format!("cove-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let first_exec = |id: String| async move {
-        let c = host.connect(&id).await?;
-        let o = c
-            .output(
-                ExecRequest {
-                    argv: vec!["true".into()],
-                    ..Default::default()
-                },
-                None,
-            )
-            .await?;
-        anyhow::ensure!(o.status.code == Some(0), "true failed");
-        anyhow::Ok(())
-    };
+    let first_exec = |id: String| async move { run_true(host, &id).await };
     let rec = host.create(&spec).await?;
     first_exec(rec.id.clone()).await?;
     let (mut pause, mut resume, mut snapshot, mut hibernate, mut wake) =
