@@ -141,4 +141,20 @@ fn info_names_the_engine_and_why() {
         "auto uses KVM only when it is hardware-backed"
     );
     assert!(v["kernel"]["present"].as_bool().unwrap());
+    // The guest identity templates are matched on: sha256 prefixes of the kernel and initramfs.
+    let sum = |p: &str| {
+        let o = std::process::Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)[..16].to_string()
+    };
+    assert_eq!(
+        v["guest"].as_str().unwrap(),
+        format!(
+            "{}-{}",
+            sum(v["kernel"]["path"].as_str().unwrap()),
+            sum(v["initramfs"]["path"].as_str().unwrap())
+        )
+    );
 }

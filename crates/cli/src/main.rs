@@ -553,6 +553,7 @@ async fn fs(host: &Host, command: FsCommand) -> anyhow::Result<u8> {
 
 async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
     let host = Host::open(home)?;
+    let home = host.home();
     let choice = cove_host::engine::choose(None);
     let qemu_version = match &choice {
         Ok(c) => std::process::Command::new(&c.qemu)
@@ -565,6 +566,8 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
     };
     let kernel = host.kernel();
     let initramfs = host.initramfs();
+    // What templates are matched on (see `Host::guest_identity`).
+    let guest = host.guest_identity().ok();
     let imgs: Vec<String> = host
         .image_list()?
         .into_iter()
@@ -581,6 +584,7 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
         "kernel": { "path": kernel, "present": kernel.is_file() },
         "initramfs": { "path": initramfs, "present": initramfs.is_file() },
         "images": imgs,
+        "guest": guest,
         "tsc_khz": cove_host::engine::tsc_khz(home),
     });
     if json {
@@ -613,6 +617,9 @@ async fn info(home: &Path, json: bool) -> anyhow::Result<u8> {
     };
     println!("kernel:    {}{}", kernel.display(), present(&kernel));
     println!("initramfs: {}{}", initramfs.display(), present(&initramfs));
+    if let Some(g) = &guest {
+        println!("guest:     {g}");
+    }
     println!(
         "images:    {}",
         if imgs.is_empty() {
