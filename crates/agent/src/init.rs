@@ -105,7 +105,7 @@ impl std::fmt::Display for SetupTimes {
 /// that touches the guest waits for it (see [`wait_root`]): under emulation the mounts cost
 /// ~55 ms of guest CPU that the host's own work after the hello (recording the sandbox,
 /// answering its client, the client's next request) now overlaps. A root that cannot be built
-/// stops the guest with the reason on the console, as a failed boot always has.
+/// answers the waiting requests with the reason, prints it on the console and stops the guest.
 pub fn setup(times: &mut SetupTimes) -> Result<Option<OwnedFd>, SetupError> {
     times.mark("start");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
