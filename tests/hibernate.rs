@@ -312,6 +312,25 @@ fn named_snapshots_restore_and_templates_replace_boots() {
         std::fs::read_to_string(from_tpl_dir.join("guest")).unwrap(),
         recorded
     );
+    // Restores hash a template's memory only until one check of that file has passed (see
+    // `snapshot::verified_before`); a file changed since is checked again and refused, and the
+    // create boots instead.
+    assert!(tpl_dir.join("verified.json").is_file());
+    let at = first_non_zero(&tpl_dir.join("memory"));
+    flip(&tpl_dir.join("memory"), at, 0x01);
+    let after_change = Sandbox {
+        id: ok(&cove_out(&[
+            "create", "--image", "busybox", "--memory", "192",
+        ]))
+        .trim()
+        .to_string(),
+    };
+    assert!(
+        clone_of(&after_change).is_null(),
+        "a template changed since its check was restored"
+    );
+    drop(after_change);
+    flip(&tpl_dir.join("memory"), at, 0x01);
     std::fs::write(tpl_dir.join("guest"), "0000000000000000-0000000000000000").unwrap();
     let booted = Sandbox {
         id: ok(&cove_out(&[

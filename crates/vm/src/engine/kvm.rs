@@ -61,57 +61,6 @@ fn cmdline(cfg: &VmConfig, devices: &str) -> String {
     )
 }
 
-/// What identifies a file's content on this host without reading it: a file changed in place
-/// gets a new size or modification time, a replaced one a new inode.
-fn identity(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(format!(
-        "{}:{}:{}:{}.{}",
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
-}
-
-/// Whether `snap/name` was checked against `want` on this host and has not changed since. A
-/// template is restored by every create of its image: hashing its memory each time would cost
-/// about as much as the restore (8 MiB take ~5 ms with the CPU's SHA extensions, several times
-/// that without), so a check is remembered in `snap/verified.json`, keyed by the file's identity
-/// and its sum.
-fn verified_before(snap: &Path, name: &str, want: &snapshot::FileSum) -> bool {
-    let Ok(bytes) = std::fs::read(snap.join("verified.json")) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return false;
-    };
-    let entry = &v[name];
-    identity(&snap.join(name)).is_some_and(|id| entry["identity"] == id.as_str())
-        && entry["sha256"] == want.sha256.as_str()
-        && entry["size"] == want.size
-}
-
-/// Records that `snap/name` matched `sum` (best effort: a failed write only costs a new check).
-fn remember_verified(snap: &Path, name: &str, sum: &snapshot::FileSum) {
-    let Some(id) = identity(&snap.join(name)) else {
-        return;
-    };
-    let path = snap.join("verified.json");
-    let mut v: serde_json::Value = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(serde_json::Value::is_object)
-        .unwrap_or_else(|| serde_json::json!({}));
-    v[name] = serde_json::json!({ "identity": id, "sha256": sum.sha256, "size": sum.size });
-    let tmp = snap.join(format!("verified.json.{}", std::process::id()));
-    if std::fs::write(&tmp, v.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, &path);
-    }
-}
-
 /// The guest's serial output on its way to `console.log`: written by a vCPU thread, which must
 /// never block on it (a stuck log writer would hold the vCPU, and a stop with it), so what the
 /// socket cannot take at once is dropped, as a UART with nobody listening loses it.
@@ -145,7 +94,7 @@ impl Kvm {
                 m.check("kvm", ENGINE_VERSION, CPU_MODEL, cfg.memory_mib, cfg.cpus)?;
                 for name in ["memory", "state"] {
                     let want = m.files.get(name);
-                    if want.is_some_and(|w| verified_before(snap, name, w)) {
+                    if want.is_some_and(|w| snapshot::verified_before(snap, name, w)) {
                         continue;
                     }
                     let got = snapshot::sum(&snap.join(name))?;
@@ -155,7 +104,7 @@ impl Kvm {
                         )
                         .into());
                     }
-                    remember_verified(snap, name, &got);
+                    snapshot::remember_verified(snap, name, &got);
                 }
                 for d in cfg.disks.iter().filter(|d| !d.read_only) {
                     if let Some(want) = m.files.get(&format!("disk-{}", d.serial))
@@ -510,7 +459,11 @@ mod tests {
         // unchanged.
         assert!(snap.join("verified.json").is_file());
         let m = Manifest::read(&snap).unwrap();
-        assert!(verified_before(&snap, "memory", &m.files["memory"]));
+        assert!(snapshot::verified_before(
+            &snap,
+            "memory",
+            &m.files["memory"]
+        ));
 
         // A snapshot for another shape, or a damaged one, is refused before anything runs.
         let mut wrong = config(t.path(), &kernel, Some(&snap));
