@@ -30,6 +30,8 @@ pub struct Qemu {
     cfg: VmConfig,
     qmp: Qmp,
     memory: MemoryFile,
+    /// QEMU's version line, once known (a restore checks it; a snapshot records it).
+    version: Option<String>,
 }
 
 /// The guest RAM file, removed when dropped: whether the VM ends or its start fails halfway.
@@ -149,17 +151,14 @@ impl Qemu {
     pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
         let memory = MemoryFile(memory_path(cfg));
         let restore = cfg.restore.as_ref().map(PathBuf::from);
+        let mut version = None;
         let mut args = args(cfg, dir);
         if let Some(snap) = &restore {
             // Everything is checked before QEMU starts: a bad snapshot is refused, not half-run.
             let m = Manifest::read(snap)?;
-            m.check(
-                "qemu",
-                &qemu_version_for(&cfg.qemu, snap).await,
-                cpu_model(cfg),
-                cfg.memory_mib,
-                cfg.cpus,
-            )?;
+            let v = qemu_version_for(&cfg.qemu, snap).await;
+            version = Some(v.clone());
+            m.check("qemu", &v, cpu_model(cfg), cfg.memory_mib, cfg.cpus)?;
             // The memory is copied (QEMU writes the guest's changes back into its file); it is
             // hashed on the way only until one check of this very file has passed here.
             for name in ["memory", "state"] {
@@ -248,6 +247,7 @@ impl Qemu {
             cfg: cfg.clone(),
             qmp,
             memory,
+            version,
         })
     }
 }
@@ -257,8 +257,8 @@ fn ignore_shared() -> serde_json::Value {
 }
 
 /// QEMU's version line (`qemu --version`), which a snapshot must match exactly.
-/// [`qemu_version`], remembered in `snap/verified.json` for the binary's identity: running
-/// QEMU to ask cost every restore ~15–20 ms.
+/// [`qemu_version`], remembered in `snap/verified.json` for the binary's identity (the snapshot
+/// records it there when it is taken): running QEMU to ask cost every restore ~15–20 ms.
 async fn qemu_version_for(qemu: &str, snap: &Path) -> String {
     let path = snap.join("verified.json");
     let id = snapshot::identity(Path::new(qemu));
@@ -272,10 +272,15 @@ async fn qemu_version_for(qemu: &str, snap: &Path) -> String {
         return version.to_string();
     }
     let version = qemu_version(qemu).await;
-    if let Some(id) = id {
+    remember_qemu_version(qemu, snap, &version);
+    version
+}
+
+/// Records in `snap/verified.json` that the QEMU binary at `qemu`, as it is now, is `version`.
+fn remember_qemu_version(qemu: &str, snap: &Path, version: &str) {
+    if let Some(id) = snapshot::identity(Path::new(qemu)) {
         snapshot::remember(snap, "qemu", json!({ "identity": id, "version": version }));
     }
-    version
 }
 
 pub async fn qemu_version(qemu: &str) -> String {
@@ -362,13 +367,20 @@ impl RunningVm for Qemu {
                     path: state.display().to_string(),
                     source,
                 })?;
+            let version = match &self.version {
+                Some(v) => v.clone(),
+                None => qemu_version(&self.cfg.qemu).await,
+            };
+            self.version = Some(version.clone());
+            // The first restore of this snapshot (a wake, a fork's clones) need not ask QEMU.
+            remember_qemu_version(&self.cfg.qemu, dir, &version);
             let mut files = std::collections::BTreeMap::new();
             files.insert("state".to_string(), snapshot::sum(&state)?);
             files.insert("memory".to_string(), memory);
             let m = Manifest {
                 format: snapshot::FORMAT,
                 engine: "qemu".into(),
-                engine_version: qemu_version(&self.cfg.qemu).await,
+                engine_version: version.clone(),
                 accel: self.cfg.accel.clone(),
                 cpu: cpu_model(&self.cfg).into(),
                 // TCG's `max` model is QEMU's own; only `host` depends on this machine's CPU.
