@@ -315,7 +315,23 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     // Restores hash a template's memory only until one check of that file has passed (see
     // `snapshot::verified_before`); a file changed since is checked again and refused, and the
     // create boots instead.
-    assert!(tpl_dir.join("verified.json").is_file());
+    let verified: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tpl_dir.join("verified.json")).unwrap()).unwrap();
+    // The QEMU version each restore checks is recorded by the snapshot, as QEMU states it.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tpl_dir.join("manifest.json")).unwrap()).unwrap();
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&qemu.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(verified["qemu"]["version"], line.as_str());
+    assert_eq!(manifest["engine_version"], line.as_str());
+    assert!(verified["memory"]["sha256"].is_string(), "{verified}");
     let at = first_non_zero(&tpl_dir.join("memory"));
     flip(&tpl_dir.join("memory"), at, 0x01);
     let after_change = Sandbox {
