@@ -267,12 +267,15 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     ]))
     .trim()
     .to_string();
-    let o = ok(&cove_out(&[
-        "create", "--image", "busybox", "--memory", "192",
-    ]));
-    let from_tpl = Sandbox {
-        id: o.trim().to_string(),
+    // A create with the template's shape.
+    let create_192 = || Sandbox {
+        id: ok(&cove_out(&[
+            "create", "--image", "busybox", "--memory", "192",
+        ]))
+        .trim()
+        .to_string(),
     };
+    let from_tpl = create_192();
     let vm: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             std::path::Path::new(from_tpl.inspect()["dir"].as_str().unwrap()).join("vm.json"),
@@ -334,13 +337,7 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     assert!(verified["memory"]["sha256"].is_string(), "{verified}");
     let at = first_non_zero(&tpl_dir.join("memory"));
     flip(&tpl_dir.join("memory"), at, 0x01);
-    let after_change = Sandbox {
-        id: ok(&cove_out(&[
-            "create", "--image", "busybox", "--memory", "192",
-        ]))
-        .trim()
-        .to_string(),
-    };
+    let after_change = create_192();
     assert!(
         clone_of(&after_change).is_null(),
         "a template changed since its check was restored"
@@ -348,13 +345,7 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     drop(after_change);
     flip(&tpl_dir.join("memory"), at, 0x01);
     std::fs::write(tpl_dir.join("guest"), "0000000000000000-0000000000000000").unwrap();
-    let booted = Sandbox {
-        id: ok(&cove_out(&[
-            "create", "--image", "busybox", "--memory", "192",
-        ]))
-        .trim()
-        .to_string(),
-    };
+    let booted = create_192();
     assert!(
         clone_of(&booted).is_null(),
         "a template of another guest was restored"
