@@ -359,9 +359,16 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Out>) {
         .await;
         return;
     };
+    ob.reply(&Reply::Hello {
+        version,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+    .await;
     if agent.pid1 {
         // After a restore the guest's clock is stale and its random state shared with every
-        // clone of the snapshot: resync and reseed before anything else runs.
+        // clone of the snapshot: resync and reseed before anything else runs. Done once the
+        // answer is queued — the host's own work after the hello overlaps it — and still
+        // before anything else: the connection reads its next request only after this returns.
         if let Some(ns) = time_unix_ns {
             crate::init::set_clock(ns);
         }
@@ -369,21 +376,22 @@ async fn handle_hello(agent: &Agent, req: Request, out: &mpsc::Sender<Out>) {
             crate::init::add_entropy(&hex);
         }
         if let Some(h) = hostname {
-            // A clone's identity is written into its root (machine-id), and must not race the
-            // boot's own hostname.
-            let _ = tokio::task::spawn_blocking(move || {
-                if crate::init::wait_root().is_ok() {
-                    crate::init::new_identity(&h);
-                }
-            })
-            .await;
+            // A clone's identity is written into its root (machine-id) and must not race the
+            // boot's own hostname: when the root is still being built, wait for it off the
+            // runtime's thread. (A snapshot's root is nearly always finished, and a thread of
+            // its own cost a restored guest ~15 ms.)
+            if crate::init::root_ready() {
+                crate::init::new_identity(&h);
+            } else {
+                let _ = tokio::task::spawn_blocking(move || {
+                    if crate::init::wait_root().is_ok() {
+                        crate::init::new_identity(&h);
+                    }
+                })
+                .await;
+            }
         }
     }
-    ob.reply(&Reply::Hello {
-        version,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    })
-    .await;
     // Logged after the answer is queued, from another thread: the console is slow.
     let line = format!(
         "cove-agent {}: ready for {client} (protocol {version}); kernel {} ms, setup {} ms ({}), hello answered {:.1} ms after start",
