@@ -169,7 +169,10 @@ fn cli_cp_both_ways() {
 
 /// Just after a boot the agent answers while its sandbox root is still being mounted (see
 /// `cove_agent::init::setup`): every request sent at once must still see the finished root —
-/// the image's files, /tmp, /dev/shm, /proc — never the initramfs underneath.
+/// the image's files, /tmp, /dev/shm, /proc — never the initramfs underneath. Under emulation
+/// the root takes ~50 ms of guest time after the hello and these requests arrive within a few:
+/// with the wait taken out of the agent, this test failed on every run (`/bin` not found). On a
+/// host fast enough to finish the root first, it still checks the answers, not the race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_at_once_after_a_boot_see_the_finished_root() {
     let host = cove_host::Host::open(&cove_tests::home()).unwrap();

@@ -323,7 +323,10 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     // The QEMU version each restore checks is recorded by the snapshot, as QEMU states it.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tpl_dir.join("manifest.json")).unwrap()).unwrap();
-    let qemu = std::process::Command::new("qemu-system-x86_64")
+    // The engine's QEMU binary, as the sandbox's config names it.
+    let vm_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from_tpl_dir.join("vm.json")).unwrap()).unwrap();
+    let qemu = std::process::Command::new(vm_json["qemu"].as_str().unwrap())
         .arg("--version")
         .output()
         .unwrap();

@@ -154,6 +154,14 @@ fn an_image_disk_that_cannot_be_mounted_fails_the_sandbox_with_the_reason() {
     let nonce = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
     std::fs::write(root.join("etc/nonce"), &nonce).unwrap();
     let name = format!("broken-{}", std::process::id());
+    // Removed however the test ends (declared before the sandbox, so dropped after it).
+    struct RmImage<'a>(&'a str);
+    impl Drop for RmImage<'_> {
+        fn drop(&mut self) {
+            let _ = cove_out(&["image", "rm", self.0]);
+        }
+    }
+    let _image = RmImage(&name);
     let o = cove_out(&[
         "image",
         "import-rootfs",
@@ -185,11 +193,12 @@ fn an_image_disk_that_cannot_be_mounted_fails_the_sandbox_with_the_reason() {
     let o = sb.exec(&[], &["true"], b"");
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(
-        err.contains("the sandbox root could not be built") || err.contains("setup failed"),
-        "{err}"
-    );
-    assert!(err.contains("mount ext4 on /run/cove/image"), "{err}");
+    // Normally the agent's answer; on a loaded machine the exec may instead reach a guest
+    // already stopping, and then the sandbox's failure below is the answer. Either way the
+    // reason reaches the user.
+    if err.contains("the sandbox root could not be built") {
+        assert!(err.contains("mount ext4 on /run/cove/image"), "{err}");
+    }
     assert!(
         cove_tests::wait_until(Duration::from_secs(20), || sb.inspect()["state"]
             == "failed"),

@@ -181,26 +181,30 @@ pub const WARM_UP_ENV: &str = "COVE_AGENT_WARM_UP";
 /// agent's own binary (`/proc/self/exe` reaches it from inside the new root), never a program
 /// of the user's image; the reaper collects it like any orphan.
 fn warm_up() {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.env_clear()
-        .env(WARM_UP_ENV, "1")
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    // As an exec does: a hook before exec makes the standard library fork rather than spawn,
-    // and fork (copying the agent's page tables) is the costly path to have run once.
-    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
+    // fork and execve by hand, not `std::process::Command`: when its exec fails, the standard
+    // library waits for the child and asserts that the wait worked — but PID 1's reaper may
+    // have collected the child first, and a panic in PID 1 (built with `panic = "abort"`)
+    // panics the kernel. User execs hold the reaper's lock across the spawn; this one has no
+    // reason to. A fork (copying the agent's page tables), as an exec with a hook does, is the
+    // costly path to have run once.
+    let path = c"/proc/self/exe";
+    let Ok(var) = std::ffi::CString::new(format!("{WARM_UP_ENV}=1")) else {
+        return;
+    };
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let env = [var.as_ptr(), std::ptr::null()];
+    // SAFETY: fork has no preconditions; what the child does is below.
+    match unsafe { libc::fork() } {
+        // SAFETY: the child calls only async-signal-safe functions (setsid, execve, _exit) on
+        // pointers prepared before the fork, which stay valid until the exec.
+        0 => unsafe {
             libc::setsid();
-            Ok(())
-        });
-    }
-    // Not waited for here: PID 1's reaper collects every child (a wait of our own would race it).
-    if let Err(e) = cmd.spawn() {
-        eprintln!("cove-agent: warm-up: {e}");
+            libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
+            libc::_exit(127)
+        },
+        -1 => eprintln!("cove-agent: warm-up: {}", io::Error::last_os_error()),
+        // Not waited for here: the reaper collects every child, orphans included.
+        _ => {}
     }
 }
 
@@ -290,7 +294,11 @@ fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError>
     step("chroot", nix::unistd::chroot("."))?;
     step("chdir /", std::env::set_current_dir("/"))?;
     times.mark("switch root");
-    finish_root(nosuid)?;
+    // As before the root moved off the hello's path: a pseudo filesystem that will not mount
+    // (an image whose /run is odd, say) is logged, not fatal.
+    if let Err(e) = finish_root(nosuid) {
+        eprintln!("cove-agent: {e}");
+    }
     if let Some(h) = cmdline_value("cove.hostname") {
         let _ = nix::unistd::sethostname(&h);
     }

@@ -360,18 +360,25 @@ impl Host {
     pub fn guest_identity(&self) -> Result<String, HostError> {
         #[derive(Serialize, serde::Deserialize, PartialEq)]
         struct Cached {
-            kernel: (u64, u128),
-            initramfs: (u64, u128),
+            kernel: String,
+            initramfs: String,
             identity: String,
         }
-        let stamp = |p: &Path| -> Result<(u64, u128), HostError> {
+        // Device, inode, size, and modification and change times: copy tools keep a size and
+        // an mtime (`cp -p`, `rsync -a`), but a replaced file gets a new inode or ctime.
+        let stamp = |p: &Path| -> Result<String, HostError> {
+            use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata(p).map_err(io_err("reading the guest's files", p))?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            Ok((m.len(), mtime))
+            Ok(format!(
+                "{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            ))
         };
         let (kernel, initramfs) = (self.kernel(), self.initramfs());
         let (k, i) = (stamp(&kernel)?, stamp(&initramfs)?);
@@ -521,14 +528,17 @@ impl Host {
                 path: socket.display().to_string(),
             });
         }
-        std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
         // The guest it will run: the snapshot's for a restore, this home's for a boot.
         let guest = match from {
             Some(s) => std::fs::read_to_string(Path::new(&s.dir).join(GUEST_FILE)).ok(),
             None => Some(self.guest_identity()?),
         };
-        if let Some(g) = guest {
-            std::fs::write(dir.join(GUEST_FILE), g).map_err(io_err("recording the guest", &dir))?;
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
+        if let Some(g) = guest
+            && let Err(e) = std::fs::write(dir.join(GUEST_FILE), g)
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(io_err("recording the guest", &dir)(e));
         }
         // A restore keeps the snapshot's machine shape.
         let (cpus, memory_mib, disk_mib) = match from {

@@ -30,8 +30,8 @@ pub struct Qemu {
     cfg: VmConfig,
     qmp: Qmp,
     memory: MemoryFile,
-    /// QEMU's version line, once known (a restore checks it; a snapshot records it).
-    version: Option<String>,
+    /// The identity of QEMU's binary when it was started (see [`snapshot::identity`]).
+    binary: Option<String>,
 }
 
 /// The guest RAM file, removed when dropped: whether the VM ends or its start fails halfway.
@@ -151,14 +151,13 @@ impl Qemu {
     pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Self, EngineError> {
         let memory = MemoryFile(memory_path(cfg));
         let restore = cfg.restore.as_ref().map(PathBuf::from);
-        let mut version = None;
         let mut args = args(cfg, dir);
         if let Some(snap) = &restore {
             // Everything is checked before QEMU starts: a bad snapshot is refused, not half-run.
             let m = Manifest::read(snap)?;
-            let v = qemu_version_for(&cfg.qemu, snap).await;
-            version = Some(v.clone());
-            m.check("qemu", &v, cpu_model(cfg), cfg.memory_mib, cfg.cpus)?;
+            let version = qemu_version_for(&cfg.qemu, snap).await;
+            let line = version.as_ref().map_or("unknown", |v| v.line.as_str());
+            m.check("qemu", line, cpu_model(cfg), cfg.memory_mib, cfg.cpus)?;
             // The memory is copied (QEMU writes the guest's changes back into its file); it is
             // hashed on the way only until one check of this very file has passed here.
             for name in ["memory", "state"] {
@@ -199,6 +198,7 @@ impl Qemu {
         } else {
             let _ = std::fs::remove_file(&memory.0);
         }
+        let binary = snapshot::identity(Path::new(&cfg.qemu));
         let mut cmd = Command::new(&cfg.qemu);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -247,7 +247,7 @@ impl Qemu {
             cfg: cfg.clone(),
             qmp,
             memory,
-            version,
+            binary,
         })
     }
 }
@@ -257,41 +257,66 @@ fn ignore_shared() -> serde_json::Value {
 }
 
 /// QEMU's version line (`qemu --version`), which a snapshot must match exactly.
-/// [`qemu_version`], remembered in `snap/verified.json` for the binary's identity (the snapshot
-/// records it there when it is taken): running QEMU to ask cost every restore ~15–20 ms.
-async fn qemu_version_for(qemu: &str, snap: &Path) -> String {
-    let path = snap.join("verified.json");
-    let id = snapshot::identity(Path::new(qemu));
-    let cached = std::fs::read(&path)
+/// A QEMU binary's version line, with the identity the binary had when it was read (see
+/// [`snapshot::identity`]).
+#[derive(Debug, Clone)]
+struct KnownVersion {
+    identity: String,
+    line: String,
+}
+
+/// What `qemu --version` says, remembered in `snap/verified.json` for the binary's identity
+/// (the snapshot records it there when it is taken): running QEMU to ask cost every restore
+/// ~15–20 ms. None when QEMU could not be asked (nothing is remembered then).
+async fn qemu_version_for(qemu: &str, snap: &Path) -> Option<KnownVersion> {
+    let identity = snapshot::identity(Path::new(qemu))?;
+    let cached = std::fs::read(snap.join("verified.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    if let (Some(id), Some(v)) = (&id, &cached)
-        && v["qemu"]["identity"] == id.as_str()
-        && let Some(version) = v["qemu"]["version"].as_str()
+    if let Some(v) = &cached
+        && v["qemu"]["identity"] == identity.as_str()
+        && let Some(line) = v["qemu"]["version"].as_str()
     {
-        return version.to_string();
+        return Some(KnownVersion {
+            identity,
+            line: line.to_string(),
+        });
     }
-    let version = qemu_version(qemu).await;
-    remember_qemu_version(qemu, snap, &version);
-    version
+    let known = ask_version(qemu).await?;
+    remember_qemu_version(qemu, snap, &known);
+    Some(known)
 }
 
-/// Records in `snap/verified.json` that the QEMU binary at `qemu`, as it is now, is `version`.
-fn remember_qemu_version(qemu: &str, snap: &Path, version: &str) {
-    if let Some(id) = snapshot::identity(Path::new(qemu)) {
-        snapshot::remember(snap, "qemu", json!({ "identity": id, "version": version }));
+/// Asks the binary at `qemu` for its version, noting its identity first: a binary replaced
+/// while it answers is then simply not remembered.
+async fn ask_version(qemu: &str) -> Option<KnownVersion> {
+    let identity = snapshot::identity(Path::new(qemu))?;
+    let line = qemu_version(qemu).await?;
+    Some(KnownVersion { identity, line })
+}
+
+/// Records `known` in `snap/verified.json` — only while the binary at `qemu` is still the one
+/// that answered (after an upgrade, the running QEMU's version is not the new binary's).
+fn remember_qemu_version(qemu: &str, snap: &Path, known: &KnownVersion) {
+    if snapshot::identity(Path::new(qemu)).as_deref() == Some(known.identity.as_str()) {
+        snapshot::remember(
+            snap,
+            "qemu",
+            json!({ "identity": known.identity, "version": known.line }),
+        );
     }
 }
 
-pub async fn qemu_version(qemu: &str) -> String {
+/// The first line of `qemu --version`, or None when QEMU cannot be run.
+pub async fn qemu_version(qemu: &str) -> Option<String> {
     Command::new(qemu)
         .arg("--version")
         .output()
         .await
         .ok()
+        .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 impl Drop for Qemu {
@@ -367,13 +392,21 @@ impl RunningVm for Qemu {
                     path: state.display().to_string(),
                     source,
                 })?;
-            let version = match &self.version {
-                Some(v) => v.clone(),
-                None => qemu_version(&self.cfg.qemu).await,
-            };
-            self.version = Some(version.clone());
-            // The first restore of this snapshot (a wake, a fork's clones) need not ask QEMU.
-            remember_qemu_version(&self.cfg.qemu, dir, &version);
+            // The running QEMU's own version (its QMP greeting); asking the binary now would
+            // name a QEMU upgraded since this one started.
+            let version = self.qmp.version().unwrap_or("unknown").to_string();
+            // The first restore of this snapshot (a wake, a fork's clones) need not ask QEMU,
+            // while the binary is still the one running.
+            if let (Some(identity), Some(line)) = (&self.binary, self.qmp.version()) {
+                remember_qemu_version(
+                    &self.cfg.qemu,
+                    dir,
+                    &KnownVersion {
+                        identity: identity.clone(),
+                        line: line.to_string(),
+                    },
+                );
+            }
             let mut files = std::collections::BTreeMap::new();
             files.insert("state".to_string(), snapshot::sum(&state)?);
             files.insert("memory".to_string(), memory);

@@ -41,6 +41,8 @@ pub struct Qmp {
     /// Each command carries an id; an answer with another id (a late one, after a timeout)
     /// is skipped, never taken for the current command's.
     next_id: u64,
+    /// The running QEMU's version, as its greeting states it.
+    version: Option<String>,
 }
 
 impl Qmp {
@@ -61,11 +63,20 @@ impl Qmp {
             lines: BufReader::new(r).lines(),
             w,
             next_id: 0,
+            version: None,
         };
         // The greeting, then capabilities.
-        q.lines.next_line().await?.ok_or(QmpError::Closed)?;
+        let greeting = q.lines.next_line().await?.ok_or(QmpError::Closed)?;
+        q.version = serde_json::from_str::<Value>(&greeting)
+            .ok()
+            .and_then(|g| version_line(&g["QMP"]["version"]));
         q.execute("qmp_capabilities", None).await?;
         Ok(q)
+    }
+
+    /// The running QEMU's version in the words of `qemu --version`'s first line.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
     }
 
     /// Runs a command and returns its `return` value.
@@ -122,5 +133,42 @@ impl Qmp {
                 _ => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
+    }
+}
+
+/// `qemu --version`'s first line from QMP's version object (`{"qemu": {"major", "minor",
+/// "micro"}, "package"}`): "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)",
+/// the package in parentheses only when there is one, as QEMU prints it.
+pub fn version_line(v: &Value) -> Option<String> {
+    let n = |k: &str| v["qemu"][k].as_u64();
+    let mut line = format!(
+        "QEMU emulator version {}.{}.{}",
+        n("major")?,
+        n("minor")?,
+        n("micro")?
+    );
+    match v["package"].as_str() {
+        Some(p) if !p.is_empty() => line.push_str(&format!(" ({p})")),
+        _ => {}
+    }
+    Some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_lines_read_as_qemu_prints_them() {
+        // A greeting's version object as Debian's QEMU 7.2 sends it, and `--version`'s line.
+        let v = json!({"qemu": {"micro": 22, "minor": 2, "major": 7},
+                       "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"});
+        assert_eq!(
+            version_line(&v).unwrap(),
+            "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"
+        );
+        let bare = json!({"qemu": {"micro": 0, "minor": 0, "major": 9}, "package": ""});
+        assert_eq!(version_line(&bare).unwrap(), "QEMU emulator version 9.0.0");
+        assert!(version_line(&json!({"qemu": {"major": 9}})).is_none());
     }
 }
