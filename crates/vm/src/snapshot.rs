@@ -223,6 +223,32 @@ pub fn remember_verified(snap: &Path, name: &str, sum: &FileSum) {
     );
 }
 
+/// Checks `snap/name` against the manifest's `want`, hashing it only when no passed check of
+/// this very file is remembered; a pass is remembered.
+pub fn verify(snap: &Path, name: &str, want: Option<&FileSum>) -> Result<(), SnapshotError> {
+    if want.is_some_and(|w| verified_before(snap, name, w)) {
+        return Ok(());
+    }
+    accept(snap, name, want, &sum(&snap.join(name))?)
+}
+
+/// Compares `got`, the sum of `snap/name` just computed, with the manifest's `want`: refuses a
+/// mismatch, remembers a match.
+pub fn accept(
+    snap: &Path,
+    name: &str,
+    want: Option<&FileSum>,
+    got: &FileSum,
+) -> Result<(), SnapshotError> {
+    if want != Some(got) {
+        return Err(SnapshotError::Corrupted(
+            snap.join(name).display().to_string(),
+        ));
+    }
+    remember_verified(snap, name, got);
+    Ok(())
+}
+
 /// Sets `key` in `snap/verified.json` (best effort, replaced atomically).
 pub fn remember(snap: &Path, key: &str, value: serde_json::Value) {
     let path = snap.join("verified.json");
@@ -294,16 +320,24 @@ fn for_each_run(
 
 /// Copies `src` to `dst`, leaving zero pages as holes, hashing as it goes; syncs `dst`.
 pub fn copy_sparse(src: &Path, dst: &Path) -> Result<FileSum, SnapshotError> {
-    copy_sparse_with(src, dst, true)
+    let (size, sha256) = copy_sparse_with(src, dst, true)?;
+    Ok(FileSum {
+        size,
+        sha256: sha256.unwrap_or_default(),
+    })
 }
 
-/// [`copy_sparse`] for a source already verified (see [`verified_before`]): nothing hashed, and
-/// the sum returned is the empty string.
-pub fn copy_sparse_unhashed(src: &Path, dst: &Path) -> Result<FileSum, SnapshotError> {
-    copy_sparse_with(src, dst, false)
+/// [`copy_sparse`] for a source already verified (see [`verified_before`]): nothing hashed.
+pub fn copy_sparse_unhashed(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
+    copy_sparse_with(src, dst, false).map(|_| ())
 }
 
-fn copy_sparse_with(src: &Path, dst: &Path, hash: bool) -> Result<FileSum, SnapshotError> {
+/// The copy behind both: the source's size, and its sparse sha256 when `hash`.
+fn copy_sparse_with(
+    src: &Path,
+    dst: &Path,
+    hash: bool,
+) -> Result<(u64, Option<String>), SnapshotError> {
     let mut s = File::open(src).map_err(io("opening", src))?;
     let size = s.metadata().map_err(io("reading", src))?.len();
     let mut d = File::create(dst).map_err(io("creating", dst))?;
@@ -327,14 +361,7 @@ fn copy_sparse_with(src: &Path, dst: &Path, hash: bool) -> Result<FileSum, Snaps
         Ok(())
     })?;
     d.sync_all().map_err(io("syncing", dst))?;
-    Ok(FileSum {
-        size,
-        sha256: if hash {
-            hex(&h.finalize())
-        } else {
-            String::new()
-        },
-    })
+    Ok((size, hash.then(|| hex(&h.finalize()))))
 }
 
 /// The sparse sha256 of a file.
@@ -425,13 +452,13 @@ mod tests {
         let hashed = d.path().join("hashed");
         let unhashed = d.path().join("unhashed");
         let a = copy_sparse(&src, &hashed).unwrap();
-        let b = copy_sparse_unhashed(&src, &unhashed).unwrap();
+        copy_sparse_unhashed(&src, &unhashed).unwrap();
         assert_eq!(
             a,
             sum(&src).unwrap(),
             "run-wise hashing is the page-wise sum"
         );
-        assert_eq!((b.size, b.sha256.as_str()), (8 << 20, ""));
+        assert_eq!(std::fs::metadata(&unhashed).unwrap().len(), 8 << 20);
         let want = std::fs::read(&src).unwrap();
         assert_eq!(std::fs::read(&hashed).unwrap(), want);
         assert_eq!(std::fs::read(&unhashed).unwrap(), want);

@@ -93,18 +93,7 @@ impl Kvm {
                 let m = Manifest::read(snap)?;
                 m.check("kvm", ENGINE_VERSION, CPU_MODEL, cfg.memory_mib, cfg.cpus)?;
                 for name in ["memory", "state"] {
-                    let want = m.files.get(name);
-                    if want.is_some_and(|w| snapshot::verified_before(snap, name, w)) {
-                        continue;
-                    }
-                    let got = snapshot::sum(&snap.join(name))?;
-                    if want != Some(&got) {
-                        return Err(snapshot::SnapshotError::Corrupted(
-                            snap.join(name).display().to_string(),
-                        )
-                        .into());
-                    }
-                    snapshot::remember_verified(snap, name, &got);
+                    snapshot::verify(snap, name, m.files.get(name))?;
                 }
                 for d in cfg.disks.iter().filter(|d| !d.read_only) {
                     if let Some(want) = m.files.get(&format!("disk-{}", d.serial))

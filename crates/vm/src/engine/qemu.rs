@@ -160,26 +160,15 @@ impl Qemu {
             m.check("qemu", line, cpu_model(cfg), cfg.memory_mib, cfg.cpus)?;
             // The memory is copied (QEMU writes the guest's changes back into its file); it is
             // hashed on the way only until one check of this very file has passed here.
-            for name in ["memory", "state"] {
-                let path = snap.join(name);
-                let want = m.files.get(name);
-                let verified = want.is_some_and(|w| snapshot::verified_before(snap, name, w));
-                let got = match (name, verified) {
-                    ("memory", true) => {
-                        snapshot::copy_sparse_unhashed(&path, &memory.0)?;
-                        continue;
-                    }
-                    ("memory", false) => snapshot::copy_sparse(&path, &memory.0)?,
-                    (_, true) => continue,
-                    (_, false) => snapshot::sum(&path)?,
-                };
-                if want != Some(&got) {
-                    return Err(
-                        snapshot::SnapshotError::Corrupted(path.display().to_string()).into(),
-                    );
-                }
-                snapshot::remember_verified(snap, name, &got);
+            let want = m.files.get("memory");
+            let source = snap.join("memory");
+            if want.is_some_and(|w| snapshot::verified_before(snap, "memory", w)) {
+                snapshot::copy_sparse_unhashed(&source, &memory.0)?;
+            } else {
+                let got = snapshot::copy_sparse(&source, &memory.0)?;
+                snapshot::accept(snap, "memory", want, &got)?;
             }
+            snapshot::verify(snap, "state", m.files.get("state"))?;
             // A clone's disk was copied from the snapshot by the host: it must match too.
             for (name, want) in &m.files {
                 let Some(serial) = name.strip_prefix("disk-") else {
