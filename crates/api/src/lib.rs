@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+pub use cove_model::{Actor, EventState, SandboxState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -71,8 +72,8 @@ pub struct Sandbox {
     /// Its name, when it was given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `creating`, `running`, `paused`, `resuming`, `hibernated`, `stopped` or `failed`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: SandboxState,
     /// The image as asked for.
     pub image: String,
     /// The image's manifest digest (what the sandbox runs on).
@@ -302,13 +303,15 @@ pub struct Event {
     pub at: i64,
     /// The sandbox.
     pub sandbox: String,
-    /// The state it entered (`creating`, `running`, `paused`, `hibernated`, `stopped`,
-    /// `failed`, …) or `removed`.
-    pub state: String,
-    /// Who: `key:ID` (an API key), `local` (the CLI on the host), `cove-vm` (the sandbox's own
-    /// policy or its end).
-    pub actor: String,
-    /// Why, when there is a reason (`idle`, `ttl`, an error).
+    /// The state it entered (a sandbox state) or `removed`.
+    #[schema(value_type = String)]
+    pub state: EventState,
+    /// Who: `key:ID` (an API key), `local` (the host's administrator), `ttl` (its time to
+    /// live ran out), `idle-policy` (its idle policy), `reconcile` (the host found its VM
+    /// ended: crashed, killed, or an operation interrupted).
+    #[schema(value_type = String)]
+    pub actor: Actor,
+    /// Why, when there is a reason (`idle`, an expired time to live, an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }

@@ -225,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     id: &r.id,
                     name: name.as_deref(),
                     image: &r.image,
-                    state: &r.state,
+                    state: r.state,
                     cpus: r.cpus,
                     memory_mib: r.memory_mib,
                     created_at: r.created_at,
@@ -236,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Inspect { id } => {
             let host = host()?;
             let rec = host.get(&id)?;
-            let vm = if rec.state == "running" {
+            let vm = if rec.state == cove_api::SandboxState::Running {
                 cove_host::vm_status(&rec).await.ok()
             } else {
                 None
@@ -350,7 +350,7 @@ pub(crate) struct SandboxRow<'a> {
     pub id: &'a str,
     pub name: Option<&'a str>,
     pub image: &'a str,
-    pub state: &'a str,
+    pub state: cove_api::SandboxState,
     pub cpus: u32,
     pub memory_mib: u32,
     pub created_at: i64,

@@ -68,7 +68,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     id: &s.id,
                     name: s.name.as_deref(),
                     image: &s.image,
-                    state: &s.state,
+                    state: s.state,
                     cpus: s.cpus,
                     memory_mib: s.memory_mib,
                     created_at: s.created_at,

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use cove_model::{Actor, EventState, Reason, SandboxState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{HostError, SandboxRecord, SnapshotRecord};
@@ -127,11 +128,45 @@ ALTER TABLE snapshots_new RENAME TO snapshots;
 CREATE UNIQUE INDEX snapshots_name ON snapshots (coalesce(owner, ''), name);
 CREATE INDEX events_at ON events (at);
 ",
+    // Reasons become typed (`reason_kind` the kind, `reason` its detail) and each sandbox
+    // records when its state last changed. Rows written before are converted from the
+    // sentences this build's older versions wrote; events by `cove-vm` name their true actor.
+    r"
+ALTER TABLE sandboxes ADD COLUMN reason_kind TEXT;
+ALTER TABLE sandboxes ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+UPDATE sandboxes SET updated_at = created_at;
+UPDATE sandboxes SET reason_kind = CASE
+    WHEN reason = 'idle' THEN 'idle'
+    WHEN reason = 'stopped' THEN 'stopped'
+    WHEN reason LIKE 'stopped: its time to live%' THEN 'expired'
+    WHEN reason LIKE 'resume failed: %' THEN 'resume_failed'
+    WHEN reason LIKE 'not in the blob store: %' THEN 'not_stored'
+    WHEN reason LIKE 'failed to start: %' THEN 'start_failed'
+    WHEN reason LIKE 'its cove-vm process vanished%' THEN 'vanished'
+    ELSE 'crashed' END
+  WHERE reason IS NOT NULL;
+UPDATE sandboxes SET reason = NULL WHERE reason_kind IN ('idle', 'stopped', 'expired', 'vanished');
+UPDATE sandboxes SET reason = substr(reason, 16) WHERE reason_kind = 'resume_failed';
+UPDATE sandboxes SET reason = substr(reason, 24) WHERE reason_kind = 'not_stored';
+UPDATE sandboxes SET reason = substr(reason, 18) WHERE reason_kind = 'start_failed';
+UPDATE events SET actor = CASE
+    WHEN cause = 'idle' THEN 'idle-policy'
+    WHEN cause LIKE '%time to live%' THEN 'ttl'
+    ELSE 'reconcile' END
+  WHERE actor = 'cove-vm';
+",
 ];
 
 tokio::task_local! {
-    /// Who is acting, for the event log (coved sets the API key; the CLI leaves it unset: `local`).
-    pub static ACTOR: String;
+    /// Who is acting, for the event log: coved sets the caller's API key around each request;
+    /// unset is the host's administrator ([`Actor::Local`]). Background actors (reconcile) pass
+    /// their own explicitly.
+    pub static ACTOR: Actor;
+}
+
+/// The actor of the task running now.
+pub(crate) fn current_actor() -> Actor {
+    ACTOR.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// One entry of the event log.
@@ -145,30 +180,64 @@ pub struct EventRecord {
     pub sandbox: String,
     /// Its owner.
     pub owner: Option<String>,
-    /// The state it entered, or `removed`.
-    pub state: String,
-    /// Who asked: `local`, `key:ID`, or `cove-vm` for what a sandbox's own policy did.
-    pub actor: String,
-    /// Why, when there is a reason (an error, `idle`, `ttl`, …).
+    /// The state it entered, or its removal.
+    pub state: EventState,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Why, when there is a reason (an error, idle, an expired time to live, …).
     pub cause: Option<String>,
 }
 
 fn log_event(
     conn: &Connection,
     s: &SandboxRecord,
-    state: &str,
-    actor: Option<&str>,
+    state: EventState,
+    actor: &Actor,
 ) -> rusqlite::Result<()> {
-    let actor = actor.map(str::to_string).unwrap_or_else(|| {
-        ACTOR
-            .try_with(Clone::clone)
-            .unwrap_or_else(|_| "local".into())
-    });
     conn.execute(
         "INSERT INTO events (at, sandbox, owner, state, actor, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![crate::now_ms(), s.id, s.owner, state, actor, s.reason],
+        params![
+            crate::now_ms(),
+            s.id,
+            s.owner,
+            state.as_str(),
+            actor.to_string(),
+            s.reason.as_ref().map(ToString::to_string)
+        ],
     )?;
     Ok(())
+}
+
+/// A column holding one of the model's names (a state, an actor): a value this build cannot
+/// parse is a corrupt or newer database, reported as such.
+fn parsed<T: std::str::FromStr<Err = cove_model::ParseError>>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// The reason columns (`reason_kind`, `reason`).
+fn reason_col(
+    r: &rusqlite::Row<'_>,
+    kind: usize,
+    detail: usize,
+) -> rusqlite::Result<Option<Reason>> {
+    let Some(k) = r.get::<_, Option<String>>(kind)? else {
+        return Ok(None);
+    };
+    Reason::from_parts(&k, r.get(detail)?)
+        .map(Some)
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                kind,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
+        })
 }
 
 /// Finds a row of `table` by id, then by name (one owner's only: a name that several owners
@@ -239,7 +308,7 @@ pub struct Db {
     conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at";
 
 const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
@@ -276,7 +345,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         id: r.get(0)?,
         name: r.get(1)?,
         image: r.get(2)?,
-        state: r.get(3)?,
+        state: parsed(r, 3)?,
         cpus: r.get(4)?,
         memory_mib: r.get(5)?,
         disk_mib: r.get(6)?,
@@ -287,11 +356,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         socket: r.get(11)?,
         dir: r.get(12)?,
         boot_ms: r.get(13)?,
-        reason: r.get(14)?,
+        reason: reason_col(r, 19, 14)?,
         image_digest: r.get(15)?,
         owner: r.get(16)?,
         labels: json_col(r, 17)?,
         env: json_col(r, 18)?,
+        updated_at: r.get(20)?,
     })
 }
 
@@ -350,15 +420,15 @@ impl Db {
         Ok(())
     }
 
-    /// Records a new sandbox.
-    pub fn insert(&self, s: &SandboxRecord) -> Result<(), HostError> {
+    /// Records a new sandbox, and its first state as an event of `actor`.
+    pub fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), HostError> {
         let mut conn = self.conn();
         // Write-locked from the start: a deferred transaction that reads and then writes can
         // meet SQLITE_BUSY_SNAPSHOT under concurrent writers, which no busy timeout waits out.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let r = tx.execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
-            params![s.id, s.name, s.image, s.state, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason, s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes")],
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
+            params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -368,32 +438,48 @@ impl Db {
             }
             r => {
                 r?;
-                log_event(&tx, s, &s.state, None)?;
+                log_event(&tx, s, EventState::Entered(s.state), actor)?;
                 tx.commit()?;
                 Ok(())
             }
         }
     }
 
-    /// Updates state, pid, boot time and reason; a new state goes into the event log.
-    pub fn update(&self, s: &SandboxRecord) -> Result<(), HostError> {
+    /// Updates state, pid, boot time and reason in one transaction with the event of a new
+    /// state (by `actor`). The move is checked against the lifecycle's table
+    /// ([`SandboxState::check`]) with the state stored now, so two writers cannot both move a
+    /// sandbox from the same state. A record that is gone is an error.
+    pub fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), HostError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let old: Option<String> = tx
+        let old: SandboxState = tx
             .query_row("SELECT state FROM sandboxes WHERE id = ?1", [&s.id], |r| {
-                r.get(0)
+                parsed(r, 0)
             })
-            .optional()?;
+            .optional()?
+            .ok_or_else(|| HostError::NoSuchSandbox(s.id.clone()))?;
+        old.check(s.state).map_err(|err| HostError::Transition {
+            id: s.id.clone(),
+            err,
+        })?;
+        let moved = old != s.state;
+        if moved {
+            s.updated_at = crate::now_ms();
+        }
         tx.execute(
-            "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason = ?5 WHERE id = ?1",
-            params![s.id, s.state, s.pid, s.boot_ms, s.reason],
+            "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason_kind = ?5, reason = ?6, updated_at = ?7 WHERE id = ?1",
+            params![
+                s.id,
+                s.state.as_str(),
+                s.pid,
+                s.boot_ms,
+                s.reason.as_ref().map(Reason::kind),
+                s.reason.as_ref().and_then(Reason::detail),
+                s.updated_at
+            ],
         )?;
-        if old.as_deref().is_some_and(|o| o != s.state) {
-            // A sandbox that ended or paused itself (its policies, a crash) was noticed by a
-            // reconcile: cove-vm acted, not whoever looked.
-            let by_vm = matches!(s.reason.as_deref(), Some("idle" | "ttl" | "vanished"))
-                || s.state == "failed";
-            log_event(&tx, s, &s.state, by_vm.then_some("cove-vm"))?;
+        if moved {
+            log_event(&tx, s, EventState::Entered(s.state), actor)?;
         }
         tx.commit()?;
         Ok(())
@@ -420,8 +506,8 @@ impl Db {
                     at: r.get(1)?,
                     sandbox: r.get(2)?,
                     owner: r.get(3)?,
-                    state: r.get(4)?,
-                    actor: r.get(5)?,
+                    state: parsed(r, 4)?,
+                    actor: parsed(r, 5)?,
                     cause: r.get(6)?,
                 })
             })?
@@ -471,8 +557,8 @@ impl Db {
         Ok(v)
     }
 
-    /// Forgets a sandbox.
-    pub fn delete(&self, id: &str) -> Result<(), HostError> {
+    /// Forgets a sandbox; its removal is an event of `actor`.
+    pub fn delete(&self, id: &str, actor: &Actor) -> Result<(), HostError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let rec = tx
@@ -485,7 +571,7 @@ impl Db {
         tx.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
         if let Some(mut rec) = rec {
             rec.reason = None;
-            log_event(&tx, &rec, "removed", None)?;
+            log_event(&tx, &rec, EventState::Removed, actor)?;
         }
         tx.commit()?;
         Ok(())
@@ -548,15 +634,43 @@ impl Db {
         Ok(())
     }
 
+    /// What `owner`'s sandboxes hold (all but the stopped and failed): how many, their vCPUs
+    /// and memory (MiB). One query, for admission: no listing, no lock held over a scan.
+    pub fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), HostError> {
+        let conn = self.conn();
+        let (n, cpus, mem): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(cpus), 0), coalesce(sum(memory_mib), 0) FROM sandboxes
+             WHERE owner = ?1 AND state NOT IN (?2, ?3)",
+            [
+                owner,
+                SandboxState::Stopped.as_str(),
+                SandboxState::Failed.as_str(),
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok((
+            u32::try_from(n).unwrap_or(u32::MAX),
+            u32::try_from(cpus).unwrap_or(u32::MAX),
+            u64::try_from(mem).unwrap_or(0),
+        ))
+    }
+
     /// Sandboxes using an image.
     pub fn using_image(&self, digest: &str) -> Result<Vec<String>, HostError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT 'sandbox ' || id FROM sandboxes WHERE image_digest = ?1 AND state NOT IN ('stopped', 'failed')
+            "SELECT 'sandbox ' || id FROM sandboxes WHERE image_digest = ?1 AND state NOT IN (?2, ?3)
              UNION ALL SELECT 'snapshot ' || id FROM snapshots WHERE image_digest = ?1 AND template = 0",
         )?;
         let v = stmt
-            .query_map([digest], |r| r.get(0))?
+            .query_map(
+                [
+                    digest,
+                    SandboxState::Stopped.as_str(),
+                    SandboxState::Failed.as_str(),
+                ],
+                |r| r.get(0),
+            )?
             .collect::<Result<_, _>>()?;
         Ok(v)
     }
@@ -614,7 +728,7 @@ mod tests {
             owner: Some("t1".into()),
             labels: [("app".to_string(), "web".to_string())].into(),
             env: Default::default(),
-            state: "running".into(),
+            state: SandboxState::Running,
             cpus: 1,
             memory_mib: 256,
             disk_mib: 1024,
@@ -626,6 +740,7 @@ mod tests {
             dir: "/x".into(),
             boot_ms: None,
             reason: None,
+            updated_at: 1,
         }
     }
 
@@ -633,10 +748,12 @@ mod tests {
     fn insert_find_update_delete() {
         let d = tempfile::tempdir().unwrap();
         let db = Db::open(&d.path().join("state.db")).unwrap();
-        db.insert(&rec("abcdef123456", Some("web"))).unwrap();
-        db.insert(&rec("abcd99999999", None)).unwrap();
+        db.insert(&rec("abcdef123456", Some("web")), &Actor::Local)
+            .unwrap();
+        db.insert(&rec("abcd99999999", None), &Actor::Local)
+            .unwrap();
         assert!(matches!(
-            db.insert(&rec("ffff00000000", Some("web"))),
+            db.insert(&rec("ffff00000000", Some("web")), &Actor::Local),
             Err(HostError::NameTaken(_))
         ));
         assert_eq!(db.find("web").unwrap().unwrap().id, "abcdef123456");
@@ -644,20 +761,27 @@ mod tests {
         assert!(db.find("abcd").unwrap().is_none(), "ambiguous prefix");
         assert!(db.find("abc").unwrap().is_none(), "prefix too short");
         let mut r = db.find("abcd99999999").unwrap().unwrap();
-        r.state = "failed".into();
-        r.reason = Some("gone".into());
-        db.update(&r).unwrap();
+        r.state = SandboxState::Failed;
+        r.reason = Some(Reason::Crashed("gone".into()));
+        db.update(&mut r, &Actor::Reconcile).unwrap();
         assert_eq!(
-            db.find("abcd99999999").unwrap().unwrap().reason.as_deref(),
-            Some("gone")
+            db.find("abcd99999999").unwrap().unwrap().reason,
+            Some(Reason::Crashed("gone".into()))
         );
-        db.delete("abcdef123456").unwrap();
+        // Nothing leaves failed: the table is checked against the stored state.
+        r.state = SandboxState::Running;
+        assert!(matches!(
+            db.update(&mut r, &Actor::Local),
+            Err(HostError::Transition { .. })
+        ));
+        db.delete("abcdef123456", &Actor::Local).unwrap();
         assert_eq!(db.list().unwrap().len(), 1);
         assert!(
             db.using_image("sha256:b").unwrap().is_empty(),
             "a failed sandbox does not hold its image"
         );
-        db.insert(&rec("eeee00000000", None)).unwrap();
+        db.insert(&rec("eeee00000000", None), &Actor::Local)
+            .unwrap();
         assert_eq!(
             db.using_image("sha256:b").unwrap(),
             vec!["sandbox eeee00000000".to_string()]
@@ -677,26 +801,27 @@ mod tests {
             ["running"]
         );
         let mut r = db.find("eeee00000000").unwrap().unwrap();
-        db.update(&r).unwrap();
-        r.state = "paused".into();
-        db.update(&r).unwrap();
-        r.state = "failed".into();
-        r.reason = Some("vanished".into());
-        db.update(&r).unwrap();
+        db.update(&mut r, &Actor::Local).unwrap();
+        r.state = SandboxState::Paused;
+        r.reason = Some(Reason::Idle);
+        db.update(&mut r, &Actor::IdlePolicy).unwrap();
+        assert!(r.updated_at > 1, "a move stamps the record");
+        r.state = SandboxState::Failed;
+        r.reason = Some(Reason::Vanished);
+        db.update(&mut r, &Actor::Reconcile).unwrap();
         let log = db.events(0, None, Some("eeee00000000"), 100).unwrap();
-        let seen: Vec<(&str, &str)> = log
-            .iter()
-            .map(|e| (e.state.as_str(), e.actor.as_str()))
-            .collect();
+        let seen: Vec<(EventState, Actor)> =
+            log.iter().map(|e| (e.state, e.actor.clone())).collect();
         assert_eq!(
             seen,
             [
-                ("running", "local"),
-                ("paused", "local"),
-                ("failed", "cove-vm")
+                (EventState::Entered(SandboxState::Running), Actor::Local),
+                (EventState::Entered(SandboxState::Paused), Actor::IdlePolicy),
+                (EventState::Entered(SandboxState::Failed), Actor::Reconcile)
             ]
         );
-        assert_eq!(log[2].cause.as_deref(), Some("vanished"));
+        assert_eq!(log[1].cause.as_deref(), Some("idle"));
+        assert_eq!(log[2].cause, Some(Reason::Vanished.to_string()));
         assert!(db.events(log[2].seq, None, None, 100).unwrap().is_empty());
         assert!(db.events(0, Some("other"), None, 100).unwrap().is_empty());
         // Reopening keeps the data and does not re-run migrations.
@@ -716,16 +841,21 @@ mod tests {
     fn names_are_unique_per_owner() {
         let d = tempfile::tempdir().unwrap();
         let db = Db::open(&d.path().join("state.db")).unwrap();
-        db.insert(&owned("aaaa00000001", Some("acme"), "web"))
-            .unwrap();
-        db.insert(&owned("aaaa00000002", Some("blue"), "web"))
-            .unwrap();
-        db.insert(&owned("aaaa00000003", None, "api")).unwrap();
+        for r in [
+            owned("aaaa00000001", Some("acme"), "web"),
+            owned("aaaa00000002", Some("blue"), "web"),
+            owned("aaaa00000003", None, "api"),
+        ] {
+            db.insert(&r, &Actor::Local).unwrap();
+        }
         for dup in [
             owned("aaaa00000004", Some("acme"), "web"),
             owned("aaaa00000005", None, "api"),
         ] {
-            assert!(matches!(db.insert(&dup), Err(HostError::NameTaken(_))));
+            assert!(matches!(
+                db.insert(&dup, &Actor::Local),
+                Err(HostError::NameTaken(_))
+            ));
         }
         let id = |r: Option<SandboxRecord>| r.map(|r| r.id);
         assert_eq!(
@@ -784,15 +914,100 @@ mod tests {
             .unwrap();
         assert_eq!(s.id, "cccc00000001");
         // The same name under another owner is now allowed.
-        db.insert(&owned("bbbb00000002", Some("blue"), "web"))
+        db.insert(&owned("bbbb00000002", Some("blue"), "web"), &Actor::Local)
             .unwrap();
+    }
+
+    #[test]
+    fn migrating_a_version_6_database_types_its_reasons_and_actors() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..6] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            for (id, state, reason) in [
+                ("eeee00000001", "paused", Some("idle")),
+                (
+                    "eeee00000002",
+                    "stopped",
+                    Some("stopped: its time to live ran out"),
+                ),
+                (
+                    "eeee00000003",
+                    "hibernated",
+                    Some("resume failed: bad manifest"),
+                ),
+                ("eeee00000004", "failed", Some("failed to start: no agent")),
+                (
+                    "eeee00000005",
+                    "failed",
+                    Some("the VM stopped unexpectedly: killed"),
+                ),
+                ("eeee00000006", "running", None),
+            ] {
+                conn.execute(
+                    "INSERT INTO sandboxes (id, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, socket, dir, reason)
+                     VALUES (?1, 'busybox', ?2, 1, 256, 1024, 7, 'qemu', 'tcg', '/s', '/d', ?3)",
+                    params![id, state, reason],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO events (at, sandbox, state, actor, cause) VALUES
+                 (1, 'eeee00000001', 'paused', 'cove-vm', 'idle'),
+                 (2, 'eeee00000002', 'stopped', 'cove-vm', 'stopped: its time to live ran out'),
+                 (3, 'eeee00000005', 'failed', 'cove-vm', 'the VM stopped unexpectedly'),
+                 (4, 'eeee00000006', 'running', 'key:k1', NULL)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let reason = |id| db.find(id).unwrap().unwrap().reason;
+        assert_eq!(reason("eeee00000001"), Some(Reason::Idle));
+        assert_eq!(reason("eeee00000002"), Some(Reason::Expired));
+        assert_eq!(
+            reason("eeee00000003"),
+            Some(Reason::ResumeFailed("bad manifest".into()))
+        );
+        assert_eq!(
+            reason("eeee00000004"),
+            Some(Reason::StartFailed("no agent".into()))
+        );
+        assert_eq!(
+            reason("eeee00000005"),
+            Some(Reason::Crashed(
+                "the VM stopped unexpectedly: killed".into()
+            ))
+        );
+        assert_eq!(reason("eeee00000006"), None);
+        assert_eq!(db.find("eeee00000006").unwrap().unwrap().updated_at, 7);
+        let actors: Vec<Actor> = db
+            .events(0, None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.actor)
+            .collect();
+        assert_eq!(
+            actors,
+            [
+                Actor::IdlePolicy,
+                Actor::Ttl,
+                Actor::Reconcile,
+                Actor::Key("k1".into())
+            ]
+        );
     }
 
     #[test]
     fn prune_events_drops_only_older_ones() {
         let d = tempfile::tempdir().unwrap();
         let db = Db::open(&d.path().join("state.db")).unwrap();
-        db.insert(&rec("dddd00000001", None)).unwrap();
+        db.insert(&rec("dddd00000001", None), &Actor::Local)
+            .unwrap();
         assert_eq!(db.prune_events(0).unwrap(), 0);
         assert_eq!(db.events(0, None, None, 10).unwrap().len(), 1);
         assert_eq!(db.prune_events(crate::now_ms() + 1).unwrap(), 1);

@@ -74,6 +74,55 @@ pub struct VmStatus {
     pub boot_ms: Option<u64>,
     /// Why it failed.
     pub reason: Option<String>,
+    /// Paused by its idle policy (not on request): the next request should resume it.
+    #[serde(default)]
+    pub idle: bool,
+}
+
+/// How a cove-vm ended: what it leaves in `exit.json` (written atomically) for the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum VmEnd {
+    /// Stopped on request.
+    Stopped,
+    /// Its time to live ran out and it stopped itself.
+    Expired,
+    /// Saved to its hibernation directory, then ended; `idle` when its idle policy did it.
+    Hibernated {
+        /// The idle policy hibernated it (not a request).
+        idle: bool,
+    },
+    /// The guest never answered: the boot or restore failed.
+    BootFailed {
+        /// Why, with the console's last lines.
+        reason: String,
+    },
+    /// The VM ended while it ran (the guest powered off or crashed, the VMM died, a signal).
+    Crashed {
+        /// Why, with the console's last lines.
+        reason: String,
+    },
+}
+
+/// The content of `exit.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// How it ended.
+    pub end: VmEnd,
+    /// When, seconds since the epoch.
+    pub at: u64,
+}
+
+impl std::fmt::Display for VmEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Expired => f.write_str("stopped: its time to live ran out"),
+            Self::Hibernated { idle: false } => f.write_str("hibernated"),
+            Self::Hibernated { idle: true } => f.write_str("hibernated (idle)"),
+            Self::BootFailed { reason } | Self::Crashed { reason } => f.write_str(reason),
+        }
+    }
 }
 
 /// States of a cove-vm.

@@ -235,7 +235,7 @@ impl Inner {
     ) -> Result<T, ApiError> {
         let t = Instant::now();
         let r = cove_host::ACTOR
-            .scope(format!("key:{}", auth.0.key_id), f)
+            .scope(cove_host::Actor::Key(auth.0.key_id.clone()), f)
             .await;
         if r.is_ok() {
             self.metrics.operation(op, t.elapsed().as_secs_f64());
@@ -248,17 +248,14 @@ impl Inner {
         let quota = self.keys.quota(tenant).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
+        // Under the lock, so no create's reservation ends between the two reads; one indexed
+        // query of the tenant's totals, not a scan of every sandbox.
         let mut pending = self.pending.lock().expect("pending");
+        let (sandboxes, vcpus, memory_mib) = self.host.held_by(tenant)?;
         let mut used = pending.get(tenant).copied().unwrap_or_default();
-        for r in self.host.list()? {
-            if r.owner.as_deref() == Some(tenant)
-                && !matches!(r.state.as_str(), "stopped" | "failed")
-            {
-                used.sandboxes += 1;
-                used.vcpus += r.cpus;
-                used.memory_mib += u64::from(r.memory_mib);
-            }
-        }
+        used.sandboxes += sandboxes;
+        used.vcpus += vcpus;
+        used.memory_mib += memory_mib;
         let over = |what: &str, have: u64, add: u64, max: u64| {
             ApiError::quota(format!(
                 "the {what} quota of tenant {tenant} is {max}; {have} in use, {add} more asked for"
@@ -335,7 +332,7 @@ fn sandbox(r: SandboxRecord) -> api::Sandbox {
         disk_mib: r.disk_mib,
         created_at: r.created_at,
         boot_ms: r.boot_ms,
-        reason: r.reason,
+        reason: r.reason.map(|r| r.to_string()),
         labels: r.labels,
         env: r.env,
     }
@@ -437,7 +434,7 @@ async fn create_sandbox(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Only sandboxes in this state.
-    state: Option<String>,
+    state: Option<api::SandboxState>,
     /// Only sandboxes with these labels: `k=v`, several separated by commas.
     label: Option<String>,
     /// Page size (1–1000, default 100).
@@ -469,7 +466,7 @@ async fn list_sandboxes(
     }
     let mine = app.host.list()?.into_iter().filter(|r| {
         r.owner.as_deref() == Some(auth.0.tenant.as_str())
-            && q.state.as_ref().is_none_or(|s| *s == r.state)
+            && q.state.is_none_or(|s| s == r.state)
             && want.iter().all(|(k, v)| r.labels.get(k) == Some(v))
     });
     // Oldest first; the cursor is the last id of the previous page.

@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use cove_api::SandboxState;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct State {
     state: String,
@@ -38,16 +40,6 @@ pub struct Metrics {
     execs: Family<Outcome, Counter>,
     requests: Family<Status, Counter>,
 }
-
-const STATES: &[&str] = &[
-    "creating",
-    "running",
-    "paused",
-    "resuming",
-    "hibernated",
-    "stopped",
-    "failed",
-];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -104,11 +96,13 @@ impl Metrics {
     }
 
     /// The text exposition, with the sandbox gauge set from `states` (state → count).
-    pub fn render(&self, states: &BTreeMap<String, i64>) -> String {
-        for s in STATES {
+    pub fn render(&self, states: &BTreeMap<SandboxState, i64>) -> String {
+        for s in SandboxState::ALL {
             self.sandboxes
-                .get_or_create(&State { state: (*s).into() })
-                .set(states.get(*s).copied().unwrap_or(0));
+                .get_or_create(&State {
+                    state: s.as_str().into(),
+                })
+                .set(states.get(&s).copied().unwrap_or(0));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use cove_protocol::control::{ControlRequest, ControlResponse, VmConfig, VmState, VmStatus};
+use cove_model::SandboxDir;
+use cove_protocol::control::{
+    ControlRequest, ControlResponse, ExitRecord, VmConfig, VmEnd, VmState, VmStatus,
+};
 use cove_protocol::{Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -100,33 +103,41 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let dir = args.dir.clone();
     let result = rt.block_on(run(args.dir));
-    let reason = match &result {
-        Ok(r) => r.clone(),
-        Err(e) => format!("{e:#}"),
+    let end = match &result {
+        Ok(end) => end.clone(),
+        // Nothing started (vm.json unreadable, the engine refused, a socket could not be bound).
+        Err(e) => VmEnd::BootFailed {
+            reason: format!("{e:#}"),
+        },
     };
-    let exit = serde_json::json!({
-        "reason": reason,
-        "at": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-    });
-    let tmp = dir.join("exit.json.tmp");
-    if std::fs::write(&tmp, exit.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join("exit.json"));
+    let exit = ExitRecord {
+        end: end.clone(),
+        at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let layout = SandboxDir::at(&dir);
+    let tmp = layout.exit().with_extension("json.tmp");
+    if std::fs::write(&tmp, serde_json::to_vec(&exit).expect("serializes")).is_ok() {
+        let _ = std::fs::rename(&tmp, layout.exit());
     }
-    let _ = std::fs::remove_file(dir.join("control.sock"));
-    eprintln!("cove-vm: {reason}");
+    let _ = std::fs::remove_file(layout.control_socket());
+    eprintln!("cove-vm: {end}");
     rt.shutdown_timeout(Duration::from_millis(100));
     result.map(|_| ())
 }
 
 /// Runs the sandbox; returns how it ended.
-async fn run(dir: PathBuf) -> anyhow::Result<String> {
+async fn run(dir: PathBuf) -> anyhow::Result<VmEnd> {
     let t0 = Instant::now();
     let cfg: VmConfig = serde_json::from_slice(
         &std::fs::read(dir.join("vm.json"))
             .with_context(|| format!("reading {}/vm.json", dir.display()))?,
     )
     .context("parsing vm.json")?;
-    let _ = std::fs::remove_file(dir.join("exit.json"));
+    let layout = SandboxDir::at(&dir);
+    let _ = std::fs::remove_file(layout.exit());
     for s in ["control.sock", "agent.sock", "qmp.sock", "console.sock"] {
         let _ = std::fs::remove_file(dir.join(s));
     }
@@ -135,7 +146,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     let spawned_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let (changed, _) = watch::channel(VmState::Booting);
     let shared = Arc::new(Shared {
-        status_file: dir.join("status.json"),
+        status_file: layout.status(),
         status: Mutex::new(VmStatus {
             state: VmState::Booting,
             engine: cfg.engine.clone(),
@@ -145,6 +156,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             agent_version: None,
             boot_ms: None,
             reason: None,
+            idle: false,
         }),
         changed,
         link: Mutex::default(),
@@ -153,7 +165,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     });
 
     // The control socket answers from the start: a client can wait for readiness on it.
-    let listener = UnixListener::bind(dir.join("control.sock")).context("binding control.sock")?;
+    let listener = UnixListener::bind(layout.control_socket()).context("binding control.sock")?;
     let s = shared.clone();
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
@@ -209,7 +221,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                 s.state = VmState::Failed;
                 s.reason = Some(reason.clone());
             });
-            return Ok(reason);
+            return Ok(VmEnd::BootFailed { reason });
         }
     };
     *shared.link.lock().expect("lock") = Some(link.clone());
@@ -220,13 +232,15 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
         s.boot_ms = Some(boot_ms);
     });
 
-    let reason = loop {
+    let end = loop {
         let cmd = tokio::select! {
-            how = vm.wait() => break with_console_tail(&dir, format!("the VM stopped unexpectedly: {how}")),
+            how = vm.wait() => break VmEnd::Crashed {
+                reason: with_console_tail(&dir, format!("the VM stopped unexpectedly: {how}")),
+            },
             _ = term.recv() => {
                 vm.kill();
                 let _ = vm.wait().await;
-                break "terminated".to_string();
+                break VmEnd::Crashed { reason: "terminated (SIGTERM)".to_string() };
             }
             cmd = command_rx.recv() => match cmd {
                 Some(c) => c,
@@ -241,14 +255,14 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                             vm.kill();
                             let _ = vm.wait().await;
                         }
-                        break "stopped: its time to live ran out".to_string();
+                        break VmEnd::Expired;
                     }
                     Some(Policy::Pause) => {
                         let paused = vm.pause().await;
                         if paused.is_ok() {
                             shared.set(|s| {
                                 s.state = VmState::Paused;
-                                s.reason = Some("idle".into());
+                                s.idle = true;
                             });
                         }
                     }
@@ -259,7 +273,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                             vm.kill();
                             let _ = vm.wait().await;
                             upload_hibernation(&cfg, &snap).await;
-                            break "hibernated (idle)".to_string();
+                            break VmEnd::Hibernated { idle: true };
                         }
                         carry_on(vm.as_mut(), &link, false).await;
                         link.touch(); // do not retry at once
@@ -273,7 +287,10 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             VmCommand::Pause(tx) => {
                 let r = vm.pause().await.map_err(|e| format!("pause: {e}"));
                 if r.is_ok() {
-                    shared.set(|s| s.state = VmState::Paused);
+                    shared.set(|s| {
+                        s.state = VmState::Paused;
+                        s.idle = false;
+                    });
                 }
                 let _ = tx.send(r);
             }
@@ -283,7 +300,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                     link.touch();
                     shared.set(|s| {
                         s.state = VmState::Running;
-                        s.reason = None;
+                        s.idle = false;
                     });
                 }
                 let _ = tx.send(r);
@@ -300,7 +317,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                     let _ = vm.wait().await;
                 }
                 let _ = tx.send(Ok(()));
-                break "stopped".to_string();
+                break VmEnd::Stopped;
             }
             VmCommand::Hibernate(snap, tx) => {
                 let paused = shared.status().state == VmState::Paused;
@@ -309,7 +326,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
                         vm.kill();
                         let _ = vm.wait().await;
                         let _ = tx.send(Ok(()));
-                        break "hibernated".to_string();
+                        break VmEnd::Hibernated { idle: false };
                     }
                     Err(e) => {
                         carry_on(vm.as_mut(), &link, paused).await;
@@ -332,7 +349,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
             }
         }
     };
-    if !reason.starts_with("stopped") && !reason.starts_with("hibernated") {
+    if let VmEnd::Crashed { reason } = &end {
         shared.set(|s| {
             s.state = VmState::Failed;
             s.reason = Some(reason.clone());
@@ -345,7 +362,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<String> {
     {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(reason)
+    Ok(end)
 }
 
 /// Puts an idle hibernation (and the sandbox disk) in the blob store, as `cove hibernate` does,

@@ -47,7 +47,7 @@ impl Drop for MemoryFile {
 /// Guest RAM lives in this file (tmpfs), shared with QEMU: a snapshot then needs only the device
 /// state from QEMU's migration (`x-ignore-shared`) plus a sparse copy of the file.
 pub fn memory_path(cfg: &VmConfig) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/cove-{}.mem", cfg.id))
+    cove_model::SandboxDir::guest_ram(&cfg.id)
 }
 
 /// The CPU model the guest sees.

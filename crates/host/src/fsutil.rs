@@ -1,0 +1,137 @@
+//! File helpers of the host: atomic writes, sparse copies, sandbox disks, ids and clocks.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::HostError;
+use crate::error::io_err;
+
+/// Removes snapshot directories a cove-vm left half-written (it was killed mid-snapshot): they
+/// are never trusted, only wasted space. Ten minutes old is far past any snapshot in progress.
+pub(crate) fn remove_stale_partials(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let partial = p.extension().is_some_and(|x| x == "tmp" || x == "download");
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        if partial && stale {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The sha256 of a file, in hex.
+pub(crate) fn sha256_file(path: &Path) -> Result<String, HostError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io_err("reading the guest's files", path))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io_err("reading the guest's files", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most 6 bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    assert_eq!(n, 6, "getrandom failed");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes a file under a temporary name, syncs it, and renames it into place.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
+    let tmp = path.with_extension("tmp");
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.map_err(io_err("writing", path))
+}
+
+/// Copies a (sparse) file: a reflink where the filesystem can, holes kept otherwise.
+pub(crate) fn copy_sparse_file(from: &Path, to: &Path) -> Result<(), HostError> {
+    let out = std::process::Command::new("cp")
+        .args(["--reflink=auto", "--sparse=always"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(io_err("copying the snapshot disk", from))?;
+    if !out.status.success() {
+        return Err(HostError::Io {
+            what: "copying the snapshot disk",
+            path: from.display().to_string(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(())
+}
+
+/// A sparse ext4 disk for the sandbox's own changes, holding the overlay's `upper` and `work`
+/// directories already (the guest then mounts it without writing first).
+pub(crate) fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
+    let skel = path.with_file_name("disk-skel");
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(skel.join(d))
+            .map_err(io_err("preparing the sandbox disk", &skel))?;
+    }
+    let f = std::fs::File::create(path).map_err(io_err("creating the sandbox disk", path))?;
+    f.set_len(u64::from(mib) << 20)
+        .map_err(io_err("sizing the sandbox disk", path))?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "cove-rw",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
+        ])
+        .arg("-d")
+        .arg(&skel)
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err("running mkfs.ext4 (install e2fsprogs)", path))?;
+    let _ = std::fs::remove_dir_all(&skel);
+    if !out.status.success() {
+        return Err(HostError::Io {
+            what: "formatting the sandbox disk",
+            path: path.display().to_string(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! Creating, stopping, pausing, resuming, hibernating and removing sandboxes. Each operation
+//! checks the state it starts from, drives the sandbox's cove-vm over its control socket with
+//! a deadline, and records the state it leaves (the store checks the move against the
+//! lifecycle's table and writes its event in the same transaction).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cove_model::{Reason, SandboxDir, SandboxState};
+use cove_protocol::control::{ControlRequest, DiskConfig, VmConfig, VmEnd, VmState};
+
+use crate::db::current_actor;
+use crate::error::io_err;
+use crate::fsutil::{copy_sparse_file, make_disk, new_id, now_ms, unix_now, write_atomic};
+use crate::record::Pending;
+use crate::spec::validate;
+use crate::supervisor::{control, failure_text, kill_vm, not_running, spawn_vm, vm_alive, vm_end};
+use crate::{CreateSpec, Host, HostError, Image, SandboxRecord, SnapshotRecord, engine};
+
+impl Host {
+    /// Creates a sandbox and waits until its agent answers. It is restored from
+    /// `spec.from_snapshot`, or from the image's template when one fits, or booted.
+    pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
+        let from = match &spec.from_snapshot {
+            Some(key) => Some(self.snapshot_record(key)?),
+            None if spec.use_template => self.template_for(spec)?,
+            None => None,
+        };
+        let explicit = spec.from_snapshot.is_some();
+        if let Some(s) = &from {
+            self.ensure_local(s).await?;
+        }
+        let pending = self.begin(spec, from.as_ref())?;
+        match self.finish(pending).await {
+            // A template that no longer restores (a new QEMU, say) is not the user's problem:
+            // boot instead, and say why in the log.
+            Err(HostError::StartFailed { id, reason }) if from.is_some() && !explicit => {
+                tracing::warn!("template restore failed ({reason}); booting instead");
+                let _ = self.remove(&id, true).await;
+                let pending = self.begin(spec, None)?;
+                self.finish(pending).await
+            }
+            r => r,
+        }
+    }
+
+    pub(crate) fn begin(
+        &self,
+        spec: &CreateSpec,
+        from: Option<&SnapshotRecord>,
+    ) -> Result<Pending, HostError> {
+        validate(spec)?;
+        let image = match from {
+            // A restore runs on exactly the disk its snapshot was taken on.
+            Some(s) => self.image_by_digest(&s.image, &s.image_digest)?,
+            None => self.image(&spec.image)?,
+        };
+        for (what, p) in [
+            ("guest kernel", self.kernel()),
+            ("initramfs", self.initramfs()),
+        ] {
+            if !p.is_file() {
+                return Err(HostError::MissingAsset {
+                    what,
+                    path: p.display().to_string(),
+                });
+            }
+        }
+        let choice = engine::choose(None)?;
+        let id = new_id();
+        let layout = SandboxDir::new(&self.home, &id);
+        let dir = layout.path().to_path_buf();
+        let socket = layout.control_socket();
+        if layout.console_socket().as_os_str().len() > 100 {
+            return Err(HostError::SocketPathTooLong {
+                path: socket.display().to_string(),
+            });
+        }
+        // The guest it will run: the snapshot's for a restore, this home's for a boot.
+        let guest = match from {
+            Some(s) => std::fs::read_to_string(Path::new(&s.dir).join(crate::GUEST_FILE)).ok(),
+            None => Some(self.guest_identity()?),
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
+        if let Some(g) = guest
+            && let Err(e) = std::fs::write(layout.guest(), g)
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(io_err("recording the guest", &dir)(e));
+        }
+        // A restore keeps the snapshot's machine shape.
+        let (cpus, memory_mib, disk_mib) = match from {
+            Some(s) => (s.cpus, s.memory_mib, s.disk_mib),
+            None => (spec.cpus, spec.memory_mib, spec.disk_mib),
+        };
+        let now = now_ms();
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            name: spec.name.clone(),
+            image: image.name.clone(),
+            image_digest: image.digest.clone(),
+            state: SandboxState::Creating,
+            cpus,
+            memory_mib,
+            disk_mib,
+            created_at: now,
+            engine: choice.engine.clone(),
+            accel: choice.accel.clone(),
+            pid: None,
+            socket: socket.display().to_string(),
+            dir: dir.display().to_string(),
+            boot_ms: None,
+            reason: None,
+            owner: spec.owner.clone(),
+            labels: spec.labels.clone(),
+            env: spec.env.clone(),
+            updated_at: now,
+        };
+        if let Err(e) = self.db.insert(&rec, &current_actor()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        match self.start_vm(&mut rec, &image, &choice, &dir, from, spec) {
+            Ok(pid) => Ok(Pending { rec, pid }),
+            Err(e) => {
+                rec.state = SandboxState::Failed;
+                rec.reason = Some(Reason::StartFailed(e.to_string()));
+                let _ = self.record(&mut rec);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn finish(&self, p: Pending) -> Result<SandboxRecord, HostError> {
+        let Pending { mut rec, pid } = p;
+        let dir = PathBuf::from(&rec.dir);
+        let status = control(
+            Path::new(&rec.socket),
+            &ControlRequest::WaitReady,
+            Some(pid),
+        )
+        .await;
+        let e = match status {
+            Ok(s) if s.state == VmState::Running => {
+                rec.state = SandboxState::Running;
+                rec.boot_ms = s.boot_ms.and_then(|v| i64::try_from(v).ok());
+                self.record(&mut rec)?;
+                return Ok(rec);
+            }
+            Ok(s) => HostError::StartFailed {
+                id: rec.id.clone(),
+                reason: s.reason.unwrap_or_else(|| format!("{:?}", s.state)),
+            },
+            Err(reason) => {
+                kill_vm(pid).await;
+                HostError::StartFailed {
+                    id: rec.id.clone(),
+                    reason: failure_text(&SandboxDir::at(&dir)).unwrap_or(reason),
+                }
+            }
+        };
+        rec.state = SandboxState::Failed;
+        rec.reason = Some(Reason::StartFailed(match &e {
+            HostError::StartFailed { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }));
+        let _ = self.record(&mut rec);
+        Err(e)
+    }
+
+    pub(crate) fn start_vm(
+        &self,
+        rec: &mut SandboxRecord,
+        image: &Image,
+        choice: &engine::EngineChoice,
+        dir: &Path,
+        from: Option<&SnapshotRecord>,
+        policy: &CreateSpec,
+    ) -> Result<u32, HostError> {
+        let disk = SandboxDir::at(dir).disk();
+        match from {
+            // The clone's own disk: a sparse copy of the snapshot's (the snapshot stays intact).
+            Some(s) => copy_sparse_file(&Path::new(&s.dir).join("disk-cove-rw"), &disk)?,
+            None => make_disk(&disk, rec.disk_mib)?,
+        }
+        let cfg = VmConfig {
+            id: rec.id.clone(),
+            engine: choice.engine.clone(),
+            accel: choice.accel.clone(),
+            kernel: self.kernel().display().to_string(),
+            initramfs: self.initramfs().display().to_string(),
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+            disks: vec![
+                DiskConfig {
+                    path: image.disk.display().to_string(),
+                    read_only: true,
+                    serial: "cove-image".into(),
+                },
+                DiskConfig {
+                    path: disk.display().to_string(),
+                    read_only: false,
+                    serial: "cove-rw".into(),
+                },
+            ],
+            tsc_khz: engine::tsc_khz(&self.home),
+            qemu: choice.qemu.clone(),
+            restore: from.map(|s| s.dir.clone()),
+            clone_of: from.map(|s| s.id.clone()),
+            expires_at: policy.ttl_secs.map(|t| unix_now() + t),
+            idle_timeout_secs: policy.idle_timeout_secs,
+            on_idle: policy.on_idle.clone(),
+            blob_store: Some(self.home.join("blobs").display().to_string()),
+        };
+        write_atomic(
+            &SandboxDir::at(dir).vm_config(),
+            &serde_json::to_vec_pretty(&cfg).expect("serializes"),
+        )?;
+        let pid = spawn_vm(dir)?;
+        rec.pid = Some(pid);
+        self.record(rec)?;
+        Ok(pid)
+    }
+
+    /// Takes a snapshot of a running or paused sandbox, which keeps running. `template` marks it
+    pub async fn stop(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
+            let _ = control(Path::new(&rec.socket), &ControlRequest::Stop, Some(pid)).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vm_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if vm_alive(pid) {
+                kill_vm(pid).await;
+            }
+            rec.state = SandboxState::Stopped;
+            rec.reason = Some(Reason::Stopped);
+            rec.pid = None;
+            self.record(&mut rec)?;
+        }
+        Ok(rec)
+    }
+
+    /// Stops a running sandbox's vCPUs; its memory stays resident.
+    pub async fn pause(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        match rec.state {
+            SandboxState::Paused => return Ok(rec),
+            SandboxState::Running => {}
+            _ => return Err(not_running(rec)),
+        }
+        self.vm_op(&rec, &ControlRequest::Pause).await?;
+        rec.state = SandboxState::Paused;
+        self.record(&mut rec)?;
+        Ok(rec)
+    }
+
+    /// Runs a paused sandbox again, or restores a hibernated one (same id, files and processes).
+    pub async fn resume(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        match rec.state {
+            SandboxState::Running => Ok(rec),
+            SandboxState::Paused => {
+                self.vm_op(&rec, &ControlRequest::Resume).await?;
+                rec.state = SandboxState::Running;
+                rec.reason = None;
+                self.record(&mut rec)?;
+                Ok(rec)
+            }
+            SandboxState::Hibernated => {
+                let dir = PathBuf::from(&rec.dir);
+                let layout = rec.layout();
+                let snap = layout.hibernation();
+                let key = format!("hibernations/{}", rec.id);
+                // Another host hibernated it, or the cache is gone: fetch it from the store.
+                if !snap.join("manifest.json").is_file() {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(io_err("creating the sandbox directory", &dir))?;
+                    self.blobs.download_dir(&key, &snap).await?;
+                }
+                let stored_disk = snap.join("disk-cove-rw");
+                if stored_disk.is_file() {
+                    if layout.disk().is_file() {
+                        let _ = std::fs::remove_file(&stored_disk);
+                    } else {
+                        std::fs::rename(&stored_disk, layout.disk())
+                            .map_err(io_err("placing the sandbox disk", &dir))?;
+                    }
+                }
+                let mut cfg: VmConfig = serde_json::from_slice(
+                    &std::fs::read(layout.vm_config()).map_err(io_err("reading vm.json", &dir))?,
+                )
+                .map_err(|e| HostError::Io {
+                    what: "parsing vm.json",
+                    path: dir.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                cfg.restore = Some(snap.display().to_string());
+                cfg.tsc_khz = engine::tsc_khz(&self.home);
+                write_atomic(
+                    &layout.vm_config(),
+                    &serde_json::to_vec_pretty(&cfg).expect("serializes"),
+                )?;
+                let pid = spawn_vm(&dir)?;
+                rec.pid = Some(pid);
+                rec.state = SandboxState::Resuming;
+                self.record(&mut rec)?;
+                match control(
+                    Path::new(&rec.socket),
+                    &ControlRequest::WaitReady,
+                    Some(pid),
+                )
+                .await
+                {
+                    Ok(s) if s.state == VmState::Running => {
+                        rec.state = SandboxState::Running;
+                        rec.reason = None;
+                        self.record(&mut rec)?;
+                        // The snapshot is stale from here on (the guest runs and writes its disk).
+                        let _ = std::fs::remove_dir_all(&snap);
+                        let _ = self.blobs.delete_prefix(&key).await;
+                        Ok(rec)
+                    }
+                    other => {
+                        kill_vm(pid).await;
+                        let reason = match other {
+                            Ok(s) => s.reason.unwrap_or_else(|| format!("{:?}", s.state)),
+                            Err(e) => failure_text(&layout).unwrap_or(e),
+                        };
+                        // The snapshot is untouched: the sandbox stays hibernated, and says why.
+                        rec.state = SandboxState::Hibernated;
+                        rec.pid = None;
+                        rec.reason = Some(Reason::ResumeFailed(reason.clone()));
+                        self.record(&mut rec)?;
+                        Err(HostError::StartFailed { id: rec.id, reason })
+                    }
+                }
+            }
+            _ => Err(not_running(rec)),
+        }
+    }
+
+    /// Saves a running or paused sandbox's whole state beside it and stops its VM: it then costs
+    /// only disk, and `resume` brings it back.
+    pub async fn hibernate(&self, key: &str) -> Result<SandboxRecord, HostError> {
+        let mut rec = self.get(key)?;
+        let before = rec.state;
+        if !before.is_active() {
+            return Err(not_running(rec));
+        }
+        let layout = rec.layout();
+        let snap = layout.hibernation();
+        let _ = std::fs::remove_dir_all(&snap);
+        // Recorded first: a host killed from here on leaves `hibernating`, which the next
+        // reconcile settles from what cove-vm did.
+        rec.state = SandboxState::Hibernating;
+        self.record(&mut rec)?;
+        let req = ControlRequest::Hibernate {
+            dir: snap.display().to_string(),
+        };
+        if let Err(e) = self.vm_op(&rec, &req).await {
+            // The answer can be lost if cove-vm ends first; its exit record says what happened.
+            if let Some(pid) = rec.pid {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while vm_alive(pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            if !matches!(vm_end(&layout), Some(VmEnd::Hibernated { .. })) {
+                if rec.pid.is_some_and(vm_alive) {
+                    // cove-vm carries on as it was (it resumes a failed save).
+                    rec.state = before;
+                    self.record(&mut rec)?;
+                } else {
+                    self.settle(&mut rec, false)?;
+                }
+                return Err(e);
+            }
+        }
+        if let Some(pid) = rec.pid {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vm_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // Into the blob store (with the disk), so any host can resume it; the local copy stays
+        // as this host's cache.
+        let key = format!("hibernations/{}", rec.id);
+        let uploaded = async {
+            self.blobs
+                .upload_file(&format!("{key}/disk-cove-rw"), &layout.disk(), true)
+                .await?;
+            self.blobs.upload_dir(&key, &snap).await
+        }
+        .await;
+        rec.state = SandboxState::Hibernated;
+        rec.pid = None;
+        rec.reason = uploaded
+            .as_ref()
+            .err()
+            .map(|e| Reason::NotStored(e.to_string()));
+        self.record(&mut rec)?;
+        Ok(rec)
+    }
+
+    pub(crate) async fn vm_op(
+        &self,
+        rec: &SandboxRecord,
+        req: &ControlRequest,
+    ) -> Result<(), HostError> {
+        control(Path::new(&rec.socket), req, None)
+            .await
+            .map(drop)
+            .map_err(|reason| HostError::Operation {
+                id: rec.id.clone(),
+                reason,
+            })
+    }
+
+    /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
+    pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
+        let rec = self.get(key)?;
+        if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
+            if !force && rec.state.has_vm() {
+                return Err(HostError::StillRunning(rec.id));
+            }
+            kill_vm(pid).await;
+        }
+        let _ = self
+            .blobs
+            .delete_prefix(&format!("hibernations/{}", rec.id))
+            .await;
+        // Guest RAM of a cove-vm that was killed outright (it removes the file itself otherwise).
+        let _ = std::fs::remove_file(SandboxDir::guest_ram(&rec.id));
+        // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
+        let dir = &self.home.join("sandboxes").join(&rec.id);
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("removing the sandbox directory", dir)(e));
+            }
+            _ => {}
+        }
+        self.db.delete(&rec.id, &current_actor())?;
+        Ok(rec)
+    }
+
+    /// The file the console log is appended to (rotated to `console.log.1` past 1 MiB).
+    pub fn console_log(&self, rec: &SandboxRecord) -> PathBuf {
+        rec.layout().console_log()
+    }
+
+    /// The console log of a sandbox: the rotated part (`console.log.1`), then the current one.
+    pub fn logs(&self, key: &str) -> Result<Vec<u8>, HostError> {
+        let rec = self.get(key)?;
+        let mut out = Vec::new();
+        for name in ["console.log.1", "console.log"] {
+            let p = Path::new(&rec.dir).join(name);
+            match std::fs::read(&p) {
+                Ok(b) => out.extend(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("reading the console log", &p)(e)),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,272 @@
+//! Snapshots, templates and forks: a snapshot is a saved machine (memory, device state,
+//! disks) in the blob store with this host's copy as a cache; a template is its image's
+//! snapshot taken right after the agent first answered; a fork is a snapshot restored N times.
+
+use std::path::Path;
+
+use cove_protocol::control::ControlRequest;
+
+use crate::error::io_err;
+use crate::fsutil::{new_id, now_ms};
+use crate::spec::validate_name;
+use crate::supervisor::not_running;
+use crate::{CreateSpec, GUEST_FILE, Host, HostError, SandboxRecord, SnapshotRecord, engine};
+
+impl Host {
+    /// N new sandboxes from a running (or paused) one: a snapshot, then N restores, each with its
+    /// own disk copy, hostname, machine-id, entropy and a clock set to now. The source keeps
+    /// running.
+    pub async fn fork(&self, key: &str, count: u32) -> Result<Vec<SandboxRecord>, HostError> {
+        if !(1..=64).contains(&count) {
+            return Err(HostError::InvalidSetting {
+                what: "count",
+                value: count.to_string(),
+                allowed: "1 to 64",
+            });
+        }
+        let source = self.get(key)?;
+        // The fork's snapshot lives only until the clones have started: it stays local.
+        let snap = self.take_snapshot(&source.id, None, false, false).await?;
+        // Clones belong to the source's owner and carry its labels and environment.
+        let spec = CreateSpec {
+            image: snap.image.clone(),
+            name: None,
+            cpus: snap.cpus,
+            memory_mib: snap.memory_mib,
+            disk_mib: snap.disk_mib,
+            from_snapshot: Some(snap.id.clone()),
+            use_template: false,
+            owner: source.owner,
+            labels: source.labels,
+            env: source.env,
+            ..CreateSpec::default()
+        };
+        // All clones start at once, then each is awaited: they restore in parallel.
+        let mut pending = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..count {
+            match self.begin(&spec, Some(&snap)) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for p in pending {
+            match self.finish(p).await {
+                Ok(r) => out.push(r),
+                Err(e) if result.is_ok() => result = Err(e),
+                Err(_) => {}
+            }
+        }
+        // The clones hold their own copies of memory and disk: the snapshot is no longer needed.
+        let _ = self.remove_snapshot(&snap.id).await;
+        if result.is_err() {
+            // All or nothing: clones that did start are not left running unannounced.
+            for c in &out {
+                let _ = self.remove(&c.id, true).await;
+            }
+        }
+        result.map(|()| out)
+    }
+
+    /// as its image's template (used by `create` for that image).
+    pub async fn snapshot(
+        &self,
+        key: &str,
+        name: Option<String>,
+        template: bool,
+    ) -> Result<SnapshotRecord, HostError> {
+        self.take_snapshot(key, name, template, true).await
+    }
+
+    pub(crate) async fn take_snapshot(
+        &self,
+        key: &str,
+        name: Option<String>,
+        template: bool,
+        store: bool,
+    ) -> Result<SnapshotRecord, HostError> {
+        if let Some(n) = &name {
+            validate_name(n)?;
+        }
+        let rec = self.get(key)?;
+        if !rec.state.is_active() {
+            return Err(not_running(rec));
+        }
+        let id = new_id();
+        let dir = self.home.join("snapshots").join(&id);
+        std::fs::create_dir_all(self.home.join("snapshots"))
+            .map_err(io_err("creating the snapshot store", &self.home))?;
+        self.vm_op(
+            &rec,
+            &ControlRequest::Snapshot {
+                dir: dir.display().to_string(),
+            },
+        )
+        .await?;
+        // The guest the snapshot holds travels with it (templates are matched on it).
+        if let Ok(g) = std::fs::read(rec.layout().guest()) {
+            let _ = std::fs::write(dir.join(GUEST_FILE), g);
+        }
+        // Stored in the blob store; the local directory stays as this host's cache.
+        let uploaded = if store {
+            self.blobs
+                .upload_dir(&format!("snapshots/{id}"), &dir)
+                .await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = uploaded {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.blobs.delete_prefix(&format!("snapshots/{id}")).await;
+            return Err(e.into());
+        }
+        let snap = SnapshotRecord {
+            id,
+            name,
+            sandbox: Some(rec.id.clone()),
+            image: rec.image.clone(),
+            image_digest: rec.image_digest.clone(),
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+            disk_mib: rec.disk_mib,
+            created_at: now_ms(),
+            dir: dir.display().to_string(),
+            template,
+            owner: if template { None } else { rec.owner.clone() },
+        };
+        if let Err(e) = self.db.insert_snapshot(&snap) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(snap)
+    }
+
+    /// Boots a sandbox from `image`, snapshots it as the image's template, and removes it.
+    /// `create` for that image (with the same cpus, memory and disk) then restores instead of
+    /// booting.
+    pub async fn template_create(&self, spec: &CreateSpec) -> Result<SnapshotRecord, HostError> {
+        let boot = CreateSpec {
+            use_template: false,
+            from_snapshot: None,
+            name: None,
+            ..spec.clone()
+        };
+        let rec = self.create(&boot).await?;
+        let r = async {
+            // The agent answers while its sandbox root is still being mounted (it finishes in
+            // the background); a template must hold the finished root, or every restore would
+            // redo that work. Any file request waits for it.
+            self.connect(&rec.id).await?.stat("/").await?;
+            self.snapshot(&rec.id, None, true).await
+        }
+        .await;
+        self.remove(&rec.id, true).await?;
+        let snap = r?;
+        // One template per image and shape: the new one replaces older ones.
+        for old in self.db.list_snapshots()? {
+            if old.template
+                && old.id != snap.id
+                && old.image_digest == snap.image_digest
+                && (old.cpus, old.memory_mib, old.disk_mib)
+                    == (snap.cpus, snap.memory_mib, snap.disk_mib)
+            {
+                let _ = self.remove_snapshot(&old.id).await;
+            }
+        }
+        Ok(snap)
+    }
+
+    pub(crate) fn template_for(
+        &self,
+        spec: &CreateSpec,
+    ) -> Result<Option<SnapshotRecord>, HostError> {
+        let digest = self.image(&spec.image)?.digest;
+        // A template restores only on the engine that took it (a host whose engine changed
+        // boots until a new template is made).
+        let engine = engine::choose(None).ok().map(|c| c.engine);
+        let guest = self.guest_identity().ok();
+        let found = self.db.list_snapshots()?.into_iter().rev().find(|s| {
+            s.template
+                && s.image_digest == digest
+                && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
+                && snapshot_engine(Path::new(&s.dir)).is_some_and(|e| Some(e) == engine)
+        });
+        // A template of another guest (taken before a new kernel or agent was installed, or
+        // before templates recorded their guest) would bring the old one back: boot instead.
+        Ok(found.filter(|s| {
+            let theirs = std::fs::read_to_string(Path::new(&s.dir).join(GUEST_FILE)).ok();
+            let same = theirs.is_some() && theirs == guest;
+            if !same {
+                tracing::warn!(
+                    "template {} holds another guest kernel or agent than this host boots; \
+                     booting instead (remake it: cove template create)",
+                    s.id
+                );
+            }
+            same
+        }))
+    }
+
+    /// Fetches a snapshot from the blob store when this host has no cached copy.
+    pub(crate) async fn ensure_local(&self, s: &SnapshotRecord) -> Result<(), HostError> {
+        let dir = Path::new(&s.dir);
+        if !dir.join("manifest.json").is_file() {
+            self.blobs
+                .download_dir(&format!("snapshots/{}", s.id), dir)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot by id, unique id prefix or name.
+    pub fn snapshot_record(&self, key: &str) -> Result<SnapshotRecord, HostError> {
+        self.db
+            .find_snapshot(key)?
+            .ok_or_else(|| HostError::NoSuchSnapshot(key.to_string()))
+    }
+
+    /// Every snapshot.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
+        self.db.list_snapshots()
+    }
+
+    /// Deletes a snapshot and its files.
+    pub async fn remove_snapshot(&self, key: &str) -> Result<SnapshotRecord, HostError> {
+        let s = self.snapshot_record(key)?;
+        self.blobs
+            .delete_prefix(&format!("snapshots/{}", s.id))
+            .await?;
+        // Where the snapshot lives by construction (a recorded path is not trusted for deletion).
+        let dir = &self.home.join("snapshots").join(&s.id);
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("removing the snapshot", dir)(e));
+            }
+            _ => {}
+        }
+        self.db.delete_snapshot(&s.id)?;
+        Ok(s)
+    }
+
+    /// The snapshot that `owner` (none: local use) named `name`.
+    pub fn snapshot_named(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<SnapshotRecord, HostError> {
+        self.db
+            .find_snapshot_named(owner, name)?
+            .ok_or_else(|| HostError::NoSuchSnapshot(name.to_string()))
+    }
+}
+
+/// The engine a snapshot directory was taken with (from its manifest), if it is readable.
+fn snapshot_engine(dir: &Path) -> Option<String> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    m["engine"].as_str().map(str::to_string)
+}
