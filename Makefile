@@ -34,11 +34,15 @@ test:
 	scripts/test-deps.sh
 	$(CARGO) build --workspace --bins --tests
 	COVE_BIN=target/debug/cove guest/setup.sh "$(TEST_HOME)"
+	COVE_HOME="$(TEST_HOME)" target/debug/cove daemon stop >/dev/null
 	$(MAKE) lint
-	set -o pipefail; COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace --all-targets --no-fail-fast 2>&1 | tee target/test.log
-	@leftover=$$(COVE_HOME="$(TEST_HOME)" target/debug/cove ls -q); \
-	if [ -n "$$leftover" ]; then echo "tests left sandboxes behind: $$leftover"; \
-	  COVE_HOME="$(TEST_HOME)" target/debug/cove rm -f $$leftover; exit 1; fi
+	@# Whatever the tests did, their sandboxes are checked for and the coved their commands
+	@# started is stopped (it would outlive the run).
+	set -o pipefail; COVE_TEST_HOME="$(TEST_HOME)" $(CARGO) test --workspace --all-targets --no-fail-fast 2>&1 | tee target/test.log; rc=$$?; \
+	cove="env COVE_HOME=$(TEST_HOME) target/debug/cove"; \
+	leftover=$$($$cove ls -q); \
+	if [ -n "$$leftover" ]; then echo "tests left sandboxes behind: $$leftover"; $$cove rm -f $$leftover; rc=1; fi; \
+	$$cove daemon stop >/dev/null; exit $$rc
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "cove: %d passed, %d failed\n", p, f; if (p == 0 || f > 0) exit 1 }' target/test.log
 
 # Benchmarks print one JSON line each (see bench/README.md).

@@ -47,7 +47,7 @@ place "$vmlinux" "$home/kernel/vmlinux"
 # The default images go through the same import pipeline as any other image.
 cove="${COVE_BIN:-}"
 if [[ -z "$cove" ]]; then
-	(cd "$repo" && cargo build -q --release -p cove-cli --bin cove)
+	(cd "$repo" && cargo build -q --release -p cove-cli -p cove-server -p cove-vm)
 	cove="$repo/target/release/cove"
 fi
 # Homes from before content-addressed images kept disks under images/NAME/.

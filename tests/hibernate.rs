@@ -57,7 +57,10 @@ fn files_and_processes_survive_pause_and_three_hibernations() {
     for round in 0..3 {
         ok(&cove_out(&["hibernate", &sb.id]));
         assert_eq!(state(&sb), "hibernated");
-        assert!(sb.inspect()["pid"].is_null(), "no process while hibernated");
+        assert!(
+            sb.inspect()["host"]["pid"].is_null(),
+            "no process while hibernated"
+        );
         ok(&cove_out(&["resume", &sb.id]));
         assert_eq!(state(&sb), "running");
         std::thread::sleep(Duration::from_millis(200));
@@ -123,7 +126,8 @@ fn flip(path: &std::path::Path, at: u64, mask: u8) {
 fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     let sb = Sandbox::create("busybox", &[]);
     ok(&cove_out(&["hibernate", &sb.id]));
-    let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap()).join("hibernation");
+    let dir =
+        std::path::PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap()).join("hibernation");
     // Guest memory first: one flipped byte where the guest wrote. The file is sparse and as big
     // as guest RAM, so it is changed in place: rewriting it whole would make it dense and fill a
     // small CI disk with zeros.
@@ -278,7 +282,8 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     let from_tpl = create_192();
     let vm: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
-            std::path::Path::new(from_tpl.inspect()["dir"].as_str().unwrap()).join("vm.json"),
+            std::path::Path::new(from_tpl.inspect()["host"]["dir"].as_str().unwrap())
+                .join("vm.json"),
         )
         .unwrap(),
     )
@@ -292,7 +297,7 @@ fn named_snapshots_restore_and_templates_replace_boots() {
     // inherits it. A template of another guest — a kernel or agent installed since it was taken,
     // simulated by rewriting that record — no longer replaces boots: the current guest boots.
     let clone_of = |sb: &Sandbox| -> serde_json::Value {
-        let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+        let dir = std::path::PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap());
         let vm: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("vm.json")).unwrap()).unwrap();
         vm["clone_of"].clone()
@@ -305,12 +310,13 @@ fn named_snapshots_restore_and_templates_replace_boots() {
             .unwrap()
             .iter()
             .find(|s| s["id"] == tpl.as_str())
-            .unwrap()["dir"]
+            .unwrap()["host"]["dir"]
             .as_str()
             .unwrap(),
     );
     let recorded = std::fs::read_to_string(tpl_dir.join("guest")).unwrap();
-    let from_tpl_dir = std::path::PathBuf::from(from_tpl.inspect()["dir"].as_str().unwrap());
+    let from_tpl_dir =
+        std::path::PathBuf::from(from_tpl.inspect()["host"]["dir"].as_str().unwrap());
     assert_eq!(
         std::fs::read_to_string(from_tpl_dir.join("guest")).unwrap(),
         recorded
@@ -353,7 +359,7 @@ fn named_snapshots_restore_and_templates_replace_boots() {
         clone_of(&booted).is_null(),
         "a template of another guest was restored"
     );
-    let booted_dir = std::path::PathBuf::from(booted.inspect()["dir"].as_str().unwrap());
+    let booted_dir = std::path::PathBuf::from(booted.inspect()["host"]["dir"].as_str().unwrap());
     assert_eq!(
         std::fs::read_to_string(booted_dir.join("guest")).unwrap(),
         recorded,
@@ -446,6 +452,8 @@ impl Drop for TmpfsHome {
                 let _ = cove(&["rm", "-f", id]);
             }
         }
+        // The coved this home's commands started goes with it.
+        let _ = cove(&["daemon", "stop"]);
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
@@ -462,7 +470,7 @@ fn killing_cove_vm_during_a_snapshot_leaves_a_usable_state_or_a_failed_sandbox()
         &["sh", "-c", "head -c 30000000 /dev/urandom > /dev/shm/fill"],
         b"",
     ));
-    let pid = sb.inspect()["pid"].as_u64().unwrap();
+    let pid = sb.inspect()["host"]["pid"].as_u64().unwrap();
     let mut snap = cove_tests::cove()
         .args(["snapshot", &sb.id])
         .spawn()
@@ -545,7 +553,7 @@ fn a_hibernated_sandbox_resumes_from_the_blob_store_alone() {
     let sum = ok(&sb.exec(&[], &["cat", "/root/sum"], b""));
     let pid = ok(&sb.exec(&[], &["cat", "/tmp/pid"], b""));
     ok(&cove_out(&["hibernate", &sb.id]));
-    let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+    let dir = std::path::PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap());
     std::fs::remove_dir_all(dir.join("hibernation")).unwrap();
     std::fs::remove_file(dir.join("disk.ext4")).unwrap();
     ok(&cove_out(&["resume", &sb.id]));

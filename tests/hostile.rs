@@ -48,7 +48,7 @@ fn bad_settings_and_unknown_images_are_refused_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
     let sb = Sandbox::create("busybox", &[]);
-    let socket = sb.inspect()["socket"].as_str().unwrap().to_string();
+    let socket = sb.inspect()["host"]["socket"].as_str().unwrap().to_string();
     let conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let (r, mut w) = conn.into_split();
     let mut line = serde_json::to_vec(&ControlRequest::Attach).unwrap();
@@ -116,7 +116,7 @@ async fn malformed_frames_are_rejected_and_the_connection_keeps_serving() {
 #[test]
 fn a_guest_flooding_its_console_cannot_fill_the_host_disk() {
     let sb = Sandbox::create("busybox", &[]);
-    let dir = std::path::PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+    let dir = std::path::PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap());
     // 2.5 MiB at the console, more than the 2 MiB cove-vm keeps.
     let o = sb.exec(
         &[],

@@ -7,11 +7,7 @@
 use cove_tests::{Sandbox, cove, text};
 
 fn kvm(args: &[&str]) -> std::process::Output {
-    cove()
-        .env("COVE_ENGINE", "kvm")
-        .args(args)
-        .output()
-        .expect("running cove")
+    cove().args(args).output().expect("running cove")
 }
 
 #[test]
@@ -34,13 +30,15 @@ fn the_kvm_engine_boots_execs_snapshots_and_restores_the_real_guest() {
         );
         return;
     }
-    let o = kvm(&["create", "--image", "busybox", "--memory", "256"]);
+    let o = kvm(&[
+        "create", "--engine", "kvm", "--image", "busybox", "--memory", "256",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sb = Sandbox {
         id: text(&o).trim().to_string(),
     };
     let st = sb.inspect();
-    assert_eq!(st["engine"], "kvm", "{st}");
+    assert_eq!(st["host"]["engine"], "kvm", "{st}");
     let out = sb.exec(
         &[],
         &[

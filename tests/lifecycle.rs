@@ -22,7 +22,7 @@ fn a_relative_home_is_recorded_absolute_and_rm_leaves_nothing() {
     let sb = Sandbox {
         id: text(&o).trim().to_string(),
     };
-    let dir = PathBuf::from(sb.inspect()["dir"].as_str().unwrap());
+    let dir = PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap());
     assert!(dir.is_absolute() && dir.is_dir(), "{}", dir.display());
     assert_eq!(sb.exec(&[], &["echo", "ok"], b"").stdout, b"ok\n");
     let o = cove_out(&["rm", "-f", &sb.id]);
@@ -51,9 +51,9 @@ fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
     assert!(ids.lines().any(|l| l == sb.id));
 
     let v = sb.inspect();
-    let pid = v["pid"].as_u64().unwrap();
-    let qemu = v["vm"]["vmm_pid"].as_u64().unwrap();
-    let dir = PathBuf::from(v["dir"].as_str().unwrap());
+    let pid = v["host"]["pid"].as_u64().unwrap();
+    let qemu = v["host"]["vm"]["vmm_pid"].as_u64().unwrap();
+    let dir = PathBuf::from(v["host"]["dir"].as_str().unwrap());
     assert!(alive(pid) && alive(qemu) && dir.is_dir());
     let logs = cove_out(&["logs", &sb.id]);
     // The agent logs one line once it has answered the host: its version and boot timings.
@@ -85,7 +85,7 @@ fn sandbox_survives_the_cli_and_rm_leaves_nothing() {
 fn a_vanished_vm_is_marked_failed_with_the_reason() {
     let sb = Sandbox::create("busybox", &[]);
     let v = sb.inspect();
-    let qemu = v["vm"]["vmm_pid"].as_u64().unwrap();
+    let qemu = v["host"]["vm"]["vmm_pid"].as_u64().unwrap();
     // Kill the VM under cove-vm's feet.
     kill_9(qemu);
     assert!(wait_until(Duration::from_secs(10), || {
@@ -111,7 +111,7 @@ fn a_vanished_vm_is_marked_failed_with_the_reason() {
 #[test]
 fn stop_keeps_the_sandbox_record() {
     let sb = Sandbox::create("busybox", &[]);
-    let pid = sb.inspect()["pid"].as_u64().unwrap();
+    let pid = sb.inspect()["host"]["pid"].as_u64().unwrap();
     let o = cove_out(&["stop", &sb.id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!alive(pid));
@@ -132,15 +132,15 @@ fn info_names_the_engine_and_why() {
     let o = cove_out(&["info", "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["engine"]["engine"], "qemu");
-    let hw = v["virtualisation"]["hw_virt"].as_bool().unwrap()
-        && v["virtualisation"]["dev_kvm"].as_bool().unwrap();
+    assert_eq!(v["host"]["engine"]["engine"], "qemu");
+    let hw = v["host"]["virtualisation"]["hw_virt"].as_bool().unwrap()
+        && v["host"]["virtualisation"]["dev_kvm"].as_bool().unwrap();
     assert_eq!(
-        v["engine"]["accel"] == "kvm",
+        v["host"]["engine"]["accel"] == "kvm",
         hw,
         "auto uses KVM only when it is hardware-backed"
     );
-    assert!(v["kernel"]["present"].as_bool().unwrap());
+    assert!(v["host"]["kernel"]["present"].as_bool().unwrap());
     // The guest identity templates are matched on: sha256 prefixes of the kernel and initramfs.
     let sum = |p: &str| {
         let o = std::process::Command::new("sha256sum")
@@ -150,11 +150,11 @@ fn info_names_the_engine_and_why() {
         String::from_utf8_lossy(&o.stdout)[..16].to_string()
     };
     assert_eq!(
-        v["guest"].as_str().unwrap(),
+        v["host"]["guest"].as_str().unwrap(),
         format!(
             "{}-{}",
-            sum(v["kernel"]["path"].as_str().unwrap()),
-            sum(v["initramfs"]["path"].as_str().unwrap())
+            sum(v["host"]["kernel"]["path"].as_str().unwrap()),
+            sum(v["host"]["initramfs"]["path"].as_str().unwrap())
         )
     );
 }

@@ -227,11 +227,19 @@ pub async fn run(
     });
     drop(cmd);
     let (pid, exit_rx) = spawned.map_err(|e| {
+        // ENOEXEC: a file the kernel cannot run (no shebang, another architecture).
+        const ENOEXEC: i32 = 8;
         if e.kind() == io::ErrorKind::NotFound {
             err(
-                ErrorCode::NotFound,
+                ErrorCode::ProgramNotFound,
                 format!("executable not found: {program}"),
                 None,
+            )
+        } else if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(ENOEXEC) {
+            err(
+                ErrorCode::ProgramNotRunnable,
+                format!("cannot run {program}: {e}"),
+                Some(&program),
             )
         } else {
             io_err(&e, "starting the process", &program)

@@ -10,6 +10,35 @@ pub use cove_model::{Actor, EventState, SandboxState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Who serves a coved Unix socket: written by coved into `SOCKET.lock`, which it holds locked
+/// while it serves; the CLI reads it to stop that coved (`cove daemon stop`) and to restart a
+/// coved of another build than its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// coved's pid.
+    pub pid: u32,
+    /// Its executable.
+    pub exe: String,
+    /// Its build: [`DaemonInfo::build_of`] its executable when it started.
+    pub build: String,
+}
+
+impl DaemonInfo {
+    /// What tells two builds of an executable apart: its size and modification time (empty
+    /// when it cannot be read).
+    pub fn build_of(exe: &std::path::Path) -> String {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(exe)
+            .map(|m| format!("{}:{}.{}", m.size(), m.mtime(), m.mtime_nsec()))
+            .unwrap_or_default()
+    }
+}
+
+/// The error code of an exec whose program does not exist (the CLI exits 127, as a shell does).
+pub const PROGRAM_NOT_FOUND: &str = "program_not_found";
+/// The error code of an exec whose program exists but cannot be run (the CLI exits 126).
+pub const PROGRAM_NOT_RUNNABLE: &str = "program_not_runnable";
+
 /// Every error: a stable machine-readable code and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Error {
@@ -59,6 +88,10 @@ pub struct CreateSandbox {
     /// `pause` (default) or `hibernate`; the next request resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_idle: Option<String>,
+    /// The engine: `auto` (the default: `kvm` where /dev/kvm is hardware-backed, else `qemu`),
+    /// `kvm` or `qemu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// Labels, for filtering lists.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -98,6 +131,50 @@ pub struct Sandbox {
     /// Environment of every command run in it.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Where and how it runs on this host: shown to the host's administrator only (coved's
+    /// Unix socket), never to a tenant's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<SandboxHost>,
+}
+
+/// A sandbox as its host runs it (the host's administrator's view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxHost {
+    /// Its tenant; none for the administrator's own sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The engine running it (`qemu`, `kvm`).
+    pub engine: String,
+    /// How the engine runs the guest (`tcg`, `kvm`).
+    pub accel: String,
+    /// Its directory (disk, sockets, logs).
+    pub dir: String,
+    /// Its cove-vm's control socket.
+    pub socket: String,
+    /// Its cove-vm's pid, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When its state last changed, milliseconds since the epoch.
+    pub updated_at: i64,
+    /// Its cove-vm's own report (one sandbox's view only, while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmReport>,
+}
+
+/// What a running sandbox's cove-vm reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmReport {
+    /// cove-vm's pid.
+    pub pid: u32,
+    /// The engine's own process (QEMU), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_pid: Option<u32>,
+    /// The guest agent's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Milliseconds from cove-vm's start to the agent's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<u64>,
 }
 
 /// A page of sandboxes.
@@ -412,6 +489,69 @@ pub struct Info {
     pub engine: String,
     /// Image names installed.
     pub images: Vec<String>,
+    /// The host itself: shown to its administrator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostInfo>,
+}
+
+/// What the host's administrator sees of the host (`cove info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    /// The Cove home (absolute).
+    pub home: String,
+    /// The engine new sandboxes get, and why; none when no engine can run here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineInfo>,
+    /// Why no engine can run, when none can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_error: Option<String>,
+    /// What the host offers for virtualisation.
+    pub virtualisation: Virtualisation,
+    /// QEMU's own version line, when it is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<String>,
+    /// The guest kernel.
+    pub kernel: Asset,
+    /// The initramfs (the guest agent).
+    pub initramfs: Asset,
+    /// The guest's identity (sha256 prefixes of kernel and initramfs): templates of another
+    /// guest are not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+    /// The host's TSC frequency handed to guests, kHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsc_khz: Option<u64>,
+}
+
+/// The engine chosen, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EngineInfo {
+    /// `kvm` or `qemu`.
+    pub engine: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Why this one.
+    pub reason: String,
+}
+
+/// What the host offers for virtualisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Virtualisation {
+    /// `/dev/kvm` exists.
+    pub dev_kvm: bool,
+    /// The CPU flags show vmx or svm.
+    pub hw_virt: bool,
+    /// `/dev/kvm` is a nested, emulated KVM (`kvm_pvm`).
+    pub kvm_pvm: bool,
+}
+
+/// A file the host needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Asset {
+    /// Where it is expected.
+    pub path: String,
+    /// Whether it is there.
+    pub present: bool,
 }
 
 /// `POST /v1/sandboxes/{id}/fork`.
@@ -454,6 +594,23 @@ pub struct Snapshot {
     pub disk_mib: u32,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// Its image's template (creates of that image and shape restore it instead of booting);
+    /// templates belong to the host, listed to its administrator only.
+    #[serde(default)]
+    pub template: bool,
+    /// Where it is kept on this host: shown to the host's administrator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<SnapshotHost>,
+}
+
+/// A snapshot as its host keeps it (the host's administrator's view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotHost {
+    /// Its tenant; none for the administrator's own snapshots and templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// This host's copy (the blob store holds the original).
+    pub dir: String,
 }
 
 /// What `DELETE /v1/images/{image}` did.
@@ -489,6 +646,61 @@ pub struct Image {
     /// for others only the tenant's own.
     #[serde(default)]
     pub used_by: Vec<String>,
+}
+
+/// One image in full (`GET /v1/images/{image}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageDetail {
+    /// What a listing shows.
+    #[serde(flatten)]
+    pub image: Image,
+    /// The config blob's digest.
+    pub config_digest: String,
+    /// Where it came from (a reference, an archive, a directory).
+    pub source: String,
+    /// Layers, bottom first.
+    pub layers: Vec<ImageLayer>,
+    /// Entries in the root filesystem.
+    pub entries: u64,
+    /// Device nodes left out of the root filesystem.
+    pub devices_skipped: u64,
+    /// Size of its disk file.
+    pub disk_bytes: u64,
+    /// How its processes run by default.
+    pub config: ImageConfig,
+    /// Its disk file on this host: shown to the host's administrator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+}
+
+/// One layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageLayer {
+    /// Digest of the blob as stored (compressed).
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Digest of the uncompressed tar.
+    pub diff_id: String,
+}
+
+/// How an image's processes run by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageConfig {
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// User (`name`, `uid`, `uid:gid`, `name:group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Prepended to the command.
+    pub entrypoint: Vec<String>,
+    /// The command.
+    pub cmd: Vec<String>,
 }
 
 /// A list of items.

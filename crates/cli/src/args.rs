@@ -11,7 +11,8 @@ pub struct Cli {
     /// Cove home (state, images, sandboxes); default /var/lib/cove for root, else ~/.local/share/cove.
     #[arg(long, env = "COVE_HOME", global = true)]
     pub home: Option<PathBuf>,
-    /// A coved to drive instead of this machine (`http://host:port`); with COVE_API_KEY.
+    /// A remote coved to drive (`http://host:port`) with COVE_API_KEY, instead of this
+    /// machine's (reached over COVE_HOME/coved.sock, started when needed).
     #[arg(long, env = "COVE_HOST", global = true)]
     pub host: Option<String>,
     /// API key for --host.
@@ -33,6 +34,9 @@ pub struct Resources {
     /// Writable disk in MiB (sparse: costs only what is written).
     #[arg(long, default_value_t = 2048)]
     pub disk: u32,
+    /// Engine: auto (kvm where /dev/kvm is hardware-backed, else qemu), kvm or qemu.
+    #[arg(long, value_name = "auto|kvm|qemu")]
+    pub engine: Option<String>,
 }
 
 /// Lifetime policies of a new sandbox.
@@ -213,6 +217,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local coved (started by any command when none runs): status, start, stop.
+    Daemon {
+        #[command(subcommand)]
+        command: DaemonCommand,
+    },
+}
+
+/// The local coved.
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Whether a coved serves this Cove home, and which.
+    Status {
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start it now (any other command does when needed).
+    Start,
+    /// Stop it; sandboxes keep running, and the next command starts a coved that re-attaches.
+    Stop,
 }
 
 /// Snapshot management.

@@ -1,12 +1,9 @@
-//! `cove cp`: one file between this machine and a sandbox, streamed both ways, with the
-//! sandbox reached directly (its agent) or through a coved (the HTTP API): one copy logic over
-//! [`Files`].
+//! `cove cp`: one file between this machine and a sandbox, streamed both ways through the
+//! coved's file API.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use cove_host::{AgentClient, Host};
-use cove_protocol::FileKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A sandbox's files, however they are reached.
@@ -22,25 +19,6 @@ pub(crate) trait Files {
     ) -> anyhow::Result<()>;
     /// Streams `path` into `to`.
     async fn download<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> anyhow::Result<()>;
-}
-
-impl Files for AgentClient {
-    async fn is_dir(&self, path: &str) -> bool {
-        self.stat(path).await.is_ok_and(|s| s.kind == FileKind::Dir)
-    }
-    async fn upload<R: AsyncRead + Unpin>(
-        &self,
-        path: &str,
-        mode: Option<u32>,
-        from: &mut R,
-    ) -> anyhow::Result<()> {
-        self.write_file(path, mode, from).await?;
-        Ok(())
-    }
-    async fn download<W: AsyncWrite + Unpin>(&self, path: &str, to: &mut W) -> anyhow::Result<()> {
-        self.read_file(path, to).await?;
-        Ok(())
-    }
 }
 
 /// One sandbox of a coved.
@@ -106,14 +84,8 @@ fn sandbox_of(src: &str, dst: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Runs `cove cp SRC DST` on this machine.
-pub async fn run(host: &Host, src: &str, dst: &str) -> anyhow::Result<()> {
-    let client = host.connect(&sandbox_of(src, dst)?).await?;
-    copy(&client, src, dst).await
-}
-
-/// Runs `cove cp SRC DST` through a coved.
-pub async fn run_remote(client: &cove_sdk::Client, src: &str, dst: &str) -> anyhow::Result<()> {
+/// Runs `cove cp SRC DST` through the coved.
+pub async fn run(client: &cove_sdk::Client, src: &str, dst: &str) -> anyhow::Result<()> {
     let id = sandbox_of(src, dst)?;
     copy(&Remote { client, id }, src, dst).await
 }

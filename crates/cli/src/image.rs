@@ -1,14 +1,12 @@
-//! `cove image …`: pulls and imports with progress, listing, removal.
+//! How `cove image …` shows images: pull progress (bars on a terminal, plain lines otherwise)
+//! and the `ls` table.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read as _};
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use cove_host::images::{Event, Progress, PullOptions};
-use cove_host::{Host, ImageConfig, ImageInfo};
+use cove_image::{Event, Progress};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use crate::args::ImageCommand;
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
@@ -20,7 +18,7 @@ fn short(digest: &str) -> &str {
 }
 
 /// Bars on a terminal, plain lines otherwise (logs, CI), nothing with `--quiet`.
-struct Display {
+pub(crate) struct Display {
     mode: Mode,
     bars: Mutex<HashMap<String, ProgressBar>>,
     multi: MultiProgress,
@@ -34,7 +32,7 @@ enum Mode {
 }
 
 impl Display {
-    fn new(quiet: bool) -> Self {
+    pub(crate) fn new(quiet: bool) -> Self {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
@@ -168,18 +166,6 @@ impl Drop for Display {
     }
 }
 
-fn print_done(info: &ImageInfo) {
-    println!(
-        "{}{}",
-        info.meta.digest,
-        if info.assigned.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", info.assigned.join(" "))
-        }
-    );
-}
-
 /// One image of `cove image ls`.
 pub(crate) struct ImageRow<'a> {
     pub names: &'a [String],
@@ -214,119 +200,4 @@ pub(crate) fn print_images<'a>(rows: impl Iterator<Item = ImageRow<'a>>) {
             );
         }
     }
-}
-
-/// Runs one `cove image` command.
-pub async fn run(host: Host, command: ImageCommand) -> anyhow::Result<u8> {
-    match command {
-        ImageCommand::Pull {
-            reference,
-            insecure,
-            username,
-            password_stdin,
-            quiet,
-        } => {
-            let credentials = match username {
-                Some(u) if password_stdin => {
-                    let mut p = String::new();
-                    std::io::stdin().read_to_string(&mut p)?;
-                    Some((u, p.trim_end_matches(['\r', '\n']).to_string()))
-                }
-                _ => None,
-            };
-            let opts = PullOptions {
-                insecure,
-                credentials,
-                docker_config: None,
-            };
-            let display = Display::new(quiet);
-            let info = host.image_pull(&reference, &opts, &display).await?;
-            drop(display);
-            print_done(&info);
-        }
-        ImageCommand::Import {
-            path,
-            name,
-            pick,
-            quiet,
-        } => {
-            let display = Display::new(quiet);
-            let info = host
-                .image_import(&path, pick.as_deref(), name.as_deref(), &display)
-                .await?;
-            drop(display);
-            print_done(&info);
-        }
-        ImageCommand::ImportRootfs {
-            dir,
-            name,
-            env,
-            workdir,
-            user,
-            quiet,
-            cmd,
-        } => {
-            let config = ImageConfig {
-                env,
-                workdir,
-                user,
-                entrypoint: vec![],
-                cmd,
-            };
-            let display = Display::new(quiet);
-            let info = host
-                .image_import_rootfs(&dir, &name, config, &display)
-                .await?;
-            drop(display);
-            print_done(&info);
-        }
-        ImageCommand::Ls { json, quiet } => {
-            let all = host.image_list()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else if quiet {
-                for i in all {
-                    println!("{}", i.meta.digest);
-                }
-            } else {
-                print_images(all.iter().map(|i| ImageRow {
-                    names: &i.names,
-                    digest: &i.meta.digest,
-                    bytes: i.meta.content_bytes,
-                    users: i.used_by.len(),
-                    created_at: i.meta.created_at,
-                }));
-            }
-        }
-        ImageCommand::Inspect { image } => {
-            let info = host.image_inspect(&image)?;
-            let mut v = serde_json::to_value(&info)?;
-            v["disk"] = serde_json::json!(host.images().disk(&info.meta));
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        ImageCommand::Rm { images } => {
-            let mut failed = false;
-            for key in images {
-                match host.image_remove(&key).await {
-                    Ok(Some(d)) => println!("removed {d}"),
-                    Ok(None) => println!("untagged {key}"),
-                    Err(e) => {
-                        eprintln!("cove: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                return Ok(crate::EXIT_COVE);
-            }
-        }
-        ImageCommand::Prune => {
-            let (removed, freed) = host.image_prune().await?;
-            for d in &removed {
-                println!("removed {d}");
-            }
-            println!("freed {}", mb(freed));
-        }
-    }
-    Ok(0)
 }

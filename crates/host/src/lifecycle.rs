@@ -66,7 +66,12 @@ impl Host {
                 });
             }
         }
-        let choice = engine::choose(None)?;
+        // A restore runs on the engine that took its snapshot, unless told otherwise.
+        let requested = spec
+            .engine
+            .clone()
+            .or_else(|| from.and_then(|s| crate::snapshots::snapshot_engine(Path::new(&s.dir))));
+        let choice = engine::choose(requested.as_deref())?;
         let id = new_id();
         let layout = SandboxDir::new(&self.home, &id);
         let dir = layout.path().to_path_buf();

@@ -36,6 +36,8 @@ impl Host {
             disk_mib: snap.disk_mib,
             from_snapshot: Some(snap.id.clone()),
             use_template: false,
+            // A clone restores on the engine that took the snapshot.
+            engine: Some(source.engine),
             owner: source.owner,
             labels: source.labels,
             env: source.env,
@@ -187,7 +189,9 @@ impl Host {
         let digest = self.image(&spec.image)?.digest;
         // A template restores only on the engine that took it (a host whose engine changed
         // boots until a new template is made).
-        let engine = engine::choose(None).ok().map(|c| c.engine);
+        let engine = engine::choose(spec.engine.as_deref())
+            .ok()
+            .map(|c| c.engine);
         let guest = self.guest_identity().ok();
         let found = self.db.list_snapshots()?.into_iter().rev().find(|s| {
             s.template
@@ -265,7 +269,7 @@ impl Host {
 }
 
 /// The engine a snapshot directory was taken with (from its manifest), if it is readable.
-fn snapshot_engine(dir: &Path) -> Option<String> {
+pub(crate) fn snapshot_engine(dir: &Path) -> Option<String> {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
     m["engine"].as_str().map(str::to_string)

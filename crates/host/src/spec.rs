@@ -27,6 +27,9 @@ pub struct CreateSpec {
     pub idle_timeout_secs: Option<u64>,
     /// `pause` or `hibernate` (default `pause`); the next request resumes it.
     pub on_idle: Option<String>,
+    /// The engine (`auto`, `kvm`, `qemu`); none: the host's default (`COVE_ENGINE`, else
+    /// `auto`).
+    pub engine: Option<String>,
     /// Owner recorded on the sandbox.
     pub owner: Option<String>,
     /// Labels.
@@ -48,6 +51,7 @@ impl Default for CreateSpec {
             ttl_secs: None,
             idle_timeout_secs: None,
             on_idle: None,
+            engine: None,
             owner: None,
             labels: BTreeMap::new(),
             env: BTreeMap::new(),

@@ -196,8 +196,9 @@ impl ImageMeta {
     }
 }
 
-/// What the pipeline is doing, for progress displays (and, as JSON, coved's pull progress).
-#[derive(Debug, Clone, Serialize)]
+/// What the pipeline is doing, for progress displays (and, as JSON, coved's pull progress,
+/// which the CLI reads back).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The manifest is known.

@@ -361,6 +361,11 @@ pub enum ErrorCode {
     Cancelled,
     /// The guest failed for another reason.
     Internal,
+    /// The program an exec names does not exist (the shell's 127).
+    ProgramNotFound,
+    /// The program an exec names exists but cannot be run: not executable, or not a format the
+    /// guest runs (the shell's 126).
+    ProgramNotRunnable,
 }
 
 impl ErrorCode {

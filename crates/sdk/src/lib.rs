@@ -22,8 +22,9 @@ pub use cove_api as api;
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// coved answered with an error.
-    #[error("{} ({status})", error.message)]
+    /// coved answered with an error (its message is the whole sentence; the status and the
+    /// stable code are in the value).
+    #[error("{}", error.message)]
     Api {
         /// The HTTP status.
         status: StatusCode,
@@ -162,9 +163,12 @@ impl Client {
         Some(Self::with_ca(&host, &key, ca.as_deref()))
     }
 
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// Where coved is: its base URL, or `unix:PATH` for a Unix socket.
+    pub fn base(&self) -> String {
+        match &self.unix {
+            Some(p) => format!("unix:{}", p.display()),
+            None => self.base.clone(),
+        }
     }
 
     async fn send(
@@ -223,19 +227,31 @@ impl Client {
 
     /// One sandbox.
     pub async fn get(&self, id: &str) -> Result<api::Sandbox, Error> {
+        let id = &segment(id);
         self.call(Method::GET, &format!("/v1/sandboxes/{id}"), None::<&()>)
             .await
     }
 
-    /// Removes a sandbox.
+    /// Removes a sandbox, stopping it first if it runs.
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
-        self.send(Method::DELETE, &format!("/v1/sandboxes/{id}"), None::<&()>)
-            .await
-            .map(drop)
+        self.remove(id, true).await
+    }
+
+    /// Removes a sandbox; without `force`, one that still runs is refused (`409`).
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), Error> {
+        let id = &segment(id);
+        self.send(
+            Method::DELETE,
+            &format!("/v1/sandboxes/{id}?force={force}"),
+            None::<&()>,
+        )
+        .await
+        .map(drop)
     }
 
     /// `pause`, `resume` or `hibernate`.
     pub async fn lifecycle(&self, id: &str, op: &str) -> Result<api::Sandbox, Error> {
+        let id = &segment(id);
         self.call(
             Method::POST,
             &format!("/v1/sandboxes/{id}/{op}"),
@@ -246,6 +262,7 @@ impl Client {
 
     /// Snapshots a sandbox (it keeps running).
     pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<api::Snapshot, Error> {
+        let id = &segment(id);
         let req = api::TakeSnapshot {
             name: name.map(str::to_string),
         };
@@ -259,6 +276,7 @@ impl Client {
 
     /// Forks a sandbox into `count` new ones.
     pub async fn fork(&self, id: &str, count: u32) -> Result<Vec<api::Sandbox>, Error> {
+        let id = &segment(id);
         let l: api::List<api::Sandbox> = self
             .call(
                 Method::POST,
@@ -271,12 +289,14 @@ impl Client {
 
     /// Runs a command to its end.
     pub async fn exec(&self, id: &str, req: &api::Exec) -> Result<api::ExecResult, Error> {
+        let id = &segment(id);
         self.call(Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(req))
             .await
     }
 
     /// The guest's console log.
     pub async fn logs(&self, id: &str) -> Result<Vec<u8>, Error> {
+        let id = &segment(id);
         let res = self
             .send(
                 Method::GET,
@@ -301,6 +321,7 @@ impl Client {
 
     /// Deletes a snapshot.
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), Error> {
+        let id = &segment(id);
         self.send(Method::DELETE, &format!("/v1/snapshots/{id}"), None::<&()>)
             .await
             .map(drop)
@@ -312,8 +333,19 @@ impl Client {
         Ok(l.items)
     }
 
+    /// One image in full, by name, reference, digest or unique digest prefix.
+    pub async fn image(&self, key: &str) -> Result<api::ImageDetail, Error> {
+        self.call(
+            Method::GET,
+            &format!("/v1/images/{}", segment(key)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// A path's metadata.
     pub async fn stat(&self, id: &str, path: &str) -> Result<api::FileStat, Error> {
+        let id = &segment(id);
         self.call(
             Method::GET,
             &format!("/v1/sandboxes/{id}/files/stat?path={}", query_escape(path)),
@@ -324,6 +356,7 @@ impl Client {
 
     /// A directory's entries.
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<api::DirEntry>, Error> {
+        let id = &segment(id);
         let l: api::List<api::DirEntry> = self
             .call(
                 Method::GET,
@@ -336,6 +369,7 @@ impl Client {
 
     /// Creates a directory.
     pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<(), Error> {
+        let id = &segment(id);
         let body = api::Mkdir {
             path: path.into(),
             parents,
@@ -351,6 +385,7 @@ impl Client {
 
     /// Removes a path (`recursive` for a directory with content).
     pub async fn remove_path(&self, id: &str, path: &str, recursive: bool) -> Result<(), Error> {
+        let id = &segment(id);
         self.send(
             Method::DELETE,
             &format!(
@@ -365,6 +400,7 @@ impl Client {
 
     /// Renames a path within the sandbox.
     pub async fn rename(&self, id: &str, from: &str, to: &str) -> Result<(), Error> {
+        let id = &segment(id);
         let body = api::Rename {
             from: from.into(),
             to: to.into(),
@@ -505,6 +541,7 @@ impl Client {
         mode: Option<u32>,
         from: &mut R,
     ) -> Result<api::Written, Error> {
+        let id = &segment(id);
         let mut url = format!(
             "{}/v1/sandboxes/{id}/files?path={}",
             self.base,
@@ -524,6 +561,7 @@ impl Client {
         path: &str,
         to: &mut W,
     ) -> Result<u64, Error> {
+        let id = &segment(id);
         use tokio::io::AsyncWriteExt as _;
         let mut res = self
             .send(
@@ -551,6 +589,7 @@ impl Client {
 
     /// Starts a command and streams it.
     pub async fn exec_stream(&self, id: &str, start: &api::ExecStart) -> Result<ExecStream, Error> {
+        let id = &segment(id);
         let url = format!(
             "{}/v1/sandboxes/{id}/exec/ws",
             self.base
@@ -660,6 +699,20 @@ async fn check(res: reqwest::Response) -> Result<reqwest::Response, Error> {
         request_id: None,
     });
     Err(Error::Api { status, error })
+}
+
+/// Percent-encodes one path segment: a sandbox or snapshot named `tenant/name` (as the host's
+/// administrator names them) stays one segment.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Percent-encodes a query value (paths may hold anything but NUL).

@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use cove_api as api;
 use cove_host::{ClientError, HostError};
 
 tokio::task_local! {
@@ -94,9 +95,14 @@ fn client_error(c: &ClientError, message: String) -> ApiError {
                 C::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
                 C::AlreadyExists | C::NotEmpty => (StatusCode::CONFLICT, "conflict"),
                 C::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+                C::ProgramNotFound => (StatusCode::UNPROCESSABLE_ENTITY, api::PROGRAM_NOT_FOUND),
+                C::ProgramNotRunnable => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, api::PROGRAM_NOT_RUNNABLE)
+                }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
-            ApiError::new(status, code, a.message.clone())
+            // With the path it concerns, when there is one (`/root/x: not found`).
+            ApiError::new(status, code, a.to_string())
         }
         _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
     }

@@ -10,6 +10,7 @@ use std::io::Read as _;
 use std::path::Path;
 use std::sync::Mutex;
 
+use cove_host::Actor;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::Digest as _;
@@ -45,21 +46,49 @@ impl Scope {
     }
 }
 
-/// Who is asking.
+/// Who is asking: a key of a tenant, or the host's administrator (a root caller on coved's
+/// Unix socket, checked by its peer credentials).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The key's id.
-    pub key_id: String,
-    /// Its tenant.
-    pub tenant: String,
+    /// Who acts, for the event log.
+    pub actor: Actor,
+    /// The tenant whose resources it sees; none for the host's administrator, who sees every
+    /// tenant's and creates owner-less ones.
+    pub tenant: Option<String>,
     /// Its highest scope (the others are implied).
     pub scope: Scope,
 }
 
 impl Principal {
+    /// The host's administrator.
+    pub fn local() -> Self {
+        Self {
+            actor: Actor::Local,
+            tenant: None,
+            scope: Scope::Admin,
+        }
+    }
+
     /// True when the key's scope covers `need`.
     pub fn allows(&self, need: Scope) -> bool {
         self.scope >= need
+    }
+
+    /// Whether it may see a resource of `owner`: its tenant's own, or everything for the
+    /// host's administrator.
+    pub fn sees(&self, owner: Option<&str>) -> bool {
+        match &self.tenant {
+            None => true,
+            Some(t) => owner == Some(t.as_str()),
+        }
+    }
+
+    /// The key's id (rate limits are per key); none for the host's administrator.
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.actor {
+            Actor::Key(id) => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -267,8 +296,8 @@ impl Keys {
             .optional()?;
         Ok(row.and_then(|(key_id, tenant, scope)| {
             Some(Principal {
-                key_id,
-                tenant,
+                actor: Actor::Key(key_id),
+                tenant: Some(tenant),
                 scope: Scope::parse(&scope)?,
             })
         }))
@@ -349,7 +378,7 @@ mod tests {
             "{secret}"
         );
         let p = keys.authenticate(&secret).unwrap().unwrap();
-        assert_eq!((p.tenant.as_str(), p.scope), ("acme", Scope::Exec));
+        assert_eq!((p.tenant.as_deref(), p.scope), (Some("acme"), Scope::Exec));
         assert!(p.allows(Scope::Read) && p.allows(Scope::Exec) && !p.allows(Scope::Admin));
         assert!(keys.authenticate("cove_wrong").unwrap().is_none());
         // The database, its WAL and shared memory: the secret is in none of them.

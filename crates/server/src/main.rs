@@ -8,15 +8,12 @@
 //! coved quota set TENANT --sandboxes N --vcpus N --memory-mib N
 //! ```
 
-mod admin;
 mod app;
+mod auth;
 mod error;
-mod events;
-mod files;
 mod keys;
 mod metrics;
-mod pulls;
-mod ws;
+mod routes;
 
 use std::path::PathBuf;
 
@@ -191,27 +188,79 @@ fn keys_command(keys: &keys::Keys, c: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes `SOCKET.lock` (exclusively, for as long as the file stays open) and writes into it who
+/// holds it: this process's pid and executable, which `cove daemon` reads to stop it, and the
+/// CLI to tell whether the coved serving a home is the build it would start.
+fn lock_socket(socket: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write as _;
+    let path = lock_path(socket);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, e)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another coved is serving {} ({e}): {}",
+                socket.display(),
+                holder.trim()
+            );
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_default();
+    let holder = cove_api::DaemonInfo {
+        pid: std::process::id(),
+        exe: exe.display().to_string(),
+        build: cove_api::DaemonInfo::build_of(&exe),
+    };
+    lock.set_len(0)?;
+    lock.write_all(serde_json::to_string(&holder)?.as_bytes())?;
+    lock.sync_all()?;
+    Ok(lock)
+}
+
+/// The lock file beside a socket.
+fn lock_path(socket: &std::path::Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
 /// A TLS configuration (rustls).
 struct Tls(axum_server::tls_rustls::RustlsConfig);
 
 /// A bound listener of either kind.
 enum Listener {
     Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, PathBuf),
+    /// The listener, its path, and the lock held on `PATH.lock` while it serves.
+    Unix(
+        tokio::net::UnixListener,
+        PathBuf,
+        nix::fcntl::Flock<std::fs::File>,
+    ),
 }
 
 async fn bind(addr: &str) -> anyhow::Result<Listener> {
     match addr.strip_prefix("unix:") {
         Some(path) => {
             let path = PathBuf::from(path);
-            // A socket left by a coved that died; a live one would still answer.
-            if tokio::net::UnixStream::connect(&path).await.is_ok() {
-                anyhow::bail!("another coved is listening on {}", path.display());
-            }
+            // One coved per socket: the lock decides between two starting at once (a socket
+            // left by a coved that died is then replaced).
+            let lock = lock_socket(&path)?;
             let _ = std::fs::remove_file(&path);
             let l = tokio::net::UnixListener::bind(&path)
                 .with_context(|| format!("listening on {}", path.display()))?;
-            Ok(Listener::Unix(l, path))
+            // Connecting needs write permission on the socket: its owner only. Callers without
+            // a key are also checked by their peer credentials (auth.rs).
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", path.display()))?;
+            Ok(Listener::Unix(l, path, lock))
         }
         None => Ok(Listener::Tcp(
             tokio::net::TcpListener::bind(addr)
@@ -228,7 +277,7 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
-            Self::Unix(_, p) => format!("unix:{}", p.display()),
+            Self::Unix(_, p, _) => format!("unix:{}", p.display()),
         }
     }
 
@@ -260,14 +309,16 @@ impl Listener {
                 .serve(router.into_make_service())
                 .await;
         }
+        // Each connection's peer (its uid on a Unix socket) reaches the auth extractor.
+        let service = router.into_make_service_with_connect_info::<auth::Peer>();
         match self {
             Self::Tcp(l) => {
-                axum::serve(l, router)
+                axum::serve(l, service)
                     .with_graceful_shutdown(shutdown)
                     .await
             }
-            Self::Unix(l, path) => {
-                let r = axum::serve(l, router)
+            Self::Unix(l, path, _lock) => {
+                let r = axum::serve(l, service)
                     .with_graceful_shutdown(shutdown)
                     .await;
                 let _ = std::fs::remove_file(path);
@@ -308,7 +359,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         println!("coved: metrics on {}", m.describe());
     }
     tracing::info!(sandboxes = n, home = %home.display(), "coved started");
-    let router = app::router(app.clone());
+    let router = routes::router(app.clone());
     let api_task = tokio::spawn(api.serve(router, tls));
     tokio::spawn(app::maintain(
         app.clone(),
@@ -320,7 +371,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
             "/metrics",
             axum::routing::get(move || {
                 let app = app.clone();
-                async move { app::render_metrics(&app) }
+                async move { routes::meta::render_metrics(&app) }
             }),
         );
         tokio::spawn(m.serve(r, None));

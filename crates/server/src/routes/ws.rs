@@ -13,9 +13,11 @@ use cove_api as api;
 use cove_host::agent::{Event, SessionSender};
 use cove_protocol::{ExecRequest, Reply, Request, Stream, TtySize};
 
-use crate::app::{App, Auth, exec_env};
+use crate::app::App;
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::keys::Scope;
+use crate::routes::exec::exec_env;
 
 /// Start a command and stream it (WebSocket; see `ExecStart`, `ExecControl`, `ExecEvent`).
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/ws", tag = "sandboxes",
@@ -80,7 +82,7 @@ async fn session(
             ));
         }
     };
-    let timeout_ms = crate::app::timeout_ms(start.timeout_secs)?;
+    let timeout_ms = crate::routes::exec::timeout_ms(start.timeout_secs)?;
     let base = exec_env(app, rec, start.cmd, start.env, start.cwd, start.user)?;
     let client = app.host.connect(&rec.id).await?;
     let mut ex = client

@@ -11,7 +11,8 @@ use cove_protocol::FileKind;
 use futures::TryStreamExt as _;
 use serde::Deserialize;
 
-use crate::app::{App, Auth};
+use crate::app::App;
+use crate::auth::Auth;
 use crate::error::{ApiError, Json};
 use crate::keys::Scope;
 
@@ -51,7 +52,7 @@ fn query(
 fn file_err(e: ClientError) -> ApiError {
     match &e {
         ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::NotFound => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", a.message.clone())
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", a.to_string())
         }
         _ => e.into(),
     }

@@ -1,7 +1,8 @@
-//! The CLI over a coved (`--host`/`COVE_HOST` with `COVE_API_KEY`): the same commands and the
-//! same output as on this machine, through `cove-sdk`.
+//! Every `cove` command, as requests to a coved's API through `cove-sdk`: the local coved
+//! (the caller is the host's administrator) or a remote one (a tenant's key).
 
 use cove_api as api;
+use cove_image::Progress as _;
 use cove_sdk::{Client, ExecOutput};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -15,6 +16,7 @@ fn create_req(res: &Resources, image: String, name: Option<String>) -> api::Crea
         cpus: Some(res.cpus),
         memory_mib: Some(res.memory),
         disk_mib: Some(res.disk),
+        engine: res.engine.clone(),
         ..Default::default()
     }
 }
@@ -64,9 +66,21 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     println!("{}", s.id);
                 }
             } else {
-                print_sandboxes(all.iter().map(|s| SandboxRow {
+                // A tenant's names are its own: the host's administrator sees them as
+                // `tenant/name`, which is also how it addresses them.
+                let names: Vec<Option<String>> = all
+                    .iter()
+                    .map(
+                        |s| match (s.host.as_ref().and_then(|h| h.owner.as_ref()), &s.name) {
+                            (Some(o), Some(n)) => Some(format!("{o}/{n}")),
+                            (None, n) => n.clone(),
+                            (Some(_), None) => None,
+                        },
+                    )
+                    .collect();
+                print_sandboxes(all.iter().zip(&names).map(|(s, name)| SandboxRow {
                     id: &s.id,
-                    name: s.name.as_deref(),
+                    name: name.as_deref(),
                     image: &s.image,
                     state: s.state,
                     cpus: s.cpus,
@@ -84,10 +98,10 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             tokio::io::stdout().write_all(&c.logs(&id).await?).await?;
             Ok(0)
         }
-        Command::Rm { ids, .. } => {
+        Command::Rm { ids, force } => {
             let mut failed = false;
             for id in ids {
-                match c.delete(&id).await {
+                match c.remove(&id, force).await {
                     Ok(()) => println!("{id}"),
                     Err(e) => {
                         eprintln!("cove: {e}");
@@ -121,6 +135,16 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             } else {
                 None
             };
+            // Without flags, the caller's own docker login for that registry (coved runs as
+            // someone else, and may be on another machine).
+            let (username, password) = match (username, password) {
+                (Some(u), p) => (Some(u), p),
+                (None, _) => match cove_image::parse_reference(&reference) {
+                    Ok(r) => cove_image::docker_credentials(r.resolve_registry(), None)
+                        .map_or((None, None), |(u, p)| (Some(u), Some(p))),
+                    Err(_) => (None, None),
+                },
+            };
             let started = c
                 .pull(&api::Pull {
                     reference,
@@ -129,14 +153,16 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     password,
                 })
                 .await?;
-            // The server's progress, one plain line per step (downloads in whole MB).
+            // The server's progress events, shown as a local pull's.
+            let display = crate::image::Display::new(quiet);
             let last = c
                 .pull_progress(&started.id, |ev| {
-                    if !quiet && ev["type"] != "downloaded" {
-                        eprintln!("{ev}");
+                    if let Ok(e) = serde_json::from_value::<cove_image::Event>(ev.clone()) {
+                        display.event(&e);
                     }
                 })
                 .await?;
+            drop(display);
             match last["type"].as_str() {
                 Some("complete") => {
                     let names: Vec<&str> = last["names"]
@@ -185,10 +211,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
         Command::Image {
             command: ImageCommand::Inspect { image },
         } => {
-            let all = c.images().await?;
-            let i = find_image(&all, &image)
-                .ok_or_else(|| anyhow::anyhow!("no such image: {image}"))?;
-            println!("{}", serde_json::to_string_pretty(i)?);
+            println!("{}", serde_json::to_string_pretty(&c.image(&image).await?)?);
             Ok(0)
         }
         Command::Template {
@@ -288,7 +311,10 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     i.protocol_version,
                     c.base()
                 );
-                println!("engine:    {}", i.engine);
+                match &i.host {
+                    Some(h) => print_host(h),
+                    None => println!("engine:    {}", i.engine),
+                }
                 println!(
                     "images:    {}",
                     if i.images.is_empty() {
@@ -318,7 +344,11 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                     } else {
                         crate::print_snapshots(all.iter().map(|s| crate::SnapshotRow {
                             id: &s.id,
-                            name: s.name.as_deref().unwrap_or("-"),
+                            name: match (&s.name, s.template) {
+                                (Some(n), _) => n,
+                                (None, true) => "(template)",
+                                (None, false) => "-",
+                            },
                             sandbox: s.sandbox.as_deref(),
                             image: &s.image,
                             memory_mib: s.memory_mib,
@@ -340,9 +370,10 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Cp { src, dst } => {
-            crate::copy::run_remote(&c, &src, &dst).await?;
+            crate::copy::run(&c, &src, &dst).await?;
             Ok(0)
         }
+        Command::Daemon { .. } => unreachable!("daemon commands never reach a coved"),
         Command::Image {
             command: ImageCommand::Ls { json, quiet },
         } => {
@@ -364,6 +395,31 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+/// The host's part of `cove info` (the administrator's view).
+fn print_host(h: &api::HostInfo) {
+    println!("home:      {}", h.home);
+    match (&h.engine, &h.engine_error) {
+        (Some(e), _) => {
+            println!("engine:    {} ({})", e.engine, e.accel);
+            println!("why:       {}", e.reason);
+        }
+        (None, e) => println!("engine:    none: {}", e.as_deref().unwrap_or("unknown")),
+    }
+    println!("qemu:      {}", h.qemu.as_deref().unwrap_or("not found"));
+    let present = |a: &api::Asset| {
+        if a.present {
+            ""
+        } else {
+            " (missing: run `make setup`)"
+        }
+    };
+    println!("kernel:    {}{}", h.kernel.path, present(&h.kernel));
+    println!("initramfs: {}{}", h.initramfs.path, present(&h.initramfs));
+    if let Some(g) = &h.guest {
+        println!("guest:     {g}");
     }
 }
 

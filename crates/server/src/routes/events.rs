@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use cove_api as api;
 use serde::Deserialize;
 
-use crate::app::{App, Auth};
+use crate::app::App;
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::keys::Scope;
 
@@ -62,7 +63,7 @@ pub async fn events(
     // Read the first batch now, so a broken database is an error status, not a cut stream.
     let first = app.host.events(
         q.after.unwrap_or(0),
-        Some(&tenant),
+        tenant.as_deref(),
         q.sandbox.as_deref(),
         1000,
     )?;
@@ -94,7 +95,7 @@ pub async fn events(
                 }
                 match app.host.events(
                     q.after.unwrap_or(0),
-                    Some(&tenant),
+                    tenant.as_deref(),
                     q.sandbox.as_deref(),
                     1000,
                 ) {

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use cove_api as api;
 use cove_host::images::{Event, Progress, PullOptions};
 
-use crate::app::{App, Auth};
+use crate::app::App;
+use crate::auth::Auth;
 use crate::error::{ApiError, Json};
 use crate::keys::Scope;
 

@@ -8,7 +8,8 @@ use cove_host::CreateSpec;
 use futures::TryStreamExt as _;
 use serde::Deserialize;
 
-use crate::app::{App, Auth};
+use crate::app::App;
+use crate::auth::Auth;
 use crate::error::{ApiError, Json};
 use crate::keys::Scope;
 
@@ -31,7 +32,10 @@ pub async fn create_template(
     };
     cove_host::validate(&spec)?;
     let s = app.host.template_create(&spec).await?;
-    Ok((StatusCode::CREATED, Json(crate::app::snapshot(s))))
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::routes::snapshot(&auth.0, s)),
+    ))
 }
 
 /// `PUT /v1/images/import` options.
@@ -129,5 +133,46 @@ pub async fn info(State(app): State<App>, auth: Auth) -> Result<Json<api::Info>,
             .into_iter()
             .flat_map(|i| i.names)
             .collect(),
+        host: auth.is_local().then(|| host_info(&app.host)),
     }))
+}
+
+/// The host as its administrator sees it.
+fn host_info(host: &cove_host::Host) -> api::HostInfo {
+    let choice = cove_host::engine::choose(None);
+    let qemu = choice.as_ref().ok().and_then(|c| {
+        let out = std::process::Command::new(&c.qemu)
+            .arg("--version")
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout)
+            .ok()?
+            .lines()
+            .next()
+            .map(str::to_string)
+    });
+    let asset = |p: std::path::PathBuf| api::Asset {
+        present: p.is_file(),
+        path: p.display().to_string(),
+    };
+    let v = cove_host::engine::probe();
+    api::HostInfo {
+        home: host.home().display().to_string(),
+        engine: choice.as_ref().ok().map(|c| api::EngineInfo {
+            engine: c.engine.clone(),
+            accel: c.accel.clone(),
+            reason: c.reason.clone(),
+        }),
+        engine_error: choice.as_ref().err().map(ToString::to_string),
+        virtualisation: api::Virtualisation {
+            dev_kvm: v.dev_kvm,
+            hw_virt: v.hw_virt,
+            kvm_pvm: v.kvm_pvm,
+        },
+        qemu,
+        kernel: asset(host.kernel()),
+        initramfs: asset(host.initramfs()),
+        guest: host.guest_identity().ok(),
+        tsc_khz: cove_host::engine::tsc_khz(host.home()),
+    }
 }

@@ -1,0 +1,106 @@
+//! Who is calling: an API key (`Authorization: Bearer KEY`, any listener), or the host's
+//! administrator — a caller on coved's Unix socket whose peer credentials say it is root or
+//! the user coved runs as, sending no key. Nobody else is let in without a key.
+
+use axum::extract::FromRequestParts;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::serve::IncomingStream;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::keys::{Principal, Scope};
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Principal);
+
+impl Auth {
+    /// Refuses (403) unless the caller's scope covers `scope`.
+    pub(crate) fn need(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.0.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                format!(
+                    "this key's scope ({:?}) does not allow this; it needs {scope:?}",
+                    self.0.scope
+                )
+                .to_lowercase(),
+            ))
+        }
+    }
+
+    /// The host's administrator (see [`Principal::local`]).
+    pub(crate) fn is_local(&self) -> bool {
+        self.0.tenant.is_none()
+    }
+}
+
+/// The peer of a connection: its uid where the listener can tell (a Unix socket).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    /// The connecting process's user id (`SO_PEERCRED`).
+    pub uid: Option<u32>,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Self {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(_: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self::default()
+    }
+}
+
+impl Peer {
+    /// Root, or the user this coved runs as (who owns its home and everything in it anyway).
+    fn is_administrator(self) -> bool {
+        self.uid
+            .is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw())
+    }
+}
+
+impl FromRequestParts<App> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let Some(secret) = bearer else {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<Peer>>()
+                .map(|c| c.0)
+                .unwrap_or_default();
+            if peer.is_administrator() {
+                return Ok(Self(Principal::local()));
+            }
+            return Err(ApiError::unauthorized(
+                "send an API key as `Authorization: Bearer KEY`",
+            ));
+        };
+        let p = app
+            .keys
+            .authenticate(secret)
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+        if let Some(id) = p.key_id() {
+            app.take_token(id)?;
+        }
+        Ok(Self(p))
+    }
+}

@@ -1,0 +1,317 @@
+//! Sandboxes: create, list, inspect, remove, and their lifecycle (pause, resume, stop,
+//! hibernate, snapshot, fork).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use cove_api as api;
+use cove_host::CreateSpec;
+use serde::Deserialize;
+
+use super::sandbox;
+use crate::app::{App, Usage};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, OptionalJson};
+use crate::keys::Scope;
+
+/// Environment names: what a shell can export.
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (k, v) in env {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !v.contains('\0');
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "invalid environment variable {k:?}: names are letters, digits and _, values have no NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Create a sandbox; it is running when this answers.
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
+    request_body = api::CreateSandbox,
+    responses(
+        (status = 201, description = "Created and running", body = api::Sandbox),
+        (status = 400, body = api::Error), (status = 422, body = api::Error),
+        (status = 429, description = "A quota", body = api::Error),
+    ))]
+pub(crate) async fn create(
+    State(app): State<App>,
+    auth: Auth,
+    Json(req): Json<api::CreateSandbox>,
+) -> Result<(StatusCode, Json<api::Sandbox>), ApiError> {
+    auth.need(Scope::Exec)?;
+    check_env(&req.env)?;
+    if req.labels.len() > 64
+        || req
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+    {
+        return Err(ApiError::bad_request(
+            "labels: at most 64, keys 1 to 128 bytes, values up to 1024",
+        ));
+    }
+    let defaults = CreateSpec::default();
+    let from = match &req.snapshot {
+        Some(id) => Some(app.owned_snapshot(&auth.0, id)?),
+        None => None,
+    };
+    let spec = CreateSpec {
+        image: req.image.unwrap_or(defaults.image.clone()),
+        cpus: req.cpus.unwrap_or(defaults.cpus),
+        memory_mib: req.memory_mib.unwrap_or(defaults.memory_mib),
+        disk_mib: req.disk_mib.unwrap_or(defaults.disk_mib),
+        from_snapshot: from.as_ref().map(|s| s.id.clone()),
+        ttl_secs: req.ttl_secs,
+        idle_timeout_secs: req.idle_timeout_secs,
+        on_idle: req.on_idle,
+        engine: req.engine,
+        name: req.name,
+        owner: auth.0.tenant.clone(),
+        labels: req.labels,
+        env: req.env,
+        ..defaults
+    };
+    // Settings first: a malformed request is a 400 whatever the quota says.
+    cove_host::validate(&spec)?;
+    let (cpus, memory_mib) = from
+        .as_ref()
+        .map_or((spec.cpus, spec.memory_mib), |s| (s.cpus, s.memory_mib));
+    let _reserved = app.reserve(
+        &auth.0,
+        Usage {
+            sandboxes: 1,
+            vcpus: cpus,
+            memory_mib: memory_mib.into(),
+        },
+    )?;
+    let rec = app.timed(&auth, "create", app.host.create(&spec)).await?;
+    Ok((StatusCode::CREATED, Json(sandbox(&auth.0, rec))))
+}
+
+/// `GET /v1/sandboxes` filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Only sandboxes in this state.
+    state: Option<api::SandboxState>,
+    /// Only sandboxes with these labels: `k=v`, several separated by commas.
+    label: Option<String>,
+    /// Page size (1–1000, default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List the tenant's sandboxes, oldest first.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListQuery),
+    responses((status = 200, body = api::SandboxList), (status = 400, body = api::Error)))]
+pub(crate) async fn list(
+    State(app): State<App>,
+    auth: Auth,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::SandboxList>, ApiError> {
+    auth.need(Scope::Read)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: 1 to 1000"));
+    }
+    let mut want = Vec::new();
+    for kv in q.label.iter().flat_map(|l| l.split(',')) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ApiError::bad_request(format!("label filter {kv:?}: give k=v")))?;
+        want.push((k.to_string(), v.to_string()));
+    }
+    let mine = app.host.list()?.into_iter().filter(|r| {
+        auth.0.sees(r.owner.as_deref())
+            && q.state.is_none_or(|s| s == r.state)
+            && want.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+    });
+    // Oldest first; the cursor is the last id of the previous page.
+    let mut after = q.cursor.is_none();
+    let mut items = Vec::new();
+    let mut more = false;
+    for r in mine {
+        if !after {
+            after = q.cursor.as_deref() == Some(r.id.as_str());
+            continue;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(sandbox(&auth.0, r));
+    }
+    let next_cursor = if more {
+        items.last().map(|s| s.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(api::SandboxList { items, next_cursor }))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = api::Sandbox), (status = 404, body = api::Error)))]
+pub(crate) async fn get(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<api::Sandbox>, ApiError> {
+    auth.need(Scope::Read)?;
+    let r = app.owned(&auth.0, &id)?;
+    // The administrator's view adds cove-vm's own report while it runs.
+    let vm = if auth.is_local() && r.state.is_active() {
+        cove_host::vm_status(&r).await.ok().map(|s| api::VmReport {
+            pid: s.pid,
+            vmm_pid: s.vmm_pid,
+            agent_version: s.agent_version,
+            boot_ms: s.boot_ms,
+        })
+    } else {
+        None
+    };
+    let mut out = sandbox(&auth.0, r);
+    if let Some(h) = &mut out.host {
+        h.vm = vm;
+    }
+    Ok(Json(out))
+}
+
+/// `DELETE /v1/sandboxes/{id}` options.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    /// Remove it even while it runs, stopping it first (the default); `false` refuses (409) a
+    /// sandbox whose VM is still there.
+    force: Option<bool>,
+}
+
+/// Remove a sandbox (stopping it first, unless `force=false`).
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id"), DeleteQuery),
+    responses((status = 204, description = "Removed"), (status = 404, body = api::Error),
+        (status = 409, description = "Running, and `force=false`", body = api::Error)))]
+pub(crate) async fn delete(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    auth.need(Scope::Exec)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let r = app.owned(&auth.0, &id)?;
+    let force = q.force.unwrap_or(true);
+    app.timed(&auth, "delete", app.host.remove(&r.id, force))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+macro_rules! lifecycle {
+    ($name:ident, $path:literal, $op:literal, $call:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "sandboxes",
+            params(("id" = String, Path, description = "Sandbox id")),
+            responses((status = 200, body = api::Sandbox), (status = 404, body = api::Error),
+                (status = 409, description = "Its state forbids this", body = api::Error)))]
+        pub(crate) async fn $name(
+            State(app): State<App>,
+            auth: Auth,
+            Path(id): Path<String>,
+        ) -> Result<Json<api::Sandbox>, ApiError> {
+            auth.need(Scope::Exec)?;
+            let r = app.owned(&auth.0, &id)?;
+            Ok(Json(sandbox(&auth.0, app.timed(&auth, $op, app.host.$call(&r.id)).await?)))
+        }
+    };
+}
+
+lifecycle!(
+    pause,
+    "/v1/sandboxes/{id}/pause",
+    "pause",
+    pause,
+    "Pause a sandbox (its vCPUs stop; memory stays)."
+);
+lifecycle!(
+    resume,
+    "/v1/sandboxes/{id}/resume",
+    "resume",
+    resume,
+    "Resume a paused or hibernated sandbox."
+);
+lifecycle!(
+    stop,
+    "/v1/sandboxes/{id}/stop",
+    "stop",
+    stop,
+    "Stop a sandbox: its VM ends, its record and files stay until it is removed."
+);
+lifecycle!(
+    hibernate,
+    "/v1/sandboxes/{id}/hibernate",
+    "hibernate",
+    hibernate,
+    "Hibernate a sandbox: memory and disk saved, no VM left running."
+);
+
+/// Snapshot a sandbox; it keeps running.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/snapshot", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body(content = Option<api::TakeSnapshot>),
+    responses((status = 201, body = api::Snapshot), (status = 404, body = api::Error)))]
+pub(crate) async fn snapshot(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    OptionalJson(req): OptionalJson<api::TakeSnapshot>,
+) -> Result<(StatusCode, Json<api::Snapshot>), ApiError> {
+    auth.need(Scope::Exec)?;
+    let r = app.owned(&auth.0, &id)?;
+    let s = app
+        .timed(&auth, "snapshot", app.host.snapshot(&r.id, req.name, false))
+        .await?;
+    Ok((StatusCode::CREATED, Json(super::snapshot(&auth.0, s))))
+}
+
+/// Fork a sandbox into new ones; the source keeps running.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/fork", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = api::Fork,
+    responses((status = 201, body = api::List<api::Sandbox>), (status = 404, body = api::Error),
+        (status = 429, body = api::Error)))]
+pub(crate) async fn fork(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(req): Json<api::Fork>,
+) -> Result<(StatusCode, Json<api::List<api::Sandbox>>), ApiError> {
+    auth.need(Scope::Exec)?;
+    let r = app.owned(&auth.0, &id)?;
+    let count = req.count.unwrap_or(1);
+    let _reserved = app.reserve(
+        &auth.0,
+        Usage {
+            sandboxes: count,
+            vcpus: r.cpus.saturating_mul(count),
+            memory_mib: u64::from(r.memory_mib) * u64::from(count),
+        },
+    )?;
+    let clones = app
+        .timed(&auth, "fork", app.host.fork(&r.id, count))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::List {
+            items: clones.into_iter().map(|r| sandbox(&auth.0, r)).collect(),
+        }),
+    ))
+}
