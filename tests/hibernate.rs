@@ -523,6 +523,21 @@ fn idle_and_ttl_policies_are_enforced_and_the_next_request_resumes() {
         && state(&hibernated) == "hibernated"
         && state(&expiring) == "stopped"));
     assert_eq!(paused.inspect()["reason"], "idle");
+    // Each change is recorded with its true actor: the idle policy, the time to live.
+    let actor_of = |sb: &Sandbox, state: &str| -> String {
+        let log = ok(&cove_out(&["events", "--sandbox", &sb.id, "--json"]));
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["state"] == state)
+            .unwrap_or_else(|| panic!("no {state} event for {}: {log}", sb.id))["actor"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(actor_of(&paused, "paused"), "idle-policy");
+    assert_eq!(actor_of(&hibernated, "hibernated"), "idle-policy");
+    assert_eq!(actor_of(&expiring, "stopped"), "ttl");
+    assert_eq!(actor_of(&expiring, "running"), "local");
     // An idle hibernation reaches the blob store like an explicit one.
     let stored = cove_tests::home().join(format!(
         "blobs/hibernations/{}/manifest.json",

@@ -99,6 +99,20 @@ fn a_vanished_vm_is_marked_failed_with_the_reason() {
             .contains("stopped unexpectedly"),
         "{v}"
     );
+    // The host noticed the end: the event names the reconcile, with the reason as its cause.
+    let log = text(&cove_out(&["events", "--sandbox", &sb.id, "--json"]));
+    let failed: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["state"] == "failed")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(failed["actor"], "reconcile", "{failed}");
+    assert!(
+        failed["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("stopped unexpectedly")),
+        "{failed}"
+    );
     let o = sb.exec(&[], &["true"], b"");
     assert_eq!(o.status.code(), Some(125));
     assert!(

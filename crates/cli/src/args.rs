@@ -217,6 +217,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The event log: every state sandboxes entered (and their removals), who caused it, why.
+    Events {
+        /// Only this sandbox's (a whole id; names go with their sandbox).
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// The local coved (started by any command when none runs): status, start, stop.
     Daemon {
         #[command(subcommand)]

@@ -374,6 +374,36 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Daemon { .. } => unreachable!("daemon commands never reach a coved"),
+        Command::Events {
+            sandbox,
+            after,
+            follow,
+            json,
+        } => {
+            if !json {
+                println!(
+                    "{:>6}  {:<19}  {:<12}  {:<11}  {:<16}  CAUSE",
+                    "SEQ", "TIME", "SANDBOX", "STATE", "ACTOR"
+                );
+            }
+            c.events(after, sandbox.as_deref(), follow, |e| {
+                if json {
+                    println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:>6}  {:<19}  {:<12}  {:<11}  {:<16}  {}",
+                        e.seq,
+                        crate::ago(e.at),
+                        e.sandbox,
+                        e.state,
+                        e.actor,
+                        e.cause.as_deref().unwrap_or("-")
+                    );
+                }
+            })
+            .await?;
+            Ok(0)
+        }
         Command::Image {
             command: ImageCommand::Ls { json, quiet },
         } => {

@@ -448,6 +448,42 @@ impl Client {
         Ok(last)
     }
 
+    /// The event log (every state a sandbox entered, and removals, with who and why) after
+    /// `after`, of one sandbox or all the caller sees; with `follow`, `each` keeps getting new
+    /// events until the connection ends.
+    pub async fn events(
+        &self,
+        after: i64,
+        sandbox: Option<&str>,
+        follow: bool,
+        mut each: impl FnMut(api::Event),
+    ) -> Result<(), Error> {
+        let mut path = format!("/v1/events?after={after}&follow={follow}");
+        if let Some(s) = sandbox {
+            path.push_str(&format!("&sandbox={}", query_escape(s)));
+        }
+        let mut res = self.send(Method::GET, &path, None::<&()>).await?;
+        let url = res.url().to_string();
+        let mut buf = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })? {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                each(
+                    serde_json::from_slice(&line)
+                        .map_err(|e| Error::Protocol(format!("event log: {e}")))?,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Boots `req.image` once and keeps its snapshot as the template of that image and shape.
     pub async fn create_template(&self, req: &api::CreateTemplate) -> Result<api::Snapshot, Error> {
         self.call(Method::POST, "/v1/templates", Some(req)).await
