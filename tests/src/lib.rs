@@ -355,10 +355,16 @@ impl Coved {
 
     /// Starts coved listening on `listen` (`HOST:PORT` or `unix:/path`).
     pub fn start_on(listen: &str, extra: &[&str]) -> Self {
+        Self::start_with(listen, extra, &[])
+    }
+
+    /// Starts coved listening on `listen` with `env` set (`COVE_FAULT`, say).
+    pub fn start_with(listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = coved()
             .args(["--listen", listen])
             .args(extra)
+            .envs(env.iter().copied())
             .env("COVE_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

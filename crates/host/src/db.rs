@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use cove_model::{Actor, EventState, Reason, SandboxState};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::supervisor::this_process;
 use crate::{HostError, SandboxRecord, SnapshotRecord};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -154,6 +155,11 @@ UPDATE events SET actor = CASE
     WHEN cause LIKE '%time to live%' THEN 'ttl'
     ELSE 'reconcile' END
   WHERE actor = 'cove-vm';
+",
+    // The process that last wrote each sandbox (`PID:START`): a record left in the middle of
+    // an operation by a process that is gone was interrupted, and is reconciled at once.
+    r"
+ALTER TABLE sandboxes ADD COLUMN op TEXT;
 ",
 ];
 
@@ -308,7 +314,7 @@ pub struct Db {
     conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op";
 
 const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
@@ -362,6 +368,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         labels: json_col(r, 17)?,
         env: json_col(r, 18)?,
         updated_at: r.get(20)?,
+        op: r.get(21)?,
     })
 }
 
@@ -427,8 +434,8 @@ impl Db {
         // meet SQLITE_BUSY_SNAPSHOT under concurrent writers, which no busy timeout waits out.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let r = tx.execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
-            params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at],
+            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
+            params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, this_process()],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -466,8 +473,9 @@ impl Db {
         if moved {
             s.updated_at = crate::now_ms();
         }
+        s.op = Some(this_process().to_string());
         tx.execute(
-            "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason_kind = ?5, reason = ?6, updated_at = ?7 WHERE id = ?1",
+            "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason_kind = ?5, reason = ?6, updated_at = ?7, op = ?8 WHERE id = ?1",
             params![
                 s.id,
                 s.state.as_str(),
@@ -475,7 +483,8 @@ impl Db {
                 s.boot_ms,
                 s.reason.as_ref().map(Reason::kind),
                 s.reason.as_ref().and_then(Reason::detail),
-                s.updated_at
+                s.updated_at,
+                s.op
             ],
         )?;
         if moved {
@@ -741,6 +750,7 @@ mod tests {
             boot_ms: None,
             reason: None,
             updated_at: 1,
+            op: None,
         }
     }
 

@@ -86,13 +86,6 @@ impl Host {
             Some(s) => std::fs::read_to_string(Path::new(&s.dir).join(crate::GUEST_FILE)).ok(),
             None => Some(self.guest_identity()?),
         };
-        std::fs::create_dir_all(&dir).map_err(io_err("creating the sandbox directory", &dir))?;
-        if let Some(g) = guest
-            && let Err(e) = std::fs::write(layout.guest(), g)
-        {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(io_err("recording the guest", &dir)(e));
-        }
         // A restore keeps the snapshot's machine shape.
         let (cpus, memory_mib, disk_mib) = match from {
             Some(s) => (s.cpus, s.memory_mib, s.disk_mib),
@@ -120,13 +113,27 @@ impl Host {
             labels: spec.labels.clone(),
             env: spec.env.clone(),
             updated_at: now,
+            op: None,
         };
-        if let Err(e) = self.db.insert(&rec, &current_actor()) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        match self.start_vm(&mut rec, &image, &choice, &dir, from, spec) {
-            Ok(pid) => Ok(Pending { rec, pid }),
+        // The record first, then the directory: a directory without a record is then always
+        // an orphan (the start-up sweep removes it), and a record without its directory is a
+        // create that was interrupted (reconciled as such).
+        self.db.insert(&rec, &current_actor())?;
+        crate::fault::point("create.recorded");
+        let started = std::fs::create_dir_all(&dir)
+            .map_err(io_err("creating the sandbox directory", &dir))
+            .and_then(|()| match guest {
+                Some(g) => {
+                    std::fs::write(layout.guest(), g).map_err(io_err("recording the guest", &dir))
+                }
+                None => Ok(()),
+            })
+            .and_then(|()| self.start_vm(&mut rec, &image, &choice, &dir, from, spec));
+        match started {
+            Ok(pid) => {
+                crate::fault::point("create.spawned");
+                Ok(Pending { rec, pid })
+            }
             Err(e) => {
                 rec.state = SandboxState::Failed;
                 rec.reason = Some(Reason::StartFailed(e.to_string()));
@@ -147,6 +154,7 @@ impl Host {
         .await;
         let e = match status {
             Ok(s) if s.state == VmState::Running => {
+                crate::fault::point("create.ready");
                 rec.state = SandboxState::Running;
                 rec.boot_ms = s.boot_ms.and_then(|v| i64::try_from(v).ok());
                 self.record(&mut rec)?;
@@ -256,6 +264,7 @@ impl Host {
             _ => return Err(not_running(rec)),
         }
         self.vm_op(&rec, &ControlRequest::Pause).await?;
+        crate::fault::point("pause.paused");
         rec.state = SandboxState::Paused;
         self.record(&mut rec)?;
         Ok(rec)
@@ -311,6 +320,7 @@ impl Host {
                 rec.pid = Some(pid);
                 rec.state = SandboxState::Resuming;
                 self.record(&mut rec)?;
+                crate::fault::point("wake.spawned");
                 match control(
                     Path::new(&rec.socket),
                     &ControlRequest::WaitReady,
@@ -319,6 +329,7 @@ impl Host {
                 .await
                 {
                     Ok(s) if s.state == VmState::Running => {
+                        crate::fault::point("wake.ready");
                         rec.state = SandboxState::Running;
                         rec.reason = None;
                         self.record(&mut rec)?;
@@ -361,6 +372,7 @@ impl Host {
         // reconcile settles from what cove-vm did.
         rec.state = SandboxState::Hibernating;
         self.record(&mut rec)?;
+        crate::fault::point("hibernate.recorded");
         let req = ControlRequest::Hibernate {
             dir: snap.display().to_string(),
         };
@@ -392,10 +404,12 @@ impl Host {
         // Into the blob store (with the disk), so any host can resume it; the local copy stays
         // as this host's cache.
         let key = format!("hibernations/{}", rec.id);
+        crate::fault::point("hibernate.saved");
         let uploaded = async {
             self.blobs
                 .upload_file(&format!("{key}/disk-cove-rw"), &layout.disk(), true)
                 .await?;
+            crate::fault::point("hibernate.uploading");
             self.blobs.upload_dir(&key, &snap).await
         }
         .await;
@@ -438,6 +452,7 @@ impl Host {
             .await;
         // Guest RAM of a cove-vm that was killed outright (it removes the file itself otherwise).
         let _ = std::fs::remove_file(SandboxDir::guest_ram(&rec.id));
+        crate::fault::point("delete.killed");
         // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
         let dir = &self.home.join("sandboxes").join(&rec.id);
         match std::fs::remove_dir_all(dir) {
@@ -446,6 +461,7 @@ impl Host {
             }
             _ => {}
         }
+        crate::fault::point("delete.removed");
         self.db.delete(&rec.id, &current_actor())?;
         Ok(rec)
     }

@@ -12,12 +12,13 @@ use cove_model::{Actor, Reason, SandboxDir, SandboxState};
 use cove_protocol::control::{VmEnd, VmState};
 
 use crate::fsutil::now_ms;
-use crate::supervisor::{live_status, vm_alive, vm_end};
+use crate::snapshots::{FORKING, TAKING};
+use crate::supervisor::{live_status, process_alive, vm_alive, vm_end};
 use crate::{EventRecord, Host, HostError, SandboxRecord};
 
-/// How long an operation may keep a sandbox `creating` before its cove-vm exists, or
-/// `hibernating` while its VM still runs, before the host takes it for interrupted (the caller
-/// was killed) and reconciles it.
+/// How long an operation of a process that still runs may keep a sandbox `creating` before its
+/// cove-vm exists, or `hibernating`, before the host takes it for abandoned. An operation whose
+/// process is gone (killed, crashed) is reconciled at once.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(120);
 
 impl Host {
@@ -91,6 +92,7 @@ impl Host {
             return Ok(());
         }
         let in_flight = wait_for_owner
+            && rec.op.as_deref().is_some_and(process_alive)
             && now_ms() - rec.updated_at
                 < i64::try_from(IN_FLIGHT_LIMIT.as_millis()).unwrap_or(i64::MAX);
         // A hibernation in progress finishes its own record (its VM reports running while the
@@ -189,4 +191,167 @@ impl Host {
         rec.reason = reason;
         self.db.update(rec, actor)
     }
+}
+
+/// How long [`Host::recover`] waits for one boot or restore whose caller is gone.
+const RECOVER_WAIT: Duration = Duration::from_secs(60);
+
+/// What [`Host::recover`] found and put right.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recovered {
+    /// Sandboxes on record.
+    pub sandboxes: usize,
+    /// Sandbox directories without a record, removed (with any cove-vm still running there).
+    pub orphan_dirs: Vec<String>,
+    /// Snapshot directories without a record whose taker is gone, and the temporary
+    /// snapshots of forks that were interrupted: removed.
+    pub orphan_snapshots: Vec<String>,
+    /// Hibernations that had not reached the blob store: copied there now.
+    pub stored: Vec<String>,
+}
+
+impl Host {
+    /// Makes the home agree with itself when coved starts: every record reconciled with its
+    /// process, and what an interrupted operation left behind (a process killed in the middle
+    /// of a create, a fork, a hibernation, a removal) removed or finished.
+    pub async fn recover(&self) -> Result<Recovered, HostError> {
+        // Boots and restores whose caller is gone finish first (each within its own limit):
+        // then their records say how they ended, and no fork's clone still reads its snapshot
+        // when the sweep below removes it.
+        for rec in self.db.list()? {
+            if matches!(rec.state, SandboxState::Creating | SandboxState::Resuming)
+                && let Some(pid) = rec.pid.filter(|p| vm_alive(*p))
+            {
+                let _ = tokio::time::timeout(
+                    RECOVER_WAIT,
+                    crate::supervisor::control(
+                        std::path::Path::new(&rec.socket),
+                        &cove_protocol::control::ControlRequest::WaitReady,
+                        Some(pid),
+                    ),
+                )
+                .await;
+            }
+        }
+        let all = self.list()?;
+        let mut out = Recovered {
+            sandboxes: all.len(),
+            ..Recovered::default()
+        };
+        let known: std::collections::HashSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
+        // Directories without a record. A create writes its record before its directory, so
+        // none of these is a create in progress.
+        let sandboxes = self.home.join("sandboxes");
+        for e in std::fs::read_dir(&sandboxes)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if known.contains(name.as_str()) || self.db.find(&name)?.is_some_and(|r| r.id == name) {
+                continue;
+            }
+            for pid in vms_in(&e.path()) {
+                crate::supervisor::kill_vm(pid).await;
+            }
+            let _ = std::fs::remove_file(SandboxDir::guest_ram(&name));
+            if std::fs::remove_dir_all(e.path()).is_ok() {
+                out.orphan_dirs.push(name);
+            }
+        }
+        // Snapshots: directories without a record whose taker is gone, and forks' temporary
+        // snapshots whose fork is gone.
+        let snapshots = self.home.join("snapshots");
+        let taker = |id: &str, kind: &str| {
+            std::fs::read_to_string(self.snapshot_marker(id, kind))
+                .ok()
+                .filter(|op| process_alive(op.trim()))
+        };
+        for e in std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((id, kind)) = name.split_once('.') {
+                // A marker whose directory is gone, and whose process too.
+                if [TAKING, FORKING].contains(&kind)
+                    && !snapshots.join(id).exists()
+                    && taker(id, kind).is_none()
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
+            let recorded = self.db.find_snapshot(&name)?.is_some_and(|s| s.id == name);
+            if recorded {
+                if snapshots.join(format!("{name}.{FORKING}")).exists()
+                    && taker(&name, FORKING).is_none()
+                    && self.remove_snapshot(&name).await.is_ok()
+                {
+                    out.orphan_snapshots.push(name);
+                }
+                continue;
+            }
+            if taker(&name, TAKING).is_some() {
+                continue;
+            }
+            let _ = self.blobs.delete_prefix(&format!("snapshots/{name}")).await;
+            if std::fs::remove_dir_all(e.path()).is_ok() {
+                let _ = std::fs::remove_file(self.snapshot_marker(&name, TAKING));
+                out.orphan_snapshots.push(name);
+            }
+        }
+        // Hibernations that stayed local (the copy was interrupted, or failed): any host must
+        // be able to resume them.
+        for mut rec in all {
+            if rec.state != SandboxState::Hibernated {
+                continue;
+            }
+            let layout = rec.layout();
+            let key = format!("hibernations/{}", rec.id);
+            if !layout.hibernation().join("manifest.json").is_file()
+                || self.blobs.exists(&format!("{key}/manifest.json")).await
+            {
+                continue;
+            }
+            let stored = async {
+                if layout.disk().is_file() {
+                    self.blobs
+                        .upload_file(&format!("{key}/disk-cove-rw"), &layout.disk(), true)
+                        .await?;
+                }
+                self.blobs.upload_dir(&key, &layout.hibernation()).await
+            }
+            .await;
+            if stored.is_ok() {
+                if matches!(rec.reason, Some(Reason::NotStored(_))) {
+                    rec.reason = None;
+                    self.db.update(&mut rec, &Actor::Reconcile)?;
+                }
+                out.stored.push(rec.id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The cove-vm processes serving sandbox directory `dir` (from their command lines).
+fn vms_in(dir: &std::path::Path) -> Vec<u32> {
+    let want = dir.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_vm = args.first().is_some_and(|a0| a0.ends_with(b"cove-vm"));
+        if is_vm && args.windows(2).any(|w| w[0] == b"--dir" && w[1] == want) {
+            out.push(pid);
+        }
+    }
+    out
 }

@@ -42,6 +42,9 @@ pub struct SandboxRecord {
     pub reason: Option<Reason>,
     /// When its state last changed, milliseconds since the epoch.
     pub updated_at: i64,
+    /// The process that last wrote it (`PID:START`), to tell an operation in progress from one
+    /// whose process is gone.
+    pub op: Option<String>,
     /// Its owner (coved's tenant); none when created locally.
     pub owner: Option<String>,
     /// Labels.

@@ -2,14 +2,19 @@
 //! disks) in the blob store with this host's copy as a cache; a template is its image's
 //! snapshot taken right after the agent first answered; a fork is a snapshot restored N times.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cove_protocol::control::ControlRequest;
 
 use crate::error::io_err;
 use crate::fsutil::{new_id, now_ms};
 use crate::spec::validate_name;
-use crate::supervisor::not_running;
+use crate::supervisor::{not_running, this_process};
+
+/// The marker of a snapshot being taken (its record does not exist yet).
+pub(crate) const TAKING: &str = "taking";
+/// The marker of a fork's temporary snapshot.
+pub(crate) const FORKING: &str = "forking";
 use crate::{CreateSpec, GUEST_FILE, Host, HostError, SandboxRecord, SnapshotRecord, engine};
 
 impl Host {
@@ -27,6 +32,7 @@ impl Host {
         let source = self.get(key)?;
         // The fork's snapshot lives only until the clones have started: it stays local.
         let snap = self.take_snapshot(&source.id, None, false, false).await?;
+        crate::fault::point("fork.snapshot");
         // Clones belong to the source's owner and carry its labels and environment.
         let spec = CreateSpec {
             image: snap.image.clone(),
@@ -56,6 +62,7 @@ impl Host {
             }
         }
         let mut out = Vec::new();
+        crate::fault::point("fork.clones");
         for p in pending {
             match self.finish(p).await {
                 Ok(r) => out.push(r),
@@ -102,13 +109,24 @@ impl Host {
         let dir = self.home.join("snapshots").join(&id);
         std::fs::create_dir_all(self.home.join("snapshots"))
             .map_err(io_err("creating the snapshot store", &self.home))?;
-        self.vm_op(
-            &rec,
-            &ControlRequest::Snapshot {
-                dir: dir.display().to_string(),
-            },
-        )
-        .await?;
+        // Who is taking it, until its record exists: a directory without a record whose taker
+        // is gone is an orphan (see `Host::recover`).
+        let taking = self.snapshot_marker(&id, TAKING);
+        std::fs::write(&taking, this_process())
+            .map_err(io_err("marking the snapshot in progress", &taking))?;
+        let saved = self
+            .vm_op(
+                &rec,
+                &ControlRequest::Snapshot {
+                    dir: dir.display().to_string(),
+                },
+            )
+            .await;
+        if let Err(e) = saved {
+            let _ = std::fs::remove_file(&taking);
+            return Err(e);
+        }
+        crate::fault::point("snapshot.saved");
         // The guest the snapshot holds travels with it (templates are matched on it).
         if let Ok(g) = std::fs::read(rec.layout().guest()) {
             let _ = std::fs::write(dir.join(GUEST_FILE), g);
@@ -123,6 +141,7 @@ impl Host {
         };
         if let Err(e) = uploaded {
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(&taking);
             let _ = self.blobs.delete_prefix(&format!("snapshots/{id}")).await;
             return Err(e.into());
         }
@@ -140,11 +159,25 @@ impl Host {
             template,
             owner: if template { None } else { rec.owner.clone() },
         };
-        if let Err(e) = self.db.insert_snapshot(&snap) {
+        // A fork's snapshot lives only until its clones have started: marked as such, a fork
+        // that was interrupted leaves nothing the start-up sweep does not find.
+        if !store {
+            let _ = std::fs::write(self.snapshot_marker(&snap.id, FORKING), this_process());
+        }
+        let inserted = self.db.insert_snapshot(&snap);
+        let _ = std::fs::remove_file(&taking);
+        if let Err(e) = inserted {
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(self.snapshot_marker(&snap.id, FORKING));
             return Err(e);
         }
         Ok(snap)
+    }
+
+    /// The marker beside snapshot `id`'s directory saying a process is taking it (`TAKING`) or
+    /// forking from it (`FORKING`).
+    pub(crate) fn snapshot_marker(&self, id: &str, kind: &str) -> PathBuf {
+        self.home.join("snapshots").join(format!("{id}.{kind}"))
     }
 
     /// Boots a sandbox from `image`, snapshots it as the image's template, and removes it.
@@ -253,6 +286,7 @@ impl Host {
             _ => {}
         }
         self.db.delete_snapshot(&s.id)?;
+        let _ = std::fs::remove_file(self.snapshot_marker(&s.id, FORKING));
         Ok(s)
     }
 

@@ -25,6 +25,40 @@ pub(crate) fn not_running(rec: SandboxRecord) -> HostError {
     }
 }
 
+/// This process as the operations it carries out record it: `PID:START` (its start time in
+/// clock ticks since boot tells a recycled pid apart). A record left `creating` or
+/// `hibernating` by a process that is gone was interrupted; see [`process_alive`].
+pub(crate) fn this_process() -> &'static str {
+    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ME.get_or_init(|| {
+        let pid = std::process::id();
+        format!("{pid}:{}", start_time(pid).unwrap_or(0))
+    })
+}
+
+/// Whether the process an operation recorded (`PID:START`) still runs.
+pub(crate) fn process_alive(op: &str) -> bool {
+    let Some((pid, start)) = op.split_once(':') else {
+        return false;
+    };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => start_time(pid) == Some(start),
+        _ => false,
+    }
+}
+
+/// A process's start time (`/proc/PID/stat` field 22); none when it is gone or a zombie.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is the 3rd field, starttime the 22nd.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(f.first(), Some(&("Z" | "X"))) {
+        return None;
+    }
+    f.get(19)?.parse().ok()
+}
+
 /// The cove-vm binary: `COVE_VM_BIN`, or beside the running executable.
 pub(crate) fn vm_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("COVE_VM_BIN") {

@@ -189,22 +189,6 @@ impl Inner {
         }
     }
 
-    /// Runs a lifecycle operation for `auth` (the event log names its actor), timed into
-    /// `cove_operation_seconds`.
-    pub(crate) async fn timed<T>(
-        &self,
-        auth: &Auth,
-        op: &str,
-        f: impl Future<Output = Result<T, HostError>>,
-    ) -> Result<T, ApiError> {
-        let t = Instant::now();
-        let r = cove_host::ACTOR.scope(auth.0.actor.clone(), f).await;
-        if r.is_ok() {
-            self.metrics.operation(op, t.elapsed().as_secs_f64());
-        }
-        Ok(r?)
-    }
-
     /// Reserves `want` against the caller's quota; the guard gives it back. The host's
     /// administrator has no quota.
     pub(crate) fn reserve(
@@ -283,6 +267,35 @@ impl Drop for Reservation<'_> {
             e.memory_mib -= self.want.memory_mib;
         }
     }
+}
+
+/// Runs a lifecycle operation for `auth` (the event log names its actor), timed into
+/// `cove_operation_seconds`. It runs as a task of its own: a client that goes away (a closed
+/// connection drops its handler) does not cut an operation in half; it finishes and records
+/// its outcome.
+pub(crate) async fn run_op<T, Fut>(
+    app: &App,
+    auth: &Auth,
+    op: &'static str,
+    f: impl FnOnce(App) -> Fut,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, HostError>> + Send + 'static,
+{
+    let t = Instant::now();
+    let task = tokio::spawn(cove_host::ACTOR.scope(auth.0.actor.clone(), f(app.clone())));
+    let r = task.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the {op} failed: {e}"),
+        )
+    })?;
+    if r.is_ok() {
+        app.metrics.operation(op, t.elapsed().as_secs_f64());
+    }
+    Ok(r?)
 }
 
 /// A whole sandbox or snapshot id: 12 hex digits (names never look like one).

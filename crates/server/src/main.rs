@@ -334,8 +334,9 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         "--rate-limit: at least 1 request a second"
     );
     let host = cove_host::Host::open(&home)?;
-    // Re-attach: every recorded sandbox gets its true state before the first request.
-    let n = host.list()?.len();
+    // Re-attach: every recorded sandbox gets its true state before the first request, and what
+    // an interrupted operation left behind is removed or finished.
+    let recovered = host.recover().await?;
     let listen = cli
         .listen
         .clone()
@@ -358,7 +359,14 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
     if let Some(m) = &metrics {
         println!("coved: metrics on {}", m.describe());
     }
-    tracing::info!(sandboxes = n, home = %home.display(), "coved started");
+    tracing::info!(
+        sandboxes = recovered.sandboxes,
+        orphan_dirs = ?recovered.orphan_dirs,
+        orphan_snapshots = ?recovered.orphan_snapshots,
+        stored = ?recovered.stored,
+        home = %home.display(),
+        "coved started"
+    );
     let router = routes::router(app.clone());
     let api_task = tokio::spawn(api.serve(router, tls));
     tokio::spawn(app::maintain(

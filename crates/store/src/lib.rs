@@ -77,7 +77,9 @@ impl BlobStore {
     pub fn at(root: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root).map_err(io("creating", root))?;
         Ok(Self {
-            store: Arc::new(LocalFileSystem::new_with_prefix(root)?),
+            // Deleting a prefix leaves no empty folders behind (a removed sandbox's
+            // `hibernations/ID/` used to stay).
+            store: Arc::new(LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true)),
         })
     }
 
@@ -352,6 +354,10 @@ mod tests {
         }
         store.delete_prefix("snapshots/x").await.unwrap();
         assert!(!store.has("snapshots/x").await);
+        assert!(
+            !home.path().join("blobs/snapshots/x").exists(),
+            "no empty folder is left"
+        );
         assert!(
             store
                 .download_dir("snapshots/x", &home.path().join("none"))

@@ -31,7 +31,10 @@ pub async fn create_template(
         ..d
     };
     cove_host::validate(&spec)?;
-    let s = app.host.template_create(&spec).await?;
+    let s = crate::app::run_op(&app, &auth, "template", |app| async move {
+        app.host.template_create(&spec).await
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(crate::routes::snapshot(&auth.0, s)),

@@ -10,7 +10,7 @@ use cove_host::CreateSpec;
 use serde::Deserialize;
 
 use super::sandbox;
-use crate::app::{App, Usage};
+use crate::app::{App, Usage, run_op};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, OptionalJson};
 use crate::keys::Scope;
@@ -90,7 +90,10 @@ pub(crate) async fn create(
             memory_mib: memory_mib.into(),
         },
     )?;
-    let rec = app.timed(&auth, "create", app.host.create(&spec)).await?;
+    let rec = run_op(&app, &auth, "create", |app| async move {
+        app.host.create(&spec).await
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(sandbox(&auth.0, rec))))
 }
 
@@ -210,8 +213,10 @@ pub(crate) async fn delete(
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let r = app.owned(&auth.0, &id)?;
     let force = q.force.unwrap_or(true);
-    app.timed(&auth, "delete", app.host.remove(&r.id, force))
-        .await?;
+    run_op(&app, &auth, "delete", |app| async move {
+        app.host.remove(&r.id, force).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -229,7 +234,11 @@ macro_rules! lifecycle {
         ) -> Result<Json<api::Sandbox>, ApiError> {
             auth.need(Scope::Exec)?;
             let r = app.owned(&auth.0, &id)?;
-            Ok(Json(sandbox(&auth.0, app.timed(&auth, $op, app.host.$call(&r.id)).await?)))
+            let done = run_op(&app, &auth, $op, |app| async move {
+                app.host.$call(&r.id).await
+            })
+            .await?;
+            Ok(Json(sandbox(&auth.0, done)))
         }
     };
 }
@@ -276,9 +285,10 @@ pub(crate) async fn snapshot(
 ) -> Result<(StatusCode, Json<api::Snapshot>), ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
-    let s = app
-        .timed(&auth, "snapshot", app.host.snapshot(&r.id, req.name, false))
-        .await?;
+    let s = run_op(&app, &auth, "snapshot", |app| async move {
+        app.host.snapshot(&r.id, req.name, false).await
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(super::snapshot(&auth.0, s))))
 }
 
@@ -305,9 +315,10 @@ pub(crate) async fn fork(
             memory_mib: u64::from(r.memory_mib) * u64::from(count),
         },
     )?;
-    let clones = app
-        .timed(&auth, "fork", app.host.fork(&r.id, count))
-        .await?;
+    let clones = run_op(&app, &auth, "fork", |app| async move {
+        app.host.fork(&r.id, count).await
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(api::List {
