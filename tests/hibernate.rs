@@ -25,6 +25,12 @@ fn observe(sb: &Sandbox) -> (String, String, u64) {
     (sums, pid, n)
 }
 
+/// The counting process's count, once it has written one.
+fn counter(sb: &Sandbox) -> Option<u64> {
+    let o = sb.exec(&[], &["cat", "/tmp/counter"], b"");
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
 fn state(sb: &Sandbox) -> String {
     sb.inspect()["state"].as_str().unwrap().to_string()
 }
@@ -36,10 +42,13 @@ fn files_and_processes_survive_pause_and_three_hibernations() {
     ok(&sb.exec(&[], &["sh", "-c", "mkdir /data && for i in $(seq 1 50); do head -c $((1000 + i * 997)) /dev/urandom > /data/f$i; done"], b""));
     ok(&sb.exec(
         &[],
-        &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid"],
+        &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid"],
         b"",
     ));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(cove_tests::wait_until(Duration::from_secs(30), || counter(
+        &sb
+    )
+    .is_some()));
     let (sums, pid, mut last) = observe(&sb);
     assert_eq!(sums.lines().count(), 50);
 
@@ -63,7 +72,11 @@ fn files_and_processes_survive_pause_and_three_hibernations() {
         );
         ok(&cove_out(&["resume", &sb.id]));
         assert_eq!(state(&sb), "running");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            cove_tests::wait_until(Duration::from_secs(30), || counter(&sb)
+                .is_some_and(|n| n > last)),
+            "round {round}: the counter carries on from {last}"
+        );
         let (s, p, n) = observe(&sb);
         assert_eq!(s, sums, "round {round}: files intact");
         assert_eq!(p, pid, "round {round}: same process");
@@ -167,7 +180,7 @@ fn forks_share_the_past_and_diverge_after() {
     ));
     ok(&src.exec(
         &[],
-        &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid"],
+        &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid"],
         b"",
     ));
     let sum = ok(&src.exec(&[], &["cat", "/root/sum"], b""));
@@ -188,18 +201,17 @@ fn forks_share_the_past_and_diverge_after() {
         );
         assert_eq!(ok(&c.exec(&[], &["cat", "/tmp/pid"], b"")), pid);
         ok(&c.exec(&[], &["kill", "-0", pid.trim()], b""));
-        let n1: u64 = ok(&c.exec(&[], &["cat", "/tmp/counter"], b""))
-            .trim()
-            .parse()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let n2: u64 = ok(&c.exec(&[], &["cat", "/tmp/counter"], b""))
-            .trim()
-            .parse()
-            .unwrap();
+        // (The counter is replaced atomically: a read never sees it half-written.)
+        let count = || -> u64 {
+            ok(&c.exec(&[], &["cat", "/tmp/counter"], b""))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let n1 = count();
         assert!(
-            n2 > n1,
-            "the clone's copy of the process counts on: {n1} then {n2}"
+            cove_tests::wait_until(Duration::from_secs(30), || count() > n1),
+            "the clone's copy of the process counts on from {n1}"
         );
         // Each clone is its own machine: its hostname, its random state.
         assert_eq!(ok(&c.exec(&[], &["hostname"], b"")).trim(), c.id);

@@ -498,7 +498,7 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
     };
     let tpl = host.template_create(&spec).await?;
     let (mut lib_create, mut api_create) = (Vec::new(), Vec::new());
-    let (mut lib_exec, mut api_exec) = (Vec::new(), Vec::new());
+    let (mut lib_exec, mut api_exec, mut cli_exec) = (Vec::new(), Vec::new(), Vec::new());
     let result = async {
         let body = json!({"memory_mib": 256});
         // Interleaved, so both see the same machine.
@@ -548,10 +548,18 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
                 if v["exit_code"] != 0 {
                     bail!("exec: {v}");
                 }
+                // The CLI as a user runs it: a new process, over the local coved's socket.
+                let t = Instant::now();
+                let out = cli(home, &["exec", &rec.id, "--", "true"])?;
+                let over_cli = ms(t);
+                if !out.status.success() {
+                    bail!("cove exec: {}", String::from_utf8_lossy(&out.stderr));
+                }
                 // The first of each warms caches.
                 if i > 0 {
                     lib_exec.push(lib);
                     api_exec.push(over_api);
+                    cli_exec.push(over_cli);
                 }
             }
             Ok(())
@@ -561,8 +569,16 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
         r
     }
     .await;
+    // 50 creates from the template at once, through coved (the store is SQLite here).
+    let burst = if result.is_ok() {
+        Some(concurrent_creates(&http, &server.1, &key, 50).await)
+    } else {
+        None
+    };
     host.remove_snapshot(&tpl.id).await?;
     result?;
+    let burst = burst.transpose()?;
+    let (lib_ls, cli_ls) = ls_with_records(host, home, 1000).await?;
     let med = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
@@ -574,7 +590,119 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
         "create_added_ms_p50": med(&api_create) - med(&lib_create),
         "exec_true_ms": {"library": summary(lib_exec.clone()), "api": summary(api_exec.clone())},
         "exec_added_ms_p50": med(&api_exec) - med(&lib_exec),
+        "cli_exec_true_ms": summary(cli_exec.clone()),
+        "cli_exec_added_ms_p50": med(&cli_exec) - med(&lib_exec),
+        "ls_1000_ms": {"library": summary(lib_ls.clone()), "cli": summary(cli_ls.clone())},
+        "concurrent_creates": burst,
     }))
+}
+
+/// `cove ARGS` over the local coved of `home` (started on the first call).
+fn cli(home: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(
+        Command::new(std::env::current_exe()?.with_file_name("cove"))
+            .args(args)
+            .env("COVE_HOME", home)
+            .env_remove("COVE_HOST")
+            .stdin(Stdio::null())
+            .output()?,
+    )
+}
+
+/// `n` creates from the template sent at once; the wall time until all answered, and each one's.
+async fn concurrent_creates(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (http, base, key) = (http.clone(), base.to_string(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let res = http
+                .post(format!("{base}/v1/sandboxes"))
+                .bearer_auth(&key)
+                .json(&json!({"memory_mib": 256}))
+                .send()
+                .await?;
+            let v: serde_json::Value = res.json().await?;
+            anyhow::Ok((ms(t), v["id"].as_str().map(str::to_string)))
+        }));
+    }
+    let mut each = Vec::new();
+    let mut ids = Vec::new();
+    for task in tasks {
+        let (took, id) = task.await??;
+        each.push(took);
+        ids.extend(id);
+    }
+    let wall = ms(t);
+    let created = ids.len();
+    for id in ids {
+        http.delete(format!("{base}/v1/sandboxes/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await?;
+    }
+    if created < n {
+        bail!("only {created} of {n} concurrent creates succeeded");
+    }
+    Ok(json!({
+        "count": n,
+        "store": "sqlite",
+        "wall_ms": wall,
+        "per_second": n as f64 / (wall / 1000.0),
+        "each_ms": summary(each),
+    }))
+}
+
+/// `cove ls` and the library's list with `n` stopped sandboxes on record (written straight into
+/// the store, then removed: stopped records are all a listing reads).
+async fn ls_with_records(
+    host: &Host,
+    home: &Path,
+    n: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let db = rusqlite::Connection::open(home.join("state.db"))?;
+    db.busy_timeout(std::time::Duration::from_secs(10))?;
+    let sql = |q: String| -> anyhow::Result<()> { Ok(db.execute_batch(&q)?) };
+    let owner = format!("bench-ls-{}", std::process::id());
+    let mut q = String::from("BEGIN;");
+    for i in 0..n {
+        q.push_str(&format!(
+            "INSERT INTO sandboxes (id, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, socket, dir, owner, reason_kind, updated_at) \
+             VALUES ('b{:011x}', 'busybox', 'stopped', 1, 256, 1024, 0, 'qemu', 'tcg', '/nonexistent', '/nonexistent', '{owner}', 'stopped', 0);",
+            (std::process::id() as usize) * 100_000 + i
+        ));
+    }
+    q.push_str("COMMIT;");
+    sql(q)?;
+    let (mut lib, mut over_cli) = (Vec::new(), Vec::new());
+    let timed = async {
+        for _ in 0..11 {
+            let t = Instant::now();
+            let all = host.list()?;
+            lib.push(ms(t));
+            if all.len() < n {
+                bail!("the store lists {} sandboxes", all.len());
+            }
+            let t = Instant::now();
+            let out = cli(home, &["ls"])?;
+            over_cli.push(ms(t));
+            if !out.status.success() {
+                bail!("cove ls: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    sql(format!("DELETE FROM sandboxes WHERE owner = '{owner}';"))?;
+    timed?;
+    // The first of each warms caches.
+    Ok((lib[1..].to_vec(), over_cli[1..].to_vec()))
 }
 
 /// The `python` image's OCI layout (cached by guest/images/build.sh).

@@ -306,6 +306,18 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
     }
 }
 
+/// Runs `f`, which blocks on the database (a lock, a query, a write), telling tokio so when on
+/// a worker of a multi-threaded runtime (coved): that worker's other tasks move to another one
+/// meanwhile. Elsewhere (a blocking thread, a current-thread runtime, no runtime) it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// An open state database.
 #[derive(Debug)]
 pub struct Db {
@@ -429,27 +441,29 @@ impl Db {
 
     /// Records a new sandbox, and its first state as an event of `actor`.
     pub fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), HostError> {
-        let mut conn = self.conn();
-        // Write-locked from the start: a deferred transaction that reads and then writes can
-        // meet SQLITE_BUSY_SNAPSHOT under concurrent writers, which no busy timeout waits out.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let r = tx.execute(
-            &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
-            params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, this_process()],
-        );
-        match r {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+        blocking(|| {
+            let mut conn = self.conn();
+            // Write-locked from the start: a deferred transaction that reads and then writes can
+            // meet SQLITE_BUSY_SNAPSHOT under concurrent writers, which no busy timeout waits out.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let r = tx.execute(
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
+                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, this_process()],
+            );
+            match r {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+                }
+                r => {
+                    r?;
+                    log_event(&tx, s, EventState::Entered(s.state), actor)?;
+                    tx.commit()?;
+                    Ok(())
+                }
             }
-            r => {
-                r?;
-                log_event(&tx, s, EventState::Entered(s.state), actor)?;
-                tx.commit()?;
-                Ok(())
-            }
-        }
+        })
     }
 
     /// Updates state, pid, boot time and reason in one transaction with the event of a new
@@ -457,41 +471,43 @@ impl Db {
     /// ([`SandboxState::check`]) with the state stored now, so two writers cannot both move a
     /// sandbox from the same state. A record that is gone is an error.
     pub fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), HostError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let old: SandboxState = tx
-            .query_row("SELECT state FROM sandboxes WHERE id = ?1", [&s.id], |r| {
-                parsed(r, 0)
-            })
-            .optional()?
-            .ok_or_else(|| HostError::NoSuchSandbox(s.id.clone()))?;
-        old.check(s.state).map_err(|err| HostError::Transition {
-            id: s.id.clone(),
-            err,
-        })?;
-        let moved = old != s.state;
-        if moved {
-            s.updated_at = crate::now_ms();
-        }
-        s.op = Some(this_process().to_string());
-        tx.execute(
-            "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason_kind = ?5, reason = ?6, updated_at = ?7, op = ?8 WHERE id = ?1",
-            params![
-                s.id,
-                s.state.as_str(),
-                s.pid,
-                s.boot_ms,
-                s.reason.as_ref().map(Reason::kind),
-                s.reason.as_ref().and_then(Reason::detail),
-                s.updated_at,
-                s.op
-            ],
-        )?;
-        if moved {
-            log_event(&tx, s, EventState::Entered(s.state), actor)?;
-        }
-        tx.commit()?;
-        Ok(())
+        blocking(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let old: SandboxState = tx
+                .query_row("SELECT state FROM sandboxes WHERE id = ?1", [&s.id], |r| {
+                    parsed(r, 0)
+                })
+                .optional()?
+                .ok_or_else(|| HostError::NoSuchSandbox(s.id.clone()))?;
+            old.check(s.state).map_err(|err| HostError::Transition {
+                id: s.id.clone(),
+                err,
+            })?;
+            let moved = old != s.state;
+            if moved {
+                s.updated_at = crate::now_ms();
+            }
+            s.op = Some(this_process().to_string());
+            tx.execute(
+                "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason_kind = ?5, reason = ?6, updated_at = ?7, op = ?8 WHERE id = ?1",
+                params![
+                    s.id,
+                    s.state.as_str(),
+                    s.pid,
+                    s.boot_ms,
+                    s.reason.as_ref().map(Reason::kind),
+                    s.reason.as_ref().and_then(Reason::detail),
+                    s.updated_at,
+                    s.op
+                ],
+            )?;
+            if moved {
+                log_event(&tx, s, EventState::Entered(s.state), actor)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The event log after `seq`, oldest first: everything, or one owner's, or one sandbox's.
@@ -526,16 +542,18 @@ impl Db {
 
     /// Drops events older than `before_ms` (milliseconds since the epoch); returns how many.
     pub fn prune_events(&self, before_ms: i64) -> Result<usize, HostError> {
-        let conn = self.conn();
-        Ok(retry_busy(|| {
-            conn.execute("DELETE FROM events WHERE at < ?1", [before_ms])
-        })?)
+        blocking(|| {
+            let conn = self.conn();
+            Ok(retry_busy(|| {
+                conn.execute("DELETE FROM events WHERE at < ?1", [before_ms])
+            })?)
+        })
     }
 
     /// Finds a sandbox by id, name, `owner/name`, or unique id prefix. A name that several
     /// owners use finds none (their `owner/name` does).
     pub fn find(&self, key: &str) -> Result<Option<SandboxRecord>, HostError> {
-        find_in(&self.conn(), "sandboxes", COLUMNS, key, row)
+        blocking(|| find_in(&self.conn(), "sandboxes", COLUMNS, key, row))
     }
 
     /// The sandbox `owner` (none: local use) named `name`.
@@ -558,54 +576,60 @@ impl Db {
 
     /// Every sandbox, oldest first.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"
-        ))?;
-        let v = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
-        Ok(v)
+        blocking(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"
+            ))?;
+            let v = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
+            Ok(v)
+        })
     }
 
     /// Forgets a sandbox; its removal is an event of `actor`.
     pub fn delete(&self, id: &str, actor: &Actor) -> Result<(), HostError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let rec = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
-                [id],
-                row,
-            )
-            .optional()?;
-        tx.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
-        if let Some(mut rec) = rec {
-            rec.reason = None;
-            log_event(&tx, &rec, EventState::Removed, actor)?;
-        }
-        tx.commit()?;
-        Ok(())
+        blocking(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rec = tx
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
+                    [id],
+                    row,
+                )
+                .optional()?;
+            tx.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+            if let Some(mut rec) = rec {
+                rec.reason = None;
+                log_event(&tx, &rec, EventState::Removed, actor)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Records a snapshot.
     pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
-        let r = self.conn().execute(
-            &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
-            params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template, s.image_digest, s.owner],
-        );
-        match r {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+        blocking(|| {
+            let r = self.conn().execute(
+                &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template, s.image_digest, s.owner],
+            );
+            match r {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+                }
+                r => r.map(drop).map_err(Into::into),
             }
-            r => r.map(drop).map_err(Into::into),
-        }
+        })
     }
 
     /// Finds a snapshot by id, name, `owner/name`, or unique id prefix. A name that several
     /// owners use finds none (their `owner/name` does).
     pub fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, HostError> {
-        find_in(&self.conn(), "snapshots", SNAP_COLUMNS, key, snap_row)
+        blocking(|| find_in(&self.conn(), "snapshots", SNAP_COLUMNS, key, snap_row))
     }
 
     /// The snapshot `owner` (none: local use) named `name`.
@@ -628,99 +652,115 @@ impl Db {
 
     /// Every snapshot, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {SNAP_COLUMNS} FROM snapshots ORDER BY created_at, id"
-        ))?;
-        let v = stmt.query_map([], snap_row)?.collect::<Result<_, _>>()?;
-        Ok(v)
+        blocking(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {SNAP_COLUMNS} FROM snapshots ORDER BY created_at, id"
+            ))?;
+            let v = stmt.query_map([], snap_row)?.collect::<Result<_, _>>()?;
+            Ok(v)
+        })
     }
 
     /// Forgets a snapshot.
     pub fn delete_snapshot(&self, id: &str) -> Result<(), HostError> {
-        self.conn()
-            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
-        Ok(())
+        blocking(|| {
+            self.conn()
+                .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+            Ok(())
+        })
     }
 
     /// What `owner`'s sandboxes hold (all but the stopped and failed): how many, their vCPUs
     /// and memory (MiB). One query, for admission: no listing, no lock held over a scan.
     pub fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), HostError> {
-        let conn = self.conn();
-        let (n, cpus, mem): (i64, i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(cpus), 0), coalesce(sum(memory_mib), 0) FROM sandboxes
-             WHERE owner = ?1 AND state NOT IN (?2, ?3)",
-            [
-                owner,
-                SandboxState::Stopped.as_str(),
-                SandboxState::Failed.as_str(),
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        Ok((
-            u32::try_from(n).unwrap_or(u32::MAX),
-            u32::try_from(cpus).unwrap_or(u32::MAX),
-            u64::try_from(mem).unwrap_or(0),
-        ))
+        blocking(|| {
+            let conn = self.conn();
+            let (n, cpus, mem): (i64, i64, i64) = conn.query_row(
+                "SELECT count(*), coalesce(sum(cpus), 0), coalesce(sum(memory_mib), 0) FROM sandboxes
+                 WHERE owner = ?1 AND state NOT IN (?2, ?3)",
+                [
+                    owner,
+                    SandboxState::Stopped.as_str(),
+                    SandboxState::Failed.as_str(),
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok((
+                u32::try_from(n).unwrap_or(u32::MAX),
+                u32::try_from(cpus).unwrap_or(u32::MAX),
+                u64::try_from(mem).unwrap_or(0),
+            ))
+        })
     }
 
     /// Sandboxes using an image.
     pub fn using_image(&self, digest: &str) -> Result<Vec<String>, HostError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT 'sandbox ' || id FROM sandboxes WHERE image_digest = ?1 AND state NOT IN (?2, ?3)
-             UNION ALL SELECT 'snapshot ' || id FROM snapshots WHERE image_digest = ?1 AND template = 0",
-        )?;
-        let v = stmt
-            .query_map(
-                [
-                    digest,
-                    SandboxState::Stopped.as_str(),
-                    SandboxState::Failed.as_str(),
-                ],
-                |r| r.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
-        Ok(v)
+        blocking(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(
+                "SELECT 'sandbox ' || id FROM sandboxes WHERE image_digest = ?1 AND state NOT IN (?2, ?3)
+                 UNION ALL SELECT 'snapshot ' || id FROM snapshots WHERE image_digest = ?1 AND template = 0",
+            )?;
+            let v = stmt
+                .query_map(
+                    [
+                        digest,
+                        SandboxState::Stopped.as_str(),
+                        SandboxState::Failed.as_str(),
+                    ],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            Ok(v)
+        })
     }
 
     /// Points an image name at a digest.
     pub fn set_image_name(&self, name: &str, digest: &str, now: i64) -> Result<(), HostError> {
-        self.conn().execute(
-            "INSERT INTO image_names (name, digest, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(name) DO UPDATE SET digest = ?2, updated_at = ?3",
-            params![name, digest, now],
-        )?;
-        Ok(())
+        blocking(|| {
+            self.conn().execute(
+                "INSERT INTO image_names (name, digest, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET digest = ?2, updated_at = ?3",
+                params![name, digest, now],
+            )?;
+            Ok(())
+        })
     }
 
     /// The digest a name points at.
     pub fn image_name(&self, name: &str) -> Result<Option<String>, HostError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT digest FROM image_names WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?)
+        blocking(|| {
+            Ok(self
+                .conn()
+                .query_row(
+                    "SELECT digest FROM image_names WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
     }
 
     /// Every (name, digest), by name.
     pub fn image_names(&self) -> Result<Vec<(String, String)>, HostError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, digest FROM image_names ORDER BY name")?;
-        let v = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(v)
+        blocking(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT name, digest FROM image_names ORDER BY name")?;
+            let v = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(v)
+        })
     }
 
     /// Removes a name.
     pub fn remove_image_name(&self, name: &str) -> Result<(), HostError> {
-        self.conn()
-            .execute("DELETE FROM image_names WHERE name = ?1", [name])?;
-        Ok(())
+        blocking(|| {
+            self.conn()
+                .execute("DELETE FROM image_names WHERE name = ?1", [name])?;
+            Ok(())
+        })
     }
 }
 

@@ -80,13 +80,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
     r.map_err(io_err("writing", path))
 }
 
-/// Copies a (sparse) file: a reflink where the filesystem can, holes kept otherwise.
-pub(crate) fn copy_sparse_file(from: &Path, to: &Path) -> Result<(), HostError> {
-    let out = std::process::Command::new("cp")
+/// Copies a (sparse) file: a reflink where the filesystem can, holes kept otherwise. The copy
+/// runs in a child process the caller awaits (no async worker is held while it copies).
+pub(crate) async fn copy_sparse_file(from: &Path, to: &Path) -> Result<(), HostError> {
+    let out = tokio::process::Command::new("cp")
         .args(["--reflink=auto", "--sparse=always"])
         .arg(from)
         .arg(to)
         .output()
+        .await
         .map_err(io_err("copying the snapshot disk", from))?;
     if !out.status.success() {
         return Err(HostError::Io {
@@ -99,8 +101,9 @@ pub(crate) fn copy_sparse_file(from: &Path, to: &Path) -> Result<(), HostError> 
 }
 
 /// A sparse ext4 disk for the sandbox's own changes, holding the overlay's `upper` and `work`
-/// directories already (the guest then mounts it without writing first).
-pub(crate) fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
+/// directories already (the guest then mounts it without writing first). `mkfs.ext4` runs as a
+/// child process the caller awaits.
+pub(crate) async fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
     let skel = path.with_file_name("disk-skel");
     for d in ["upper", "work"] {
         std::fs::create_dir_all(skel.join(d))
@@ -110,7 +113,7 @@ pub(crate) fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
     f.set_len(u64::from(mib) << 20)
         .map_err(io_err("sizing the sandbox disk", path))?;
     drop(f);
-    let out = std::process::Command::new("mkfs.ext4")
+    let out = tokio::process::Command::new("mkfs.ext4")
         .args([
             "-q",
             "-F",
@@ -124,6 +127,7 @@ pub(crate) fn make_disk(path: &Path, mib: u32) -> Result<(), HostError> {
         .arg(path)
         .stdin(std::process::Stdio::null())
         .output()
+        .await
         .map_err(io_err("running mkfs.ext4 (install e2fsprogs)", path))?;
     let _ = std::fs::remove_dir_all(&skel);
     if !out.status.success() {

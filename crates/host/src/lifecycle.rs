@@ -30,21 +30,21 @@ impl Host {
         if let Some(s) = &from {
             self.ensure_local(s).await?;
         }
-        let pending = self.begin(spec, from.as_ref())?;
+        let pending = self.begin(spec, from.as_ref()).await?;
         match self.finish(pending).await {
             // A template that no longer restores (a new QEMU, say) is not the user's problem:
             // boot instead, and say why in the log.
             Err(HostError::StartFailed { id, reason }) if from.is_some() && !explicit => {
                 tracing::warn!("template restore failed ({reason}); booting instead");
                 let _ = self.remove(&id, true).await;
-                let pending = self.begin(spec, None)?;
+                let pending = self.begin(spec, None).await?;
                 self.finish(pending).await
             }
             r => r,
         }
     }
 
-    pub(crate) fn begin(
+    pub(crate) async fn begin(
         &self,
         spec: &CreateSpec,
         from: Option<&SnapshotRecord>,
@@ -120,15 +120,16 @@ impl Host {
         // create that was interrupted (reconciled as such).
         self.db.insert(&rec, &current_actor())?;
         crate::fault::point("create.recorded");
-        let started = std::fs::create_dir_all(&dir)
-            .map_err(io_err("creating the sandbox directory", &dir))
-            .and_then(|()| match guest {
-                Some(g) => {
-                    std::fs::write(layout.guest(), g).map_err(io_err("recording the guest", &dir))
-                }
-                None => Ok(()),
-            })
-            .and_then(|()| self.start_vm(&mut rec, &image, &choice, &dir, from, spec));
+        let started = async {
+            std::fs::create_dir_all(&dir)
+                .map_err(io_err("creating the sandbox directory", &dir))?;
+            if let Some(g) = guest {
+                std::fs::write(layout.guest(), g).map_err(io_err("recording the guest", &dir))?;
+            }
+            self.start_vm(&mut rec, &image, &choice, &dir, from, spec)
+                .await
+        }
+        .await;
         match started {
             Ok(pid) => {
                 crate::fault::point("create.spawned");
@@ -181,7 +182,7 @@ impl Host {
         Err(e)
     }
 
-    pub(crate) fn start_vm(
+    pub(crate) async fn start_vm(
         &self,
         rec: &mut SandboxRecord,
         image: &Image,
@@ -193,8 +194,8 @@ impl Host {
         let disk = SandboxDir::at(dir).disk();
         match from {
             // The clone's own disk: a sparse copy of the snapshot's (the snapshot stays intact).
-            Some(s) => copy_sparse_file(&Path::new(&s.dir).join("disk-cove-rw"), &disk)?,
-            None => make_disk(&disk, rec.disk_mib)?,
+            Some(s) => copy_sparse_file(&Path::new(&s.dir).join("disk-cove-rw"), &disk).await?,
+            None => make_disk(&disk, rec.disk_mib).await?,
         }
         let cfg = VmConfig {
             id: rec.id.clone(),

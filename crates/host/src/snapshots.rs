@@ -53,7 +53,7 @@ impl Host {
         let mut pending = Vec::new();
         let mut result = Ok(());
         for _ in 0..count {
-            match self.begin(&spec, Some(&snap)) {
+            match self.begin(&spec, Some(&snap)).await {
                 Ok(p) => pending.push(p),
                 Err(e) => {
                     result = Err(e);
