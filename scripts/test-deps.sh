@@ -3,9 +3,11 @@
 # docker-registry, CNCF distribution), skopeo to push images into it, and htpasswd (bcrypt) for
 # its basic-auth configuration. Each test starts its own registry on 127.0.0.1. binutils: the
 # kvm engine's tests assemble their purpose-built guest programs with GNU as and ld.
+# postgresql: the state store's suite and coved on PostgreSQL; each test starts its own server
+# (initdb in a throw-away directory, loopback only).
 set -euo pipefail
 need=()
-for p in docker-registry skopeo apache2-utils e2fsprogs binutils; do
+for p in docker-registry skopeo apache2-utils e2fsprogs binutils postgresql; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -15,3 +17,5 @@ if ((${#need[@]})); then
 fi
 # The package starts a registry on :5000 with its own config; the tests start their own.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Likewise the package's own cluster: the tests start theirs.
+systemctl disable --now postgresql >/dev/null 2>&1 || true

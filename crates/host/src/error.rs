@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use cove_model::{Reason, SandboxState, TransitionError};
+use cove_state::StateError;
 
 use crate::{ClientError, engine, store};
 
@@ -108,22 +109,9 @@ pub enum HostError {
     /// The engine cannot run here.
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
-    /// The state database is newer than this build.
-    #[error(
-        "the state database has schema version {found}, newer than this build knows ({known}); upgrade cove"
-    )]
-    SchemaTooNew {
-        /// Version found.
-        found: usize,
-        /// Versions known.
-        known: usize,
-    },
-    /// The state database failed.
-    #[error("state database")]
-    Db(#[from] rusqlite::Error),
-    /// The state database holds a value this build cannot read.
-    #[error("state database: {0}")]
-    Corrupt(#[from] cove_model::ParseError),
+    /// The state store failed (or holds what this build cannot read).
+    #[error(transparent)]
+    State(StateError),
     /// A file operation failed.
     #[error("{what}: {path}")]
     Io {
@@ -138,6 +126,19 @@ pub enum HostError {
     /// Talking to the sandbox failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+}
+
+/// The store's refusals are the host's own (a name in use, a sandbox gone, a move the
+/// lifecycle does not allow); anything else is the store's failure.
+impl From<StateError> for HostError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::NameTaken(n) => Self::NameTaken(n),
+            StateError::NoSuchSandbox(id) => Self::NoSuchSandbox(id),
+            StateError::Transition { id, err } => Self::Transition { id, err },
+            e => Self::State(e),
+        }
+    }
 }
 
 pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostError {

@@ -20,7 +20,6 @@
 //! with processes), `images`, `agent` (the guest agent's client).
 
 pub mod agent;
-mod db;
 pub mod engine;
 mod error;
 mod fault;
@@ -41,15 +40,14 @@ use serde::Serialize;
 
 pub use agent::{AgentClient, ClientError};
 pub use cove_model::{Actor, EventState, SandboxDir};
-use db::Db;
-pub use db::{ACTOR, EventRecord};
+pub use cove_state::{EventRecord, SandboxRecord, SnapshotRecord, StateError, StateStore};
 pub use error::HostError;
 use error::io_err;
 pub(crate) use fsutil::now_ms;
 use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
 pub use reconcile::Recovered;
-pub use record::{SandboxRecord, SnapshotRecord};
+pub use record::ACTOR;
 pub use spec::{CreateSpec, validate, validate_name};
 use supervisor::process_usage;
 pub use supervisor::{Usage, vm_status};
@@ -77,21 +75,30 @@ pub fn default_home() -> PathBuf {
 #[derive(Debug)]
 pub struct Host {
     home: PathBuf,
-    db: Db,
+    db: Box<dyn StateStore>,
     blobs: store::BlobStore,
     images: cove_image::Images,
 }
 
 impl Host {
-    /// Opens the home, creating it if needed.
+    /// Opens the home, creating it if needed, with its own SQLite store (`HOME/state.db`).
     pub fn open(home: &Path) -> Result<Self, HostError> {
+        Self::open_with(home, None)
+    }
+
+    /// Opens the home with the state store `database` names (`postgres://…` for a PostgreSQL
+    /// database several hosts share; a path for a SQLite file), or the home's own.
+    pub fn open_with(home: &Path, database: Option<&str>) -> Result<Self, HostError> {
         // Absolute: every path recorded (sandbox and snapshot directories, the VM's disks and
         // kernel) must mean the same to a process started elsewhere, and a relative home once
         // left `rm`'s "inside the home" check failing and the directory behind.
         let home = &std::path::absolute(home).map_err(io_err("resolving the Cove home", home))?;
         std::fs::create_dir_all(home.join("sandboxes"))
             .map_err(io_err("creating the Cove home", home))?;
-        let db = Db::open(&home.join("state.db"))?;
+        let db = match database {
+            Some(url) => cove_state::open(url)?,
+            None => Box::new(cove_state::SqliteStore::open(&home.join("state.db"))?),
+        };
         remove_stale_partials(&home.join("snapshots"));
         let blobs = store::BlobStore::local(home)?;
         Ok(Self {
@@ -181,7 +188,17 @@ impl Host {
     /// Records a change of `rec` (its state checked against the lifecycle's table) as the
     /// actor of this task (coved sets the caller's key).
     pub(crate) fn record(&self, rec: &mut SandboxRecord) -> Result<(), HostError> {
-        self.db.update(rec, &db::current_actor())
+        self.record_as(rec, &record::current_actor())
+    }
+
+    /// Records a change of `rec` as `actor`, naming this process as its writer.
+    pub(crate) fn record_as(
+        &self,
+        rec: &mut SandboxRecord,
+        actor: &Actor,
+    ) -> Result<(), HostError> {
+        rec.op = Some(supervisor::this_process().to_string());
+        Ok(self.db.update(rec, actor)?)
     }
 
     /// A client of a running sandbox's agent.

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use cove_model::{Reason, SandboxDir, SandboxState};
 use cove_protocol::control::{ControlRequest, DiskConfig, VmConfig, VmEnd, VmState};
 
-use crate::db::current_actor;
 use crate::error::io_err;
 use crate::fsutil::{copy_sparse_file, make_disk, new_id, now_ms, unix_now, write_atomic};
 use crate::record::Pending;
+use crate::record::current_actor;
 use crate::spec::validate;
 use crate::supervisor::{control, failure_text, kill_vm, not_running, spawn_vm, vm_alive, vm_end};
 use crate::{CreateSpec, Host, HostError, Image, SandboxRecord, SnapshotRecord, engine};
@@ -118,6 +118,7 @@ impl Host {
         // The record first, then the directory: a directory without a record is then always
         // an orphan (the start-up sweep removes it), and a record without its directory is a
         // create that was interrupted (reconciled as such).
+        rec.op = Some(crate::supervisor::this_process().to_string());
         self.db.insert(&rec, &current_actor())?;
         crate::fault::point("create.recorded");
         let started = async {

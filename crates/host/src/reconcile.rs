@@ -35,7 +35,7 @@ impl Host {
     /// and memory in MiB, as recorded (a sandbox whose VM died counts until a read reconciles
     /// it; coved reconciles every record when it starts).
     pub fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), HostError> {
-        self.db.held_by(owner)
+        Ok(self.db.held_by(owner)?)
     }
 
     /// The event log after `seq` (oldest first, at most `limit`), of one owner or sandbox.
@@ -46,13 +46,13 @@ impl Host {
         sandbox: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EventRecord>, HostError> {
-        self.db.events(after, owner, sandbox, limit)
+        Ok(self.db.events(after, owner, sandbox, limit)?)
     }
 
     /// Drops events older than `before_ms` (milliseconds since the epoch): the event log's
     /// retention. Returns how many went.
     pub fn prune_events(&self, before_ms: i64) -> Result<usize, HostError> {
-        self.db.prune_events(before_ms)
+        Ok(self.db.prune_events(before_ms)?)
     }
 
     /// The sandbox that `owner` (none: local use) named `name`.
@@ -185,11 +185,11 @@ impl Host {
         {
             rec.state = SandboxState::Running;
             rec.reason = None;
-            self.db.update(rec, &Actor::Reconcile)?;
+            self.record_as(rec, &Actor::Reconcile)?;
         }
         rec.state = state;
         rec.reason = reason;
-        self.db.update(rec, actor)
+        self.record_as(rec, actor)
     }
 }
 
@@ -327,7 +327,7 @@ impl Host {
             if stored.is_ok() {
                 if matches!(rec.reason, Some(Reason::NotStored(_))) {
                     rec.reason = None;
-                    self.db.update(&mut rec, &Actor::Reconcile)?;
+                    self.record_as(&mut rec, &Actor::Reconcile)?;
                 }
                 out.stored.push(rec.id);
             }

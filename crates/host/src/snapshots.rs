@@ -169,7 +169,7 @@ impl Host {
         if let Err(e) = inserted {
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_file(self.snapshot_marker(&snap.id, FORKING));
-            return Err(e);
+            return Err(e.into());
         }
         Ok(snap)
     }
@@ -268,7 +268,7 @@ impl Host {
 
     /// Every snapshot.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
-        self.db.list_snapshots()
+        Ok(self.db.list_snapshots()?)
     }
 
     /// Deletes a snapshot and its files.

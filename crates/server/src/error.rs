@@ -70,6 +70,7 @@ impl From<HostError> for ApiError {
             HostError::NameTaken(_)
             | HostError::NotRunning { .. }
             | HostError::StillRunning(_)
+            | HostError::Transition { .. }
             | HostError::ImageInUse { .. } => (S::CONFLICT, "conflict"),
             HostError::InvalidSetting { .. } => (S::BAD_REQUEST, "bad_request"),
             HostError::MissingAsset { .. } | HostError::Engine(_) => {

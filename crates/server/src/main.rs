@@ -1,7 +1,7 @@
 //! coved: Cove's HTTP API over this host's sandboxes.
 //!
 //! ```text
-//! coved [--listen ADDR] [--metrics-listen ADDR] [--tls-cert PEM --tls-key PEM]
+//! coved [--listen ADDR] [--database URL] [--metrics-listen ADDR] [--tls-cert PEM --tls-key PEM]
 //!                                                   serve (ADDR: host:port or unix:/path)
 //! coved keys create --tenant NAME [--scope S]       prints a new key on stdout
 //! coved keys ls | coved keys revoke ID
@@ -30,6 +30,10 @@ struct Cli {
     /// The first line on stdout says where it listens (with port 0, which port it got).
     #[arg(long)]
     listen: Option<String>,
+    /// The state store: `postgres://USER@HOST:PORT/DB` for a database several hosts share, or
+    /// a SQLite file (default: `$COVE_HOME/state.db`).
+    #[arg(long, env = "COVE_DATABASE")]
+    database: Option<String>,
     /// Serve `/metrics` here instead of on the API listener.
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -333,7 +337,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         cli.rate_limit.is_finite() && cli.rate_limit >= 1.0,
         "--rate-limit: at least 1 request a second"
     );
-    let host = cove_host::Host::open(&home)?;
+    let host = cove_host::Host::open_with(&home, cli.database.as_deref())?;
     // Re-attach: every recorded sandbox gets its true state before the first request, and what
     // an interrupted operation left behind is removed or finished.
     let recovered = host.recover().await?;

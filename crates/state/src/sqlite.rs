@@ -1,4 +1,4 @@
-//! The state database: one SQLite file under the Cove home.
+//! The SQLite store: one file in the Cove home (`state.db`), the embedded default.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -6,193 +6,20 @@ use std::sync::{Mutex, MutexGuard};
 use cove_model::{Actor, EventState, Reason, SandboxState};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::supervisor::this_process;
-use crate::{HostError, SandboxRecord, SnapshotRecord};
+use crate::{EventRecord, SandboxRecord, SnapshotRecord, StateError, StateStore, blocking, now_ms};
 
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Schema migrations (`migrations/sqlite/`), applied in order; `PRAGMA user_version` records
+/// how many ran.
 const MIGRATIONS: &[&str] = &[
-    r"
-CREATE TABLE sandboxes (
-    id          TEXT PRIMARY KEY,
-    name        TEXT UNIQUE,
-    image       TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    cpus        INTEGER NOT NULL,
-    memory_mib  INTEGER NOT NULL,
-    disk_mib    INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL,
-    engine      TEXT NOT NULL,
-    accel       TEXT NOT NULL,
-    pid         INTEGER,
-    socket      TEXT NOT NULL,
-    dir         TEXT NOT NULL,
-    boot_ms     INTEGER,
-    reason      TEXT
-);
-",
-    r"
-CREATE TABLE snapshots (
-    id          TEXT PRIMARY KEY,
-    name        TEXT UNIQUE,
-    sandbox     TEXT,
-    image       TEXT NOT NULL,
-    cpus        INTEGER NOT NULL,
-    memory_mib  INTEGER NOT NULL,
-    disk_mib    INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL,
-    dir         TEXT NOT NULL,
-    template    INTEGER NOT NULL DEFAULT 0
-);
-",
-    // Images are content-addressed (cove-image); names point at manifest digests, and what
-    // a sandbox or snapshot runs on is pinned by digest, so re-pointing a name moves nothing.
-    r"
-CREATE TABLE image_names (
-    name        TEXT PRIMARY KEY,
-    digest      TEXT NOT NULL,
-    updated_at  INTEGER NOT NULL
-);
-ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
-ALTER TABLE snapshots ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
-",
-    // Who a sandbox or snapshot belongs to (coved's tenant; none for local use), the sandbox's
-    // labels, and the environment every exec in it gets (JSON).
-    r"
-ALTER TABLE sandboxes ADD COLUMN owner TEXT;
-ALTER TABLE sandboxes ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
-ALTER TABLE sandboxes ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
-ALTER TABLE snapshots ADD COLUMN owner TEXT;
-CREATE INDEX sandboxes_owner ON sandboxes (owner);
-",
-    // Every state a sandbox enters (and its removal), with who asked and why: the event log.
-    r"
-CREATE TABLE events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    at          INTEGER NOT NULL,
-    sandbox     TEXT NOT NULL,
-    owner       TEXT,
-    state       TEXT NOT NULL,
-    actor       TEXT NOT NULL,
-    cause       TEXT
-);
-CREATE INDEX events_owner ON events (owner, seq);
-",
-    // Names are unique per owner (each tenant of a coved has its own namespace; local use is
-    // the owner-less one), so the column-level UNIQUE goes: SQLite drops a constraint only by
-    // rebuilding the table. `events_at` serves the retention sweep.
-    r"
-CREATE TABLE sandboxes_new (
-    id          TEXT PRIMARY KEY,
-    name        TEXT,
-    image       TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    cpus        INTEGER NOT NULL,
-    memory_mib  INTEGER NOT NULL,
-    disk_mib    INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL,
-    engine      TEXT NOT NULL,
-    accel       TEXT NOT NULL,
-    pid         INTEGER,
-    socket      TEXT NOT NULL,
-    dir         TEXT NOT NULL,
-    boot_ms     INTEGER,
-    reason      TEXT,
-    image_digest TEXT NOT NULL DEFAULT '',
-    owner       TEXT,
-    labels      TEXT NOT NULL DEFAULT '{}',
-    env         TEXT NOT NULL DEFAULT '{}'
-);
-INSERT INTO sandboxes_new (id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env)
-    SELECT id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env FROM sandboxes;
-DROP TABLE sandboxes;
-ALTER TABLE sandboxes_new RENAME TO sandboxes;
-CREATE INDEX sandboxes_owner ON sandboxes (owner);
-CREATE UNIQUE INDEX sandboxes_name ON sandboxes (coalesce(owner, ''), name);
-CREATE TABLE snapshots_new (
-    id          TEXT PRIMARY KEY,
-    name        TEXT,
-    sandbox     TEXT,
-    image       TEXT NOT NULL,
-    cpus        INTEGER NOT NULL,
-    memory_mib  INTEGER NOT NULL,
-    disk_mib    INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL,
-    dir         TEXT NOT NULL,
-    template    INTEGER NOT NULL DEFAULT 0,
-    image_digest TEXT NOT NULL DEFAULT '',
-    owner       TEXT
-);
-INSERT INTO snapshots_new (id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner)
-    SELECT id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner FROM snapshots;
-DROP TABLE snapshots;
-ALTER TABLE snapshots_new RENAME TO snapshots;
-CREATE UNIQUE INDEX snapshots_name ON snapshots (coalesce(owner, ''), name);
-CREATE INDEX events_at ON events (at);
-",
-    // Reasons become typed (`reason_kind` the kind, `reason` its detail) and each sandbox
-    // records when its state last changed. Rows written before are converted from the
-    // sentences this build's older versions wrote; events by `cove-vm` name their true actor.
-    r"
-ALTER TABLE sandboxes ADD COLUMN reason_kind TEXT;
-ALTER TABLE sandboxes ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
-UPDATE sandboxes SET updated_at = created_at;
-UPDATE sandboxes SET reason_kind = CASE
-    WHEN reason = 'idle' THEN 'idle'
-    WHEN reason = 'stopped' THEN 'stopped'
-    WHEN reason LIKE 'stopped: its time to live%' THEN 'expired'
-    WHEN reason LIKE 'resume failed: %' THEN 'resume_failed'
-    WHEN reason LIKE 'not in the blob store: %' THEN 'not_stored'
-    WHEN reason LIKE 'failed to start: %' THEN 'start_failed'
-    WHEN reason LIKE 'its cove-vm process vanished%' THEN 'vanished'
-    ELSE 'crashed' END
-  WHERE reason IS NOT NULL;
-UPDATE sandboxes SET reason = NULL WHERE reason_kind IN ('idle', 'stopped', 'expired', 'vanished');
-UPDATE sandboxes SET reason = substr(reason, 16) WHERE reason_kind = 'resume_failed';
-UPDATE sandboxes SET reason = substr(reason, 24) WHERE reason_kind = 'not_stored';
-UPDATE sandboxes SET reason = substr(reason, 18) WHERE reason_kind = 'start_failed';
-UPDATE events SET actor = CASE
-    WHEN cause = 'idle' THEN 'idle-policy'
-    WHEN cause LIKE '%time to live%' THEN 'ttl'
-    ELSE 'reconcile' END
-  WHERE actor = 'cove-vm';
-",
-    // The process that last wrote each sandbox (`PID:START`): a record left in the middle of
-    // an operation by a process that is gone was interrupted, and is reconciled at once.
-    r"
-ALTER TABLE sandboxes ADD COLUMN op TEXT;
-",
+    include_str!("../migrations/sqlite/0001_sandboxes.sql"),
+    include_str!("../migrations/sqlite/0002_snapshots.sql"),
+    include_str!("../migrations/sqlite/0003_image_names.sql"),
+    include_str!("../migrations/sqlite/0004_owners_labels_env.sql"),
+    include_str!("../migrations/sqlite/0005_events.sql"),
+    include_str!("../migrations/sqlite/0006_names_per_owner.sql"),
+    include_str!("../migrations/sqlite/0007_typed_reasons.sql"),
+    include_str!("../migrations/sqlite/0008_op.sql"),
 ];
-
-tokio::task_local! {
-    /// Who is acting, for the event log: coved sets the caller's API key around each request;
-    /// unset is the host's administrator ([`Actor::Local`]). Background actors (reconcile) pass
-    /// their own explicitly.
-    pub static ACTOR: Actor;
-}
-
-/// The actor of the task running now.
-pub(crate) fn current_actor() -> Actor {
-    ACTOR.try_with(Clone::clone).unwrap_or_default()
-}
-
-/// One entry of the event log.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct EventRecord {
-    /// Increasing sequence number.
-    pub seq: i64,
-    /// Milliseconds since the epoch.
-    pub at: i64,
-    /// The sandbox.
-    pub sandbox: String,
-    /// Its owner.
-    pub owner: Option<String>,
-    /// The state it entered, or its removal.
-    pub state: EventState,
-    /// Who caused it.
-    pub actor: Actor,
-    /// Why, when there is a reason (an error, idle, an expired time to live, …).
-    pub cause: Option<String>,
-}
 
 fn log_event(
     conn: &Connection,
@@ -203,7 +30,7 @@ fn log_event(
     conn.execute(
         "INSERT INTO events (at, sandbox, owner, state, actor, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
-            crate::now_ms(),
+            now_ms(),
             s.id,
             s.owner,
             state.as_str(),
@@ -254,8 +81,8 @@ fn find_in<T>(
     columns: &str,
     key: &str,
     row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Option<T>, HostError> {
-    let one = |sql: &str, args: &[&str]| -> Result<Option<T>, HostError> {
+) -> Result<Option<T>, StateError> {
+    let one = |sql: &str, args: &[&str]| -> Result<Option<T>, StateError> {
         let mut stmt = conn.prepare(&format!(
             "SELECT {columns} FROM {table} WHERE {sql} LIMIT 2"
         ))?;
@@ -306,21 +133,9 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
     }
 }
 
-/// Runs `f`, which blocks on the database (a lock, a query, a write), telling tokio so when on
-/// a worker of a multi-threaded runtime (coved): that worker's other tasks move to another one
-/// meanwhile. Elsewhere (a blocking thread, a current-thread runtime, no runtime) it just runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
-/// An open state database.
+/// The SQLite store.
 #[derive(Debug)]
-pub struct Db {
+pub struct SqliteStore {
     /// One connection, locked per call: the host is shared by concurrent requests (coved), and
     /// no lock is held beyond one method.
     conn: Mutex<Connection>,
@@ -384,7 +199,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
     })
 }
 
-impl Db {
+impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: SQLite rolled back.
         self.conn
@@ -393,7 +208,7 @@ impl Db {
     }
 
     /// Opens (creating and migrating) the database.
-    pub fn open(path: &Path) -> Result<Self, HostError> {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // Switching a new database to WAL, and migrating it, can meet another process doing the
@@ -406,7 +221,7 @@ impl Db {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match db.migrate() {
-                Err(HostError::Db(rusqlite::Error::SqliteFailure(e, _)))
+                Err(StateError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
                     if is_busy(e.code) && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -416,13 +231,13 @@ impl Db {
         }
     }
 
-    fn migrate(&self) -> Result<(), HostError> {
+    fn migrate(&self) -> Result<(), StateError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let done = usize::try_from(done).unwrap_or(0);
         if done > MIGRATIONS.len() {
-            return Err(HostError::SchemaTooNew {
+            return Err(StateError::SchemaTooNew {
                 found: done,
                 known: MIGRATIONS.len(),
             });
@@ -438,9 +253,11 @@ impl Db {
         tx.commit()?;
         Ok(())
     }
+}
 
+impl StateStore for SqliteStore {
     /// Records a new sandbox, and its first state as an event of `actor`.
-    pub fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), HostError> {
+    fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), StateError> {
         blocking(|| {
             let mut conn = self.conn();
             // Write-locked from the start: a deferred transaction that reads and then writes can
@@ -448,13 +265,13 @@ impl Db {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let r = tx.execute(
                 &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
-                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, this_process()],
+                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op],
             );
             match r {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+                    Err(StateError::NameTaken(s.name.clone().unwrap_or_default()))
                 }
                 r => {
                     r?;
@@ -470,7 +287,7 @@ impl Db {
     /// state (by `actor`). The move is checked against the lifecycle's table
     /// ([`SandboxState::check`]) with the state stored now, so two writers cannot both move a
     /// sandbox from the same state. A record that is gone is an error.
-    pub fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), HostError> {
+    fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), StateError> {
         blocking(|| {
             let mut conn = self.conn();
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -479,16 +296,15 @@ impl Db {
                     parsed(r, 0)
                 })
                 .optional()?
-                .ok_or_else(|| HostError::NoSuchSandbox(s.id.clone()))?;
-            old.check(s.state).map_err(|err| HostError::Transition {
+                .ok_or_else(|| StateError::NoSuchSandbox(s.id.clone()))?;
+            old.check(s.state).map_err(|err| StateError::Transition {
                 id: s.id.clone(),
                 err,
             })?;
             let moved = old != s.state;
             if moved {
-                s.updated_at = crate::now_ms();
+                s.updated_at = now_ms();
             }
-            s.op = Some(this_process().to_string());
             tx.execute(
                 "UPDATE sandboxes SET state = ?2, pid = ?3, boot_ms = ?4, reason_kind = ?5, reason = ?6, updated_at = ?7, op = ?8 WHERE id = ?1",
                 params![
@@ -511,13 +327,13 @@ impl Db {
     }
 
     /// The event log after `seq`, oldest first: everything, or one owner's, or one sandbox's.
-    pub fn events(
+    fn events(
         &self,
         after: i64,
         owner: Option<&str>,
         sandbox: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<EventRecord>, HostError> {
+    ) -> Result<Vec<EventRecord>, StateError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT seq, at, sandbox, owner, state, actor, cause FROM events
@@ -541,7 +357,7 @@ impl Db {
     }
 
     /// Drops events older than `before_ms` (milliseconds since the epoch); returns how many.
-    pub fn prune_events(&self, before_ms: i64) -> Result<usize, HostError> {
+    fn prune_events(&self, before_ms: i64) -> Result<usize, StateError> {
         blocking(|| {
             let conn = self.conn();
             Ok(retry_busy(|| {
@@ -552,16 +368,16 @@ impl Db {
 
     /// Finds a sandbox by id, name, `owner/name`, or unique id prefix. A name that several
     /// owners use finds none (their `owner/name` does).
-    pub fn find(&self, key: &str) -> Result<Option<SandboxRecord>, HostError> {
+    fn find(&self, key: &str) -> Result<Option<SandboxRecord>, StateError> {
         blocking(|| find_in(&self.conn(), "sandboxes", COLUMNS, key, row))
     }
 
     /// The sandbox `owner` (none: local use) named `name`.
-    pub fn find_named(
+    fn find_named(
         &self,
         owner: Option<&str>,
         name: &str,
-    ) -> Result<Option<SandboxRecord>, HostError> {
+    ) -> Result<Option<SandboxRecord>, StateError> {
         Ok(self
             .conn()
             .query_row(
@@ -575,7 +391,7 @@ impl Db {
     }
 
     /// Every sandbox, oldest first.
-    pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
+    fn list(&self) -> Result<Vec<SandboxRecord>, StateError> {
         blocking(|| {
             let conn = self.conn();
             let mut stmt = conn.prepare(&format!(
@@ -587,7 +403,7 @@ impl Db {
     }
 
     /// Forgets a sandbox; its removal is an event of `actor`.
-    pub fn delete(&self, id: &str, actor: &Actor) -> Result<(), HostError> {
+    fn delete(&self, id: &str, actor: &Actor) -> Result<(), StateError> {
         blocking(|| {
             let mut conn = self.conn();
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -609,7 +425,7 @@ impl Db {
     }
 
     /// Records a snapshot.
-    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
+    fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StateError> {
         blocking(|| {
             let r = self.conn().execute(
                 &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
@@ -619,7 +435,7 @@ impl Db {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    Err(HostError::NameTaken(s.name.clone().unwrap_or_default()))
+                    Err(StateError::NameTaken(s.name.clone().unwrap_or_default()))
                 }
                 r => r.map(drop).map_err(Into::into),
             }
@@ -628,16 +444,16 @@ impl Db {
 
     /// Finds a snapshot by id, name, `owner/name`, or unique id prefix. A name that several
     /// owners use finds none (their `owner/name` does).
-    pub fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, HostError> {
+    fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, StateError> {
         blocking(|| find_in(&self.conn(), "snapshots", SNAP_COLUMNS, key, snap_row))
     }
 
     /// The snapshot `owner` (none: local use) named `name`.
-    pub fn find_snapshot_named(
+    fn find_snapshot_named(
         &self,
         owner: Option<&str>,
         name: &str,
-    ) -> Result<Option<SnapshotRecord>, HostError> {
+    ) -> Result<Option<SnapshotRecord>, StateError> {
         Ok(self
             .conn()
             .query_row(
@@ -651,7 +467,7 @@ impl Db {
     }
 
     /// Every snapshot, oldest first.
-    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, HostError> {
+    fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, StateError> {
         blocking(|| {
             let conn = self.conn();
             let mut stmt = conn.prepare(&format!(
@@ -663,7 +479,7 @@ impl Db {
     }
 
     /// Forgets a snapshot.
-    pub fn delete_snapshot(&self, id: &str) -> Result<(), HostError> {
+    fn delete_snapshot(&self, id: &str) -> Result<(), StateError> {
         blocking(|| {
             self.conn()
                 .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
@@ -673,7 +489,7 @@ impl Db {
 
     /// What `owner`'s sandboxes hold (all but the stopped and failed): how many, their vCPUs
     /// and memory (MiB). One query, for admission: no listing, no lock held over a scan.
-    pub fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), HostError> {
+    fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), StateError> {
         blocking(|| {
             let conn = self.conn();
             let (n, cpus, mem): (i64, i64, i64) = conn.query_row(
@@ -695,7 +511,7 @@ impl Db {
     }
 
     /// Sandboxes using an image.
-    pub fn using_image(&self, digest: &str) -> Result<Vec<String>, HostError> {
+    fn using_image(&self, digest: &str) -> Result<Vec<String>, StateError> {
         blocking(|| {
             let conn = self.conn();
             let mut stmt = conn.prepare(
@@ -717,7 +533,7 @@ impl Db {
     }
 
     /// Points an image name at a digest.
-    pub fn set_image_name(&self, name: &str, digest: &str, now: i64) -> Result<(), HostError> {
+    fn set_image_name(&self, name: &str, digest: &str, now: i64) -> Result<(), StateError> {
         blocking(|| {
             self.conn().execute(
                 "INSERT INTO image_names (name, digest, updated_at) VALUES (?1, ?2, ?3)
@@ -729,7 +545,7 @@ impl Db {
     }
 
     /// The digest a name points at.
-    pub fn image_name(&self, name: &str) -> Result<Option<String>, HostError> {
+    fn image_name(&self, name: &str) -> Result<Option<String>, StateError> {
         blocking(|| {
             Ok(self
                 .conn()
@@ -743,7 +559,7 @@ impl Db {
     }
 
     /// Every (name, digest), by name.
-    pub fn image_names(&self) -> Result<Vec<(String, String)>, HostError> {
+    fn image_names(&self) -> Result<Vec<(String, String)>, StateError> {
         blocking(|| {
             let conn = self.conn();
             let mut stmt = conn.prepare("SELECT name, digest FROM image_names ORDER BY name")?;
@@ -755,7 +571,7 @@ impl Db {
     }
 
     /// Removes a name.
-    pub fn remove_image_name(&self, name: &str) -> Result<(), HostError> {
+    fn remove_image_name(&self, name: &str) -> Result<(), StateError> {
         blocking(|| {
             self.conn()
                 .execute("DELETE FROM image_names WHERE name = ?1", [name])?;
@@ -767,168 +583,16 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(id: &str, name: Option<&str>) -> SandboxRecord {
-        SandboxRecord {
-            id: id.into(),
-            name: name.map(str::to_string),
-            image: "busybox".into(),
-            image_digest: "sha256:b".into(),
-            owner: Some("t1".into()),
-            labels: [("app".to_string(), "web".to_string())].into(),
-            env: Default::default(),
-            state: SandboxState::Running,
-            cpus: 1,
-            memory_mib: 256,
-            disk_mib: 1024,
-            created_at: 1,
-            engine: "qemu".into(),
-            accel: "tcg".into(),
-            pid: Some(42),
-            socket: "/x/control.sock".into(),
-            dir: "/x".into(),
-            boot_ms: None,
-            reason: None,
-            updated_at: 1,
-            op: None,
-        }
-    }
+    use crate::tests::owned;
 
     #[test]
-    fn insert_find_update_delete() {
+    fn the_suite_on_sqlite() {
         let d = tempfile::tempdir().unwrap();
-        let db = Db::open(&d.path().join("state.db")).unwrap();
-        db.insert(&rec("abcdef123456", Some("web")), &Actor::Local)
-            .unwrap();
-        db.insert(&rec("abcd99999999", None), &Actor::Local)
-            .unwrap();
-        assert!(matches!(
-            db.insert(&rec("ffff00000000", Some("web")), &Actor::Local),
-            Err(HostError::NameTaken(_))
-        ));
-        assert_eq!(db.find("web").unwrap().unwrap().id, "abcdef123456");
-        assert_eq!(db.find("abcdef").unwrap().unwrap().id, "abcdef123456");
-        assert!(db.find("abcd").unwrap().is_none(), "ambiguous prefix");
-        assert!(db.find("abc").unwrap().is_none(), "prefix too short");
-        let mut r = db.find("abcd99999999").unwrap().unwrap();
-        r.state = SandboxState::Failed;
-        r.reason = Some(Reason::Crashed("gone".into()));
-        db.update(&mut r, &Actor::Reconcile).unwrap();
-        assert_eq!(
-            db.find("abcd99999999").unwrap().unwrap().reason,
-            Some(Reason::Crashed("gone".into()))
-        );
-        // Nothing leaves failed: the table is checked against the stored state.
-        r.state = SandboxState::Running;
-        assert!(matches!(
-            db.update(&mut r, &Actor::Local),
-            Err(HostError::Transition { .. })
-        ));
-        db.delete("abcdef123456", &Actor::Local).unwrap();
-        assert_eq!(db.list().unwrap().len(), 1);
-        assert!(
-            db.using_image("sha256:b").unwrap().is_empty(),
-            "a failed sandbox does not hold its image"
-        );
-        db.insert(&rec("eeee00000000", None), &Actor::Local)
-            .unwrap();
-        assert_eq!(
-            db.using_image("sha256:b").unwrap(),
-            vec!["sandbox eeee00000000".to_string()]
-        );
-        db.set_image_name("busybox", "sha256:b", 1).unwrap();
-        db.set_image_name("busybox", "sha256:c", 2).unwrap();
-        assert_eq!(
-            db.image_name("busybox").unwrap().as_deref(),
-            Some("sha256:c")
-        );
-        db.remove_image_name("busybox").unwrap();
-        assert!(db.image_names().unwrap().is_empty());
-        // The event log: each new state once, removals too, with the actor.
-        let log = db.events(0, Some("t1"), Some("eeee00000000"), 100).unwrap();
-        assert_eq!(
-            log.iter().map(|e| e.state.as_str()).collect::<Vec<_>>(),
-            ["running"]
-        );
-        let mut r = db.find("eeee00000000").unwrap().unwrap();
-        db.update(&mut r, &Actor::Local).unwrap();
-        r.state = SandboxState::Paused;
-        r.reason = Some(Reason::Idle);
-        db.update(&mut r, &Actor::IdlePolicy).unwrap();
-        assert!(r.updated_at > 1, "a move stamps the record");
-        r.state = SandboxState::Failed;
-        r.reason = Some(Reason::Vanished);
-        db.update(&mut r, &Actor::Reconcile).unwrap();
-        let log = db.events(0, None, Some("eeee00000000"), 100).unwrap();
-        let seen: Vec<(EventState, Actor)> =
-            log.iter().map(|e| (e.state, e.actor.clone())).collect();
-        assert_eq!(
-            seen,
-            [
-                (EventState::Entered(SandboxState::Running), Actor::Local),
-                (EventState::Entered(SandboxState::Paused), Actor::IdlePolicy),
-                (EventState::Entered(SandboxState::Failed), Actor::Reconcile)
-            ]
-        );
-        assert_eq!(log[1].cause.as_deref(), Some("idle"));
-        assert_eq!(log[2].cause, Some(Reason::Vanished.to_string()));
-        assert!(db.events(log[2].seq, None, None, 100).unwrap().is_empty());
-        assert!(db.events(0, Some("other"), None, 100).unwrap().is_empty());
+        let path = d.path().join("state.db");
+        crate::tests::suite(&SqliteStore::open(&path).unwrap());
         // Reopening keeps the data and does not re-run migrations.
-        drop(db);
-        let db = Db::open(&d.path().join("state.db")).unwrap();
-        assert_eq!(db.list().unwrap().len(), 2);
-    }
-
-    fn owned(id: &str, owner: Option<&str>, name: &str) -> SandboxRecord {
-        SandboxRecord {
-            owner: owner.map(str::to_string),
-            ..rec(id, Some(name))
-        }
-    }
-
-    #[test]
-    fn names_are_unique_per_owner() {
-        let d = tempfile::tempdir().unwrap();
-        let db = Db::open(&d.path().join("state.db")).unwrap();
-        for r in [
-            owned("aaaa00000001", Some("acme"), "web"),
-            owned("aaaa00000002", Some("blue"), "web"),
-            owned("aaaa00000003", None, "api"),
-        ] {
-            db.insert(&r, &Actor::Local).unwrap();
-        }
-        for dup in [
-            owned("aaaa00000004", Some("acme"), "web"),
-            owned("aaaa00000005", None, "api"),
-        ] {
-            assert!(matches!(
-                db.insert(&dup, &Actor::Local),
-                Err(HostError::NameTaken(_))
-            ));
-        }
-        let id = |r: Option<SandboxRecord>| r.map(|r| r.id);
-        assert_eq!(
-            id(db.find_named(Some("acme"), "web").unwrap()).as_deref(),
-            Some("aaaa00000001")
-        );
-        assert_eq!(
-            id(db.find_named(Some("blue"), "web").unwrap()).as_deref(),
-            Some("aaaa00000002")
-        );
-        assert!(db.find_named(Some("blue"), "api").unwrap().is_none());
-        assert!(db.find_named(None, "web").unwrap().is_none());
-        assert_eq!(
-            id(db.find_named(None, "api").unwrap()).as_deref(),
-            Some("aaaa00000003")
-        );
-        // Locally a name two owners use finds neither; `owner/name` finds each.
-        assert!(db.find("web").unwrap().is_none());
-        assert_eq!(
-            id(db.find("blue/web").unwrap()).as_deref(),
-            Some("aaaa00000002")
-        );
-        assert_eq!(id(db.find("api").unwrap()).as_deref(), Some("aaaa00000003"));
+        let db = SqliteStore::open(&path).unwrap();
+        assert!(!db.list().unwrap().is_empty());
     }
 
     #[test]
@@ -954,7 +618,7 @@ mod tests {
             )
             .unwrap();
         }
-        let db = Db::open(&path).unwrap();
+        let db = SqliteStore::open(&path).unwrap();
         let r = db.find_named(Some("acme"), "web").unwrap().unwrap();
         assert_eq!((r.id.as_str(), r.cpus), ("bbbb00000001", 2));
         assert_eq!(r.labels.get("k").map(String::as_str), Some("v"));
@@ -1015,7 +679,7 @@ mod tests {
             )
             .unwrap();
         }
-        let db = Db::open(&path).unwrap();
+        let db = SqliteStore::open(&path).unwrap();
         let reason = |id| db.find(id).unwrap().unwrap().reason;
         assert_eq!(reason("eeee00000001"), Some(Reason::Idle));
         assert_eq!(reason("eeee00000002"), Some(Reason::Expired));
@@ -1050,17 +714,5 @@ mod tests {
                 Actor::Key("k1".into())
             ]
         );
-    }
-
-    #[test]
-    fn prune_events_drops_only_older_ones() {
-        let d = tempfile::tempdir().unwrap();
-        let db = Db::open(&d.path().join("state.db")).unwrap();
-        db.insert(&rec("dddd00000001", None), &Actor::Local)
-            .unwrap();
-        assert_eq!(db.prune_events(0).unwrap(), 0);
-        assert_eq!(db.events(0, None, None, 10).unwrap().len(), 1);
-        assert_eq!(db.prune_events(crate::now_ms() + 1).unwrap(), 1);
-        assert!(db.events(0, None, None, 10).unwrap().is_empty());
     }
 }

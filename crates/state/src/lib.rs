@@ -1,0 +1,270 @@
+//! Cove's state store: sandboxes, snapshots, image names and the event log, behind one trait
+//! ([`StateStore`]) with two implementations — SQLite, a file in the Cove home (the embedded
+//! default), and PostgreSQL, which several hosts share (`coved --database postgres://…`). The
+//! schema is in `migrations/` (SQL files, one series per dialect); the same test suite runs
+//! against both.
+//!
+//! The store keeps the lifecycle's rules where two writers meet: every state change is checked
+//! against the transition table ([`SandboxState::check`]) with the state stored *now*, and
+//! written with its event in one transaction.
+//!
+//! Calls block (a lock, a query, a round trip to the server). On a worker of a multi-threaded
+//! tokio runtime each call tells tokio so (`block_in_place`), so the runtime's other tasks move
+//! on; the PostgreSQL client, which drives its own runtime, needs that too.
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cove_model::{Actor, EventState, Reason, SandboxDir, SandboxState, TransitionError};
+use serde::Serialize;
+
+pub use crate::postgres::PostgresStore;
+#[doc(hidden)]
+pub use crate::postgres::testing;
+pub use crate::sqlite::SqliteStore;
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The name is in use (by the same owner).
+    #[error("the name {0:?} is already in use")]
+    NameTaken(String),
+    /// No record has that id.
+    #[error("no such sandbox: {0}")]
+    NoSuchSandbox(String),
+    /// The lifecycle does not allow the move (another writer moved the sandbox first).
+    #[error("sandbox {id}: {err}")]
+    Transition {
+        /// The sandbox.
+        id: String,
+        /// The move refused.
+        err: TransitionError,
+    },
+    /// The database's schema is newer than this build.
+    #[error(
+        "the state database has schema version {found}, newer than this build knows ({known}); upgrade cove"
+    )]
+    SchemaTooNew {
+        /// Version found.
+        found: usize,
+        /// Versions known.
+        known: usize,
+    },
+    /// A value this build cannot read (a corrupt or newer database).
+    #[error("state database: {0}")]
+    Corrupt(#[from] cove_model::ParseError),
+    /// A number out of the column's range.
+    #[error("state database: {0} is out of range")]
+    OutOfRange(&'static str),
+    /// The `--database` URL names no store this build has.
+    #[error("unknown database {0:?}: give a path (SQLite) or postgres://USER@HOST:PORT/DB")]
+    UnknownDatabase(String),
+    /// SQLite failed.
+    #[error("state database (SQLite)")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("state database (PostgreSQL)")]
+    Postgres(#[from] ::postgres::Error),
+}
+
+/// The state of one host, or of several sharing a database.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Records a new sandbox, and its first state as an event of `actor`.
+    fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), StateError>;
+    /// Updates state, pid, boot time, reason and writer in one transaction with the event of a
+    /// new state (by `actor`), the move checked against the lifecycle's table with the state
+    /// stored now. A record that is gone is [`StateError::NoSuchSandbox`].
+    fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), StateError>;
+    /// Forgets a sandbox; its removal is an event of `actor`.
+    fn delete(&self, id: &str, actor: &Actor) -> Result<(), StateError>;
+    /// A sandbox by id, name (when one owner uses it), `owner/name`, or unique id prefix of at
+    /// least 4.
+    fn find(&self, key: &str) -> Result<Option<SandboxRecord>, StateError>;
+    /// The sandbox `owner` (none: the administrator's) named `name`.
+    fn find_named(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<Option<SandboxRecord>, StateError>;
+    /// Every sandbox, oldest first.
+    fn list(&self) -> Result<Vec<SandboxRecord>, StateError>;
+    /// What `owner`'s sandboxes hold (all but the stopped and failed): how many, their vCPUs
+    /// and memory (MiB).
+    fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), StateError>;
+    /// The event log after `seq`, oldest first: everything, or one owner's, or one sandbox's.
+    fn events(
+        &self,
+        after: i64,
+        owner: Option<&str>,
+        sandbox: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StateError>;
+    /// Drops events older than `before_ms`; returns how many.
+    fn prune_events(&self, before_ms: i64) -> Result<usize, StateError>;
+    /// Records a snapshot.
+    fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StateError>;
+    /// A snapshot by id, name, `owner/name`, or unique id prefix.
+    fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, StateError>;
+    /// The snapshot `owner` named `name`.
+    fn find_snapshot_named(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<Option<SnapshotRecord>, StateError>;
+    /// Every snapshot, oldest first.
+    fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, StateError>;
+    /// Forgets a snapshot.
+    fn delete_snapshot(&self, id: &str) -> Result<(), StateError>;
+    /// What uses an image: `sandbox ID` (not stopped or failed) and `snapshot ID` (not
+    /// templates).
+    fn using_image(&self, digest: &str) -> Result<Vec<String>, StateError>;
+    /// Points an image name at a digest.
+    fn set_image_name(&self, name: &str, digest: &str, now: i64) -> Result<(), StateError>;
+    /// The digest a name points at.
+    fn image_name(&self, name: &str) -> Result<Option<String>, StateError>;
+    /// Every (name, digest), by name.
+    fn image_names(&self) -> Result<Vec<(String, String)>, StateError>;
+    /// Removes a name.
+    fn remove_image_name(&self, name: &str) -> Result<(), StateError>;
+}
+
+/// Opens the store `database` names: `postgres://…` (or `postgresql://…`), or a SQLite file
+/// (`sqlite:PATH` or a plain path).
+pub fn open(database: &str) -> Result<Box<dyn StateStore>, StateError> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        return Ok(Box::new(PostgresStore::connect(database)?));
+    }
+    let path = database.strip_prefix("sqlite:").unwrap_or(database);
+    if path.contains("://") {
+        return Err(StateError::UnknownDatabase(database.to_string()));
+    }
+    Ok(Box::new(SqliteStore::open(Path::new(path))?))
+}
+
+/// Runs `f`, which blocks, telling tokio so when on a worker of a multi-threaded runtime (its
+/// other tasks move to another worker, and a client with a runtime of its own may block on it);
+/// elsewhere (a blocking thread, a current-thread runtime, no runtime) it just runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// Increasing sequence number.
+    pub seq: i64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// The sandbox.
+    pub sandbox: String,
+    /// Its owner.
+    pub owner: Option<String>,
+    /// The state it entered, or its removal.
+    pub state: EventState,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Why, when there is a reason (an error, idle, an expired time to live, …).
+    pub cause: Option<String>,
+}
+
+/// A sandbox as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SandboxRecord {
+    /// 12 hex digits.
+    pub id: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// Image name.
+    pub image: String,
+    /// The image's manifest digest (what its disk is).
+    pub image_digest: String,
+    /// Where it is in its life.
+    pub state: SandboxState,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+    /// Creation time, milliseconds since the epoch.
+    pub created_at: i64,
+    /// Engine running it.
+    pub engine: String,
+    /// Engine acceleration.
+    pub accel: String,
+    /// Pid of its cove-vm.
+    pub pid: Option<u32>,
+    /// Its control socket.
+    pub socket: String,
+    /// Its directory.
+    pub dir: String,
+    /// Milliseconds from cove-vm start to agent ready.
+    pub boot_ms: Option<i64>,
+    /// Why it is in its state, where that needs saying (failed, stopped, put away when idle).
+    pub reason: Option<Reason>,
+    /// When its state last changed, milliseconds since the epoch.
+    pub updated_at: i64,
+    /// The process that last wrote it (`PID:START`), to tell an operation in progress from one
+    /// whose process is gone.
+    pub op: Option<String>,
+    /// Its owner (coved's tenant); none when created locally.
+    pub owner: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Environment every exec in it gets (over the image's).
+    pub env: BTreeMap<String, String>,
+}
+
+impl SandboxRecord {
+    /// Its directory and the files in it.
+    pub fn layout(&self) -> SandboxDir {
+        SandboxDir::at(&self.dir)
+    }
+}
+
+/// A snapshot as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotRecord {
+    /// 12 hex digits.
+    pub id: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// The sandbox it was taken from.
+    pub sandbox: Option<String>,
+    /// Its image.
+    pub image: String,
+    /// The image's manifest digest.
+    pub image_digest: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Writable disk in MiB.
+    pub disk_mib: u32,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Its directory.
+    pub dir: String,
+    /// The template of its image.
+    pub template: bool,
+    /// Its owner (coved's tenant); none for local snapshots and templates.
+    pub owner: Option<String>,
+}
