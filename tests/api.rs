@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cove_tests::cove_with_key as cli_over;
 use cove_tests::{Coved, api_key, coved};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -1994,17 +1995,6 @@ async fn the_sdk_and_cli_over_a_unix_socket() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "over a unix socket\n");
-}
-
-/// `cove ARGS` against `url` with `key`.
-fn cli_over(url: &str, key: &str, args: &[&str]) -> std::process::Output {
-    cove_tests::cove()
-        .args(args)
-        .env("COVE_HOST", url)
-        .env("COVE_API_KEY", key)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
 }
 
 fn stdout_ok(o: &std::process::Output) -> String {

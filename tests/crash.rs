@@ -7,19 +7,9 @@
 use std::collections::HashSet;
 use std::process::Output;
 
+use cove_tests::cove_with_key as cove;
 use cove_tests::{Coved, api_key, home};
 use serde_json::Value;
-
-/// `cove ARGS` as `key` against `url`.
-fn cove(url: &str, key: &str, args: &[&str]) -> Output {
-    cove_tests::cove()
-        .args(args)
-        .env("COVE_HOST", url)
-        .env("COVE_API_KEY", key)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -308,4 +298,97 @@ fn a_removal_interrupted_is_finished_by_the_next() {
             },
         );
     }
+}
+
+/// cove-vm killed (SIGKILL) while its sandbox runs, is paused, or is being hibernated: the
+/// sandbox is `failed` with the reason and an event of the reconcile, and removing it leaves
+/// no directory, guest RAM or process behind.
+#[test]
+fn a_killed_cove_vm_fails_its_sandbox_and_removal_leaves_nothing() {
+    let tenant = format!("vmkill-{}", std::process::id());
+    let key = api_key(&tenant, "exec");
+    let server = Coved::start(&[]);
+    for step in ["running", "paused", "hibernating"] {
+        let id = ok(&cove(&server.url, &key, &["create", "--memory", "256"]));
+        let inspected =
+            serde_json::from_str::<Value>(&ok(&cove_tests::cove_out(&["inspect", &id]))).unwrap();
+        let pid = inspected["host"]["pid"].as_u64().unwrap();
+        let dir = inspected["host"]["dir"].as_str().unwrap().to_string();
+        match step {
+            "paused" => {
+                ok(&cove(&server.url, &key, &["pause", &id]));
+            }
+            "hibernating" => {
+                // Killed while it saves: the hibernation request loses its VM.
+                ok(&cove(
+                    &server.url,
+                    &key,
+                    &[
+                        "exec",
+                        &id,
+                        "--",
+                        "sh",
+                        "-c",
+                        "head -c 30000000 /dev/urandom > /dev/shm/f",
+                    ],
+                ));
+                let mut hib = cove_tests::cove()
+                    .args(["hibernate", &id])
+                    .env("COVE_HOST", &server.url)
+                    .env("COVE_API_KEY", &key)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                // Once the save has begun (its directory appears), or it is already done.
+                cove_tests::wait_until(std::time::Duration::from_secs(30), || {
+                    std::path::Path::new(&dir).join("hibernation.tmp").exists()
+                        || !cove_tests::alive(pid)
+                });
+                kill_9(pid);
+                let _ = hib.wait();
+            }
+            _ => {}
+        }
+        kill_9(pid);
+        let state = |id: &str| -> Value {
+            serde_json::from_str(&ok(&cove(&server.url, &key, &["inspect", id]))).unwrap()
+        };
+        assert!(
+            cove_tests::wait_until(std::time::Duration::from_secs(20), || {
+                let s = state(&id);
+                s["state"] == "failed" || s["state"] == "hibernated"
+            }),
+            "{step}: {}",
+            state(&id)
+        );
+        let s = state(&id);
+        if s["state"] == "failed" {
+            assert!(s["reason"].as_str().is_some_and(|r| !r.is_empty()), "{s}");
+            let log = ok(&cove(
+                &server.url,
+                &key,
+                &["events", "--sandbox", &id, "--json"],
+            ));
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("\"failed\"") && l.contains("\"reconcile\"")),
+                "{step}: {log}"
+            );
+        }
+        ok(&cove(&server.url, &key, &["rm", &id]));
+        assert!(
+            !std::path::Path::new(&dir).exists(),
+            "{step}: {dir} is left"
+        );
+        assert!(!std::path::Path::new(&format!("/dev/shm/cove-{id}.mem")).exists());
+        assert!(!home().join("blobs/hibernations").join(&id).exists());
+        assert!(!cove_tests::alive(pid));
+    }
+}
+
+fn kill_9(pid: u64) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
 }

@@ -3,18 +3,9 @@
 //! coved that starts later. The server is Debian's PostgreSQL, started by the test on loopback
 //! with a throw-away data directory.
 
+use cove_tests::cove_with_key as cove;
 use cove_tests::{Coved, api_key};
 use serde_json::Value;
-
-fn cove(url: &str, key: &str, args: &[&str]) -> std::process::Output {
-    cove_tests::cove()
-        .args(args)
-        .env("COVE_HOST", url)
-        .env("COVE_API_KEY", key)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn ok(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -462,24 +462,30 @@ impl Drop for Coved {
     }
 }
 
-async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
-    use std::io::BufRead;
+/// A new key of `tenant` with `scope`.
+fn key_for(home: &Path, tenant: &str, scope: &str) -> anyhow::Result<String> {
     let coved = std::env::current_exe()?.with_file_name("coved");
-    let tenant = format!("bench-{}", std::process::id());
     let out = Command::new(&coved)
         .arg("--home")
         .arg(home)
-        .args(["keys", "create", "--tenant", &tenant])
+        .args(["keys", "create", "--tenant", tenant, "--scope", scope])
         .stderr(Stdio::null())
         .output()?;
     if !out.status.success() {
         bail!("coved keys create failed");
     }
-    let key = String::from_utf8(out.stdout)?.trim().to_string();
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// A coved over `home` on a free loopback port, with `extra` arguments.
+fn start_coved(home: &Path, extra: &[&str]) -> anyhow::Result<Coved> {
+    use std::io::BufRead;
+    let coved = std::env::current_exe()?.with_file_name("coved");
     let mut child = Command::new(&coved)
         .arg("--home")
         .arg(home)
         .args(["--listen", "127.0.0.1:0", "--rate-limit", "100000"])
+        .args(extra)
         .env("COVE_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
@@ -490,7 +496,45 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
         .strip_prefix("coved: listening on ")
         .with_context(|| format!("coved said {line:?}"))?
         .to_string();
-    let server = Coved(child, format!("http://{addr}"));
+    Ok(Coved(child, format!("http://{addr}")))
+}
+
+/// The same burst of creates with coved on PostgreSQL (a server started for it, on loopback):
+/// a template is made there first (templates are records of the store), by image digest (image
+/// names are too).
+async fn creates_on_postgres(
+    host: &Host,
+    home: &Path,
+    http: &reqwest::Client,
+    n: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let pg = cove_state::testing::Server::start();
+    let server = start_coved(home, &["--database", &pg.url("bench")])?;
+    let key = key_for(home, &format!("bench-pg-{}", std::process::id()), "admin")?;
+    let digest = host.image("busybox")?.digest;
+    let res = http
+        .post(format!("{}/v1/templates", server.1))
+        .bearer_auth(&key)
+        .json(&json!({"image": digest, "memory_mib": 256}))
+        .send()
+        .await?;
+    let tpl: serde_json::Value = res.json().await?;
+    let tpl = tpl["id"]
+        .as_str()
+        .with_context(|| format!("template: {tpl}"))?
+        .to_string();
+    let r = concurrent_creates(http, &server.1, &key, n, &digest, "postgresql").await;
+    http.delete(format!("{}/v1/snapshots/{tpl}", server.1))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    r
+}
+
+async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
+    let tenant = format!("bench-{}", std::process::id());
+    let key = key_for(home, &tenant, "exec")?;
+    let server = start_coved(home, &[])?;
     let http = reqwest::Client::new();
     let spec = CreateSpec {
         memory_mib: 256,
@@ -571,13 +615,14 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
     .await;
     // 50 creates from the template at once, through coved (the store is SQLite here).
     let burst = if result.is_ok() {
-        Some(concurrent_creates(&http, &server.1, &key, 50).await)
+        Some(concurrent_creates(&http, &server.1, &key, 50, "busybox", "sqlite").await)
     } else {
         None
     };
     host.remove_snapshot(&tpl.id).await?;
     result?;
     let burst = burst.transpose()?;
+    let burst_pg = creates_on_postgres(host, home, &http, 50).await?;
     let (lib_ls, cli_ls) = ls_with_records(host, home, 1000).await?;
     let med = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -593,7 +638,7 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
         "cli_exec_true_ms": summary(cli_exec.clone()),
         "cli_exec_added_ms_p50": med(&cli_exec) - med(&lib_exec),
         "ls_1000_ms": {"library": summary(lib_ls.clone()), "cli": summary(cli_ls.clone())},
-        "concurrent_creates": burst,
+        "concurrent_creates": [burst, burst_pg],
     }))
 }
 
@@ -615,17 +660,20 @@ async fn concurrent_creates(
     base: &str,
     key: &str,
     n: usize,
+    image: &str,
+    store: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (http, base, key) = (http.clone(), base.to_string(), key.to_string());
+        let image = image.to_string();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let res = http
                 .post(format!("{base}/v1/sandboxes"))
                 .bearer_auth(&key)
-                .json(&json!({"memory_mib": 256}))
+                .json(&json!({"memory_mib": 256, "image": image}))
                 .send()
                 .await?;
             let v: serde_json::Value = res.json().await?;
@@ -652,7 +700,7 @@ async fn concurrent_creates(
     }
     Ok(json!({
         "count": n,
-        "store": "sqlite",
+        "store": store,
         "wall_ms": wall,
         "per_second": n as f64 / (wall / 1000.0),
         "each_ms": summary(each),

@@ -62,6 +62,17 @@ pub fn cove() -> Command {
     c
 }
 
+/// `cove ARGS` against the coved at `url` with `key` (`COVE_HOST`, `COVE_API_KEY`).
+pub fn cove_with_key(url: &str, key: &str, args: &[&str]) -> Output {
+    cove()
+        .args(args)
+        .env("COVE_HOST", url)
+        .env("COVE_API_KEY", key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running cove")
+}
+
 /// Runs `cove ARGS` and returns its output.
 pub fn cove_out(args: &[&str]) -> Output {
     cove().args(args).output().expect("running cove")

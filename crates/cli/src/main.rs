@@ -16,7 +16,7 @@ mod daemon;
 mod image;
 mod term;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -77,23 +77,8 @@ pub(crate) fn exit_code_for(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// The default Cove home for this user (where the local coved keeps its state).
-fn default_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("COVE_HOME") {
-        return PathBuf::from(h);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/cove");
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("cove")
-}
-
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let home = cli.home.clone().unwrap_or_else(default_home);
+    let home = cli.home.clone().unwrap_or_else(cove_model::default_home);
     // Absolute: coved records every path it is given, and runs elsewhere.
     let home = std::path::absolute(&home).unwrap_or(home);
     let local = daemon::Local::new(home);

@@ -56,20 +56,7 @@ pub use supervisor::{Usage, vm_status};
 /// [`Host::guest_identity`]).
 pub(crate) const GUEST_FILE: &str = "guest";
 
-/// The default Cove home for this user.
-pub fn default_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("COVE_HOME") {
-        return PathBuf::from(h);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/cove");
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("cove")
-}
+pub use cove_model::default_home;
 
 /// One host's sandboxes.
 #[derive(Debug)]

@@ -3,6 +3,35 @@
 
 use std::path::{Path, PathBuf};
 
+/// The default Cove home for this user: `COVE_HOME`, else `/var/lib/cove` for root, else
+/// `$XDG_DATA_HOME/cove` or `~/.local/share/cove`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("COVE_HOME") {
+        return PathBuf::from(h);
+    }
+    if is_root() {
+        return PathBuf::from("/var/lib/cove");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("cove")
+}
+
+/// Whether this process runs as root (its effective uid, from `/proc/self/status`: this crate
+/// stays free of system-call crates).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
 /// One sandbox's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxDir(PathBuf);

@@ -12,7 +12,7 @@ mod reason;
 mod state;
 
 pub use actor::Actor;
-pub use layout::SandboxDir;
+pub use layout::{SandboxDir, default_home};
 pub use reason::Reason;
 pub use state::{EventState, SandboxState, TransitionError};
 

@@ -740,22 +740,19 @@ async fn check(res: reqwest::Response) -> Result<reqwest::Response, Error> {
 /// Percent-encodes one path segment: a sandbox or snapshot named `tenant/name` (as the host's
 /// administrator names them) stays one segment.
 fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"-_.~")
 }
 
 /// Percent-encodes a query value (paths may hold anything but NUL).
 fn query_escape(s: &str) -> String {
+    percent_encode(s, b"/-_.~")
+}
+
+/// Every byte but ASCII letters, digits and `keep` as `%XX`.
+fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));

@@ -136,7 +136,19 @@ pub async fn info(State(app): State<App>, auth: Auth) -> Result<Json<api::Info>,
             .into_iter()
             .flat_map(|i| i.names)
             .collect(),
-        host: auth.is_local().then(|| host_info(&app.host)),
+        // Runs QEMU and may hash the guest's files: off the async workers.
+        host: if auth.is_local() {
+            let app = app.clone();
+            Some(
+                tokio::task::spawn_blocking(move || host_info(&app.host))
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    })?,
+            )
+        } else {
+            None
+        },
     }))
 }
 
