@@ -397,7 +397,7 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     let mut fork = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let clones = host.fork(&rec.id, 5).await?;
+        let clones = host.fork(&rec.id, 5, None).await?;
         fork.push(ms(t));
         for c in clones {
             host.remove(&c.id, true).await?;
@@ -677,15 +677,19 @@ async fn concurrent_creates(
                 .send()
                 .await?;
             let v: serde_json::Value = res.json().await?;
-            anyhow::Ok((ms(t), v["id"].as_str().map(str::to_string)))
+            anyhow::Ok((ms(t), v["id"].as_str().map(str::to_string), v))
         }));
     }
     let mut each = Vec::new();
     let mut ids = Vec::new();
+    let mut failed = None;
     for task in tasks {
-        let (took, id) = task.await??;
+        let (took, id, answer) = task.await??;
         each.push(took);
-        ids.extend(id);
+        match id {
+            Some(id) => ids.push(id),
+            None => failed = Some(answer),
+        }
     }
     let wall = ms(t);
     let created = ids.len();
@@ -695,8 +699,8 @@ async fn concurrent_creates(
             .send()
             .await?;
     }
-    if created < n {
-        bail!("only {created} of {n} concurrent creates succeeded");
+    if let Some(e) = failed {
+        bail!("only {created} of {n} concurrent creates succeeded; one said {e}");
     }
     Ok(json!({
         "count": n,

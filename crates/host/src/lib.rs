@@ -40,7 +40,7 @@ use serde::Serialize;
 
 pub use agent::{AgentClient, ClientError};
 pub use cove_model::{Actor, EventState, SandboxDir};
-pub use cove_state::{EventRecord, SandboxRecord, SnapshotRecord, StateError, StateStore};
+pub use cove_state::{EventRecord, Limits, SandboxRecord, SnapshotRecord, StateError, StateStore};
 pub use error::HostError;
 use error::io_err;
 pub(crate) use fsutil::now_ms;

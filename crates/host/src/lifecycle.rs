@@ -119,7 +119,8 @@ impl Host {
         // an orphan (the start-up sweep removes it), and a record without its directory is a
         // create that was interrupted (reconciled as such).
         rec.op = Some(crate::supervisor::this_process().to_string());
-        self.db.insert(&rec, &current_actor())?;
+        self.db
+            .insert(&rec, &current_actor(), spec.limits.as_ref())?;
         crate::fault::point("create.recorded");
         let started = async {
             std::fs::create_dir_all(&dir)

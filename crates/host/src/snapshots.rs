@@ -10,6 +10,7 @@ use crate::error::io_err;
 use crate::fsutil::{new_id, now_ms};
 use crate::spec::validate_name;
 use crate::supervisor::{not_running, this_process};
+use cove_state::Limits;
 
 /// The marker of a snapshot being taken (its record does not exist yet).
 pub(crate) const TAKING: &str = "taking";
@@ -21,7 +22,13 @@ impl Host {
     /// N new sandboxes from a running (or paused) one: a snapshot, then N restores, each with its
     /// own disk copy, hostname, machine-id, entropy and a clock set to now. The source keeps
     /// running.
-    pub async fn fork(&self, key: &str, count: u32) -> Result<Vec<SandboxRecord>, HostError> {
+    /// With `limits`, each clone is admitted against its owner's limits as it is recorded.
+    pub async fn fork(
+        &self,
+        key: &str,
+        count: u32,
+        limits: Option<Limits>,
+    ) -> Result<Vec<SandboxRecord>, HostError> {
         if !(1..=64).contains(&count) {
             return Err(HostError::InvalidSetting {
                 what: "count",
@@ -44,6 +51,7 @@ impl Host {
             use_template: false,
             // A clone restores on the engine that took the snapshot.
             engine: Some(source.engine),
+            limits,
             owner: source.owner,
             labels: source.labels,
             env: source.env,

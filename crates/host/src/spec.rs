@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use cove_state::Limits;
+
 use crate::HostError;
 
 /// What to create.
@@ -30,6 +32,9 @@ pub struct CreateSpec {
     /// The engine (`auto`, `kvm`, `qemu`); none: the host's default (`COVE_ENGINE`, else
     /// `auto`).
     pub engine: Option<String>,
+    /// What the owner may hold at most (coved's quota of the tenant), checked when the
+    /// sandbox is recorded; none: no limit.
+    pub limits: Option<Limits>,
     /// Owner recorded on the sandbox.
     pub owner: Option<String>,
     /// Labels.
@@ -52,6 +57,7 @@ impl Default for CreateSpec {
             idle_timeout_secs: None,
             on_idle: None,
             engine: None,
+            limits: None,
             owner: None,
             labels: BTreeMap::new(),
             env: BTreeMap::new(),

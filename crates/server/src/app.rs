@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use cove_host::{Host, HostError, SandboxRecord, SnapshotRecord};
+use cove_host::{Host, HostError, Limits, SandboxRecord, SnapshotRecord};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -19,15 +19,6 @@ use crate::metrics::Metrics;
 pub const EXEC_OUTPUT_LIMIT: usize = 1 << 20;
 /// Largest JSON request body.
 pub const BODY_LIMIT: usize = 1 << 20;
-
-/// Resources a tenant has asked for and not yet got (creates in flight), so concurrent creates
-/// cannot together pass a quota each passes alone.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Usage {
-    pub(crate) sandboxes: u32,
-    pub(crate) vcpus: u32,
-    pub(crate) memory_mib: u64,
-}
 
 /// A token bucket per key.
 #[derive(Debug)]
@@ -49,7 +40,6 @@ pub struct Inner {
     pub rate: f64,
     /// `/metrics` is served on the API listener (not moved by `--metrics-listen`).
     pub metrics_on_api: bool,
-    pending: Mutex<HashMap<String, Usage>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Image pulls started through the API.
     pub pulls: crate::routes::pulls::Pulls,
@@ -66,7 +56,6 @@ pub fn state(host: Host, keys: Keys, rate: f64, metrics_on_api: bool) -> App {
         metrics: Metrics::default(),
         rate,
         metrics_on_api,
-        pending: Mutex::new(HashMap::new()),
         buckets: Mutex::new(HashMap::new()),
         pulls: crate::routes::pulls::Pulls::default(),
     })
@@ -189,83 +178,52 @@ impl Inner {
         }
     }
 
-    /// Reserves `want` against the caller's quota; the guard gives it back. The host's
-    /// administrator has no quota.
-    pub(crate) fn reserve(
-        &self,
-        p: &Principal,
-        want: Usage,
-    ) -> Result<Option<Reservation<'_>>, ApiError> {
+    /// The caller's limits (its tenant's quota); none for the host's administrator. The store
+    /// admits each sandbox against them in the transaction that records it.
+    pub(crate) fn limits(&self, p: &Principal) -> Result<Option<Limits>, ApiError> {
         let Some(tenant) = p.tenant.as_deref() else {
             return Ok(None);
         };
-        let quota = self.keys.quota(tenant).map_err(|e| {
+        let q = self.keys.quota(tenant).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
-        // Under the lock, so no create's reservation ends between the two reads; one indexed
-        // query of the tenant's totals, not a scan of every sandbox.
-        let mut pending = self.pending.lock().expect("pending");
-        let (sandboxes, vcpus, memory_mib) = self.host.held_by(tenant)?;
-        let mut used = pending.get(tenant).copied().unwrap_or_default();
-        used.sandboxes += sandboxes;
-        used.vcpus += vcpus;
-        used.memory_mib += memory_mib;
-        let over = |what: &str, have: u64, add: u64, max: u64| {
-            ApiError::quota(format!(
-                "the {what} quota of tenant {tenant} is {max}; {have} in use, {add} more asked for"
-            ))
-        };
-        if used.sandboxes + want.sandboxes > quota.sandboxes {
-            return Err(over(
-                "sandboxes",
-                used.sandboxes.into(),
-                want.sandboxes.into(),
-                quota.sandboxes.into(),
-            ));
-        }
-        if used.vcpus + want.vcpus > quota.vcpus {
-            return Err(over(
-                "vCPUs",
-                used.vcpus.into(),
-                want.vcpus.into(),
-                quota.vcpus.into(),
-            ));
-        }
-        if used.memory_mib + want.memory_mib > u64::from(quota.memory_mib) {
-            return Err(over(
-                "memory (MiB)",
-                used.memory_mib,
-                want.memory_mib,
-                quota.memory_mib.into(),
-            ));
-        }
-        let e = pending.entry(tenant.to_string()).or_default();
-        e.sandboxes += want.sandboxes;
-        e.vcpus += want.vcpus;
-        e.memory_mib += want.memory_mib;
-        Ok(Some(Reservation {
-            app: self,
-            tenant: tenant.to_string(),
-            want,
+        Ok(Some(Limits {
+            sandboxes: q.sandboxes,
+            vcpus: q.vcpus,
+            memory_mib: q.memory_mib.into(),
         }))
     }
-}
 
-/// A quota reservation, returned when dropped (the sandbox then counts itself).
-pub(crate) struct Reservation<'a> {
-    app: &'a Inner,
-    tenant: String,
-    want: Usage,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let mut pending = self.app.pending.lock().expect("pending");
-        if let Some(e) = pending.get_mut(&self.tenant) {
-            e.sandboxes -= self.want.sandboxes;
-            e.vcpus -= self.want.vcpus;
-            e.memory_mib -= self.want.memory_mib;
+    /// Refuses early what cannot fit: `count` more sandboxes of `cpus` and `memory_mib` each
+    /// (a fork, before its snapshot is taken). Only a pre-check: the store admits each one.
+    pub(crate) fn fits(
+        &self,
+        p: &Principal,
+        count: u32,
+        cpus: u32,
+        memory_mib: u32,
+    ) -> Result<(), ApiError> {
+        let (Some(tenant), Some(l)) = (p.tenant.as_deref(), self.limits(p)?) else {
+            return Ok(());
+        };
+        let (n, vcpus, mem) = self.host.held_by(tenant)?;
+        let over = |what: &str, max: u64, have: u64, add: u64| {
+            Err(ApiError::quota(format!(
+                "the {what} quota of tenant {tenant} is {max}; {have} in use, {add} more asked for"
+            )))
+        };
+        let want_cpus = cpus.saturating_mul(count);
+        let want_mem = u64::from(memory_mib) * u64::from(count);
+        if n + count > l.sandboxes {
+            return over("sandboxes", l.sandboxes.into(), n.into(), count.into());
         }
+        if vcpus + want_cpus > l.vcpus {
+            return over("vCPUs", l.vcpus.into(), vcpus.into(), want_cpus.into());
+        }
+        if mem + want_mem > l.memory_mib {
+            return over("memory (MiB)", l.memory_mib, mem, want_mem);
+        }
+        Ok(())
     }
 }
 

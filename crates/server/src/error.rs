@@ -73,6 +73,7 @@ impl From<HostError> for ApiError {
             | HostError::Transition { .. }
             | HostError::ImageInUse { .. } => (S::CONFLICT, "conflict"),
             HostError::InvalidSetting { .. } => (S::BAD_REQUEST, "bad_request"),
+            HostError::OverQuota { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded"),
             HostError::MissingAsset { .. } | HostError::Engine(_) => {
                 (S::SERVICE_UNAVAILABLE, "unavailable")
             }

@@ -58,6 +58,20 @@ pub enum StateError {
     /// A value this build cannot read (a corrupt or newer database).
     #[error("state database: {0}")]
     Corrupt(#[from] cove_model::ParseError),
+    /// Admitting the sandbox would take its owner past a limit.
+    #[error("the {what} quota of tenant {owner} is {max}; {have} in use, {add} more asked for")]
+    OverQuota {
+        /// Whose.
+        owner: String,
+        /// Which limit (`sandboxes`, `vCPUs`, `memory (MiB)`).
+        what: &'static str,
+        /// The limit.
+        max: u64,
+        /// What the owner holds now.
+        have: u64,
+        /// What the sandbox would add.
+        add: u64,
+    },
     /// A number out of the column's range.
     #[error("state database: {0} is out of range")]
     OutOfRange(&'static str),
@@ -74,8 +88,16 @@ pub enum StateError {
 
 /// The state of one host, or of several sharing a database.
 pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// Records a new sandbox, and its first state as an event of `actor`.
-    fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), StateError>;
+    /// Records a new sandbox, and its first state as an event of `actor`. With `limits`, the
+    /// owner's holdings ([`StateStore::held_by`]) are counted in the same transaction, with
+    /// inserts of the same owner serialized, so concurrent creates cannot together pass a
+    /// limit each passes alone.
+    fn insert(
+        &self,
+        s: &SandboxRecord,
+        actor: &Actor,
+        limits: Option<&Limits>,
+    ) -> Result<(), StateError>;
     /// Updates state, pid, boot time, reason and writer in one transaction with the event of a
     /// new state (by `actor`), the move checked against the lifecycle's table with the state
     /// stored now. A record that is gone is [`StateError::NoSuchSandbox`].
@@ -131,6 +153,56 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn image_names(&self) -> Result<Vec<(String, String)>, StateError>;
     /// Removes a name.
     fn remove_image_name(&self, name: &str) -> Result<(), StateError>;
+}
+
+/// What an owner may hold at most: coved's quota of a tenant. Stopped and failed sandboxes
+/// hold nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sandboxes.
+    pub sandboxes: u32,
+    /// Their vCPUs.
+    pub vcpus: u32,
+    /// Their memory, MiB.
+    pub memory_mib: u64,
+}
+
+impl Limits {
+    /// Whether `owner`, holding `held` (sandboxes, vCPUs, MiB), may add `s`.
+    pub fn admit(
+        &self,
+        owner: &str,
+        held: (u32, u32, u64),
+        s: &SandboxRecord,
+    ) -> Result<(), StateError> {
+        let over = |what, max: u64, have: u64, add: u64| StateError::OverQuota {
+            owner: owner.to_string(),
+            what,
+            max,
+            have,
+            add,
+        };
+        if held.0 + 1 > self.sandboxes {
+            return Err(over("sandboxes", self.sandboxes.into(), held.0.into(), 1));
+        }
+        if held.1 + s.cpus > self.vcpus {
+            return Err(over(
+                "vCPUs",
+                self.vcpus.into(),
+                held.1.into(),
+                s.cpus.into(),
+            ));
+        }
+        if held.2 + u64::from(s.memory_mib) > self.memory_mib {
+            return Err(over(
+                "memory (MiB)",
+                self.memory_mib,
+                held.2,
+                s.memory_mib.into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Opens the store `database` names: `postgres://…` (or `postgresql://…`), or a SQLite file

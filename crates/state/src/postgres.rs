@@ -14,7 +14,9 @@ use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row};
 use cove_model::{Actor, EventState, Reason, SandboxState};
 
-use crate::{EventRecord, SandboxRecord, SnapshotRecord, StateError, StateStore, blocking, now_ms};
+use crate::{
+    EventRecord, Limits, SandboxRecord, SnapshotRecord, StateError, StateStore, blocking, now_ms,
+};
 
 /// Schema migrations, applied in order.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_schema.sql")];
@@ -137,6 +139,25 @@ fn log_event(
     Ok(())
 }
 
+/// What an owner's sandboxes hold (all but the stopped and failed): count, vCPUs, memory.
+fn held(c: &mut impl GenericClient, owner: &str) -> Result<(u32, u32, u64), StateError> {
+    let r = c.query_one(
+        "SELECT count(*), coalesce(sum(cpus), 0)::bigint, coalesce(sum(memory_mib), 0)::bigint
+         FROM sandboxes WHERE owner = $1 AND state NOT IN ($2, $3)",
+        &[
+            &owner,
+            &SandboxState::Stopped.as_str(),
+            &SandboxState::Failed.as_str(),
+        ],
+    )?;
+    let (n, cpus, mem): (i64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+    Ok((
+        u32::try_from(n).unwrap_or(u32::MAX),
+        u32::try_from(cpus).unwrap_or(u32::MAX),
+        u64::try_from(mem).unwrap_or(0),
+    ))
+}
+
 /// A unique index refused the row: the name is taken (ids are random and never collide).
 fn name_taken(e: &::postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -234,10 +255,21 @@ impl PostgresStore {
 }
 
 impl StateStore for PostgresStore {
-    fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), StateError> {
+    fn insert(
+        &self,
+        s: &SandboxRecord,
+        actor: &Actor,
+        limits: Option<&Limits>,
+    ) -> Result<(), StateError> {
         blocking(|| {
             let mut c = self.client();
             let mut tx = c.transaction()?;
+            // Admission in the insert's transaction; inserts of one owner take turns on an
+            // advisory lock (rows being inserted cannot be locked yet), across hosts too.
+            if let (Some(l), Some(owner)) = (limits, s.owner.as_deref()) {
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&owner])?;
+                l.admit(owner, held(&mut tx, owner)?, s)?;
+            }
             let r = tx.execute(
                 &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"),
                 &[
@@ -377,23 +409,7 @@ impl StateStore for PostgresStore {
     }
 
     fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), StateError> {
-        blocking(|| {
-            let r = self.client().query_one(
-                "SELECT count(*), coalesce(sum(cpus), 0)::bigint, coalesce(sum(memory_mib), 0)::bigint
-                 FROM sandboxes WHERE owner = $1 AND state NOT IN ($2, $3)",
-                &[
-                    &owner,
-                    &SandboxState::Stopped.as_str(),
-                    &SandboxState::Failed.as_str(),
-                ],
-            )?;
-            let (n, cpus, mem): (i64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            Ok((
-                u32::try_from(n).unwrap_or(u32::MAX),
-                u32::try_from(cpus).unwrap_or(u32::MAX),
-                u64::try_from(mem).unwrap_or(0),
-            ))
-        })
+        blocking(|| held(&mut *self.client(), owner))
     }
 
     fn events(

@@ -6,7 +6,28 @@ use std::sync::{Mutex, MutexGuard};
 use cove_model::{Actor, EventState, Reason, SandboxState};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{EventRecord, SandboxRecord, SnapshotRecord, StateError, StateStore, blocking, now_ms};
+use crate::{
+    EventRecord, Limits, SandboxRecord, SnapshotRecord, StateError, StateStore, blocking, now_ms,
+};
+
+/// What an owner's sandboxes hold (all but the stopped and failed): count, vCPUs, memory.
+fn held(conn: &Connection, owner: &str) -> Result<(u32, u32, u64), StateError> {
+    let (n, cpus, mem): (i64, i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(cpus), 0), coalesce(sum(memory_mib), 0) FROM sandboxes
+         WHERE owner = ?1 AND state NOT IN (?2, ?3)",
+        [
+            owner,
+            SandboxState::Stopped.as_str(),
+            SandboxState::Failed.as_str(),
+        ],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok((
+        u32::try_from(n).unwrap_or(u32::MAX),
+        u32::try_from(cpus).unwrap_or(u32::MAX),
+        u64::try_from(mem).unwrap_or(0),
+    ))
+}
 
 /// Schema migrations (`migrations/sqlite/`), applied in order; `PRAGMA user_version` records
 /// how many ran.
@@ -257,12 +278,21 @@ impl SqliteStore {
 
 impl StateStore for SqliteStore {
     /// Records a new sandbox, and its first state as an event of `actor`.
-    fn insert(&self, s: &SandboxRecord, actor: &Actor) -> Result<(), StateError> {
+    fn insert(
+        &self,
+        s: &SandboxRecord,
+        actor: &Actor,
+        limits: Option<&Limits>,
+    ) -> Result<(), StateError> {
         blocking(|| {
             let mut conn = self.conn();
             // Write-locked from the start: a deferred transaction that reads and then writes can
             // meet SQLITE_BUSY_SNAPSHOT under concurrent writers, which no busy timeout waits out.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Admission in the same (write-locked) transaction as the insert.
+            if let (Some(l), Some(owner)) = (limits, s.owner.as_deref()) {
+                l.admit(owner, held(&tx, owner)?, s)?;
+            }
             let r = tx.execute(
                 &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
                 params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op],
@@ -490,24 +520,7 @@ impl StateStore for SqliteStore {
     /// What `owner`'s sandboxes hold (all but the stopped and failed): how many, their vCPUs
     /// and memory (MiB). One query, for admission: no listing, no lock held over a scan.
     fn held_by(&self, owner: &str) -> Result<(u32, u32, u64), StateError> {
-        blocking(|| {
-            let conn = self.conn();
-            let (n, cpus, mem): (i64, i64, i64) = conn.query_row(
-                "SELECT count(*), coalesce(sum(cpus), 0), coalesce(sum(memory_mib), 0) FROM sandboxes
-                 WHERE owner = ?1 AND state NOT IN (?2, ?3)",
-                [
-                    owner,
-                    SandboxState::Stopped.as_str(),
-                    SandboxState::Failed.as_str(),
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            Ok((
-                u32::try_from(n).unwrap_or(u32::MAX),
-                u32::try_from(cpus).unwrap_or(u32::MAX),
-                u64::try_from(mem).unwrap_or(0),
-            ))
-        })
+        blocking(|| held(&self.conn(), owner))
     }
 
     /// Sandboxes using an image.
@@ -628,8 +641,12 @@ mod tests {
             .unwrap();
         assert_eq!(s.id, "cccc00000001");
         // The same name under another owner is now allowed.
-        db.insert(&owned("bbbb00000002", Some("blue"), "web"), &Actor::Local)
-            .unwrap();
+        db.insert(
+            &owned("bbbb00000002", Some("blue"), "web"),
+            &Actor::Local,
+            None,
+        )
+        .unwrap();
     }
 
     #[test]

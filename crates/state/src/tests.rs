@@ -45,15 +45,46 @@ pub(crate) fn suite(db: &dyn StateStore) {
     snapshots_and_admission(db);
     prune_events_drops_only_older_ones(db);
     concurrent_moves_from_one_state_let_one_win(db);
+    concurrent_inserts_pass_a_limit_together_never(db);
+}
+
+/// Eight inserts at once against a limit of three sandboxes: exactly three are admitted.
+fn concurrent_inserts_pass_a_limit_together_never(db: &dyn StateStore) {
+    let limits = crate::Limits {
+        sandboxes: 3,
+        vcpus: 64,
+        memory_mib: 1 << 20,
+    };
+    let admitted = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let admitted = &admitted;
+            s.spawn(move || {
+                let r = SandboxRecord {
+                    owner: Some("race-t".into()),
+                    ..rec(&format!("7ace0000000{i}"), None)
+                };
+                match db.insert(&r, &Actor::Local, Some(&limits)) {
+                    Ok(()) => {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(StateError::OverQuota { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.into_inner(), 3);
+    assert_eq!(db.held_by("race-t").unwrap().0, 3);
 }
 
 fn insert_find_update_delete(db: &dyn StateStore) {
-    db.insert(&rec("abcdef123456", Some("web")), &Actor::Local)
+    db.insert(&rec("abcdef123456", Some("web")), &Actor::Local, None)
         .unwrap();
-    db.insert(&rec("abcd99999999", None), &Actor::Local)
+    db.insert(&rec("abcd99999999", None), &Actor::Local, None)
         .unwrap();
     assert!(matches!(
-        db.insert(&rec("ffff00000000", Some("web")), &Actor::Local),
+        db.insert(&rec("ffff00000000", Some("web")), &Actor::Local, None),
         Err(StateError::NameTaken(_))
     ));
     assert_eq!(db.find("web").unwrap().unwrap().id, "abcdef123456");
@@ -80,7 +111,7 @@ fn insert_find_update_delete(db: &dyn StateStore) {
         db.using_image("sha256:b").unwrap().is_empty(),
         "a failed sandbox does not hold its image"
     );
-    db.insert(&rec("eeee00000000", None), &Actor::Local)
+    db.insert(&rec("eeee00000000", None), &Actor::Local, None)
         .unwrap();
     assert_eq!(
         db.using_image("sha256:b").unwrap(),
@@ -131,14 +162,14 @@ fn names_are_unique_per_owner(db: &dyn StateStore) {
         owned("aaaa00000002", Some("blue"), "web"),
         owned("aaaa00000003", None, "api"),
     ] {
-        db.insert(&r, &Actor::Local).unwrap();
+        db.insert(&r, &Actor::Local, None).unwrap();
     }
     for dup in [
         owned("aaaa00000004", Some("acme"), "web"),
         owned("aaaa00000005", None, "api"),
     ] {
         assert!(matches!(
-            db.insert(&dup, &Actor::Local),
+            db.insert(&dup, &Actor::Local, None),
             Err(StateError::NameTaken(_))
         ));
     }
@@ -167,7 +198,7 @@ fn names_are_unique_per_owner(db: &dyn StateStore) {
 }
 
 fn prune_events_drops_only_older_ones(db: &dyn StateStore) {
-    db.insert(&rec("dddd00000001", None), &Actor::Local)
+    db.insert(&rec("dddd00000001", None), &Actor::Local, None)
         .unwrap();
     let all = db.events(0, None, None, 1000).unwrap().len();
     assert!(all > 1);
@@ -248,13 +279,14 @@ fn snapshots_and_admission(db: &dyn StateStore) {
         memory_mib: 300,
         ..rec("90a000000001", None)
     };
-    db.insert(&a, &Actor::Local).unwrap();
+    db.insert(&a, &Actor::Local, None).unwrap();
     db.insert(
         &SandboxRecord {
             owner: Some("quota-t".into()),
             ..rec("90a000000002", None)
         },
         &Actor::Local,
+        None,
     )
     .unwrap();
     assert_eq!(db.held_by("quota-t").unwrap(), (2, 3, 556));
@@ -262,6 +294,47 @@ fn snapshots_and_admission(db: &dyn StateStore) {
     a.reason = Some(Reason::Stopped);
     db.update(&mut a, &Actor::Local).unwrap();
     assert_eq!(db.held_by("quota-t").unwrap(), (1, 1, 256));
+    // Admission is counted in the insert's own transaction.
+    let limits = crate::Limits {
+        sandboxes: 2,
+        vcpus: 4,
+        memory_mib: 1024,
+    };
+    let big = SandboxRecord {
+        owner: Some("quota-t".into()),
+        cpus: 4,
+        ..rec("90a000000003", None)
+    };
+    match db.insert(&big, &Actor::Local, Some(&limits)) {
+        Err(StateError::OverQuota {
+            what, have, add, ..
+        }) => assert_eq!((what, have, add), ("vCPUs", 1, 4)),
+        other => panic!("{other:?}"),
+    }
+    let fits = SandboxRecord {
+        owner: Some("quota-t".into()),
+        ..rec("90a000000004", None)
+    };
+    db.insert(&fits, &Actor::Local, Some(&limits)).unwrap();
+    assert!(matches!(
+        db.insert(
+            &SandboxRecord {
+                owner: Some("quota-t".into()),
+                ..rec("90a000000005", None)
+            },
+            &Actor::Local,
+            Some(&limits)
+        ),
+        Err(StateError::OverQuota {
+            what: "sandboxes",
+            ..
+        })
+    ));
+    assert!(
+        db.find("90a000000005").unwrap().is_none(),
+        "a refused insert leaves no row"
+    );
+    db.delete("90a000000004", &Actor::Local).unwrap();
     // Labels and environment survive the round trip; a reason with a detail too.
     let mut b = db.find("90a000000002").unwrap().unwrap();
     assert_eq!(b.labels.get("app").map(String::as_str), Some("web"));
@@ -276,7 +349,7 @@ fn snapshots_and_admission(db: &dyn StateStore) {
 /// Two writers that read the same state and both try to move from it: the store lets one
 /// through and refuses the other's impossible move (checked against the state stored now).
 fn concurrent_moves_from_one_state_let_one_win(db: &dyn StateStore) {
-    db.insert(&rec("c0c000000001", None), &Actor::Local)
+    db.insert(&rec("c0c000000001", None), &Actor::Local, None)
         .unwrap();
     let mut a = db.find("c0c000000001").unwrap().unwrap();
     let mut b = a.clone();

@@ -10,7 +10,7 @@ use cove_host::CreateSpec;
 use serde::Deserialize;
 
 use super::sandbox;
-use crate::app::{App, Usage, run_op};
+use crate::app::{App, run_op};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, OptionalJson};
 use crate::keys::Scope;
@@ -71,6 +71,8 @@ pub(crate) async fn create(
         idle_timeout_secs: req.idle_timeout_secs,
         on_idle: req.on_idle,
         engine: req.engine,
+        // Admitted against the tenant's quota as it is recorded (in the store's transaction).
+        limits: app.limits(&auth.0)?,
         name: req.name,
         owner: auth.0.tenant.clone(),
         labels: req.labels,
@@ -79,17 +81,6 @@ pub(crate) async fn create(
     };
     // Settings first: a malformed request is a 400 whatever the quota says.
     cove_host::validate(&spec)?;
-    let (cpus, memory_mib) = from
-        .as_ref()
-        .map_or((spec.cpus, spec.memory_mib), |s| (s.cpus, s.memory_mib));
-    let _reserved = app.reserve(
-        &auth.0,
-        Usage {
-            sandboxes: 1,
-            vcpus: cpus,
-            memory_mib: memory_mib.into(),
-        },
-    )?;
     let rec = run_op(&app, &auth, "create", |app| async move {
         app.host.create(&spec).await
     })
@@ -307,16 +298,12 @@ pub(crate) async fn fork(
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
     let count = req.count.unwrap_or(1);
-    let _reserved = app.reserve(
-        &auth.0,
-        Usage {
-            sandboxes: count,
-            vcpus: r.cpus.saturating_mul(count),
-            memory_mib: u64::from(r.memory_mib) * u64::from(count),
-        },
-    )?;
+    // Before the snapshot: a fork that cannot fit is refused without one. Each clone is then
+    // admitted as it is recorded.
+    app.fits(&auth.0, count, r.cpus, r.memory_mib)?;
+    let limits = app.limits(&auth.0)?;
     let clones = run_op(&app, &auth, "fork", |app| async move {
-        app.host.fork(&r.id, count).await
+        app.host.fork(&r.id, count, limits).await
     })
     .await?;
     Ok((
