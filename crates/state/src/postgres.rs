@@ -695,19 +695,25 @@ pub mod testing {
             server
         }
 
-        /// The URL of database `db` on it (created on first use).
+        /// The URL of database `db` on it (created on first use). Callable from anywhere, an
+        /// async runtime included: the client's own runtime runs on a thread of its own.
         pub fn url(&self, db: &str) -> String {
             let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
-            let mut c = ::postgres::Client::connect(&admin, ::postgres::NoTls)
-                .expect("connecting to the test server");
-            let exists = c
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
-                .expect("listing databases")
-                .is_some();
-            if !exists {
-                c.batch_execute(&format!("CREATE DATABASE \"{db}\""))
-                    .expect("creating the database");
-            }
+            let name = db.to_string();
+            std::thread::spawn(move || {
+                let mut c = ::postgres::Client::connect(&admin, ::postgres::NoTls)
+                    .expect("connecting to the test server");
+                let exists = c
+                    .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                    .expect("listing databases")
+                    .is_some();
+                if !exists {
+                    c.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                        .expect("creating the database");
+                }
+            })
+            .join()
+            .expect("creating the test database");
             format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
         }
     }
