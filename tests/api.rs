@@ -1970,6 +1970,67 @@ async fn console_logs_follow_what_the_guest_prints() {
     assert!(end.is_ok(), "the stream ends with its sandbox");
 }
 
+/// Without a key only the host's administrator gets in: root or coved's own user, told by the
+/// socket's peer credentials. The socket is its owner's only; opened to everyone, the
+/// credentials still decide, and a key still works for anyone.
+#[test]
+fn without_a_key_only_the_administrator_gets_in() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("cove-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.join("coved.sock");
+    let server = Coved::start_on(&format!("unix:{}", sock.display()), &[]);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is coved's user's only");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // One raw request (`/v1/info` needs a caller), as `user` or as this process (root).
+    let status = |user: Option<&str>, key: Option<&str>| -> String {
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\\r\\n"))
+            .unwrap_or_default();
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
+             s.sendall(b'GET /v1/info HTTP/1.1\\r\\nHost: cove\\r\\n{auth}Connection: close\\r\\n\\r\\n')\n\
+             print(s.recv(64).split(b'\\r\\n')[0].decode())",
+            sock.display().to_string()
+        );
+        let mut c = match user {
+            Some(u) => {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", u, "--", "python3", "-c", &script]);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new("python3");
+                c.args(["-c", &script]);
+                c
+            }
+        };
+        let o = c.output().expect("python3");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert!(
+        status(None, None).contains(" 200"),
+        "{}",
+        status(None, None)
+    );
+    let other = status(Some("nobody"), None);
+    assert!(
+        other.contains(" 401"),
+        "another user without a key: {other}"
+    );
+    let key = api_key(&tenant("peer"), "read");
+    let with_key = status(Some("nobody"), Some(&key));
+    assert!(
+        with_key.contains(" 200"),
+        "another user with a key: {with_key}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_and_cli_over_a_unix_socket() {
     let dir = cove_tests::TempDir::new("unix");

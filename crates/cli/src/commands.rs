@@ -136,9 +136,11 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                 None
             };
             // Without flags, the caller's own docker login for that registry (coved runs as
-            // someone else, and may be on another machine).
+            // someone else) — sent only to the local coved or over TLS, never in clear text.
+            let private = c.base().starts_with("unix:") || c.base().starts_with("https://");
             let (username, password) = match (username, password) {
                 (Some(u), p) => (Some(u), p),
+                (None, _) if !private => (None, None),
                 (None, _) => match cove_image::parse_reference(&reference) {
                     Ok(r) => cove_image::docker_credentials(r.resolve_registry(), None)
                         .map_or((None, None), |(u, p)| (Some(u), Some(p))),

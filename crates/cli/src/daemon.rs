@@ -13,7 +13,8 @@ use cove_api::DaemonInfo;
 
 use crate::args::DaemonCommand;
 
-/// How long a starting coved may take to answer (opening the home, reconciling every sandbox).
+/// How long a starting coved may take to answer: it binds its socket before it recovers the
+/// home, so this only covers opening the home and the store.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a coved may take to end on SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -125,6 +125,8 @@ impl Host {
         let started = async {
             std::fs::create_dir_all(&dir)
                 .map_err(io_err("creating the sandbox directory", &dir))?;
+            std::fs::write(layout.store(), self.db.id())
+                .map_err(io_err("recording the store", &dir))?;
             if let Some(g) = guest {
                 std::fs::write(layout.guest(), g).map_err(io_err("recording the guest", &dir))?;
             }
@@ -234,11 +236,15 @@ impl Host {
         )?;
         let pid = spawn_vm(dir)?;
         rec.pid = Some(pid);
-        self.record(rec)?;
+        if let Err(e) = self.record(rec) {
+            // The record is gone or moved on (a removal raced this start): the VM is nobody's.
+            kill_vm(pid).await;
+            return Err(e);
+        }
         Ok(pid)
     }
 
-    /// Takes a snapshot of a running or paused sandbox, which keeps running. `template` marks it
+    /// Stops a sandbox's guest (flushing its disk) and keeps its files.
     pub async fn stop(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self.get(key)?;
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
@@ -322,7 +328,10 @@ impl Host {
                 let pid = spawn_vm(&dir)?;
                 rec.pid = Some(pid);
                 rec.state = SandboxState::Resuming;
-                self.record(&mut rec)?;
+                if let Err(e) = self.record(&mut rec) {
+                    kill_vm(pid).await;
+                    return Err(e);
+                }
                 crate::fault::point("wake.spawned");
                 match control(
                     Path::new(&rec.socket),
@@ -403,6 +412,8 @@ impl Host {
             while vm_alive(pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            // Saved: whatever is left of it must not run on unrecorded.
+            kill_vm(pid).await;
         }
         // Into the blob store (with the disk), so any host can resume it; the local copy stays
         // as this host's cache.

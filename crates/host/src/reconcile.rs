@@ -12,7 +12,7 @@ use cove_model::{Actor, Reason, SandboxDir, SandboxState};
 use cove_protocol::control::{VmEnd, VmState};
 
 use crate::fsutil::now_ms;
-use crate::snapshots::{FORKING, TAKING};
+use crate::snapshots::{FORKING, STORE_FILE, TAKING};
 use crate::supervisor::{live_status, process_alive, vm_alive, vm_end};
 use crate::{EventRecord, Host, HostError, SandboxRecord};
 
@@ -22,13 +22,22 @@ use crate::{EventRecord, Host, HostError, SandboxRecord};
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(120);
 
 impl Host {
-    /// Every sandbox, each reconciled.
+    /// Every sandbox, each reconciled. One removed meanwhile is left out; one that cannot be
+    /// reconciled now is listed as recorded (the next read tries again) rather than failing
+    /// the whole listing.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, HostError> {
-        let mut all = self.db.list()?;
-        for rec in &mut all {
-            self.reconcile(rec)?;
+        let mut out = Vec::new();
+        for mut rec in self.db.list()? {
+            match self.reconcile(&mut rec) {
+                Ok(()) => out.push(rec),
+                Err(HostError::NoSuchSandbox(_)) => {}
+                Err(e) => {
+                    tracing::warn!("reconciling sandbox {}: {e}", rec.id);
+                    out.push(rec);
+                }
+            }
         }
-        Ok(all)
+        Ok(out)
     }
 
     /// What `owner`'s sandboxes hold (all but the stopped and failed): how many, their vCPUs
@@ -95,9 +104,15 @@ impl Host {
             && rec.op.as_deref().is_some_and(process_alive)
             && now_ms() - rec.updated_at
                 < i64::try_from(IN_FLIGHT_LIMIT.as_millis()).unwrap_or(i64::MAX);
-        // A hibernation in progress finishes its own record (its VM reports running while the
-        // snapshot is saved, then ends before the upload).
-        if rec.state == SandboxState::Hibernating && in_flight {
+        // An operation in progress finishes its own record: a hibernation (its VM reports
+        // running while the snapshot is saved, then ends before the upload), a boot or a
+        // restore (its VM may still report the state of the one before).
+        if in_flight
+            && matches!(
+                rec.state,
+                SandboxState::Hibernating | SandboxState::Creating | SandboxState::Resuming
+            )
+        {
             return Ok(());
         }
         if rec.pid.is_some_and(vm_alive) {
@@ -119,9 +134,6 @@ impl Host {
                 self.move_to(rec, state, reason, &actor)?;
             }
             return Ok(());
-        }
-        if rec.state == SandboxState::Creating && rec.pid.is_none() && in_flight {
-            return Ok(()); // another invocation is still creating it
         }
         let (state, reason, actor) = match vm_end(&rec.layout()) {
             Some(VmEnd::Hibernated { idle: true }) => (
@@ -163,6 +175,17 @@ impl Host {
                 Actor::Reconcile,
             ),
         };
+        // A restore that did not come up leaves its hibernation as it was: the sandbox stays
+        // hibernated (resumable again), not failed.
+        let (state, reason) = match (rec.state, state) {
+            (SandboxState::Resuming, SandboxState::Failed)
+                if rec.layout().hibernation().join("manifest.json").is_file() =>
+            {
+                let why = reason.map(|r| r.to_string()).unwrap_or_default();
+                (SandboxState::Hibernated, Some(Reason::ResumeFailed(why)))
+            }
+            other => (other.1, reason),
+        };
         rec.pid = None;
         // The guest RAM of a cove-vm killed outright; nothing restores from it.
         let _ = std::fs::remove_file(SandboxDir::guest_ram(&rec.id));
@@ -193,7 +216,7 @@ impl Host {
     }
 }
 
-/// How long [`Host::recover`] waits for one boot or restore whose caller is gone.
+/// How long [`Host::recover`] waits, in all, for boots and restores whose caller is gone.
 const RECOVER_WAIT: Duration = Duration::from_secs(60);
 
 /// What [`Host::recover`] found and put right.
@@ -218,12 +241,13 @@ impl Host {
         // Boots and restores whose caller is gone finish first (each within its own limit):
         // then their records say how they ended, and no fork's clone still reads its snapshot
         // when the sweep below removes it.
+        let deadline = tokio::time::Instant::now() + RECOVER_WAIT;
         for rec in self.db.list()? {
             if matches!(rec.state, SandboxState::Creating | SandboxState::Resuming)
                 && let Some(pid) = rec.pid.filter(|p| vm_alive(*p))
             {
-                let _ = tokio::time::timeout(
-                    RECOVER_WAIT,
+                let _ = tokio::time::timeout_at(
+                    deadline,
                     crate::supervisor::control(
                         std::path::Path::new(&rec.socket),
                         &cove_protocol::control::ControlRequest::WaitReady,
@@ -240,7 +264,12 @@ impl Host {
         };
         let known: std::collections::HashSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
         // Directories without a record. A create writes its record before its directory, so
-        // none of these is a create in progress.
+        // none of these is a create in progress. Only this store's are touched: another
+        // store's coved may share the home.
+        let me = self.db.id();
+        let ours = |store_file: &std::path::Path| {
+            std::fs::read_to_string(store_file).is_ok_and(|s| s.trim() == me)
+        };
         let sandboxes = self.home.join("sandboxes");
         for e in std::fs::read_dir(&sandboxes)
             .into_iter()
@@ -248,7 +277,10 @@ impl Host {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            if known.contains(name.as_str()) || self.db.find(&name)?.is_some_and(|r| r.id == name) {
+            if known.contains(name.as_str())
+                || !ours(&SandboxDir::at(e.path()).store())
+                || self.db.find(&name)?.is_some_and(|r| r.id == name)
+            {
                 continue;
             }
             for pid in vms_in(&e.path()) {
@@ -260,13 +292,17 @@ impl Host {
             }
         }
         // Snapshots: directories without a record whose taker is gone, and forks' temporary
-        // snapshots whose fork is gone.
+        // snapshots whose fork is gone. A marker names its process and its store.
         let snapshots = self.home.join("snapshots");
-        let taker = |id: &str, kind: &str| {
-            std::fs::read_to_string(self.snapshot_marker(id, kind))
-                .ok()
-                .filter(|op| process_alive(op.trim()))
+        let marker = |id: &str, kind: &str| -> Option<(String, String)> {
+            let s = std::fs::read_to_string(self.snapshot_marker(id, kind)).ok()?;
+            let mut lines = s.lines();
+            let op = lines.next()?.trim().to_string();
+            let store = lines.next().unwrap_or_default().trim().to_string();
+            Some((op, store))
         };
+        let taker_alive =
+            |id: &str, kind: &str| marker(id, kind).is_some_and(|(op, _)| process_alive(&op));
         for e in std::fs::read_dir(&snapshots)
             .into_iter()
             .flatten()
@@ -274,10 +310,12 @@ impl Host {
         {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some((id, kind)) = name.split_once('.') {
-                // A marker whose directory is gone, and whose process too.
+                // A marker of ours whose directory and process are both gone.
                 if [TAKING, FORKING].contains(&kind)
                     && !snapshots.join(id).exists()
-                    && taker(id, kind).is_none()
+                    && marker(id, kind).is_some_and(|(op, store)| {
+                        !process_alive(&op) && (store == me || store.is_empty())
+                    })
                 {
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -286,14 +324,18 @@ impl Host {
             let recorded = self.db.find_snapshot(&name)?.is_some_and(|s| s.id == name);
             if recorded {
                 if snapshots.join(format!("{name}.{FORKING}")).exists()
-                    && taker(&name, FORKING).is_none()
+                    && !taker_alive(&name, FORKING)
                     && self.remove_snapshot(&name).await.is_ok()
                 {
                     out.orphan_snapshots.push(name);
                 }
                 continue;
             }
-            if taker(&name, TAKING).is_some() {
+            // Not recorded here: ours only when it says so (written once it was saved) or
+            // when our taker's marker says so.
+            let mine = ours(&e.path().join(STORE_FILE))
+                || marker(&name, TAKING).is_some_and(|(_, store)| store == me);
+            if !mine || taker_alive(&name, TAKING) {
                 continue;
             }
             let _ = self.blobs.delete_prefix(&format!("snapshots/{name}")).await;

@@ -12,6 +12,8 @@ use crate::spec::validate_name;
 use crate::supervisor::{not_running, this_process};
 use cove_state::Limits;
 
+/// In a snapshot's directory: which store records it.
+pub(crate) const STORE_FILE: &str = "store";
 /// The marker of a snapshot being taken (its record does not exist yet).
 pub(crate) const TAKING: &str = "taking";
 /// The marker of a fork's temporary snapshot.
@@ -89,6 +91,7 @@ impl Host {
         result.map(|()| out)
     }
 
+    /// Takes a snapshot of a running or paused sandbox, which keeps running. `template` marks it
     /// as its image's template (used by `create` for that image).
     pub async fn snapshot(
         &self,
@@ -120,7 +123,7 @@ impl Host {
         // Who is taking it, until its record exists: a directory without a record whose taker
         // is gone is an orphan (see `Host::recover`).
         let taking = self.snapshot_marker(&id, TAKING);
-        std::fs::write(&taking, this_process())
+        std::fs::write(&taking, format!("{}\n{}", this_process(), self.db.id()))
             .map_err(io_err("marking the snapshot in progress", &taking))?;
         let saved = self
             .vm_op(
@@ -135,6 +138,7 @@ impl Host {
             return Err(e);
         }
         crate::fault::point("snapshot.saved");
+        let _ = std::fs::write(dir.join(STORE_FILE), self.db.id());
         // The guest the snapshot holds travels with it (templates are matched on it).
         if let Ok(g) = std::fs::read(rec.layout().guest()) {
             let _ = std::fs::write(dir.join(GUEST_FILE), g);

@@ -97,6 +97,12 @@ impl SandboxDir {
         self.0.join("hibernation")
     }
 
+    /// Which state store records it (its `id`): the start-up sweep removes a directory without
+    /// a record only when it is its own store's.
+    pub fn store(&self) -> PathBuf {
+        self.0.join("store")
+    }
+
     /// The identity of the guest it runs (kernel and initramfs).
     pub fn guest(&self) -> PathBuf {
         self.0.join("guest")

@@ -213,14 +213,14 @@ impl Inner {
             )))
         };
         let want_cpus = cpus.saturating_mul(count);
-        let want_mem = u64::from(memory_mib) * u64::from(count);
-        if n + count > l.sandboxes {
+        let want_mem = u64::from(memory_mib).saturating_mul(count.into());
+        if n.saturating_add(count) > l.sandboxes {
             return over("sandboxes", l.sandboxes.into(), n.into(), count.into());
         }
-        if vcpus + want_cpus > l.vcpus {
+        if vcpus.saturating_add(want_cpus) > l.vcpus {
             return over("vCPUs", l.vcpus.into(), vcpus.into(), want_cpus.into());
         }
-        if mem + want_mem > l.memory_mib {
+        if mem.saturating_add(want_mem) > l.memory_mib {
             return over("memory (MiB)", l.memory_mib, mem, want_mem);
         }
         Ok(())

@@ -67,40 +67,70 @@ impl Peer {
     }
 }
 
+/// Who the request is from, as the [`identify`] middleware found it.
+#[derive(Debug, Clone)]
+struct Identified(Result<Principal, ApiError>);
+
+/// Identifies the caller of every request once: its key (and the key's rate limit), or the
+/// host's administrator by the socket's peer credentials. The rest of the request runs as that
+/// caller's actor, so whatever the host records on the way — a sandbox the idle policy put away
+/// and a request wakes, say — names who caused it. Routes that need a caller take [`Auth`].
+pub async fn identify(
+    axum::extract::State(app): axum::extract::State<App>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (mut parts, body) = req.into_parts();
+    let who = principal(&mut parts, &app);
+    req = axum::extract::Request::from_parts(parts, body);
+    let actor = who.as_ref().ok().map(|p| p.actor.clone());
+    req.extensions_mut().insert(Identified(who));
+    match actor {
+        Some(a) => cove_host::ACTOR.scope(a, next.run(req)).await,
+        None => next.run(req).await,
+    }
+}
+
+fn principal(parts: &mut Parts, app: &App) -> Result<Principal, ApiError> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let Some(secret) = bearer else {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0)
+            .unwrap_or_default();
+        if peer.is_administrator() {
+            return Ok(Principal::local());
+        }
+        return Err(ApiError::unauthorized(
+            "send an API key as `Authorization: Bearer KEY`",
+        ));
+    };
+    let p = app
+        .keys
+        .authenticate(secret)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+    if let Some(id) = p.key_id() {
+        app.take_token(id)?;
+    }
+    Ok(p)
+}
+
 impl FromRequestParts<App> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        let Some(secret) = bearer else {
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<Peer>>()
-                .map(|c| c.0)
-                .unwrap_or_default();
-            if peer.is_administrator() {
-                return Ok(Self(Principal::local()));
-            }
-            return Err(ApiError::unauthorized(
-                "send an API key as `Authorization: Bearer KEY`",
-            ));
-        };
-        let p = app
-            .keys
-            .authenticate(secret)
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
-        if let Some(id) = p.key_id() {
-            app.take_token(id)?;
+        match parts.extensions.get::<Identified>() {
+            Some(Identified(who)) => who.clone().map(Self),
+            // Only a router without the middleware (none is built so) gets here.
+            None => principal(parts, app).map(Self),
         }
-        Ok(Self(p))
     }
 }

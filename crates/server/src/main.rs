@@ -30,7 +30,7 @@ struct Cli {
     /// The first line on stdout says where it listens (with port 0, which port it got).
     #[arg(long)]
     listen: Option<String>,
-    /// The state store: `postgres://USER@HOST:PORT/DB` for a database several hosts share, or
+    /// The state store: `postgres://USER@HOST:PORT/DB` for a PostgreSQL database, or
     /// a SQLite file (default: `$COVE_HOME/state.db`).
     #[arg(long, env = "COVE_DATABASE")]
     database: Option<String>,
@@ -294,6 +294,13 @@ impl Listener {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            // Requests in flight get a moment to finish; streams that never end (a followed
+            // event log, an interactive exec) do not hold the shutdown longer. Operations
+            // (create, hibernate, …) cut here are recovered by the next coved.
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                std::process::exit(0);
+            });
         };
         if let Some(tls) = tls {
             let Self::Tcp(l) = self else {
@@ -338,14 +345,16 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         "--rate-limit: at least 1 request a second"
     );
     let host = cove_host::Host::open_with(&home, cli.database.as_deref())?;
-    // Re-attach: every recorded sandbox gets its true state before the first request, and what
-    // an interrupted operation left behind is removed or finished.
-    let recovered = host.recover().await?;
     let listen = cli
         .listen
         .clone()
         .unwrap_or_else(|| format!("unix:{}", home.join("coved.sock").display()));
+    // Bound (and its lock held) first: a second coved of this socket stops here, and requests
+    // wait in the backlog while this one recovers.
     let api = bind(&listen).await?;
+    // Re-attach: every recorded sandbox gets its true state before the first request, and what
+    // an interrupted operation left behind is removed or finished.
+    let recovered = host.recover().await?;
     let metrics = match &cli.metrics_listen {
         Some(a) => Some(bind(a).await?),
         None => None,

@@ -1,6 +1,6 @@
 //! Cove's state store: sandboxes, snapshots, image names and the event log, behind one trait
 //! ([`StateStore`]) with two implementations — SQLite, a file in the Cove home (the embedded
-//! default), and PostgreSQL, which several hosts share (`coved --database postgres://…`). The
+//! default), and PostgreSQL (`coved --database postgres://…`), the store several hosts will share. The
 //! schema is in `migrations/` (SQL files, one series per dialect); the same test suite runs
 //! against both.
 //!
@@ -88,6 +88,11 @@ pub enum StateError {
 
 /// The state of one host, or of several sharing a database.
 pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Which store this is (`sqlite:PATH`, `postgres://USER@HOST:PORT/DB`): written beside what
+    /// it records on disk, so a home shared by two stores' coveds (the embedded one and one on
+    /// PostgreSQL, say) never sweeps the other's files as orphans.
+    fn id(&self) -> String;
+
     /// Records a new sandbox, and its first state as an event of `actor`. With `limits`, the
     /// owner's holdings ([`StateStore::held_by`]) are counted in the same transaction, with
     /// inserts of the same owner serialized, so concurrent creates cannot together pass a

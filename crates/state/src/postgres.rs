@@ -1,4 +1,4 @@
-//! The PostgreSQL store: one database that several hosts share (`coved --database
+//! The PostgreSQL store: a database outside the host, the one several hosts will share (`coved --database
 //! postgres://…`). The schema is `migrations/postgres/`; the version applied is kept in
 //! `cove_schema`, and migrations run under an advisory lock, so hosts starting together do not
 //! race.
@@ -255,6 +255,10 @@ impl PostgresStore {
 }
 
 impl StateStore for PostgresStore {
+    fn id(&self) -> String {
+        self.url.clone()
+    }
+
     fn insert(
         &self,
         s: &SandboxRecord,

@@ -157,6 +157,8 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
 /// The SQLite store.
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// The database file, absolute.
+    path: std::path::PathBuf,
     /// One connection, locked per call: the host is shared by concurrent requests (coved), and
     /// no lock is held beyond one method.
     conn: Mutex<Connection>,
@@ -237,6 +239,7 @@ impl SqliteStore {
         retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let db = Self {
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             conn: Mutex::new(conn),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -277,6 +280,10 @@ impl SqliteStore {
 }
 
 impl StateStore for SqliteStore {
+    fn id(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
     /// Records a new sandbox, and its first state as an event of `actor`.
     fn insert(
         &self,
@@ -602,7 +609,9 @@ mod tests {
     fn the_suite_on_sqlite() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("state.db");
-        crate::tests::suite(&SqliteStore::open(&path).unwrap());
+        crate::tests::suite(&SqliteStore::open(&path).unwrap(), &|| {
+            Box::new(SqliteStore::open(&path).unwrap())
+        });
         // Reopening keeps the data and does not re-run migrations.
         let db = SqliteStore::open(&path).unwrap();
         assert!(!db.list().unwrap().is_empty());

@@ -38,18 +38,22 @@ pub(crate) fn owned(id: &str, owner: Option<&str>, name: &str) -> SandboxRecord 
     }
 }
 
+/// Another handle on the same store (its own connection), for the checks that race writers.
+pub(crate) type Another<'a> = &'a (dyn Fn() -> Box<dyn StateStore> + Sync);
+
 /// Every check of the suite, in order, on one store.
-pub(crate) fn suite(db: &dyn StateStore) {
+pub(crate) fn suite(db: &dyn StateStore, another: Another<'_>) {
     insert_find_update_delete(db);
     names_are_unique_per_owner(db);
     snapshots_and_admission(db);
     prune_events_drops_only_older_ones(db);
     concurrent_moves_from_one_state_let_one_win(db);
-    concurrent_inserts_pass_a_limit_together_never(db);
+    concurrent_inserts_pass_a_limit_together_never(db, another);
 }
 
-/// Eight inserts at once against a limit of three sandboxes: exactly three are admitted.
-fn concurrent_inserts_pass_a_limit_together_never(db: &dyn StateStore) {
+/// Eight inserts at once, each on its own connection, against a limit of three sandboxes:
+/// exactly three are admitted.
+fn concurrent_inserts_pass_a_limit_together_never(db: &dyn StateStore, another: Another<'_>) {
     let limits = crate::Limits {
         sandboxes: 3,
         vcpus: 64,
@@ -60,6 +64,7 @@ fn concurrent_inserts_pass_a_limit_together_never(db: &dyn StateStore) {
         for i in 0..8 {
             let admitted = &admitted;
             s.spawn(move || {
+                let db = another();
                 let r = SandboxRecord {
                     owner: Some("race-t".into()),
                     ..rec(&format!("7ace0000000{i}"), None)
@@ -346,8 +351,8 @@ fn snapshots_and_admission(db: &dyn StateStore) {
     assert_eq!(db.find("90a000000002").unwrap().unwrap(), b);
 }
 
-/// Two writers that read the same state and both try to move from it: the store lets one
-/// through and refuses the other's impossible move (checked against the state stored now).
+/// A writer holding a stale copy (it read `running`, another writer stopped the sandbox since)
+/// is refused its move: the store checks it against the state stored now, not the writer's.
 fn concurrent_moves_from_one_state_let_one_win(db: &dyn StateStore) {
     db.insert(&rec("c0c000000001", None), &Actor::Local, None)
         .unwrap();
@@ -376,7 +381,10 @@ fn concurrent_moves_from_one_state_let_one_win(db: &dyn StateStore) {
 #[test]
 fn the_suite_on_postgresql() {
     let server = crate::postgres::testing::Server::start();
-    suite(&crate::PostgresStore::connect(&server.url("suite")).unwrap());
+    let url = server.url("suite");
+    suite(&crate::PostgresStore::connect(&url).unwrap(), &|| {
+        Box::new(crate::PostgresStore::connect(&url).unwrap())
+    });
     // A second connection to the same database sees the same data, and does not migrate again.
     let again = crate::PostgresStore::connect(&server.url("suite")).unwrap();
     assert!(!again.list().unwrap().is_empty());

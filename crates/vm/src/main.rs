@@ -137,7 +137,9 @@ async fn run(dir: PathBuf) -> anyhow::Result<VmEnd> {
     )
     .context("parsing vm.json")?;
     let layout = SandboxDir::at(&dir);
+    // What the VM before this one (the one hibernated, say) said is no longer true.
     let _ = std::fs::remove_file(layout.exit());
+    let _ = std::fs::remove_file(layout.status());
     for s in ["control.sock", "agent.sock", "qmp.sock", "console.sock"] {
         let _ = std::fs::remove_file(dir.join(s));
     }

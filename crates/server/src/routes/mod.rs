@@ -194,6 +194,10 @@ pub fn router(app: App) -> axum::Router {
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
+            crate::auth::identify,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
             request_id,
         ))
         .with_state(app)

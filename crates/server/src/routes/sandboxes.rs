@@ -298,6 +298,11 @@ pub(crate) async fn fork(
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
     let count = req.count.unwrap_or(1);
+    if !(1..=64).contains(&count) {
+        return Err(ApiError::bad_request(format!(
+            "invalid count: {count} (allowed: 1 to 64)"
+        )));
+    }
     // Before the snapshot: a fork that cannot fit is refused without one. Each clone is then
     // admitted as it is recorded.
     app.fits(&auth.0, count, r.cpus, r.memory_mib)?;
