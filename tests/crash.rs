@@ -262,6 +262,13 @@ fn a_wake_interrupted_ends_running() {
                 let id = id.unwrap();
                 assert_eq!(state_of(all, id), "running", "{point}");
                 ok(&cove(url, key, &["exec", id, "--", "true"]));
+                // The stale hibernation went with the recovery, here and in the blob store.
+                let dir = home().join("sandboxes").join(id);
+                assert!(!dir.join("hibernation").exists(), "{point}");
+                assert!(
+                    !home().join("blobs/hibernations").join(id).exists(),
+                    "{point}"
+                );
             },
         );
     }

@@ -347,6 +347,16 @@ impl Host {
         // Hibernations that stayed local (the copy was interrupted, or failed): any host must
         // be able to resume them.
         for mut rec in all {
+            // A wake that finished without its caller: the hibernation is stale (the guest runs
+            // and writes its disk), as the wake itself would have removed it.
+            if rec.state.is_active() && rec.layout().hibernation().is_dir() {
+                let _ = std::fs::remove_dir_all(rec.layout().hibernation());
+                let _ = self
+                    .blobs
+                    .delete_prefix(&format!("hibernations/{}", rec.id))
+                    .await;
+                continue;
+            }
             if rec.state != SandboxState::Hibernated {
                 continue;
             }
