@@ -155,6 +155,29 @@ fn info_names_the_engine_and_why() {
         "auto uses KVM only when it is hardware-backed"
     );
     assert!(v["host"]["kernel"]["present"].as_bool().unwrap());
+    // What the host offers for isolation, against what the filesystem says on its own.
+    let iso = &v["host"]["isolation"];
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T", "/sys/fs/cgroup"])
+        .output()
+        .unwrap();
+    let unified_root = String::from_utf8_lossy(&fs.stdout).trim() == "cgroup2fs";
+    assert_eq!(iso["cgroups"] == "v2", unified_root, "{iso}");
+    assert_eq!(
+        iso["seccomp"].as_bool().unwrap(),
+        std::path::Path::new("/proc/sys/kernel/seccomp").is_dir(),
+        "{iso}"
+    );
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert!(
+            iso["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == ns),
+            "{iso}"
+        );
+    }
     // The guest identity templates are matched on: sha256 prefixes of the kernel and initramfs.
     let sum = |p: &str| {
         let o = std::process::Command::new("sha256sum")

@@ -453,6 +453,19 @@ fn print_host(h: &api::HostInfo) {
     if let Some(g) = &h.guest {
         println!("guest:     {g}");
     }
+    let i = &h.isolation;
+    println!(
+        "isolation: cgroups {} ({}), namespaces {}, user namespaces {}, seccomp {}",
+        i.cgroups,
+        if i.controllers.is_empty() {
+            "no controllers".to_string()
+        } else {
+            i.controllers.join(" ")
+        },
+        i.namespaces.join(" "),
+        if i.user_namespaces { "yes" } else { "no" },
+        if i.seccomp { "yes" } else { "no" }
+    );
 }
 
 fn print_imported(i: &api::Image) {

@@ -25,6 +25,7 @@ mod error;
 mod fault;
 mod fsutil;
 pub mod images;
+pub mod isolation;
 mod lifecycle;
 mod reconcile;
 mod record;
