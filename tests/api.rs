@@ -2339,3 +2339,47 @@ async fn rootfs_imports_and_prune_over_the_api() {
         "{list}"
     );
 }
+
+/// A sandbox the idle policy paused is woken by the next request, and the event log names who
+/// woke it: the caller's key, through the streaming exec the CLI uses as much as through REST.
+#[test]
+fn a_wake_by_a_request_names_the_caller() {
+    let key = api_key(&tenant("wake"), "exec");
+    let server = Coved::start(&[]);
+    let run = |args: &[&str]| {
+        let o = cli_over(&server.url, &key, args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let id = run(&[
+        "create",
+        "--memory",
+        "256",
+        "--idle-timeout",
+        "2",
+        "--on-idle",
+        "pause",
+    ]);
+    let state = || -> Value { serde_json::from_str(&run(&["inspect", &id])).unwrap() };
+    assert!(
+        cove_tests::wait_until(Duration::from_secs(30), || state()["state"] == "paused"),
+        "{}",
+        state()
+    );
+    assert_eq!(run(&["exec", &id, "--", "echo", "awake"]), "awake");
+    let events: Vec<Value> = run(&["events", "--sandbox", &id, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actor_of = |state: &str| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e["state"] == state)
+            .map(|e| e["actor"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {state} event: {events:?}"))
+    };
+    assert_eq!(actor_of("paused"), "idle-policy");
+    assert!(actor_of("running").starts_with("key:"), "{events:?}");
+    run(&["rm", "-f", &id]);
+}

@@ -39,9 +39,14 @@ pub async fn exec_ws(
             format!("this route is a WebSocket: {}", e.body_text()),
         )
     })?;
+    // The session runs after the upgrade, outside the request: it keeps the caller's actor (a
+    // sandbox the idle policy put away is woken by this caller).
+    let actor = auth.0.actor.clone();
     Ok(ws.on_upgrade(move |socket| async move {
         let mut socket = socket;
-        let outcome = session(&app, &rec, &mut socket).await;
+        let outcome = cove_host::ACTOR
+            .scope(actor, session(&app, &rec, &mut socket))
+            .await;
         app.metrics.exec(outcome.is_ok());
         if let Err(e) = outcome {
             let ev = api::ExecEvent::Error(api::Error {
