@@ -109,21 +109,8 @@ pub enum HostError {
     /// The engine cannot run here.
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
-    /// The owner would hold more than its limits allow.
-    #[error("the {what} quota of tenant {owner} is {max}; {have} in use, {add} more asked for")]
-    OverQuota {
-        /// Whose.
-        owner: String,
-        /// Which limit.
-        what: &'static str,
-        /// The limit.
-        max: u64,
-        /// Held now.
-        have: u64,
-        /// Asked for.
-        add: u64,
-    },
-    /// The state store failed (or holds what this build cannot read).
+    /// The state store failed, refused an owner past its limits
+    /// ([`StateError::OverQuota`]), or holds what this build cannot read.
     #[error(transparent)]
     State(StateError),
     /// A file operation failed.
@@ -150,19 +137,6 @@ impl From<StateError> for HostError {
             StateError::NameTaken(n) => Self::NameTaken(n),
             StateError::NoSuchSandbox(id) => Self::NoSuchSandbox(id),
             StateError::Transition { id, err } => Self::Transition { id, err },
-            StateError::OverQuota {
-                owner,
-                what,
-                max,
-                have,
-                add,
-            } => Self::OverQuota {
-                owner,
-                what,
-                max,
-                have,
-                add,
-            },
             e => Self::State(e),
         }
     }

@@ -206,23 +206,9 @@ impl Inner {
         let (Some(tenant), Some(l)) = (p.tenant.as_deref(), self.limits(p)?) else {
             return Ok(());
         };
-        let (n, vcpus, mem) = self.host.held_by(tenant)?;
-        let over = |what: &str, max: u64, have: u64, add: u64| {
-            Err(ApiError::quota(format!(
-                "the {what} quota of tenant {tenant} is {max}; {have} in use, {add} more asked for"
-            )))
-        };
-        let want_cpus = cpus.saturating_mul(count);
-        let want_mem = u64::from(memory_mib).saturating_mul(count.into());
-        if n.saturating_add(count) > l.sandboxes {
-            return over("sandboxes", l.sandboxes.into(), n.into(), count.into());
-        }
-        if vcpus.saturating_add(want_cpus) > l.vcpus {
-            return over("vCPUs", l.vcpus.into(), vcpus.into(), want_cpus.into());
-        }
-        if mem.saturating_add(want_mem) > l.memory_mib {
-            return over("memory (MiB)", l.memory_mib, mem, want_mem);
-        }
+        let held = self.host.held_by(tenant)?;
+        l.admit_many(tenant, held, count, cpus, memory_mib)
+            .map_err(HostError::from)?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cove_api as api;
-use cove_host::{ClientError, HostError};
+use cove_host::{ClientError, HostError, StateError};
 
 tokio::task_local! {
     /// The request being served (set by the request-id middleware).
@@ -50,10 +50,6 @@ impl ApiError {
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", m)
     }
-    /// 429, naming the quota or limit.
-    pub fn quota(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m)
-    }
 }
 
 impl From<HostError> for ApiError {
@@ -73,7 +69,9 @@ impl From<HostError> for ApiError {
             | HostError::Transition { .. }
             | HostError::ImageInUse { .. } => (S::CONFLICT, "conflict"),
             HostError::InvalidSetting { .. } => (S::BAD_REQUEST, "bad_request"),
-            HostError::OverQuota { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded"),
+            HostError::State(StateError::OverQuota { .. }) => {
+                (S::TOO_MANY_REQUESTS, "quota_exceeded")
+            }
             HostError::MissingAsset { .. } | HostError::Engine(_) => {
                 (S::SERVICE_UNAVAILABLE, "unavailable")
             }

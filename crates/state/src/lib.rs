@@ -180,6 +180,19 @@ impl Limits {
         held: (u32, u32, u64),
         s: &SandboxRecord,
     ) -> Result<(), StateError> {
+        self.admit_many(owner, held, 1, s.cpus, s.memory_mib)
+    }
+
+    /// Whether `owner`, holding `held`, may add `count` sandboxes of `cpus` and `memory_mib`
+    /// each (a fork's clones).
+    pub fn admit_many(
+        &self,
+        owner: &str,
+        held: (u32, u32, u64),
+        count: u32,
+        cpus: u32,
+        memory_mib: u32,
+    ) -> Result<(), StateError> {
         let over = |what, max: u64, have: u64, add: u64| StateError::OverQuota {
             owner: owner.to_string(),
             what,
@@ -187,24 +200,26 @@ impl Limits {
             have,
             add,
         };
-        if held.0 + 1 > self.sandboxes {
-            return Err(over("sandboxes", self.sandboxes.into(), held.0.into(), 1));
+        let add_cpus = cpus.saturating_mul(count);
+        let add_mem = u64::from(memory_mib).saturating_mul(count.into());
+        if held.0.saturating_add(count) > self.sandboxes {
+            return Err(over(
+                "sandboxes",
+                self.sandboxes.into(),
+                held.0.into(),
+                count.into(),
+            ));
         }
-        if held.1 + s.cpus > self.vcpus {
+        if held.1.saturating_add(add_cpus) > self.vcpus {
             return Err(over(
                 "vCPUs",
                 self.vcpus.into(),
                 held.1.into(),
-                s.cpus.into(),
+                add_cpus.into(),
             ));
         }
-        if held.2 + u64::from(s.memory_mib) > self.memory_mib {
-            return Err(over(
-                "memory (MiB)",
-                self.memory_mib,
-                held.2,
-                s.memory_mib.into(),
-            ));
+        if held.2.saturating_add(add_mem) > self.memory_mib {
+            return Err(over("memory (MiB)", self.memory_mib, held.2, add_mem));
         }
         Ok(())
     }
