@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-pub use cove_model::{Actor, EventState, SandboxState};
+pub use cove_model::{Actor, CgroupMode, EventState, Isolation, SandboxState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -523,49 +523,6 @@ pub struct HostInfo {
     pub tsc_khz: Option<u64>,
     /// What the host offers to isolate each sandbox's supervisor beyond the VM.
     pub isolation: Isolation,
-}
-
-/// How a host's cgroup hierarchies are mounted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupMode {
-    /// One unified (v2) hierarchy.
-    V2,
-    /// v1 controllers, and a unified hierarchy without controllers.
-    Hybrid,
-    /// v1 controllers only.
-    V1,
-    /// None mounted.
-    None,
-}
-
-impl std::fmt::Display for CgroupMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::V2 => "v2",
-            Self::Hybrid => "hybrid",
-            Self::V1 => "v1",
-            Self::None => "none",
-        })
-    }
-}
-
-/// What the host offers to isolate a sandbox's supervisor and VMM (cgroups, namespaces,
-/// seccomp).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Isolation {
-    /// How cgroups are mounted.
-    pub cgroups: CgroupMode,
-    /// The controllers that can limit a sandbox.
-    pub controllers: Vec<String>,
-    /// The namespace kinds the kernel has.
-    pub namespaces: Vec<String>,
-    /// Whether user namespaces may be created.
-    pub user_namespaces: bool,
-    /// Whether seccomp filters are available.
-    pub seccomp: bool,
-    /// The seccomp actions the kernel has.
-    pub seccomp_actions: Vec<String>,
 }
 
 /// The engine chosen, and why.

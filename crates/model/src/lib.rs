@@ -7,11 +7,13 @@
 //! types print (`running`, `key:ID`, …), parsed back with [`std::str::FromStr`].
 
 mod actor;
+mod isolation;
 mod layout;
 mod reason;
 mod state;
 
 pub use actor::Actor;
+pub use isolation::{CgroupMode, Isolation};
 pub use layout::{SandboxDir, default_home};
 pub use reason::Reason;
 pub use state::{EventState, SandboxState, TransitionError};

@@ -189,21 +189,6 @@ fn host_info(host: &cove_host::Host) -> api::HostInfo {
         initramfs: asset(host.initramfs()),
         guest: host.guest_identity().ok(),
         tsc_khz: cove_host::engine::tsc_khz(host.home()),
-        isolation: {
-            let i = cove_host::isolation::probe();
-            api::Isolation {
-                cgroups: match i.cgroups {
-                    cove_host::isolation::CgroupMode::V2 => api::CgroupMode::V2,
-                    cove_host::isolation::CgroupMode::Hybrid => api::CgroupMode::Hybrid,
-                    cove_host::isolation::CgroupMode::V1 => api::CgroupMode::V1,
-                    cove_host::isolation::CgroupMode::None => api::CgroupMode::None,
-                },
-                controllers: i.controllers,
-                namespaces: i.namespaces,
-                user_namespaces: i.user_namespaces,
-                seccomp: i.seccomp,
-                seccomp_actions: i.seccomp_actions,
-            }
-        },
+        isolation: cove_host::isolation::probe(),
     }
 }
