@@ -43,15 +43,13 @@ impl Local {
     /// Who serves the socket, as it wrote in the lock file (none when no coved holds it).
     fn holder(&self) -> Option<DaemonInfo> {
         let f = std::fs::File::open(self.lock_file()).ok()?;
-        // A lock we can take is held by nobody: what the file says is stale.
-        if let Ok(l) = nix::fcntl::Flock::lock(
-            f.try_clone().ok()?,
-            nix::fcntl::FlockArg::LockSharedNonblock,
-        ) {
-            drop(l);
-            return None;
-        }
-        serde_json::from_slice(&std::fs::read(self.lock_file()).ok()?).ok()
+        // A lock we can take is held by nobody: what the file says is stale. (The file is read
+        // through the same descriptor: opened once per command.)
+        let f = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(_) => return None,
+            Err((f, _)) => f,
+        };
+        serde_json::from_reader(std::io::BufReader::new(f)).ok()
     }
 
     fn answers(&self) -> bool {

@@ -21,7 +21,7 @@ pub fn default_home() -> PathBuf {
 
 /// Whether this process runs as root (its effective uid, from `/proc/self/status`: this crate
 /// stays free of system-call crates).
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -14,7 +14,7 @@ mod state;
 
 pub use actor::Actor;
 pub use isolation::{CgroupMode, Isolation};
-pub use layout::{SandboxDir, default_home};
+pub use layout::{SandboxDir, default_home, is_root};
 pub use reason::Reason;
 pub use state::{EventState, SandboxState, TransitionError};
 

@@ -627,24 +627,13 @@ pub mod testing {
 
     /// Runs a server binary as the `postgres` user when this is root (the server refuses root).
     fn as_server_user(bin: &Path) -> Command {
-        if nix_is_root() {
+        if cove_model::is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(bin);
             c
         } else {
             Command::new(bin)
         }
-    }
-
-    fn nix_is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-            })
-            .unwrap_or(false)
     }
 
     impl Server {
@@ -658,7 +647,7 @@ pub mod testing {
             let dir = std::env::temp_dir().join(format!("cove-pg-{}-{port}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("creating the data directory");
-            if nix_is_root() {
+            if cove_model::is_root() {
                 let ok = Command::new("chown")
                     .args(["-R", "postgres:postgres"])
                     .arg(&dir)
