@@ -84,6 +84,14 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// The sandbox's jail could not be readied (its user, cgroup or files).
+    #[error("sandbox {id}: its jail could not be set up: {reason}")]
+    Jail {
+        /// The sandbox.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// A lifecycle operation failed; the sandbox keeps its previous state.
     #[error("sandbox {id}: {reason}")]
     Operation {

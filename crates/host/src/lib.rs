@@ -26,6 +26,7 @@ mod fault;
 mod fsutil;
 pub mod images;
 pub mod isolation;
+mod jail;
 mod lifecycle;
 mod reconcile;
 mod record;
@@ -47,6 +48,7 @@ use error::io_err;
 pub(crate) use fsutil::now_ms;
 use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
+pub use jail::JailReport;
 pub use reconcile::Recovered;
 pub use record::ACTOR;
 pub use spec::{CreateSpec, validate, validate_name};
@@ -66,6 +68,7 @@ pub struct Host {
     db: Box<dyn StateStore>,
     blobs: store::BlobStore,
     images: cove_image::Images,
+    jail: jail::Jails,
 }
 
 impl Host {
@@ -94,6 +97,7 @@ impl Host {
             db,
             images: cove_image::Images::open(home, blobs.clone())?,
             blobs,
+            jail: jail::Jails::from_env(home),
         })
     }
 
@@ -186,7 +190,12 @@ impl Host {
         actor: &Actor,
     ) -> Result<(), HostError> {
         rec.op = Some(supervisor::this_process().to_string());
-        Ok(self.db.update(rec, actor)?)
+        self.db.update(rec, actor)?;
+        // Recorded without a VM: whatever held its jail goes (the user stays leased).
+        if !rec.state.has_vm() {
+            self.jail.vm_ended(&rec.id);
+        }
+        Ok(())
     }
 
     /// A client of a running sandbox's agent.

@@ -11,6 +11,7 @@ use cove_protocol::control::{ControlRequest, DiskConfig, VmConfig, VmEnd, VmStat
 
 use crate::error::io_err;
 use crate::fsutil::{copy_sparse_file, make_disk, new_id, now_ms, unix_now, write_atomic};
+use crate::jail;
 use crate::record::Pending;
 use crate::record::current_actor;
 use crate::spec::validate;
@@ -201,7 +202,7 @@ impl Host {
             Some(s) => copy_sparse_file(&Path::new(&s.dir).join("disk-cove-rw"), &disk).await?,
             None => make_disk(&disk, rec.disk_mib).await?,
         }
-        let cfg = VmConfig {
+        let mut cfg = VmConfig {
             id: rec.id.clone(),
             engine: choice.engine.clone(),
             accel: choice.accel.clone(),
@@ -229,7 +230,9 @@ impl Host {
             idle_timeout_secs: policy.idle_timeout_secs,
             on_idle: policy.on_idle.clone(),
             blob_store: Some(self.home.join("blobs").display().to_string()),
+            jail: None,
         };
+        self.jail.prepare(&mut cfg, dir)?;
         write_atomic(
             &SandboxDir::at(dir).vm_config(),
             &serde_json::to_vec_pretty(&cfg).expect("serializes"),
@@ -321,6 +324,8 @@ impl Host {
                 })?;
                 cfg.restore = Some(snap.display().to_string());
                 cfg.tsc_khz = engine::tsc_khz(&self.home);
+                cfg.blob_store = Some(self.home.join("blobs").display().to_string());
+                self.jail.prepare(&mut cfg, &dir)?;
                 write_atomic(
                     &layout.vm_config(),
                     &serde_json::to_vec_pretty(&cfg).expect("serializes"),
@@ -415,6 +420,15 @@ impl Host {
             // Saved: whatever is left of it must not run on unrecorded.
             kill_vm(pid).await;
         }
+        // The jail wrote it: the host's and read-only before it is stored or restored.
+        if let Err(e) = jail::Jails::seal(&snap) {
+            let _ = std::fs::remove_dir_all(&snap);
+            rec.state = SandboxState::Failed;
+            rec.pid = None;
+            rec.reason = Some(Reason::Crashed(e.to_string()));
+            self.record(&mut rec)?;
+            return Err(e);
+        }
         // Into the blob store (with the disk), so any host can resume it; the local copy stays
         // as this host's cache.
         let key = format!("hibernations/{}", rec.id);
@@ -464,8 +478,8 @@ impl Host {
             .blobs
             .delete_prefix(&format!("hibernations/{}", rec.id))
             .await;
-        // Guest RAM of a cove-vm that was killed outright (it removes the file itself otherwise).
-        let _ = std::fs::remove_file(SandboxDir::guest_ram(&rec.id));
+        // Its cgroup, guest RAM (of a cove-vm killed outright) and user.
+        self.jail.removed(&rec.id);
         crate::fault::point("delete.killed");
         // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
         let dir = &self.home.join("sandboxes").join(&rec.id);

@@ -186,9 +186,23 @@ impl Host {
             }
             other => (other.1, reason),
         };
+        // A hibernation the jail wrote is sealed before anything reads it; one that cannot be
+        // (it holds a link, say) is refused.
+        let (state, reason) = match state {
+            SandboxState::Hibernated if rec.layout().hibernation().is_dir() => {
+                match crate::jail::Jails::seal(&rec.layout().hibernation()) {
+                    Ok(()) => (state, reason),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(rec.layout().hibernation());
+                        (SandboxState::Failed, Some(Reason::Crashed(e.to_string())))
+                    }
+                }
+            }
+            _ => (state, reason),
+        };
         rec.pid = None;
         // The guest RAM of a cove-vm killed outright; nothing restores from it.
-        let _ = std::fs::remove_file(SandboxDir::guest_ram(&rec.id));
+        let _ = std::fs::remove_dir_all(SandboxDir::guest_ram_dir(&rec.id));
         self.move_to(rec, state, reason, &actor)
     }
 
@@ -231,6 +245,10 @@ pub struct Recovered {
     pub orphan_snapshots: Vec<String>,
     /// Hibernations that had not reached the blob store: copied there now.
     pub stored: Vec<String>,
+    /// Cgroups of sandboxes whose VM was not running: removed.
+    pub jail_cgroups: usize,
+    /// Users leased to sandboxes that are gone: released.
+    pub jail_users: usize,
 }
 
 impl Host {
@@ -286,7 +304,7 @@ impl Host {
             for pid in vms_in(&e.path()) {
                 crate::supervisor::kill_vm(pid).await;
             }
-            let _ = std::fs::remove_file(SandboxDir::guest_ram(&name));
+            let _ = std::fs::remove_dir_all(SandboxDir::guest_ram_dir(&name));
             if std::fs::remove_dir_all(e.path()).is_ok() {
                 out.orphan_dirs.push(name);
             }
@@ -344,8 +362,30 @@ impl Host {
                 out.orphan_snapshots.push(name);
             }
         }
-        // Hibernations that stayed local (the copy was interrupted, or failed): any host must
-        // be able to resume them.
+        out.stored = self.store_hibernations(all).await?;
+        // Jails: cgroups of sandboxes whose VM is not running (killed with coved, or removed
+        // while it was down), users of sandboxes that are gone.
+        let records = self.list()?;
+        let running = |id: &str| {
+            records
+                .iter()
+                .any(|r| r.id == id && r.pid.is_some_and(crate::supervisor::vm_alive))
+        };
+        let exists = |id: &str| records.iter().any(|r| r.id == id);
+        let (cgroups, users) = self.jail.sweep(running, exists);
+        out.jail_cgroups = cgroups;
+        out.jail_users = users;
+        Ok(out)
+    }
+
+    /// Puts hibernations that stayed local (an idle one a jailed cove-vm saved, or a copy
+    /// that was interrupted or failed) in the blob store: any host must be able to resume
+    /// them. Returns the sandboxes stored. coved runs it at start and now and then.
+    pub async fn store_hibernations(
+        &self,
+        all: Vec<SandboxRecord>,
+    ) -> Result<Vec<String>, HostError> {
+        let mut out = Vec::new();
         for mut rec in all {
             // A wake that finished without its caller: the hibernation is stale (the guest runs
             // and writes its disk), as the wake itself would have removed it.
@@ -381,7 +421,7 @@ impl Host {
                     rec.reason = None;
                     self.record_as(&mut rec, &Actor::Reconcile)?;
                 }
-                out.stored.push(rec.id);
+                out.push(rec.id);
             }
         }
         Ok(out)

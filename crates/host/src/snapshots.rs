@@ -125,15 +125,23 @@ impl Host {
         let taking = self.snapshot_marker(&id, TAKING);
         std::fs::write(&taking, format!("{}\n{}", this_process(), self.db.id()))
             .map_err(io_err("marking the snapshot in progress", &taking))?;
+        // Written in the sandbox's directory (all a jailed cove-vm sees), sealed there, then
+        // moved into the store (the same filesystem: the Cove home).
+        let out = rec.layout().snapshot_out(&id);
         let saved = self
             .vm_op(
                 &rec,
                 &ControlRequest::Snapshot {
-                    dir: dir.display().to_string(),
+                    dir: out.display().to_string(),
                 },
             )
             .await;
+        let saved = saved.and_then(|()| {
+            crate::jail::Jails::seal(&out)?;
+            std::fs::rename(&out, &dir).map_err(io_err("moving the snapshot into the store", &dir))
+        });
         if let Err(e) = saved {
+            let _ = std::fs::remove_dir_all(&out);
             let _ = std::fs::remove_file(&taking);
             return Err(e);
         }

@@ -76,22 +76,32 @@ pub(crate) fn vm_binary() -> PathBuf {
     PathBuf::from("cove-vm")
 }
 
-/// Starts cove-vm detached (own session, no terminal), so it outlives its caller.
+/// Starts cove-vm detached (own session, no terminal), so it outlives its caller; returns its
+/// pid. A jailed cove-vm forks into its PID namespace and the process started here exits: the
+/// pid comes back on a pipe (`--report-fd 3`), written by cove-vm before it forks or by the
+/// jail's parent after.
 pub(crate) fn spawn_vm(dir: &Path) -> Result<u32, HostError> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(SandboxDir::at(dir).vm_log())
         .map_err(io_err("creating vm.log", dir))?;
     let bin = vm_binary();
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_err("making a pipe", dir)(std::io::Error::from(e)))?;
+    let w = report_w.as_raw_fd();
     let mut cmd = std::process::Command::new(&bin);
     cmd.arg("--dir")
         .arg(dir)
+        .arg("--report-fd")
+        .arg("3")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(io_err("creating vm.log", dir))?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
+    // SAFETY: setsid and dup2 are async-signal-safe and touch nothing of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(w, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -101,7 +111,14 @@ pub(crate) fn spawn_vm(dir: &Path) -> Result<u32, HostError> {
         "starting cove-vm (build it with `cargo build`, or set COVE_VM_BIN)",
         &bin,
     ))?;
-    let pid = child.id();
+    drop(report_w);
+    let mut b = [0u8; 4];
+    let reported = std::fs::File::from(report_r).read_exact(&mut b).is_ok();
+    let pid = if reported {
+        u32::from_ne_bytes(b)
+    } else {
+        child.id()
+    };
     // Reap it whenever it ends, so a long-lived caller keeps no zombie.
     std::thread::spawn(move || child.wait());
     Ok(pid)

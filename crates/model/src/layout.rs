@@ -97,6 +97,12 @@ impl SandboxDir {
         self.0.join("hibernation")
     }
 
+    /// Where cove-vm writes snapshot `id` before the host seals it and moves it into the
+    /// snapshot store.
+    pub fn snapshot_out(&self, id: &str) -> PathBuf {
+        self.0.join(format!("snapshot-{id}"))
+    }
+
     /// Which state store records it (its `id`): the start-up sweep removes a directory without
     /// a record only when it is its own store's.
     pub fn store(&self) -> PathBuf {
@@ -108,10 +114,16 @@ impl SandboxDir {
         self.0.join("guest")
     }
 
-    /// The file backing sandbox `id`'s guest RAM (qemu engine): in shared memory, not in the
-    /// directory, so it never reaches the disk. cove-vm removes it when it ends; the host
-    /// removes what a killed cove-vm left.
+    /// The directory holding sandbox `id`'s guest RAM (qemu engine): in shared memory, not in
+    /// the sandbox's directory, so it never reaches the disk; a directory of its own so a jail
+    /// is shown this one and no other sandbox's. The host removes it once the VM has ended.
+    pub fn guest_ram_dir(id: &str) -> PathBuf {
+        PathBuf::from(format!("/dev/shm/cove-{id}"))
+    }
+
+    /// The file backing sandbox `id`'s guest RAM, in [`SandboxDir::guest_ram_dir`]. cove-vm
+    /// removes it when it ends.
     pub fn guest_ram(id: &str) -> PathBuf {
-        PathBuf::from(format!("/dev/shm/cove-{id}.mem"))
+        Self::guest_ram_dir(id).join("memory")
     }
 }

@@ -182,9 +182,43 @@ pub struct VmConfig {
     /// `pause` or `hibernate`.
     #[serde(default)]
     pub on_idle: Option<String>,
-    /// Root of the local-folder blob store, where an idle hibernation is uploaded.
+    /// Root of the local-folder blob store, where an idle hibernation is uploaded. Never set
+    /// for a jailed cove-vm, which sees no blob store: the host stores its hibernation.
     #[serde(default)]
     pub blob_store: Option<String>,
+    /// The jail cove-vm enters before the engine starts; none runs it unjailed (a host that is
+    /// not root, or `COVE_JAIL=off`).
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+}
+
+/// What the host prepared for one sandbox's jail (see `docs/threat-model.md`). cove-vm derives
+/// the files the jail shows from the rest of [`VmConfig`]; this says who it runs as and within
+/// which limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// The unprivileged user the jail runs as (one per sandbox, from the host's range).
+    pub uid: u32,
+    /// Its group (the same number).
+    pub gid: u32,
+    /// cgroup directories the host created and sized; cove-vm moves itself into each.
+    pub cgroups: Vec<String>,
+    /// A directory holding only the engine's program, libraries and firmware (`usr/`, `lib/`,
+    /// `lib64/`, `etc/`), shown read-only at the same places inside; none for the kvm engine.
+    pub engine_root: Option<String>,
+    /// Device nodes shown inside (`/dev/null`, `/dev/urandom`, `/dev/kvm` where granted).
+    pub devices: Vec<String>,
+    /// Most open files per process.
+    pub open_files: u64,
+    /// Largest file the jail may write (the bigger of disk and memory, plus slack): no file it
+    /// writes grows the host's usage past what the sandbox was given.
+    pub file_size: u64,
+    /// Most processes and threads of the jail's user.
+    pub processes: u64,
+    /// Whether cove-vm puts itself under its seccomp allow-list once the engine runs (and QEMU
+    /// under its own `-sandbox`).
+    pub seccomp: bool,
 }
 
 /// One virtio-blk disk.

@@ -61,10 +61,10 @@ pub fn state(host: Host, keys: Keys, rate: f64, metrics_on_api: bool) -> App {
     })
 }
 
-/// Housekeeping, every ten minutes from the start: the event log's retention, finished pulls,
-/// and the rate buckets of keys gone quiet.
+/// Housekeeping, every minute from the start: the event log's retention, hibernations to
+/// store, finished pulls, and the rate buckets of keys gone quiet.
 pub async fn maintain(app: App, event_retention: Duration) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
         let cutoff = i64::try_from(event_retention.as_millis())
@@ -78,9 +78,14 @@ pub async fn maintain(app: App, event_retention: Duration) {
             }
             None => 0,
         };
+        // Idle hibernations a jailed cove-vm left local (it sees no blob store).
+        let stored = match app.host.list() {
+            Ok(all) => app.host.store_hibernations(all).await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         let pulls = app.pulls.sweep(crate::routes::pulls::Pulls::KEEP);
         let buckets = app.sweep_buckets(Duration::from_secs(60));
-        tracing::debug!(events, pulls, buckets, "housekeeping");
+        tracing::debug!(events, pulls, buckets, ?stored, "housekeeping");
     }
 }
 

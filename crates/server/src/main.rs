@@ -377,6 +377,8 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         orphan_dirs = ?recovered.orphan_dirs,
         orphan_snapshots = ?recovered.orphan_snapshots,
         stored = ?recovered.stored,
+        jail_cgroups = recovered.jail_cgroups,
+        jail_users = recovered.jail_users,
         home = %home.display(),
         "coved started"
     );

@@ -5,7 +5,9 @@
 //! `cove_protocol::control`) until the guest stops. It outlives the CLI that started it. When it
 //! ends it leaves `DIR/exit.json` saying why, for the host to report.
 
+mod drill;
 mod engine;
+mod jail;
 mod proxy;
 mod snapshot;
 
@@ -35,6 +37,14 @@ struct Args {
     /// compare against plain QEMU with exactly these arguments).
     #[arg(long)]
     print_engine_args: bool,
+    /// A pipe the host reads the jailed process's pid from (the jail forks: the process the
+    /// host started exits once the jail runs).
+    #[arg(long)]
+    report_fd: Option<i32>,
+    /// Enter the jail vm.json describes, then run the escape drill instead of the engine:
+    /// each try is reported as one JSON line on stdout (tests/jail.rs).
+    #[arg(long, hide = true)]
+    drill: Option<String>,
 }
 
 /// How long the agent has to answer after the VM starts.
@@ -97,12 +107,30 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&argv)?);
         return Ok(());
     }
+    let dir = args.dir.clone();
+    // The jail comes first, while this is the only thread (the jail forks).
+    let host_pid = match jail::enter(&dir, args.report_fd) {
+        Ok(pid) => pid,
+        Err(e) => {
+            write_exit(
+                &dir,
+                VmEnd::BootFailed {
+                    reason: format!("{e:#}"),
+                },
+            );
+            return Err(e);
+        }
+    };
+    if let Some(targets) = &args.drill {
+        return drill::run(&dir, targets);
+    }
+    // Few blocking threads: each is a task of the jail's PIDs limit.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()?;
-    let dir = args.dir.clone();
-    let result = rt.block_on(run(args.dir));
+    let result = rt.block_on(run(args.dir, host_pid));
     let end = match &result {
         Ok(end) => end.clone(),
         // Nothing started (vm.json unreadable, the engine refused, a socket could not be bound).
@@ -110,26 +138,32 @@ fn main() -> anyhow::Result<()> {
             reason: format!("{e:#}"),
         },
     };
-    let exit = ExitRecord {
-        end: end.clone(),
-        at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    let layout = SandboxDir::at(&dir);
-    let tmp = layout.exit().with_extension("json.tmp");
-    if std::fs::write(&tmp, serde_json::to_vec(&exit).expect("serializes")).is_ok() {
-        let _ = std::fs::rename(&tmp, layout.exit());
-    }
-    let _ = std::fs::remove_file(layout.control_socket());
+    write_exit(&dir, end.clone());
+    let _ = std::fs::remove_file(SandboxDir::at(&dir).control_socket());
     eprintln!("cove-vm: {end}");
     rt.shutdown_timeout(Duration::from_millis(100));
     result.map(|_| ())
 }
 
-/// Runs the sandbox; returns how it ended.
-async fn run(dir: PathBuf) -> anyhow::Result<VmEnd> {
+/// Leaves `exit.json` saying how this cove-vm ended (atomically).
+fn write_exit(dir: &Path, end: VmEnd) {
+    let exit = ExitRecord {
+        end,
+        at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let layout = SandboxDir::at(dir);
+    let tmp = layout.exit().with_extension("json.tmp");
+    if std::fs::write(&tmp, serde_json::to_vec(&exit).expect("serializes")).is_ok() {
+        let _ = std::fs::rename(&tmp, layout.exit());
+    }
+}
+
+/// Runs the sandbox; returns how it ended. `host_pid` is this process's pid on the host (it
+/// differs from its own inside the jail's PID namespace).
+async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
     let t0 = Instant::now();
     let cfg: VmConfig = serde_json::from_slice(
         &std::fs::read(dir.join("vm.json"))
@@ -153,7 +187,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<VmEnd> {
             state: VmState::Booting,
             engine: cfg.engine.clone(),
             accel: vm.accel(),
-            pid: std::process::id(),
+            pid: host_pid,
             vmm_pid: vm.vmm_pid(),
             agent_version: None,
             boot_ms: None,
@@ -168,6 +202,11 @@ async fn run(dir: PathBuf) -> anyhow::Result<VmEnd> {
 
     // The control socket answers from the start: a client can wait for readiness on it.
     let listener = UnixListener::bind(layout.control_socket()).context("binding control.sock")?;
+    // Everything that needed more than the allow-list (starting the engine, binding sockets)
+    // is done.
+    if cfg.jail.as_ref().is_some_and(|j| j.seccomp) {
+        cove_jail::seccomp::install(&layout.exit()).context("jail")?;
+    }
     let s = shared.clone();
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
@@ -429,6 +468,12 @@ async fn save_snapshot(
             m.files.insert(name, sum);
         }
         m.write(&tmp)?;
+        // What was just written and summed needs no second hashing at its first restore; once
+        // the host has sealed the snapshot (made it its own, read-only), only it could change
+        // these files, and a change shows in their identity.
+        for (name, sum) in &m.files {
+            snapshot::remember_verified(&tmp, name, sum);
+        }
         anyhow::Ok(())
     }
     .await;

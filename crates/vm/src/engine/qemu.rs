@@ -32,6 +32,8 @@ pub struct Qemu {
     memory: MemoryFile,
     /// The identity of QEMU's binary when it was started (see [`snapshot::identity`]).
     binary: Option<String>,
+    /// The sandbox directory (QEMU's sockets).
+    dir: PathBuf,
 }
 
 /// The guest RAM file, removed when dropped: whether the VM ends or its start fails halfway.
@@ -55,14 +57,6 @@ pub fn cpu_model(cfg: &VmConfig) -> &'static str {
     if cfg.accel == "kvm" { "host" } else { "max" }
 }
 
-fn quoted(p: &Path) -> Result<String, EngineError> {
-    let s = p.display().to_string();
-    if s.contains(['\'', '\\', '\n']) {
-        return Err(EngineError::BadPath(s));
-    }
-    Ok(format!("'{s}'"))
-}
-
 /// The QEMU command line for a config (public for `cove info` and the benchmarks).
 pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
     // reboot=t: the agent's reboot (its power-off) becomes a triple fault, which -no-reboot
@@ -81,13 +75,20 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         cfg.memory_mib,
         memory_path(cfg).display()
     );
+    // TCG's translation cache is sized from the host's memory otherwise (up to 1 GiB), which
+    // a jail's memory limit would have to allow for.
+    let accel = if cfg.accel == "tcg" {
+        format!("tcg,tb-size={TCG_CACHE_MIB}")
+    } else {
+        cfg.accel.clone()
+    };
     let mut a: Vec<String> = [
         "-M",
         "microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend=mem",
         "-object",
         &memory,
         "-accel",
-        &cfg.accel,
+        &accel,
         "-cpu",
         cpu,
         "-m",
@@ -143,7 +144,22 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         .iter()
         .map(|s| s.to_string()),
     );
+    if cfg.jail.as_ref().is_some_and(|j| j.seccomp) {
+        // QEMU's own filter: no obsolete calls, no change of user, no new programs or
+        // processes, no scheduler or affinity changes.
+        a.push("-sandbox".into());
+        a.push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into());
+    }
     a
+}
+
+/// TCG's translation cache, MiB (part of the jail's memory overhead).
+pub const TCG_CACHE_MIB: u32 = 128;
+
+/// Where QEMU's migration stream passes (a Unix socket cove-vm serves or dials: QEMU itself
+/// starts no program, so its sandbox can deny that).
+fn migration_socket(dir: &Path) -> PathBuf {
+    dir.join("migrate.sock")
 }
 
 impl Qemu {
@@ -220,10 +236,14 @@ impl Qemu {
         if let Some(snap) = &restore {
             qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
                 .await?;
-            let uri = format!("exec:cat {}", quoted(&snap.join("state"))?);
+            let sock = migration_socket(dir);
+            let _ = std::fs::remove_file(&sock);
+            let uri = format!("unix:{}", quoted_plain(&sock)?);
             qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
                 .await?;
+            feed_migration(&sock, &snap.join("state")).await?;
             qmp.wait_migration().await?;
+            let _ = std::fs::remove_file(&sock);
             // Without -S the VM runs once the state is in; make sure it does.
             if qmp.execute("query-status", None).await?["running"] != true {
                 qmp.execute("cont", None).await?;
@@ -237,8 +257,51 @@ impl Qemu {
             qmp,
             memory,
             binary,
+            dir: dir.to_path_buf(),
         })
     }
+}
+
+/// Writes the state file into QEMU's incoming migration socket (QEMU listens once
+/// `migrate-incoming` is accepted).
+async fn feed_migration(sock: &Path, state: &Path) -> Result<(), EngineError> {
+    let io = |what: &'static str, p: &Path| {
+        let path = p.display().to_string();
+        move |source| snapshot::SnapshotError::Io { what, path, source }
+    };
+    let mut conn = tokio::net::UnixStream::connect(sock)
+        .await
+        .map_err(io("connecting to", sock))?;
+    let mut file = tokio::fs::File::open(state)
+        .await
+        .map_err(io("reading", state))?;
+    tokio::io::copy(&mut file, &mut conn)
+        .await
+        .map_err(io("sending", state))?;
+    tokio::io::AsyncWriteExt::shutdown(&mut conn)
+        .await
+        .map_err(io("sending", state))?;
+    Ok(())
+}
+
+/// Takes QEMU's outgoing migration connection and writes what it carries to `state`.
+async fn drain_migration(
+    listener: tokio::net::UnixListener,
+    state: PathBuf,
+) -> std::io::Result<()> {
+    let (mut conn, _) = listener.accept().await?;
+    let mut file = tokio::fs::File::create(&state).await?;
+    tokio::io::copy(&mut conn, &mut file).await?;
+    tokio::io::AsyncWriteExt::flush(&mut file).await
+}
+
+/// A path for a QMP URI (no quoting: QEMU takes the rest of a `unix:` URI as the path).
+fn quoted_plain(p: &Path) -> Result<String, EngineError> {
+    let s = p.display().to_string();
+    if s.contains([',', '\n']) {
+        return Err(EngineError::BadPath(s));
+    }
+    Ok(s)
 }
 
 fn ignore_shared() -> serde_json::Value {
@@ -368,11 +431,37 @@ impl RunningVm for Qemu {
                 )
                 .await?;
             let state = dir.join("state");
-            let uri = format!("exec:cat > {}", quoted(&state)?);
-            self.qmp
-                .execute("migrate", Some(json!({ "uri": uri })))
-                .await?;
-            self.qmp.wait_migration().await?;
+            let sock = migration_socket(&self.dir);
+            let _ = std::fs::remove_file(&sock);
+            let listener = tokio::net::UnixListener::bind(&sock).map_err(|source| {
+                snapshot::SnapshotError::Io {
+                    what: "binding",
+                    path: sock.display().to_string(),
+                    source,
+                }
+            })?;
+            let sink = tokio::spawn(drain_migration(listener, state.clone()));
+            let uri = format!("unix:{}", quoted_plain(&sock)?);
+            let migrated = async {
+                self.qmp
+                    .execute("migrate", Some(json!({ "uri": uri })))
+                    .await?;
+                self.qmp.wait_migration().await
+            }
+            .await;
+            let _ = std::fs::remove_file(&sock);
+            if let Err(e) = migrated {
+                sink.abort();
+                return Err(e.into());
+            }
+            sink.await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|source| snapshot::SnapshotError::Io {
+                    what: "receiving the migration stream into",
+                    path: state.display().to_string(),
+                    source,
+                })?;
             let memory = snapshot::copy_sparse(&self.memory.0, &dir.join("memory"))?;
             std::fs::File::open(&state)
                 .and_then(|f| f.sync_all())

@@ -1,0 +1,314 @@
+//! The host's part of each sandbox's jail (`cove_jail`): the user it runs as, its cgroup, the
+//! engine's file tree, the ownership of its files, sealing what a jail wrote before the host
+//! trusts it, and clean-up once its VM has ended.
+//!
+//! Ownership, so a jailed cove-vm can write what it must and nothing the host relies on: the
+//! sandbox directory is `root:GID` with mode `1770` (the jail creates its sockets, logs and
+//! status there; the sticky bit keeps it from removing or replacing the host's files: `vm.json`,
+//! `store`, `guest`, `vm.log`, a sealed hibernation), its disk is `root:GID 0660` (written, never
+//! replaced), its RAM directory `UID:GID 0700`. A snapshot or hibernation a jail wrote is
+//! [sealed](Jails::seal) — made root's and read-only, and refused unless it holds only plain
+//! files — before the host reads, stores or restores it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use cove_jail::cgroup::{Hierarchy, Limits, Reserve};
+use cove_jail::uids::Leases;
+use cove_model::SandboxDir;
+use cove_protocol::control::{JailConfig, VmConfig};
+use serde::Serialize;
+
+use crate::HostError;
+use crate::error::io_err;
+
+/// Memory a jail may use beyond its guest's RAM: QEMU's own (devices, TCG's translation
+/// cache, its libraries) and cove-vm's. Measured: QEMU under TCG holds ~60 MiB besides guest
+/// RAM and the cache; cove-vm ~10 MiB.
+pub const OVERHEAD_MIB: u64 = 96 + 128;
+
+/// Processes and threads of one jail (cove-vm's runtime, QEMU's threads: one per vCPU, RCU,
+/// I/O workers) before `fork` fails: the guest's vCPUs add one each.
+pub const PIDS_BASE: u64 = 96;
+
+/// The host's jails: whether sandboxes are jailed here, and with what.
+#[derive(Debug)]
+pub(crate) struct Jails {
+    /// None: sandboxes run unjailed, for this reason.
+    off: Option<String>,
+    leases: Leases,
+    cgroups: Option<Hierarchy>,
+    parent: String,
+    engines: PathBuf,
+}
+
+/// One sandbox's jail as `cove inspect` shows it (the administrator's view).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JailReport {
+    /// The user (and group) it runs as.
+    pub uid: u32,
+    /// Its cgroup, read back from the kernel.
+    pub cgroup: Option<cove_jail::cgroup::Report>,
+    /// Its processes (cove-vm, then the engine), as `/proc` shows them.
+    pub processes: Vec<cove_jail::inspect::ProcessJail>,
+    /// Whether cove-vm runs under its allow-list and QEMU under its sandbox.
+    pub seccomp: bool,
+}
+
+impl Jails {
+    /// From the environment: `COVE_JAIL` (`on`, the default for root, or `off`),
+    /// `COVE_JAIL_UIDS` (`START-END`), `COVE_CGROUP_PARENT` (`cove`), and the host's reserve,
+    /// `COVE_RESERVE_CPUS` (0.25) and `COVE_RESERVE_MEMORY_MIB` (1024).
+    pub(crate) fn from_env(home: &Path) -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let range = env("COVE_JAIL_UIDS")
+            .and_then(|r| Leases::parse_range(&r))
+            .unwrap_or(cove_jail::uids::DEFAULT_RANGE);
+        let parent = env("COVE_CGROUP_PARENT").unwrap_or_else(|| "cove".into());
+        let mut off = match env("COVE_JAIL").as_deref() {
+            Some("off") => Some("COVE_JAIL=off".to_string()),
+            _ if !cove_model::is_root() => Some("the host does not run as root".to_string()),
+            _ => None,
+        };
+        let cgroups = match Hierarchy::detect() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                off.get_or_insert_with(|| e.to_string());
+                None
+            }
+        };
+        if off.is_none()
+            && let Some(h) = &cgroups
+        {
+            let reserve = Reserve {
+                cpus: env("COVE_RESERVE_CPUS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.25),
+                memory_bytes: env("COVE_RESERVE_MEMORY_MIB")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1024)
+                    << 20,
+            };
+            if let Err(e) = h.ensure_parent(&parent, &reserve) {
+                off = Some(e.to_string());
+            }
+        }
+        if let Some(why) = &off {
+            tracing::warn!("sandboxes run without a jail: {why}");
+        }
+        Self {
+            off,
+            leases: Leases::new(home.join("jail/uids"), range),
+            cgroups,
+            parent,
+            engines: home.join("jail/engines"),
+        }
+    }
+
+    /// Why sandboxes run unjailed here, if they do.
+    pub(crate) fn off(&self) -> Option<&str> {
+        self.off.as_deref()
+    }
+
+    fn cgroup(&self, id: &str) -> String {
+        format!("{}/{id}", self.parent)
+    }
+
+    /// Readies sandbox `cfg.id`'s jail before its cove-vm starts: its user (the one it already
+    /// holds, else a new lease), its cgroup sized from `cfg`, the engine's tree, and the
+    /// ownership of its files. Whatever the last VM left that the host reads (exit and status
+    /// records, sockets) is removed first, jailed or not.
+    pub(crate) fn prepare(&self, cfg: &mut VmConfig, dir: &Path) -> Result<(), HostError> {
+        let layout = SandboxDir::at(dir);
+        for f in [layout.exit(), layout.status(), layout.control_socket()] {
+            let _ = std::fs::remove_file(f);
+        }
+        for s in ["agent.sock", "qmp.sock", "console.sock", "migrate.sock"] {
+            let _ = std::fs::remove_file(dir.join(s));
+        }
+        let Some(cgroups) = self.cgroups.as_ref().filter(|_| self.off.is_none()) else {
+            cfg.jail = None;
+            return Ok(());
+        };
+        let jail_err = |e: String| HostError::Jail {
+            id: cfg.id.clone(),
+            reason: e,
+        };
+        let uid = match cfg.jail.as_ref().map(|j| j.uid) {
+            Some(u) if self.leases.held(&cfg.id, u) => u,
+            _ => self
+                .leases
+                .acquire(&cfg.id)
+                .map_err(|e| jail_err(e.to_string()))?,
+        };
+        let memory_bytes = (u64::from(cfg.memory_mib) + OVERHEAD_MIB) << 20;
+        let limits = Limits {
+            cpus: f64::from(cfg.cpus),
+            memory_bytes,
+            pids: PIDS_BASE + u64::from(cfg.cpus),
+            io_weight: 100,
+        };
+        let dirs = cgroups
+            .create(&self.cgroup(&cfg.id), &limits)
+            .map_err(|e| jail_err(format!("{e:#}")))?;
+        let engine_root = if cfg.engine == "qemu" {
+            let tree = cove_jail::engine_root::qemu(&self.engines, Path::new(&cfg.qemu))
+                .map_err(|e| jail_err(e.to_string()))?;
+            Some(tree.display().to_string())
+        } else {
+            None
+        };
+        let mut devices = vec!["/dev/null".to_string(), "/dev/urandom".to_string()];
+        if cfg.engine == "kvm" || cfg.accel == "kvm" {
+            devices.push("/dev/kvm".into());
+        }
+        let disk_mib = cfg
+            .disks
+            .iter()
+            .filter(|d| !d.read_only)
+            .filter_map(|d| std::fs::metadata(&d.path).ok())
+            .map(|m| m.len() >> 20)
+            .max()
+            .unwrap_or(0);
+        cfg.jail = Some(JailConfig {
+            uid,
+            gid: uid,
+            cgroups: dirs.iter().map(|d| d.display().to_string()).collect(),
+            engine_root,
+            devices,
+            open_files: 1024,
+            file_size: (disk_mib.max(u64::from(cfg.memory_mib)) + 64) << 20,
+            processes: limits.pids,
+            seccomp: true,
+        });
+        // The jail sees no blob store: the host stores an idle hibernation.
+        cfg.blob_store = None;
+        own(dir, 0, uid, 0o1770)?;
+        for d in cfg.disks.iter().filter(|d| !d.read_only) {
+            own(Path::new(&d.path), 0, uid, 0o660)?;
+        }
+        for f in ["console.log", "console.log.1", "qemu.log"] {
+            let p = dir.join(f);
+            if p.exists() {
+                own(&p, uid, uid, 0o640)?;
+            }
+        }
+        if cfg.engine == "qemu" {
+            let ram = SandboxDir::guest_ram_dir(&cfg.id);
+            std::fs::create_dir_all(&ram)
+                .map_err(io_err("making the guest RAM directory", &ram))?;
+            own(&ram, uid, uid, 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// What is left of sandbox `id`'s jail once its VM has ended: its cgroup and RAM directory.
+    /// The user stays leased to it until it is removed.
+    pub(crate) fn vm_ended(&self, id: &str) {
+        if let Some(h) = &self.cgroups {
+            let _ = h.remove(&self.cgroup(id));
+        }
+        let _ = std::fs::remove_dir_all(SandboxDir::guest_ram_dir(id));
+    }
+
+    /// Sandbox `id` is removed: its user goes back to the range.
+    pub(crate) fn removed(&self, id: &str) {
+        self.vm_ended(id);
+        for (uid, holder) in self.leases.all() {
+            if holder == id {
+                self.leases.release(id, uid);
+            }
+        }
+    }
+
+    /// The start-up sweep: cgroups of sandboxes whose VM is not running, and users of sandboxes
+    /// that are gone. Returns how many of each.
+    pub(crate) fn sweep(
+        &self,
+        running: impl Fn(&str) -> bool,
+        exists: impl Fn(&str) -> bool,
+    ) -> (usize, usize) {
+        let mut cgroups = 0;
+        if let Some(h) = &self.cgroups {
+            for id in h.children(&self.parent) {
+                if !running(&id) && h.remove(&self.cgroup(&id)).is_ok() {
+                    cgroups += 1;
+                }
+            }
+        }
+        (cgroups, self.leases.sweep(exists))
+    }
+
+    /// Sandbox `cfg`'s jail as it is now.
+    pub(crate) fn report(&self, cfg: &VmConfig, pid: Option<u32>) -> Option<JailReport> {
+        let j = cfg.jail.as_ref()?;
+        let mut processes = Vec::new();
+        if let Some(pid) = pid {
+            let mut next = vec![pid];
+            while let Some(p) = next.pop() {
+                if let Some(pj) = cove_jail::inspect::process(p) {
+                    processes.push(pj);
+                    next.extend(cove_jail::inspect::children(p));
+                }
+            }
+        }
+        Some(JailReport {
+            uid: j.uid,
+            cgroup: self.cgroups.as_ref().map(|h| h.read(&self.cgroup(&cfg.id))),
+            processes,
+            seccomp: j.seccomp,
+        })
+    }
+
+    /// Makes a snapshot directory a jail wrote the host's: owned by root, read-only, holding
+    /// only plain files (a link or anything else is refused: the host would follow it when it
+    /// stores or restores the snapshot). The directory is taken first, so the jail can add
+    /// nothing while its entries are checked.
+    pub(crate) fn seal(dir: &Path) -> Result<(), HostError> {
+        let refuse = |what: String| HostError::Io {
+            what: "sealing a snapshot",
+            path: dir.display().to_string(),
+            source: std::io::Error::other(what),
+        };
+        if !own(dir, 0, 0, 0o755)?.is_dir() {
+            return Err(refuse("it is not a directory".into()));
+        }
+        for e in std::fs::read_dir(dir).map_err(io_err("sealing a snapshot", dir))? {
+            let e = e.map_err(io_err("sealing a snapshot", dir))?;
+            let p = e.path();
+            let plain = own(&p, 0, 0, 0o444).is_ok_and(|m| m.is_file());
+            if !plain {
+                return Err(refuse(format!(
+                    "{} is not a plain file",
+                    e.file_name().to_string_lossy()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets a path's owner and mode through a descriptor opened without following a link (a jail
+/// may have swapped a file it owned for a link to a host file between a check and a `chmod`).
+/// Returns what the path is; refuses anything but a plain file or a directory.
+fn own(p: &Path, uid: u32, gid: u32, mode: u32) -> Result<std::fs::Metadata, HostError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(io_err("opening (no links followed)", p))?;
+    let m = f.metadata().map_err(io_err("reading", p))?;
+    if !(m.is_file() || m.is_dir()) {
+        return Err(HostError::Io {
+            what: "taking over",
+            path: p.display().to_string(),
+            source: std::io::Error::other("neither a plain file nor a directory"),
+        });
+    }
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+        .map_err(io_err("setting the owner of", p))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", p))?;
+    Ok(m)
+}
