@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cove_tests::{Sandbox, cove_out, text};
+use cove_tests::{Sandbox, cove_out, text, wait_until};
 
 fn ok(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -550,12 +550,17 @@ fn idle_and_ttl_policies_are_enforced_and_the_next_request_resumes() {
     assert_eq!(actor_of(&hibernated, "hibernated"), "idle-policy");
     assert_eq!(actor_of(&expiring, "stopped"), "ttl");
     assert_eq!(actor_of(&expiring, "running"), "local");
-    // An idle hibernation reaches the blob store like an explicit one.
+    // An idle hibernation reaches the blob store like an explicit one (coved copies it: a
+    // jailed cove-vm sees no blob store).
     let stored = cove_tests::home().join(format!(
         "blobs/hibernations/{}/manifest.json",
         hibernated.id
     ));
-    assert!(stored.is_file(), "{}", stored.display());
+    assert!(
+        wait_until(Duration::from_secs(60), || stored.is_file()),
+        "{}",
+        stored.display()
+    );
     assert!(
         expiring.inspect()["reason"]
             .as_str()

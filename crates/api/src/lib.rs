@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-pub use cove_model::{Actor, CgroupMode, EventState, Isolation, SandboxState};
+pub use cove_model::{
+    Actor, CgroupMode, CgroupReport, EventState, Isolation, JailProcess, JailReport, SandboxState,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -98,7 +100,7 @@ pub struct CreateSandbox {
 }
 
 /// A sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Sandbox {
     /// 12 hex digits.
     pub id: String,
@@ -138,7 +140,7 @@ pub struct Sandbox {
 }
 
 /// A sandbox as its host runs it (the host's administrator's view).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxHost {
     /// Its tenant; none for the administrator's own sandboxes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +161,10 @@ pub struct SandboxHost {
     /// Its cove-vm's own report (one sandbox's view only, while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmReport>,
+    /// Its jail: user, cgroup and limits, processes with their seccomp and capability state
+    /// (one sandbox's view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailReport>,
 }
 
 /// What a running sandbox's cove-vm reports.
@@ -178,7 +184,7 @@ pub struct VmReport {
 }
 
 /// A page of sandboxes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxList {
     /// Oldest first.
     pub items: Vec<Sandbox>,
@@ -523,6 +529,10 @@ pub struct HostInfo {
     pub tsc_khz: Option<u64>,
     /// What the host offers to isolate each sandbox's supervisor beyond the VM.
     pub isolation: Isolation,
+    /// Why sandboxes run without a jail here (not root, `COVE_JAIL=off`, no cgroups); absent
+    /// when every sandbox is jailed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_off: Option<String>,
 }
 
 /// The engine chosen, and why.

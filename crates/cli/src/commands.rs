@@ -466,6 +466,12 @@ fn print_host(h: &api::HostInfo) {
         if i.user_namespaces { "yes" } else { "no" },
         if i.seccomp { "yes" } else { "no" }
     );
+    match &h.jail_off {
+        None => {
+            println!("jail: every sandbox (namespaces, pivoted root, own user, cgroups, seccomp)")
+        }
+        Some(why) => println!("jail: off ({why}): sandboxes run as root in the host's namespaces"),
+    }
 }
 
 fn print_imported(i: &api::Image) {

@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 
 use cove_jail::cgroup::{Hierarchy, Limits, Reserve};
 use cove_jail::uids::Leases;
-use cove_model::SandboxDir;
+use cove_model::{JailReport, SandboxDir};
 use cove_protocol::control::{JailConfig, VmConfig};
-use serde::Serialize;
 
 use crate::HostError;
 use crate::error::io_err;
@@ -31,6 +30,11 @@ pub const OVERHEAD_MIB: u64 = 96 + 128;
 /// I/O workers) before `fork` fails: the guest's vCPUs add one each.
 pub const PIDS_BASE: u64 = 96;
 
+/// Where engines' trees are kept unless `COVE_JAIL_ENGINES` says otherwise: a host-wide
+/// cache (rebuilt from the installed QEMU when missing), on the system's filesystem so its
+/// files are hard links rather than copies; a Cove home on its own disk needs no 50 MiB copy.
+pub const ENGINES: &str = "/var/cache/cove/engines";
+
 /// The host's jails: whether sandboxes are jailed here, and with what.
 #[derive(Debug)]
 pub(crate) struct Jails {
@@ -38,26 +42,22 @@ pub(crate) struct Jails {
     off: Option<String>,
     leases: Leases,
     cgroups: Option<Hierarchy>,
-    parent: String,
+    /// This home's group of cgroups: `PARENT/HOME-TAG` (several homes may share a host).
+    group: String,
     engines: PathBuf,
+    /// This home's `sandboxes/` directory: a sandbox's lease names its directory, unique on
+    /// the host (the users are the host's, whichever home leases them).
+    sandboxes: PathBuf,
 }
 
-/// One sandbox's jail as `cove inspect` shows it (the administrator's view).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JailReport {
-    /// The user (and group) it runs as.
-    pub uid: u32,
-    /// Its cgroup, read back from the kernel.
-    pub cgroup: Option<cove_jail::cgroup::Report>,
-    /// Its processes (cove-vm, then the engine), as `/proc` shows them.
-    pub processes: Vec<cove_jail::inspect::ProcessJail>,
-    /// Whether cove-vm runs under its allow-list and QEMU under its sandbox.
-    pub seccomp: bool,
-}
+/// Where the users sandboxes run as are leased unless `COVE_JAIL_LEASES` says otherwise: one
+/// place for the whole host, since a user must be unique on the host, not per Cove home.
+pub const LEASES: &str = "/var/lib/cove-jail/uids";
 
 impl Jails {
     /// From the environment: `COVE_JAIL` (`on`, the default for root, or `off`),
-    /// `COVE_JAIL_UIDS` (`START-END`), `COVE_CGROUP_PARENT` (`cove`), and the host's reserve,
+    /// `COVE_JAIL_UIDS` (`START-END`), `COVE_CGROUP_PARENT` (`cove`), `COVE_JAIL_ENGINES`
+    /// ([`ENGINES`]), and the host's reserve,
     /// `COVE_RESERVE_CPUS` (0.25) and `COVE_RESERVE_MEMORY_MIB` (1024).
     pub(crate) fn from_env(home: &Path) -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -77,6 +77,17 @@ impl Jails {
                 None
             }
         };
+        // A tag of the home's path names its group of cgroups: another home's coved on this
+        // host sweeps its own group only.
+        let tag = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(home.as_os_str().as_encoded_bytes());
+            d.iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let group = format!("{parent}/{tag}");
         if off.is_none()
             && let Some(h) = &cgroups
         {
@@ -89,19 +100,24 @@ impl Jails {
                     .unwrap_or(1024)
                     << 20,
             };
-            if let Err(e) = h.ensure_parent(&parent, &reserve) {
+            if let Err(e) = h
+                .ensure_parent(&parent, &reserve)
+                .and_then(|()| h.ensure_group(&group))
+            {
                 off = Some(e.to_string());
             }
         }
         if let Some(why) = &off {
             tracing::warn!("sandboxes run without a jail: {why}");
         }
+        let leases = env("COVE_JAIL_LEASES").map_or_else(|| PathBuf::from(LEASES), PathBuf::from);
         Self {
             off,
-            leases: Leases::new(home.join("jail/uids"), range),
+            leases: Leases::new(leases, range),
             cgroups,
-            parent,
-            engines: home.join("jail/engines"),
+            group,
+            sandboxes: home.join("sandboxes"),
+            engines: env("COVE_JAIL_ENGINES").map_or_else(|| PathBuf::from(ENGINES), PathBuf::from),
         }
     }
 
@@ -111,7 +127,12 @@ impl Jails {
     }
 
     fn cgroup(&self, id: &str) -> String {
-        format!("{}/{id}", self.parent)
+        format!("{}/{id}", self.group)
+    }
+
+    /// What a lease of sandbox `id` holds: its directory.
+    fn holder(&self, id: &str) -> String {
+        self.sandboxes.join(id).display().to_string()
     }
 
     /// Readies sandbox `cfg.id`'s jail before its cove-vm starts: its user (the one it already
@@ -134,11 +155,12 @@ impl Jails {
             id: cfg.id.clone(),
             reason: e,
         };
+        let holder = self.holder(&cfg.id);
         let uid = match cfg.jail.as_ref().map(|j| j.uid) {
-            Some(u) if self.leases.held(&cfg.id, u) => u,
+            Some(u) if self.leases.held(&holder, u) => u,
             _ => self
                 .leases
-                .acquire(&cfg.id)
+                .acquire(&holder)
                 .map_err(|e| jail_err(e.to_string()))?,
         };
         let memory_bytes = (u64::from(cfg.memory_mib) + OVERHEAD_MIB) << 20;
@@ -214,29 +236,37 @@ impl Jails {
     /// Sandbox `id` is removed: its user goes back to the range.
     pub(crate) fn removed(&self, id: &str) {
         self.vm_ended(id);
+        let me = self.holder(id);
         for (uid, holder) in self.leases.all() {
-            if holder == id {
-                self.leases.release(id, uid);
+            if holder == me {
+                self.leases.release(&me, uid);
             }
         }
     }
 
-    /// The start-up sweep: cgroups of sandboxes whose VM is not running, and users of sandboxes
-    /// that are gone. Returns how many of each.
-    pub(crate) fn sweep(
-        &self,
-        running: impl Fn(&str) -> bool,
-        exists: impl Fn(&str) -> bool,
-    ) -> (usize, usize) {
+    /// The start-up sweep: cgroups and users of sandboxes that are gone (removed while coved
+    /// was down, or by a removal that was interrupted). A sandbox on record is left alone:
+    /// recording it without a VM (the reconcile of one whose cove-vm died) already removed its
+    /// cgroup, and another coved sharing the home may be starting it right now. Returns how
+    /// many cgroups and users.
+    pub(crate) fn sweep(&self, exists: impl Fn(&str) -> bool) -> (usize, usize) {
         let mut cgroups = 0;
         if let Some(h) = &self.cgroups {
-            for id in h.children(&self.parent) {
-                if !running(&id) && h.remove(&self.cgroup(&id)).is_ok() {
+            for id in h.children(&self.group) {
+                if !exists(&id) && h.remove(&self.cgroup(&id)).is_ok() {
                     cgroups += 1;
                 }
             }
         }
-        (cgroups, self.leases.sweep(exists))
+        // This home's leases only: another home's are its own coved's to sweep.
+        let users =
+            self.leases.sweep(
+                |holder| match Path::new(holder).strip_prefix(&self.sandboxes) {
+                    Ok(id) => exists(&id.to_string_lossy()),
+                    Err(_) => true,
+                },
+            );
+        (cgroups, users)
     }
 
     /// Sandbox `cfg`'s jail as it is now.

@@ -41,6 +41,7 @@ use cove_model::{Reason, SandboxState};
 use serde::Serialize;
 
 pub use agent::{AgentClient, ClientError};
+pub use cove_model::JailReport;
 pub use cove_model::{Actor, EventState, SandboxDir};
 pub use cove_state::{EventRecord, Limits, SandboxRecord, SnapshotRecord, StateError, StateStore};
 pub use error::HostError;
@@ -48,7 +49,6 @@ use error::io_err;
 pub(crate) use fsutil::now_ms;
 use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
-pub use jail::JailReport;
 pub use reconcile::Recovered;
 pub use record::ACTOR;
 pub use spec::{CreateSpec, validate, validate_name};
@@ -69,6 +69,23 @@ pub struct Host {
     blobs: store::BlobStore,
     images: cove_image::Images,
     jail: jail::Jails,
+    /// Sandboxes whose VM an operation of this process is ending on purpose (a removal, a
+    /// stop, a hibernation): the reconcile leaves their records to it instead of calling the
+    /// VM's end a failure.
+    ending: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a sandbox's VM as being ended by an operation until dropped ([`Host::ending`]).
+#[derive(Debug)]
+pub(crate) struct Ending<'a> {
+    host: &'a Host,
+    id: String,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.host.ending.lock().expect("lock").remove(&self.id);
+    }
 }
 
 impl Host {
@@ -98,6 +115,7 @@ impl Host {
             images: cove_image::Images::open(home, blobs.clone())?,
             blobs,
             jail: jail::Jails::from_env(home),
+            ending: Default::default(),
         })
     }
 
@@ -196,6 +214,35 @@ impl Host {
             self.jail.vm_ended(&rec.id);
         }
         Ok(())
+    }
+
+    /// Marks sandbox `id`'s VM as being ended on purpose until the guard is dropped.
+    pub(crate) fn ending(&self, id: &str) -> Ending<'_> {
+        self.ending.lock().expect("lock").insert(id.to_string());
+        Ending {
+            host: self,
+            id: id.to_string(),
+        }
+    }
+
+    /// Whether an operation of this process is ending sandbox `id`'s VM.
+    pub(crate) fn is_ending(&self, id: &str) -> bool {
+        self.ending.lock().expect("lock").contains(id)
+    }
+
+    /// Why sandboxes run without a jail on this host, if they do.
+    pub fn jail_off(&self) -> Option<&str> {
+        self.jail.off()
+    }
+
+    /// Sandbox `rec`'s jail as it is now: none when it was started without one.
+    pub fn jail_report(&self, rec: &SandboxRecord) -> Option<JailReport> {
+        let cfg: cove_protocol::control::VmConfig =
+            serde_json::from_slice(&std::fs::read(rec.layout().vm_config()).ok()?).ok()?;
+        let pid = rec
+            .pid
+            .filter(|p| rec.state.has_vm() && supervisor::vm_alive(*p));
+        self.jail.report(&cfg, pid)
     }
 
     /// A client of a running sandbox's agent.

@@ -250,6 +250,7 @@ impl Host {
     /// Stops a sandbox's guest (flushing its disk) and keeps its files.
     pub async fn stop(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self.get(key)?;
+        let _ending = self.ending(&rec.id);
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
             let _ = control(Path::new(&rec.socket), &ControlRequest::Stop, Some(pid)).await;
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -382,6 +383,7 @@ impl Host {
         if !before.is_active() {
             return Err(not_running(rec));
         }
+        let _ending = self.ending(&rec.id);
         let layout = rec.layout();
         let snap = layout.hibernation();
         let _ = std::fs::remove_dir_all(&snap);
@@ -468,6 +470,7 @@ impl Host {
     /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
     pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
         let rec = self.get(key)?;
+        let _ending = self.ending(&rec.id);
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
             if !force && rec.state.has_vm() {
                 return Err(HostError::StillRunning(rec.id));

@@ -97,7 +97,7 @@ impl Host {
         rec: &mut SandboxRecord,
         wait_for_owner: bool,
     ) -> Result<(), HostError> {
-        if !rec.state.has_vm() {
+        if !rec.state.has_vm() || (wait_for_owner && self.is_ending(&rec.id)) {
             return Ok(());
         }
         let in_flight = wait_for_owner
@@ -245,7 +245,7 @@ pub struct Recovered {
     pub orphan_snapshots: Vec<String>,
     /// Hibernations that had not reached the blob store: copied there now.
     pub stored: Vec<String>,
-    /// Cgroups of sandboxes whose VM was not running: removed.
+    /// Cgroups of sandboxes that are gone: removed.
     pub jail_cgroups: usize,
     /// Users leased to sandboxes that are gone: released.
     pub jail_users: usize,
@@ -363,16 +363,15 @@ impl Host {
             }
         }
         out.stored = self.store_hibernations(all).await?;
-        // Jails: cgroups of sandboxes whose VM is not running (killed with coved, or removed
-        // while it was down), users of sandboxes that are gone.
-        let records = self.list()?;
-        let running = |id: &str| {
-            records
-                .iter()
-                .any(|r| r.id == id && r.pid.is_some_and(crate::supervisor::vm_alive))
+        // Jails of sandboxes that are gone. Looked up one by one: a create by another coved
+        // sharing the home records its sandbox before it makes the cgroup.
+        // A store that cannot answer keeps everything.
+        let exists = |id: &str| {
+            self.db
+                .find(id)
+                .map_or(true, |r| r.is_some_and(|r| r.id == id))
         };
-        let exists = |id: &str| records.iter().any(|r| r.id == id);
-        let (cgroups, users) = self.jail.sweep(running, exists);
+        let (cgroups, users) = self.jail.sweep(exists);
         out.jail_cgroups = cgroups;
         out.jail_users = users;
         Ok(out)

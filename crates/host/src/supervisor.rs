@@ -215,9 +215,14 @@ pub(crate) async fn control(
     }
 }
 
-/// The status cove-vm reports for a running sandbox.
+/// The status cove-vm reports for a running sandbox, with the engine's pid as the host sees
+/// it (a jailed cove-vm knows only its PID namespace's numbering): its child.
 pub async fn vm_status(rec: &SandboxRecord) -> Result<VmStatus, String> {
-    control(Path::new(&rec.socket), &ControlRequest::Status, None).await
+    let mut st = control(Path::new(&rec.socket), &ControlRequest::Status, None).await?;
+    if st.vmm_pid.is_some() {
+        st.vmm_pid = cove_jail::inspect::children(st.pid).first().copied();
+    }
+    Ok(st)
 }
 
 /// What a sandbox uses on this host, read from outside the guest (whatever runs in it).

@@ -80,23 +80,7 @@ pub enum Hierarchy {
 }
 
 /// What a sandbox's cgroup holds now, read back from the kernel (`cove inspect`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
-    /// The cgroup's directories (one on v2, one per controller on v1).
-    pub paths: Vec<String>,
-    /// CPU quota in CPUs (none: unlimited).
-    pub cpus: Option<f64>,
-    /// Memory limit in bytes.
-    pub memory_limit_bytes: Option<u64>,
-    /// Memory in use now.
-    pub memory_bytes: Option<u64>,
-    /// Process limit.
-    pub pids_limit: Option<u64>,
-    /// Processes and threads now.
-    pub pids: Option<u64>,
-    /// I/O weight, where the host offers one.
-    pub io_weight: Option<u16>,
-}
+pub type Report = cove_model::CgroupReport;
 
 impl Hierarchy {
     /// This host's: v2 when `/sys/fs/cgroup` is unified, else v1 when the cpu, memory and pids
@@ -136,7 +120,7 @@ impl Hierarchy {
     /// `reserve` for the host.
     pub fn ensure_parent(&self, parent: &str, reserve: &Reserve) -> Result<(), CgroupError> {
         let cpus = f64::from(u32::try_from(online_cpus()).unwrap_or(1));
-        let quota = ((cpus - reserve.cpus).max(0.1) * CPU_PERIOD_US as f64) as u64;
+        let quota = period_share(cpus - reserve.cpus);
         let memory = total_memory()
             .saturating_sub(reserve.memory_bytes)
             .max(256 << 20);
@@ -152,6 +136,18 @@ impl Hierarchy {
         self.write_limits(parent, Some(quota), memory, None, None)
     }
 
+    /// Makes cgroup `rel` without limits of its own (idempotent): a grouping, such as one
+    /// Cove home's sandboxes under the host's parent.
+    pub fn ensure_group(&self, rel: &str) -> Result<(), CgroupError> {
+        for d in self.dirs(rel) {
+            make_dir(&d)?;
+            if let Self::V2(_) = self {
+                enable_controllers(&d)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the cgroup `rel` (under a parent made by [`Hierarchy::ensure_parent`]) with
     /// `limits`; returns its directories. The CPU quota is capped at the parent's (v1 refuses
     /// a child above its parent).
@@ -160,11 +156,15 @@ impl Hierarchy {
         for d in &dirs {
             make_dir(d)?;
         }
-        let mut quota = (limits.cpus * CPU_PERIOD_US as f64) as u64;
-        if let Some(parent) = Path::new(rel).parent().and_then(Path::to_str)
-            && let Some(p) = self.read(parent).cpus
-        {
-            quota = quota.min((p * CPU_PERIOD_US as f64) as u64);
+        let mut quota = period_share(limits.cpus);
+        // The nearest ancestor with a quota bounds it.
+        let mut up = Path::new(rel).parent();
+        while let Some(a) = up.and_then(Path::to_str).filter(|a| !a.is_empty()) {
+            if let Some(p) = self.read(a).cpus {
+                quota = quota.min(period_share(p));
+                break;
+            }
+            up = Path::new(a).parent();
         }
         let made = self.write_limits(
             rel,
@@ -348,6 +348,13 @@ impl Hierarchy {
             }
         }
     }
+}
+
+/// `cpus` of CPU time as microseconds per period: at least a tenth of a CPU, at most 1024.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn period_share(cpus: f64) -> u64 {
+    // Clamped first: the cast then neither truncates meaningfully nor loses a sign.
+    (cpus.clamp(0.1, 1024.0) * CPU_PERIOD_US as f64) as u64
 }
 
 fn make_dir(d: &Path) -> Result<(), CgroupError> {

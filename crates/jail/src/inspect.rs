@@ -3,28 +3,8 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use serde::Serialize;
-
 /// One process of a sandbox's jail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProcessJail {
-    /// Its pid on the host.
-    pub pid: u32,
-    /// Its program's name (`cove-vm`, `qemu-system-x86`).
-    pub name: String,
-    /// Real, effective, saved and filesystem user ids.
-    pub uids: Vec<u32>,
-    /// Whether `no_new_privs` is set.
-    pub no_new_privs: bool,
-    /// Seccomp mode: 0 none, 1 strict, 2 filter.
-    pub seccomp: u8,
-    /// Effective capabilities (a bit mask; 0 is none).
-    pub cap_eff: u64,
-    /// The namespaces it does not share with the reader (coved: the host's) (`mnt`, `pid`, `net`, …).
-    pub own_namespaces: Vec<String>,
-    /// Whether its root directory is not the host's.
-    pub own_root: bool,
-}
+pub type ProcessJail = cove_model::JailProcess;
 
 /// The namespace kinds a jail has its own of.
 pub const NAMESPACES: [&str; 6] = ["mnt", "pid", "net", "ipc", "uts", "cgroup"];

@@ -2,9 +2,10 @@
 //! life (so its files keep their owner across stops, hibernations and wakes) and released when
 //! it is removed.
 //!
-//! A lease is a file `DIR/UID` holding the sandbox's id, created with `O_EXCL`: two creates
-//! racing for a user cannot both win, and a lease outlives a crash of the process that took it.
-//! The start-up sweep releases the leases of sandboxes that no longer exist.
+//! A lease is a file `DIR/UID` naming its holder (the host passes the sandbox's directory,
+//! unique on the host whichever Cove home it is in), created with `O_EXCL`: two creates racing
+//! for a user cannot both win, and a lease outlives a crash of the process that took it. The
+//! start-up sweep releases the leases of sandboxes that no longer exist.
 
 use std::io::Write;
 use std::ops::RangeInclusive;

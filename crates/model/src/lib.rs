@@ -13,7 +13,7 @@ mod reason;
 mod state;
 
 pub use actor::Actor;
-pub use isolation::{CgroupMode, Isolation};
+pub use isolation::{CgroupMode, CgroupReport, Isolation, JailProcess, JailReport};
 pub use layout::{SandboxDir, default_home, is_root};
 pub use reason::Reason;
 pub use state::{EventState, SandboxState, TransitionError};

@@ -61,10 +61,10 @@ pub fn state(host: Host, keys: Keys, rate: f64, metrics_on_api: bool) -> App {
     })
 }
 
-/// Housekeeping, every minute from the start: the event log's retention, hibernations to
-/// store, finished pulls, and the rate buckets of keys gone quiet.
+/// Housekeeping, every ten minutes from the start: the event log's retention, finished pulls,
+/// and the rate buckets of keys gone quiet.
 pub async fn maintain(app: App, event_retention: Duration) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
         let cutoff = i64::try_from(event_retention.as_millis())
@@ -78,14 +78,27 @@ pub async fn maintain(app: App, event_retention: Duration) {
             }
             None => 0,
         };
-        // Idle hibernations a jailed cove-vm left local (it sees no blob store).
-        let stored = match app.host.list() {
-            Ok(all) => app.host.store_hibernations(all).await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
         let pulls = app.pulls.sweep(crate::routes::pulls::Pulls::KEEP);
         let buckets = app.sweep_buckets(Duration::from_secs(60));
-        tracing::debug!(events, pulls, buckets, ?stored, "housekeeping");
+        tracing::debug!(events, pulls, buckets, "housekeeping");
+    }
+}
+
+/// Every few seconds: records the sandboxes whose cove-vm put them away by itself (an idle
+/// pause or hibernation, a time to live that ran out) and stores idle hibernations in the blob
+/// store — a jailed cove-vm sees no blob store, so the host copies what it saved.
+pub async fn watch_sandboxes(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match app.host.list() {
+            Ok(all) => {
+                if let Err(e) = app.host.store_hibernations(all).await {
+                    tracing::warn!("storing hibernations: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("listing sandboxes: {e}"),
+        }
     }
 }
 

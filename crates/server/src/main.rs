@@ -384,6 +384,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
     );
     let router = routes::router(app.clone());
     let api_task = tokio::spawn(api.serve(router, tls));
+    tokio::spawn(app::watch_sandboxes(app.clone()));
     tokio::spawn(app::maintain(
         app.clone(),
         std::time::Duration::from_secs(cli.event_retention_hours.saturating_mul(3600)),

@@ -190,5 +190,6 @@ fn host_info(host: &cove_host::Host) -> api::HostInfo {
         guest: host.guest_identity().ok(),
         tsc_khz: cove_host::engine::tsc_khz(host.home()),
         isolation: cove_host::isolation::probe(),
+        jail_off: host.jail_off().map(str::to_string),
     }
 }

@@ -40,6 +40,7 @@ pub(crate) fn sandbox(p: &Principal, r: SandboxRecord) -> api::Sandbox {
         pid: r.pid,
         updated_at: r.updated_at,
         vm: None,
+        jail: None,
     });
     api::Sandbox {
         id: r.id,

@@ -173,9 +173,15 @@ pub(crate) async fn get(
     } else {
         None
     };
+    let jail = if auth.is_local() {
+        app.host.jail_report(&r)
+    } else {
+        None
+    };
     let mut out = sandbox(&auth.0, r);
     if let Some(h) = &mut out.host {
         h.vm = vm;
+        h.jail = jail;
     }
     Ok(Json(out))
 }

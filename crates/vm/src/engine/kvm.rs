@@ -364,6 +364,7 @@ mod tests {
             idle_timeout_secs: None,
             on_idle: None,
             blob_store: None,
+            jail: None,
         }
     }
 
