@@ -256,6 +256,71 @@ async fn exec(host: &Host, runs: usize) -> anyhow::Result<serde_json::Value> {
     result
 }
 
+/// A neighbour that burns every vCPU it has: how much slower `true` round-trips in a sandbox
+/// beside it, jailed (cgroups give each sandbox its share) and not (every vCPU thread competes
+/// on its own).
+async fn noisy_neighbour(jailed: &Host, bare: &Host) -> anyhow::Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (name, host) in [("jailed", jailed), ("unjailed", bare)] {
+        let quiet = host.create(&bench_spec()).await?;
+        let noisy = host
+            .create(&CreateSpec {
+                cpus: 2,
+                ..bench_spec()
+            })
+            .await?;
+        let result = async {
+            let c = host.connect(&quiet.id).await?;
+            let req = ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            };
+            c.output(req.clone(), None).await?;
+            let mut idle = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                c.output(req.clone(), None).await?;
+                idle.push(ms(t));
+            }
+            let burner = host.connect(&noisy.id).await?;
+            let burn = tokio::spawn(async move {
+                let argv = [
+                    "sh",
+                    "-c",
+                    "(while :; do :; done) & (while :; do :; done) & sleep 3600",
+                ];
+                burner
+                    .output(
+                        ExecRequest {
+                            argv: argv.iter().map(|s| s.to_string()).collect(),
+                            ..Default::default()
+                        },
+                        None,
+                    )
+                    .await
+            });
+            // Both loops running: the neighbour's CPU time climbs at two seconds a second.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let mut busy = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                c.output(req.clone(), None).await?;
+                busy.push(ms(t));
+            }
+            burn.abort();
+            let (i, b) = (summary(idle), summary(busy));
+            let factor = b["median"].as_f64().unwrap_or(0.0) / i["median"].as_f64().unwrap_or(1.0);
+            anyhow::Ok(json!({ "idle_ms": i, "beside_a_burning_neighbour_ms": b,
+                "slowdown_median": (factor * 100.0).round() / 100.0 }))
+        }
+        .await;
+        host.remove(&noisy.id, true).await?;
+        host.remove(&quiet.id, true).await?;
+        out.insert(name.to_string(), result?);
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 /// A tiny QMP client for the plain-QEMU comparison (the engine's own lives in cove-vm).
 struct PlainQmp {
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
@@ -450,6 +515,72 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
         "plain_qemu_save_ms": ps,
         "plain_qemu_restore_ms": pr,
     }))
+}
+
+/// What the jail costs: the same operations on the same home, jailed (`jailed`) and not
+/// (`bare`), interleaved so both see the same machine; medians and their difference.
+async fn jail_cost(jailed: &Host, bare: &Host) -> anyhow::Result<serde_json::Value> {
+    let spec = bench_spec();
+    let tpl = jailed.template_create(&spec).await?;
+    let hosts = [("jailed", jailed), ("unjailed", bare)];
+    let mut figures: std::collections::BTreeMap<&str, [Vec<f64>; 2]> = Default::default();
+    let mut add =
+        |what: &'static str, i: usize, v: f64| figures.entry(what).or_default()[i].push(v);
+    let result = async {
+        for round in 0..5 {
+            for (i, (_, host)) in hosts.iter().enumerate() {
+                let t = Instant::now();
+                let r = host
+                    .create(&CreateSpec {
+                        use_template: true,
+                        ..spec.clone()
+                    })
+                    .await?;
+                run_true(host, &r.id).await?;
+                add("template_create_to_first_exec_ms", i, ms(t));
+                let t = Instant::now();
+                host.hibernate(&r.id).await?;
+                add("hibernate_ms", i, ms(t));
+                let t = Instant::now();
+                host.resume(&r.id).await?;
+                run_true(host, &r.id).await?;
+                add("wake_to_first_exec_ms", i, ms(t));
+                if round < 3 {
+                    let t = Instant::now();
+                    let clones = host.fork(&r.id, 2, None).await?;
+                    add("fork_of_2_ms", i, ms(t));
+                    for c in clones {
+                        host.remove(&c.id, true).await?;
+                    }
+                    let t = Instant::now();
+                    let b = host
+                        .create(&CreateSpec {
+                            use_template: false,
+                            ..spec.clone()
+                        })
+                        .await?;
+                    run_true(host, &b.id).await?;
+                    add("boot_to_first_exec_ms", i, ms(t));
+                    host.remove(&b.id, true).await?;
+                }
+                host.remove(&r.id, true).await?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    jailed.remove_snapshot(&tpl.id).await?;
+    result?;
+    let mut out = serde_json::Map::new();
+    for (what, [j, u]) in figures {
+        let (j, u) = (summary(j), summary(u));
+        let cost = j["median"].as_f64().unwrap_or(0.0) - u["median"].as_f64().unwrap_or(0.0);
+        out.insert(
+            what.to_string(),
+            json!({ "jailed": j, "unjailed": u, "cost_median_ms": (cost * 10.0).round() / 10.0 }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 /// A coved on a free loopback port over `home`, killed on drop.
@@ -877,8 +1008,22 @@ async fn main() -> anyhow::Result<()> {
     let host = Host::open(Path::new(&home))?;
     let line = match which {
         "boot" => boot(&host, 10).await?,
-        "exec" => exec(&host, 100).await?,
-        "lifecycle" => lifecycle(&host).await?,
+        "exec" => {
+            let mut line = exec(&host, 100).await?;
+            if host.jail_off().is_none() {
+                let bare = Host::open(Path::new(&home))?.without_jail();
+                line["noisy_neighbour"] = noisy_neighbour(&host, &bare).await?;
+            }
+            line
+        }
+        "lifecycle" => {
+            let mut line = lifecycle(&host).await?;
+            if host.jail_off().is_none() {
+                let bare = Host::open(Path::new(&home))?.without_jail();
+                line["jail"] = jail_cost(&host, &bare).await?;
+            }
+            line
+        }
         "image-import" => image_import(Path::new(&home)).await?,
         "api" => api(&host, Path::new(&home)).await?,
         _ => bail!("usage: bench/run boot|exec|lifecycle|image-import|api|kvm"),

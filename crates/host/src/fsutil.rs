@@ -27,6 +27,30 @@ pub(crate) fn remove_stale_partials(dir: &Path) {
     }
 }
 
+/// Opens a file a sandbox's jail may have written (its console log, its status and exit
+/// records) for reading, the way the host must: without following a link (the jail could have
+/// left one to a host file in its place), without blocking on a FIFO, and only if it is a
+/// plain file.
+pub fn open_untrusted(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a plain file"));
+    }
+    Ok(f)
+}
+
+/// Reads at most `max` bytes of a file a jail may have written (see [`open_untrusted`]).
+pub(crate) fn read_untrusted(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    open_untrusted(p)?.take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

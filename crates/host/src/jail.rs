@@ -121,6 +121,11 @@ impl Jails {
         }
     }
 
+    /// Runs sandboxes unjailed from now on, for `why`.
+    pub(crate) fn turn_off(&mut self, why: &str) {
+        self.off = Some(why.to_string());
+    }
+
     /// Why sandboxes run unjailed here, if they do.
     pub(crate) fn off(&self) -> Option<&str> {
         self.off.as_deref()
@@ -211,8 +216,15 @@ impl Jails {
         }
         for f in ["console.log", "console.log.1", "qemu.log"] {
             let p = dir.join(f);
-            if p.exists() {
-                own(&p, uid, uid, 0o640)?;
+            // A link the last jail left in a log's place goes: nothing follows it.
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => {
+                    own(&p, uid, uid, 0o640)?;
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&p);
+                }
+                Err(_) => {}
             }
         }
         if cfg.engine == "qemu" {
@@ -341,4 +353,41 @@ fn own(p: &Path, uid: u32, gid: u32, mode: u32) -> Result<std::fs::Metadata, Hos
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io_err("setting the mode of", p))?;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_snapshot_holds_only_plain_files_and_is_read_only() {
+        let t = tempfile::tempdir().unwrap();
+        let snap = t.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        std::fs::write(snap.join("memory"), b"m").unwrap();
+        std::fs::write(snap.join("manifest.json"), b"{}").unwrap();
+        Jails::seal(&snap).unwrap();
+        for name in ["memory", "manifest.json"] {
+            let m = std::fs::metadata(snap.join(name)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o444);
+        }
+        // A link (to a host file the host would then upload or restore) is refused, and so is
+        // a directory where a file belongs.
+        let bad = t.path().join("bad");
+        std::fs::create_dir(&bad).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", bad.join("memory")).unwrap();
+        let e = Jails::seal(&bad).unwrap_err();
+        let why = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("not a plain file")),
+            "{e}: {why:?}"
+        );
+        let nested = t.path().join("nested");
+        std::fs::create_dir_all(nested.join("state")).unwrap();
+        assert!(Jails::seal(&nested).is_err());
+        // The snapshot directory itself must not be a link either.
+        std::os::unix::fs::symlink(&snap, t.path().join("link")).unwrap();
+        assert!(Jails::seal(&t.path().join("link")).is_err());
+    }
 }

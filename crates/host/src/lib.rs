@@ -47,6 +47,7 @@ pub use cove_state::{EventRecord, Limits, SandboxRecord, SnapshotRecord, StateEr
 pub use error::HostError;
 use error::io_err;
 pub(crate) use fsutil::now_ms;
+pub use fsutil::open_untrusted;
 use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
 pub use reconcile::Recovered;
@@ -228,6 +229,13 @@ impl Host {
     /// Whether an operation of this process is ending sandbox `id`'s VM.
     pub(crate) fn is_ending(&self, id: &str) -> bool {
         self.ending.lock().expect("lock").contains(id)
+    }
+
+    /// This host with its sandboxes started unjailed from here on, as `COVE_JAIL=off` would
+    /// (benchmarks measure the jail's cost against it in one run).
+    pub fn without_jail(mut self) -> Self {
+        self.jail.turn_off("turned off by the caller");
+        self
     }
 
     /// Why sandboxes run without a jail on this host, if they do.

@@ -14,8 +14,11 @@ use crate::{HostError, SandboxRecord};
 
 /// What cove-vm last wrote to `status.json`.
 pub(crate) fn live_status(dir: &SandboxDir) -> Option<VmStatus> {
-    serde_json::from_slice(&std::fs::read(dir.status()).ok()?).ok()
+    serde_json::from_slice(&crate::fsutil::read_untrusted(&dir.status(), RECORD_MAX).ok()?).ok()
 }
+
+/// Most bytes read of a status or exit record (a jail writes them; they are a few hundred).
+const RECORD_MAX: u64 = 64 * 1024;
 
 pub(crate) fn not_running(rec: SandboxRecord) -> HostError {
     HostError::NotRunning {
@@ -167,7 +170,7 @@ pub(crate) async fn kill_vm(pid: u32) {
 /// How a cove-vm ended, from its `exit.json`; none while it runs or when it left no record
 /// (killed outright). A record this build cannot read says so as a crash.
 pub(crate) fn vm_end(dir: &SandboxDir) -> Option<VmEnd> {
-    let b = std::fs::read(dir.exit()).ok()?;
+    let b = crate::fsutil::read_untrusted(&dir.exit(), RECORD_MAX).ok()?;
     Some(match serde_json::from_slice::<ExitRecord>(&b) {
         Ok(r) => r.end,
         Err(e) => VmEnd::Crashed {

@@ -195,15 +195,21 @@ pub(crate) async fn logs(
     // Followed: what is there, then what is appended (from the start of the file again when
     // cove-vm rotates it), looked for every 200 ms, until the sandbox is removed.
     let path = app.host.console_log(&r);
-    let at = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // The jail writes this file: opened without following a link it may have left.
+    let size = |p: &std::path::Path| {
+        cove_host::open_untrusted(p)
+            .and_then(|f| f.metadata())
+            .map(|m| m.len())
+    };
+    let at = size(&path).unwrap_or(0);
     let first = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
     let rest = futures::stream::unfold(
         (app, r.id, path, at),
-        |(app, id, path, mut at)| async move {
+        move |(app, id, path, mut at)| async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let len = match std::fs::metadata(&path) {
-                    Ok(m) => m.len(),
+                let len = match size(&path) {
+                    Ok(n) => n,
                     // Removed with its sandbox: the end.
                     Err(_) if app.host.get(&id).is_err() => return None,
                     Err(_) => 0,
@@ -214,7 +220,7 @@ pub(crate) async fn logs(
                 if len > at {
                     use std::io::{Read as _, Seek as _};
                     let mut buf = Vec::new();
-                    let read = std::fs::File::open(&path).and_then(|mut f| {
+                    let read = cove_host::open_untrusted(&path).and_then(|mut f| {
                         f.seek(std::io::SeekFrom::Start(at))?;
                         f.take(len - at).read_to_end(&mut buf)
                     });
