@@ -96,7 +96,7 @@ pub fn enter(
         }
     }
     let dirs: Vec<PathBuf> = cfg.cgroups.iter().map(PathBuf::from).collect();
-    Hierarchy::join(&dirs, std::process::id())?;
+    Hierarchy::join_self(&dirs)?;
     std::fs::create_dir_all(ROOT_MOUNT).map_err(step(format!("making {ROOT_MOUNT}")))?;
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNS

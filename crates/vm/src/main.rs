@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = args.dir.clone();
+    let started = Instant::now();
     // The jail comes first, while this is the only thread (the jail forks).
     let host_pid = match jail::enter(&dir, args.report_fd) {
         Ok(pid) => pid,
@@ -124,6 +125,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(targets) = &args.drill {
         return drill::run(&dir, targets);
     }
+    eprintln!(
+        "cove-vm: jail entered in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     // Few blocking threads: each is a task of the jail's PIDs limit.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
