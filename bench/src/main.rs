@@ -613,6 +613,11 @@ fn key_for(home: &Path, tenant: &str, scope: &str) -> anyhow::Result<String> {
 
 /// A coved over `home` on a free loopback port, with `extra` arguments.
 fn start_coved(home: &Path, extra: &[&str]) -> anyhow::Result<Coved> {
+    start_coved_with(home, extra, &[])
+}
+
+/// [`start_coved`] with `env` set (`COVE_JAIL=off`, say).
+fn start_coved_with(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Coved> {
     use std::io::BufRead;
     let coved = std::env::current_exe()?.with_file_name("coved");
     let mut child = Command::new(&coved)
@@ -620,6 +625,7 @@ fn start_coved(home: &Path, extra: &[&str]) -> anyhow::Result<Coved> {
         .arg(home)
         .args(["--listen", "127.0.0.1:0", "--rate-limit", "100000"])
         .args(extra)
+        .envs(env.iter().copied())
         .env("COVE_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
@@ -669,6 +675,8 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
     let tenant = format!("bench-{}", std::process::id());
     let key = key_for(home, &tenant, "exec")?;
     let server = start_coved(home, &[])?;
+    let unjailed = start_coved_with(home, &[], &[("COVE_JAIL", "off")])?;
+    let mut api_create_unjailed = Vec::new();
     let http = reqwest::Client::new();
     let spec = CreateSpec {
         memory_mib: 256,
@@ -696,6 +704,21 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
             let v: serde_json::Value = res.json().await?;
             let id = v["id"].as_str().with_context(|| format!("create: {v}"))?;
             http.delete(format!("{}/v1/sandboxes/{id}", server.1))
+                .bearer_auth(&key)
+                .send()
+                .await?;
+            // The same through a coved that jails nothing: the jail's cost over the API.
+            let t = Instant::now();
+            let res = http
+                .post(format!("{}/v1/sandboxes", unjailed.1))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?;
+            api_create_unjailed.push(ms(t));
+            let v: serde_json::Value = res.json().await?;
+            let id = v["id"].as_str().with_context(|| format!("create: {v}"))?;
+            http.delete(format!("{}/v1/sandboxes/{id}", unjailed.1))
                 .bearer_auth(&key)
                 .send()
                 .await?;
@@ -765,8 +788,10 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
     };
     Ok(json!({
         "bench": "api",
-        "create_from_template_ms": {"library": summary(lib_create.clone()), "api": summary(api_create.clone())},
+        "create_from_template_ms": {"library": summary(lib_create.clone()), "api": summary(api_create.clone()),
+            "api_unjailed": summary(api_create_unjailed.clone())},
         "create_added_ms_p50": med(&api_create) - med(&lib_create),
+        "jail_cost_api_create_ms_p50": med(&api_create) - med(&api_create_unjailed),
         "exec_true_ms": {"library": summary(lib_exec.clone()), "api": summary(api_exec.clone())},
         "exec_added_ms_p50": med(&api_exec) - med(&lib_exec),
         "cli_exec_true_ms": summary(cli_exec.clone()),

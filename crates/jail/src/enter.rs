@@ -189,6 +189,22 @@ fn set_up_root(cfg: &JailConfig, binds: &[Bind]) -> Result<(), JailError> {
     .map_err(|e| step("mounting the jail's root")(nix_io(e)))?;
     let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // /dev: a tmpfs of its own (the root is nodev) holding device nodes made for this jail, as
+    // Firecracker's jailer makes them: the host's nodes stay as they are (`/dev/kvm` is the
+    // kvm group's there), the jail's `/dev/kvm` is its user's alone.
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev).map_err(step("making /dev"))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(|e| step("mounting the jail's /dev")(nix_io(e)))?;
+    for d in &cfg.devices {
+        make_device(Path::new(d), &inside(Path::new(d)), cfg)?;
+    }
     if let Some(tree) = &cfg.engine_root {
         for top in crate::engine_root::TOP {
             let src = Path::new(tree).join(top);
@@ -212,12 +228,14 @@ fn set_up_root(cfg: &JailConfig, binds: &[Bind]) -> Result<(), JailError> {
         };
         bind(&b.path, &dst, flags)?;
     }
-    for d in &cfg.devices {
-        let src = Path::new(d);
-        let dst = inside(src);
-        mount_point(src, &dst)?;
-        bind(src, &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
-    }
+    nix::mount::mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(|e| step("making the jail's /dev read-only")(nix_io(e)))?;
     std::env::set_current_dir(root).map_err(step("entering the jail's root"))?;
     // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only the
     // new root (no directory for the old one needed).
@@ -234,6 +252,48 @@ fn set_up_root(cfg: &JailConfig, binds: &[Bind]) -> Result<(), JailError> {
     )
     .map_err(|e| step("making the jail's root read-only")(nix_io(e)))?;
     nix::unistd::sethostname("cove-jail").map_err(|e| step("sethostname")(nix_io(e)))?;
+    Ok(())
+}
+
+/// Makes device node `dst` like the host's `src` (same kind and number): readable and
+/// writable by everyone for the harmless ones (`null`, `zero`, `urandom`, `random`), by the
+/// jail's user alone for the rest (`kvm`, `net/tun`).
+fn make_device(src: &Path, dst: &Path, cfg: &JailConfig) -> Result<(), JailError> {
+    use nix::sys::stat::{Mode, SFlag};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let what = || format!("making {}", src.display());
+    let m = std::fs::metadata(src).map_err(step(what()))?;
+    let kind = if m.file_type().is_char_device() {
+        SFlag::S_IFCHR
+    } else if m.file_type().is_block_device() {
+        SFlag::S_IFBLK
+    } else {
+        return Err(step(what())(std::io::Error::other("not a device node")));
+    };
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(step(what()))?;
+    }
+    let shared = matches!(
+        src.file_name().and_then(|n| n.to_str()),
+        Some("null" | "zero" | "urandom" | "random")
+    );
+    let mode = if shared { 0o666 } else { 0o600 };
+    nix::sys::stat::mknod(dst, kind, Mode::from_bits_truncate(mode), m.rdev())
+        .map_err(|e| step(what())(nix_io(e)))?;
+    // mknod is filtered by the umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode))
+            .map_err(step(what()))?;
+    }
+    if !shared {
+        nix::unistd::chown(
+            dst,
+            Some(nix::unistd::Uid::from_raw(cfg.uid)),
+            Some(nix::unistd::Gid::from_raw(cfg.gid)),
+        )
+        .map_err(|e| step(what())(nix_io(e)))?;
+    }
     Ok(())
 }
 

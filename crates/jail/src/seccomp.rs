@@ -1,14 +1,16 @@
 //! cove-vm's system-call allow-list (built with `seccompiler`, as Firecracker builds its own).
 //!
-//! Installed on every thread once the engine runs: from then on cove-vm only serves its control
-//! socket, relays the agent link, talks QMP or runs its own VMM, and writes files in the
-//! sandbox's directory. It can no longer start a program, fork, mount, change user, trace,
+//! Installed on every thread once QEMU runs (qemu engine), or before the VMM starts (kvm engine,
+//! whose vCPU and I/O threads then stack their own narrower lists on it): from then on cove-vm
+//! only serves its control socket, relays the agent link, talks QMP or runs its own VMM, and
+//! writes files in the sandbox's directory. It can no longer start a program, fork, mount, change user, trace,
 //! open a network socket (only Unix ones), or load a filter of its own. A call outside the list
 //! raises `SIGSYS`; the handler writes the sandbox's exit record naming the call and ends the
 //! process, so the host reports the sandbox failed with that reason.
 //!
-//! One process-wide list for now: the kvm engine's vCPU threads get the same list as the rest
-//! (KVM's ioctls included), where Firecracker gives each thread kind its own.
+//! This list is the one every thread of cove-vm is under; the kvm engine's vCPU threads (only
+//! `KVM_RUN` and the reads of a paused vCPU) and I/O thread add their own, as Firecracker gives
+//! each thread kind its own (crates/vmm/src/seccomp.rs).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -124,6 +126,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_mremap,
     libc::SYS_mprotect,
     libc::SYS_madvise,
+    // Which pages of guest memory are resident (the kvm engine's sparse snapshot).
+    libc::SYS_mincore,
     // Threads (their creation is checked below) and signals.
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
@@ -157,7 +161,8 @@ fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, SeccompErr
 }
 
 /// The allow-list as BPF: everything in [`ALLOWED`]; `socket`/`socketpair` for `AF_UNIX` only;
-/// `clone` for threads only; `prctl` only to name a thread. Anything else traps.
+/// `clone` for threads only; `prctl` only to name a thread or set `no_new_privs`; `seccomp` only
+/// to add a filter. Anything else traps.
 pub fn allow_list() -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|n| (*n, Vec::new())).collect();
@@ -172,12 +177,23 @@ pub fn allow_list() -> Result<BpfProgram, SeccompError> {
     // clone3 passes its flags in memory a filter cannot read: it is answered ENOSYS (see
     // `no_clone3`) so the C library falls back to clone, checked above.
     rules.insert(libc::SYS_clone3, Vec::new());
+    // `prctl` to name a thread, and — with `seccomp` — for the kvm engine's vCPU and I/O threads
+    // to add their own narrower filters (a filter can only take calls away).
     rules.insert(
         libc::SYS_prctl,
         vec![
             rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
             rule(0, SeccompCmpOp::Eq, libc::PR_GET_NAME as u64)?,
+            rule(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
         ],
+    );
+    rules.insert(
+        libc::SYS_seccomp,
+        vec![rule(
+            0,
+            SeccompCmpOp::Eq,
+            u64::from(libc::SECCOMP_SET_MODE_FILTER),
+        )?],
     );
     compile(rules, SeccompAction::Trap, SeccompAction::Allow)
 }

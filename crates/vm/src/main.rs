@@ -182,6 +182,14 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
     for s in ["control.sock", "agent.sock", "qmp.sock", "console.sock"] {
         let _ = std::fs::remove_file(dir.join(s));
     }
+    // The kvm engine's vCPU and I/O threads install their own narrower filters as they start
+    // (crates/vmm/src/seccomp.rs); cove-vm's list goes on first, so it covers them as well
+    // (filters stack; a thread-synced install would fail once threads have filters of their
+    // own). The qemu engine starts QEMU first, which the list forbids.
+    let seccomp = cfg.jail.as_ref().is_some_and(|j| j.seccomp);
+    if seccomp && cfg.engine == "kvm" {
+        cove_jail::seccomp::install(&layout.exit()).context("jail")?;
+    }
     let mut vm = engine::start(&cfg, &dir).await?;
     let (commands, mut command_rx) = mpsc::channel(8);
     let spawned_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -209,7 +217,7 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
     let listener = UnixListener::bind(layout.control_socket()).context("binding control.sock")?;
     // Everything that needed more than the allow-list (starting the engine, binding sockets)
     // is done.
-    if cfg.jail.as_ref().is_some_and(|j| j.seccomp) {
+    if seccomp && cfg.engine != "kvm" {
         cove_jail::seccomp::install(&layout.exit()).context("jail")?;
     }
     let s = shared.clone();

@@ -393,7 +393,13 @@ impl RunningVm for Qemu {
 
     fn wait(&mut self) -> EngineFuture<'_, String> {
         Box::pin(async move {
+            use std::os::unix::process::ExitStatusExt;
             match self.child.wait().await {
+                // Its own `-sandbox` (in a jail) ends QEMU with SIGSYS on a forbidden call.
+                Ok(st) if st.signal() == Some(libc::SIGSYS) => {
+                    "QEMU made a system call its seccomp sandbox forbids, and was stopped (SIGSYS)"
+                        .to_string()
+                }
                 Ok(st) => format!("qemu exited ({st})"),
                 Err(e) => format!("waiting for qemu: {e}"),
             }
