@@ -132,7 +132,11 @@ fn libraries(program: &Path) -> Result<Vec<PathBuf>, EngineRootError> {
 /// Places `files` (absolute paths, symlinks resolved to their content) under `root`, at their
 /// own paths.
 fn build(root: &Path, files: &[PathBuf]) -> Result<(), EngineRootError> {
-    let tmp = root.with_extension(format!("tmp{}", std::process::id()));
+    // Each builder its own: two creates of one process may build at once (the first rename
+    // wins, the other's tree is dropped).
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = root.with_extension(format!("tmp{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let io = |p: &Path| {
         let path = p.display().to_string();
