@@ -243,6 +243,8 @@ impl Jails {
             let _ = h.remove(&self.cgroup(id));
         }
         let _ = std::fs::remove_dir_all(SandboxDir::guest_ram_dir(id));
+        // Where builds before the jail kept it (a VM of one killed outright left it behind).
+        let _ = std::fs::remove_file(format!("/dev/shm/cove-{id}.mem"));
     }
 
     /// Sandbox `id` is removed: its user goes back to the range.

@@ -508,10 +508,14 @@ impl Host {
         let mut out = Vec::new();
         for name in ["console.log.1", "console.log"] {
             let p = Path::new(&rec.dir).join(name);
-            // Written by the jail: never through a link it may have left.
+            // Written by the jail: never through a link it may have left (a link, or anything
+            // but a plain file, reads as no log).
             match crate::fsutil::read_untrusted(&p, 4 << 20) {
                 Ok(b) => out.extend(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.kind() == std::io::ErrorKind::Other
+                        || e.raw_os_error() == Some(libc::ELOOP) => {}
                 Err(e) => return Err(io_err("reading the console log", &p)(e)),
             }
         }

@@ -362,6 +362,23 @@ impl Host {
                 out.orphan_snapshots.push(name);
             }
         }
+        // Snapshots a cove-vm was writing in its sandbox's directory when it or its taker was
+        // killed (`snapshot-SID` and its `.tmp`): never sealed, never used.
+        for rec in &all {
+            // Where the sandbox lives by construction (a recorded path is not trusted for
+            // deletion).
+            let dir = self.home.join("sandboxes").join(&rec.id);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(sid) = name.strip_prefix("snapshot-") else {
+                    continue;
+                };
+                let sid = sid.trim_end_matches(".tmp");
+                if !taker_alive(sid, TAKING) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         out.stored = self.store_hibernations(all).await?;
         // Jails of sandboxes that are gone. Looked up one by one: a create by another coved
         // sharing the home records its sandbox before it makes the cgroup.
