@@ -108,11 +108,13 @@ fn assert_jailed(sb: &Sandbox, cpus: u64, memory_mib: u64, context: &str) -> u64
         );
         assert_eq!(status_field(*p, "NoNewPrivs:"), "1", "{context}: pid {p}");
         assert_eq!(status_field(*p, "Seccomp:"), "2", "{context}: pid {p}");
-        assert_eq!(
-            status_field(*p, "CapEff:"),
-            "0000000000000000",
-            "{context}: pid {p}"
-        );
+        for caps in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(
+                status_field(*p, caps),
+                "0000000000000000",
+                "{context}: pid {p} {caps}"
+            );
+        }
         for ns in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {
             let mine = std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
             let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
@@ -314,7 +316,8 @@ fn an_escape_drill_inside_a_jail_fails_at_every_try() {
             devices: vec!["/dev/null".into(), "/dev/urandom".into()],
             open_files: 1024,
             file_size: 256 << 20,
-            processes: 64,
+            // Above the cgroup's PIDs limit (64): the cgroup is what stops the fork bomb.
+            processes: 10_000,
             seccomp: true,
         }),
     };
@@ -398,7 +401,8 @@ fn cove_model_ram_dir(id: &str) -> PathBuf {
 }
 
 /// Nothing of a jail outlives what ended it: `rm`, a kill -9 of cove-vm, a kill -9 of coved
-/// (with a cove-vm killed while it was down) and its restart.
+/// (with a cove-vm killed while it was down) and its restart. (Its mounts and namespaces live
+/// in the jail's own namespaces, which end with its last process: no process of its user.)
 #[test]
 fn nothing_of_a_jail_is_left_after_rm_a_killed_cove_vm_or_a_coved_restart() {
     let leases = |uid: u64| Path::new(LEASES).join(uid.to_string()).exists();
@@ -413,13 +417,6 @@ fn nothing_of_a_jail_is_left_after_rm_a_killed_cove_vm_or_a_coved_restart() {
         }
         if cove_model_ram_dir(id).exists() {
             left.push("its RAM directory".to_string());
-        }
-        // The jail's mounts lived in its own namespace: the host never had them.
-        if std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .contains(id)
-        {
-            left.push("a mount".to_string());
         }
         left
     };
@@ -684,4 +681,52 @@ fn the_kvm_engine_runs_jailed_too() {
         let t = all.iter().find(|(c, _, _)| c == want);
         assert!(t.is_some_and(|t| t.2 > main), "{want} in {all:?}");
     }
+}
+
+/// What a jail can leave in its sandbox's directory does not get it the host's files: a hard
+/// link to its disk in its console log's place is dropped (the disk stays the host's), a
+/// temporary file where the host writes `vm.json` is not written through, and a `vm.json` that
+/// is not the host's own is refused rather than trusted.
+#[test]
+fn a_jail_cannot_take_the_hosts_files_through_its_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::create("busybox", &[]);
+    let dir = PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap().to_string());
+    let uid = sb.inspect()["host"]["jail"]["uid"]
+        .as_u64()
+        .and_then(|u| u32::try_from(u).ok())
+        .unwrap();
+    // As the jail could (its directory is group-writable and sticky): a hard link to the disk
+    // named console.log, and files of its own named as the host's temporary files would be.
+    let _ = std::fs::remove_file(dir.join("console.log"));
+    std::fs::hard_link(dir.join("disk.ext4"), dir.join("console.log")).unwrap();
+    for planted in ["vm.tmp", "vm.json.tmp", "exit.json.tmp"] {
+        std::fs::write(dir.join(planted), b"jail's").unwrap();
+        std::os::unix::fs::lchown(dir.join(planted), Some(uid), Some(uid)).unwrap();
+    }
+    assert!(cove_out(&["hibernate", &sb.id]).status.success());
+    let o = cove_out(&["resume", &sb.id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let disk = std::fs::metadata(dir.join("disk.ext4")).unwrap();
+    assert_eq!(
+        (disk.uid(), disk.nlink()),
+        (0, 1),
+        "the disk stays the host's, with one name"
+    );
+    let cfg = std::fs::metadata(dir.join("vm.json")).unwrap();
+    assert_eq!(cfg.uid(), 0, "vm.json stays the host's");
+    for planted in ["vm.tmp", "vm.json.tmp", "exit.json.tmp"] {
+        assert!(!dir.join(planted).exists(), "{planted} was cleared");
+    }
+    assert_eq!(text(&sb.exec(&[], &["echo", "ok"], b"")).trim(), "ok");
+    // A vm.json that is not the host's own (as if a jail had got it) is refused on the next
+    // start, not trusted.
+    assert!(cove_out(&["hibernate", &sb.id]).status.success());
+    std::os::unix::fs::lchown(dir.join("vm.json"), Some(uid), Some(uid)).unwrap();
+    let o = cove_out(&["resume", &sb.id]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not the host's own"), "{err}");
+    std::os::unix::fs::lchown(dir.join("vm.json"), Some(0), Some(0)).unwrap();
+    assert!(cove_out(&["resume", &sb.id]).status.success());
 }

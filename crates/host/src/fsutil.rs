@@ -93,15 +93,51 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Writes a file under a temporary name, syncs it, and renames it into place.
+///
+/// The temporary file is made new (`O_EXCL`, no link followed) under a name no one can guess:
+/// a sandbox's directory is writable by its jail, which must not have the host write `vm.json`
+/// into a file of its own (it would then own the host's config).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", new_id()));
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(&tmp)?;
         std::io::Write::write_all(&mut f, bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     r.map_err(io_err("writing", path))
+}
+
+/// Reads a file the host wrote in a directory a jail may write (`vm.json`), refusing it unless
+/// it is a plain file this process owns: a jail can make files there but not one of ours.
+pub(crate) fn read_own(path: &Path, max: u64) -> Result<Vec<u8>, HostError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let f = open_untrusted(path).map_err(io_err("reading", path))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let m = f.metadata().map_err(io_err("reading", path))?;
+    if m.uid() != me || m.nlink() != 1 {
+        return Err(HostError::Io {
+            what: "refusing a file that is not the host's own (a jail may have made it)",
+            path: path.display().to_string(),
+            source: std::io::Error::other("owned by another user, or with more than one name"),
+        });
+    }
+    let mut out = Vec::new();
+    f.take(max)
+        .read_to_end(&mut out)
+        .map_err(io_err("reading", path))?;
+    Ok(out)
 }
 
 /// Copies a (sparse) file: a reflink where the filesystem can, holes kept otherwise. The copy

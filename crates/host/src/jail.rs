@@ -145,13 +145,13 @@ impl Jails {
     /// ownership of its files. Whatever the last VM left that the host reads (exit and status
     /// records, sockets) is removed first, jailed or not.
     pub(crate) fn prepare(&self, cfg: &mut VmConfig, dir: &Path) -> Result<(), HostError> {
-        let layout = SandboxDir::at(dir);
-        for f in [layout.exit(), layout.status(), layout.control_socket()] {
-            let _ = std::fs::remove_file(f);
+        if cfg.id.is_empty() || !cfg.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(HostError::Jail {
+                id: cfg.id.clone(),
+                reason: "a sandbox id is letters and digits".into(),
+            });
         }
-        for s in ["agent.sock", "qmp.sock", "console.sock", "migrate.sock"] {
-            let _ = std::fs::remove_file(dir.join(s));
-        }
+        clear_leftovers(dir);
         let Some(cgroups) = self.cgroups.as_ref().filter(|_| self.off.is_none()) else {
             cfg.jail = None;
             return Ok(());
@@ -214,17 +214,10 @@ impl Jails {
         for d in cfg.disks.iter().filter(|d| !d.read_only) {
             own(Path::new(&d.path), 0, uid, 0o660)?;
         }
-        for f in ["console.log", "console.log.1", "qemu.log"] {
+        for f in LOGS {
             let p = dir.join(f);
-            // A link the last jail left in a log's place goes: nothing follows it.
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_file() => {
-                    own(&p, uid, uid, 0o640)?;
-                }
-                Ok(_) => {
-                    let _ = std::fs::remove_file(&p);
-                }
-                Err(_) => {}
+            if p.symlink_metadata().is_ok() {
+                own(&p, uid, uid, 0o640)?;
             }
         }
         if cfg.engine == "qemu" {
@@ -309,26 +302,119 @@ impl Jails {
     /// stores or restores the snapshot). The directory is taken first, so the jail can add
     /// nothing while its entries are checked.
     pub(crate) fn seal(dir: &Path) -> Result<(), HostError> {
+        use std::os::unix::fs::MetadataExt;
         let refuse = |what: String| HostError::Io {
             what: "sealing a snapshot",
             path: dir.display().to_string(),
             source: std::io::Error::other(what),
         };
-        if !own(dir, 0, 0, 0o755)?.is_dir() {
+        // Taken through a descriptor (no link followed): from then on the jail can neither add
+        // entries to it nor, in its sticky parent, move or replace it.
+        let taken = own(dir, 0, 0, 0o755)?;
+        if !taken.is_dir() {
             return Err(refuse("it is not a directory".into()));
+        }
+        // The path must still name what was taken (the jail could have swapped it for a link
+        // between the open and the change of owner): stable from here on.
+        let now = std::fs::symlink_metadata(dir).map_err(io_err("sealing a snapshot", dir))?;
+        if !now.is_dir() || (now.dev(), now.ino()) != (taken.dev(), taken.ino()) {
+            return Err(refuse("it was replaced while it was sealed".into()));
         }
         for e in std::fs::read_dir(dir).map_err(io_err("sealing a snapshot", dir))? {
             let e = e.map_err(io_err("sealing a snapshot", dir))?;
             let p = e.path();
-            let plain = own(&p, 0, 0, 0o444).is_ok_and(|m| m.is_file());
+            // A plain file with one name: a hard link would be a file of the jail's choosing
+            // (its disk, say) that the host would then own, store or restore.
+            let plain = own(&p, 0, 0, 0o444).is_ok_and(|m| m.is_file() && m.nlink() == 1);
             if !plain {
                 return Err(refuse(format!(
-                    "{} is not a plain file",
+                    "{} is not a plain file of its own",
                     e.file_name().to_string_lossy()
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Removes every other name a jail gave file `name` of directory `dir` (hard links it made
+    /// in its directory to its disk, say), so the file is the host's alone again. For a
+    /// directory whose jail has ended.
+    pub(crate) fn drop_aliases(dir: &Path, name: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(target) = std::fs::symlink_metadata(dir.join(name)) else {
+            return;
+        };
+        if target.nlink() < 2 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name() == name {
+                continue;
+            }
+            if std::fs::symlink_metadata(e.path())
+                .is_ok_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Whether `p` is a plain file the host owns with one name (a sandbox's disk before it is
+    /// uploaded: a jail cannot replace or rename a root-owned entry of its sticky directory).
+    pub(crate) fn host_file(p: &Path) -> Result<(), HostError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).map_err(io_err("checking", p))?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if m.is_file() && m.uid() == me && m.nlink() == 1 {
+            Ok(())
+        } else {
+            Err(HostError::Io {
+                what: "checking",
+                path: p.display().to_string(),
+                source: std::io::Error::other("not a plain file of the host's own: refused"),
+            })
+        }
+    }
+}
+
+/// What a sandbox's directory holds that the host made (everything else there is a jail's).
+const HOST_FILES: [&str; 6] = [
+    "vm.json",
+    "disk.ext4",
+    "guest",
+    "store",
+    "vm.log",
+    "hibernation",
+];
+
+/// The logs a jail writes that outlive its VM (the console's history across restarts).
+const LOGS: [&str; 3] = ["console.log", "console.log.1", "qemu.log"];
+
+/// Before a VM starts: removes what the last one left in the sandbox's directory (sockets,
+/// status and exit records, temporary files, unsealed snapshots, anything it made), keeping the
+/// host's files, and its logs only where each is a plain file with one name — a link or a hard
+/// link in a log's place (to the disk, say) would have the host follow it or hand its target
+/// to the next jail. The last VM is gone by then (its cgroup was emptied when it was recorded
+/// so), so nothing changes under this.
+fn clear_leftovers(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if HOST_FILES.contains(&name.as_str()) {
+            continue;
+        }
+        let m = std::fs::symlink_metadata(e.path());
+        let keep = LOGS.contains(&name.as_str())
+            && m.as_ref().is_ok_and(|m| m.is_file() && m.nlink() == 1);
+        if keep {
+            continue;
+        }
+        if m.is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        } else {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

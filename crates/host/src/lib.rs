@@ -246,7 +246,8 @@ impl Host {
     /// Sandbox `rec`'s jail as it is now: none when it was started without one.
     pub fn jail_report(&self, rec: &SandboxRecord) -> Option<JailReport> {
         let cfg: cove_protocol::control::VmConfig =
-            serde_json::from_slice(&std::fs::read(rec.layout().vm_config()).ok()?).ok()?;
+            serde_json::from_slice(&fsutil::read_own(&rec.layout().vm_config(), 1 << 20).ok()?)
+                .ok()?;
         let pid = rec
             .pid
             .filter(|p| rec.state.has_vm() && supervisor::vm_alive(*p));

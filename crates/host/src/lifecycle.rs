@@ -306,6 +306,9 @@ impl Host {
                         .map_err(io_err("creating the sandbox directory", &dir))?;
                     self.blobs.download_dir(&key, &snap).await?;
                 }
+                // What a jail wrote is taken by the host before it is read (sealing is
+                // idempotent: a hibernation from the blob store is the host's already).
+                jail::Jails::seal(&snap)?;
                 let stored_disk = snap.join("disk-cove-rw");
                 if stored_disk.is_file() {
                     if layout.disk().is_file() {
@@ -316,13 +319,20 @@ impl Host {
                     }
                 }
                 let mut cfg: VmConfig = serde_json::from_slice(
-                    &std::fs::read(layout.vm_config()).map_err(io_err("reading vm.json", &dir))?,
+                    // The host's own file (a jail cannot replace it; refused if it is not).
+                    &crate::fsutil::read_own(&layout.vm_config(), 1 << 20)?,
                 )
                 .map_err(|e| HostError::Io {
                     what: "parsing vm.json",
                     path: dir.display().to_string(),
                     source: std::io::Error::other(e),
                 })?;
+                if cfg.id != rec.id {
+                    return Err(HostError::Jail {
+                        id: rec.id,
+                        reason: "its vm.json names another sandbox".into(),
+                    });
+                }
                 cfg.restore = Some(snap.display().to_string());
                 cfg.tsc_khz = engine::tsc_khz(&self.home);
                 cfg.blob_store = Some(self.home.join("blobs").display().to_string());
@@ -422,8 +432,12 @@ impl Host {
             // Saved: whatever is left of it must not run on unrecorded.
             kill_vm(pid).await;
         }
-        // The jail wrote it: the host's and read-only before it is stored or restored.
-        if let Err(e) = jail::Jails::seal(&snap) {
+        // Everything in its jail ends (a cove-vm that disguised itself included) before the
+        // host takes what the jail wrote: the host's and read-only before it is stored.
+        self.jail.vm_ended(&rec.id);
+        jail::Jails::drop_aliases(layout.path(), "disk.ext4");
+        let sealed = jail::Jails::seal(&snap).and_then(|()| jail::Jails::host_file(&layout.disk()));
+        if let Err(e) = sealed {
             let _ = std::fs::remove_dir_all(&snap);
             rec.state = SandboxState::Failed;
             rec.pid = None;

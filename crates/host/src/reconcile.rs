@@ -189,7 +189,8 @@ impl Host {
         // A hibernation the jail wrote is sealed before anything reads it; one that cannot be
         // (it holds a link, say) is refused.
         let (state, reason) = match state {
-            SandboxState::Hibernated if rec.layout().hibernation().is_dir() => {
+            // Whatever is at its place (a link included: sealing refuses it).
+            SandboxState::Hibernated if rec.layout().hibernation().symlink_metadata().is_ok() => {
                 match crate::jail::Jails::seal(&rec.layout().hibernation()) {
                     Ok(()) => (state, reason),
                     Err(e) => {
@@ -423,8 +424,14 @@ impl Host {
             {
                 continue;
             }
+            let has_disk = layout.disk().symlink_metadata().is_ok();
+            // Never through a link a jail could have left in the disk's place.
+            if has_disk && let Err(e) = crate::jail::Jails::host_file(&layout.disk()) {
+                tracing::warn!("not storing the hibernation of {}: {e}", rec.id);
+                continue;
+            }
             let stored = async {
-                if layout.disk().is_file() {
+                if has_disk {
                     self.blobs
                         .upload_file(&format!("{key}/disk-cove-rw"), &layout.disk(), true)
                         .await?;

@@ -104,7 +104,16 @@ pub(crate) fn spawn_vm(dir: &Path) -> Result<u32, HostError> {
     // SAFETY: setsid and dup2 are async-signal-safe and touch nothing of the parent.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::dup2(w, 3) < 0 {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Already 3: dup2 would leave it close-on-exec; clear the flag instead.
+            let moved = if w == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(w, 3)
+            };
+            if moved < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -222,6 +231,10 @@ pub(crate) async fn control(
 /// it (a jailed cove-vm knows only its PID namespace's numbering): its child.
 pub async fn vm_status(rec: &SandboxRecord) -> Result<VmStatus, String> {
     let mut st = control(Path::new(&rec.socket), &ControlRequest::Status, None).await?;
+    // The pids are the host's, not what a (possibly compromised) cove-vm says they are.
+    if let Some(pid) = rec.pid {
+        st.pid = pid;
+    }
     if st.vmm_pid.is_some() {
         st.vmm_pid = cove_jail::inspect::children(st.pid).first().copied();
     }

@@ -161,7 +161,20 @@ fn write_exit(dir: &Path, end: VmEnd) {
     };
     let layout = SandboxDir::at(dir);
     let tmp = layout.exit().with_extension("json.tmp");
-    if std::fs::write(&tmp, serde_json::to_vec(&exit).expect("serializes")).is_ok() {
+    // Made new, no link followed: this may run as root (a jail that could not be entered) in
+    // a directory an earlier jail wrote.
+    let _ = std::fs::remove_file(&tmp);
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(&exit).expect("serializes")))
+    };
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, layout.exit());
     }
 }
