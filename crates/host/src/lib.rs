@@ -70,22 +70,30 @@ pub struct Host {
     blobs: store::BlobStore,
     images: cove_image::Images,
     jail: jail::Jails,
-    /// Sandboxes whose VM an operation of this process is ending on purpose (a removal, a
-    /// stop, a hibernation): the reconcile leaves their records to it instead of calling the
-    /// VM's end a failure.
-    ending: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Sandboxes an operation of this process is changing (pausing, resuming, stopping,
+    /// hibernating, removing), with how many: the reconcile leaves their records to those
+    /// operations instead of recording what it sees half-way as its own move (or a VM ended on
+    /// purpose as a failure).
+    busy: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
-/// Marks a sandbox's VM as being ended by an operation until dropped ([`Host::ending`]).
+/// Marks a sandbox as being changed by an operation of this process until dropped
+/// ([`Host::busy`]).
 #[derive(Debug)]
-pub(crate) struct Ending<'a> {
+pub(crate) struct Busy<'a> {
     host: &'a Host,
     id: String,
 }
 
-impl Drop for Ending<'_> {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.host.ending.lock().expect("lock").remove(&self.id);
+        let mut busy = self.host.busy.lock().expect("lock");
+        if let Some(n) = busy.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -116,7 +124,7 @@ impl Host {
             images: cove_image::Images::open(home, blobs.clone())?,
             blobs,
             jail: jail::Jails::from_env(home),
-            ending: Default::default(),
+            busy: Default::default(),
         })
     }
 
@@ -217,18 +225,23 @@ impl Host {
         Ok(())
     }
 
-    /// Marks sandbox `id`'s VM as being ended on purpose until the guard is dropped.
-    pub(crate) fn ending(&self, id: &str) -> Ending<'_> {
-        self.ending.lock().expect("lock").insert(id.to_string());
-        Ending {
+    /// Marks sandbox `id` as being changed by an operation until the guard is dropped.
+    pub(crate) fn busy(&self, id: &str) -> Busy<'_> {
+        *self
+            .busy
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_default() += 1;
+        Busy {
             host: self,
             id: id.to_string(),
         }
     }
 
-    /// Whether an operation of this process is ending sandbox `id`'s VM.
-    pub(crate) fn is_ending(&self, id: &str) -> bool {
-        self.ending.lock().expect("lock").contains(id)
+    /// Whether an operation of this process is changing sandbox `id`.
+    pub(crate) fn is_busy(&self, id: &str) -> bool {
+        self.busy.lock().expect("lock").contains_key(id)
     }
 
     /// This host with its sandboxes started unjailed from here on, as `COVE_JAIL=off` would

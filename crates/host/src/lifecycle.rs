@@ -250,7 +250,7 @@ impl Host {
     /// Stops a sandbox's guest (flushing its disk) and keeps its files.
     pub async fn stop(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self.get(key)?;
-        let _ending = self.ending(&rec.id);
+        let _busy = self.busy(&rec.id);
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
             let _ = control(Path::new(&rec.socket), &ControlRequest::Stop, Some(pid)).await;
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -271,6 +271,7 @@ impl Host {
     /// Stops a running sandbox's vCPUs; its memory stays resident.
     pub async fn pause(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self.get(key)?;
+        let _busy = self.busy(&rec.id);
         match rec.state {
             SandboxState::Paused => return Ok(rec),
             SandboxState::Running => {}
@@ -286,6 +287,7 @@ impl Host {
     /// Runs a paused sandbox again, or restores a hibernated one (same id, files and processes).
     pub async fn resume(&self, key: &str) -> Result<SandboxRecord, HostError> {
         let mut rec = self.get(key)?;
+        let _busy = self.busy(&rec.id);
         match rec.state {
             SandboxState::Running => Ok(rec),
             SandboxState::Paused => {
@@ -393,7 +395,7 @@ impl Host {
         if !before.is_active() {
             return Err(not_running(rec));
         }
-        let _ending = self.ending(&rec.id);
+        let _busy = self.busy(&rec.id);
         let layout = rec.layout();
         let snap = layout.hibernation();
         let _ = std::fs::remove_dir_all(&snap);
@@ -484,7 +486,7 @@ impl Host {
     /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
     pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
         let rec = self.get(key)?;
-        let _ending = self.ending(&rec.id);
+        let _busy = self.busy(&rec.id);
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
             if !force && rec.state.has_vm() {
                 return Err(HostError::StillRunning(rec.id));

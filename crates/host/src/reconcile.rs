@@ -97,7 +97,7 @@ impl Host {
         rec: &mut SandboxRecord,
         wait_for_owner: bool,
     ) -> Result<(), HostError> {
-        if !rec.state.has_vm() || (wait_for_owner && self.is_ending(&rec.id)) {
+        if !rec.state.has_vm() || (wait_for_owner && self.is_busy(&rec.id)) {
             return Ok(());
         }
         let in_flight = wait_for_owner

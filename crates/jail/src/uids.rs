@@ -121,7 +121,8 @@ impl Leases {
     pub fn sweep(&self, exists: impl Fn(&str) -> bool) -> usize {
         let mut n = 0;
         for (uid, id) in self.all() {
-            if !exists(&id) && remove(&self.dir.join(uid.to_string())) {
+            // Read again just before: the user may have been released and leased anew since.
+            if !exists(&id) && self.held(&id, uid) && remove(&self.dir.join(uid.to_string())) {
                 n += 1;
             }
         }
