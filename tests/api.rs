@@ -455,9 +455,10 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
         .as_array()
         .unwrap()
         .len();
-    let raw = |body: &'static str| {
+    let raw = |body: &str| {
         let api = &api;
         let a = a.clone();
+        let body = body.to_string();
         async move {
             let res = api
                 .http
@@ -501,6 +502,49 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
         raw(r#"{"env": {"BAD NAME": "x"}}"#).await,
         (StatusCode::BAD_REQUEST, "bad_request".into())
     );
+    // Objects only: an array was read as the struct's fields in order (a default sandbox).
+    for body in ["[]", "[1]", r#""busybox""#, "null"] {
+        assert_eq!(
+            raw(body).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable".into()),
+            "{body}"
+        );
+    }
+    // Ranges as the docs state them, bounded by the host too, overflow-free; label keys and
+    // values a filter can name.
+    let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let host_mib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        / 1024;
+    for body in [
+        r#"{"cpus": 33}"#.to_string(),
+        format!(r#"{{"cpus": {}}}"#, host_cpus + 1),
+        r#"{"memory_mib": 262145}"#.to_string(),
+        format!(r#"{{"memory_mib": {}}}"#, host_mib + 1),
+        r#"{"ttl_secs": 18446744073709551615}"#.to_string(),
+        r#"{"idle_timeout_secs": 315360001}"#.to_string(),
+        r#"{"labels": {"a=b": "x"}}"#.to_string(),
+        r#"{"labels": {"a,b": "x"}}"#.to_string(),
+        r#"{"labels": {"k\u0001": "x"}}"#.to_string(),
+        r#"{"labels": {"k": "a,b"}}"#.to_string(),
+        r#"{"labels": {"k": "line\nbreak"}}"#.to_string(),
+    ] {
+        // Well-formed JSON each: refused for its setting, not as a bad body.
+        serde_json::from_str::<Value>(&body).expect("valid JSON");
+        assert_eq!(
+            raw(&body).await,
+            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            "{body}"
+        );
+    }
+    let (s, v) = api
+        .call(Some(&a), Method::GET, "/v1/sandboxes?state=bogus", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let huge = format!(r#"{{"labels": {{"k": "{}"}}}}"#, "x".repeat(2 << 20));
     let res = api
         .http

@@ -69,10 +69,10 @@ pub struct CreateSandbox {
     /// Restore this snapshot (one of the tenant's) instead of booting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
-    /// vCPUs (1–32, default 1).
+    /// vCPUs (1–32 and at most the host's CPUs, default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
-    /// Memory in MiB (64–65536, default 512).
+    /// Memory in MiB (128 to 262144 and at most the host's memory, default 512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
     /// Writable disk in MiB (64–1048576, default 2048).
@@ -81,10 +81,10 @@ pub struct CreateSandbox {
     /// Environment for every command run in the sandbox (over the image's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Stop the sandbox this many seconds after creation.
+    /// Stop the sandbox this many seconds after creation (1 to 315360000: ten years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
-    /// Apply `on_idle` after this many seconds without activity.
+    /// Apply `on_idle` after this many seconds without activity (1 to 315360000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
     /// `pause` (default) or `hibernate`; the next request resumes it.
@@ -94,7 +94,8 @@ pub struct CreateSandbox {
     /// `kvm` or `qemu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
-    /// Labels, for filtering lists.
+    /// Labels, for filtering lists: at most 64; keys 1 to 63 of `[A-Za-z0-9._/-]`, values up to
+    /// 256 bytes without control characters or commas.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }

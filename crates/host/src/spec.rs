@@ -72,14 +72,22 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
         value,
         allowed,
     };
-    if !(1..=64).contains(&spec.cpus) {
-        return Err(bad("cpus", spec.cpus.to_string(), "1 to 64"));
+    // Bounded by the host too: more vCPUs than it has CPUs, or more memory than it has, only
+    // makes a guest that crawls or a host that swaps.
+    let host_cpus = u32::try_from(host_cpus()).unwrap_or(u32::MAX);
+    if !(1..=MAX_CPUS.min(host_cpus)).contains(&spec.cpus) {
+        return Err(bad(
+            "cpus",
+            spec.cpus.to_string(),
+            "1 to 32, and at most the host's CPUs",
+        ));
     }
-    if !(128..=262_144).contains(&spec.memory_mib) {
+    let host_mib = u32::try_from(host_memory_mib()).unwrap_or(u32::MAX);
+    if !(128..=MAX_MEMORY_MIB.min(host_mib)).contains(&spec.memory_mib) {
         return Err(bad(
             "memory",
             format!("{} MiB", spec.memory_mib),
-            "128 to 262144 MiB",
+            "128 MiB to 256 GiB, and at most the host's memory",
         ));
     }
     if !(64..=1_048_576).contains(&spec.disk_mib) {
@@ -101,13 +109,72 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
             "with --idle-timeout SECS",
         ));
     }
-    if spec.ttl_secs == Some(0) || spec.idle_timeout_secs == Some(0) {
-        return Err(bad("timeout", "0".into(), "at least 1 second"));
+    for t in [spec.ttl_secs, spec.idle_timeout_secs]
+        .into_iter()
+        .flatten()
+    {
+        if !(1..=MAX_TIMEOUT_SECS).contains(&t) {
+            return Err(bad(
+                "timeout",
+                format!("{t} s"),
+                "1 second to 10 years (315360000 s)",
+            ));
+        }
+    }
+    for (k, v) in &spec.labels {
+        validate_label(k, v)?;
+    }
+    if spec.labels.len() > 64 {
+        return Err(bad(
+            "labels",
+            format!("{} of them", spec.labels.len()),
+            "at most 64",
+        ));
     }
     if let Some(n) = &spec.name {
         validate_name(n)?;
     }
     Ok(())
+}
+
+/// Most vCPUs a sandbox may have.
+pub const MAX_CPUS: u32 = 32;
+/// Most memory a sandbox may have, MiB (256 GiB).
+pub const MAX_MEMORY_MIB: u32 = 262_144;
+/// Longest time to live or idle timeout: ten years (and no overflow adding it to a clock).
+pub const MAX_TIMEOUT_SECS: u64 = 315_360_000;
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kb| kb / 1024)
+}
+
+/// A label: a key of 1 to 63 of `[A-Za-z0-9._/-]` (so `k=v,k2=v2` filters can name it), a
+/// value of at most 256 bytes with no control character and no `,`.
+pub fn validate_label(k: &str, v: &str) -> Result<(), HostError> {
+    let key_ok = (1..=63).contains(&k.len())
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+    let value_ok = v.len() <= 256 && !v.chars().any(|c| c.is_control() || c == ',');
+    if key_ok && value_ok {
+        Ok(())
+    } else {
+        Err(HostError::InvalidSetting {
+            what: "label",
+            value: format!("{k:?}={v:?}"),
+            allowed: "keys 1 to 63 of [A-Za-z0-9._/-]; values up to 256 bytes, no control characters or commas",
+        })
+    }
 }
 
 /// A sandbox or snapshot name: 1 to 63 of `[A-Za-z0-9_.-]`, not starting with `-` or `.`, and

@@ -152,8 +152,21 @@ where
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         use axum::extract::rejection::JsonRejection as R;
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
+        // Every request body of this API is an object: an array (which serde would read as a
+        // struct's fields in order) or a scalar is refused, not taken for the defaults.
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) if !v.is_object() => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "the body must be a JSON object",
+            )),
+            Ok(axum::Json(v)) => serde_json::from_value::<T>(v).map(Self).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable",
+                    e.to_string(),
+                )
+            }),
             Err(R::JsonDataError(e)) => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unprocessable",

@@ -46,16 +46,6 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<api::Sandbox>), ApiError> {
     auth.need(Scope::Exec)?;
     check_env(&req.env)?;
-    if req.labels.len() > 64
-        || req
-            .labels
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
-    {
-        return Err(ApiError::bad_request(
-            "labels: at most 64, keys 1 to 128 bytes, values up to 1024",
-        ));
-    }
     let defaults = CreateSpec::default();
     let from = match &req.snapshot {
         Some(id) => Some(app.owned_snapshot(&auth.0, id)?),
