@@ -2427,3 +2427,67 @@ fn a_wake_by_a_request_names_the_caller() {
     assert!(actor_of("running").starts_with("key:"), "{events:?}");
     run(&["rm", "-f", &id]);
 }
+
+/// A tenant's admin key sees only its own tenant's users of an image, and the boot that makes
+/// a template counts against the tenant's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_users_and_template_boots_are_the_tenants_own() {
+    let (ta, tb) = (tenant("imgs-a"), tenant("imgs-b"));
+    let (a, b) = (api_key(&ta, "admin"), api_key(&tb, "admin"));
+    let o = coved()
+        .args([
+            "quota",
+            "set",
+            &tb,
+            "--sandboxes",
+            "0",
+            "--vcpus",
+            "0",
+            "--memory-mib",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = Coved::start(&["--rate-limit", "1000"]);
+    let api = Api::new(&server);
+    let sb = api
+        .ok(
+            &a,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    let user = format!("sandbox {id}");
+    let users = |v: &Value| -> Vec<String> {
+        let mut out = Vec::new();
+        for i in v["items"].as_array().into_iter().flatten() {
+            for u in i["used_by"].as_array().into_iter().flatten() {
+                out.push(u.as_str().unwrap_or("").to_string());
+            }
+        }
+        for u in v["used_by"].as_array().into_iter().flatten() {
+            out.push(u.as_str().unwrap_or("").to_string());
+        }
+        out
+    };
+    let a_sees = users(&api.ok(&a, Method::GET, "/v1/images", None).await);
+    assert!(a_sees.contains(&user), "{a_sees:?}");
+    for path in ["/v1/images", "/v1/images/busybox"] {
+        let b_sees = users(&api.ok(&b, Method::GET, path, None).await);
+        assert!(!b_sees.contains(&user), "{path}: {b_sees:?}");
+    }
+    let (s, v) = api
+        .call(
+            Some(&b),
+            Method::POST,
+            "/v1/templates",
+            Some(json!({"image": "busybox", "memory_mib": 256})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    api.ok(&a, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+}

@@ -16,8 +16,9 @@ pub(crate) async fn list(
     auth: Auth,
 ) -> Result<Json<api::List<api::Image>>, ApiError> {
     auth.need(Scope::Read)?;
-    // Who uses an image is the tenant's own business: other keys see only their own users.
-    let admin = auth.0.allows(Scope::Admin);
+    // Who uses an image is the tenant's own business: other keys — a tenant's admin key too —
+    // see only their own users; the host's administrator sees all.
+    let admin = auth.0.tenant.is_none();
     let mine: std::collections::HashSet<String> = if admin {
         std::collections::HashSet::new()
     } else {
@@ -71,7 +72,7 @@ pub(crate) async fn get(
         }
         Err(e) => return Err(e.into()),
     };
-    let admin = auth.0.allows(Scope::Admin);
+    let admin = auth.0.tenant.is_none();
     let used_by = if admin {
         i.used_by
     } else {
