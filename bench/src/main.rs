@@ -687,41 +687,37 @@ async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
     let (mut lib_exec, mut api_exec, mut cli_exec) = (Vec::new(), Vec::new(), Vec::new());
     let result = async {
         let body = json!({"memory_mib": 256});
+        // One create through the coved at `url`, timed, then its removal.
+        let api_create_ms = |url: &str| {
+            let (http, key, body) = (&http, &key, &body);
+            let url = url.to_string();
+            async move {
+                let t = Instant::now();
+                let res = http
+                    .post(format!("{url}/v1/sandboxes"))
+                    .bearer_auth(key)
+                    .json(body)
+                    .send()
+                    .await?;
+                let took = ms(t);
+                let v: serde_json::Value = res.json().await?;
+                let id = v["id"].as_str().with_context(|| format!("create: {v}"))?;
+                http.delete(format!("{url}/v1/sandboxes/{id}"))
+                    .bearer_auth(key)
+                    .send()
+                    .await?;
+                anyhow::Ok(took)
+            }
+        };
         // Interleaved, so both see the same machine.
         for _ in 0..10 {
             let t = Instant::now();
             let r = host.create(&spec).await?;
             lib_create.push(ms(t));
             host.remove(&r.id, true).await?;
-            let t = Instant::now();
-            let res = http
-                .post(format!("{}/v1/sandboxes", server.1))
-                .bearer_auth(&key)
-                .json(&body)
-                .send()
-                .await?;
-            api_create.push(ms(t));
-            let v: serde_json::Value = res.json().await?;
-            let id = v["id"].as_str().with_context(|| format!("create: {v}"))?;
-            http.delete(format!("{}/v1/sandboxes/{id}", server.1))
-                .bearer_auth(&key)
-                .send()
-                .await?;
+            api_create.push(api_create_ms(&server.1).await?);
             // The same through a coved that jails nothing: the jail's cost over the API.
-            let t = Instant::now();
-            let res = http
-                .post(format!("{}/v1/sandboxes", unjailed.1))
-                .bearer_auth(&key)
-                .json(&body)
-                .send()
-                .await?;
-            api_create_unjailed.push(ms(t));
-            let v: serde_json::Value = res.json().await?;
-            let id = v["id"].as_str().with_context(|| format!("create: {v}"))?;
-            http.delete(format!("{}/v1/sandboxes/{id}", unjailed.1))
-                .bearer_auth(&key)
-                .send()
-                .await?;
+            api_create_unjailed.push(api_create_ms(&unjailed.1).await?);
         }
         let rec = host
             .create(&CreateSpec {

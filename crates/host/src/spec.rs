@@ -74,7 +74,7 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
     };
     // Bounded by the host too: more vCPUs than it has CPUs, or more memory than it has, only
     // makes a guest that crawls or a host that swaps.
-    let host_cpus = u32::try_from(host_cpus()).unwrap_or(u32::MAX);
+    let host_cpus = u32::try_from(cove_jail::cgroup::online_cpus()).unwrap_or(u32::MAX);
     if !(1..=MAX_CPUS.min(host_cpus)).contains(&spec.cpus) {
         return Err(bad(
             "cpus",
@@ -82,7 +82,7 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
             "1 to 32, and at most the host's CPUs",
         ));
     }
-    let host_mib = u32::try_from(host_memory_mib()).unwrap_or(u32::MAX);
+    let host_mib = u32::try_from(cove_jail::cgroup::total_memory() >> 20).unwrap_or(u32::MAX);
     if !(128..=MAX_MEMORY_MIB.min(host_mib)).contains(&spec.memory_mib) {
         return Err(bad(
             "memory",
@@ -143,21 +143,6 @@ pub const MAX_CPUS: u32 = 32;
 pub const MAX_MEMORY_MIB: u32 = 262_144;
 /// Longest time to live or idle timeout: ten years (and no overflow adding it to a clock).
 pub const MAX_TIMEOUT_SECS: u64 = 315_360_000;
-
-fn host_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-fn host_memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(u64::MAX, |kb| kb / 1024)
-}
 
 /// A label: a key of 1 to 63 of `[A-Za-z0-9._/-]` (so `k=v,k2=v2` filters can name it), a
 /// value of at most 256 bytes with no control character and no `,`.
