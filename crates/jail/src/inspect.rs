@@ -71,10 +71,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_is_not_jailed() {
-        let me = process(std::process::id()).unwrap();
-        assert!(me.own_namespaces.is_empty());
-        assert!(!me.own_root);
-        assert_eq!(me.seccomp, 0);
+    fn a_child_is_found_and_read_as_it_is() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(children(std::process::id()).contains(&pid));
+        let p = process(pid).unwrap();
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(p.name, "sleep");
+        assert_eq!(p.uids, vec![uid; 4]);
+        assert_eq!((p.seccomp, p.no_new_privs), (0, false));
+        // Not jailed: it shares coved's (here the test's) namespaces and root.
+        assert!(p.own_namespaces.is_empty() && !p.own_root, "{p:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(process(pid).is_none(), "a reaped process is gone");
     }
 }
