@@ -50,7 +50,7 @@ pub(crate) use fsutil::now_ms;
 pub use fsutil::open_untrusted;
 use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
-pub use reconcile::Recovered;
+pub use reconcile::{Recovered, Stored};
 pub use record::ACTOR;
 pub use spec::{CreateSpec, validate, validate_name};
 use supervisor::process_usage;

@@ -252,6 +252,15 @@ pub struct Recovered {
     pub jail_users: usize,
 }
 
+/// What [`Host::store_hibernations`] found.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Hibernations copied into the blob store now.
+    pub copied: Vec<String>,
+    /// Hibernations in the blob store once it ran (copied now or there already).
+    pub present: Vec<String>,
+}
+
 impl Host {
     /// Makes the home agree with itself when coved starts: every record reconciled with its
     /// process, and what an interrupted operation left behind (a process killed in the middle
@@ -380,7 +389,29 @@ impl Host {
                 }
             }
         }
-        out.stored = self.store_hibernations(all).await?;
+        // A wake that finished without its caller: the hibernation is stale (the guest runs
+        // and writes its disk), as the wake itself would have removed it. Stale only when older
+        // than the VM's config, which a wake rewrites as it starts the VM: an idle hibernation
+        // cove-vm has just written (its record not yet settled) is newer.
+        for rec in &all {
+            let layout = rec.layout();
+            let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified());
+            let stale = match (
+                modified(&layout.hibernation().join("manifest.json")),
+                modified(&layout.vm_config()),
+            ) {
+                (Ok(saved), Ok(started)) => saved < started,
+                _ => false,
+            };
+            if rec.state.is_active() && stale {
+                let _ = std::fs::remove_dir_all(layout.hibernation());
+                let _ = self
+                    .blobs
+                    .delete_prefix(&format!("hibernations/{}", rec.id))
+                    .await;
+            }
+        }
+        out.stored = self.store_hibernations(all).await?.copied;
         // Jails of sandboxes that are gone. Looked up one by one: a create by another coved
         // sharing the home records its sandbox before it makes the cgroup.
         // A store that cannot answer keeps everything.
@@ -397,31 +428,21 @@ impl Host {
 
     /// Puts hibernations that stayed local (an idle one a jailed cove-vm saved, or a copy
     /// that was interrupted or failed) in the blob store: any host must be able to resume
-    /// them. Returns the sandboxes stored. coved runs it at start and now and then.
-    pub async fn store_hibernations(
-        &self,
-        all: Vec<SandboxRecord>,
-    ) -> Result<Vec<String>, HostError> {
-        let mut out = Vec::new();
+    /// them. coved runs it at start and every few seconds (remembering which are stored, so a
+    /// hibernation is looked up in the blob store once, not at every pass).
+    pub async fn store_hibernations(&self, all: Vec<SandboxRecord>) -> Result<Stored, HostError> {
+        let mut out = Stored::default();
         for mut rec in all {
-            // A wake that finished without its caller: the hibernation is stale (the guest runs
-            // and writes its disk), as the wake itself would have removed it.
-            if rec.state.is_active() && rec.layout().hibernation().is_dir() {
-                let _ = std::fs::remove_dir_all(rec.layout().hibernation());
-                let _ = self
-                    .blobs
-                    .delete_prefix(&format!("hibernations/{}", rec.id))
-                    .await;
-                continue;
-            }
             if rec.state != SandboxState::Hibernated {
                 continue;
             }
             let layout = rec.layout();
             let key = format!("hibernations/{}", rec.id);
-            if !layout.hibernation().join("manifest.json").is_file()
-                || self.blobs.exists(&format!("{key}/manifest.json")).await
-            {
+            if !layout.hibernation().join("manifest.json").is_file() {
+                continue;
+            }
+            if self.blobs.exists(&format!("{key}/manifest.json")).await {
+                out.present.push(rec.id);
                 continue;
             }
             let has_disk = layout.disk().symlink_metadata().is_ok();
@@ -444,7 +465,8 @@ impl Host {
                     rec.reason = None;
                     self.record_as(&mut rec, &Actor::Reconcile)?;
                 }
-                out.push(rec.id);
+                out.copied.push(rec.id.clone());
+                out.present.push(rec.id);
             }
         }
         Ok(out)

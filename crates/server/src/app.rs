@@ -89,15 +89,41 @@ pub async fn maintain(app: App, event_retention: Duration) {
 /// store — a jailed cove-vm sees no blob store, so the host copies what it saved.
 pub async fn watch_sandboxes(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Hibernations known to be in the blob store, by sandbox and the time its record last
+    // changed (a sandbox hibernated again has a new one): not looked up again.
+    let mut stored: std::collections::HashSet<(String, i64)> = Default::default();
     loop {
         tick.tick().await;
-        match app.host.list() {
-            Ok(all) => {
-                if let Err(e) = app.host.store_hibernations(all).await {
-                    tracing::warn!("storing hibernations: {e}");
+        let all = match app.host.list() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!("listing sandboxes: {e}");
+                continue;
+            }
+        };
+        let hibernated: Vec<_> = all
+            .into_iter()
+            .filter(|r| r.state == cove_api::SandboxState::Hibernated)
+            .collect();
+        stored.retain(|(id, at)| {
+            hibernated
+                .iter()
+                .any(|r| &r.id == id && r.updated_at == *at)
+        });
+        let unknown: Vec<_> = hibernated
+            .iter()
+            .filter(|r| !stored.contains(&(r.id.clone(), r.updated_at)))
+            .cloned()
+            .collect();
+        match app.host.store_hibernations(unknown).await {
+            Ok(s) => {
+                for r in &hibernated {
+                    if s.present.contains(&r.id) {
+                        stored.insert((r.id.clone(), r.updated_at));
+                    }
                 }
             }
-            Err(e) => tracing::warn!("listing sandboxes: {e}"),
+            Err(e) => tracing::warn!("storing hibernations: {e}"),
         }
     }
 }
