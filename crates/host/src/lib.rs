@@ -74,7 +74,16 @@ pub struct Host {
     /// hibernating, removing), with how many: the reconcile leaves their records to those
     /// operations instead of recording what it sees half-way as its own move (or a VM ended on
     /// purpose as a failure).
-    busy: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    busy: std::sync::Mutex<Ops>,
+}
+
+/// The operations of this process under way, by sandbox, and how many began or ended so far
+/// (a reconcile that saw the count move while it read a VM leaves what it read alone: it may be
+/// an operation's doing).
+#[derive(Debug, Default)]
+struct Ops {
+    running: std::collections::HashMap<String, usize>,
+    turns: u64,
 }
 
 /// Marks a sandbox as being changed by an operation of this process until dropped
@@ -87,11 +96,12 @@ pub(crate) struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        let mut busy = self.host.busy.lock().expect("lock");
-        if let Some(n) = busy.get_mut(&self.id) {
+        let mut ops = self.host.busy.lock().expect("lock");
+        ops.turns += 1;
+        if let Some(n) = ops.running.get_mut(&self.id) {
             *n -= 1;
             if *n == 0 {
-                busy.remove(&self.id);
+                ops.running.remove(&self.id);
             }
         }
     }
@@ -227,21 +237,20 @@ impl Host {
 
     /// Marks sandbox `id` as being changed by an operation until the guard is dropped.
     pub(crate) fn busy(&self, id: &str) -> Busy<'_> {
-        *self
-            .busy
-            .lock()
-            .expect("lock")
-            .entry(id.to_string())
-            .or_default() += 1;
+        let mut ops = self.busy.lock().expect("lock");
+        ops.turns += 1;
+        *ops.running.entry(id.to_string()).or_default() += 1;
         Busy {
             host: self,
             id: id.to_string(),
         }
     }
 
-    /// Whether an operation of this process is changing sandbox `id`.
-    pub(crate) fn is_busy(&self, id: &str) -> bool {
-        self.busy.lock().expect("lock").contains_key(id)
+    /// `None` while an operation of this process is changing sandbox `id`; otherwise a mark
+    /// that changes as soon as any operation begins or ends.
+    pub(crate) fn ops_mark(&self, id: &str) -> Option<u64> {
+        let ops = self.busy.lock().expect("lock");
+        (!ops.running.contains_key(id)).then_some(ops.turns)
     }
 
     /// This host with its sandboxes started unjailed from here on, as `COVE_JAIL=off` would

@@ -97,7 +97,11 @@ impl Host {
         rec: &mut SandboxRecord,
         wait_for_owner: bool,
     ) -> Result<(), HostError> {
-        if !rec.state.has_vm() || (wait_for_owner && self.is_busy(&rec.id)) {
+        if !rec.state.has_vm() {
+            return Ok(());
+        }
+        let mark = self.ops_mark(&rec.id);
+        if wait_for_owner && mark.is_none() {
             return Ok(());
         }
         let in_flight = wait_for_owner
@@ -119,6 +123,9 @@ impl Host {
             let Some(st) = live_status(&rec.layout()) else {
                 return Ok(());
             };
+            if !self.still_unowned(rec, wait_for_owner, mark)? {
+                return Ok(());
+            }
             let (state, reason, actor) = match st.state {
                 // cove-vm paused it by itself for its idle policy: take its word.
                 VmState::Paused if st.idle => {
@@ -135,7 +142,11 @@ impl Host {
             }
             return Ok(());
         }
-        let (state, reason, actor) = match vm_end(&rec.layout()) {
+        let end = vm_end(&rec.layout());
+        if !self.still_unowned(rec, wait_for_owner, mark)? {
+            return Ok(());
+        }
+        let (state, reason, actor) = match end {
             Some(VmEnd::Hibernated { idle: true }) => (
                 SandboxState::Hibernated,
                 Some(Reason::Idle),
@@ -205,6 +216,40 @@ impl Host {
         // The guest RAM of a cove-vm killed outright; nothing restores from it.
         let _ = std::fs::remove_dir_all(SandboxDir::guest_ram_dir(&rec.id));
         self.move_to(rec, state, reason, &actor)
+    }
+
+    /// Whether what settle just read of the VM is still settle's to record. An operation of
+    /// this process that began or ended since settle's first look (`mark`: a pause, a resume
+    /// that woke an idle sandbox) may be what the VM now shows, or have made what it showed
+    /// stale: it records its own moves with its own actor, and the next look settles anything
+    /// left. (An operation is marked before it touches the VM and unmarked after it records.)
+    /// The record is read again too: another look may have recorded a move since `rec` was read.
+    fn still_unowned(
+        &self,
+        rec: &mut SandboxRecord,
+        wait_for_owner: bool,
+        mark: Option<u64>,
+    ) -> Result<bool, HostError> {
+        if !wait_for_owner {
+            return Ok(true);
+        }
+        if self.ops_mark(&rec.id) != mark {
+            return Ok(false);
+        }
+        match self.db.find(&rec.id)? {
+            Some(fresh)
+                if fresh.state == rec.state
+                    && fresh.pid == rec.pid
+                    && fresh.updated_at == rec.updated_at =>
+            {
+                Ok(true)
+            }
+            Some(fresh) => {
+                *rec = fresh;
+                Ok(false)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Records a move the process already made. Where the table has no direct move (a VM that
