@@ -213,3 +213,104 @@ fn an_image_disk_that_cannot_be_mounted_fails_the_sandbox_with_the_reason() {
     drop(sb);
     assert!(cove_out(&["image", "rm", &name]).status.success());
 }
+
+/// A root process in the guest freezes the agent (the guest's own cgroup freezer): the host's
+/// deadlines end every call into it with a timeout error — an exec with a 5 s limit, a listing
+/// — the sandbox is reported `unhealthy` with the reason,
+/// in `inspect` and in the event log, and it can be removed; a snapshot taken before restores
+/// into a sandbox that works.
+#[test]
+fn a_guest_that_freezes_its_agent_is_unhealthy_and_holds_no_caller() {
+    let key = cove_tests::api_key(&format!("sick-{}", std::process::id()), "exec");
+    // The deadline for calls that owe an answer at once, short here so the test is quick.
+    let server =
+        cove_tests::Coved::start_with("127.0.0.1:0", &[], &[("COVE_AGENT_DEADLINE_SECS", "8")]);
+    let run = |args: &[&str]| cove_tests::cove_with_key(&server.url, &key, args);
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        cove_tests::text(&o).trim().to_string()
+    };
+    let id = ok(&["create", "--memory", "256"]);
+    let snap = ok(&["snapshot", &id]);
+    let state = || -> serde_json::Value { serde_json::from_str(&ok(&["inspect", &id])).unwrap() };
+    assert_eq!(state()["state"], "running");
+
+    // The agent (PID 1) moved into a frozen group; the shell that did it sleeps on.
+    let freeze = "mkdir -p /sys/fs/cgroup/cove-frz && echo 1 > /sys/fs/cgroup/cove-frz/cgroup.procs \
+                  && echo 1 > /sys/fs/cgroup/cove-frz/cgroup.freeze; sleep 600";
+    let o = run(&["exec", "--timeout", "5", &id, "--", "sh", "-c", freeze]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the sandbox's agent did not answer a command within 10 s"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        cove_tests::wait_until(Duration::from_secs(60), || state()["state"] == "unhealthy"),
+        "{}",
+        state()
+    );
+    let s = state();
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("its agent stopped answering: a command: no answer within 10 s"),
+        "{s}"
+    );
+    // Calls owed at once end at their deadline too.
+    let o = run(&["fs", "ls", &id, "/"]);
+    assert!(
+        stderr(&o).contains("did not answer") && stderr(&o).contains("within 8 s"),
+        "{}",
+        stderr(&o)
+    );
+    // What needs its agent is refused, naming the state.
+    let o = run(&["hibernate", &id]);
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "cove: sandbox {id} is unhealthy: its agent stopped answering"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let events = ok(&["events", "--sandbox", &id, "--json"]);
+    assert!(
+        events.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["state"] == "unhealthy" && e["actor"] == "reconcile"
+        }),
+        "{events}"
+    );
+
+    // What is left to do with it: replace it from its snapshot, remove it.
+    let again = ok(&["create", "--from-snapshot", &snap]);
+    assert_eq!(ok(&["exec", &again, "--", "echo", "back"]), "back");
+    ok(&["rm", "-f", &id]);
+    ok(&["rm", "-f", &again]);
+    ok(&["snapshot", "rm", &snap]);
+}
+
+/// A fork bomb in the guest holds no caller either: its exec, limited to 5 s, ends with the
+/// guest's own timeout or the host's deadline (whichever the bomb lets happen), and the sandbox
+/// can be removed at once.
+#[test]
+fn a_fork_bomb_ends_at_its_time_limit_and_the_sandbox_goes() {
+    let sb = Sandbox::create("busybox", &[]);
+    let o = sb.exec(
+        &["--timeout", "5"],
+        &["sh", "-c", "b() { b | b & }; b; sleep 600"],
+        b"",
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).ends_with("cove: the command timed out and was killed")
+            || stderr(&o).contains("did not answer"),
+        "{:?} {}",
+        o.status,
+        stderr(&o)
+    );
+    let o = cove_out(&["rm", "-f", &sb.id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -94,11 +94,14 @@ async fn file_requests_against_a_directory() {
     assert_eq!(c.stat(&p("a/b/f")).await.unwrap().mode, 0o640);
     // A write into a missing directory without parents fails at once, before any data.
     let e = c
-        .call(&Request::WriteFile {
-            path: p("zz/f"),
-            mode: None,
-            parents: false,
-        })
+        .call(
+            &Request::WriteFile {
+                path: p("zz/f"),
+                mode: None,
+                parents: false,
+            },
+            "a write",
+        )
         .await
         .unwrap_err();
     assert!(
@@ -174,14 +177,17 @@ async fn malformed_frames_are_answered_and_skipped() {
 #[tokio::test]
 async fn freeze_holds_output_until_thaw() {
     let c = pair();
-    assert!(matches!(c.call(&Request::Freeze).await.unwrap(), Reply::Ok));
+    assert!(matches!(
+        c.call(&Request::Freeze, "a freeze").await.unwrap(),
+        Reply::Ok
+    ));
     let c2 = c.clone();
     let health = tokio::spawn(async move { c2.health().await });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!health.is_finished(), "a frozen agent sends nothing");
     // The thaw's own answer and the held one both arrive.
     let c3 = c.clone();
-    let thaw = tokio::spawn(async move { c3.call(&Request::Thaw).await });
+    let thaw = tokio::spawn(async move { c3.call(&Request::Thaw, "a thaw").await });
     assert!(health.await.unwrap().is_ok());
     assert!(matches!(thaw.await.unwrap().unwrap(), Reply::Ok));
 }

@@ -5,9 +5,10 @@
 //! the caller consumes it, so a slow consumer holds at most one window per session in memory.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use cove_protocol::control::{ControlRequest, ControlResponse};
 use cove_protocol::io::{FrameReader, ReadError};
@@ -18,6 +19,119 @@ use cove_protocol::{
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+/// How long the host waits for an answer the agent owes it at once (a stat, a listing, the
+/// start of a process, the next piece of a file): `COVE_AGENT_DEADLINE_SECS`, 30 s by default.
+/// The guest is the untrusted side: nothing it does (a fork bomb, a root process that freezes
+/// the agent) may hold a caller of the host past a deadline.
+pub fn call_deadline() -> Duration {
+    static D: OnceLock<Duration> = OnceLock::new();
+    *D.get_or_init(|| {
+        std::env::var("COVE_AGENT_DEADLINE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map_or(Duration::from_secs(30), Duration::from_secs)
+    })
+}
+
+/// How long past a process's own time limit the host waits for the agent to report its end
+/// (the agent kills it at the limit; the host only steps in when the agent does not).
+pub const EXEC_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a health probe of an agent that missed a deadline waits for its answer.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// When the host stops waiting for one answer, and what it was waiting for.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+    after: Duration,
+    what: &'static str,
+}
+
+impl Deadline {
+    /// `after` from now, for `what`.
+    pub fn after(after: Duration, what: &'static str) -> Self {
+        Self {
+            at: Instant::now() + after,
+            after,
+            what,
+        }
+    }
+
+    /// [`call_deadline`] from now.
+    pub fn call(what: &'static str) -> Self {
+        Self::after(call_deadline(), what)
+    }
+
+    /// The deadline of a process that has a time limit of its own: the limit and
+    /// [`EXEC_GRACE`]. None without a limit (a shell, a server: they run as long as they like).
+    pub fn exec(timeout_ms: Option<u64>) -> Option<Self> {
+        timeout_ms.map(|ms| Self::after(Duration::from_millis(ms) + EXEC_GRACE, "a command"))
+    }
+}
+
+/// The sandboxes whose agent missed a deadline and then a health probe, with what it missed:
+/// the host reports them `unhealthy` when it reconciles, and coved's watcher probes them again
+/// (an answer clears the mark).
+#[derive(Debug, Default, Clone)]
+pub struct Unresponsive(Arc<Mutex<HashMap<String, String>>>);
+
+impl Unresponsive {
+    /// What sandbox `id`'s agent missed, if it is marked.
+    pub fn get(&self, id: &str) -> Option<String> {
+        self.0.lock().expect("lock").get(id).cloned()
+    }
+
+    /// The sandboxes marked.
+    pub fn ids(&self) -> Vec<String> {
+        self.0.lock().expect("lock").keys().cloned().collect()
+    }
+
+    /// Clears sandbox `id`'s mark (its agent answered, or it is gone).
+    pub fn clear(&self, id: &str) {
+        self.0.lock().expect("lock").remove(id);
+    }
+
+    pub(crate) fn mark(&self, id: &str, why: String) {
+        self.0.lock().expect("lock").insert(id.to_string(), why);
+    }
+}
+
+/// Whether the agent behind `socket` answers a health check within [`PROBE_DEADLINE`].
+pub async fn answers(socket: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_DEADLINE, async {
+            AgentClient::connect(socket).await?.health().await
+        })
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// What a client does when one of its deadlines passes: probe the agent, and mark the sandbox
+/// when the probe gets no answer either (a slow command is not a sick agent).
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    pub(crate) id: String,
+    pub(crate) socket: PathBuf,
+    pub(crate) marks: Unresponsive,
+}
+
+impl Watch {
+    fn missed(&self, d: &Deadline) {
+        let w = self.clone();
+        let why = format!("{}: no answer within {} s", d.what, d.after.as_secs());
+        tokio::spawn(async move {
+            if !answers(&w.socket).await {
+                tracing::warn!("sandbox {}: its agent stopped answering ({why})", w.id);
+                w.marks.mark(&w.id, why);
+            }
+        });
+    }
+}
 
 /// What went wrong talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +157,14 @@ pub enum ClientError {
     /// The agent reported an error.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The agent did not answer within the host's deadline.
+    #[error("the sandbox's agent did not answer {what} within {} s", after.as_secs())]
+    Timeout {
+        /// What was asked.
+        what: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
     /// Local I/O (a file being copied).
     #[error("{what}")]
     Io {
@@ -74,6 +196,7 @@ struct Inner {
     out: mpsc::Sender<Vec<u8>>,
     sessions: Mutex<HashMap<u32, Slot>>,
     next: AtomicU32,
+    watch: Mutex<Option<Watch>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -107,10 +230,13 @@ impl AgentClient {
         w.write_all(&req).await.map_err(io)?;
         let mut r = BufReader::new(r);
         let mut line = String::new();
-        (&mut r)
-            .take(64 * 1024)
-            .read_line(&mut line)
+        let d = Deadline::call("the attach");
+        tokio::time::timeout_at(d.at, (&mut r).take(64 * 1024).read_line(&mut line))
             .await
+            .map_err(|_| ClientError::Timeout {
+                what: d.what,
+                after: d.after,
+            })?
             .map_err(io)?;
         match serde_json::from_str::<ControlResponse>(line.trim()) {
             Ok(ControlResponse::Ok { .. }) => {}
@@ -146,6 +272,7 @@ impl AgentClient {
             out,
             sessions: Mutex::default(),
             next: AtomicU32::new(1),
+            watch: Mutex::default(),
         });
         let i = inner.clone();
         tokio::spawn(async move {
@@ -195,6 +322,12 @@ impl AgentClient {
         Self { inner }
     }
 
+    /// Has a missed deadline probe the agent and mark sandbox `id` when it does not answer.
+    pub(crate) fn watch(self, watch: Watch) -> Self {
+        *self.inner.watch.lock().expect("lock") = Some(watch);
+        self
+    }
+
     /// Opens a session by sending its first request.
     pub async fn open(&self, req: &Request) -> Result<Session, ClientError> {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
@@ -217,11 +350,12 @@ impl AgentClient {
         Ok(s)
     }
 
-    /// Runs a request whose only answer is its final reply.
-    pub async fn call(&self, req: &Request) -> Result<Reply, ClientError> {
+    /// Runs a request whose only answer is its final reply, within [`call_deadline`].
+    pub async fn call(&self, req: &Request, what: &'static str) -> Result<Reply, ClientError> {
         let mut s = self.open(req).await?;
+        let d = Deadline::call(what);
         loop {
-            match s.next().await {
+            match s.next_by(&d).await? {
                 Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
                 Some(Event::Reply(r)) if r.is_final() => return Ok(r),
                 Some(_) => {}
@@ -232,17 +366,28 @@ impl AgentClient {
 
     /// Agent health.
     pub async fn health(&self) -> Result<Health, ClientError> {
-        match self.call(&Request::Health).await? {
+        match self.call(&Request::Health, "a health check").await? {
             Reply::Health(h) => Ok(h),
             r => Err(ClientError::Unexpected(format!("{r:?}"))),
         }
     }
 
-    /// Starts a process; returns once it runs.
+    /// Starts a process; returns once it runs. A process with a time limit has a deadline on
+    /// the host too ([`Deadline::exec`]).
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, ClientError> {
+        let deadline = Deadline::exec(req.timeout_ms);
         let mut s = self.open(&Request::Exec(req)).await?;
-        match s.next().await {
-            Some(Event::Reply(Reply::Started { pid })) => Ok(ExecSession { session: s, pid }),
+        // The start is owed at once; a process with a shorter limit than that owes it sooner.
+        let start = match deadline {
+            Some(d) if d.after < call_deadline() => d,
+            _ => Deadline::call("the start of a process"),
+        };
+        match s.next_by(&start).await? {
+            Some(Event::Reply(Reply::Started { pid })) => Ok(ExecSession {
+                session: s,
+                pid,
+                deadline,
+            }),
             Some(Event::Reply(Reply::Error(e))) => Err(e.into()),
             Some(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
             None => Err(ClientError::Closed),
@@ -270,7 +415,7 @@ impl AgentClient {
         }
         let mut out = Output::default();
         loop {
-            match ex.session.next().await {
+            match ex.next().await? {
                 Some(Event::Data(Stream::Stderr, b)) => out.stderr.extend(b),
                 Some(Event::Data(_, b)) => out.stdout.extend(b),
                 Some(Event::Eof(_)) => {}
@@ -293,7 +438,8 @@ impl AgentClient {
     ) -> Result<u64, ClientError> {
         let mut s = self.open(&Request::ReadFile { path: path.into() }).await?;
         loop {
-            match s.next().await {
+            // Each piece within the deadline: a large file takes as long as it takes.
+            match s.next_by(&Deadline::call("a file's content")).await? {
                 Some(Event::Data(_, b)) => {
                     to.write_all(&b).await.map_err(|source| ClientError::Io {
                         what: "writing the copy".into(),
@@ -346,19 +492,22 @@ impl AgentClient {
             if n == 0 {
                 break;
             }
+            // The agent grants credit as it writes: none within the deadline, and it is stuck.
+            let d = Deadline::call("a file's content");
             tokio::select! {
                 r = sender.data(Stream::Stdin, buf[..n].to_vec()) => r?,
                 ev = s.rx.recv() => return finish_write(ev, &mut s).await,
+                () = tokio::time::sleep_until(d.at) => return Err(s.missed(&d).await),
             }
         }
         sender.eof(Stream::Stdin).await?;
-        let ev = s.rx.recv().await;
+        let ev = s.next_by(&Deadline::call("the end of a file")).await?;
         finish_write(ev, &mut s).await
     }
 
     /// Every process of the guest, by pid.
     pub async fn processes(&self) -> Result<Vec<cove_protocol::ProcessInfo>, ClientError> {
-        match self.call(&Request::Processes).await? {
+        match self.call(&Request::Processes, "the process list").await? {
             Reply::Processes { processes } => Ok(processes),
             r => Err(ClientError::Unexpected(format!("{r:?}"))),
         }
@@ -366,12 +515,17 @@ impl AgentClient {
 
     /// Sends `signal` to one process of the guest.
     pub async fn kill(&self, pid: u32, signal: i32) -> Result<(), ClientError> {
-        self.call(&Request::Kill { pid, signal }).await.map(drop)
+        self.call(&Request::Kill { pid, signal }, "a signal")
+            .await
+            .map(drop)
     }
 
     /// `stat` of a path (not following a final symlink).
     pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
-        match self.call(&Request::Stat { path: path.into() }).await? {
+        match self
+            .call(&Request::Stat { path: path.into() }, "a stat")
+            .await?
+        {
             Reply::Stat(s) => Ok(s),
             r => Err(ClientError::Unexpected(format!("{r:?}"))),
         }
@@ -379,7 +533,10 @@ impl AgentClient {
 
     /// Entries of a directory.
     pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
-        match self.call(&Request::List { path: path.into() }).await? {
+        match self
+            .call(&Request::List { path: path.into() }, "a directory listing")
+            .await?
+        {
             Reply::Entries { entries } => Ok(entries),
             r => Err(ClientError::Unexpected(format!("{r:?}"))),
         }
@@ -387,31 +544,40 @@ impl AgentClient {
 
     /// Creates a directory (`parents`: like `mkdir -p`).
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), ClientError> {
-        self.call(&Request::Mkdir {
-            path: path.into(),
-            parents,
-            mode: None,
-        })
+        self.call(
+            &Request::Mkdir {
+                path: path.into(),
+                parents,
+                mode: None,
+            },
+            "a mkdir",
+        )
         .await
         .map(drop)
     }
 
     /// Removes a path (`recursive` for a directory with content).
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
-        self.call(&Request::Remove {
-            path: path.into(),
-            recursive,
-        })
+        self.call(
+            &Request::Remove {
+                path: path.into(),
+                recursive,
+            },
+            "a removal",
+        )
         .await
         .map(drop)
     }
 
     /// Renames a path.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
-        self.call(&Request::Rename {
-            from: from.into(),
-            to: to.into(),
-        })
+        self.call(
+            &Request::Rename {
+                from: from.into(),
+                to: to.into(),
+            },
+            "a rename",
+        )
         .await
         .map(drop)
     }
@@ -433,7 +599,7 @@ async fn finish_write(ev: Option<Event>, s: &mut Session) -> Result<u64, ClientE
             Some(Event::Reply(Reply::Done { bytes })) => return Ok(bytes),
             Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
             Some(Event::Reply(r)) => return Err(ClientError::Unexpected(format!("{r:?}"))),
-            Some(_) => ev = s.rx.recv().await,
+            Some(_) => ev = s.next_by(&Deadline::call("the end of a file")).await?,
             None => return Err(ClientError::Closed),
         }
     }
@@ -541,6 +707,35 @@ impl Session {
         }
         Some(ev)
     }
+
+    /// [`Session::next`] by deadline `d`: past it, the session is cancelled (the agent kills
+    /// what it started, if it still listens), the agent probed, and the caller gets
+    /// [`ClientError::Timeout`]. `Ok(None)` when the connection is gone.
+    pub async fn next_by(&mut self, d: &Deadline) -> Result<Option<Event>, ClientError> {
+        match tokio::time::timeout_at(d.at, self.next()).await {
+            Ok(ev) => Ok(ev),
+            Err(_) => Err(self.missed(d).await),
+        }
+    }
+
+    async fn missed(&mut self, d: &Deadline) -> ClientError {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.send(cove_protocol::msg_frame(self.id, &Request::Cancel)),
+        )
+        .await;
+        if let Some(s) = self.inner.sessions.lock().expect("lock").remove(&self.id) {
+            s.credit.close();
+        }
+        let watch = self.inner.watch.lock().expect("lock").clone();
+        if let Some(w) = watch {
+            w.missed(d);
+        }
+        ClientError::Timeout {
+            what: d.what,
+            after: d.after,
+        }
+    }
 }
 
 /// A running process.
@@ -550,6 +745,18 @@ pub struct ExecSession {
     pub session: Session,
     /// Its pid in the guest.
     pub pid: u32,
+    /// The host's deadline for its end, when it has a time limit.
+    deadline: Option<Deadline>,
+}
+
+impl ExecSession {
+    /// Its next event, within its deadline when it has one (see [`Session::next_by`]).
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        match &self.deadline {
+            Some(d) => self.session.next_by(d).await,
+            None => Ok(self.session.next().await),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +795,36 @@ mod tests {
         );
         bw.write_all(&bad).await.unwrap();
         assert_eq!(call.await.unwrap().unwrap(), st);
+    }
+
+    /// A silent agent holds a session only until its deadline: the caller gets a timeout, and
+    /// the agent is told to cancel the session.
+    #[tokio::test]
+    async fn a_silent_agent_times_out_and_the_session_is_cancelled() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (ar, aw) = tokio::io::split(a);
+        let client = AgentClient::over(ar, aw);
+        let mut s = client.open(&Request::Health).await.unwrap();
+        let e = s
+            .next_by(&Deadline::after(Duration::from_millis(50), "a test"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the sandbox's agent did not answer a test within 0 s"
+        );
+        let (br, _bw) = tokio::io::split(b);
+        let mut fr = FrameReader::new(br);
+        let first = fr.next().await.unwrap().unwrap();
+        let cancel = fr.next().await.unwrap().unwrap();
+        assert_eq!(cancel.session, first.session);
+        let FrameBody::Msg(json) = cancel.body else {
+            panic!("{cancel:?}")
+        };
+        assert!(matches!(
+            cove_protocol::decode_msg::<Request>(&json).unwrap(),
+            Request::Cancel
+        ));
     }
 
     /// The sandbox closing mid-session ends the session with an error, never a hang.

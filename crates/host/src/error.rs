@@ -100,6 +100,17 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// An operation that needs the guest's agent (a snapshot freezes it) failed, and the agent
+    /// does not answer a probe either: the guest is at fault, the sandbox is now `unhealthy`.
+    #[error("sandbox {id} is {state} but its agent does not answer: {reason}")]
+    GuestUnresponsive {
+        /// The sandbox.
+        id: String,
+        /// Its state when the operation began.
+        state: cove_model::SandboxState,
+        /// What failed.
+        reason: String,
+    },
     /// The image is needed by sandboxes or snapshots.
     #[error("image {image} is in use by {users}; remove them first")]
     ImageInUse {

@@ -75,6 +75,8 @@ pub struct Host {
     /// operations instead of recording what it sees half-way as its own move (or a VM ended on
     /// purpose as a failure).
     busy: std::sync::Mutex<Ops>,
+    /// Sandboxes whose agent stopped answering (reported `unhealthy`).
+    unresponsive: agent::Unresponsive,
 }
 
 /// The operations of this process under way, by sandbox, and how many began or ended so far
@@ -135,6 +137,7 @@ impl Host {
             blobs,
             jail: jail::Jails::from_env(home),
             busy: Default::default(),
+            unresponsive: Default::default(),
         })
     }
 
@@ -276,7 +279,9 @@ impl Host {
         self.jail.report(&cfg, pid)
     }
 
-    /// A client of a running sandbox's agent.
+    /// A client of a running sandbox's agent. Its calls have deadlines; one missed, and the
+    /// agent's silence confirmed by a probe, marks the sandbox `unhealthy` (an `unhealthy`
+    /// sandbox is still tried: an answer is what brings it back).
     pub async fn connect(&self, key: &str) -> Result<AgentClient, HostError> {
         let mut rec = self.get(key)?;
         // A sandbox the idle policy put away comes back on the next request.
@@ -285,14 +290,46 @@ impl Host {
         {
             rec = self.resume(&rec.id).await?;
         }
-        if rec.state != SandboxState::Running {
+        if !matches!(rec.state, SandboxState::Running | SandboxState::Unhealthy) {
             return Err(HostError::NotRunning {
                 id: rec.id,
                 state: rec.state,
                 reason: rec.reason,
             });
         }
-        Ok(AgentClient::connect(Path::new(&rec.socket)).await?)
+        let watch = agent::Watch {
+            id: rec.id.clone(),
+            socket: PathBuf::from(&rec.socket),
+            marks: self.unresponsive.clone(),
+        };
+        match AgentClient::connect(&watch.socket).await {
+            Ok(c) => Ok(c.watch(watch)),
+            Err(e) => {
+                if matches!(e, ClientError::Timeout { .. }) && !agent::answers(&watch.socket).await
+                {
+                    self.unresponsive.mark(&rec.id, e.to_string());
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Probes every sandbox marked unresponsive again; those whose agent answers are marked no
+    /// more (and reconcile back to `running`). coved's watcher calls it every few seconds.
+    pub async fn probe_unresponsive(&self) {
+        for id in self.unresponsive.ids() {
+            let socket = match self.db.find(&id) {
+                Ok(Some(rec)) if rec.state.has_vm() => PathBuf::from(rec.socket),
+                Ok(Some(_) | None) => {
+                    self.unresponsive.clear(&id);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if agent::answers(&socket).await {
+                self.unresponsive.clear(&id);
+            }
+        }
     }
 
     /// The image a sandbox was created from.

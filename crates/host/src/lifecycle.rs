@@ -474,13 +474,28 @@ impl Host {
         rec: &SandboxRecord,
         req: &ControlRequest,
     ) -> Result<(), HostError> {
-        control(Path::new(&rec.socket), req, None)
-            .await
-            .map(drop)
-            .map_err(|reason| HostError::Operation {
+        let Err(reason) = control(Path::new(&rec.socket), req, None).await else {
+            return Ok(());
+        };
+        // Whose fault: a guest whose agent is silent (it did not freeze for a snapshot) is
+        // marked unresponsive; anything else is the host's.
+        if matches!(
+            req,
+            ControlRequest::Snapshot { .. } | ControlRequest::Hibernate { .. }
+        ) && rec.pid.is_some_and(vm_alive)
+            && !crate::agent::answers(Path::new(&rec.socket)).await
+        {
+            self.unresponsive.mark(&rec.id, reason.clone());
+            return Err(HostError::GuestUnresponsive {
                 id: rec.id.clone(),
+                state: rec.state,
                 reason,
-            })
+            });
+        }
+        Err(HostError::Operation {
+            id: rec.id.clone(),
+            reason,
+        })
     }
 
     /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
@@ -499,6 +514,7 @@ impl Host {
             .await;
         // Its cgroup, guest RAM (of a cove-vm killed outright) and user.
         self.jail.removed(&rec.id);
+        self.unresponsive.clear(&rec.id);
         crate::fault::point("delete.killed");
         // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
         let dir = &self.home.join("sandboxes").join(&rec.id);

@@ -132,6 +132,19 @@ impl Host {
                     (SandboxState::Paused, Some(Reason::Idle), Actor::IdlePolicy)
                 }
                 VmState::Paused => (SandboxState::Paused, None, Actor::Reconcile),
+                // Its agent missed a deadline and a probe: unhealthy until it answers again.
+                VmState::Running
+                    if matches!(rec.state, SandboxState::Running | SandboxState::Unhealthy) =>
+                {
+                    match self.unresponsive.get(&rec.id) {
+                        Some(why) => (
+                            SandboxState::Unhealthy,
+                            Some(Reason::Unresponsive(why)),
+                            Actor::Reconcile,
+                        ),
+                        None => (SandboxState::Running, None, Actor::Reconcile),
+                    }
+                }
                 // `creating`/`resuming` whose caller went away (an interrupted CLI) but whose
                 // VM came up are running sandboxes; so is a hibernation that did not happen.
                 VmState::Running => (SandboxState::Running, None, Actor::Reconcile),

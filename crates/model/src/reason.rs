@@ -27,6 +27,8 @@ pub enum Reason {
     /// The host was interrupted in the middle of an operation on it (coved or the CLI killed),
     /// and reconciled what it found.
     Interrupted(String),
+    /// Its agent did not answer a call of the host's within the call's deadline.
+    Unresponsive(String),
 }
 
 impl Reason {
@@ -42,6 +44,7 @@ impl Reason {
             Self::ResumeFailed(_) => "resume_failed",
             Self::NotStored(_) => "not_stored",
             Self::Interrupted(_) => "interrupted",
+            Self::Unresponsive(_) => "unresponsive",
         }
     }
 
@@ -53,7 +56,8 @@ impl Reason {
             | Self::Crashed(d)
             | Self::ResumeFailed(d)
             | Self::NotStored(d)
-            | Self::Interrupted(d) => Some(d),
+            | Self::Interrupted(d)
+            | Self::Unresponsive(d) => Some(d),
         }
     }
 
@@ -70,6 +74,7 @@ impl Reason {
             "resume_failed" => Self::ResumeFailed(d()),
             "not_stored" => Self::NotStored(d()),
             "interrupted" => Self::Interrupted(d()),
+            "unresponsive" => Self::Unresponsive(d()),
             _ => {
                 return Err(ParseError {
                     what: "reason",
@@ -94,6 +99,7 @@ impl fmt::Display for Reason {
             Self::ResumeFailed(d) => write!(f, "resume failed: {d}"),
             Self::NotStored(d) => write!(f, "not in the blob store: {d}"),
             Self::Interrupted(d) => write!(f, "interrupted: {d}"),
+            Self::Unresponsive(d) => write!(f, "its agent stopped answering: {d}"),
         }
     }
 }
@@ -121,6 +127,7 @@ mod tests {
             Reason::ResumeFailed("bad manifest".into()),
             Reason::NotStored("disk full".into()),
             Reason::Interrupted("coved was killed while creating it".into()),
+            Reason::Unresponsive("exec: no answer within 10s".into()),
         ] {
             let back = Reason::from_parts(r.kind(), r.detail().map(str::to_string)).unwrap();
             assert_eq!(back, r);

@@ -34,11 +34,15 @@ pub enum SandboxState {
     Stopped,
     /// It could not start, or its VM ended unexpectedly; the reason says why.
     Failed,
+    /// Its VM runs but its agent stopped answering the host in time (a hostile or wedged
+    /// guest); the reason names the call. It goes back to `running` when the agent answers
+    /// again, and can be stopped, removed, or replaced by a sandbox restored from a snapshot.
+    Unhealthy,
 }
 
 impl SandboxState {
     /// Every state, in the order above (for tests and metrics).
-    pub const ALL: [SandboxState; 8] = [
+    pub const ALL: [SandboxState; 9] = [
         Self::Creating,
         Self::Running,
         Self::Paused,
@@ -47,6 +51,7 @@ impl SandboxState {
         Self::Resuming,
         Self::Stopped,
         Self::Failed,
+        Self::Unhealthy,
     ];
 
     /// The name on the wire and in the store.
@@ -60,6 +65,7 @@ impl SandboxState {
             Self::Resuming => "resuming",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
+            Self::Unhealthy => "unhealthy",
         }
     }
 
@@ -68,7 +74,12 @@ impl SandboxState {
     pub fn has_vm(self) -> bool {
         matches!(
             self,
-            Self::Creating | Self::Running | Self::Paused | Self::Hibernating | Self::Resuming
+            Self::Creating
+                | Self::Running
+                | Self::Paused
+                | Self::Hibernating
+                | Self::Resuming
+                | Self::Unhealthy
         )
     }
 
@@ -96,6 +107,8 @@ impl SandboxState {
             // A start ends running, or failed (the reason says why).
             (Creating, Running | Failed | Stopped) => true,
             (Running, Paused) | (Paused, Running) => true,
+            // Its agent stopped answering in time, or answers again.
+            (Running, Unhealthy) | (Unhealthy, Running) => true,
             (Running | Paused, Hibernating) => true,
             // A hibernation that failed leaves the sandbox as it was.
             (Hibernating, Hibernated | Running | Paused) => true,
@@ -216,7 +229,15 @@ mod tests {
             (Creating, &[Creating, Running, Stopped, Failed]),
             (
                 Running,
-                &[Running, Paused, Hibernating, Hibernated, Stopped, Failed],
+                &[
+                    Running,
+                    Paused,
+                    Hibernating,
+                    Hibernated,
+                    Stopped,
+                    Failed,
+                    Unhealthy,
+                ],
             ),
             (
                 Paused,
@@ -230,6 +251,7 @@ mod tests {
             (Resuming, &[Resuming, Running, Hibernated, Stopped, Failed]),
             (Stopped, &[Stopped]),
             (Failed, &[Failed]),
+            (Unhealthy, &[Unhealthy, Running, Stopped, Failed]),
         ];
         assert_eq!(allowed.len(), SandboxState::ALL.len());
         for (from, tos) in allowed {

@@ -94,6 +94,8 @@ pub async fn watch_sandboxes(app: App) {
     let mut stored: std::collections::HashSet<(String, i64)> = Default::default();
     loop {
         tick.tick().await;
+        // Sandboxes whose agent stopped answering: those that answer again are running again.
+        app.host.probe_unresponsive().await;
         let all = match app.host.list() {
             Ok(all) => all,
             Err(e) => {

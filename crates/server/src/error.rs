@@ -72,9 +72,9 @@ impl From<HostError> for ApiError {
             HostError::State(StateError::OverQuota { .. }) => {
                 (S::TOO_MANY_REQUESTS, "quota_exceeded")
             }
-            HostError::MissingAsset { .. } | HostError::Engine(_) => {
-                (S::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            HostError::MissingAsset { .. }
+            | HostError::Engine(_)
+            | HostError::GuestUnresponsive { .. } => (S::SERVICE_UNAVAILABLE, "unavailable"),
             HostError::Client(c) => return client_error(c, message),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -103,6 +103,11 @@ fn client_error(c: &ClientError, message: String) -> ApiError {
             };
             // With the path it concerns, when there is one (`/root/x: not found`).
             ApiError::new(status, code, a.to_string())
+        }
+        // The guest did not answer in time: the host gave up waiting (and may now report the
+        // sandbox `unhealthy`).
+        ClientError::Timeout { .. } => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
         }
         _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
     }

@@ -121,7 +121,7 @@ async fn run(
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (mut out_cut, mut err_cut) = (false, false);
     loop {
-        match ex.session.next().await {
+        match ex.next().await? {
             Some(Event::Data(stream, b)) => {
                 let (buf, cut) = if stream == Stream::Stderr {
                     (&mut err, &mut err_cut)

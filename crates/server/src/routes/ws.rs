@@ -108,7 +108,7 @@ async fn session(
     let mut stdin_open = start.stdin;
     loop {
         tokio::select! {
-            ev = ex.session.next() => match ev {
+            ev = ex.next() => match ev? {
                 Some(Event::Data(stream, b)) => {
                     let mut m = Vec::with_capacity(b.len() + 1);
                     m.push(if stream == Stream::Stderr { 2 } else { 1 });
