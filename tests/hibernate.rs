@@ -623,3 +623,43 @@ fn a_paused_sandbox_can_be_snapshotted_forked_and_hibernated() {
     );
     ok(&cove_out(&["snapshot", "rm", &snap]));
 }
+
+/// A byte of a snapshot changed in place with its modification time put back (what a careful
+/// tamperer does, and what an mtime-keyed check missed) is refused at the next restore: the
+/// remembered check is keyed on the change time too, which cannot be put back. Before the
+/// tamper, the sealed snapshot's remembered check is current (its restores hash nothing).
+#[test]
+fn a_tamper_that_keeps_the_mtime_is_refused() {
+    let src = Sandbox::create("busybox", &[]);
+    let snap = ok(&cove_out(&["snapshot", &src.id])).trim().to_string();
+    let dir = cove_tests::home().join("snapshots").join(&snap);
+    assert!(
+        cove_store::verified::current(&dir, "memory").is_some(),
+        "sealing kept the snapshot's check"
+    );
+    let restored = Sandbox {
+        id: ok(&cove_out(&["create", "--from-snapshot", &snap]))
+            .trim()
+            .to_string(),
+    };
+    assert_eq!(ok(&restored.exec(&[], &["echo", "ok"], b"")), "ok\n");
+
+    let memory = dir.join("memory");
+    let mtime = std::fs::metadata(&memory).unwrap().modified().unwrap();
+    flip(&memory, first_non_zero(&memory), 0x01);
+    std::fs::File::options()
+        .write(true)
+        .open(&memory)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&memory).unwrap().modified().unwrap(),
+        mtime
+    );
+    let o = cove_out(&["create", "--from-snapshot", &snap]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("corrupted"), "{err}");
+    ok(&cove_out(&["snapshot", "rm", &snap]));
+}

@@ -302,6 +302,17 @@ impl Jails {
     /// stores or restores the snapshot). The directory is taken first, so the jail can add
     /// nothing while its entries are checked.
     pub(crate) fn seal(dir: &Path) -> Result<(), HostError> {
+        // Sealing changes the files' change time, which their remembered checks are keyed on:
+        // what was checked before is re-keyed, and the record rewritten is the host's too.
+        cove_store::verified::rekey(dir, || Self::seal_files(dir))?;
+        let record = dir.join("verified.json");
+        if record.symlink_metadata().is_ok() {
+            own(&record, 0, 0, 0o444)?;
+        }
+        Ok(())
+    }
+
+    fn seal_files(dir: &Path) -> Result<(), HostError> {
         use std::os::unix::fs::MetadataExt;
         let refuse = |what: String| HostError::Io {
             what: "sealing a snapshot",

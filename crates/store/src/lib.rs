@@ -14,6 +14,8 @@
 //! (all little-endian). Integrity is not this layer's job: the snapshot manifest's checksums are
 //! verified by the engine before anything is restored.
 
+pub mod verified;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;

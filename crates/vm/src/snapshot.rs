@@ -178,20 +178,7 @@ pub fn host_cpu_flags() -> Vec<String> {
     flags
 }
 
-/// What identifies a file's content on this host without reading it: a file changed in place
-/// gets a new size or modification time, a replaced one a new inode.
-pub fn identity(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(format!(
-        "{}:{}:{}:{}.{}",
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
-}
+pub use cove_store::verified::{identity, remember};
 
 /// Whether `snap/name` was checked against `want` on this host and has not changed since. A
 /// template is restored by every create of its image: hashing its memory each time would cost
@@ -199,16 +186,8 @@ pub fn identity(path: &Path) -> Option<String> {
 /// several times that without), so a check is remembered in `snap/verified.json`, keyed by the
 /// file's identity and its sum. Both engines use it.
 pub fn verified_before(snap: &Path, name: &str, want: &FileSum) -> bool {
-    let Ok(bytes) = std::fs::read(snap.join("verified.json")) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return false;
-    };
-    let entry = &v[name];
-    identity(&snap.join(name)).is_some_and(|id| entry["identity"] == id.as_str())
-        && entry["sha256"] == want.sha256.as_str()
-        && entry["size"] == want.size
+    cove_store::verified::current(snap, name)
+        .is_some_and(|e| e["sha256"] == want.sha256.as_str() && e["size"] == want.size)
 }
 
 /// Records that `snap/name` matched `sum` (best effort: a failed write only costs a new check).
@@ -247,21 +226,6 @@ pub fn accept(
     }
     remember_verified(snap, name, got);
     Ok(())
-}
-
-/// Sets `key` in `snap/verified.json` (best effort, replaced atomically).
-pub fn remember(snap: &Path, key: &str, value: serde_json::Value) {
-    let path = snap.join("verified.json");
-    let mut v: serde_json::Value = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(serde_json::Value::is_object)
-        .unwrap_or_else(|| serde_json::json!({}));
-    v[key] = value;
-    let tmp = snap.join(format!("verified.json.{}", std::process::id()));
-    if std::fs::write(&tmp, v.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, &path);
-    }
 }
 
 /// Size of the pages the sparse sum and copy work in.
