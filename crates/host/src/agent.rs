@@ -274,7 +274,10 @@ impl AgentClient {
             next: AtomicU32::new(1),
             watch: Mutex::default(),
         });
-        let i = inner.clone();
+        // The reader holds the client weakly: once every handle and session is dropped, `out`
+        // goes, the writer ends and shuts its half, cove-vm closes, and the reader sees the end
+        // (a strong hold kept each dropped client's connection open for the connection's life).
+        let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let mut reader = FrameReader::new(reader);
             loop {
@@ -285,6 +288,9 @@ impl AgentClient {
                         tracing::warn!("dropped a bad frame from the sandbox: {e}");
                         continue;
                     }
+                };
+                let Some(i) = weak.upgrade() else {
+                    break;
                 };
                 let mut sessions = i.sessions.lock().expect("lock");
                 let Some(slot) = sessions.get(&f.session) else {
@@ -315,8 +321,10 @@ impl AgentClient {
                     s.credit.close();
                 }
             }
-            for (_, s) in i.sessions.lock().expect("lock").drain() {
-                s.credit.close();
+            if let Some(i) = weak.upgrade() {
+                for (_, s) in i.sessions.lock().expect("lock").drain() {
+                    s.credit.close();
+                }
             }
         });
         Self { inner }
@@ -375,18 +383,19 @@ impl AgentClient {
     /// Starts a process; returns once it runs. A process with a time limit has a deadline on
     /// the host too ([`Deadline::exec`]).
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, ClientError> {
-        let deadline = Deadline::exec(req.timeout_ms);
+        let timeout_ms = req.timeout_ms;
         let mut s = self.open(&Request::Exec(req)).await?;
         // The start is owed at once; a process with a shorter limit than that owes it sooner.
-        let start = match deadline {
+        let start = match Deadline::exec(timeout_ms) {
             Some(d) if d.after < call_deadline() => d,
             _ => Deadline::call("the start of a process"),
         };
         match s.next_by(&start).await? {
+            // The agent's clock for the limit starts with the process: so does the host's.
             Some(Event::Reply(Reply::Started { pid })) => Ok(ExecSession {
                 session: s,
                 pid,
-                deadline,
+                deadline: Deadline::exec(timeout_ms),
             }),
             Some(Event::Reply(Reply::Error(e))) => Err(e.into()),
             Some(other) => Err(ClientError::Unexpected(format!("{other:?}"))),

@@ -106,7 +106,7 @@ pub enum HostError {
     GuestUnresponsive {
         /// The sandbox.
         id: String,
-        /// Its state when the operation began.
+        /// The state of its VM when the agent was probed.
         state: cove_model::SandboxState,
         /// What failed.
         reason: String,

@@ -79,12 +79,15 @@ pub struct Host {
     unresponsive: agent::Unresponsive,
 }
 
-/// The operations of this process under way, by sandbox, and how many began or ended so far
-/// (a reconcile that saw the count move while it read a VM leaves what it read alone: it may be
-/// an operation's doing).
+/// The operations of this process, by sandbox: how many are under way, and how many began or
+/// ended so far (a reconcile that saw either move while it read the sandbox's VM leaves what it
+/// read alone: it may be an operation's doing). An entry goes with its sandbox.
 #[derive(Debug, Default)]
-struct Ops {
-    running: std::collections::HashMap<String, usize>,
+struct Ops(std::collections::HashMap<String, OpCount>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct OpCount {
+    running: usize,
     turns: u64,
 }
 
@@ -99,12 +102,9 @@ pub(crate) struct Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         let mut ops = self.host.busy.lock().expect("lock");
-        ops.turns += 1;
-        if let Some(n) = ops.running.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                ops.running.remove(&self.id);
-            }
+        if let Some(c) = ops.0.get_mut(&self.id) {
+            c.running = c.running.saturating_sub(1);
+            c.turns += 1;
         }
     }
 }
@@ -241,8 +241,9 @@ impl Host {
     /// Marks sandbox `id` as being changed by an operation until the guard is dropped.
     pub(crate) fn busy(&self, id: &str) -> Busy<'_> {
         let mut ops = self.busy.lock().expect("lock");
-        ops.turns += 1;
-        *ops.running.entry(id.to_string()).or_default() += 1;
+        let c = ops.0.entry(id.to_string()).or_default();
+        c.running += 1;
+        c.turns += 1;
         Busy {
             host: self,
             id: id.to_string(),
@@ -250,10 +251,22 @@ impl Host {
     }
 
     /// `None` while an operation of this process is changing sandbox `id`; otherwise a mark
-    /// that changes as soon as any operation begins or ends.
+    /// that changes as soon as an operation on it begins or ends.
     pub(crate) fn ops_mark(&self, id: &str) -> Option<u64> {
-        let ops = self.busy.lock().expect("lock");
-        (!ops.running.contains_key(id)).then_some(ops.turns)
+        let c = self
+            .busy
+            .lock()
+            .expect("lock")
+            .0
+            .get(id)
+            .copied()
+            .unwrap_or_default();
+        (c.running == 0).then_some(c.turns)
+    }
+
+    /// Forgets sandbox `id`'s operations (it is removed).
+    pub(crate) fn forget_ops(&self, id: &str) {
+        self.busy.lock().expect("lock").0.remove(id);
     }
 
     /// This host with its sandboxes started unjailed from here on, as `COVE_JAIL=off` would
@@ -314,20 +327,48 @@ impl Host {
         }
     }
 
-    /// Probes every sandbox marked unresponsive again; those whose agent answers are marked no
-    /// more (and reconcile back to `running`). coved's watcher calls it every few seconds.
+    /// Probes again every sandbox marked unresponsive here or recorded `unhealthy` (by a coved
+    /// before a restart, say), all at once: one whose agent answers is marked no more and
+    /// recorded `running`; one recorded `unhealthy` that does not answer is marked here too.
+    /// coved's watcher calls it every few seconds.
     pub async fn probe_unresponsive(&self) {
-        for id in self.unresponsive.ids() {
-            let socket = match self.db.find(&id) {
-                Ok(Some(rec)) if rec.state.has_vm() => PathBuf::from(rec.socket),
-                Ok(Some(_) | None) => {
-                    self.unresponsive.clear(&id);
-                    continue;
+        let mut ids = self.unresponsive.ids();
+        if let Ok(all) = self.db.list() {
+            for r in all {
+                if r.state == SandboxState::Unhealthy && !ids.contains(&r.id) {
+                    ids.push(r.id);
                 }
-                Err(_) => continue,
-            };
-            if agent::answers(&socket).await {
-                self.unresponsive.clear(&id);
+            }
+        }
+        let mut probes = tokio::task::JoinSet::new();
+        for id in ids {
+            match self.db.find(&id) {
+                Ok(Some(rec)) if rec.state.has_vm() => {
+                    probes.spawn(async move {
+                        let answers = agent::answers(Path::new(&rec.socket)).await;
+                        (rec, answers)
+                    });
+                }
+                Ok(Some(_) | None) => self.unresponsive.clear(&id),
+                Err(_) => {}
+            }
+        }
+        while let Some(Ok((mut rec, answers))) = probes.join_next().await {
+            if answers {
+                self.unresponsive.clear(&rec.id);
+                if rec.state == SandboxState::Unhealthy {
+                    rec.state = SandboxState::Running;
+                    rec.reason = None;
+                    if let Err(e) = self.record_as(&mut rec, &cove_model::Actor::Reconcile) {
+                        tracing::warn!("sandbox {}: {e}", rec.id);
+                    }
+                }
+            } else if self.unresponsive.get(&rec.id).is_none() {
+                let why = match &rec.reason {
+                    Some(Reason::Unresponsive(w)) => w.clone(),
+                    _ => "no answer to a health check".into(),
+                };
+                self.unresponsive.mark(&rec.id, why);
             }
         }
     }

@@ -479,16 +479,19 @@ impl Host {
         };
         // Whose fault: a guest whose agent is silent (it did not freeze for a snapshot) is
         // marked unresponsive; anything else is the host's.
+        // (Only a VM left running can answer a probe: a paused one stays paused.)
         if matches!(
             req,
             ControlRequest::Snapshot { .. } | ControlRequest::Hibernate { .. }
         ) && rec.pid.is_some_and(vm_alive)
+            && crate::supervisor::live_status(&rec.layout())
+                .is_some_and(|st| st.state == cove_protocol::control::VmState::Running)
             && !crate::agent::answers(Path::new(&rec.socket)).await
         {
             self.unresponsive.mark(&rec.id, reason.clone());
             return Err(HostError::GuestUnresponsive {
                 id: rec.id.clone(),
-                state: rec.state,
+                state: SandboxState::Running,
                 reason,
             });
         }
@@ -514,7 +517,6 @@ impl Host {
             .await;
         // Its cgroup, guest RAM (of a cove-vm killed outright) and user.
         self.jail.removed(&rec.id);
-        self.unresponsive.clear(&rec.id);
         crate::fault::point("delete.killed");
         // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
         let dir = &self.home.join("sandboxes").join(&rec.id);
@@ -526,6 +528,10 @@ impl Host {
         }
         crate::fault::point("delete.removed");
         self.db.delete(&rec.id, &current_actor())?;
+        // Only now: until the record is gone, this removal is the sandbox's operation (a look
+        // at it meanwhile would record the VM it killed as a failure).
+        self.unresponsive.clear(&rec.id);
+        self.forget_ops(&rec.id);
         Ok(rec)
     }
 

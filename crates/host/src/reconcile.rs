@@ -132,10 +132,11 @@ impl Host {
                     (SandboxState::Paused, Some(Reason::Idle), Actor::IdlePolicy)
                 }
                 VmState::Paused => (SandboxState::Paused, None, Actor::Reconcile),
-                // Its agent missed a deadline and a probe: unhealthy until it answers again.
-                VmState::Running
-                    if matches!(rec.state, SandboxState::Running | SandboxState::Unhealthy) =>
-                {
+                // Its agent missed a deadline and a probe: unhealthy until a probe gets an answer
+                // (which records the way back: a process that has no mark of its own, a coved
+                // just restarted or the CLI, leaves an `unhealthy` record as it is).
+                VmState::Running if rec.state == SandboxState::Unhealthy => return Ok(()),
+                VmState::Running if rec.state == SandboxState::Running => {
                     match self.unresponsive.get(&rec.id) {
                         Some(why) => (
                             SandboxState::Unhealthy,
