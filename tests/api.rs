@@ -2491,3 +2491,123 @@ async fn image_users_and_template_boots_are_the_tenants_own() {
     api.ok(&a, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
         .await;
 }
+
+/// Deadlines on clients (a coved with 2 s ones here): half a request head, an idle kept-alive
+/// connection and a body that stalls are each cut off rather than held; input over a limit is
+/// the caller's error, named — an exec argument over the guest kernel's limit is a `400`, a
+/// WebSocket message over 16 MiB closes the socket with 1009 and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_oversized_input_is_named() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+    let key = api_key(&tenant("slow"), "exec");
+    let server = Coved::start_with(
+        "127.0.0.1:0",
+        &[],
+        &[
+            ("COVE_HEADER_TIMEOUT_SECS", "2"),
+            ("COVE_BODY_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    // Everything coved sends on a connection until it closes it (a minute at most: coved's
+    // deadlines are 2 s; without them this waits out the minute and fails).
+    let rest = |mut s: tokio::net::TcpStream| async move {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut got))
+            .await
+            .expect("coved closes the connection")
+            .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let head = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n")
+    };
+
+    // Half a head, then nothing.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let got = rest(s).await;
+    assert!(!got.contains("200 OK"), "{got}");
+    // A whole request answered, then an idle keep-alive.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(head("/v1/sandboxes").as_bytes()).await.unwrap();
+    let got = rest(s).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    // A body that stops a quarter of the way.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"memory_mib\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = rest(s).await;
+    assert!(got.starts_with("HTTP/1.1 4"), "{got}");
+
+    // Over the guest's limit for one argument (128 KiB): the caller's error.
+    let api = Api::new(&server);
+    let sb = api
+        .ok(
+            &key,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    let (st, v) = api
+        .call(
+            Some(&key),
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["echo", "x".repeat(200_000)]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("Argument list too long"),
+        "{v}"
+    );
+
+    // A WebSocket message over 16 MiB.
+    let mut req = format!("ws://{addr}/v1/sandboxes/{id}/exec/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(tungstenite::Message::text(
+        json!({"cmd": ["cat"], "stdin": true}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let _ = ws
+        .send(tungstenite::Message::binary(vec![b'x'; 17 << 20]))
+        .await;
+    let mut close = None;
+    while let Some(m) = ws.next().await {
+        match m {
+            Ok(tungstenite::Message::Close(c)) => {
+                close = c;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let close = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    assert!(close.reason.starts_with("payload_too_large: "), "{close:?}");
+    api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+}

@@ -366,6 +366,9 @@ pub enum ErrorCode {
     /// The program an exec names exists but cannot be run: not executable, or not a format the
     /// guest runs (the shell's 126).
     ProgramNotRunnable,
+    /// The guest is out of something the request needs: processes (a fork bomb's pid limit),
+    /// memory, open files.
+    Exhausted,
 }
 
 impl ErrorCode {
@@ -380,7 +383,10 @@ impl ErrorCode {
             21 => Self::IsADirectory,              // EISDIR
             39 => Self::NotEmpty,                  // ENOTEMPTY
             28 | 122 => Self::NoSpace,             // ENOSPC, EDQUOT
-            22 | 36 | 40 => Self::InvalidRequest,  // EINVAL, ENAMETOOLONG, ELOOP
+            // EINVAL, ENAMETOOLONG, ELOOP, E2BIG (an exec's arguments and environment over the
+            // guest kernel's limit)
+            22 | 36 | 40 | 7 => Self::InvalidRequest,
+            11 | 12 | 23 | 24 => Self::Exhausted, // EAGAIN, ENOMEM, ENFILE, EMFILE
             _ => Self::Internal,
         }
     }

@@ -3,10 +3,9 @@
 //! the user coved runs as, sending no key. Nobody else is let in without a key.
 
 use axum::extract::FromRequestParts;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::serve::IncomingStream;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -43,20 +42,6 @@ impl Auth {
 pub struct Peer {
     /// The connecting process's user id (`SO_PEERCRED`).
     pub uid: Option<u32>,
-}
-
-impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Self {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
-}
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(_: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self::default()
-    }
 }
 
 impl Peer {

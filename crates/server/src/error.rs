@@ -99,7 +99,11 @@ fn client_error(c: &ClientError, message: String) -> ApiError {
                 C::ProgramNotRunnable => {
                     (StatusCode::UNPROCESSABLE_ENTITY, api::PROGRAM_NOT_RUNNABLE)
                 }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                // The guest failed or ran out of something: its fault, not the host's (a 500
+                // would page the host's operator for what a sandbox did to itself).
+                C::Exhausted | C::Internal | C::Cancelled => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
             };
             // With the path it concerns, when there is one (`/root/x: not found`).
             ApiError::new(status, code, a.to_string())

@@ -10,6 +10,7 @@
 
 mod app;
 mod auth;
+mod conn;
 mod error;
 mod keys;
 mod metrics;
@@ -315,23 +316,18 @@ impl Listener {
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
             let l = l.into_std()?;
-            return axum_server::tls_rustls::from_tcp_rustls(l, tls.0)?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await;
+            let mut server = axum_server::tls_rustls::from_tcp_rustls(l, tls.0)?.handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Some(conn::header_timeout()));
+            return server.serve(router.into_make_service()).await;
         }
         // Each connection's peer (its uid on a Unix socket) reaches the auth extractor.
-        let service = router.into_make_service_with_connect_info::<auth::Peer>();
         match self {
-            Self::Tcp(l) => {
-                axum::serve(l, service)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            Self::Tcp(l) => conn::serve(l, router, shutdown).await,
             Self::Unix(l, path, _lock) => {
-                let r = axum::serve(l, service)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
+                let r = conn::serve(l, router, shutdown).await;
                 let _ = std::fs::remove_file(path);
                 r
             }
@@ -382,7 +378,9 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         home = %home.display(),
         "coved started"
     );
-    let router = routes::router(app.clone());
+    let router = routes::router(app.clone()).layer(
+        tower_http::timeout::RequestBodyTimeoutLayer::new(conn::body_timeout()),
+    );
     let api_task = tokio::spawn(api.serve(router, tls));
     tokio::spawn(app::watch_sandboxes(app.clone()));
     tokio::spawn(app::maintain(

@@ -5,7 +5,7 @@
 //! takes it, so a slow client holds back the guest's writer through the session's credit window
 //! rather than filling coved's memory.
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -48,6 +48,7 @@ pub async fn exec_ws(
             .scope(actor, session(&app, &rec, &mut socket))
             .await;
         app.metrics.exec(outcome.is_ok());
+        let close = close_frame(outcome.as_ref().err());
         if let Err(e) = outcome {
             let ev = api::ExecEvent::Error(api::Error {
                 code: e.code.into(),
@@ -60,8 +61,34 @@ pub async fn exec_ws(
                 ))
                 .await;
         }
-        let _ = socket.send(Message::Close(None)).await;
+        let _ = socket.send(Message::Close(Some(close))).await;
     }))
+}
+
+/// The close frame that ends a session: normal, or the error's code and message (which the
+/// `error` event before it carries whole; a close reason holds at most 123 bytes).
+fn close_frame(e: Option<&ApiError>) -> CloseFrame {
+    let Some(e) = e else {
+        return CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        };
+    };
+    let code = match e.status {
+        StatusCode::PAYLOAD_TOO_LARGE => close_code::SIZE,
+        s if s.is_client_error() => close_code::POLICY,
+        _ => close_code::ERROR,
+    };
+    let mut reason = format!("{}: {}", e.code, e.message);
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    reason.truncate(cut);
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }
 
 fn event(ev: &api::ExecEvent) -> Message {
@@ -152,8 +179,22 @@ async fn session(
                     control(&sender, &t, &mut stdin_open).await?;
                 }
                 Some(Ok(_)) => {}
-                // Closed or broken: dropping the session ends the command.
-                Some(Err(_)) | None => return Ok(()),
+                // Closed: dropping the session ends the command.
+                None => return Ok(()),
+                // Broken, or a message over the limit: the client is told why as the socket
+                // closes (and the command ends with the session).
+                Some(Err(e)) => {
+                    let e = e.into_inner();
+                    let too_big = matches!(
+                        e.downcast_ref::<tungstenite::Error>(),
+                        Some(tungstenite::Error::Capacity(_))
+                    );
+                    return Err(ApiError::new(
+                        if too_big { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST },
+                        if too_big { "payload_too_large" } else { "bad_request" },
+                        format!("the WebSocket could not be read: {e}"),
+                    ));
+                }
             },
         }
     }

@@ -1,0 +1,121 @@
+//! Serving connections with deadlines on the client: hyper's connection builder, driven here
+//! because `axum::serve` sets no timer (so no header deadline) and has no way to set one.
+//!
+//! - Headers: a request's head (and, on a kept-alive connection, the next one) must arrive
+//!   within `COVE_HEADER_TIMEOUT_SECS` (30 s), or the connection is closed: a client that opens
+//!   connections and sends nothing, or a byte a minute, holds nothing for long.
+//! - Bodies: each next piece of a request body within `COVE_BODY_TIMEOUT_SECS` (60 s), or the
+//!   request fails with `408` (a large upload at any speed passes; a stalled one does not).
+//! - Upgraded connections (an interactive exec) are the route's: they end when it ends.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt as _;
+
+use crate::auth::Peer;
+
+/// A duration in whole seconds from `var`, or `default`.
+fn secs(var: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(default),
+    )
+}
+
+/// How long a request's head may take (`COVE_HEADER_TIMEOUT_SECS`).
+pub(crate) fn header_timeout() -> Duration {
+    secs("COVE_HEADER_TIMEOUT_SECS", 30)
+}
+
+/// How long a request body may pause between pieces (`COVE_BODY_TIMEOUT_SECS`).
+pub(crate) fn body_timeout() -> Duration {
+    secs("COVE_BODY_TIMEOUT_SECS", 60)
+}
+
+/// Something that accepts connections and says who is at the other end.
+pub(crate) trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Peer)>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, Peer::default()))
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
+        let (s, _) = tokio::net::UnixListener::accept(self).await?;
+        let peer = Peer {
+            uid: s.peer_cred().ok().map(|c| c.uid()),
+        };
+        Ok((s, peer))
+    }
+}
+
+/// Serves `router` on every connection `listener` accepts until `shutdown` completes, then lets
+/// the connections finish what they are doing (new requests are refused) for up to 10 s.
+pub(crate) async fn serve<L: Accept>(
+    listener: L,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(header_timeout()));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .keep_alive_interval(Some(header_timeout()))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let svc = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.map(axum::body::Body::new)
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
+}
