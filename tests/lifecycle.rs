@@ -195,3 +195,35 @@ fn info_names_the_engine_and_why() {
         )
     );
 }
+
+/// Space the guest frees goes back to the host: a 256 MiB file written to the sandbox's disk
+/// takes that much of the host's disk file, and deleting it gives it back (the writable disk is
+/// mounted with online discard; QEMU punches the freed blocks out of the file).
+#[test]
+fn space_the_guest_frees_returns_to_the_host() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::create("busybox", &[]);
+    let disk =
+        std::path::PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap()).join("disk.ext4");
+    let used = || std::fs::metadata(&disk).unwrap().blocks() * 512;
+    let before = used();
+    let o = sb.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/root/big bs=1M count=256 2>/dev/null && sync",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let full = used();
+    assert!(full >= before + (200 << 20), "{before} → {full}");
+    let o = sb.exec(&[], &["sh", "-c", "rm /root/big && sync"], b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        cove_tests::wait_until(Duration::from_secs(60), || used() + (200 << 20) <= full),
+        "{before} → {full} → {}",
+        used()
+    );
+}

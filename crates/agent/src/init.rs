@@ -232,7 +232,10 @@ fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError>
                         "/run/cove/rw",
                         "ext4",
                         MsFlags::MS_NOATIME,
-                        Some("noinit_itable"),
+                        // `discard`: blocks the guest frees are handed back at once (virtio-blk
+                        // discard; QEMU punches them out of the host's disk file), so a sandbox
+                        // that wrote and deleted a gigabyte does not keep it on the host.
+                        Some("noinit_itable,discard"),
                     )?;
                     "/run/cove/rw"
                 }
