@@ -2370,6 +2370,11 @@ async fn rootfs_imports_and_prune_over_the_api() {
         .call(Some(&exec_key), Method::POST, "/v1/images/prune", None)
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // A scrub reads every tenant's snapshots: not even a tenant's admin key runs one.
+    let (s, v) = api
+        .call(Some(&admin), Method::POST, "/v1/scrub", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     let pruned = stdout_ok(&cli_over(&server.url, &admin, &["image", "prune"]));
     assert!(pruned.contains(&format!("removed {unnamed}")), "{pruned}");
     let list = api.ok(&admin, Method::GET, "/v1/images", None).await;

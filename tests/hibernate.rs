@@ -677,3 +677,56 @@ fn a_tamper_that_keeps_the_mtime_is_refused() {
     ok(&cove_out(&["rm", "-f", refused[0]]));
     ok(&cove_out(&["snapshot", "rm", &snap]));
 }
+
+/// Bit rot — a byte changed while the file's identity stays what the remembered check names —
+/// passes a restore's check; the scrub finds it, drops the host's copy (the blob store holds
+/// the snapshot) and the next restore fetches the stored copy and runs.
+#[test]
+fn a_scrub_finds_what_the_remembered_check_cannot() {
+    let src = Sandbox::create("busybox", &[]);
+    ok(&src.exec(&[], &["sh", "-c", "echo kept > /root/note"], b""));
+    let snap = ok(&cove_out(&["snapshot", &src.id])).trim().to_string();
+    let dir = cove_tests::home().join("snapshots").join(&snap);
+    let memory = dir.join("memory");
+    let mut entry = cove_store::verified::current(&dir, "memory").expect("a remembered check");
+    flip(&memory, first_non_zero(&memory), 0x01);
+    // What rot looks like to the record: nothing it keys on has moved.
+    entry["identity"] = cove_store::verified::identity(&memory).unwrap().into();
+    cove_store::verified::remember(&dir, "memory", entry);
+    assert!(cove_store::verified::current(&dir, "memory").is_some());
+
+    let o = cove_out(&["scrub", "--only", &snap, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["checked"], 1, "{s}");
+    let found = &s["corrupted"][0];
+    assert_eq!(found["held"], "snapshot", "{s}");
+    assert_eq!(found["id"], snap.as_str(), "{s}");
+    assert_eq!(found["action"], "refetch", "{s}");
+    assert!(
+        found["error"]
+            .as_str()
+            .unwrap()
+            .contains("memory is corrupted"),
+        "{s}"
+    );
+    assert!(!memory.exists(), "the host's copy is gone");
+
+    let restored = Sandbox {
+        id: ok(&cove_out(&["create", "--from-snapshot", &snap]))
+            .trim()
+            .to_string(),
+    };
+    assert_eq!(
+        ok(&restored.exec(&[], &["cat", "/root/note"], b"")),
+        "kept\n"
+    );
+    let o = cove_out(&["scrub", "--only", &snap, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    ok(&cove_out(&["snapshot", "rm", &snap]));
+}

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 pub use cove_model::{
-    Actor, CgroupMode, CgroupReport, EventState, Isolation, JailProcess, JailReport, SandboxState,
+    Actor, CgroupMode, CgroupReport, EventState, Held, Isolation, JailProcess, JailReport,
+    SandboxState, ScrubAction, ScrubFinding, Scrubbed,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -211,6 +211,16 @@ pub enum Command {
         #[command(subcommand)]
         command: FsCommand,
     },
+    /// Hash every snapshot, template and hibernation on the host again; report what is
+    /// corrupted (the host's administrator).
+    Scrub {
+        /// Only this snapshot or hibernated sandbox (its id).
+        #[arg(long)]
+        only: Option<String>,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Engine chosen and why, kernel, images, versions.
     Info {
         /// JSON.

@@ -302,6 +302,24 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             println!("freed {:.1} MB", p.freed_bytes as f64 / 1e6);
             Ok(0)
         }
+        Command::Scrub { only, json } => {
+            let s = c.scrub(only.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("checked {}, corrupted {}", s.checked, s.corrupted.len());
+                for f in &s.corrupted {
+                    let what = match f.action {
+                        api::ScrubAction::Refetch => {
+                            "removed here; the next restore fetches the stored copy"
+                        }
+                        api::ScrubAction::Refused => "kept; every restore of it is refused",
+                    };
+                    println!("{:?} {}: {} ({what})", f.held, f.id, f.error);
+                }
+            }
+            Ok(if s.corrupted.is_empty() { 0 } else { 1 })
+        }
         Command::Info { json } => {
             let i = c.info().await?;
             if json {

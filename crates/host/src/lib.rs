@@ -30,6 +30,7 @@ mod jail;
 mod lifecycle;
 mod reconcile;
 mod record;
+mod scrub;
 mod snapshots;
 mod spec;
 mod supervisor;

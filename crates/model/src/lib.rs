@@ -10,12 +10,14 @@ mod actor;
 mod isolation;
 mod layout;
 mod reason;
+mod scrub;
 mod state;
 
 pub use actor::Actor;
 pub use isolation::{CgroupMode, CgroupReport, Isolation, JailProcess, JailReport};
 pub use layout::{SandboxDir, default_home, is_root};
 pub use reason::Reason;
+pub use scrub::{Held, ScrubAction, ScrubFinding, Scrubbed};
 pub use state::{EventState, SandboxState, TransitionError};
 
 /// A name that does not parse as the type asked for (a corrupt row, a bad query parameter).

@@ -574,6 +574,17 @@ impl Client {
             .await
     }
 
+    /// Hashes every snapshot, template and hibernation kept on the host again (the host's
+    /// administrator).
+    /// `only`: one snapshot or hibernated sandbox (its id).
+    pub async fn scrub(&self, only: Option<&str>) -> Result<api::Scrubbed, Error> {
+        let path = match only {
+            Some(id) => format!("/v1/scrub?only={}", query_escape(id)),
+            None => "/v1/scrub".to_string(),
+        };
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
     /// Uploads `from` to `path` (replaced atomically, parents created), streamed.
     pub async fn upload<R: tokio::io::AsyncRead + Unpin>(
         &self,

@@ -84,6 +84,19 @@ pub async fn maintain(app: App, event_retention: Duration) {
     }
 }
 
+/// Every `every` (the first one after `every` too: not at start-up, when restores are busiest):
+/// the scrub, which finds the bit rot a restore's remembered check cannot see.
+pub async fn scrub_every(app: App, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        match app.host.scrub(None).await {
+            Ok(s) => tracing::info!(checked = s.checked, corrupted = s.corrupted.len(), "scrub"),
+            Err(e) => tracing::warn!("scrub: {e}"),
+        }
+    }
+}
+
 /// Every few seconds: records the sandboxes whose cove-vm put them away by itself (an idle
 /// pause or hibernation, a time to live that ran out) and stores idle hibernations in the blob
 /// store — a jailed cove-vm sees no blob store, so the host copies what it saved.

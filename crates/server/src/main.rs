@@ -50,6 +50,10 @@ struct Cli {
     /// Keep the event log this many hours (pruned every ten minutes).
     #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..))]
     event_retention_hours: u64,
+    /// Scrub (hash again in full) every snapshot, template and hibernation kept here this
+    /// often, in hours; 0: never (`POST /v1/scrub` still runs one).
+    #[arg(long, env = "COVE_SCRUB_HOURS", default_value_t = 24)]
+    scrub_hours: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -383,6 +387,12 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
     );
     let api_task = tokio::spawn(api.serve(router, tls));
     tokio::spawn(app::watch_sandboxes(app.clone()));
+    if cli.scrub_hours > 0 {
+        tokio::spawn(app::scrub_every(
+            app.clone(),
+            std::time::Duration::from_secs(cli.scrub_hours.saturating_mul(3600)),
+        ));
+    }
     tokio::spawn(app::maintain(
         app.clone(),
         std::time::Duration::from_secs(cli.event_retention_hours.saturating_mul(3600)),

@@ -41,6 +41,10 @@ struct Args {
     /// host started exits once the jail runs).
     #[arg(long)]
     report_fd: Option<i32>,
+    /// Hash every file of the snapshot in `--dir` against its manifest and exit: 0 when all
+    /// match, 3 (with the reason on stdout) when one does not (the host's scrub).
+    #[arg(long)]
+    verify_snapshot: bool,
     /// Enter the jail vm.json describes, then run the escape drill instead of the engine:
     /// each try is reported as one JSON line on stdout (tests/jail.rs).
     #[arg(long, hide = true)]
@@ -97,6 +101,16 @@ impl Shared {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.verify_snapshot {
+        match snapshot::verify_all(&args.dir) {
+            Ok(_) => return Ok(()),
+            Err(e @ snapshot::SnapshotError::Corrupted(_)) => {
+                println!("{e}");
+                std::process::exit(3);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     if args.print_engine_args {
         let cfg: VmConfig = serde_json::from_slice(
             &std::fs::read(args.dir.join("vm.json")).context("reading vm.json")?,

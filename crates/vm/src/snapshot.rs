@@ -211,6 +211,20 @@ pub fn verify(snap: &Path, name: &str, want: Option<&FileSum>) -> Result<(), Sna
     accept(snap, name, want, &sum(&snap.join(name))?)
 }
 
+/// Hashes every file of the snapshot in `snap` again, whatever was remembered, and compares
+/// each with its manifest: the scrub, which finds what no file identity shows (bit rot).
+pub fn verify_all(snap: &Path) -> Result<usize, SnapshotError> {
+    let m = Manifest::read(snap)?;
+    for (name, want) in &m.files {
+        if &sum(&snap.join(name))? != want {
+            return Err(SnapshotError::Corrupted(
+                snap.join(name).display().to_string(),
+            ));
+        }
+    }
+    Ok(m.files.len())
+}
+
 /// Compares `got`, the sum of `snap/name` just computed, with the manifest's `want`: refuses a
 /// mismatch, remembers a match.
 pub fn accept(

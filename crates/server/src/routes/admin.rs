@@ -122,6 +122,33 @@ pub async fn prune(State(app): State<App>, auth: Auth) -> Result<Json<api::Prune
     }))
 }
 
+/// Hash every snapshot, template and hibernation kept on this host again and compare each with
+/// its manifest (the host's administrator only: it reads everything). A corrupted copy is
+/// refused at its next restore, or fetched again from the blob store where that holds one.
+#[utoipa::path(post, path = "/v1/scrub", tag = "meta", params(ScrubQuery),
+    responses((status = 200, body = api::Scrubbed), (status = 403, body = api::Error)))]
+pub async fn scrub(
+    State(app): State<App>,
+    auth: Auth,
+    q: Result<Query<ScrubQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::Scrubbed>, ApiError> {
+    if !auth.is_local() {
+        return Err(ApiError::forbidden(
+            "a scrub reads every tenant's snapshots: the host's administrator only",
+        ));
+    }
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(app.host.scrub(q.only.as_deref()).await?))
+}
+
+/// `POST /v1/scrub` options.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScrubQuery {
+    /// Only this snapshot, or this hibernated sandbox (its whole id).
+    only: Option<String>,
+}
+
 /// What this host runs: versions, the engine, the images.
 #[utoipa::path(get, path = "/v1/info", tag = "meta", responses((status = 200, body = api::Info)))]
 pub async fn info(State(app): State<App>, auth: Auth) -> Result<Json<api::Info>, ApiError> {

@@ -135,6 +135,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::prune))
         .routes(routes!(admin::create_template))
         .routes(routes!(admin::info))
+        .routes(routes!(admin::scrub))
         .routes(routes!(pulls::follow))
         .routes(routes!(meta::openapi))
         .routes(routes!(meta::metrics))

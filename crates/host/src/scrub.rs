@@ -1,0 +1,90 @@
+//! The scrub: every snapshot, template and hibernation kept on this host hashed again in full
+//! and compared with its manifest. A restore trusts a check it remembers while the file's
+//! identity (inode, size, times) is unchanged; bit rot changes none of those, so only reading
+//! everything finds it. The hashing is cove-vm's (`--verify-snapshot`), the one reader of a
+//! snapshot's manifest.
+
+use std::path::PathBuf;
+
+use cove_model::{Held, SandboxState, ScrubAction, ScrubFinding, Scrubbed};
+
+use crate::{Host, HostError, supervisor};
+
+impl Host {
+    /// Scrubs every copy kept here, one after another (it reads everything: a scrub is meant to
+    /// run in the background, coved's every `COVE_SCRUB_HOURS`). A corrupted copy loses its
+    /// remembered check (a restore hashes it and refuses it) and, when the blob store holds the
+    /// snapshot too, is removed so the next restore fetches that copy.
+    /// `only`: just this snapshot or hibernated sandbox (its id).
+    pub async fn scrub(&self, only: Option<&str>) -> Result<Scrubbed, HostError> {
+        let mut targets: Vec<(Held, String, PathBuf, String)> = Vec::new();
+        for s in self.db.list_snapshots()? {
+            let dir = self.home.join("snapshots").join(&s.id);
+            let held = if s.template {
+                Held::Template
+            } else {
+                Held::Snapshot
+            };
+            targets.push((held, s.id.clone(), dir, format!("snapshots/{}", s.id)));
+        }
+        for r in self.db.list()? {
+            if r.state == SandboxState::Hibernated {
+                let key = format!("hibernations/{}", r.id);
+                targets.push((
+                    Held::Hibernation,
+                    r.id.clone(),
+                    r.layout().hibernation(),
+                    key,
+                ));
+            }
+        }
+        if let Some(only) = only {
+            targets.retain(|t| t.1 == only);
+        }
+        let mut out = Scrubbed::default();
+        for (held, id, dir, key) in targets {
+            if !dir.join("manifest.json").is_file() {
+                continue; // only in the blob store: checked when it is fetched
+            }
+            out.checked += 1;
+            let o = tokio::process::Command::new(supervisor::vm_binary())
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--verify-snapshot")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|source| HostError::Io {
+                    what: "starting cove-vm to check a snapshot",
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            if o.status.success() {
+                continue;
+            }
+            if o.status.code() != Some(3) {
+                tracing::warn!(
+                    "scrub: {} could not be checked: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                continue;
+            }
+            let error = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let _ = std::fs::remove_file(dir.join("verified.json"));
+            let action = if self.blobs.has(&key).await && std::fs::remove_dir_all(&dir).is_ok() {
+                ScrubAction::Refetch
+            } else {
+                ScrubAction::Refused
+            };
+            tracing::warn!("scrub: {held:?} {id}: {error} ({action:?})");
+            out.corrupted.push(ScrubFinding {
+                held,
+                id,
+                error,
+                action,
+            });
+        }
+        Ok(out)
+    }
+}
