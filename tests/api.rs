@@ -2616,3 +2616,127 @@ async fn slow_clients_are_cut_off_and_oversized_input_is_named() {
     api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
         .await;
 }
+
+/// What a tenant reads never names the host's paths: an import of a malformed archive, a
+/// restore of a corrupted snapshot and the failed sandbox it leaves say what went wrong with
+/// the host's layout cut to `…/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_reads_the_hosts_paths() {
+    let key = api_key(&tenant("paths"), "admin");
+    let server = Coved::start(&[]);
+    let api = Api::new(&server);
+    let home = cove_tests::home().display().to_string();
+    let res = api
+        .http
+        .put(format!(
+            "{}/v1/images/import?name=broken-{}",
+            api.url,
+            std::process::id()
+        ))
+        .bearer_auth(&key)
+        .body(b"this is not a tar archive, not even close; padding ".repeat(20))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = res.text().await.unwrap();
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(!body.contains(&home), "{body}");
+
+    let sb = api
+        .ok(
+            &key,
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"memory_mib": 256})),
+        )
+        .await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    let snap = api
+        .ok(
+            &key,
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/snapshot"),
+            Some(json!({})),
+        )
+        .await;
+    let snap = snap["id"].as_str().unwrap().to_string();
+    // The snapshot's memory changed in place (as root on the host would).
+    let memory = cove_tests::home()
+        .join("snapshots")
+        .join(&snap)
+        .join("memory");
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&memory)
+            .unwrap();
+        let mut b = [0u8; 4096];
+        let mut at = 0u64;
+        loop {
+            let n = f.read_at(&mut b, at).unwrap();
+            assert!(n > 0);
+            if let Some(i) = b[..n].iter().position(|x| *x != 0) {
+                let x = [b[i] ^ 1];
+                f.write_all_at(&x, at + i as u64).unwrap();
+                break;
+            }
+            at += n as u64;
+        }
+    }
+    let (s, v) = api
+        .call(
+            Some(&key),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"snapshot": snap})),
+        )
+        .await;
+    assert!(!s.is_success(), "{s} {v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("…/snapshots/") && msg.contains("is corrupted"),
+        "{v}"
+    );
+    assert!(!msg.contains(&home), "{v}");
+    let list = api.ok(&key, Method::GET, "/v1/sandboxes", None).await;
+    let failed: Vec<&Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{list}");
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("is corrupted") && !reason.contains(&home),
+        "{reason}"
+    );
+    let events = api
+        .http
+        .get(format!(
+            "{}/v1/events?sandbox={}",
+            api.url,
+            failed[0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        events.contains("is corrupted") && !events.contains(&home),
+        "{events}"
+    );
+    for s in list["items"].as_array().unwrap() {
+        let sid = s["id"].as_str().unwrap();
+        api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{sid}"), None)
+            .await;
+    }
+    api.ok(&key, Method::DELETE, &format!("/v1/snapshots/{snap}"), None)
+        .await;
+}

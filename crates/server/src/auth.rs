@@ -69,11 +69,15 @@ pub async fn identify(
     let who = principal(&mut parts, &app);
     req = axum::extract::Request::from_parts(parts, body);
     let actor = who.as_ref().ok().map(|p| p.actor.clone());
+    let shows_host = who.as_ref().is_ok_and(|p| p.tenant.is_none());
     req.extensions_mut().insert(Identified(who));
-    match actor {
-        Some(a) => cove_host::ACTOR.scope(a, next.run(req)).await,
-        None => next.run(req).await,
-    }
+    let run = async move {
+        match actor {
+            Some(a) => cove_host::ACTOR.scope(a, next.run(req)).await,
+            None => next.run(req).await,
+        }
+    };
+    crate::error::SHOWS_HOST.scope(shows_host, run).await
 }
 
 fn principal(parts: &mut Parts, app: &App) -> Result<Principal, ApiError> {

@@ -8,6 +8,9 @@ use cove_host::{ClientError, HostError, StateError};
 tokio::task_local! {
     /// The request being served (set by the request-id middleware).
     pub static REQUEST_ID: String;
+    /// Whether the caller is the host's administrator, who may read the host's paths (set by
+    /// the identify middleware; unset reads as no).
+    pub static SHOWS_HOST: bool;
 }
 
 /// An error response.
@@ -50,6 +53,41 @@ impl ApiError {
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", m)
     }
+}
+
+/// Where this host keeps things (its Cove home, caches, jail and guest memory roots): no error
+/// a caller reads names them (coved's own log keeps the whole message of a 5xx).
+static HOST_ROOTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Sets the roots [`redact`] hides: the home and the host-wide places every home shares.
+pub(crate) fn set_host_roots(home: &std::path::Path) {
+    let cache = std::env::var("COVE_CACHE").unwrap_or_else(|_| "/var/cache/cove".into());
+    let mut roots = vec![
+        format!("{}/", home.display()),
+        format!("{}/", cache.trim_end_matches('/')),
+        "/var/lib/cove-jail/".into(),
+        "/run/cove-jail/".into(),
+        "/dev/shm/cove-".into(),
+    ];
+    // The longest first: a home inside a cache directory is cut as the home.
+    roots.sort_by_key(|r| std::cmp::Reverse(r.len()));
+    let _ = HOST_ROOTS.set(roots);
+}
+
+/// `message` with every host root replaced by `…/` unless the caller is the host's
+/// administrator: a tenant reads `snapshot file …/snapshots/ID/memory is corrupted`, never the
+/// host's layout. Paths in the guest (`/root/x: not found`) stay.
+pub(crate) fn redact(message: &str) -> String {
+    let mut m = message.to_string();
+    if SHOWS_HOST.try_with(|s| *s).unwrap_or(false) {
+        return m;
+    }
+    for root in HOST_ROOTS.get().into_iter().flatten() {
+        if m.contains(root.as_str()) {
+            m = m.replace(root.as_str(), "…/");
+        }
+    }
+    m
 }
 
 impl From<HostError> for ApiError {
@@ -131,7 +169,7 @@ impl IntoResponse for ApiError {
         }
         let body = cove_api::Error {
             code: self.code.into(),
-            message: self.message,
+            message: redact(&self.message),
             request_id: REQUEST_ID.try_with(Clone::clone).ok(),
         };
         let mut res = (self.status, axum::Json(body)).into_response();

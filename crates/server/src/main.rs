@@ -345,6 +345,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         "--rate-limit: at least 1 request a second"
     );
     let host = cove_host::Host::open_with(&home, cli.database.as_deref())?;
+    error::set_host_roots(&std::path::absolute(&home).unwrap_or_else(|_| home.clone()));
     let listen = cli
         .listen
         .clone()

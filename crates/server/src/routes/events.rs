@@ -40,7 +40,7 @@ fn event(e: cove_host::EventRecord) -> api::Event {
         sandbox: e.sandbox,
         state: e.state,
         actor: e.actor,
-        cause: e.cause,
+        cause: e.cause.as_deref().map(crate::error::redact),
     }
 }
 

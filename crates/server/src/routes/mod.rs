@@ -53,7 +53,7 @@ pub(crate) fn sandbox(p: &Principal, r: SandboxRecord) -> api::Sandbox {
         disk_mib: r.disk_mib,
         created_at: r.created_at,
         boot_ms: r.boot_ms,
-        reason: r.reason.map(|r| r.to_string()),
+        reason: r.reason.map(|r| crate::error::redact(&r.to_string())),
         labels: r.labels,
         env: r.env,
         host,

@@ -52,7 +52,7 @@ pub async fn exec_ws(
         if let Err(e) = outcome {
             let ev = api::ExecEvent::Error(api::Error {
                 code: e.code.into(),
-                message: e.message,
+                message: crate::error::redact(&e.message),
                 request_id: None,
             });
             let _ = socket
@@ -79,7 +79,7 @@ fn close_frame(e: Option<&ApiError>) -> CloseFrame {
         s if s.is_client_error() => close_code::POLICY,
         _ => close_code::ERROR,
     };
-    let mut reason = format!("{}: {}", e.code, e.message);
+    let mut reason = format!("{}: {}", e.code, crate::error::redact(&e.message));
     let mut cut = reason.len().min(123);
     while !reason.is_char_boundary(cut) {
         cut -= 1;
