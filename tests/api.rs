@@ -701,6 +701,8 @@ async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
             "1",
             "--memory-mib",
             "512",
+            "--snapshots",
+            "1",
         ])
         .output()
         .unwrap();
@@ -759,6 +761,44 @@ async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
         "{lost}"
     );
     let id = won["id"].as_str().unwrap();
+    // Snapshots: one, then the quota; a removed one frees its place.
+    let snap = |api: &Api| {
+        let path = format!("/v1/sandboxes/{id}/snapshot");
+        let key = key.clone();
+        let api = Api {
+            http: api.http.clone(),
+            url: api.url.clone(),
+        };
+        async move { api.call(Some(&key), Method::POST, &path, None).await }
+    };
+    let (s, first) = snap(&api).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let (s, v) = snap(&api).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("the snapshots quota of tenant"),
+        "{v}"
+    );
+    let first = first["id"].as_str().unwrap();
+    api.ok(
+        &key,
+        Method::DELETE,
+        &format!("/v1/snapshots/{first}"),
+        None,
+    )
+    .await;
+    let (s, v) = snap(&api).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    api.ok(
+        &key,
+        Method::DELETE,
+        &format!("/v1/snapshots/{}", v["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
     api.ok(&key, Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
         .await;
     drop(server);

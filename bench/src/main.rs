@@ -451,7 +451,7 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     }
     for _ in 0..5 {
         let t = Instant::now();
-        let s = host.snapshot(&rec.id, None, false).await?;
+        let s = host.snapshot(&rec.id, None, false, None).await?;
         snapshot.push(ms(t));
         host.remove_snapshot(&s.id).await?;
         let t = Instant::now();

@@ -40,7 +40,10 @@ impl Host {
         }
         let source = self.get(key)?;
         // The fork's snapshot lives only until the clones have started: it stays local.
-        let snap = self.take_snapshot(&source.id, None, false, false).await?;
+        // A fork's snapshot lives only until its clones start: no quota of snapshots counts it.
+        let snap = self
+            .take_snapshot(&source.id, None, false, false, None)
+            .await?;
         crate::fault::point("fork.snapshot");
         // Clones belong to the source's owner and carry its labels and environment.
         let spec = CreateSpec {
@@ -92,14 +95,16 @@ impl Host {
     }
 
     /// Takes a snapshot of a running or paused sandbox, which keeps running. `template` marks it
-    /// as its image's template (used by `create` for that image).
+    /// as its image's template (used by `create` for that image). With `limits`, the snapshot
+    /// is admitted against its owner's quota of snapshots as it is recorded.
     pub async fn snapshot(
         &self,
         key: &str,
         name: Option<String>,
         template: bool,
+        limits: Option<&Limits>,
     ) -> Result<SnapshotRecord, HostError> {
-        self.take_snapshot(key, name, template, true).await
+        self.take_snapshot(key, name, template, true, limits).await
     }
 
     pub(crate) async fn take_snapshot(
@@ -108,6 +113,7 @@ impl Host {
         name: Option<String>,
         template: bool,
         store: bool,
+        limits: Option<&Limits>,
     ) -> Result<SnapshotRecord, HostError> {
         if let Some(n) = &name {
             validate_name(n)?;
@@ -184,7 +190,7 @@ impl Host {
         if !store {
             let _ = std::fs::write(self.snapshot_marker(&snap.id, FORKING), this_process());
         }
-        let inserted = self.db.insert_snapshot(&snap);
+        let inserted = self.db.insert_snapshot(&snap, limits);
         let _ = std::fs::remove_file(&taking);
         if let Err(e) = inserted {
             let _ = std::fs::remove_dir_all(&dir);
@@ -216,7 +222,7 @@ impl Host {
             // the background); a template must hold the finished root, or every restore would
             // redo that work. Any file request waits for it.
             self.connect(&rec.id).await?.stat("/").await?;
-            self.snapshot(&rec.id, None, true).await
+            self.snapshot(&rec.id, None, true, None).await
         }
         .await;
         self.remove(&rec.id, true).await?;

@@ -250,6 +250,7 @@ impl Inner {
             sandboxes: q.sandboxes,
             vcpus: q.vcpus,
             memory_mib: q.memory_mib.into(),
+            snapshots: q.snapshots,
         }))
     }
 

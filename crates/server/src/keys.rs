@@ -116,6 +116,8 @@ pub struct Quota {
     pub vcpus: u32,
     /// Their memory.
     pub memory_mib: u32,
+    /// Snapshots (templates are the host's and count against none).
+    pub snapshots: u32,
 }
 
 impl Default for Quota {
@@ -124,11 +126,13 @@ impl Default for Quota {
             sandboxes: 100,
             vcpus: 64,
             memory_mib: 64 << 10,
+            snapshots: 100,
         }
     }
 }
 
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE keys (
     id          TEXT PRIMARY KEY,
     tenant      TEXT NOT NULL,
@@ -143,7 +147,11 @@ CREATE TABLE quotas (
     vcpus       INTEGER NOT NULL,
     memory_mib  INTEGER NOT NULL
 );
-"];
+",
+    r"
+ALTER TABLE quotas ADD COLUMN snapshots INTEGER NOT NULL DEFAULT 100;
+",
+];
 
 /// The key store.
 #[derive(Debug)]
@@ -338,13 +346,14 @@ impl Keys {
         let q = self
             .conn()
             .query_row(
-                "SELECT sandboxes, vcpus, memory_mib FROM quotas WHERE tenant = ?1",
+                "SELECT sandboxes, vcpus, memory_mib, snapshots FROM quotas WHERE tenant = ?1",
                 [tenant],
                 |r| {
                     Ok(Quota {
                         sandboxes: r.get(0)?,
                         vcpus: r.get(1)?,
                         memory_mib: r.get(2)?,
+                        snapshots: r.get(3)?,
                     })
                 },
             )
@@ -356,9 +365,11 @@ impl Keys {
     pub fn set_quota(&self, tenant: &str, q: Quota) -> anyhow::Result<()> {
         anyhow::ensure!(valid_tenant(tenant), "invalid tenant {tenant:?}");
         self.conn().execute(
-            "INSERT INTO quotas (tenant, sandboxes, vcpus, memory_mib) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(tenant) DO UPDATE SET sandboxes = ?2, vcpus = ?3, memory_mib = ?4",
-            params![tenant, q.sandboxes, q.vcpus, q.memory_mib],
+            "INSERT INTO quotas (tenant, sandboxes, vcpus, memory_mib, snapshots)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(tenant) DO UPDATE SET sandboxes = ?2, vcpus = ?3, memory_mib = ?4,
+             snapshots = ?5",
+            params![tenant, q.sandboxes, q.vcpus, q.memory_mib, q.snapshots],
         )?;
         Ok(())
     }
@@ -399,6 +410,7 @@ mod tests {
             sandboxes: 1,
             vcpus: 2,
             memory_mib: 512,
+            snapshots: 3,
         };
         keys.set_quota("acme", q).unwrap();
         assert_eq!(keys.quota("acme").unwrap(), q);

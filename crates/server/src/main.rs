@@ -111,6 +111,9 @@ enum QuotaCommand {
         /// Memory in MiB.
         #[arg(long)]
         memory_mib: u32,
+        /// Snapshots (each a copy of a guest's memory and disk).
+        #[arg(long, default_value_t = keys::Quota::default().snapshots)]
+        snapshots: u32,
     },
     /// Show a tenant's quota.
     Show {
@@ -132,12 +135,14 @@ fn main() -> anyhow::Result<()> {
                 sandboxes,
                 vcpus,
                 memory_mib,
+                snapshots,
             } => keys.set_quota(
                 &tenant,
                 keys::Quota {
                     sandboxes,
                     vcpus,
                     memory_mib,
+                    snapshots,
                 },
             ),
             QuotaCommand::Show { tenant } => {

@@ -134,7 +134,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Drops events older than `before_ms`; returns how many.
     fn prune_events(&self, before_ms: i64) -> Result<usize, StateError>;
     /// Records a snapshot.
-    fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StateError>;
+    fn insert_snapshot(
+        &self,
+        s: &SnapshotRecord,
+        limits: Option<&Limits>,
+    ) -> Result<(), StateError>;
     /// A snapshot by id, name, `owner/name`, or unique id prefix.
     fn find_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, StateError>;
     /// The snapshot `owner` named `name`.
@@ -170,9 +174,25 @@ pub struct Limits {
     pub vcpus: u32,
     /// Their memory, MiB.
     pub memory_mib: u64,
+    /// Snapshots (each holds a copy of a guest's memory and disk).
+    pub snapshots: u32,
 }
 
 impl Limits {
+    /// Whether `owner`, holding `held` snapshots, may add one.
+    pub fn admit_snapshot(&self, owner: &str, held: u32) -> Result<(), StateError> {
+        if held >= self.snapshots {
+            return Err(StateError::OverQuota {
+                owner: owner.to_string(),
+                what: "snapshots",
+                max: self.snapshots.into(),
+                have: held.into(),
+                add: 1,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether `owner`, holding `held` (sandboxes, vCPUs, MiB), may add `s`.
     pub fn admit(
         &self,

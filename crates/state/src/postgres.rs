@@ -457,9 +457,26 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StateError> {
+    fn insert_snapshot(
+        &self,
+        s: &SnapshotRecord,
+        limits: Option<&Limits>,
+    ) -> Result<(), StateError> {
         blocking(|| {
-            let r = self.client().execute(
+            let mut client = self.client();
+            let mut tx = client.transaction()?;
+            // Admission under the owner's advisory lock, as a sandbox's (see `insert`).
+            if let (Some(l), Some(owner)) = (limits, s.owner.as_deref()) {
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&owner])?;
+                let n: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM snapshots WHERE owner = $1 AND NOT template",
+                        &[&owner],
+                    )?
+                    .get(0);
+                l.admit_snapshot(owner, u32::try_from(n).unwrap_or(u32::MAX))?;
+            }
+            let r = tx.execute(
                 &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
                 &[
                     &s.id,
@@ -480,7 +497,11 @@ impl StateStore for PostgresStore {
                 Err(e) if name_taken(&e) => {
                     Err(StateError::NameTaken(s.name.clone().unwrap_or_default()))
                 }
-                r => r.map(drop).map_err(Into::into),
+                r => {
+                    r?;
+                    tx.commit()?;
+                    Ok(())
+                }
             }
         })
     }

@@ -462,9 +462,24 @@ impl StateStore for SqliteStore {
     }
 
     /// Records a snapshot.
-    fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StateError> {
+    fn insert_snapshot(
+        &self,
+        s: &SnapshotRecord,
+        limits: Option<&Limits>,
+    ) -> Result<(), StateError> {
         blocking(|| {
-            let r = self.conn().execute(
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Admission in the same (write-locked) transaction as the insert.
+            if let (Some(l), Some(owner)) = (limits, s.owner.as_deref()) {
+                let n: i64 = tx.query_row(
+                    "SELECT count(*) FROM snapshots WHERE owner = ?1 AND template = 0",
+                    [owner],
+                    |r| r.get(0),
+                )?;
+                l.admit_snapshot(owner, u32::try_from(n).unwrap_or(u32::MAX))?;
+            }
+            let r = tx.execute(
                 &format!("INSERT INTO snapshots ({SNAP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![s.id, s.name, s.sandbox, s.image, s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.dir, s.template, s.image_digest, s.owner],
             );
@@ -474,7 +489,11 @@ impl StateStore for SqliteStore {
                 {
                     Err(StateError::NameTaken(s.name.clone().unwrap_or_default()))
                 }
-                r => r.map(drop).map_err(Into::into),
+                r => {
+                    r?;
+                    tx.commit()?;
+                    Ok(())
+                }
             }
         })
     }

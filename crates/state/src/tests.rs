@@ -58,6 +58,7 @@ fn concurrent_inserts_pass_a_limit_together_never(db: &dyn StateStore, another: 
         sandboxes: 3,
         vcpus: 64,
         memory_mib: 1 << 20,
+        snapshots: 100,
     };
     let admitted = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -230,16 +231,52 @@ fn snapshots_and_admission(db: &dyn StateStore) {
         template,
         owner: owner.map(str::to_string),
     };
-    db.insert_snapshot(&snap("5a5a00000001", Some("acme"), Some("base"), false))
-        .unwrap();
-    db.insert_snapshot(&snap("5a5a00000002", Some("blue"), Some("base"), false))
-        .unwrap();
-    db.insert_snapshot(&snap("5a5a00000003", None, None, true))
+    db.insert_snapshot(
+        &snap("5a5a00000001", Some("acme"), Some("base"), false),
+        None,
+    )
+    .unwrap();
+    db.insert_snapshot(
+        &snap("5a5a00000002", Some("blue"), Some("base"), false),
+        None,
+    )
+    .unwrap();
+    db.insert_snapshot(&snap("5a5a00000003", None, None, true), None)
         .unwrap();
     assert!(matches!(
-        db.insert_snapshot(&snap("5a5a00000004", Some("acme"), Some("base"), false)),
+        db.insert_snapshot(
+            &snap("5a5a00000004", Some("acme"), Some("base"), false),
+            None
+        ),
         Err(StateError::NameTaken(_))
     ));
+    // A quota of snapshots: acme holds one (templates are the host's, not counted).
+    let limits = crate::Limits {
+        sandboxes: 10,
+        vcpus: 10,
+        memory_mib: 1 << 20,
+        snapshots: 1,
+    };
+    let e = db
+        .insert_snapshot(
+            &snap("5a5a00000005", Some("acme"), None, false),
+            Some(&limits),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StateError::OverQuota {
+                what: "snapshots",
+                max: 1,
+                have: 1,
+                add: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(db.find_snapshot("5a5a00000005").unwrap().is_none());
     let got = db
         .find_snapshot_named(Some("blue"), "base")
         .unwrap()
@@ -304,6 +341,7 @@ fn snapshots_and_admission(db: &dyn StateStore) {
         sandboxes: 2,
         vcpus: 4,
         memory_mib: 1024,
+        snapshots: 100,
     };
     let big = SandboxRecord {
         owner: Some("quota-t".into()),

@@ -272,8 +272,11 @@ pub(crate) async fn snapshot(
 ) -> Result<(StatusCode, Json<api::Snapshot>), ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
+    let limits = app.limits(&auth.0)?;
     let s = run_op(&app, &auth, "snapshot", |app| async move {
-        app.host.snapshot(&r.id, req.name, false).await
+        app.host
+            .snapshot(&r.id, req.name, false, limits.as_ref())
+            .await
     })
     .await?;
     Ok((StatusCode::CREATED, Json(super::snapshot(&auth.0, s))))
