@@ -347,6 +347,16 @@ pub fn coved() -> Command {
     c
 }
 
+/// A new key of the host's operator (`coved keys create --scope operator`: no tenant).
+pub fn operator_key() -> String {
+    let o = coved()
+        .args(["keys", "create", "--scope", "operator"])
+        .output()
+        .expect("coved keys create");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    text(&o).trim().to_string()
+}
+
 /// A new API key (`coved keys create`).
 pub fn api_key(tenant: &str, scope: &str) -> String {
     let o = coved()

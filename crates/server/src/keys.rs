@@ -2,8 +2,10 @@
 //!
 //! A key is 256 random bits, shown once (`cove_` + 64 hex digits) and stored only as its
 //! sha256: a database leak gives no usable key, and with that much entropy a slow hash adds
-//! nothing. Each key belongs to one tenant and has scopes: `read`, `exec` (implies read, and
-//! creating, changing and removing the tenant's sandboxes), `admin` (implies exec; images).
+//! nothing. A key belongs to one tenant and has scopes: `read`, `exec` (implies read, and
+//! creating, changing and removing the tenant's sandboxes), `admin` (implies exec). An
+//! `operator` key belongs to no tenant: it acts as the host's administrator does (every
+//! tenant's resources, and what every tenant shares: images, templates, the scrub).
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -23,8 +25,11 @@ pub enum Scope {
     Read,
     /// Create, change, exec in and remove sandboxes.
     Exec,
-    /// Everything, images included.
+    /// Everything of its tenant's.
     Admin,
+    /// The host's operator (no tenant): every tenant's resources, and what they all share —
+    /// images, templates, the scrub.
+    Operator,
 }
 
 impl Scope {
@@ -34,6 +39,7 @@ impl Scope {
             "read" => Some(Self::Read),
             "exec" => Some(Self::Exec),
             "admin" => Some(Self::Admin),
+            "operator" => Some(Self::Operator),
             _ => None,
         }
     }
@@ -42,6 +48,7 @@ impl Scope {
             Self::Read => "read",
             Self::Exec => "exec",
             Self::Admin => "admin",
+            Self::Operator => "operator",
         }
     }
 }
@@ -65,7 +72,7 @@ impl Principal {
         Self {
             actor: Actor::Local,
             tenant: None,
-            scope: Scope::Admin,
+            scope: Scope::Operator,
         }
     }
 
@@ -97,8 +104,8 @@ impl Principal {
 pub struct KeyInfo {
     /// Id (12 hex digits).
     pub id: String,
-    /// Tenant.
-    pub tenant: String,
+    /// Tenant; none for an operator's key.
+    pub tenant: Option<String>,
     /// Scope.
     pub scope: Scope,
     /// Milliseconds since the epoch.
@@ -263,12 +270,26 @@ impl Keys {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new key for `tenant`; returns its info and the secret (shown once).
-    pub fn create(&self, tenant: &str, scope: Scope) -> anyhow::Result<(KeyInfo, String)> {
-        anyhow::ensure!(
-            valid_tenant(tenant),
-            "invalid tenant {tenant:?}: 1 to 64 of a-z, 0-9, - and _"
-        );
+    /// A new key for `tenant` (none: an operator's key, and only that); returns its info and
+    /// the secret (shown once).
+    pub fn create(&self, tenant: Option<&str>, scope: Scope) -> anyhow::Result<(KeyInfo, String)> {
+        match tenant {
+            Some(t) => {
+                anyhow::ensure!(
+                    valid_tenant(t),
+                    "invalid tenant {t:?}: 1 to 64 of a-z, 0-9, - and _"
+                );
+                anyhow::ensure!(
+                    scope != Scope::Operator,
+                    "an operator's key belongs to no tenant (leave --tenant out)"
+                );
+            }
+            None => anyhow::ensure!(
+                scope == Scope::Operator,
+                "a key of scope {} belongs to a tenant (--tenant)",
+                scope.name()
+            ),
+        }
         let id = random_hex(6)?;
         let secret = format!("cove_{}", random_hex(32)?);
         let created_at = now_ms();
@@ -276,14 +297,14 @@ impl Keys {
         retry_locked(|| {
             conn.execute(
                 "INSERT INTO keys (id, tenant, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, tenant, scope.name(), hash(&secret), created_at],
+                params![id, tenant.unwrap_or(""), scope.name(), hash(&secret), created_at],
             )
         })?;
         drop(conn);
         Ok((
             KeyInfo {
                 id,
-                tenant: tenant.into(),
+                tenant: tenant.map(str::to_string),
                 scope,
                 created_at,
                 revoked_at: None,
@@ -303,10 +324,17 @@ impl Keys {
             )
             .optional()?;
         Ok(row.and_then(|(key_id, tenant, scope)| {
+            let scope = Scope::parse(&scope)?;
+            // Only an operator's key has no tenant (`create` keeps it so).
+            let tenant = match scope {
+                Scope::Operator => None,
+                _ if tenant.is_empty() => return None,
+                _ => Some(tenant),
+            };
             Some(Principal {
                 actor: Actor::Key(key_id),
-                tenant: Some(tenant),
-                scope: Scope::parse(&scope)?,
+                tenant,
+                scope,
             })
         }))
     }
@@ -320,9 +348,10 @@ impl Keys {
         let v = stmt
             .query_map([], |r| {
                 let scope: String = r.get(2)?;
+                let tenant: String = r.get(1)?;
                 Ok(KeyInfo {
                     id: r.get(0)?,
-                    tenant: r.get(1)?,
+                    tenant: (!tenant.is_empty()).then_some(tenant),
                     scope: Scope::parse(&scope).unwrap_or(Scope::Read),
                     created_at: r.get(3)?,
                     revoked_at: r.get(4)?,
@@ -383,7 +412,7 @@ mod tests {
     fn keys_authenticate_until_revoked_and_are_stored_hashed() {
         let d = tempfile::tempdir().unwrap();
         let keys = Keys::open(&d.path().join("coved.db")).unwrap();
-        let (info, secret) = keys.create("acme", Scope::Exec).unwrap();
+        let (info, secret) = keys.create(Some("acme"), Scope::Exec).unwrap();
         assert!(
             secret.starts_with("cove_") && secret.len() == 69,
             "{secret}"
@@ -404,7 +433,14 @@ mod tests {
         assert!(keys.revoke(&info.id).unwrap());
         assert!(!keys.revoke(&info.id).unwrap());
         assert!(keys.authenticate(&secret).unwrap().is_none());
-        assert!(keys.create("Bad Tenant", Scope::Read).is_err());
+        assert!(keys.create(Some("Bad Tenant"), Scope::Read).is_err());
+        // An operator's key has no tenant, and only it has none.
+        assert!(keys.create(None, Scope::Admin).is_err());
+        assert!(keys.create(Some("acme"), Scope::Operator).is_err());
+        let (_, op) = keys.create(None, Scope::Operator).unwrap();
+        let p = keys.authenticate(&op).unwrap().unwrap();
+        assert_eq!((p.tenant.as_deref(), p.scope), (None, Scope::Operator));
+        assert!(p.allows(Scope::Admin));
         assert_eq!(keys.quota("acme").unwrap(), Quota::default());
         let q = Quota {
             sandboxes: 1,
@@ -425,7 +461,7 @@ mod tests {
                 let path = path.clone();
                 std::thread::spawn(move || {
                     let k = Keys::open(&path).unwrap();
-                    k.create(&format!("t{i}"), Scope::Read).unwrap();
+                    k.create(Some(&format!("t{i}")), Scope::Read).unwrap();
                 })
             })
             .collect();

@@ -76,10 +76,11 @@ enum Command {
 enum KeysCommand {
     /// Create a key; prints it (once) on stdout.
     Create {
-        /// The tenant it belongs to.
+        /// The tenant it belongs to (none for `operator`).
         #[arg(long)]
-        tenant: String,
-        /// `read`, `exec` (read, and changing sandboxes) or `admin` (everything).
+        tenant: Option<String>,
+        /// `read`, `exec` (read, and changing sandboxes), `admin` (everything of the tenant's)
+        /// or `operator` (no tenant: every tenant's, and images, templates, the scrub).
         #[arg(long, default_value = "exec")]
         scope: String,
     },
@@ -169,13 +170,14 @@ fn main() -> anyhow::Result<()> {
 fn keys_command(keys: &keys::Keys, c: KeysCommand) -> anyhow::Result<()> {
     match c {
         KeysCommand::Create { tenant, scope } => {
-            let scope = keys::Scope::parse(&scope)
-                .with_context(|| format!("unknown scope {scope:?}: read, exec or admin"))?;
-            let (info, secret) = keys.create(&tenant, scope)?;
-            eprintln!(
-                "key {} for tenant {} ({:?})",
-                info.id, info.tenant, info.scope
-            );
+            let scope = keys::Scope::parse(&scope).with_context(|| {
+                format!("unknown scope {scope:?}: read, exec, admin or operator")
+            })?;
+            let (info, secret) = keys.create(tenant.as_deref(), scope)?;
+            match &info.tenant {
+                Some(t) => eprintln!("key {} for tenant {t} ({:?})", info.id, info.scope),
+                None => eprintln!("key {} of the host's operator", info.id),
+            }
             println!("{secret}");
         }
         KeysCommand::Ls { json } => {
@@ -188,7 +190,7 @@ fn keys_command(keys: &keys::Keys, c: KeysCommand) -> anyhow::Result<()> {
                     println!(
                         "{:<12}  {:<20}  {:<6}  {}",
                         k.id,
-                        k.tenant,
+                        k.tenant.as_deref().unwrap_or("(operator)"),
                         format!("{:?}", k.scope).to_lowercase(),
                         if k.revoked_at.is_some() { "yes" } else { "-" }
                     );

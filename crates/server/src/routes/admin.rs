@@ -13,7 +13,7 @@ use crate::auth::Auth;
 use crate::error::{ApiError, Json};
 use crate::keys::Scope;
 
-/// Boot an image once and keep its snapshot as the template of that image and shape (`admin`).
+/// Boot an image once and keep its snapshot as the template of that image and shape (`operator`).
 #[utoipa::path(post, path = "/v1/templates", tag = "images", request_body = api::CreateTemplate,
     responses((status = 201, body = api::Snapshot), (status = 422, body = api::Error)))]
 pub async fn create_template(
@@ -21,7 +21,7 @@ pub async fn create_template(
     auth: Auth,
     Json(req): Json<api::CreateTemplate>,
 ) -> Result<(StatusCode, Json<api::Snapshot>), ApiError> {
-    auth.need(Scope::Admin)?;
+    auth.need(Scope::Operator)?;
     let d = CreateSpec::default();
     let spec = CreateSpec {
         image: req.image,
@@ -56,7 +56,7 @@ pub struct ImportQuery {
     pick: Option<String>,
 }
 
-/// Import a `docker save` archive or an OCI layout tar, sent as the body (`admin`; streamed to
+/// Import a `docker save` archive or an OCI layout tar, sent as the body (`operator`; streamed to
 /// a temporary file, any size).
 #[utoipa::path(put, path = "/v1/images/import", tag = "images", params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
@@ -67,7 +67,7 @@ pub async fn import(
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<api::Image>), ApiError> {
-    auth.need(Scope::Admin)?;
+    auth.need(Scope::Operator)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let internal = |e: std::io::Error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
@@ -110,11 +110,11 @@ pub async fn import(
 }
 
 /// Remove images that no name points at and nothing uses, and cached layers no image needs
-/// (`admin`).
+/// (`operator`).
 #[utoipa::path(post, path = "/v1/images/prune", tag = "images",
     responses((status = 200, body = api::Pruned), (status = 403, body = api::Error)))]
 pub async fn prune(State(app): State<App>, auth: Auth) -> Result<Json<api::Pruned>, ApiError> {
-    auth.need(Scope::Admin)?;
+    auth.need(Scope::Operator)?;
     let (removed, freed_bytes) = app.host.image_prune().await?;
     Ok(Json(api::Pruned {
         removed,
@@ -132,11 +132,7 @@ pub async fn scrub(
     auth: Auth,
     q: Result<Query<ScrubQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<api::Scrubbed>, ApiError> {
-    if !auth.is_local() {
-        return Err(ApiError::forbidden(
-            "a scrub reads every tenant's snapshots: the host's administrator only",
-        ));
-    }
+    auth.need(Scope::Operator)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(app.host.scrub(q.only.as_deref()).await?))
 }

@@ -123,7 +123,7 @@ pub(crate) async fn get(
     }))
 }
 
-/// Remove an image name, or an image by digest (`admin`): like `cove image rm`, a name that is
+/// Remove an image name, or an image by digest (`operator`): like `cove image rm`, a name that is
 /// one of several only goes itself; the image goes with its last name, refused (409) while
 /// sandboxes or snapshots use it. Names with `/` or `:` are sent percent-encoded.
 #[utoipa::path(delete, path = "/v1/images/{image}", tag = "images",
@@ -135,7 +135,7 @@ pub(crate) async fn delete(
     auth: Auth,
     Path(image): Path<String>,
 ) -> Result<Json<api::ImageRemoved>, ApiError> {
-    auth.need(Scope::Admin)?;
+    auth.need(Scope::Operator)?;
     if let Some(hex) = image.strip_prefix("sha256:")
         && (hex.len() != 64 || app.host.images().get(&image).is_none())
     {

@@ -69,7 +69,7 @@ impl Progress for Pull {
     }
 }
 
-/// Start pulling an image (`admin`); follow its progress at `/v1/images/pulls/{id}`.
+/// Start pulling an image (`operator`); follow its progress at `/v1/images/pulls/{id}`.
 #[utoipa::path(post, path = "/v1/images/pull", tag = "images", request_body = api::Pull,
     responses((status = 202, body = api::PullStarted), (status = 400, body = api::Error),
         (status = 403, body = api::Error)))]
@@ -78,7 +78,7 @@ pub async fn start(
     auth: Auth,
     Json(req): Json<api::Pull>,
 ) -> Result<(StatusCode, Json<api::PullStarted>), ApiError> {
-    auth.need(Scope::Admin)?;
+    auth.need(Scope::Operator)?;
     // A malformed reference is refused now, not in the stream.
     cove_host::images::parse_reference(&req.reference)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -121,7 +121,7 @@ pub async fn follow(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    auth.need(Scope::Admin)?;
+    auth.need(Scope::Operator)?;
     let pull = app
         .pulls
         .map
