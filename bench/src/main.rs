@@ -597,14 +597,16 @@ impl Drop for Coved {
 }
 
 /// A new key of `tenant` with `scope`.
-fn key_for(home: &Path, tenant: &str, scope: &str) -> anyhow::Result<String> {
+fn key_for(home: &Path, tenant: Option<&str>, scope: &str) -> anyhow::Result<String> {
     let coved = std::env::current_exe()?.with_file_name("coved");
-    let out = Command::new(&coved)
-        .arg("--home")
+    let mut c = Command::new(&coved);
+    c.arg("--home")
         .arg(home)
-        .args(["keys", "create", "--tenant", tenant, "--scope", scope])
-        .stderr(Stdio::null())
-        .output()?;
+        .args(["keys", "create", "--scope", scope]);
+    if let Some(t) = tenant {
+        c.args(["--tenant", t]);
+    }
+    let out = c.stderr(Stdio::null()).output()?;
     if !out.status.success() {
         bail!("coved keys create failed");
     }
@@ -650,11 +652,17 @@ async fn creates_on_postgres(
 ) -> anyhow::Result<serde_json::Value> {
     let pg = cove_state::testing::Server::start();
     let server = start_coved(home, &["--database", &pg.url("bench")])?;
-    let key = key_for(home, &format!("bench-pg-{}", std::process::id()), "admin")?;
+    let key = key_for(
+        home,
+        Some(&format!("bench-pg-{}", std::process::id())),
+        "exec",
+    )?;
+    // Templates are the operator's.
+    let operator = key_for(home, None, "operator")?;
     let digest = host.image("busybox")?.digest;
     let res = http
         .post(format!("{}/v1/templates", server.1))
-        .bearer_auth(&key)
+        .bearer_auth(&operator)
         .json(&json!({"image": digest, "memory_mib": 256}))
         .send()
         .await?;
@@ -665,7 +673,7 @@ async fn creates_on_postgres(
         .to_string();
     let r = concurrent_creates(http, &server.1, &key, n, &digest, "postgresql").await;
     http.delete(format!("{}/v1/snapshots/{tpl}", server.1))
-        .bearer_auth(&key)
+        .bearer_auth(&operator)
         .send()
         .await?;
     r
@@ -673,7 +681,7 @@ async fn creates_on_postgres(
 
 async fn api(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
     let tenant = format!("bench-{}", std::process::id());
-    let key = key_for(home, &tenant, "exec")?;
+    let key = key_for(home, Some(&tenant), "exec")?;
     let server = start_coved(home, &[])?;
     let unjailed = start_coved_with(home, &[], &[("COVE_JAIL", "off")])?;
     let mut api_create_unjailed = Vec::new();
