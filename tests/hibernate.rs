@@ -726,6 +726,9 @@ fn a_scrub_finds_what_the_remembered_check_cannot() {
         ok(&restored.exec(&[], &["cat", "/root/note"], b"")),
         "kept\n"
     );
+    // The fetched copy was checked once, by the host, and that check is remembered (a jailed
+    // restore cannot write it into the sealed snapshot: each would hash it again).
+    assert!(cove_store::verified::current(&dir, "memory").is_some());
     let o = cove_out(&["scrub", "--only", &snap, "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     ok(&cove_out(&["snapshot", "rm", &snap]));

@@ -520,6 +520,85 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// What checking a snapshot costs at restore: a 512 MiB guest that wrote 240 MiB of random
+/// data into memory, snapshotted; restores to the first exec with the check remembered (the
+/// usual case: the snapshot was saved or checked on this host and is unchanged) against ones
+/// that hash every file first (the record removed: a snapshot fetched from the blob store, or
+/// changed), interleaved; and the hash alone (`cove-vm --verify-snapshot`, the scrub's).
+async fn verification_cost(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
+    let spec = CreateSpec {
+        memory_mib: 512,
+        ..bench_spec()
+    };
+    let rec = host.create(&spec).await?;
+    let fill = host
+        .connect(&rec.id)
+        .await?
+        .output(
+            ExecRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "head -c 240000000 /dev/urandom > /dev/shm/fill".into(),
+                ],
+                ..Default::default()
+            },
+            None,
+        )
+        .await?;
+    anyhow::ensure!(fill.status.code == Some(0), "fill: {:?}", fill.status);
+    let snap = host.snapshot(&rec.id, None, false, None).await?;
+    host.remove(&rec.id, true).await?;
+    let dir = home.join("snapshots").join(&snap.id);
+    let allocated_mib = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join("memory"))?.blocks() * 512 / (1 << 20)
+    };
+    let (mut cached, mut hashed, mut hash) = (Vec::new(), Vec::new(), Vec::new());
+    let result = async {
+        for _ in 0..3 {
+            for rehash in [false, true] {
+                if rehash {
+                    std::fs::remove_file(dir.join("verified.json"))?;
+                }
+                let t = Instant::now();
+                let r = host
+                    .create(&CreateSpec {
+                        from_snapshot: Some(snap.id.clone()),
+                        ..spec.clone()
+                    })
+                    .await?;
+                run_true(host, &r.id).await?;
+                if rehash { &mut hashed } else { &mut cached }.push(ms(t));
+                host.remove(&r.id, true).await?;
+            }
+            // The hash alone, which also remembers the check again for the next round.
+            let t = Instant::now();
+            let o = Command::new(std::env::current_exe()?.with_file_name("cove-vm"))
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--verify-snapshot")
+                .output()?;
+            anyhow::ensure!(o.status.success(), "verify: {:?}", o);
+            hash.push(ms(t));
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    host.remove_snapshot(&snap.id).await?;
+    result?;
+    let (c, h) = (summary(cached), summary(hashed));
+    let added = h["median"].as_f64().unwrap_or(0.0) - c["median"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "memory_mib": 512,
+        "memory_file_allocated_mib": allocated_mib,
+        "restore_to_first_exec_remembered_ms": c,
+        "restore_to_first_exec_hashed_ms": h,
+        "hash_alone_ms": summary(hash),
+        "hashing_adds_pct": ((added / c["median"].as_f64().unwrap_or(1.0)) * 1000.0).round() / 10.0,
+    }))
+}
+
 /// What the jail costs: the same operations on the same home, jailed (`jailed`) and not
 /// (`bare`), interleaved so both see the same machine; medians and their difference.
 async fn jail_cost(jailed: &Host, bare: &Host) -> anyhow::Result<serde_json::Value> {
@@ -1050,15 +1129,21 @@ async fn main() -> anyhow::Result<()> {
         }
         "lifecycle" => {
             let mut line = lifecycle(&host).await?;
+            line["verification"] = verification_cost(&host, Path::new(&home)).await?;
             if host.jail_off().is_none() {
                 let bare = Host::open(Path::new(&home))?.without_jail();
                 line["jail"] = jail_cost(&host, &bare).await?;
             }
             line
         }
+        // The snapshot check's part of `lifecycle` alone.
+        "verify" => json!({
+            "bench": "verify",
+            "verification": verification_cost(&host, Path::new(&home)).await?,
+        }),
         "image-import" => image_import(Path::new(&home)).await?,
         "api" => api(&host, Path::new(&home)).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle|image-import|api|kvm"),
+        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|kvm"),
     };
     println!("{line}");
     Ok(())

@@ -100,6 +100,10 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// A snapshot's file does not match its manifest (the host's check of a fetched snapshot,
+    /// or the scrub's).
+    #[error("{0}")]
+    SnapshotCorrupted(String),
     /// An operation that needs the guest's agent (a snapshot freezes it) failed, and the agent
     /// does not answer a probe either: the guest is at fault, the sandbox is now `unhealthy`.
     #[error("sandbox {id} is {state} but its agent does not answer: {reason}")]

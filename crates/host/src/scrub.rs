@@ -11,6 +11,38 @@ use cove_model::{Held, SandboxState, ScrubAction, ScrubFinding, Scrubbed};
 use crate::{Host, HostError, supervisor};
 
 impl Host {
+    /// Hashes every file of the snapshot in `dir` (cove-vm `--verify-snapshot`, unjailed: it
+    /// only reads, and remembers each pass in the snapshot's record). A mismatch is
+    /// [`HostError::SnapshotCorrupted`] naming the file; a snapshot that could not be read,
+    /// another error.
+    pub(crate) async fn verify_snapshot(&self, dir: &std::path::Path) -> Result<(), HostError> {
+        let o = tokio::process::Command::new(supervisor::vm_binary())
+            .arg("--dir")
+            .arg(dir)
+            .arg("--verify-snapshot")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|source| HostError::Io {
+                what: "starting cove-vm to check a snapshot",
+                path: dir.display().to_string(),
+                source,
+            })?;
+        match o.status.code() {
+            Some(0) => Ok(()),
+            Some(3) => Err(HostError::SnapshotCorrupted(
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            )),
+            _ => Err(HostError::Io {
+                what: "checking a snapshot",
+                path: dir.display().to_string(),
+                source: std::io::Error::other(
+                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                ),
+            }),
+        }
+    }
+
     /// Scrubs every copy kept here, one after another (it reads everything: a scrub is meant to
     /// run in the background, coved's every `COVE_SCRUB_HOURS`). A corrupted copy loses its
     /// remembered check (a restore hashes it and refuses it) and, when the blob store holds the
@@ -47,30 +79,14 @@ impl Host {
                 continue; // only in the blob store: checked when it is fetched
             }
             out.checked += 1;
-            let o = tokio::process::Command::new(supervisor::vm_binary())
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--verify-snapshot")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await
-                .map_err(|source| HostError::Io {
-                    what: "starting cove-vm to check a snapshot",
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-            if o.status.success() {
-                continue;
-            }
-            if o.status.code() != Some(3) {
-                tracing::warn!(
-                    "scrub: {} could not be checked: {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                continue;
-            }
-            let error = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let error = match self.verify_snapshot(&dir).await {
+                Ok(()) => continue,
+                Err(HostError::SnapshotCorrupted(reason)) => reason,
+                Err(e) => {
+                    tracing::warn!("scrub: {} could not be checked: {e}", dir.display());
+                    continue;
+                }
+            };
             let _ = std::fs::remove_file(dir.join("verified.json"));
             let action = if self.blobs.has(&key).await && std::fs::remove_dir_all(&dir).is_ok() {
                 ScrubAction::Refetch

@@ -281,6 +281,12 @@ impl Host {
             self.blobs
                 .download_dir(&format!("snapshots/{}", s.id), dir)
                 .await?;
+            // Checked once here, as the host, and remembered: the jailed restores that follow
+            // cannot record a check in the (sealed) snapshot, and would each hash it again.
+            if let Err(e) = self.verify_snapshot(dir).await {
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -98,9 +98,9 @@ impl From<HostError> for ApiError {
             HostError::NoSuchSandbox(_) | HostError::NoSuchSnapshot(_) => {
                 (S::NOT_FOUND, "not_found")
             }
-            HostError::NoSuchImage { .. } | HostError::Image(_) => {
-                (S::UNPROCESSABLE_ENTITY, "unprocessable")
-            }
+            HostError::NoSuchImage { .. }
+            | HostError::Image(_)
+            | HostError::SnapshotCorrupted(_) => (S::UNPROCESSABLE_ENTITY, "unprocessable"),
             HostError::NameTaken(_)
             | HostError::NotRunning { .. }
             | HostError::StillRunning(_)
