@@ -661,20 +661,15 @@ fn a_tamper_that_keeps_the_mtime_is_refused() {
     assert_eq!(o.status.code(), Some(125));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("corrupted"), "{err}");
-    // The refused restore is a `failed` sandbox that says why (as a failed boot is).
+    // Refused by the host's check before anything started: no sandbox is left of it.
     let all: Vec<serde_json::Value> =
         serde_json::from_str(&ok(&cove_out(&["ls", "--json"]))).unwrap();
-    let refused: Vec<&str> = all
-        .iter()
-        .filter(|s| {
-            s["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains(&format!("snapshots/{snap}/memory is corrupted")))
-        })
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(refused.len(), 1, "{all:?}");
-    ok(&cove_out(&["rm", "-f", refused[0]]));
+    assert!(
+        !all.iter().any(|s| s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("snapshots/{snap}/")))),
+        "{all:?}"
+    );
     ok(&cove_out(&["snapshot", "rm", &snap]));
 }
 

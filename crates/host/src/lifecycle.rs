@@ -28,9 +28,23 @@ impl Host {
             None => None,
         };
         let explicit = spec.from_snapshot.is_some();
-        if let Some(s) = &from {
-            self.ensure_local(s).await?;
-        }
+        // Here, and checked: a snapshot whose check is not remembered is hashed by the host
+        // first (once: the pass is remembered), so a corrupted one is refused before anything
+        // starts (`422`), and a template that is corrupted is booted around.
+        let from = match from {
+            Some(s) => match self.ready_snapshot(&s).await {
+                Ok(()) => Some(s),
+                Err(e @ HostError::SnapshotCorrupted(_)) if !explicit => {
+                    tracing::warn!(
+                        "template {} cannot be restored ({e}); booting instead",
+                        s.id
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
         let pending = self.begin(spec, from.as_ref()).await?;
         match self.finish(pending).await {
             // A template that no longer restores (a new QEMU, say) is not the user's problem:

@@ -21,6 +21,12 @@ use crate::{EventRecord, Host, HostError, SandboxRecord};
 /// process is gone (killed, crashed) is reconciled at once.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long a move another live process recorded is left to it: its operation may still be
+/// going on (a pause recorded, the resume that follows not yet), and this process's marks know
+/// nothing of it. Two processes reconcile one sandbox when a CLI or a second coved opens the
+/// home; without this, one recorded the other's resume as its own (`reconcile`) move.
+const OTHER_OWNER_GRACE: Duration = Duration::from_secs(10);
+
 impl Host {
     /// Every sandbox, each reconciled. One removed meanwhile is left out; one that cannot be
     /// reconciled now is listed as recorded (the next read tries again) rather than failing
@@ -117,6 +123,16 @@ impl Host {
                 SandboxState::Hibernating | SandboxState::Creating | SandboxState::Resuming
             )
         {
+            return Ok(());
+        }
+        let other_owner = wait_for_owner
+            && rec
+                .op
+                .as_deref()
+                .is_some_and(|op| op != crate::supervisor::this_process() && process_alive(op))
+            && now_ms() - rec.updated_at
+                < i64::try_from(OTHER_OWNER_GRACE.as_millis()).unwrap_or(i64::MAX);
+        if other_owner {
             return Ok(());
         }
         if rec.pid.is_some_and(vm_alive) {

@@ -10,6 +10,14 @@ use cove_model::{Held, SandboxState, ScrubAction, ScrubFinding, Scrubbed};
 
 use crate::{Host, HostError, supervisor};
 
+/// Whether `dir` is a directory (not a link) the host owns: a sealed snapshot.
+fn sealed_dir(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me)
+}
+
 impl Host {
     /// Hashes every file of the snapshot in `dir` (cove-vm `--verify-snapshot`, unjailed: it
     /// only reads, and remembers each pass in the snapshot's record). A mismatch is
@@ -75,6 +83,16 @@ impl Host {
         }
         let mut out = Scrubbed::default();
         for (held, id, dir, key) in targets {
+            // A hibernation is checked as the sandbox's operation (a resume waits for no scrub
+            // but a scrub never reads what a resumed jail writes next): still hibernated, and
+            // its directory still the sealed one (the host's, not a link).
+            let _busy = (held == Held::Hibernation).then(|| self.busy(&id));
+            if held == Held::Hibernation
+                && (!matches!(self.db.find(&id), Ok(Some(r)) if r.state == SandboxState::Hibernated)
+                    || !sealed_dir(&dir))
+            {
+                continue;
+            }
             if !dir.join("manifest.json").is_file() {
                 continue; // only in the blob store: checked when it is fetched
             }

@@ -122,6 +122,17 @@ impl Host {
         if !rec.state.is_active() {
             return Err(not_running(rec));
         }
+        // Refused before any work when the owner is at its quota already (the store admits it
+        // again, in the insert's transaction): a tenant at its limit costs the host no saves.
+        if let (Some(l), Some(owner)) = (limits, rec.owner.as_deref()) {
+            let held = self
+                .db
+                .list_snapshots()?
+                .iter()
+                .filter(|s| s.owner.as_deref() == Some(owner) && !s.template)
+                .count();
+            l.admit_snapshot(owner, u32::try_from(held).unwrap_or(u32::MAX))?;
+        }
         let id = new_id();
         let dir = self.home.join("snapshots").join(&id);
         std::fs::create_dir_all(self.home.join("snapshots"))
@@ -183,7 +194,13 @@ impl Host {
             created_at: now_ms(),
             dir: dir.display().to_string(),
             template,
-            owner: if template { None } else { rec.owner.clone() },
+            // Templates are the host's; a fork's passing snapshot is nobody's (no tenant lists
+            // it, no quota counts it).
+            owner: if template || !store {
+                None
+            } else {
+                rec.owner.clone()
+            },
         };
         // A fork's snapshot lives only until its clones have started: marked as such, a fork
         // that was interrupted leaves nothing the start-up sweep does not find.
@@ -195,6 +212,13 @@ impl Host {
         if let Err(e) = inserted {
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_file(self.snapshot_marker(&snap.id, FORKING));
+            // Refused (a quota, say): the stored copy goes too, or it would outlive any record.
+            if store {
+                let _ = self
+                    .blobs
+                    .delete_prefix(&format!("snapshots/{}", snap.id))
+                    .await;
+            }
             return Err(e.into());
         }
         Ok(snap)
@@ -275,6 +299,20 @@ impl Host {
     }
 
     /// Fetches a snapshot from the blob store when this host has no cached copy.
+    /// [`Host::ensure_local`], then a check by the host of any file of the snapshot whose pass
+    /// is not remembered (a jailed restore cannot remember one in the sealed snapshot).
+    pub(crate) async fn ready_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
+        self.ensure_local(s).await?;
+        let dir = Path::new(&s.dir);
+        if ["memory", "state"]
+            .iter()
+            .any(|f| cove_store::verified::current(dir, f).is_none())
+        {
+            self.verify_snapshot(dir).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn ensure_local(&self, s: &SnapshotRecord) -> Result<(), HostError> {
         let dir = Path::new(&s.dir);
         if !dir.join("manifest.json").is_file() {

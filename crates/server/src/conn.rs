@@ -4,12 +4,19 @@
 //! - Headers: a request's head (and, on a kept-alive connection, the next one) must arrive
 //!   within `COVE_HEADER_TIMEOUT_SECS` (30 s), or the connection is closed: a client that opens
 //!   connections and sends nothing, or a byte a minute, holds nothing for long.
+//!   The first bytes of a connection too: hyper picks HTTP/1 or HTTP/2 from them (up to the
+//!   24 of the HTTP/2 preface) before its own header timer runs, so [`FirstBytes`] holds them
+//!   to the same deadline (a client that connects and sends nothing is let go).
 //! - Bodies: each next piece of a request body within `COVE_BODY_TIMEOUT_SECS` (60 s), or the
-//!   request fails with `408` (a large upload at any speed passes; a stalled one does not).
+//!   request fails with a `4xx` (a large upload at any speed passes; a stalled one does not).
 //! - Upgraded connections (an interactive exec) are the route's: they end when it ends.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -41,9 +48,85 @@ pub(crate) fn body_timeout() -> Duration {
     secs("COVE_BODY_TIMEOUT_SECS", 60)
 }
 
+/// A connection whose first bytes must arrive by a deadline (see the module's doc).
+struct FirstBytes<I> {
+    io: I,
+    /// Bytes still to come under the deadline.
+    left: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstBytes<I> {
+    fn new(io: I) -> Self {
+        Self {
+            io,
+            left: 24,
+            deadline: Some(Box::pin(tokio::time::sleep(header_timeout()))),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request within the header deadline",
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let n = buf.filled().len() - before;
+            this.left = this.left.saturating_sub(n);
+            if this.left == 0 || n == 0 {
+                this.deadline = None;
+            }
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytes<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Something that accepts connections and says who is at the other end.
 pub(crate) trait Accept: Send + 'static {
-    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Peer)>> + Send;
 }
 
@@ -107,7 +190,10 @@ pub(crate) async fn serve<L: Accept>(
             },
         );
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+            .serve_connection_with_upgrades(
+                TokioIo::new(FirstBytes::new(io)),
+                TowerToHyperService::new(svc),
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

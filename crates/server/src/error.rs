@@ -78,8 +78,14 @@ pub(crate) fn set_host_roots(home: &std::path::Path) {
 /// administrator: a tenant reads `snapshot file …/snapshots/ID/memory is corrupted`, never the
 /// host's layout. Paths in the guest (`/root/x: not found`) stay.
 pub(crate) fn redact(message: &str) -> String {
+    redact_for(SHOWS_HOST.try_with(|s| *s).unwrap_or(false), message)
+}
+
+/// [`redact`] for a caller known outside the request (a stream, an upgraded connection):
+/// `shows_host` for the host's administrator or an operator.
+pub(crate) fn redact_for(shows_host: bool, message: &str) -> String {
     let mut m = message.to_string();
-    if SHOWS_HOST.try_with(|s| *s).unwrap_or(false) {
+    if shows_host {
         return m;
     }
     for root in HOST_ROOTS.get().into_iter().flatten() {

@@ -112,9 +112,9 @@ enum QuotaCommand {
         /// Memory in MiB.
         #[arg(long)]
         memory_mib: u32,
-        /// Snapshots (each a copy of a guest's memory and disk).
-        #[arg(long, default_value_t = keys::Quota::default().snapshots)]
-        snapshots: u32,
+        /// Snapshots (each a copy of a guest's memory and disk); unchanged when left out.
+        #[arg(long)]
+        snapshots: Option<u32>,
     },
     /// Show a tenant's quota.
     Show {
@@ -137,15 +137,21 @@ fn main() -> anyhow::Result<()> {
                 vcpus,
                 memory_mib,
                 snapshots,
-            } => keys.set_quota(
-                &tenant,
-                keys::Quota {
-                    sandboxes,
-                    vcpus,
-                    memory_mib,
-                    snapshots,
-                },
-            ),
+            } => {
+                let snapshots = match snapshots {
+                    Some(n) => n,
+                    None => keys.quota(&tenant)?.snapshots,
+                };
+                keys.set_quota(
+                    &tenant,
+                    keys::Quota {
+                        sandboxes,
+                        vcpus,
+                        memory_mib,
+                        snapshots,
+                    },
+                )
+            }
             QuotaCommand::Show { tenant } => {
                 println!("{}", serde_json::to_string(&keys.quota(&tenant)?)?);
                 Ok(())
@@ -328,10 +334,11 @@ impl Listener {
             });
             let l = l.into_std()?;
             let mut server = axum_server::tls_rustls::from_tcp_rustls(l, tls.0)?.handle(handle);
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(Some(conn::header_timeout()));
+            let b = server.http_builder();
+            b.http1().header_read_timeout(Some(conn::header_timeout()));
+            b.http2()
+                .keep_alive_interval(Some(conn::header_timeout()))
+                .keep_alive_timeout(std::time::Duration::from_secs(20));
             return server.serve(router.into_make_service()).await;
         }
         // Each connection's peer (its uid on a Unix socket) reaches the auth extractor.

@@ -63,10 +63,20 @@ pub fn remember(snap: &Path, key: &str, value: serde_json::Value) {
 }
 
 fn write(snap: &Path, v: &serde_json::Value) {
+    use std::io::Write as _;
     let path = snap.join("verified.json");
     let tmp = snap.join(format!("verified.json.{}", std::process::id()));
-    if std::fs::write(&tmp, v.to_string()).is_ok() {
+    // A new file only (never through a link someone left at that name), then renamed over.
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(v.to_string().as_bytes()));
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, &path);
+    } else {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 

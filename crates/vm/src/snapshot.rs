@@ -216,10 +216,35 @@ pub fn verify(snap: &Path, name: &str, want: Option<&FileSum>) -> Result<(), Sna
 /// the host's check of a snapshot it fetched. Each pass is remembered (by the host, which runs
 /// this unjailed: a jailed restore cannot write into a sealed snapshot, so without this a
 /// fetched snapshot would be hashed at every restore).
+///
+/// Run as root on what a jail wrote: a manifest names only files of the snapshot's own
+/// directory (one plain name each), and each is opened without following a link, without
+/// blocking, and only if it is a plain file.
 pub fn verify_all(snap: &Path) -> Result<usize, SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let m = Manifest::read(snap)?;
     for (name, want) in &m.files {
-        accept(snap, name, Some(want), &sum(&snap.join(name))?)?;
+        let plain_name = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !plain_name {
+            // Not a file of the snapshot: the manifest is what is corrupted.
+            return Err(SnapshotError::Corrupted(
+                snap.join("manifest.json").display().to_string(),
+            ));
+        }
+        let path = snap.join(name);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        if !f.metadata().map_err(io("reading", &path))?.is_file() {
+            return Err(SnapshotError::Corrupted(path.display().to_string()));
+        }
+        accept(snap, name, Some(want), &sum_of(f, &path)?)?;
     }
     Ok(m.files.len())
 }
@@ -343,7 +368,11 @@ fn copy_sparse_with(
 
 /// The sparse sha256 of a file.
 pub fn sum(path: &Path) -> Result<FileSum, SnapshotError> {
-    let mut f = File::open(path).map_err(io("opening", path))?;
+    sum_of(File::open(path).map_err(io("opening", path))?, path)
+}
+
+/// [`sum`] of the open file `f` (at `path`, for errors).
+fn sum_of(mut f: File, path: &Path) -> Result<FileSum, SnapshotError> {
     let mut h = Sha256::new();
     let size = for_each_page(&mut f, path, |off, page| {
         h.update(off.to_le_bytes());
@@ -370,6 +399,49 @@ pub fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host's check reads what a jail wrote: a manifest naming a file outside the
+    /// snapshot, or a file that is a link, is refused as corrupted and nothing else is read;
+    /// the plain files of a good one pass, and the pass is remembered.
+    #[test]
+    fn the_full_check_reads_only_plain_files_of_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("secret");
+        std::fs::write(&outside, b"host data").unwrap();
+        let snap = d.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        std::fs::write(snap.join("memory"), b"guest memory").unwrap();
+        let m = |files: Vec<(&str, FileSum)>| Manifest {
+            format: FORMAT,
+            engine: "qemu".into(),
+            engine_version: "x".into(),
+            accel: "tcg".into(),
+            cpu: "max".into(),
+            cpu_flags: vec![],
+            memory_mib: 128,
+            cpus: 1,
+            created_at: 0,
+            files: files.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+        };
+        let good = sum(&snap.join("memory")).unwrap();
+        m(vec![("memory", good.clone())]).write(&snap).unwrap();
+        assert_eq!(verify_all(&snap).unwrap(), 1);
+        assert!(verified_before(&snap, "memory", &good));
+        for name in ["../secret", "/etc/passwd", ".hidden"] {
+            m(vec![(name, sum(&outside).unwrap())])
+                .write(&snap)
+                .unwrap();
+            assert!(
+                matches!(verify_all(&snap), Err(SnapshotError::Corrupted(p)) if p.ends_with("manifest.json")),
+                "{name}"
+            );
+        }
+        std::os::unix::fs::symlink(&outside, snap.join("state")).unwrap();
+        m(vec![("state", sum(&outside).unwrap())])
+            .write(&snap)
+            .unwrap();
+        assert!(verify_all(&snap).is_err(), "a link is not followed");
+    }
 
     #[test]
     fn sparse_copy_keeps_holes_and_checksums_match() {

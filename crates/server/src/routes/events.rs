@@ -33,14 +33,18 @@ pub struct EventsQuery {
     follow: bool,
 }
 
-fn event(e: cove_host::EventRecord) -> api::Event {
+/// An event as `shows_host` (the host's administrator or an operator) or a tenant reads it.
+fn event(e: cove_host::EventRecord, shows_host: bool) -> api::Event {
     api::Event {
         seq: e.seq,
         at: e.at,
         sandbox: e.sandbox,
         state: e.state,
         actor: e.actor,
-        cause: e.cause.as_deref().map(crate::error::redact),
+        cause: e
+            .cause
+            .as_deref()
+            .map(|c| crate::error::redact_for(shows_host, c)),
     }
 }
 
@@ -60,6 +64,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     let tenant = auth.0.tenant.clone();
+    let shows_host = tenant.is_none();
     // Read the first batch now, so a broken database is an error status, not a cut stream.
     let first = app.host.events(
         q.after.unwrap_or(0),
@@ -79,7 +84,8 @@ pub async fn events(
                     let mut last = 0;
                     for e in batch.drain(..) {
                         last = e.seq;
-                        let json = serde_json::to_string(&event(e)).expect("serializes");
+                        let json =
+                            serde_json::to_string(&event(e, shows_host)).expect("serializes");
                         if sse {
                             out.push_str(&format!("id: {last}\ndata: {json}\n\n"));
                         } else {

@@ -42,26 +42,29 @@ pub async fn exec_ws(
     // The session runs after the upgrade, outside the request: it keeps the caller's actor (a
     // sandbox the idle policy put away is woken by this caller).
     let actor = auth.0.actor.clone();
-    Ok(ws.on_upgrade(move |socket| async move {
-        let mut socket = socket;
-        let outcome = cove_host::ACTOR
-            .scope(actor, session(&app, &rec, &mut socket))
-            .await;
-        app.metrics.exec(outcome.is_ok());
-        let close = close_frame(outcome.as_ref().err());
-        if let Err(e) = outcome {
-            let ev = api::ExecEvent::Error(api::Error {
-                code: e.code.into(),
-                message: crate::error::redact(&e.message),
-                request_id: None,
-            });
-            let _ = socket
-                .send(Message::Text(
-                    serde_json::to_string(&ev).expect("serializes").into(),
-                ))
+    let shows_host = auth.0.tenant.is_none();
+    Ok(ws.on_upgrade(move |socket| {
+        crate::error::SHOWS_HOST.scope(shows_host, async move {
+            let mut socket = socket;
+            let outcome = cove_host::ACTOR
+                .scope(actor, session(&app, &rec, &mut socket))
                 .await;
-        }
-        let _ = socket.send(Message::Close(Some(close))).await;
+            app.metrics.exec(outcome.is_ok());
+            let close = close_frame(outcome.as_ref().err());
+            if let Err(e) = outcome {
+                let ev = api::ExecEvent::Error(api::Error {
+                    code: e.code.into(),
+                    message: crate::error::redact(&e.message),
+                    request_id: None,
+                });
+                let _ = socket
+                    .send(Message::Text(
+                        serde_json::to_string(&ev).expect("serializes").into(),
+                    ))
+                    .await;
+            }
+            let _ = socket.send(Message::Close(Some(close))).await;
+        })
     }))
 }
 
