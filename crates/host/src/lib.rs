@@ -170,21 +170,15 @@ impl Host {
             initramfs: String,
             identity: String,
         }
-        // Device, inode, size, and modification and change times: copy tools keep a size and
-        // an mtime (`cp -p`, `rsync -a`), but a replaced file gets a new inode or ctime.
+        // A file's identity (device, inode, size, modification and change times: copy tools
+        // keep a size and an mtime, `cp -p`, `rsync -a`, but a replaced file gets a new inode or
+        // ctime), as snapshots' remembered checks use it.
         let stamp = |p: &Path| -> Result<String, HostError> {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(p).map_err(io_err("reading the guest's files", p))?;
-            Ok(format!(
-                "{}:{}:{}:{}.{}:{}.{}",
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            ))
+            cove_store::verified::identity(p).ok_or_else(|| HostError::Io {
+                what: "reading the guest's files",
+                path: p.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
         };
         let (kernel, initramfs) = (self.kernel(), self.initramfs());
         let (k, i) = (stamp(&kernel)?, stamp(&initramfs)?);
