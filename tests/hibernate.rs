@@ -728,3 +728,45 @@ fn a_scrub_finds_what_the_remembered_check_cannot() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     ok(&cove_out(&["snapshot", "rm", &snap]));
 }
+
+/// A template changed in place with its mtime put back is not restored: the create that would
+/// have used it is checked by the host first, boots instead, and works.
+#[test]
+fn a_tampered_template_is_booted_around() {
+    // A shape no other test uses, so no other create meets this template meanwhile.
+    let tpl = ok(&cove_out(&[
+        "template", "create", "busybox", "--memory", "176",
+    ]))
+    .trim()
+    .to_string();
+    let memory = cove_tests::home()
+        .join("snapshots")
+        .join(&tpl)
+        .join("memory");
+    let mtime = std::fs::metadata(&memory).unwrap().modified().unwrap();
+    flip(&memory, first_non_zero(&memory), 0x01);
+    std::fs::File::options()
+        .write(true)
+        .open(&memory)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let sb = Sandbox {
+        id: ok(&cove_out(&[
+            "create", "--image", "busybox", "--memory", "176",
+        ]))
+        .trim()
+        .to_string(),
+    };
+    assert_eq!(ok(&sb.exec(&[], &["echo", "booted"], b"")), "booted\n");
+    let vm: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(sb.inspect()["host"]["dir"].as_str().unwrap()).join("vm.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(vm["clone_of"].is_null(), "booted, not restored: {vm}");
+    drop(sb);
+    ok(&cove_out(&["snapshot", "rm", &tpl]));
+}
