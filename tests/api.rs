@@ -690,8 +690,8 @@ async fn the_openapi_document_and_the_router_agree() {
 async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
     let t = tenant("quota");
     let key = api_key(&t, "exec");
-    let o = coved()
-        .args([
+    let set = |more: &[&str]| {
+        let mut args = vec![
             "quota",
             "set",
             &t,
@@ -701,28 +701,14 @@ async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
             "1",
             "--memory-mib",
             "512",
-            "--snapshots",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+        ];
+        args.extend_from_slice(more);
+        let o = coved().args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    set(&["--snapshots", "1"]);
     // Set again without a snapshot limit: the one set stays.
-    let o = coved()
-        .args([
-            "quota",
-            "set",
-            &t,
-            "--sandboxes",
-            "1",
-            "--vcpus",
-            "1",
-            "--memory-mib",
-            "512",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    set(&[]);
     let o = coved().args(["quota", "show", &t]).output().unwrap();
     let q: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(q["snapshots"], 1, "{q}");
@@ -781,18 +767,11 @@ async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
     );
     let id = won["id"].as_str().unwrap();
     // Snapshots: one, then the quota; a removed one frees its place.
-    let snap = |api: &Api| {
-        let path = format!("/v1/sandboxes/{id}/snapshot");
-        let key = key.clone();
-        let api = Api {
-            http: api.http.clone(),
-            url: api.url.clone(),
-        };
-        async move { api.call(Some(&key), Method::POST, &path, None).await }
-    };
-    let (s, first) = snap(&api).await;
+    let path = format!("/v1/sandboxes/{id}/snapshot");
+    let snap = || api.call(Some(&key), Method::POST, &path, None);
+    let (s, first) = snap().await;
     assert_eq!(s, StatusCode::CREATED, "{first}");
-    let (s, v) = snap(&api).await;
+    let (s, v) = snap().await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert!(
         v["message"]
@@ -809,7 +788,7 @@ async fn quotas_and_rate_limits_answer_429_naming_the_limit() {
         None,
     )
     .await;
-    let (s, v) = snap(&api).await;
+    let (s, v) = snap().await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     api.ok(
         &key,
@@ -2722,26 +2701,7 @@ async fn a_tenant_never_reads_the_hosts_paths() {
         .join("snapshots")
         .join(&snap)
         .join("memory");
-    {
-        use std::os::unix::fs::FileExt as _;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&memory)
-            .unwrap();
-        let mut b = [0u8; 4096];
-        let mut at = 0u64;
-        loop {
-            let n = f.read_at(&mut b, at).unwrap();
-            assert!(n > 0);
-            if let Some(i) = b[..n].iter().position(|x| *x != 0) {
-                let x = [b[i] ^ 1];
-                f.write_all_at(&x, at + i as u64).unwrap();
-                break;
-            }
-            at += n as u64;
-        }
-    }
+    cove_tests::flip(&memory, cove_tests::first_non_zero(&memory), 0x01);
     let (s, v) = api
         .call(
             Some(&key),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cove_tests::{Sandbox, cove_out, text, wait_until};
+use cove_tests::{Sandbox, cove_out, first_non_zero, flip, flip_keeping_mtime, text, wait_until};
 
 fn ok(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -103,36 +103,6 @@ fn the_clock_is_resynced_after_hibernation() {
         .unwrap()
         .as_secs_f64();
     assert!((host - guest).abs() <= 1.5, "guest {guest} vs host {host}");
-}
-
-/// The offset of the first non-zero byte of `path`, read a MiB at a time.
-fn first_non_zero(path: &std::path::Path) -> u64 {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut base = 0u64;
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        assert!(n > 0, "{} is all zeros", path.display());
-        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
-            return base + i as u64;
-        }
-        base += n as u64;
-    }
-}
-
-/// XORs one byte of `path` in place with `mask` (twice restores it).
-fn flip(path: &std::path::Path, at: u64, mask: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= mask;
-    f.write_all_at(&b, at).unwrap();
 }
 
 #[test]
@@ -645,18 +615,7 @@ fn a_tamper_that_keeps_the_mtime_is_refused() {
     assert_eq!(ok(&restored.exec(&[], &["echo", "ok"], b"")), "ok\n");
 
     let memory = dir.join("memory");
-    let mtime = std::fs::metadata(&memory).unwrap().modified().unwrap();
-    flip(&memory, first_non_zero(&memory), 0x01);
-    std::fs::File::options()
-        .write(true)
-        .open(&memory)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
-    assert_eq!(
-        std::fs::metadata(&memory).unwrap().modified().unwrap(),
-        mtime
-    );
+    flip_keeping_mtime(&memory, first_non_zero(&memory), 0x01);
     let o = cove_out(&["create", "--from-snapshot", &snap]);
     assert_eq!(o.status.code(), Some(125));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -743,14 +702,7 @@ fn a_tampered_template_is_booted_around() {
         .join("snapshots")
         .join(&tpl)
         .join("memory");
-    let mtime = std::fs::metadata(&memory).unwrap().modified().unwrap();
-    flip(&memory, first_non_zero(&memory), 0x01);
-    std::fs::File::options()
-        .write(true)
-        .open(&memory)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    flip_keeping_mtime(&memory, first_non_zero(&memory), 0x01);
     let sb = Sandbox {
         id: ok(&cove_out(&[
             "create", "--image", "busybox", "--memory", "176",

@@ -153,6 +153,50 @@ impl Drop for Sandbox {
     }
 }
 
+/// The offset of the first non-zero byte of `path`, read a MiB at a time.
+pub fn first_non_zero(path: &std::path::Path) -> u64 {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut base = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        assert!(n > 0, "{} is all zeros", path.display());
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return base + i as u64;
+        }
+        base += n as u64;
+    }
+}
+
+/// XORs one byte of `path` in place with `mask` (twice restores it).
+pub fn flip(path: &std::path::Path, at: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// [`flip`], then the file's modification time put back as it was (what a careful tamperer
+/// does; the change time moves all the same).
+pub fn flip_keeping_mtime(path: &std::path::Path, at: u64, mask: u8) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    flip(path, at, mask);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().modified().unwrap(), mtime);
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;

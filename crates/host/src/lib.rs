@@ -322,17 +322,15 @@ impl Host {
         }
     }
 
-    /// Probes again every sandbox marked unresponsive here or recorded `unhealthy` (by a coved
-    /// before a restart, say), all at once: one whose agent answers is marked no more and
-    /// recorded `running`; one recorded `unhealthy` that does not answer is marked here too.
-    /// coved's watcher calls it every few seconds.
-    pub async fn probe_unresponsive(&self) {
+    /// Probes again every sandbox marked unresponsive here or, among `listed` (what the caller
+    /// just listed), recorded `unhealthy` (by a coved before a restart, say), all at once: one
+    /// whose agent answers is marked no more and recorded `running`; one recorded `unhealthy`
+    /// that does not answer is marked here too. coved's watcher calls it every few seconds.
+    pub async fn probe_unresponsive(&self, listed: &[SandboxRecord]) {
         let mut ids = self.unresponsive.ids();
-        if let Ok(all) = self.db.list() {
-            for r in all {
-                if r.state == SandboxState::Unhealthy && !ids.contains(&r.id) {
-                    ids.push(r.id);
-                }
+        for r in listed {
+            if r.state == SandboxState::Unhealthy && !ids.contains(&r.id) {
+                ids.push(r.id.clone());
             }
         }
         let mut probes = tokio::task::JoinSet::new();

@@ -107,8 +107,6 @@ pub async fn watch_sandboxes(app: App) {
     let mut stored: std::collections::HashSet<(String, i64)> = Default::default();
     loop {
         tick.tick().await;
-        // Sandboxes whose agent stopped answering: those that answer again are running again.
-        app.host.probe_unresponsive().await;
         let all = match app.host.list() {
             Ok(all) => all,
             Err(e) => {
@@ -116,6 +114,8 @@ pub async fn watch_sandboxes(app: App) {
                 continue;
             }
         };
+        // Sandboxes whose agent stopped answering: those that answer again are running again.
+        app.host.probe_unresponsive(&all).await;
         let hibernated: Vec<_> = all
             .into_iter()
             .filter(|r| r.state == cove_api::SandboxState::Hibernated)
