@@ -364,16 +364,26 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
         Some(json!({"cmd": ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &"]})),
     )
     .await;
-    let ps = api
-        .ok(&a, Method::GET, &format!("{base}/processes"), None)
-        .await;
-    let sleeper = ps["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["cmdline"] == json!(["sleep", "300"]))
-        .unwrap_or_else(|| panic!("{ps}"));
-    let pid = sleeper["pid"].as_u64().unwrap();
+    // The background child execs `sleep` after the exec has answered: wait for it to show.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        let ps = api
+            .ok(&a, Method::GET, &format!("{base}/processes"), None)
+            .await;
+        let sleeper = ps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["cmdline"] == json!(["sleep", "300"]))
+            .and_then(|p| p["pid"].as_u64());
+        match sleeper {
+            Some(pid) => break pid,
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => panic!("{ps}"),
+        }
+    };
     let (s, v) = api
         .call(
             Some(&a),
