@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Cove needs on this machine and puts the guest assets into a Cove home:
-#   Debian packages (QEMU, e2fsprogs, cpio, busybox-static, debootstrap)
+#   Debian packages (QEMU, e2fsprogs, cpio, busybox-static, debootstrap, nftables for the
+#   sandboxes' network rules, iproute2)
 #   the guest kernel (cached; see guest/kernel/build.sh)
 #   cove-agent (static) and the initramfs
 #   the default images busybox and python (cached OCI layouts, see guest/images/build.sh,
@@ -14,7 +15,7 @@ t() { date +%s.%N; }
 elapsed() { printf '%.1f' "$(echo "$(t) - $1" | bc)"; }
 
 need=()
-for p in qemu-system-x86 e2fsprogs cpio busybox-static debootstrap file bc; do
+for p in qemu-system-x86 e2fsprogs cpio busybox-static debootstrap file bc nftables iproute2; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -320,6 +320,7 @@ fn an_escape_drill_inside_a_jail_fails_at_every_try() {
             processes: 10_000,
             seccomp: true,
         }),
+        net: None,
     };
     std::fs::write(dir.join("vm.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     let targets = [

@@ -308,6 +308,11 @@ fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError>
     if let Err(e) = loopback_up() {
         eprintln!("cove-agent: loopback: {e}");
     }
+    if let Some(spec) = cmdline_value("cove.net")
+        && let Err(e) = crate::net::configure(&spec)
+    {
+        eprintln!("cove-agent: network: {e}");
+    }
     times.mark("finish");
     Ok(())
 }

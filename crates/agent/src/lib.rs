@@ -8,6 +8,7 @@ pub mod exec;
 pub mod fdio;
 pub mod files;
 pub mod init;
+pub mod net;
 pub mod procs;
 pub mod server;
 pub mod user;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 pub use cove_model::{
-    Actor, CgroupMode, CgroupReport, EventState, Held, Isolation, JailProcess, JailReport,
-    SandboxState, ScrubAction, ScrubFinding, Scrubbed,
+    Actor, CgroupMode, CgroupReport, Destination, EventState, Held, Isolation, JailProcess,
+    JailReport, NetworkMode, NetworkPolicy, SandboxState, ScrubAction, ScrubFinding, Scrubbed,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -99,6 +99,12 @@ pub struct CreateSandbox {
     /// 256 bytes without control characters or commas.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its network: `{"mode": "none"}` for no network device; `{"mode": "egress", "allow":
+    /// […], "deny": […]}` for outbound connections under a policy. Default: `egress` under
+    /// the operator's defaults (public addresses allowed, private ranges denied). A restore
+    /// from a snapshot taken without a network device needs `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
 }
 
 /// A sandbox.
@@ -135,6 +141,9 @@ pub struct Sandbox {
     /// Environment of every command run in it.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Its network policy.
+    #[serde(default)]
+    pub network: NetworkPolicy,
     /// Where and how it runs on this host: shown to the host's administrator only (coved's
     /// Unix socket), never to a tenant's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +176,22 @@ pub struct SandboxHost {
     /// (one sandbox's view only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<JailReport>,
+    /// Its network on the host, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<SandboxLink>,
+}
+
+/// A sandbox's link to the host (the administrator's view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxLink {
+    /// Its network namespace (`ip netns` lists it).
+    pub netns: String,
+    /// The host's end of its link.
+    pub host_iface: String,
+    /// The host's address on the link.
+    pub host_addr: String,
+    /// The sandbox's address on the link: what its traffic leaves the namespace as.
+    pub sandbox_addr: String,
 }
 
 /// What a running sandbox's cove-vm reports.

@@ -37,6 +37,38 @@ pub struct Resources {
     /// Engine: auto (kvm where /dev/kvm is hardware-backed, else qemu), kvm or qemu.
     #[arg(long, value_name = "auto|kvm|qemu")]
     pub engine: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// A network policy, as flags.
+#[derive(Debug, Args, Default)]
+pub struct NetArgs {
+    /// Network: egress (outbound connections under --allow, --deny and the operator's
+    /// defaults) or none (no network device). Default: egress where the host makes networks.
+    #[arg(long, value_name = "egress|none")]
+    pub network: Option<cove_api::NetworkMode>,
+    /// Let the sandbox reach this over --deny and the defaults: an IPv4 network (10.0.0.0/8,
+    /// or an address) or a domain name (and its subdomains); repeatable.
+    #[arg(long, value_name = "CIDR|DOMAIN")]
+    pub allow: Vec<cove_api::Destination>,
+    /// Keep the sandbox from reaching this (forms as --allow); repeatable.
+    #[arg(long, value_name = "CIDR|DOMAIN")]
+    pub deny: Vec<cove_api::Destination>,
+}
+
+impl NetArgs {
+    /// The policy the flags give, if they give one.
+    pub fn policy(&self) -> Option<cove_api::NetworkPolicy> {
+        if self.network.is_none() && self.allow.is_empty() && self.deny.is_empty() {
+            return None;
+        }
+        Some(cove_api::NetworkPolicy {
+            mode: self.network.unwrap_or_default(),
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        })
+    }
 }
 
 /// Lifetime policies of a new sandbox.
@@ -110,6 +142,17 @@ pub enum Command {
         from_snapshot: Option<String>,
         #[command(flatten)]
         policy: Policy,
+    },
+    /// Show a sandbox's network policy, or replace it (the flags give the whole new policy;
+    /// a running sandbox gets it at once).
+    Network {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Clone a running sandbox into new ones; prints one id per line.
     Fork {

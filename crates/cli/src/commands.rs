@@ -17,8 +17,24 @@ fn create_req(res: &Resources, image: String, name: Option<String>) -> api::Crea
         memory_mib: Some(res.memory),
         disk_mib: Some(res.disk),
         engine: res.engine.clone(),
+        network: res.net.policy(),
         ..Default::default()
     }
+}
+
+fn print_network(p: &api::NetworkPolicy, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+        return Ok(());
+    }
+    println!("mode {}", p.mode);
+    for d in &p.allow {
+        println!("allow {d}");
+    }
+    for d in &p.deny {
+        println!("deny {d}");
+    }
+    Ok(())
 }
 
 /// Runs one command against the coved.
@@ -349,6 +365,14 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
         Command::Pause { id } => lifecycle(&c, &id, "pause").await,
         Command::Resume { id } => lifecycle(&c, &id, "resume").await,
         Command::Hibernate { id } => lifecycle(&c, &id, "hibernate").await,
+        Command::Network { id, net, json } => {
+            let sb = match net.policy() {
+                Some(p) => c.set_network(&id, &p).await?,
+                None => c.get(&id).await?,
+            };
+            print_network(&sb.network, json)?;
+            Ok(0)
+        }
         Command::Fork { id, count } => {
             for s in c.fork(&id, count).await? {
                 println!("{}", s.id);

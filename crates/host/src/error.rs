@@ -115,6 +115,13 @@ pub enum HostError {
         /// What failed.
         reason: String,
     },
+    /// A sandbox's network could not be made or changed.
+    #[error(transparent)]
+    Network(#[from] cove_net::NetError),
+    /// A network setting that the sandbox's device set does not allow (`egress` for a sandbox
+    /// created without a network device).
+    #[error("{0}")]
+    NetworkConflict(String),
     /// The image is needed by sandboxes or snapshots.
     #[error("image {image} is in use by {users}; remove them first")]
     ImageInUse {

@@ -28,6 +28,7 @@ pub mod images;
 pub mod isolation;
 mod jail;
 mod lifecycle;
+mod network;
 mod reconcile;
 mod record;
 mod scrub;
@@ -44,6 +45,7 @@ use serde::Serialize;
 pub use agent::{AgentClient, ClientError};
 pub use cove_model::JailReport;
 pub use cove_model::{Actor, EventState, SandboxDir};
+pub use cove_net::NetError;
 pub use cove_state::{EventRecord, Limits, SandboxRecord, SnapshotRecord, StateError, StateStore};
 pub use error::HostError;
 use error::io_err;
@@ -71,6 +73,7 @@ pub struct Host {
     blobs: store::BlobStore,
     images: cove_image::Images,
     jail: jail::Jails,
+    net: cove_net::Networks,
     /// Sandboxes an operation of this process is changing (pausing, resuming, stopping,
     /// hibernating, removing), with how many: the reconcile leaves their records to those
     /// operations instead of recording what it sees half-way as its own move (or a VM ended on
@@ -137,6 +140,7 @@ impl Host {
             images: cove_image::Images::open(home, blobs.clone())?,
             blobs,
             jail: jail::Jails::from_env(home),
+            net: cove_net::Networks::from_env(home),
             busy: Default::default(),
             unresponsive: Default::default(),
         })
@@ -228,7 +232,7 @@ impl Host {
         self.db.update(rec, actor)?;
         // Recorded without a VM: whatever held its jail goes (the user stays leased).
         if !rec.state.has_vm() {
-            self.jail.vm_ended(&rec.id);
+            self.vm_ended(&rec.id);
         }
         Ok(())
     }

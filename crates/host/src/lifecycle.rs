@@ -101,6 +101,11 @@ impl Host {
             Some(s) => std::fs::read_to_string(Path::new(&s.dir).join(crate::GUEST_FILE)).ok(),
             None => Some(self.guest_identity()?),
         };
+        // A restore gets the network device its snapshot had.
+        let network = self.network_for(
+            spec.network.as_ref(),
+            from.map(|s| crate::network::snapshot_nic(Path::new(&s.dir))),
+        )?;
         // A restore keeps the snapshot's machine shape.
         let (cpus, memory_mib, disk_mib) = match from {
             Some(s) => (s.cpus, s.memory_mib, s.disk_mib),
@@ -127,6 +132,7 @@ impl Host {
             owner: spec.owner.clone(),
             labels: spec.labels.clone(),
             env: spec.env.clone(),
+            network,
             updated_at: now,
             op: None,
         };
@@ -245,8 +251,14 @@ impl Host {
             on_idle: policy.on_idle.clone(),
             blob_store: Some(self.home.join("blobs").display().to_string()),
             jail: None,
+            net: None,
         };
         self.jail.prepare(&mut cfg, dir)?;
+        let nic = match from {
+            Some(s) => crate::network::snapshot_nic(Path::new(&s.dir)),
+            None => rec.network.mode == cove_model::NetworkMode::Egress,
+        };
+        self.attach_network(&mut cfg, &rec.network, nic).await?;
         write_atomic(
             &SandboxDir::at(dir).vm_config(),
             &serde_json::to_vec_pretty(&cfg).expect("serializes"),
@@ -352,7 +364,9 @@ impl Host {
                 cfg.restore = Some(snap.display().to_string());
                 cfg.tsc_khz = engine::tsc_khz(&self.home);
                 cfg.blob_store = Some(self.home.join("blobs").display().to_string());
+                let nic = cfg.net.is_some();
                 self.jail.prepare(&mut cfg, &dir)?;
+                self.attach_network(&mut cfg, &rec.network, nic).await?;
                 write_atomic(
                     &layout.vm_config(),
                     &serde_json::to_vec_pretty(&cfg).expect("serializes"),
@@ -450,7 +464,7 @@ impl Host {
         }
         // Everything in its jail ends (a cove-vm that disguised itself included) before the
         // host takes what the jail wrote: the host's and read-only before it is stored.
-        self.jail.vm_ended(&rec.id);
+        self.vm_ended(&rec.id);
         jail::Jails::drop_aliases(layout.path(), "disk.ext4");
         let sealed = jail::Jails::seal(&snap).and_then(|()| jail::Jails::host_file(&layout.disk()));
         if let Err(e) = sealed {
@@ -531,6 +545,7 @@ impl Host {
             .await;
         // Its cgroup, guest RAM (of a cove-vm killed outright) and user.
         self.jail.removed(&rec.id);
+        self.net.destroy(&rec.id);
         crate::fault::point("delete.killed");
         // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
         let dir = &self.home.join("sandboxes").join(&rec.id);

@@ -325,6 +325,8 @@ pub struct Recovered {
     pub jail_cgroups: usize,
     /// Users leased to sandboxes that are gone: released.
     pub jail_users: usize,
+    /// Networks of sandboxes that are gone or have no VM: removed.
+    pub networks: usize,
 }
 
 /// What [`Host::store_hibernations`] found.
@@ -496,6 +498,13 @@ impl Host {
                 .map_or(true, |r| r.is_some_and(|r| r.id == id))
         };
         let (cgroups, users) = self.jail.sweep(exists);
+        // Networks of sandboxes that are gone or whose VM is (a cove-vm killed outright, a
+        // removal interrupted).
+        out.networks = self.net.sweep(|id| {
+            self.db
+                .find(id)
+                .map_or(true, |r| r.is_some_and(|r| r.id == id && r.state.has_vm()))
+        });
         out.jail_cgroups = cgroups;
         out.jail_users = users;
         Ok(out)

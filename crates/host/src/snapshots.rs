@@ -60,6 +60,7 @@ impl Host {
             owner: source.owner,
             labels: source.labels,
             env: source.env,
+            network: Some(source.network),
             ..CreateSpec::default()
         };
         // All clones start at once, then each is awaited: they restore in parallel.
@@ -276,11 +277,19 @@ impl Host {
             .ok()
             .map(|c| c.engine);
         let guest = self.guest_identity().ok();
+        // A template restores with the device it was taken with: one with a network device
+        // for a sandbox that gets one, one without for `none`.
+        let nic = self
+            .network_for(spec.network.as_ref(), None)
+            .ok()
+            .map(|p| p.mode)
+            == Some(cove_model::NetworkMode::Egress);
         let found = self.db.list_snapshots()?.into_iter().rev().find(|s| {
             s.template
                 && s.image_digest == digest
                 && (s.cpus, s.memory_mib, s.disk_mib) == (spec.cpus, spec.memory_mib, spec.disk_mib)
                 && snapshot_engine(Path::new(&s.dir)).is_some_and(|e| Some(e) == engine)
+                && crate::network::snapshot_nic(Path::new(&s.dir)) == nic
         });
         // A template of another guest (taken before a new kernel or agent was installed, or
         // before templates recorded their guest) would bring the old one back: boot instead.

@@ -41,6 +41,9 @@ pub struct CreateSpec {
     pub labels: BTreeMap<String, String>,
     /// Environment for every exec.
     pub env: BTreeMap<String, String>,
+    /// Its network; none: the host's default (`egress` under the operator's defaults where
+    /// the host makes networks, else `none`).
+    pub network: Option<cove_model::NetworkPolicy>,
 }
 
 impl Default for CreateSpec {
@@ -61,6 +64,7 @@ impl Default for CreateSpec {
             owner: None,
             labels: BTreeMap::new(),
             env: BTreeMap::new(),
+            network: None,
         }
     }
 }

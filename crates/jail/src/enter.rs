@@ -84,10 +84,14 @@ pub enum Entered {
 /// Enters the jail `cfg` describes, showing `binds`. Returns only in the jailed child; the
 /// parent writes the child's host pid to `report` (the host's pipe) and exits.
 ///
+/// With `netns` (the sandbox's network namespace, which the host made and holds its tap), the
+/// jail joins it instead of making an empty one.
+///
 /// Must be called before any thread is started: `fork` copies only the calling thread.
 pub fn enter(
     cfg: &JailConfig,
     binds: &[Bind],
+    netns: Option<&Path>,
     report: Option<OwnedFd>,
 ) -> Result<Entered, JailError> {
     for b in binds {
@@ -98,15 +102,16 @@ pub fn enter(
     let dirs: Vec<PathBuf> = cfg.cgroups.iter().map(PathBuf::from).collect();
     Hierarchy::join_self(&dirs)?;
     std::fs::create_dir_all(ROOT_MOUNT).map_err(step(format!("making {ROOT_MOUNT}")))?;
-    nix::sched::unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| step("unshare")(nix_io(e)))?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    match netns {
+        Some(p) => join_netns(p)?,
+        None => flags |= CloneFlags::CLONE_NEWNET,
+    }
+    nix::sched::unshare(flags).map_err(|e| step("unshare")(nix_io(e)))?;
     // The child learns its host pid from the parent, which alone can see it.
     let (r, w) = nix::unistd::pipe().map_err(|e| step("pipe")(nix_io(e)))?;
     // SAFETY: no other thread exists yet (the caller's contract), so the child is a complete
@@ -134,6 +139,14 @@ pub fn enter(
             Ok(Entered::Jailed { host_pid })
         }
     }
+}
+
+/// Moves the calling thread (the whole process, while it has one thread) into the network
+/// namespace bound at `p`.
+pub fn join_netns(p: &Path) -> Result<(), JailError> {
+    let what = || format!("entering the network namespace {}", p.display());
+    let f = std::fs::File::open(p).map_err(step(what()))?;
+    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| step(what())(nix_io(e)))
 }
 
 fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<(), JailError> {

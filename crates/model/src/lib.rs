@@ -9,6 +9,7 @@
 mod actor;
 mod isolation;
 mod layout;
+mod network;
 mod reason;
 mod scrub;
 mod state;
@@ -16,6 +17,7 @@ mod state;
 pub use actor::Actor;
 pub use isolation::{CgroupMode, CgroupReport, Isolation, JailProcess, JailReport};
 pub use layout::{SandboxDir, default_home, is_root};
+pub use network::{Cidr, Destination, MAX_RULES, NetworkMode, NetworkPolicy};
 pub use reason::Reason;
 pub use scrub::{Held, ScrubAction, ScrubFinding, Scrubbed};
 pub use state::{EventState, SandboxState, TransitionError};

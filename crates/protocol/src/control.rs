@@ -190,6 +190,26 @@ pub struct VmConfig {
     /// not root, or `COVE_JAIL=off`).
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// The sandbox's network device; none: the guest has none.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
+}
+
+/// The guest's network device and where its tap is: cove-vm enters `netns` before anything
+/// else (the jail's other namespaces are made inside it), and the engine attaches to `tap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The network namespace the host made (`/run/netns/cove-ID`).
+    pub netns: String,
+    /// The tap in it.
+    pub tap: String,
+    /// The guest's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The guest's address and prefix (`169.254.127.2/30`), the same in every sandbox.
+    pub address: String,
+    /// Its gateway, which is also its DNS server.
+    pub gateway: String,
 }
 
 /// What the host prepared for one sandbox's jail (see `docs/threat-model.md`). cove-vm derives

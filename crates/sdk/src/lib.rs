@@ -279,7 +279,22 @@ impl Client {
         .await
     }
 
-    /// Forks a sandbox into `count` new ones.
+    /// Replaces a sandbox's network policy.
+    pub async fn set_network(
+        &self,
+        id: &str,
+        policy: &api::NetworkPolicy,
+    ) -> Result<api::Sandbox, Error> {
+        let id = &segment(id);
+        self.call(
+            Method::PUT,
+            &format!("/v1/sandboxes/{id}/network"),
+            Some(policy),
+        )
+        .await
+    }
+
+    /// Forks a running sandbox into `count` new ones.
     pub async fn fork(&self, id: &str, count: u32) -> Result<Vec<api::Sandbox>, Error> {
         let id = &segment(id);
         let l: api::List<api::Sandbox> = self

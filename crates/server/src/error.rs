@@ -111,13 +111,15 @@ impl From<HostError> for ApiError {
             | HostError::NotRunning { .. }
             | HostError::StillRunning(_)
             | HostError::Transition { .. }
-            | HostError::ImageInUse { .. } => (S::CONFLICT, "conflict"),
+            | HostError::ImageInUse { .. }
+            | HostError::NetworkConflict(_) => (S::CONFLICT, "conflict"),
             HostError::InvalidSetting { .. } => (S::BAD_REQUEST, "bad_request"),
             HostError::State(StateError::OverQuota { .. }) => {
                 (S::TOO_MANY_REQUESTS, "quota_exceeded")
             }
             HostError::MissingAsset { .. }
             | HostError::Engine(_)
+            | HostError::Network(cove_host::NetError::Unavailable(_))
             | HostError::GuestUnresponsive { .. } => (S::SERVICE_UNAVAILABLE, "unavailable"),
             HostError::Client(c) => return client_error(c, message),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),

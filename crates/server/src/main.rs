@@ -394,6 +394,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         stored = ?recovered.stored,
         jail_cgroups = recovered.jail_cgroups,
         jail_users = recovered.jail_users,
+        networks = recovered.networks,
         home = %home.display(),
         "coved started"
     );

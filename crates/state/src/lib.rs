@@ -20,7 +20,9 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cove_model::{Actor, EventState, Reason, SandboxDir, SandboxState, TransitionError};
+use cove_model::{
+    Actor, EventState, NetworkPolicy, Reason, SandboxDir, SandboxState, TransitionError,
+};
 use serde::Serialize;
 
 pub use crate::postgres::PostgresStore;
@@ -109,6 +111,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), StateError>;
     /// Forgets a sandbox; its removal is an event of `actor`.
     fn delete(&self, id: &str, actor: &Actor) -> Result<(), StateError>;
+    /// Records sandbox `id`'s new network policy.
+    fn set_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), StateError>;
     /// A sandbox by id, name (when one owner uses it), `owner/name`, or unique id prefix of at
     /// least 4.
     fn find(&self, key: &str) -> Result<Option<SandboxRecord>, StateError>;
@@ -343,6 +347,8 @@ pub struct SandboxRecord {
     pub labels: BTreeMap<String, String>,
     /// Environment every exec in it gets (over the image's).
     pub env: BTreeMap<String, String>,
+    /// Its network policy.
+    pub network: NetworkPolicy,
 }
 
 impl SandboxRecord {

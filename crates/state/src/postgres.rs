@@ -12,19 +12,22 @@ use std::sync::{Mutex, MutexGuard};
 use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row};
-use cove_model::{Actor, EventState, Reason, SandboxState};
+use cove_model::{Actor, EventState, NetworkPolicy, Reason, SandboxState};
 
 use crate::{
     EventRecord, Limits, SandboxRecord, SnapshotRecord, StateError, StateStore, blocking, now_ms,
 };
 
 /// Schema migrations, applied in order.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_schema.sql"),
+    include_str!("../migrations/postgres/0002_network.sql"),
+];
 
 /// Serializes migrations of every host sharing the database (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x636f_7665; // "cove"
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op, network";
 
 const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
@@ -99,6 +102,7 @@ fn row(r: &Row) -> Result<SandboxRecord, StateError> {
         owner: r.try_get("owner")?,
         labels: json_col(r, "labels")?,
         env: json_col(r, "env")?,
+        network: json_col(r, "network")?,
     })
 }
 
@@ -275,7 +279,7 @@ impl StateStore for PostgresStore {
                 l.admit(owner, held(&mut tx, owner)?, s)?;
             }
             let r = tx.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"),
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"),
                 &[
                     &s.id,
                     &s.name,
@@ -299,6 +303,7 @@ impl StateStore for PostgresStore {
                     &s.reason.as_ref().map(Reason::kind),
                     &s.updated_at,
                     &s.op,
+                    &serde_json::to_string(&s.network).expect("serializes"),
                 ],
             );
             match r {
@@ -352,6 +357,20 @@ impl StateStore for PostgresStore {
                 log_event(&mut tx, s, EventState::Entered(s.state), actor)?;
             }
             tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn set_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), StateError> {
+        let text = serde_json::to_string(policy).expect("serializes");
+        blocking(|| {
+            let n = self.client().execute(
+                "UPDATE sandboxes SET network = $2 WHERE id = $1",
+                &[&id, &text],
+            )?;
+            if n == 0 {
+                return Err(StateError::NoSuchSandbox(id.to_string()));
+            }
             Ok(())
         })
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use cove_model::{Actor, EventState, Reason, SandboxState};
+use cove_model::{Actor, EventState, NetworkPolicy, Reason, SandboxState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_names_per_owner.sql"),
     include_str!("../migrations/sqlite/0007_typed_reasons.sql"),
     include_str!("../migrations/sqlite/0008_op.sql"),
+    include_str!("../migrations/sqlite/0009_network.sql"),
 ];
 
 fn log_event(
@@ -164,7 +165,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op, network";
 
 const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
@@ -219,6 +220,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         env: json_col(r, 18)?,
         updated_at: r.get(20)?,
         op: r.get(21)?,
+        network: json_col(r, 22)?,
     })
 }
 
@@ -301,8 +303,8 @@ impl StateStore for SqliteStore {
                 l.admit(owner, held(&tx, owner)?, s)?;
             }
             let r = tx.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
-                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op],
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
+                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op, serde_json::to_string(&s.network).expect("serializes")],
             );
             match r {
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -440,6 +442,20 @@ impl StateStore for SqliteStore {
     }
 
     /// Forgets a sandbox; its removal is an event of `actor`.
+    fn set_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), StateError> {
+        let text = serde_json::to_string(policy).expect("serializes");
+        blocking(|| {
+            let n = self.conn().execute(
+                "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
+                params![id, text],
+            )?;
+            if n == 0 {
+                return Err(StateError::NoSuchSandbox(id.to_string()));
+            }
+            Ok(())
+        })
+    }
+
     fn delete(&self, id: &str, actor: &Actor) -> Result<(), StateError> {
         blocking(|| {
             let mut conn = self.conn();

@@ -28,6 +28,10 @@ pub(crate) fn rec(id: &str, name: Option<&str>) -> SandboxRecord {
         reason: None,
         updated_at: 1,
         op: None,
+        network: cove_model::NetworkPolicy {
+            allow: vec!["203.0.113.0/24".parse().unwrap()],
+            ..Default::default()
+        },
     }
 }
 
@@ -110,6 +114,19 @@ fn insert_find_update_delete(db: &dyn StateStore) {
     assert!(matches!(
         db.update(&mut r, &Actor::Local),
         Err(StateError::Transition { .. })
+    ));
+    // The network policy is kept as written, and replaced whole.
+    let stored = db.find("abcd99999999").unwrap().unwrap().network;
+    assert_eq!(stored, rec("x", None).network);
+    db.set_network("abcd99999999", &cove_model::NetworkPolicy::none())
+        .unwrap();
+    assert_eq!(
+        db.find("abcd99999999").unwrap().unwrap().network,
+        cove_model::NetworkPolicy::none()
+    );
+    assert!(matches!(
+        db.set_network("000000000000", &cove_model::NetworkPolicy::none()),
+        Err(StateError::NoSuchSandbox(_))
     ));
     db.delete("abcdef123456", &Actor::Local).unwrap();
     assert_eq!(db.list().unwrap().len(), 1);

@@ -62,7 +62,11 @@ pub fn enter(dir: &Path, report_fd: Option<i32>) -> anyhow::Result<u32> {
     let report = report_fd
         .filter(|fd| cove_jail::enter::fd_open(*fd))
         .map(|fd| unsafe { cove_jail::enter::take_fd(fd) });
+    let netns = cfg.net.as_ref().map(|n| PathBuf::from(&n.netns));
     let Some(jail) = &cfg.jail else {
+        if let Some(p) = &netns {
+            cove_jail::enter::join_netns(p)?;
+        }
         if cfg.engine == "qemu" {
             std::fs::create_dir_all(SandboxDir::guest_ram_dir(&cfg.id))
                 .context("making the guest RAM directory")?;
@@ -73,7 +77,7 @@ pub fn enter(dir: &Path, report_fd: Option<i32>) -> anyhow::Result<u32> {
         }
         return Ok(me);
     };
-    match cove_jail::enter::enter(jail, &binds(&cfg, dir), report)? {
+    match cove_jail::enter::enter(jail, &binds(&cfg, dir), netns.as_deref(), report)? {
         Entered::Jailed { host_pid } => Ok(host_pid),
     }
 }

@@ -90,6 +90,9 @@ pub struct Manifest {
     pub created_at: u64,
     /// `state` and `memory`.
     pub files: std::collections::BTreeMap<String, FileSum>,
+    /// The guest had a network device (a restore must give it one, and only then).
+    #[serde(default)]
+    pub nic: bool,
 }
 
 impl Manifest {
@@ -162,6 +165,20 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses a restore whose device set differs from the snapshot's: a guest that had a
+    /// network device gets one, a guest that had none gets none.
+    pub fn check_nic(&self, nic: bool) -> Result<(), SnapshotError> {
+        match (self.nic, nic) {
+            (true, false) => Err(SnapshotError::Incompatible(
+                "taken with a network device; restore it with a network (not mode none)".into(),
+            )),
+            (false, true) => Err(SnapshotError::Incompatible(
+                "taken without a network device; restore it with network mode none".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -422,6 +439,7 @@ mod tests {
             cpus: 1,
             created_at: 0,
             files: files.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+            nic: false,
         };
         let good = sum(&snap.join("memory")).unwrap();
         m(vec![("memory", good.clone())]).write(&snap).unwrap();
@@ -531,8 +549,11 @@ mod tests {
             cpus: 1,
             created_at: 0,
             files: Default::default(),
+            nic: true,
         };
         assert!(m.check("qemu", "7.2", "max", 256, 1).is_ok());
+        assert!(m.check_nic(true).is_ok());
+        assert!(m.check_nic(false).is_err());
         for e in [
             m.check("kvm", "7.2", "max", 256, 1),
             m.check("qemu", "8.0", "max", 256, 1),

@@ -41,6 +41,7 @@ pub(crate) fn sandbox(p: &Principal, r: SandboxRecord) -> api::Sandbox {
         updated_at: r.updated_at,
         vm: None,
         jail: None,
+        net: None,
     });
     api::Sandbox {
         id: r.id,
@@ -56,6 +57,7 @@ pub(crate) fn sandbox(p: &Principal, r: SandboxRecord) -> api::Sandbox {
         reason: r.reason.map(|r| crate::error::redact(&r.to_string())),
         labels: r.labels,
         env: r.env,
+        network: r.network,
         host,
     }
 }
@@ -114,6 +116,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(sandboxes::stop))
         .routes(routes!(sandboxes::snapshot))
         .routes(routes!(sandboxes::fork))
+        .routes(routes!(sandboxes::network))
         .routes(routes!(exec::exec))
         .routes(routes!(ws::exec_ws))
         .routes(routes!(files::download, files::upload, files::remove))

@@ -67,6 +67,7 @@ pub(crate) async fn create(
         owner: auth.0.tenant.clone(),
         labels: req.labels,
         env: req.env,
+        network: req.network,
         ..defaults
     };
     // Settings first: a malformed request is a 400 whatever the quota says.
@@ -168,10 +169,21 @@ pub(crate) async fn get(
     } else {
         None
     };
+    let net = if auth.is_local() {
+        app.host.network_link(&r.id).map(|a| api::SandboxLink {
+            netns: a.netns.display().to_string(),
+            host_iface: a.host_iface,
+            host_addr: a.host_addr.to_string(),
+            sandbox_addr: a.ns_addr.to_string(),
+        })
+    } else {
+        None
+    };
     let mut out = sandbox(&auth.0, r);
     if let Some(h) = &mut out.host {
         h.vm = vm;
         h.jail = jail;
+        h.net = net;
     }
     Ok(Json(out))
 }
@@ -258,6 +270,30 @@ lifecycle!(
     hibernate,
     "Hibernate a sandbox: memory and disk saved, no VM left running."
 );
+
+/// Replace a sandbox's network policy. A running or paused sandbox gets it at once (every new
+/// packet is checked against it); a hibernated or stopped one when it next runs. A sandbox
+/// created with mode `none` has no network device and cannot be given `egress` (409).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/network", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = api::NetworkPolicy,
+    responses((status = 200, body = api::Sandbox), (status = 400, body = api::Error),
+        (status = 404, body = api::Error),
+        (status = 409, description = "Created without a network device", body = api::Error)))]
+pub(crate) async fn network(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(req): Json<api::NetworkPolicy>,
+) -> Result<Json<api::Sandbox>, ApiError> {
+    auth.need(Scope::Exec)?;
+    let r = app.owned(&auth.0, &id)?;
+    let done = run_op(&app, &auth, "network", |app| async move {
+        app.host.set_network(&r.id, req).await
+    })
+    .await?;
+    Ok(Json(sandbox(&auth.0, done)))
+}
 
 /// Snapshot a sandbox; it keeps running.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/snapshot", tag = "sandboxes",

@@ -92,6 +92,7 @@ impl Kvm {
                 // half-restored.
                 let m = Manifest::read(snap)?;
                 m.check("kvm", ENGINE_VERSION, CPU_MODEL, cfg.memory_mib, cfg.cpus)?;
+                m.check_nic(cfg.net.is_some())?;
                 for name in ["memory", "state"] {
                     snapshot::verify(snap, name, m.files.get(name))?;
                 }
@@ -275,6 +276,7 @@ impl RunningVm for Kvm {
                 cpus: self.cfg.cpus,
                 created_at: super::now_secs(),
                 files,
+                nic: false,
             })
         })
     }
@@ -365,6 +367,7 @@ mod tests {
             on_idle: None,
             blob_store: None,
             jail: None,
+            net: None,
         }
     }
 

@@ -69,6 +69,10 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
     cmdline.push_str(&format!(" cove.hostname={}", cfg.id));
+    if let Some(n) = &cfg.net {
+        // The agent configures eth0 from this (a restored guest is configured already).
+        cmdline.push_str(&format!(" cove.net={},{}", n.address, n.gateway));
+    }
     let cpu = cpu_model(cfg);
     let memory = format!(
         "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
@@ -127,6 +131,17 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive=d{i},serial={}", d.serial));
     }
+    if let Some(n) = &cfg.net {
+        // The host's tap in the sandbox's namespace (cove-vm is in it); no vhost (no
+        // /dev/vhost-net in the jail, and none on these hosts).
+        a.push("-netdev".into());
+        a.push(format!(
+            "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+            n.tap
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-net-device,netdev=net0,mac={}", n.mac));
+    }
     let sock = dir.join("agent.sock");
     a.extend(
         [
@@ -174,6 +189,7 @@ impl Qemu {
             let version = qemu_version_for(&cfg.qemu, snap).await;
             let line = version.as_ref().map_or("unknown", |v| v.line.as_str());
             m.check("qemu", line, cpu_model(cfg), cfg.memory_mib, cfg.cpus)?;
+            m.check_nic(cfg.net.is_some())?;
             // The memory is copied (QEMU writes the guest's changes back into its file); it is
             // hashed on the way only until one check of this very file has passed here.
             let want = m.files.get("memory");
@@ -510,6 +526,7 @@ impl RunningVm for Qemu {
                 cpus: self.cfg.cpus,
                 created_at: super::now_secs(),
                 files,
+                nic: self.cfg.net.is_some(),
             };
             m.write(dir)?;
             Ok(m)

@@ -1,0 +1,153 @@
+//! Sandboxes' networks (`cove_net`): which sandbox gets a network device, making its network
+//! before its VM starts, replacing its policy while it runs, and removing it once its VM ends.
+//!
+//! A sandbox created with mode `none` has no network device at all; one created with `egress`
+//! has one for its whole life (a snapshot's device set is part of the snapshot), and switching
+//! it to `none` drops every packet instead. A restore gets the device its snapshot had.
+
+use std::path::Path;
+
+use cove_model::{NetworkMode, NetworkPolicy};
+use cove_protocol::control::{NetConfig, VmConfig};
+
+use crate::{Host, HostError, SandboxRecord};
+
+/// Whether the snapshot in `dir` was taken with a network device.
+pub(crate) fn snapshot_nic(dir: &Path) -> bool {
+    std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|m| m["nic"] == true)
+}
+
+/// Whether sandbox `rec`'s VM has (or, hibernated, had) a network device: what its `vm.json`
+/// says.
+pub(crate) fn has_nic(rec: &SandboxRecord) -> bool {
+    std::fs::read(rec.layout().vm_config())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<VmConfig>(&b).ok())
+        .is_some_and(|c| c.net.is_some())
+}
+
+/// Checks a policy the host is asked to enforce.
+fn check(p: &NetworkPolicy) -> Result<(), HostError> {
+    p.validate().map_err(invalid)?;
+    if p.has_domains() {
+        // Enforcing a name needs the resolver and the Host/SNI proxy; until they run, a domain
+        // rule would be a promise the host does not keep.
+        return Err(invalid(
+            "domain names in allow or deny are not enforced by this host yet; use IPv4 networks"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(value: String) -> HostError {
+    HostError::InvalidSetting {
+        what: "network",
+        value,
+        allowed: "mode none or egress, allow and deny lists of IPv4 networks and domain names",
+    }
+}
+
+impl Host {
+    /// The policy a new sandbox gets: the one asked for (checked), else `egress` under the
+    /// operator's defaults where this host makes networks, else `none`. With `snapshot_nic`
+    /// (a restore), the device its snapshot had decides: a snapshot without one cannot get
+    /// `egress`.
+    pub(crate) fn network_for(
+        &self,
+        asked: Option<&NetworkPolicy>,
+        snapshot_nic: Option<bool>,
+    ) -> Result<NetworkPolicy, HostError> {
+        let policy = match asked {
+            Some(p) => {
+                check(p)?;
+                p.clone()
+            }
+            None if snapshot_nic == Some(false) || self.net.off().is_some() => {
+                NetworkPolicy::none()
+            }
+            None => NetworkPolicy::default(),
+        };
+        if policy.mode == NetworkMode::Egress {
+            if snapshot_nic == Some(false) {
+                return Err(HostError::NetworkConflict(
+                    "the snapshot was taken without a network device; restore it with network \
+                     mode none"
+                        .into(),
+                ));
+            }
+            if let Some(why) = self.net.off() {
+                return Err(cove_net::NetError::Unavailable(why.to_string()).into());
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Makes sandbox `cfg.id`'s network when its VM gets a device (`nic`), and points the VM
+    /// at it. Runs after the jail is readied: the tap belongs to the jail's user.
+    pub(crate) async fn attach_network(
+        &self,
+        cfg: &mut VmConfig,
+        policy: &NetworkPolicy,
+        nic: bool,
+    ) -> Result<(), HostError> {
+        cfg.net = None;
+        if !nic {
+            return Ok(());
+        }
+        let owner = cfg.jail.as_ref().map(|j| (j.uid, j.gid));
+        let a = self.net.create(&cfg.id, owner, policy).await?;
+        cfg.net = Some(NetConfig {
+            netns: a.netns.display().to_string(),
+            tap: cove_net::TAP.into(),
+            mac: cove_net::mac_text(cove_net::GUEST_MAC),
+            address: format!("{}/{}", cove_net::GUEST_ADDR, cove_net::GUEST_PREFIX),
+            gateway: cove_net::GATEWAY_ADDR.to_string(),
+        });
+        if let Some(j) = cfg.jail.as_mut() {
+            j.devices.push("/dev/net/tun".into());
+        }
+        Ok(())
+    }
+
+    /// Replaces a sandbox's network policy. A sandbox whose VM runs gets it at once (one
+    /// transaction of its rules); a hibernated or stopped one when its VM next starts.
+    pub async fn set_network(
+        &self,
+        key: &str,
+        policy: NetworkPolicy,
+    ) -> Result<SandboxRecord, HostError> {
+        check(&policy)?;
+        let mut rec = self.get(key)?;
+        let _busy = self.busy(&rec.id);
+        if policy.mode == NetworkMode::Egress && !has_nic(&rec) {
+            return Err(HostError::NetworkConflict(format!(
+                "sandbox {} was created without a network device (mode none); create a new \
+                 one with network egress",
+                rec.id
+            )));
+        }
+        if rec.state.has_vm() && self.net.attached(&rec.id).is_some() {
+            self.net.apply(&rec.id, &policy).await?;
+        }
+        self.db.set_network(&rec.id, &policy)?;
+        rec.network = policy;
+        Ok(rec)
+    }
+
+    /// What is left of sandbox `id` once its VM has ended: its jail's cgroup and RAM
+    /// directory, its network.
+    pub(crate) fn vm_ended(&self, id: &str) {
+        self.jail.vm_ended(id);
+        self.net.destroy(id);
+    }
+
+    /// The host's end of sandbox `id`'s link and the address its traffic leaves as, while it
+    /// has a network.
+    pub fn network_link(&self, id: &str) -> Option<cove_net::Attached> {
+        self.net.attached(id)
+    }
+}

@@ -1,0 +1,358 @@
+//! Each sandbox's network, on the host (`docs/network.md` has the drawing).
+//!
+//! A sandbox with a network gets its own network namespace, `/run/netns/cove-ID`, holding:
+//! - `tap0`, the engine's tap device, owned by the sandbox's jail user (so the jailed VMM can
+//!   attach to it without any capability), with the gateway's fixed address and MAC;
+//! - `veth0`, one end of a veth pair whose other end, `cvID`, sits on the host; the pair has a
+//!   /30 of its own from the host's pool (`COVE_NET_POOL`, default `10.201.0.0/16`);
+//! - one nftables table: the policy, the translation between the guest's address (the same in
+//!   every sandbox: [`GUEST_ADDR`]) and the sandbox's own, and the anti-spoofing check.
+//!
+//! The host holds one table of its own (see [`rules::host_ruleset`]). Links and addresses are
+//! made over netlink (`rtnetlink`), the rules by one `nft -f` per change.
+
+mod lease;
+mod ns;
+pub mod rules;
+mod tap;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cove_model::{Cidr, NetworkPolicy};
+
+pub use lease::Lease;
+
+/// The guest's address, the same in every sandbox (a snapshot, template or clone restores
+/// without renumbering). Link-local: never a destination a policy could want.
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 127, 2);
+/// The guest's gateway (the namespace's end of the tap), which is also its DNS server.
+pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 127, 1);
+/// Prefix length of the guest's link.
+pub const GUEST_PREFIX: u8 = 30;
+/// The guest's MAC.
+pub const GUEST_MAC: [u8; 6] = [0x02, 0xc0, 0x5e, 0x00, 0x00, 0x02];
+/// The gateway's MAC, fixed: a restored guest's ARP cache stays valid.
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0xc0, 0x5e, 0x00, 0x00, 0x01];
+/// The tap's name in every namespace.
+pub const TAP: &str = "tap0";
+/// The namespace's end of the veth pair.
+pub const NS_VETH: &str = "veth0";
+/// The host's end of each sandbox's veth pair is this and the sandbox id.
+pub const HOST_IFACE_PREFIX: &str = "cv";
+/// Where the namespaces are bound (where `ip netns` finds them).
+pub const NETNS_DIR: &str = "/run/netns";
+/// The default pool of the sandboxes' links.
+pub const DEFAULT_POOL: &str = "10.201.0.0/16";
+
+/// `aa:bb:…` of a MAC.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Why a sandbox's network could not be made or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A system call or netlink request failed.
+    #[error("network: {what}: {detail}")]
+    Step {
+        /// Which step.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// A tool (nft) failed.
+    #[error("network: {what}: {detail}")]
+    Tool {
+        /// What.
+        what: &'static str,
+        /// Its words.
+        detail: String,
+    },
+    /// Every /30 of the pool is leased.
+    #[error("network: the pool {0} has no free address left")]
+    PoolExhausted(Cidr),
+    /// Networks cannot be made here.
+    #[error("network: unavailable on this host: {0}")]
+    Unavailable(String),
+}
+
+pub(crate) fn step(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
+    let what = what.into();
+    move |e| NetError::Step {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// What a sandbox's VM needs to use its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The namespace's path (`/run/netns/cove-ID`), entered by cove-vm before its engine runs.
+    pub netns: PathBuf,
+    /// The sandbox's address on its link (what its traffic leaves as).
+    pub ns_addr: Ipv4Addr,
+    /// The host's end of the link.
+    pub host_addr: Ipv4Addr,
+    /// The host's interface.
+    pub host_iface: String,
+}
+
+/// This host's sandbox networks.
+#[derive(Debug)]
+pub struct Networks {
+    pool: Cidr,
+    default_deny: Vec<Cidr>,
+    leases: lease::Leases,
+    /// Why networks cannot be made here, if they cannot.
+    off: Option<String>,
+    host_ready: OnceLock<Result<(), String>>,
+}
+
+impl Networks {
+    /// From the environment: `COVE_NET` (`on`, the default for root, or `off`), `COVE_NET_POOL`
+    /// ([`DEFAULT_POOL`]), `COVE_NET_DEFAULT_DENY` (comma-separated networks; default
+    /// [`rules::DEFAULT_DENY`]). `home` tags this home's leases (several homes may share a host).
+    pub fn from_env(home: &Path) -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut off = match env("COVE_NET").as_deref() {
+            Some("off") => Some("COVE_NET=off".to_string()),
+            _ if !cove_model::is_root() => Some("the host does not run as root".to_string()),
+            _ if !Path::new("/dev/net/tun").exists() => Some("/dev/net/tun is missing".into()),
+            _ => None,
+        };
+        let pool = match env("COVE_NET_POOL").map(|p| p.parse::<Cidr>()) {
+            Some(Ok(p)) if p.prefix <= 28 => p,
+            Some(Ok(p)) => {
+                off.get_or_insert(format!("COVE_NET_POOL {p} is smaller than a /28"));
+                p
+            }
+            Some(Err(e)) => {
+                off.get_or_insert(format!("COVE_NET_POOL: {e}"));
+                DEFAULT_POOL.parse().expect("valid")
+            }
+            None => DEFAULT_POOL.parse().expect("valid"),
+        };
+        let default_deny = match env("COVE_NET_DEFAULT_DENY") {
+            Some(list) => list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .filter_map(|s| match s.trim().parse::<Cidr>() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!("COVE_NET_DEFAULT_DENY: {e} (ignored)");
+                        None
+                    }
+                })
+                .collect(),
+            None => rules::DEFAULT_DENY
+                .iter()
+                .map(|s| s.parse().expect("valid"))
+                .collect(),
+        };
+        if let Some(why) = &off {
+            tracing::info!("sandboxes get no network here: {why}");
+        }
+        Self {
+            pool,
+            default_deny,
+            leases: lease::Leases::new(home, pool),
+            off,
+            host_ready: OnceLock::new(),
+        }
+    }
+
+    /// Why networks cannot be made here, if they cannot.
+    pub fn off(&self) -> Option<&str> {
+        self.off.as_deref()
+    }
+
+    /// The pool the sandboxes' links are leased from.
+    pub fn pool(&self) -> Cidr {
+        self.pool
+    }
+
+    fn available(&self) -> Result<(), NetError> {
+        if let Some(why) = &self.off {
+            return Err(NetError::Unavailable(why.clone()));
+        }
+        let r = self
+            .host_ready
+            .get_or_init(|| ns::in_host(|| host_setup(self.pool)).map_err(|e| e.to_string()));
+        r.clone().map_err(NetError::Unavailable)
+    }
+
+    /// Makes sandbox `id`'s namespace, tap (owned by `owner`, the jail's user and group, when
+    /// jailed), link and rules. Anything left of an earlier one of the same sandbox is
+    /// replaced.
+    pub async fn create(
+        &self,
+        id: &str,
+        owner: Option<(u32, u32)>,
+        policy: &NetworkPolicy,
+    ) -> Result<Attached, NetError> {
+        self.available()?;
+        check_id(id)?;
+        self.destroy(id);
+        let lease = self.leases.acquire(id)?;
+        let walls = self.walls(lease.host_addr());
+        let plan_policy = policy.clone();
+        let default_deny = self.default_deny.clone();
+        let id_owned = id.to_string();
+        let made = ns::create(id, move |c, netns| {
+            ns::configure(c, netns, &id_owned, &lease, owner)?;
+            rules::apply(
+                &rules::sandbox_ruleset(&rules::Plan {
+                    ns_addr: lease.ns_addr(),
+                    host_addr: lease.host_addr(),
+                    walls: &walls,
+                    default_deny: &default_deny,
+                    policy: &plan_policy,
+                }),
+                false,
+            )
+        })
+        .await;
+        if let Err(e) = made {
+            self.destroy(id);
+            return Err(e);
+        }
+        Ok(Attached {
+            netns: ns::path(id),
+            ns_addr: lease.ns_addr(),
+            host_addr: lease.host_addr(),
+            host_iface: host_iface(id),
+        })
+    }
+
+    /// Replaces sandbox `id`'s policy (one transaction in its namespace).
+    pub async fn apply(&self, id: &str, policy: &NetworkPolicy) -> Result<(), NetError> {
+        self.available()?;
+        check_id(id)?;
+        let lease = self
+            .leases
+            .find(id)
+            .ok_or_else(|| NetError::Unavailable(format!("sandbox {id} has no network now")))?;
+        let ruleset = rules::sandbox_ruleset(&rules::Plan {
+            ns_addr: lease.ns_addr(),
+            host_addr: lease.host_addr(),
+            walls: &self.walls(lease.host_addr()),
+            default_deny: &self.default_deny,
+            policy,
+        });
+        ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await
+    }
+
+    /// Sandbox `id`'s link, if it has one now.
+    pub fn attached(&self, id: &str) -> Option<Attached> {
+        let lease = self.leases.find(id)?;
+        ns::path(id).exists().then(|| Attached {
+            netns: ns::path(id),
+            ns_addr: lease.ns_addr(),
+            host_addr: lease.host_addr(),
+            host_iface: host_iface(id),
+        })
+    }
+
+    /// Removes everything of sandbox `id`'s network: the host's end of its link (which takes
+    /// the other end), the namespace's name (the namespace and its tap go with the last
+    /// process in it) and its lease. Harmless when there is nothing. Blocks for one netlink
+    /// request (about a millisecond).
+    pub fn destroy(&self, id: &str) {
+        if check_id(id).is_err() || self.off.is_some() {
+            return;
+        }
+        let iface = host_iface(id);
+        if let Err(e) = ns::in_host_blocking(move || ns::delete_link(&iface)) {
+            tracing::warn!("sandbox {id}: removing its link: {e}");
+        }
+        ns::unbind(id);
+        self.leases.release(id);
+    }
+
+    /// Removes the networks of this home's sandboxes that `keep` does not name (gone, or
+    /// without a VM). Returns how many.
+    pub fn sweep(&self, keep: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for id in self.leases.ids() {
+            if !keep(&id) {
+                self.destroy(&id);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// What a guest never reaches: [`rules::WALLS`], the pool of links, the host's own
+    /// addresses.
+    fn walls(&self, _host_addr: Ipv4Addr) -> Vec<Cidr> {
+        let mut w: Vec<Cidr> = rules::WALLS
+            .iter()
+            .map(|s| s.parse().expect("valid"))
+            .collect();
+        w.push(self.pool);
+        w.extend(host_addresses());
+        w
+    }
+}
+
+fn check_id(id: &str) -> Result<(), NetError> {
+    if id.is_empty() || id.len() > 13 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(NetError::Unavailable(format!(
+            "{id:?} is not a sandbox id (at most 13 letters and digits)"
+        )));
+    }
+    Ok(())
+}
+
+/// The host's end of sandbox `id`'s link.
+pub fn host_iface(id: &str) -> String {
+    format!("{HOST_IFACE_PREFIX}{id}")
+}
+
+/// The host's IPv4 addresses, as /32s.
+fn host_addresses() -> Vec<Cidr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Cidr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| a.as_sockaddr_in().map(|s| s.ip()))
+        .map(|ip| Cidr::new(ip, 32))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The host's side, once per process: forwarding on, and the host's table.
+fn host_setup(pool: Cidr) -> Result<(), NetError> {
+    let fwd = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(fwd)
+        .map(|v| v.trim() != "1")
+        .unwrap_or(true)
+    {
+        std::fs::write(fwd, "1").map_err(step("turning on IPv4 forwarding"))?;
+        tracing::info!("IPv4 forwarding turned on for sandbox networks");
+    }
+    rules::apply(&rules::host_ruleset(pool), false)
+}
+
+/// The namespaces of sandboxes that exist on this host now (any home), by id.
+pub fn namespaces() -> Vec<String> {
+    std::fs::read_dir(NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("cove-"))
+                .map(str::to_string)
+        })
+        .collect()
+}

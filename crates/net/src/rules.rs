@@ -1,0 +1,265 @@
+//! The nftables rulesets: one table in each sandbox's namespace (its policy, the translation
+//! between the guest's fixed address and the sandbox's own, and the anti-spoofing check), and
+//! one table on the host (no sandbox reaches the host or another sandbox; sandboxes' traffic
+//! leaves masqueraded). Each is applied as one `nft -f` transaction: a policy change replaces
+//! the whole table atomically, never leaving a half-written one.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use cove_model::{Cidr, NetworkMode, NetworkPolicy};
+
+use crate::{GUEST_ADDR, HOST_IFACE_PREFIX, NS_VETH, NetError, TAP};
+
+/// The operator's default for destinations no `allow` or `deny` entry names: these ranges are
+/// denied, every other address is allowed. Ships as every range that is not the public
+/// internet: "this network", private, CGNAT, loopback, link-local (with the metadata address
+/// 169.254.169.254), the IETF and documentation ranges, benchmarking, multicast and reserved.
+pub const DEFAULT_DENY: [&str; 15] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+];
+
+/// What no policy lifts, beside the host's own addresses and the sandboxes' pool: loopback,
+/// link-local (the metadata address among them), "this network", multicast and reserved.
+pub const WALLS: [&str; 5] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// Everything one sandbox's table is made from.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    /// The sandbox's address on its link to the host (what its traffic leaves as).
+    pub ns_addr: Ipv4Addr,
+    /// The host's end of that link.
+    pub host_addr: Ipv4Addr,
+    /// Never reachable: the pool of sandbox links, the host's addresses, [`WALLS`].
+    pub walls: &'a [Cidr],
+    /// The operator's default deny list.
+    pub default_deny: &'a [Cidr],
+    /// The sandbox's policy.
+    pub policy: &'a NetworkPolicy,
+}
+
+fn set(out: &mut String, name: &str, elements: &[Cidr]) {
+    let _ = writeln!(
+        out,
+        "  set {name} {{ type ipv4_addr; flags interval; auto-merge;"
+    );
+    if !elements.is_empty() {
+        let list: Vec<String> = elements.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "    elements = {{ {} }}", list.join(", "));
+    }
+    out.push_str("  }\n");
+}
+
+/// The sandbox namespace's table, as `nft -f` reads it: created (or replaced) in one
+/// transaction.
+pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
+    let mut o = String::new();
+    // Declaring the table first makes the delete valid when it does not exist yet.
+    o.push_str("table inet cove {}\ndelete table inet cove\ntable inet cove {\n");
+    set(&mut o, "walls", p.walls);
+    let allow: Vec<Cidr> = NetworkPolicy::cidrs(&p.policy.allow).collect();
+    let deny: Vec<Cidr> = NetworkPolicy::cidrs(&p.policy.deny).collect();
+    set(&mut o, "allow", &allow);
+    set(&mut o, "deny", &deny);
+    set(&mut o, "defaults", p.default_deny);
+    let (guest, ns, host) = (GUEST_ADDR, p.ns_addr, p.host_addr);
+    let _ = write!(
+        o,
+        "  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;
+    iifname \"{NS_VETH}\" ip saddr {host} ip daddr {ns} dnat ip to {guest}
+  }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
+    oifname \"{NS_VETH}\" ip saddr {guest} snat ip to {ns}
+  }}
+  chain forward {{ type filter hook forward priority filter; policy drop;
+    iifname \"{TAP}\" jump egress
+    iifname \"{NS_VETH}\" oifname \"{TAP}\" ct state established,related accept
+    iifname \"{NS_VETH}\" oifname \"{TAP}\" ip saddr {host} ct status dnat accept
+  }}
+  chain input {{ type filter hook input priority filter; policy drop;
+    iifname \"lo\" accept
+    ct state established,related accept
+    iifname \"{TAP}\" ip saddr {guest} reject with icmpx admin-prohibited
+  }}
+  chain egress {{
+    meta nfproto ipv6 drop
+    ip saddr != {guest} drop
+    oifname != \"{NS_VETH}\" drop
+    ip daddr @walls reject with icmpx admin-prohibited
+"
+    );
+    match p.policy.mode {
+        NetworkMode::None => o.push_str("    reject with icmpx admin-prohibited\n"),
+        NetworkMode::Egress => o.push_str(
+            "    ip daddr @allow accept
+    ip daddr @deny reject with icmpx admin-prohibited
+    ip daddr @defaults reject with icmpx admin-prohibited
+    accept
+",
+        ),
+    }
+    o.push_str("  }\n}\n");
+    o
+}
+
+/// The host's table: nothing from a sandbox's link reaches the host unless it answers the
+/// host's own connection; nothing passes between two sandboxes' links; sandbox traffic
+/// leaving the host is masqueraded.
+pub fn host_ruleset(pool: Cidr) -> String {
+    let p = HOST_IFACE_PREFIX;
+    format!(
+        "table inet cove {{}}
+delete table inet cove
+table inet cove {{
+  chain input {{ type filter hook input priority filter - 5; policy accept;
+    iifname \"{p}*\" ct state established,related accept
+    iifname \"{p}*\" drop
+  }}
+  chain forward {{ type filter hook forward priority filter - 5; policy accept;
+    iifname \"{p}*\" oifname \"{p}*\" drop
+    oifname \"{p}*\" ct state established,related accept
+    oifname \"{p}*\" drop
+  }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {pool} oifname != \"{p}*\" masquerade
+  }}
+}}
+"
+    )
+}
+
+/// Runs `nft -f -` with `ruleset` in the calling thread's network namespace (the child is
+/// forked from this thread, so it shares the namespace the thread is in).
+pub fn apply(ruleset: &str, check_only: bool) -> Result<(), NetError> {
+    let mut cmd = Command::new(nft());
+    if check_only {
+        cmd.arg("--check");
+    }
+    let mut child = cmd
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Tool {
+            what: "starting nft (install Debian's nftables: guest/setup.sh does)",
+            detail: e.to_string(),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(ruleset.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| NetError::Tool {
+        what: "running nft",
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(NetError::Tool {
+            what: "nft refused the ruleset",
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The nft program: `COVE_NFT`, else the first of /usr/sbin and /sbin that has it.
+fn nft() -> String {
+    if let Ok(p) = std::env::var("COVE_NFT")
+        && !p.is_empty()
+    {
+        return p;
+    }
+    ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(l: &[&str]) -> Vec<Cidr> {
+        l.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_policy_becomes_sets_checked_in_order() {
+        let policy = NetworkPolicy {
+            mode: NetworkMode::Egress,
+            allow: vec!["10.9.0.0/16".parse().unwrap(), "pypi.org".parse().unwrap()],
+            deny: vec!["0.0.0.0/0".parse().unwrap()],
+        };
+        let walls = cidrs(&WALLS);
+        let deny = cidrs(&DEFAULT_DENY);
+        let r = sandbox_ruleset(&Plan {
+            ns_addr: [10, 201, 0, 2].into(),
+            host_addr: [10, 201, 0, 1].into(),
+            walls: &walls,
+            default_deny: &deny,
+            policy: &policy,
+        });
+        assert!(r.contains("set allow { type ipv4_addr; flags interval; auto-merge;\n    elements = { 10.9.0.0/16 }"), "{r}");
+        assert!(r.contains("elements = { 0.0.0.0/0 }"), "{r}");
+        // Walls before allow, allow before deny, deny before the defaults.
+        let at = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s} missing:\n{r}"));
+        assert!(at("ip daddr @walls") < at("ip daddr @allow accept"));
+        assert!(at("ip daddr @allow accept") < at("ip daddr @deny"));
+        assert!(at("ip daddr @deny") < at("ip daddr @defaults"));
+        assert!(at("ip saddr != 169.254.127.2 drop") < at("ip daddr @allow accept"));
+        let none = sandbox_ruleset(&Plan {
+            policy: &NetworkPolicy::none(),
+            ns_addr: [10, 201, 0, 2].into(),
+            host_addr: [10, 201, 0, 1].into(),
+            walls: &walls,
+            default_deny: &deny,
+        });
+        assert!(!none.contains("@allow accept"), "{none}");
+    }
+
+    /// nft itself reads both rulesets (`--check`: nothing is applied).
+    #[test]
+    fn nft_accepts_the_rulesets() {
+        let walls = cidrs(&WALLS);
+        let deny = cidrs(&DEFAULT_DENY);
+        let policy = NetworkPolicy {
+            mode: NetworkMode::Egress,
+            allow: vec![
+                "10.9.0.0/16".parse().unwrap(),
+                "10.9.1.0/24".parse().unwrap(),
+            ],
+            deny: vec![],
+        };
+        let plan = Plan {
+            ns_addr: [10, 201, 0, 2].into(),
+            host_addr: [10, 201, 0, 1].into(),
+            walls: &walls,
+            default_deny: &deny,
+            policy: &policy,
+        };
+        apply(&sandbox_ruleset(&plan), true).unwrap();
+        apply(&host_ruleset("10.201.0.0/16".parse().unwrap()), true).unwrap();
+    }
+}
