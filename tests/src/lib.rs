@@ -3,6 +3,8 @@
 //!
 //! These tests never skip: without QEMU, the kernel or the images they fail with what to run.
 
+pub mod net;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

@@ -94,6 +94,7 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     oifname \"{NS_VETH}\" ip saddr {guest} snat ip to {ns}
   }}
   chain forward {{ type filter hook forward priority filter; policy drop;
+    iifname \"{TAP}\" ct direction reply ct status dnat accept
     iifname \"{TAP}\" jump egress
     iifname \"{NS_VETH}\" oifname \"{TAP}\" ct state established,related accept
     iifname \"{NS_VETH}\" oifname \"{TAP}\" ip saddr {host} ct status dnat accept
