@@ -456,7 +456,7 @@ fn console_to_serial() {
     }
 }
 
-fn cmdline_value(key: &str) -> Option<String> {
+pub(crate) fn cmdline_value(key: &str) -> Option<String> {
     let c = std::fs::read_to_string("/proc/cmdline").ok()?;
     c.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string))

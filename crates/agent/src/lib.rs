@@ -10,5 +10,6 @@ pub mod files;
 pub mod init;
 pub mod net;
 pub mod procs;
+pub mod relay;
 pub mod server;
 pub mod user;

@@ -480,6 +480,7 @@ async fn run_request(
         }
         Request::Rename { from, to } => files::blocking(move || files::rename(&from, &to)).await,
         Request::Processes => files::blocking(crate::procs::list).await,
+        Request::Connect { port } => crate::relay::connect(port, ob, inbox).await,
         Request::Kill { pid, signal } => {
             files::blocking(move || crate::procs::kill(pid, signal)).await
         }

@@ -181,6 +181,33 @@ pub struct SandboxHost {
     pub net: Option<SandboxLink>,
 }
 
+/// A sandbox's traffic token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrafficToken {
+    /// Send it as `X-Cove-Traffic-Token` with requests to the sandbox's ports.
+    pub token: String,
+}
+
+/// Asks for a signed URL to one of a sandbox's ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignUrl {
+    /// The guest's TCP port.
+    pub port: u16,
+    /// Valid for this many seconds (1 to 2592000, default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_secs: Option<u64>,
+}
+
+/// A signed URL to a sandbox's port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortUrl {
+    /// `http(s)://PORT-ID.DOMAIN:LISTEN/?cove_expires=…&cove_signature=…`.
+    pub url: String,
+    /// When it stops working, milliseconds since the epoch.
+    pub expires_at: i64,
+}
+
 /// A sandbox's link to the host (the administrator's view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxLink {

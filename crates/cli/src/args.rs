@@ -55,18 +55,26 @@ pub struct NetArgs {
     /// Keep the sandbox from reaching this (forms as --allow); repeatable.
     #[arg(long, value_name = "CIDR|DOMAIN")]
     pub deny: Vec<cove_api::Destination>,
+    /// Serve the sandbox's ports through coved to anyone (no traffic token or signed URL).
+    #[arg(long)]
+    pub public_ports: bool,
 }
 
 impl NetArgs {
     /// The policy the flags give, if they give one.
     pub fn policy(&self) -> Option<cove_api::NetworkPolicy> {
-        if self.network.is_none() && self.allow.is_empty() && self.deny.is_empty() {
+        if self.network.is_none()
+            && self.allow.is_empty()
+            && self.deny.is_empty()
+            && !self.public_ports
+        {
             return None;
         }
         Some(cove_api::NetworkPolicy {
             mode: self.network.unwrap_or_default(),
             allow: self.allow.clone(),
             deny: self.deny.clone(),
+            public_ports: self.public_ports,
         })
     }
 }
@@ -153,6 +161,16 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a signed URL to a port of a sandbox (opens in a browser; no token needed).
+    Url {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// The guest's TCP port.
+        port: u16,
+        /// How long it works: seconds, or with a unit (90s, 10m, 2h, 7d; at most 30d).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        expires: u64,
     },
     /// Clone a running sandbox into new ones; prints one id per line.
     Fork {
@@ -531,4 +549,26 @@ mod tests {
         assert!(exec.interactive && exec.tty);
         assert_eq!(id, "abc");
     }
+}
+
+/// `90`, `90s`, `10m`, `2h`, `7d` → seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?}: out of range"))
 }

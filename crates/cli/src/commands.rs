@@ -373,6 +373,19 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             print_network(&sb.network, json)?;
             Ok(0)
         }
+        Command::Url { id, port, expires } => {
+            let u = c
+                .sign_url(
+                    &id,
+                    &api::SignUrl {
+                        port,
+                        expires_secs: Some(expires),
+                    },
+                )
+                .await?;
+            println!("{}", u.url);
+            Ok(0)
+        }
         Command::Fork { id, count } => {
             for s in c.fork(&id, count).await? {
                 println!("{}", s.id);

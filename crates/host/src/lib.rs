@@ -29,6 +29,7 @@ pub mod isolation;
 mod jail;
 mod lifecycle;
 mod network;
+mod ports;
 mod reconcile;
 mod record;
 mod scrub;

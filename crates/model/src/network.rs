@@ -223,6 +223,10 @@ pub struct NetworkPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Vec<String>))]
     pub deny: Vec<Destination>,
+    /// Its ports are served through coved to anyone, without the traffic token or a signed
+    /// URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_ports: bool,
 }
 
 impl NetworkPolicy {
@@ -334,6 +338,7 @@ mod tests {
             mode: NetworkMode::Egress,
             allow: vec!["pypi.org".parse().unwrap()],
             deny: vec!["org".parse().unwrap()],
+            public_ports: false,
         };
         assert_eq!(p.name_verdict("pypi.org"), Some(true));
         assert_eq!(p.name_verdict("files.pypi.org"), Some(true));

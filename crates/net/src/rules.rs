@@ -212,6 +212,7 @@ mod tests {
             mode: NetworkMode::Egress,
             allow: vec!["10.9.0.0/16".parse().unwrap(), "pypi.org".parse().unwrap()],
             deny: vec!["0.0.0.0/0".parse().unwrap()],
+            public_ports: false,
         };
         let walls = cidrs(&WALLS);
         let deny = cidrs(&DEFAULT_DENY);
@@ -252,6 +253,7 @@ mod tests {
                 "10.9.1.0/24".parse().unwrap(),
             ],
             deny: vec![],
+            public_ports: false,
         };
         let plan = Plan {
             ns_addr: [10, 201, 0, 2].into(),

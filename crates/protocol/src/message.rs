@@ -111,6 +111,15 @@ pub enum Request {
     },
     /// Flushes the filesystems and stops the guest.
     Shutdown,
+    /// Opens a TCP connection to `port` in the guest: its loopback first (servers bound to
+    /// 127.0.0.1 or to every address), then its network address. Answered `Connected`; the
+    /// session then carries the connection's bytes: host to guest as `Data` on stdin (`Eof`
+    /// half-closes the connection), guest to host as `Data` on stdout (`Eof` when the guest's
+    /// side closed), and ends with `Done` once both directions have closed, or at `Cancel`.
+    Connect {
+        /// The guest's TCP port.
+        port: u16,
+    },
 }
 
 /// A process of the guest.
@@ -209,6 +218,8 @@ pub enum Reply {
         /// The directory's entries, sorted by name.
         entries: Vec<DirEntry>,
     },
+    /// A `Connect`'s connection is open.
+    Connected,
     /// The request succeeded and has nothing to report.
     Ok,
     /// The request failed; the session is over.
@@ -218,7 +229,10 @@ pub enum Reply {
 impl Reply {
     /// True when this reply ends its session.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Self::Started { .. } | Self::FileStart { .. })
+        !matches!(
+            self,
+            Self::Started { .. } | Self::FileStart { .. } | Self::Connected
+        )
     }
 }
 
@@ -369,6 +383,8 @@ pub enum ErrorCode {
     /// The guest is out of something the request needs: processes (a fork bomb's pid limit),
     /// memory, open files.
     Exhausted,
+    /// Nothing in the guest listens on the port a `Connect` names.
+    Refused,
 }
 
 impl ErrorCode {
@@ -387,6 +403,7 @@ impl ErrorCode {
             // guest kernel's limit)
             22 | 36 | 40 | 7 => Self::InvalidRequest,
             11 | 12 | 23 | 24 => Self::Exhausted, // EAGAIN, ENOMEM, ENFILE, EMFILE
+            111 => Self::Refused,                 // ECONNREFUSED
             _ => Self::Internal,
         }
     }

@@ -279,6 +279,26 @@ impl Client {
         .await
     }
 
+    /// A sandbox's traffic token (send it as `X-Cove-Traffic-Token` to reach its ports).
+    pub async fn traffic_token(&self, id: &str) -> Result<String, Error> {
+        let id = &segment(id);
+        let t: api::TrafficToken = self
+            .call(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/traffic-token"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(t.token)
+    }
+
+    /// A signed URL to a port of a sandbox.
+    pub async fn sign_url(&self, id: &str, req: &api::SignUrl) -> Result<api::PortUrl, Error> {
+        let id = &segment(id);
+        self.call(Method::POST, &format!("/v1/sandboxes/{id}/urls"), Some(req))
+            .await
+    }
+
     /// Replaces a sandbox's network policy.
     pub async fn set_network(
         &self,

@@ -43,14 +43,27 @@ pub struct Inner {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Image pulls started through the API.
     pub pulls: crate::routes::pulls::Pulls,
+    /// Who may reach sandboxes' ports, and under which domain.
+    pub traffic: crate::traffic::Traffic,
+    /// The scheme and port of the TCP listener signed URLs name; none on a Unix socket only.
+    pub public: Option<(String, u16)>,
 }
 
 /// The shared state.
 pub type App = Arc<Inner>;
 
 /// The state for `host` and `keys`.
-pub fn state(host: Host, keys: Keys, rate: f64, metrics_on_api: bool) -> App {
+pub fn state(
+    host: Host,
+    keys: Keys,
+    rate: f64,
+    metrics_on_api: bool,
+    traffic: crate::traffic::Traffic,
+    public: Option<(String, u16)>,
+) -> App {
     Arc::new(Inner {
+        traffic,
+        public,
         host,
         keys,
         metrics: Metrics::default(),

@@ -80,6 +80,12 @@ pub async fn identify(
     crate::error::SHOWS_HOST.scope(shows_host, run).await
 }
 
+/// The caller [`identify`] found for a request, if it found one (routes that also admit other
+/// credentials, such as a sandbox's ports, look here instead of taking [`Auth`]).
+pub(crate) fn identified(ext: &axum::http::Extensions) -> Option<Principal> {
+    ext.get::<Identified>().and_then(|i| i.0.clone().ok())
+}
+
 fn principal(parts: &mut Parts, app: &App) -> Result<Principal, ApiError> {
     let bearer = parts
         .headers

@@ -147,6 +147,7 @@ fn client_error(c: &ClientError, message: String) -> ApiError {
                 }
                 // The guest failed or ran out of something: its fault, not the host's (a 500
                 // would page the host's operator for what a sandbox did to itself).
+                C::Refused => (StatusCode::BAD_GATEWAY, "port_closed"),
                 C::Exhausted | C::Internal | C::Cancelled => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
@@ -172,7 +173,10 @@ impl From<ClientError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // A sandbox's own server (a closed port, a bad answer) is the guest's doing, not coved's.
+        if self.status == StatusCode::BAD_GATEWAY {
+            tracing::info!(code = self.code, "{}", self.message);
+        } else if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
         let body = cove_api::Error {

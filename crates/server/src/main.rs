@@ -15,6 +15,7 @@ mod error;
 mod keys;
 mod metrics;
 mod routes;
+mod traffic;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,10 @@ struct Cli {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The domain under which `PORT-ID.DOMAIN` reaches a sandbox's port (point a wildcard
+    /// DNS name at coved; `*.localhost` resolves to loopback by itself).
+    #[arg(long, env = "COVE_DOMAIN", default_value = "cove.localhost")]
+    domain: String,
     /// Requests per second per key (and as many in a burst).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
@@ -382,7 +387,23 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?)),
         _ => None,
     };
-    let app = app::state(host, keys, cli.rate_limit, metrics.is_none());
+    let traffic = traffic::Traffic::open(&home, cli.domain.clone())
+        .with_context(|| format!("the traffic key in {}", home.display()))?;
+    let public = match &api {
+        Listener::Tcp(l) => l.local_addr().ok().map(|a| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            (scheme.to_string(), a.port())
+        }),
+        Listener::Unix(..) => None,
+    };
+    let app = app::state(
+        host,
+        keys,
+        cli.rate_limit,
+        metrics.is_none(),
+        traffic,
+        public,
+    );
     println!("coved: listening on {}", api.describe());
     if let Some(m) = &metrics {
         println!("coved: metrics on {}", m.describe());

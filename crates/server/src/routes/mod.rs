@@ -8,6 +8,7 @@ pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod images;
 pub(crate) mod meta;
+pub(crate) mod ports;
 pub(crate) mod pulls;
 pub(crate) mod sandboxes;
 pub(crate) mod snapshots;
@@ -117,6 +118,9 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(sandboxes::snapshot))
         .routes(routes!(sandboxes::fork))
         .routes(routes!(sandboxes::network))
+        .routes(routes!(ports::token))
+        .routes(routes!(ports::url))
+        .routes(routes!(ports::tcp))
         .routes(routes!(exec::exec))
         .routes(routes!(ws::exec_ws))
         .routes(routes!(files::download, files::upload, files::remove))
@@ -188,22 +192,36 @@ pub(crate) async fn no_route() -> ApiError {
 pub fn router(app: App) -> axum::Router {
     let (api, doc) = routes();
     let _ = DOC.set(doc.to_pretty_json().expect("the document serializes"));
-    api.fallback(no_route)
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method; see /v1/openapi.json",
-            )
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::auth::identify,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            request_id,
-        ))
-        .with_state(app)
+    // A sandbox's ports, any method: documented in docs/api.md (a proxy has no schema).
+    api.route(
+        "/v1/sandboxes/{id}/ports/{port}",
+        axum::routing::any(ports::by_path),
+    )
+    .route(
+        "/v1/sandboxes/{id}/ports/{port}/{*rest}",
+        axum::routing::any(ports::by_path),
+    )
+    .fallback(no_route)
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method; see /v1/openapi.json",
+        )
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::auth::identify,
+    ))
+    // Before any key is looked at: `PORT-ID.DOMAIN` is the sandbox's, not the API's.
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        ports::by_host,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        request_id,
+    ))
+    .with_state(app)
 }
