@@ -375,3 +375,41 @@ async fn traffic_resumes_a_sandbox_put_away_when_idle_and_a_refused_request_does
     assert_eq!(get(&env.addr, &host, "/", &[]).await.0, 401);
     assert_eq!(tokio::task::block_in_place(|| env.state(&sb.id)), "paused");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_relays_a_local_port_over_the_api() {
+    use std::io::BufRead;
+    let env = Env::start();
+    let sb = tokio::task::block_in_place(|| env.sandbox(&["--network", "none"]));
+    let mut child = cove_tests::cove()
+        .args(["port-forward", &sb.id, "0:3000"])
+        .env("COVE_HOST", &env.coved.url)
+        .env("COVE_API_KEY", &env.key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let local = line
+        .strip_prefix("forwarding ")
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("cove port-forward said {line:?}"))
+        .to_string();
+    let fetch = || async {
+        match ::reqwest::get(format!("http://{local}/through-forward")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    };
+    assert!(
+        wait_until(WAIT, || {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(fetch()))
+                .starts_with("port-ok /through-forward")
+        }),
+        "nothing came through the forward"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -162,6 +162,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Forward a local TCP port to a port of a sandbox (over coved's API: works for any
+    /// sandbox, with or without a network); runs until interrupted.
+    PortForward {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// `LOCAL:REMOTE`, or `PORT` for the same number both sides; LOCAL 0 picks a free one.
+        ports: String,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
     /// Print a signed URL to a port of a sandbox (opens in a browser; no token needed).
     Url {
         /// Sandbox id, id prefix or name.

@@ -373,6 +373,38 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             print_network(&sb.network, json)?;
             Ok(0)
         }
+        Command::PortForward { id, ports, address } => {
+            let (local, remote) = match ports.split_once(':') {
+                Some((l, r)) => (l.parse::<u16>(), r.parse::<u16>()),
+                None => (ports.parse::<u16>(), ports.parse::<u16>()),
+            };
+            let (Ok(local), Ok(remote)) = (local, remote) else {
+                anyhow::bail!("{ports:?}: LOCAL:REMOTE or PORT, numbers up to 65535");
+            };
+            anyhow::ensure!(remote > 0, "the sandbox's port is 1 to 65535");
+            // The sandbox must exist before anything listens.
+            let sb = c.get(&id).await?;
+            let l = tokio::net::TcpListener::bind((address.as_str(), local)).await?;
+            eprintln!(
+                "forwarding {} -> sandbox {}:{remote} (Ctrl-C stops)",
+                l.local_addr()?,
+                sb.id
+            );
+            loop {
+                let (conn, _) = tokio::select! {
+                    a = l.accept() => a?,
+                    _ = tokio::signal::ctrl_c() => return Ok(0),
+                };
+                let _ = conn.set_nodelay(true);
+                let c = c.clone();
+                let id = sb.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = c.relay_port(&id, remote, conn).await {
+                        eprintln!("cove: port {remote}: {e}");
+                    }
+                });
+            }
+        }
         Command::Url { id, port, expires } => {
             let u = c
                 .sign_url(

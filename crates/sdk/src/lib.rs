@@ -677,8 +677,79 @@ impl Client {
     /// Starts a command and streams it.
     pub async fn exec_stream(&self, id: &str, start: &api::ExecStart) -> Result<ExecStream, Error> {
         let id = &segment(id);
+        let mut ws = self
+            .websocket(&format!("/v1/sandboxes/{id}/exec/ws"))
+            .await?;
+        ws.send(Message::Text(
+            serde_json::to_string(start).expect("serializes").into(),
+        ))
+        .await?;
+        let (tx, rx) = ws.split();
+        Ok(ExecStream {
+            input: ExecInput { tx },
+            output: ExecReader { rx },
+        })
+    }
+
+    /// Opens a TCP connection to `port` of a sandbox and relays it with `io` (a local
+    /// connection, say) until either side closes; returns the bytes relayed each way (to the
+    /// sandbox, from it).
+    pub async fn relay_port<S>(&self, id: &str, port: u16, io: S) -> Result<(u64, u64), Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let id = &segment(id);
+        let ws = self
+            .websocket(&format!("/v1/sandboxes/{id}/tcp/{port}"))
+            .await?;
+        let (mut tx, mut rx) = ws.split();
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let up = async {
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        n += k as u64;
+                        if tx
+                            .send(Message::Binary(buf[..k].to_vec().into()))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Message::Close(None)).await;
+            n
+        };
+        let down = async {
+            let mut n = 0u64;
+            while let Some(Ok(m)) = rx.next().await {
+                match m {
+                    Message::Binary(b) => {
+                        n += b.len() as u64;
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            let _ = wr.shutdown().await;
+            n
+        };
+        Ok(tokio::join!(up, down))
+    }
+
+    /// A WebSocket to `path` of coved, with the key.
+    async fn websocket(&self, path: &str) -> Result<Ws, Error> {
         let url = format!(
-            "{}/v1/sandboxes/{id}/exec/ws",
+            "{}{path}",
             self.base
                 .replacen("http://", "ws://", 1)
                 .replacen("https://", "wss://", 1)
@@ -717,34 +788,25 @@ impl Client {
                 Box::new(tcp)
             }
         };
-        let (mut ws, _) =
-            match tokio_tungstenite::client_async_tls_with_config(req, stream, None, connector)
-                .await
-            {
-                Ok(c) => c,
-                // A refusal before the upgrade carries coved's JSON error.
-                Err(tungstenite::Error::Http(res)) => {
-                    let status = StatusCode::from_u16(res.status().as_u16())
-                        .unwrap_or(StatusCode::BAD_GATEWAY);
-                    let body = res.body().clone().unwrap_or_default();
-                    let error = serde_json::from_slice(&body).unwrap_or(api::Error {
-                        code: "unknown".into(),
-                        message: String::from_utf8_lossy(&body).into_owned(),
-                        request_id: None,
-                    });
-                    return Err(Error::Api { status, error });
-                }
-                Err(e) => return Err(e.into()),
-            };
-        ws.send(Message::Text(
-            serde_json::to_string(start).expect("serializes").into(),
-        ))
-        .await?;
-        let (tx, rx) = ws.split();
-        Ok(ExecStream {
-            input: ExecInput { tx },
-            output: ExecReader { rx },
-        })
+        let ws = match tokio_tungstenite::client_async_tls_with_config(req, stream, None, connector)
+            .await
+        {
+            Ok((c, _)) => c,
+            // A refusal before the upgrade carries coved's JSON error.
+            Err(tungstenite::Error::Http(res)) => {
+                let status =
+                    StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let body = res.body().clone().unwrap_or_default();
+                let error = serde_json::from_slice(&body).unwrap_or(api::Error {
+                    code: "unknown".into(),
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                    request_id: None,
+                });
+                return Err(Error::Api { status, error });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(ws)
     }
 }
 
