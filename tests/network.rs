@@ -130,7 +130,7 @@ fn egress_follows_the_policy_and_its_changes_while_running() {
         vec!["--allow", "10.0.0.1/8"],
         vec!["--allow", "2001:db8::/32"],
         vec!["--network", "none", "--allow", "1.2.3.4"],
-        vec!["--allow", "pypi.org"],
+        vec!["--allow", "bad..name"],
     ] {
         let mut args = vec!["network", sb.id.as_str()];
         args.extend(bad.iter().copied());
@@ -480,4 +480,138 @@ fn nothing_is_left_behind() {
     assert!(!leftovers(ghost).is_empty());
     let _coved = Coved::start(&[]);
     assert_eq!(leftovers(ghost), Vec::<String>::new());
+}
+
+/// Runs `script` with python in the guest; its stdout.
+fn py(sb: &Sandbox, script: &str) -> String {
+    text(&sb.exec(&[], &["python3", "-c", script], b""))
+}
+
+/// The guest's own lookup of `name` (its resolver is the host's): the address, or `nx`.
+fn lookup(sb: &Sandbox, name: &str) -> String {
+    py(
+        sb,
+        &format!(
+            "import socket\n\
+             try:\n    print(socket.gethostbyname('{name}'))\n\
+             except OSError:\n    print('nx')\n"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+/// An HTTP/1.1 request to `addr:80` naming `host`, from the guest: the first line answered, or
+/// `closed`.
+fn http_as(sb: &Sandbox, addr: &str, host: &str) -> String {
+    py(
+        sb,
+        &format!(
+            "import socket\n\
+             c = socket.create_connection(('{addr}', 80), timeout=10)\n\
+             c.sendall(b'GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             d = b''\n\
+             while True:\n    b = c.recv(4096)\n    if not b: break\n    d += b\n\
+             print(d.decode(errors='replace') or 'closed')\n"
+        ),
+    )
+}
+
+/// A TLS handshake from the guest to `addr:443` naming `sni` (the upstream only records it).
+fn tls_hello(sb: &Sandbox, addr: &str, sni: &str) {
+    let _ = py(
+        sb,
+        &format!(
+            "import socket, ssl\n\
+             ctx = ssl.create_default_context()\n\
+             ctx.check_hostname = False\n\
+             ctx.verify_mode = ssl.CERT_NONE\n\
+             try:\n    s = ctx.wrap_socket(socket.create_connection(('{addr}', 443), timeout=10), server_hostname='{sni}')\n\
+             except Exception as e:\n    print(e)\n"
+        ),
+    );
+}
+
+#[test]
+fn domain_rules_hold_for_dns_http_and_tls() {
+    let _ = home();
+    // The local coved first: a coved that starts later takes over only sandboxes whose
+    // resolver is gone, never this test's.
+    ok(&cove_out(&["ls"]));
+    let up = Upstream::start();
+    let coved = Coved::start_with(
+        "127.0.0.1:0",
+        &[],
+        &[("COVE_DNS_UPSTREAM", &format!("{}:53", up.addr))],
+    );
+    let key = cove_tests::operator_key();
+    let with_key = |args: &[&str]| ok(&cove_tests::cove_with_key(&coved.url, &key, args));
+    let a = up.addr.to_string();
+    let sb = Sandbox {
+        id: with_key(&[
+            "create",
+            "--image",
+            "python",
+            "--memory",
+            "256",
+            "--allow",
+            &up.cidr(),
+            "--allow",
+            "allowed.test",
+            "--allow",
+            "rebind.test",
+            "--deny",
+            "denied.test",
+        ])
+        .trim()
+        .to_string(),
+    };
+    // DNS: allowed names resolve; a denied name is never asked upstream; a name resolving to
+    // loopback is not answered (rebinding).
+    assert_eq!(lookup(&sb, "allowed.test"), a);
+    assert_eq!(lookup(&sb, "denied.test"), "nx");
+    assert!(!up.asked.lock().unwrap().iter().any(|n| n == "denied.test"));
+    assert_eq!(lookup(&sb, "rebind.test"), "nx");
+    assert!(up.asked.lock().unwrap().iter().any(|n| n == "rebind.test"));
+    // HTTP by name, through the proxy; a denied Host to the same (allowed) address is refused,
+    // and so is a name that resolves to loopback.
+    let r = http_as(&sb, &a, "allowed.test");
+    assert!(r.contains("host=allowed.test"), "{r}");
+    let r = http_as(&sb, &a, "denied.test");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = http_as(&sb, &a, "rebind.test");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // TLS by SNI: the allowed name reaches the upstream, the denied one never does.
+    tls_hello(&sb, &a, "allowed.test");
+    tls_hello(&sb, &a, "denied.test");
+    assert!(wait_until(WAIT, || up
+        .tls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.windows(12).any(|w| w == b"allowed.test"))));
+    assert!(
+        !up.tls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.windows(11).any(|w| w == b"denied.test")),
+        "a denied SNI reached the upstream"
+    );
+    // Changed while it runs: the name is denied at once.
+    with_key(&[
+        "network",
+        &sb.id,
+        "--allow",
+        &up.cidr(),
+        "--deny",
+        "allowed.test",
+    ]);
+    assert_eq!(lookup(&sb, "allowed.test"), "nx");
+    let r = http_as(&sb, &a, "allowed.test");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // Without domain rules, HTTP goes straight to the address (no proxy in the way).
+    with_key(&["network", &sb.id, "--allow", &up.cidr()]);
+    let r = http_as(&sb, &a, "anything.example");
+    assert!(r.contains("host=anything.example"), "{r}");
 }

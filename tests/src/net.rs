@@ -1,6 +1,9 @@
 //! An "upstream" for network tests: a network namespace of the test's own, linked to the host
 //! by a veth pair in the benchmarking range (198.18.0.0/15, which no real network routes),
-//! serving HTTP on 8080, a TCP echo on 7 and a UDP sink on 9 from threads that live in it.
+//! serving HTTP on 8080 and 80 (the answer names the Host it got), a TCP echo on 7, a UDP sink
+//! on 9, a recorder of first bytes on 443 and a DNS server on 53 (every `*.test` name is the
+//! upstream's address, `rebind.test` is 127.0.0.1; it records the names it was asked) from
+//! threads that live in it.
 //! Traffic in the tests goes only there, to loopback, or into the sandboxes' own namespaces.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,6 +49,10 @@ pub struct Upstream {
     pub host_addr: Ipv4Addr,
     /// Datagrams the UDP sink got: source and payload.
     pub udp: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    /// First bytes of each connection to port 443.
+    pub tls: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Names the DNS server was asked.
+    pub asked: Arc<Mutex<Vec<String>>>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -109,19 +116,28 @@ impl Upstream {
             &host_addr.to_string(),
         ]);
         let udp = Arc::new(Mutex::new(Vec::new()));
+        let tls = Arc::new(Mutex::new(Vec::new()));
+        let asked = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let path = format!("/run/netns/{ns}");
         let sink = udp.clone();
+        let (tls_seen, names) = (tls.clone(), asked.clone());
         std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("opening the upstream namespace");
             // This thread (and the server threads it starts) live in the upstream.
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("entering the upstream namespace");
             let http = TcpListener::bind(("0.0.0.0", 8080)).expect("upstream :8080");
+            let http80 = TcpListener::bind(("0.0.0.0", 80)).expect("upstream :80");
+            let rec443 = TcpListener::bind(("0.0.0.0", 443)).expect("upstream :443");
+            let dns = UdpSocket::bind(("0.0.0.0", 53)).expect("upstream :53");
             let echo = TcpListener::bind(("0.0.0.0", 7)).expect("upstream :7");
             let sock = UdpSocket::bind(("0.0.0.0", 9)).expect("upstream :9");
             tx.send(()).unwrap();
             std::thread::spawn(move || serve_http(http));
+            std::thread::spawn(move || serve_http(http80));
+            std::thread::spawn(move || record(rec443, tls_seen));
+            std::thread::spawn(move || serve_dns(dns, addr, names));
             std::thread::spawn(move || serve_echo(echo));
             let mut buf = [0u8; 2048];
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -135,6 +151,8 @@ impl Upstream {
             addr,
             host_addr,
             udp,
+            tls,
+            asked,
         }
     }
 
@@ -158,14 +176,20 @@ fn serve_http(l: TcpListener) {
         std::thread::spawn(move || {
             let mut r = BufReader::new(&c);
             let mut line = String::new();
+            let mut host = String::new();
             // The request's head, to its empty line.
             while r.read_line(&mut line).is_ok_and(|n| n > 0) {
                 if line == "\r\n" || line == "\n" {
                     break;
                 }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("host")
+                {
+                    host = v.trim().to_string();
+                }
                 line.clear();
             }
-            let body = format!("{HELLO}\n");
+            let body = format!("{HELLO} host={host}\n");
             let _ = (&c).write_all(
                 format!(
                     "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -174,6 +198,53 @@ fn serve_http(l: TcpListener) {
                 .as_bytes(),
             );
         });
+    }
+}
+
+fn record(l: TcpListener, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
+    for mut c in l.incoming().flatten() {
+        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).unwrap_or(0);
+        seen.lock().unwrap().push(buf[..n].to_vec());
+    }
+}
+
+fn serve_dns(sock: UdpSocket, upstream: Ipv4Addr, asked: Arc<Mutex<Vec<String>>>) {
+    use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+    use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
+    let mut buf = [0u8; 2048];
+    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+        let Ok(q) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        r.queries = q.queries.clone();
+        if let Some(question) = q.queries.first() {
+            let name = question.name().to_ascii().trim_end_matches('.').to_string();
+            asked.lock().unwrap().push(name.clone());
+            let ip = if name == "rebind.test" {
+                Some(Ipv4Addr::LOCALHOST)
+            } else if name.ends_with(".test") {
+                Some(upstream)
+            } else {
+                None
+            };
+            match ip {
+                Some(ip) if question.query_type() == RecordType::A => {
+                    r.answers.push(Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        RData::A(A(ip)),
+                    ));
+                }
+                Some(_) => {}
+                None => r.metadata.response_code = ResponseCode::NXDomain,
+            }
+        }
+        if let Ok(b) = r.to_vec() {
+            let _ = sock.send_to(&b, from);
+        }
     }
 }
 

@@ -31,16 +31,7 @@ pub(crate) fn has_nic(rec: &SandboxRecord) -> bool {
 
 /// Checks a policy the host is asked to enforce.
 fn check(p: &NetworkPolicy) -> Result<(), HostError> {
-    p.validate().map_err(invalid)?;
-    if p.has_domains() {
-        // Enforcing a name needs the resolver and the Host/SNI proxy; until they run, a domain
-        // rule would be a promise the host does not keep.
-        return Err(invalid(
-            "domain names in allow or deny are not enforced by this host yet; use IPv4 networks"
-                .into(),
-        ));
-    }
-    Ok(())
+    p.validate().map_err(invalid)
 }
 
 fn invalid(value: String) -> HostError {
@@ -152,6 +143,43 @@ impl Host {
     pub(crate) fn vm_ended(&self, id: &str) {
         self.jail.vm_ended(id);
         self.net.destroy(id);
+    }
+
+    /// Whether this host makes networks (root, `/dev/net/tun`, not `COVE_NET=off`).
+    pub fn networks_on(&self) -> bool {
+        self.net.off().is_none()
+    }
+
+    /// The walls and operator defaults, for the resolver and proxies.
+    pub fn net_judge(&self) -> cove_net::Judge {
+        self.net.judge()
+    }
+
+    /// The policy of the sandbox whose link address is `ip` (how the resolver and proxies
+    /// tell which sandbox asks).
+    pub fn network_of_link(&self, ip: std::net::Ipv4Addr) -> Option<NetworkPolicy> {
+        let id = self.net.sandbox_of(ip)?;
+        let rec = self.db.find(&id).ok()??;
+        (rec.id == id).then_some(rec.network)
+    }
+
+    /// Sends sandboxes' DNS (and, for domain rules, HTTP and TLS) to these services from now
+    /// on: new networks, and the running ones of this home whose services are gone (their
+    /// coved ended), whose rules are replaced.
+    pub async fn use_net_services(&self, ports: cove_net::Ports) {
+        self.net.set_services(ports);
+        let Ok(all) = self.db.list() else {
+            return;
+        };
+        for rec in all {
+            if rec.state.has_vm()
+                && self.net.attached(&rec.id).is_some()
+                && self.net.orphaned_services(&rec.id)
+                && let Err(e) = self.net.apply(&rec.id, &rec.network).await
+            {
+                tracing::warn!("sandbox {}: its network rules: {e}", rec.id);
+            }
+        }
     }
 
     /// The host's end of sandbox `id`'s link and the address its traffic leaves as, while it

@@ -12,7 +12,7 @@ use sha2::Digest;
 use crate::NetError;
 
 /// Where leases are kept.
-const DIR: &str = "/run/cove/net";
+pub(crate) const DIR: &str = "/run/cove/net";
 
 /// One sandbox's /30: its slot in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,18 @@ impl Leases {
             .find(|(_, i)| i == id)
             .filter(|(slot, _)| *slot < self.slots())
             .map(|(slot, _)| self.lease(slot))
+    }
+
+    /// The sandbox of this home whose link has address `ip` (either end).
+    pub(crate) fn holder_of(&self, ip: Ipv4Addr) -> Option<String> {
+        let off = u32::from(ip).checked_sub(u32::from(self.pool.addr))?;
+        let slot = (off / 4).checked_sub(1)?;
+        if slot >= self.slots() {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.dir.join(slot.to_string())).ok()?;
+        let (tag, id) = text.trim().split_once(' ')?;
+        (tag == self.tag).then(|| id.to_string())
     }
 
     pub(crate) fn ids(&self) -> Vec<String> {

@@ -11,9 +11,11 @@
 //! The host holds one table of its own (see [`rules::host_ruleset`]). Links and addresses are
 //! made over netlink (`rtnetlink`), the rules by one `nft -f` per change.
 
+mod judge;
 mod lease;
 mod ns;
 pub mod rules;
+pub mod services;
 mod tap;
 
 use std::net::Ipv4Addr;
@@ -22,7 +24,9 @@ use std::sync::OnceLock;
 
 use cove_model::{Cidr, NetworkPolicy};
 
+pub use judge::Judge;
 pub use lease::Lease;
+pub use services::Ports;
 
 /// The guest's address, the same in every sandbox (a snapshot, template or clone restores
 /// without renumbering). Link-local: never a destination a policy could want.
@@ -111,6 +115,8 @@ pub struct Networks {
     /// Why networks cannot be made here, if they cannot.
     off: Option<String>,
     host_ready: OnceLock<Result<(), String>>,
+    /// The resolver and proxies this process serves, once started.
+    services: std::sync::Mutex<Option<Ports>>,
 }
 
 impl Networks {
@@ -163,7 +169,31 @@ impl Networks {
             leases: lease::Leases::new(home, pool),
             off,
             host_ready: OnceLock::new(),
+            services: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The walls and defaults, to judge addresses by.
+    pub fn judge(&self) -> Judge {
+        Judge {
+            walls: self.walls(),
+            default_deny: self.default_deny.clone(),
+        }
+    }
+
+    /// Sends the networks this process makes from now on to these services (their DNS, and
+    /// their HTTP and TLS when a policy names domains).
+    pub fn set_services(&self, ports: Ports) {
+        *self.services.lock().expect("lock") = Some(ports);
+    }
+
+    fn services(&self) -> Option<Ports> {
+        *self.services.lock().expect("lock")
+    }
+
+    /// The sandbox of this home whose link has address `ip` (its end, as its traffic leaves).
+    pub fn sandbox_of(&self, ip: Ipv4Addr) -> Option<String> {
+        self.leases.holder_of(ip)
     }
 
     /// Why networks cannot be made here, if they cannot.
@@ -199,7 +229,8 @@ impl Networks {
         check_id(id)?;
         self.destroy(id);
         let lease = self.leases.acquire(id)?;
-        let walls = self.walls(lease.host_addr());
+        let walls = self.walls();
+        let services = self.services();
         let plan_policy = policy.clone();
         let default_deny = self.default_deny.clone();
         let id_owned = id.to_string();
@@ -212,6 +243,7 @@ impl Networks {
                     walls: &walls,
                     default_deny: &default_deny,
                     policy: &plan_policy,
+                    services,
                 }),
                 false,
             )
@@ -221,6 +253,7 @@ impl Networks {
             self.destroy(id);
             return Err(e);
         }
+        self.record_services(id, services);
         Ok(Attached {
             netns: ns::path(id),
             ns_addr: lease.ns_addr(),
@@ -240,11 +273,51 @@ impl Networks {
         let ruleset = rules::sandbox_ruleset(&rules::Plan {
             ns_addr: lease.ns_addr(),
             host_addr: lease.host_addr(),
-            walls: &self.walls(lease.host_addr()),
+            walls: &self.walls(),
             default_deny: &self.default_deny,
             policy,
+            services: self.services(),
         });
-        ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await
+        ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await?;
+        self.record_services(id, self.services());
+        Ok(())
+    }
+
+    fn services_file(id: &str) -> PathBuf {
+        Path::new(lease::DIR).join(format!("svc-{id}"))
+    }
+
+    /// Remembers which services sandbox `id`'s rules point at.
+    fn record_services(&self, id: &str, s: Option<Ports>) {
+        let p = Self::services_file(id);
+        match s {
+            Some(s) => {
+                let _ = std::fs::write(&p, format!("{} {} {}\n", s.dns, s.http, s.tls));
+            }
+            None => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+
+    /// Whether sandbox `id`'s rules point at no live services: none recorded, or another
+    /// process's that nobody serves any more (their port is free). Another live coved's are
+    /// left to it.
+    pub fn orphaned_services(&self, id: &str) -> bool {
+        let Some(mine) = self.services() else {
+            return false;
+        };
+        let Ok(text) = std::fs::read_to_string(Self::services_file(id)) else {
+            return true;
+        };
+        let Some(dns) = text
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
+            return true;
+        };
+        dns != mine.dns && std::net::UdpSocket::bind(("0.0.0.0", dns)).is_ok()
     }
 
     /// Sandbox `id`'s link, if it has one now.
@@ -271,6 +344,7 @@ impl Networks {
             tracing::warn!("sandbox {id}: removing its link: {e}");
         }
         ns::unbind(id);
+        let _ = std::fs::remove_file(Self::services_file(id));
         self.leases.release(id);
     }
 
@@ -289,7 +363,7 @@ impl Networks {
 
     /// What a guest never reaches: [`rules::WALLS`], the pool of links, the host's own
     /// addresses.
-    fn walls(&self, _host_addr: Ipv4Addr) -> Vec<Cidr> {
+    fn walls(&self) -> Vec<Cidr> {
         let mut w: Vec<Cidr> = rules::WALLS
             .iter()
             .map(|s| s.parse().expect("valid"))

@@ -58,6 +58,8 @@ pub struct Plan<'a> {
     pub default_deny: &'a [Cidr],
     /// The sandbox's policy.
     pub policy: &'a NetworkPolicy,
+    /// Where its DNS (and, for domain rules, its HTTP and TLS) go on the host.
+    pub services: Option<crate::Ports>,
 }
 
 fn set(out: &mut String, name: &str, elements: &[Cidr]) {
@@ -85,11 +87,40 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     set(&mut o, "deny", &deny);
     set(&mut o, "defaults", p.default_deny);
     let (guest, ns, host) = (GUEST_ADDR, p.ns_addr, p.host_addr);
+    let gw = crate::GATEWAY_ADDR;
+    // The guest's DNS goes to the host's resolver; with domain rules, so do its HTTP and TLS.
+    let mut redirect = String::new();
+    let mut services = String::new();
+    if let Some(s) = p.services {
+        let _ = write!(
+            redirect,
+            "    iifname \"{TAP}\" ip daddr {gw} udp dport 53 dnat ip to {host}:{dns}
+    iifname \"{TAP}\" ip daddr {gw} tcp dport 53 dnat ip to {host}:{dns}
+",
+            dns = s.dns
+        );
+        if p.policy.has_domains() && p.policy.mode == NetworkMode::Egress {
+            let _ = write!(
+                redirect,
+                "    iifname \"{TAP}\" tcp dport 80 dnat ip to {host}:{http}
+    iifname \"{TAP}\" tcp dport 443 dnat ip to {host}:{tls}
+",
+                http = s.http,
+                tls = s.tls
+            );
+        }
+        let _ = write!(
+            services,
+            "    ip daddr {host} ct status dnat meta l4proto {{ tcp, udp }} th dport {{ {}, {}, {} }} accept
+",
+            s.dns, s.http, s.tls
+        );
+    }
     let _ = write!(
         o,
         "  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;
     iifname \"{NS_VETH}\" ip saddr {host} ip daddr {ns} dnat ip to {guest}
-  }}
+{redirect}  }}
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
     oifname \"{NS_VETH}\" ip saddr {guest} snat ip to {ns}
   }}
@@ -108,7 +139,7 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     meta nfproto ipv6 drop
     ip saddr != {guest} drop
     oifname != \"{NS_VETH}\" drop
-    ip daddr @walls reject with icmpx admin-prohibited
+{services}    ip daddr @walls reject with icmpx admin-prohibited
 "
     );
     match p.policy.mode {
@@ -130,12 +161,17 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
 /// leaving the host is masqueraded.
 pub fn host_ruleset(pool: Cidr) -> String {
     let p = HOST_IFACE_PREFIX;
+    let (lo, hi) = (
+        crate::services::PORT_RANGE.start(),
+        crate::services::PORT_RANGE.end(),
+    );
     format!(
         "table inet cove {{}}
 delete table inet cove
 table inet cove {{
   chain input {{ type filter hook input priority filter - 5; policy accept;
     iifname \"{p}*\" ct state established,related accept
+    iifname \"{p}*\" meta l4proto {{ tcp, udp }} th dport {lo}-{hi} accept
     iifname \"{p}*\" drop
   }}
   chain forward {{ type filter hook forward priority filter - 5; policy accept;
@@ -222,6 +258,11 @@ mod tests {
             walls: &walls,
             default_deny: &deny,
             policy: &policy,
+            services: Some(crate::Ports {
+                dns: 47000,
+                http: 47001,
+                tls: 47002,
+            }),
         });
         assert!(r.contains("set allow { type ipv4_addr; flags interval; auto-merge;\n    elements = { 10.9.0.0/16 }"), "{r}");
         assert!(r.contains("elements = { 0.0.0.0/0 }"), "{r}");
@@ -233,6 +274,7 @@ mod tests {
         assert!(at("ip saddr != 169.254.127.2 drop") < at("ip daddr @allow accept"));
         let none = sandbox_ruleset(&Plan {
             policy: &NetworkPolicy::none(),
+            services: None,
             ns_addr: [10, 201, 0, 2].into(),
             host_addr: [10, 201, 0, 1].into(),
             walls: &walls,
@@ -261,6 +303,11 @@ mod tests {
             walls: &walls,
             default_deny: &deny,
             policy: &policy,
+            services: Some(crate::Ports {
+                dns: 47000,
+                http: 47001,
+                tls: 47002,
+            }),
         };
         apply(&sandbox_ruleset(&plan), true).unwrap();
         apply(&host_ruleset("10.201.0.0/16".parse().unwrap()), true).unwrap();

@@ -404,6 +404,22 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
         traffic,
         public,
     );
+    if app.host.networks_on() {
+        // The sandboxes' resolver and Host/SNI proxies, answering under each one's policy.
+        let a = app.clone();
+        let lookup: cove_net::services::Lookup =
+            std::sync::Arc::new(move |ip| a.host.network_of_link(ip));
+        match cove_net::services::start(
+            lookup,
+            app.host.net_judge(),
+            cove_net::services::upstream_from_env(),
+        )
+        .await
+        {
+            Ok(ports) => app.host.use_net_services(ports).await,
+            Err(e) => tracing::warn!("sandboxes get no DNS and no domain rules: {e}"),
+        }
+    }
     println!("coved: listening on {}", api.describe());
     if let Some(m) = &metrics {
         println!("coved: metrics on {}", m.describe());

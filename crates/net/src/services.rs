@@ -1,0 +1,498 @@
+//! What a sandbox's namespace sends to the host instead of the world: its DNS (every query to
+//! the gateway) and, when its policy names domains, its HTTP and TLS connections (ports 80 and
+//! 443). coved serves them on ports of [`PORT_RANGE`]; a request is answered under the policy
+//! of the sandbox whose link address it comes from.
+//!
+//! - The resolver answers A queries only: names a `deny` rule names are NXDOMAIN without asking
+//!   anyone (the question itself could carry data out); names an `allow` rule names are asked
+//!   upstream; others are asked only when the policy does not deny every address. Answers hold
+//!   only addresses the guest may reach (no walls, no private address a CIDR rule does not
+//!   allow: no DNS rebinding). Other types get an empty answer.
+//! - The proxies read the Host header (HTTP) or the SNI (TLS), judge the name, resolve it
+//!   themselves and dial an address the policy allows; anything else is closed (HTTP gets a
+//!   403 first).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cove_model::NetworkPolicy;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::A};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::judge::Judge;
+
+/// Ports the host lets sandboxes reach (its own table allows them from sandbox links): each
+/// coved takes three in a row here.
+pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 47000..=47999;
+
+/// The ports one coved serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// DNS, UDP and TCP.
+    pub dns: u16,
+    /// The HTTP proxy.
+    pub http: u16,
+    /// The TLS proxy.
+    pub tls: u16,
+}
+
+/// The policy of the sandbox whose link address is this, if it is one of this host's.
+pub type Lookup = Arc<dyn Fn(Ipv4Addr) -> Option<NetworkPolicy> + Send + Sync>;
+
+/// How long an upstream answer, a dial or a client's first bytes may take.
+const STEP: Duration = Duration::from_secs(10);
+
+/// The upstream resolver: `COVE_DNS_UPSTREAM` (`IP[:PORT]`), else the first `nameserver` of
+/// the host's `/etc/resolv.conf`.
+pub fn upstream_from_env() -> Option<SocketAddr> {
+    if let Ok(v) = std::env::var("COVE_DNS_UPSTREAM")
+        && !v.is_empty()
+    {
+        return v.parse::<SocketAddr>().ok().or_else(|| {
+            v.parse::<Ipv4Addr>()
+                .ok()
+                .map(|ip| SocketAddr::from((ip, 53)))
+        });
+    }
+    std::fs::read_to_string("/etc/resolv.conf")
+        .ok()?
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+}
+
+#[derive(Clone)]
+struct Ctx {
+    lookup: Lookup,
+    judge: Judge,
+    upstream: Option<SocketAddr>,
+}
+
+/// Binds the three services on the first free ports of [`PORT_RANGE`] and serves them until
+/// the runtime ends.
+pub async fn start(
+    lookup: Lookup,
+    judge: Judge,
+    upstream: Option<SocketAddr>,
+) -> std::io::Result<Ports> {
+    let ctx = Ctx {
+        lookup,
+        judge,
+        upstream,
+    };
+    let mut p = *PORT_RANGE.start();
+    while p + 2 <= *PORT_RANGE.end() {
+        let bound = async {
+            Ok::<_, std::io::Error>((
+                UdpSocket::bind(("0.0.0.0", p)).await?,
+                TcpListener::bind(("0.0.0.0", p)).await?,
+                TcpListener::bind(("0.0.0.0", p + 1)).await?,
+                TcpListener::bind(("0.0.0.0", p + 2)).await?,
+            ))
+        }
+        .await;
+        if let Ok((udp, dns_tcp, http, tls)) = bound {
+            tokio::spawn(serve_udp(Arc::new(udp), ctx.clone()));
+            tokio::spawn(serve_tcp(dns_tcp, ctx.clone(), Kind::Dns));
+            tokio::spawn(serve_tcp(http, ctx.clone(), Kind::Http));
+            tokio::spawn(serve_tcp(tls, ctx, Kind::Tls));
+            return Ok(Ports {
+                dns: p,
+                http: p + 1,
+                tls: p + 2,
+            });
+        }
+        p += 3;
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no three free ports in 47000-47999 for the sandboxes' resolver and proxies",
+    ))
+}
+
+fn source_v4(a: SocketAddr) -> Option<Ipv4Addr> {
+    match a {
+        SocketAddr::V4(v) => Some(*v.ip()),
+        SocketAddr::V6(v) => v.ip().to_ipv4_mapped(),
+    }
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        // Only sandboxes of this host are answered; anyone else gets nothing.
+        let Some(policy) = source_v4(from).and_then(|ip| (ctx.lookup)(ip)) else {
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let (sock, ctx) = (sock.clone(), ctx.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = answer(&ctx, &policy, &query).await {
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Dns,
+    Http,
+    Tls,
+}
+
+async fn serve_tcp(l: TcpListener, ctx: Ctx, kind: Kind) {
+    loop {
+        let Ok((c, from)) = l.accept().await else {
+            continue;
+        };
+        let Some(policy) = source_v4(from).and_then(|ip| (ctx.lookup)(ip)) else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = c.set_nodelay(true);
+            let _ = match kind {
+                Kind::Dns => dns_over_tcp(c, &ctx, &policy).await,
+                Kind::Http => proxy(c, &ctx, &policy, 80).await,
+                Kind::Tls => proxy(c, &ctx, &policy, 443).await,
+            };
+        });
+    }
+}
+
+async fn dns_over_tcp(mut c: TcpStream, ctx: &Ctx, policy: &NetworkPolicy) -> std::io::Result<()> {
+    loop {
+        let mut len = [0u8; 2];
+        if tokio::time::timeout(STEP, c.read_exact(&mut len))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        tokio::time::timeout(STEP, c.read_exact(&mut q))
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+        let Some(r) = answer(ctx, policy, &q).await else {
+            return Ok(());
+        };
+        let n = u16::try_from(r.len()).unwrap_or(u16::MAX);
+        c.write_all(&n.to_be_bytes()).await?;
+        c.write_all(&r).await?;
+    }
+}
+
+fn reply(q: &Message, code: ResponseCode, answers: Vec<Record>) -> Option<Vec<u8>> {
+    let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.metadata.response_code = code;
+    m.queries = q.queries.clone();
+    m.answers = answers;
+    m.to_vec().ok()
+}
+
+/// The answer to one query under `policy`.
+async fn answer(ctx: &Ctx, policy: &NetworkPolicy, query: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(query).ok()?;
+    if q.metadata.message_type != MessageType::Query || q.queries.len() != 1 {
+        return reply(&q, ResponseCode::FormErr, Vec::new());
+    }
+    let question = &q.queries[0];
+    let name = question.name().to_ascii();
+    let host = name.trim_end_matches('.');
+    let verdict = policy.name_verdict(host);
+    if verdict == Some(false) || (verdict.is_none() && !ctx.judge.may_ask(policy)) {
+        return reply(&q, ResponseCode::NXDomain, Vec::new());
+    }
+    if question.query_type() != RecordType::A {
+        // IPv6 is not routed, and other types are nothing a guest's connection needs.
+        return reply(&q, ResponseCode::NoError, Vec::new());
+    }
+    let Some((addrs, ttl)) = resolve(ctx, host).await else {
+        return reply(&q, ResponseCode::ServFail, Vec::new());
+    };
+    let allowed: Vec<Record> = addrs
+        .into_iter()
+        .filter(|ip| ctx.judge.allows(policy, *ip, verdict == Some(true)))
+        .map(|ip| Record::from_rdata(question.name().clone(), ttl, RData::A(A(ip))))
+        .collect();
+    if allowed.is_empty() {
+        return reply(&q, ResponseCode::NXDomain, Vec::new());
+    }
+    reply(&q, ResponseCode::NoError, allowed)
+}
+
+/// A records of `host` from the upstream resolver, with the smallest TTL.
+async fn resolve(ctx: &Ctx, host: &str) -> Option<(Vec<Ipv4Addr>, u32)> {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some((vec![ip], 0));
+    }
+    let upstream = ctx.upstream?;
+    let name = Name::from_ascii(format!("{host}.")).ok()?;
+    let mut m = Message::query();
+    m.metadata.id = rand_id();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name, RecordType::A));
+    let bytes = m.to_vec().ok()?;
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    sock.connect(upstream).await.ok()?;
+    sock.send(&bytes).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(STEP, sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let r = Message::from_vec(&buf[..n]).ok()?;
+    if r.metadata.id != m.metadata.id {
+        return None;
+    }
+    let mut ttl = u32::MAX;
+    let addrs: Vec<Ipv4Addr> = r
+        .answers
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::A(a) => {
+                ttl = ttl.min(rec.ttl);
+                Some(a.0)
+            }
+            _ => None,
+        })
+        .collect();
+    Some((addrs, if ttl == u32::MAX { 0 } else { ttl }))
+}
+
+fn rand_id() -> u16 {
+    let mut b = [0u8; 2];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut b);
+    }
+    u16::from_ne_bytes(b)
+}
+
+/// Reads the client's first bytes (an HTTP request head, a TLS ClientHello), judges the name
+/// they carry, and relays to an address the policy allows.
+async fn proxy(
+    mut c: TcpStream,
+    ctx: &Ctx,
+    policy: &NetworkPolicy,
+    port: u16,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(4096);
+    let name = loop {
+        let mut buf = [0u8; 4096];
+        let n = match tokio::time::timeout(STEP, c.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e),
+        };
+        head.extend_from_slice(&buf[..n]);
+        let found = if port == 443 {
+            sni(&head)
+        } else {
+            http_host(&head)
+        };
+        match found {
+            Found::Name(n) => break n,
+            Found::NoName => return refuse(&mut c, port, "no host name to judge").await,
+            Found::More if head.len() < 16 * 1024 => {}
+            Found::More => return refuse(&mut c, port, "no host name to judge").await,
+        }
+    };
+    let verdict = policy.name_verdict(&name);
+    if verdict == Some(false) {
+        return refuse(
+            &mut c,
+            port,
+            "the sandbox's network policy denies this host",
+        )
+        .await;
+    }
+    let Some((addrs, _)) = resolve(ctx, &name).await else {
+        return refuse(&mut c, port, "the host name does not resolve").await;
+    };
+    let Some(ip) = addrs
+        .into_iter()
+        .find(|ip| ctx.judge.allows(policy, *ip, verdict == Some(true)))
+    else {
+        return refuse(
+            &mut c,
+            port,
+            "the sandbox's network policy denies this address",
+        )
+        .await;
+    };
+    let mut up = tokio::time::timeout(STEP, TcpStream::connect((ip, port)))
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let _ = up.set_nodelay(true);
+    up.write_all(&head).await?;
+    tokio::io::copy_bidirectional(&mut c, &mut up).await?;
+    Ok(())
+}
+
+async fn refuse(c: &mut TcpStream, port: u16, why: &str) -> std::io::Result<()> {
+    if port == 80 {
+        let body = format!("cove: {why}\n");
+        let _ = c
+            .write_all(
+                format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+    }
+    let _ = c.shutdown().await;
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    Name(String),
+    NoName,
+    More,
+}
+
+fn clean(host: &str) -> Option<String> {
+    let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let h = match h.rsplit_once(':') {
+        Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+        _ => h,
+    };
+    (!h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+    .then_some(h)
+}
+
+/// The Host header of an HTTP/1 request head.
+fn http_host(head: &[u8]) -> Found {
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Found::More;
+    };
+    let text = String::from_utf8_lossy(&head[..end]);
+    text.lines()
+        .skip(1)
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("host").then(|| clean(v))
+        })
+        .flatten()
+        .map_or(Found::NoName, Found::Name)
+}
+
+/// The server name of a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3).
+fn sni(b: &[u8]) -> Found {
+    // Record header: type 22 (handshake), version, length.
+    if b.len() < 5 {
+        return Found::More;
+    }
+    if b[0] != 22 {
+        return Found::NoName;
+    }
+    let rec_len = usize::from(u16::from_be_bytes([b[3], b[4]]));
+    if b.len() < 5 + rec_len {
+        return Found::More;
+    }
+    let h = &b[5..5 + rec_len];
+    // Handshake: type 1 (ClientHello), 3-byte length, version 2, random 32.
+    let parse = || -> Option<String> {
+        if *h.first()? != 1 {
+            return None;
+        }
+        let mut i = 4 + 2 + 32;
+        let sid = usize::from(*h.get(i)?);
+        i += 1 + sid;
+        let cs = usize::from(u16::from_be_bytes([*h.get(i)?, *h.get(i + 1)?]));
+        i += 2 + cs;
+        let cm = usize::from(*h.get(i)?);
+        i += 1 + cm;
+        let ext_len = usize::from(u16::from_be_bytes([*h.get(i)?, *h.get(i + 1)?]));
+        i += 2;
+        let end = (i + ext_len).min(h.len());
+        while i + 4 <= end {
+            let ty = u16::from_be_bytes([h[i], h[i + 1]]);
+            let len = usize::from(u16::from_be_bytes([h[i + 2], h[i + 3]]));
+            let data = h.get(i + 4..i + 4 + len)?;
+            if ty == 0 {
+                // server_name_list: length, then entries of type 0 (host_name).
+                let mut j = 2;
+                while j + 3 <= data.len() {
+                    let kind = data[j];
+                    let n = usize::from(u16::from_be_bytes([data[j + 1], data[j + 2]]));
+                    let name = data.get(j + 3..j + 3 + n)?;
+                    if kind == 0 {
+                        return clean(std::str::from_utf8(name).ok()?);
+                    }
+                    j += 3 + n;
+                }
+                return None;
+            }
+            i += 4 + len;
+        }
+        None
+    };
+    parse().map_or(Found::NoName, Found::Name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_and_server_names_are_read() {
+        assert_eq!(
+            http_host(b"GET / HTTP/1.1\r\nHOST: Example.COM:8080\r\n\r\n"),
+            Found::Name("example.com".into())
+        );
+        assert_eq!(http_host(b"GET / HTTP/1.1\r\nHost: a.b"), Found::More);
+        assert_eq!(http_host(b"GET / HTTP/1.0\r\n\r\n"), Found::NoName);
+        assert_eq!(
+            http_host(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            Found::NoName
+        );
+        // A ClientHello with SNI "pypi.org", built by hand.
+        let name = b"pypi.org";
+        let mut sni_ext = Vec::new();
+        let list_len = 3 + name.len();
+        sni_ext.extend_from_slice(&(u16::try_from(list_len).unwrap()).to_be_bytes());
+        sni_ext.push(0);
+        sni_ext.extend_from_slice(&(u16::try_from(name.len()).unwrap()).to_be_bytes());
+        sni_ext.extend_from_slice(name);
+        let mut exts = vec![0, 0];
+        exts.extend_from_slice(&(u16::try_from(sni_ext.len()).unwrap()).to_be_bytes());
+        exts.extend_from_slice(&sni_ext);
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[1, 0]); // compression
+        body.extend_from_slice(&(u16::try_from(exts.len()).unwrap()).to_be_bytes());
+        body.extend_from_slice(&exts);
+        let mut hs = vec![1, 0];
+        hs.extend_from_slice(&(u16::try_from(body.len()).unwrap()).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 3, 1];
+        rec.extend_from_slice(&(u16::try_from(hs.len()).unwrap()).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        assert_eq!(sni(&rec), Found::Name("pypi.org".into()));
+        assert_eq!(sni(&rec[..20]), Found::More);
+        assert_eq!(sni(b"GET / HTTP/1.1\r\n"), Found::NoName);
+    }
+}
