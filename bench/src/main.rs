@@ -6,6 +6,7 @@
 //! - `exec`: round trip of `true` in a running sandbox (100 runs, p50/p99), and stdout MB/s.
 //! - `api`: what coved adds: create-from-template and exec of `true` through HTTP against the
 //!   same calls through the `host` library, interleaved in one run (p50/p99 each).
+//! - `net`: sandbox networking (see `net.rs`).
 //! - `image-import`: importing the `python` OCI layout into a fresh home (3 runs), a second
 //!   import of the same digest (the cache hit, 20 runs), and beside them, in the same run, the
 //!   plain tools doing the same work (`tar -xzf` of the layer, then `mkfs.ext4 -d`).
@@ -27,6 +28,7 @@ fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
 }
 
 mod kvm;
+mod net;
 
 fn summary(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
@@ -1143,7 +1145,8 @@ async fn main() -> anyhow::Result<()> {
         }),
         "image-import" => image_import(Path::new(&home)).await?,
         "api" => api(&host, Path::new(&home)).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|kvm"),
+        "net" => net::run(&host, Path::new(&home)).await?,
+        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|kvm"),
     };
     println!("{line}");
     Ok(())

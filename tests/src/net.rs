@@ -53,7 +53,15 @@ pub struct Upstream {
     pub tls: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Names the DNS server was asked.
     pub asked: Arc<Mutex<Vec<String>>>,
+    /// Connections to the sink (port 5001): bytes read to EOF, and how long from accept.
+    pub sunk: Arc<Mutex<Vec<(u64, std::time::Duration)>>>,
+    /// Connections to the source (port 5002, which sends [`SOURCE_BYTES`] and waits for the
+    /// peer to close): how long from accept.
+    pub sourced: Arc<Mutex<Vec<std::time::Duration>>>,
 }
+
+/// What the source on port 5002 sends to each connection.
+pub const SOURCE_BYTES: u64 = 32 << 20;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -122,6 +130,9 @@ impl Upstream {
         let path = format!("/run/netns/{ns}");
         let sink = udp.clone();
         let (tls_seen, names) = (tls.clone(), asked.clone());
+        let sunk = Arc::new(Mutex::new(Vec::new()));
+        let sourced = Arc::new(Mutex::new(Vec::new()));
+        let (sunk_w, sourced_w) = (sunk.clone(), sourced.clone());
         std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("opening the upstream namespace");
             // This thread (and the server threads it starts) live in the upstream.
@@ -132,12 +143,16 @@ impl Upstream {
             let rec443 = TcpListener::bind(("0.0.0.0", 443)).expect("upstream :443");
             let dns = UdpSocket::bind(("0.0.0.0", 53)).expect("upstream :53");
             let echo = TcpListener::bind(("0.0.0.0", 7)).expect("upstream :7");
+            let sink_l = TcpListener::bind(("0.0.0.0", 5001)).expect("upstream :5001");
+            let source_l = TcpListener::bind(("0.0.0.0", 5002)).expect("upstream :5002");
             let sock = UdpSocket::bind(("0.0.0.0", 9)).expect("upstream :9");
             tx.send(()).unwrap();
             std::thread::spawn(move || serve_http(http));
             std::thread::spawn(move || serve_http(http80));
             std::thread::spawn(move || record(rec443, tls_seen));
             std::thread::spawn(move || serve_dns(dns, addr, names));
+            std::thread::spawn(move || serve_sink(sink_l, sunk_w));
+            std::thread::spawn(move || serve_source(source_l, sourced_w));
             std::thread::spawn(move || serve_echo(echo));
             let mut buf = [0u8; 2048];
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -153,6 +168,8 @@ impl Upstream {
             udp,
             tls,
             asked,
+            sunk,
+            sourced,
         }
     }
 
@@ -198,6 +215,32 @@ fn serve_http(l: TcpListener) {
                 .as_bytes(),
             );
         });
+    }
+}
+
+fn serve_sink(l: TcpListener, seen: Arc<Mutex<Vec<(u64, std::time::Duration)>>>) {
+    for mut c in l.incoming().flatten() {
+        let t = std::time::Instant::now();
+        let n = std::io::copy(&mut c, &mut std::io::sink()).unwrap_or(0);
+        seen.lock().unwrap().push((n, t.elapsed()));
+    }
+}
+
+fn serve_source(l: TcpListener, seen: Arc<Mutex<Vec<std::time::Duration>>>) {
+    for mut c in l.incoming().flatten() {
+        let t = std::time::Instant::now();
+        let chunk = vec![0u8; 1 << 16];
+        let mut left = SOURCE_BYTES;
+        while left > 0 {
+            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+            if c.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(&mut c, &mut std::io::sink());
+        seen.lock().unwrap().push(t.elapsed());
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Host {
     images: cove_image::Images,
     jail: jail::Jails,
     net: cove_net::Networks,
+    /// The `net` benchmark's switch (see [`Host::set_user_mode_network`]).
+    user_mode_net: std::sync::atomic::AtomicBool,
     /// Sandboxes an operation of this process is changing (pausing, resuming, stopping,
     /// hibernating, removing), with how many: the reconcile leaves their records to those
     /// operations instead of recording what it sees half-way as its own move (or a VM ended on
@@ -142,6 +144,7 @@ impl Host {
             blobs,
             jail: jail::Jails::from_env(home),
             net: cove_net::Networks::from_env(home),
+            user_mode_net: Default::default(),
             busy: Default::default(),
             unresponsive: Default::default(),
         })

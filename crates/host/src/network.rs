@@ -106,6 +106,7 @@ impl Host {
             mac: cove_net::mac_text(cove_net::GUEST_MAC),
             address: format!("{}/{}", cove_net::GUEST_ADDR, cove_net::GUEST_PREFIX),
             gateway: cove_net::GATEWAY_ADDR.to_string(),
+            user_mode: self.user_mode_net.load(std::sync::atomic::Ordering::Relaxed),
         });
         if let Some(j) = cfg.jail.as_mut() {
             j.devices.push("/dev/net/tun".into());
@@ -143,6 +144,13 @@ impl Host {
     pub(crate) fn vm_ended(&self, id: &str) {
         self.jail.vm_ended(id);
         self.net.destroy(id);
+    }
+
+    /// Gives the sandboxes this host starts from now on QEMU's user-mode network instead of
+    /// the tap (no policy holds for it): only for the `net` benchmark's comparison.
+    pub fn set_user_mode_network(&self, on: bool) {
+        self.user_mode_net
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether this host makes networks (root, `/dev/net/tun`, not `COVE_NET=off`).

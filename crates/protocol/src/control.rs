@@ -210,6 +210,10 @@ pub struct NetConfig {
     pub address: String,
     /// Its gateway, which is also its DNS server.
     pub gateway: String,
+    /// QEMU's user-mode network (slirp, inside the namespace) instead of the tap: only for the
+    /// `net` benchmark's comparison; no policy holds for it.
+    #[serde(default)]
+    pub user_mode: bool,
 }
 
 /// What the host prepared for one sandbox's jail (see `docs/threat-model.md`). cove-vm derives

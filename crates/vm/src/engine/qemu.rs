@@ -135,10 +135,16 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         // The host's tap in the sandbox's namespace (cove-vm is in it); no vhost (no
         // /dev/vhost-net in the jail, and none on these hosts).
         a.push("-netdev".into());
-        a.push(format!(
-            "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
-            n.tap
-        ));
+        if n.user_mode {
+            let gw = &n.gateway;
+            let net = gw.rsplit_once('.').map_or("", |(p, _)| p);
+            a.push(format!("user,id=net0,net={net}.0/24,host={gw}"));
+        } else {
+            a.push(format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+                n.tap
+            ));
+        }
         a.push("-device".into());
         a.push(format!("virtio-net-device,netdev=net0,mac={}", n.mac));
     }
