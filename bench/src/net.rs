@@ -48,7 +48,12 @@ fn mib_per_s(bytes: u64, d: Duration) -> f64 {
 }
 
 /// MiB/s each way between sandbox `id` and the upstream, `runs` times: (up, down) medians.
-async fn throughput(host: &Host, id: &str, up: &Upstream, runs: usize) -> anyhow::Result<(f64, f64)> {
+async fn throughput(
+    host: &Host,
+    id: &str,
+    up: &Upstream,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
     let (mut ups, mut downs) = (Vec::new(), Vec::new());
     let count = SOURCE_BYTES >> 16;
     for _ in 0..runs {
@@ -56,7 +61,10 @@ async fn throughput(host: &Host, id: &str, up: &Upstream, runs: usize) -> anyhow
         sh(
             host,
             id,
-            &format!("dd if=/dev/zero bs=65536 count={count} 2>/dev/null | nc {} 5001", up.addr),
+            &format!(
+                "dd if=/dev/zero bs=65536 count={count} 2>/dev/null | nc {} 5001",
+                up.addr
+            ),
         )
         .await?;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -99,7 +107,9 @@ fn allow_upstream(up: &Upstream) -> NetworkPolicy {
 }
 
 async fn state(host: &Host, id: &str) -> SandboxState {
-    host.get(id).map(|r| r.state).unwrap_or(SandboxState::Failed)
+    host.get(id)
+        .map(|r| r.state)
+        .unwrap_or(SandboxState::Failed)
 }
 
 pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {

@@ -440,7 +440,8 @@ pub struct Event {
     pub at: i64,
     /// The sandbox.
     pub sandbox: String,
-    /// The state it entered (a sandbox state) or `removed`.
+    /// The state it entered (a sandbox state), `removed`, or `network` (its network policy
+    /// was replaced; `cause` says the new one).
     #[schema(value_type = String)]
     pub state: EventState,
     /// Who: `key:ID` (an API key), `local` (the host's administrator), `ttl` (its time to

@@ -106,7 +106,9 @@ impl Host {
             mac: cove_net::mac_text(cove_net::GUEST_MAC),
             address: format!("{}/{}", cove_net::GUEST_ADDR, cove_net::GUEST_PREFIX),
             gateway: cove_net::GATEWAY_ADDR.to_string(),
-            user_mode: self.user_mode_net.load(std::sync::atomic::Ordering::Relaxed),
+            user_mode: self
+                .user_mode_net
+                .load(std::sync::atomic::Ordering::Relaxed),
         });
         if let Some(j) = cfg.jail.as_mut() {
             j.devices.push("/dev/net/tun".into());
@@ -134,7 +136,8 @@ impl Host {
         if rec.state.has_vm() && self.net.attached(&rec.id).is_some() {
             self.net.apply(&rec.id, &policy).await?;
         }
-        self.db.set_network(&rec.id, &policy)?;
+        self.db
+            .set_network(&rec.id, &policy, &crate::record::current_actor())?;
         rec.network = policy;
         Ok(rec)
     }

@@ -280,6 +280,30 @@ impl NetworkPolicy {
     }
 }
 
+/// One line: `egress; allow 10.0.0.0/8, pypi.org; deny 0.0.0.0/0; public ports` (the cause of a
+/// `network` event).
+impl fmt::Display for NetworkPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mode.as_str())?;
+        let list = |l: &[Destination]| {
+            l.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.allow.is_empty() {
+            write!(f, "; allow {}", list(&self.allow))?;
+        }
+        if !self.deny.is_empty() {
+            write!(f, "; deny {}", list(&self.deny))?;
+        }
+        if self.public_ports {
+            f.write_str("; public ports")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,6 +171,8 @@ pub enum EventState {
     Entered(SandboxState),
     /// It was removed (its record and files are gone).
     Removed,
+    /// Its network policy was replaced (the event's cause says the new one).
+    Network,
 }
 
 impl EventState {
@@ -179,6 +181,7 @@ impl EventState {
         match self {
             Self::Entered(s) => s.as_str(),
             Self::Removed => "removed",
+            Self::Network => "network",
         }
     }
 }
@@ -193,8 +196,10 @@ impl FromStr for EventState {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "removed" {
-            return Ok(Self::Removed);
+        match s {
+            "removed" => return Ok(Self::Removed),
+            "network" => return Ok(Self::Network),
+            _ => {}
         }
         s.parse().map(Self::Entered).map_err(|_| ParseError {
             what: "event state",

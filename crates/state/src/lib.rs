@@ -111,8 +111,13 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn update(&self, s: &mut SandboxRecord, actor: &Actor) -> Result<(), StateError>;
     /// Forgets a sandbox; its removal is an event of `actor`.
     fn delete(&self, id: &str, actor: &Actor) -> Result<(), StateError>;
-    /// Records sandbox `id`'s new network policy.
-    fn set_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), StateError>;
+    /// Records sandbox `id`'s new network policy, and a `network` event by `actor` naming it.
+    fn set_network(
+        &self,
+        id: &str,
+        policy: &NetworkPolicy,
+        actor: &Actor,
+    ) -> Result<(), StateError>;
     /// A sandbox by id, name (when one owner uses it), `owner/name`, or unique id prefix of at
     /// least 4.
     fn find(&self, key: &str) -> Result<Option<SandboxRecord>, StateError>;

@@ -361,16 +361,39 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn set_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), StateError> {
+    fn set_network(
+        &self,
+        id: &str,
+        policy: &NetworkPolicy,
+        actor: &Actor,
+    ) -> Result<(), StateError> {
         let text = serde_json::to_string(policy).expect("serializes");
         blocking(|| {
-            let n = self.client().execute(
+            let mut c = self.client();
+            let mut tx = c.transaction()?;
+            let owner: Option<String> = match tx.query_opt(
+                "SELECT owner FROM sandboxes WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )? {
+                Some(r) => r.try_get(0)?,
+                None => return Err(StateError::NoSuchSandbox(id.to_string())),
+            };
+            tx.execute(
                 "UPDATE sandboxes SET network = $2 WHERE id = $1",
                 &[&id, &text],
             )?;
-            if n == 0 {
-                return Err(StateError::NoSuchSandbox(id.to_string()));
-            }
+            tx.execute(
+                "INSERT INTO events (at, sandbox, owner, state, actor, cause) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &now_ms(),
+                    &id,
+                    &owner,
+                    &EventState::Network.as_str(),
+                    &actor.to_string(),
+                    &policy.to_string(),
+                ],
+            )?;
+            tx.commit()?;
             Ok(())
         })
     }

@@ -442,16 +442,40 @@ impl StateStore for SqliteStore {
     }
 
     /// Forgets a sandbox; its removal is an event of `actor`.
-    fn set_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), StateError> {
+    fn set_network(
+        &self,
+        id: &str,
+        policy: &NetworkPolicy,
+        actor: &Actor,
+    ) -> Result<(), StateError> {
         let text = serde_json::to_string(policy).expect("serializes");
         blocking(|| {
-            let n = self.conn().execute(
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let owner: Option<Option<String>> = tx
+                .query_row("SELECT owner FROM sandboxes WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(owner) = owner else {
+                return Err(StateError::NoSuchSandbox(id.to_string()));
+            };
+            tx.execute(
                 "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
                 params![id, text],
             )?;
-            if n == 0 {
-                return Err(StateError::NoSuchSandbox(id.to_string()));
-            }
+            tx.execute(
+                "INSERT INTO events (at, sandbox, owner, state, actor, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    now_ms(),
+                    id,
+                    owner,
+                    EventState::Network.as_str(),
+                    actor.to_string(),
+                    policy.to_string()
+                ],
+            )?;
+            tx.commit()?;
             Ok(())
         })
     }

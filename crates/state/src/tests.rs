@@ -118,14 +118,29 @@ fn insert_find_update_delete(db: &dyn StateStore) {
     // The network policy is kept as written, and replaced whole.
     let stored = db.find("abcd99999999").unwrap().unwrap().network;
     assert_eq!(stored, rec("x", None).network);
-    db.set_network("abcd99999999", &cove_model::NetworkPolicy::none())
+    db.set_network(
+        "abcd99999999",
+        &cove_model::NetworkPolicy::none(),
+        &Actor::Local,
+    )
+    .unwrap();
+    let last = db
+        .events(0, None, Some("abcd99999999"), 100)
+        .unwrap()
+        .pop()
         .unwrap();
+    assert_eq!(last.state, EventState::Network);
+    assert_eq!(last.cause.as_deref(), Some("none"));
     assert_eq!(
         db.find("abcd99999999").unwrap().unwrap().network,
         cove_model::NetworkPolicy::none()
     );
     assert!(matches!(
-        db.set_network("000000000000", &cove_model::NetworkPolicy::none()),
+        db.set_network(
+            "000000000000",
+            &cove_model::NetworkPolicy::none(),
+            &Actor::Local
+        ),
         Err(StateError::NoSuchSandbox(_))
     ));
     db.delete("abcdef123456", &Actor::Local).unwrap();
