@@ -125,6 +125,16 @@ fn egress_follows_the_policy_and_its_changes_while_running() {
     assert_eq!(sandbox["network"]["mode"], "none");
     ok(&cove_out(&["network", &sb.id, "--allow", &up.cidr()]));
     assert!(fetches(&sb, &up.addr.to_string(), 8080));
+    // Each change is an event naming the new policy and who made it.
+    let events = ok(&cove_out(&["events", "--sandbox", &sb.id, "--json"]));
+    let changes: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["state"] == "network")
+        .collect();
+    assert_eq!(changes.len(), 5, "{events}");
+    assert_eq!(changes[4]["actor"], "local");
+    assert_eq!(changes[4]["cause"], format!("egress; allow {}", up.cidr()));
     // Bad policies are refused whole, and the one in force stays.
     for bad in [
         vec!["--allow", "10.0.0.1/8"],
@@ -180,59 +190,64 @@ fn a_sandbox_created_without_a_network_has_no_device() {
     assert!(leftovers(&sb.id).is_empty(), "{:?}", leftovers(&sb.id));
 }
 
-/// Sandbox traffic to 169.254.169.254 is routed to the upstream (a policy route for the pool
-/// only: the host's own traffic to that address is untouched), which answers there too; the
-/// route is removed when dropped.
+/// Sandbox traffic to 169.254.169.254 and to 198.51.100.77 (the control: the same route to an
+/// address no wall covers) is routed to the upstream (a policy route for the pool only: the
+/// host's own traffic to those addresses is untouched), which answers at both; the route is
+/// removed when dropped.
 struct Metadata<'a> {
     up: &'a Upstream,
 }
 
 impl<'a> Metadata<'a> {
     fn route(up: &'a Upstream) -> Self {
-        ip(&[
-            "-n",
-            &up.ns,
-            "addr",
-            "add",
-            "169.254.169.254/32",
-            "dev",
-            "lo",
-        ]);
-        let _ = Command::new("ip")
-            .args(["rule", "del", "priority", "4242"])
-            .output();
-        ip(&[
-            "rule",
-            "add",
-            "from",
-            cove_net::DEFAULT_POOL,
-            "to",
-            "169.254.169.254/32",
-            "lookup",
-            "4242",
-            "priority",
-            "4242",
-        ]);
-        ip(&[
-            "route",
-            "replace",
-            "169.254.169.254/32",
-            "via",
-            &up.addr.to_string(),
-            "dev",
-            &up.host_iface,
-            "table",
-            "4242",
-        ]);
+        for addr in ["169.254.169.254", "198.51.100.77"] {
+            ip(&[
+                "-n",
+                &up.ns,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "lo",
+            ]);
+            while Command::new("ip")
+                .args(["rule", "del", "to", &format!("{addr}/32"), "lookup", "4242"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {}
+            ip(&[
+                "rule",
+                "add",
+                "from",
+                cove_net::DEFAULT_POOL,
+                "to",
+                &format!("{addr}/32"),
+                "lookup",
+                "4242",
+            ]);
+            ip(&[
+                "route",
+                "replace",
+                &format!("{addr}/32"),
+                "via",
+                &up.addr.to_string(),
+                "dev",
+                &up.host_iface,
+                "table",
+                "4242",
+            ]);
+        }
         Self { up }
     }
 }
 
 impl Drop for Metadata<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["rule", "del", "priority", "4242"])
-            .output();
+        for addr in ["169.254.169.254", "198.51.100.77"] {
+            let _ = Command::new("ip")
+                .args(["rule", "del", "to", &format!("{addr}/32"), "lookup", "4242"])
+                .output();
+        }
         let _ = Command::new("ip")
             .args(["route", "flush", "table", "4242"])
             .output();
@@ -258,6 +273,8 @@ fn the_guest_reaches_neither_the_host_nor_another_sandbox_nor_the_metadata_addre
             &format!("{}/32", up.host_addr),
             "--allow",
             "169.254.169.254",
+            "--allow",
+            "198.51.100.77",
         ],
     );
     ok(&a.exec(
@@ -281,7 +298,6 @@ fn the_guest_reaches_neither_the_host_nor_another_sandbox_nor_the_metadata_addre
     // The host's addresses: its end of B's link, its end of the upstream's, loopback.
     assert!(!connects(&b, &host_link_addr(&b), port));
     assert!(!connects(&b, &up.host_addr.to_string(), port));
-    assert!(!connects(&b, "127.0.0.1", port));
     assert_eq!(
         seen.load(Ordering::SeqCst),
         before,
@@ -289,14 +305,19 @@ fn the_guest_reaches_neither_the_host_nor_another_sandbox_nor_the_metadata_addre
     );
     // Another sandbox.
     assert!(!connects(&b, &a_link, 8000));
-    // The metadata address, routed to a server that answers there.
+    // The metadata address, routed to a server that answers there; the control is the same
+    // route to an address without a wall.
     let _md = Metadata::route(&up);
-    let from_ns = http_get(Some(&format!("cove-{}", b.id)), "169.254.169.254", 8080);
     assert!(
-        from_ns.is_some_and(|b| b.contains(HELLO)),
-        "control: the sandbox's namespace itself reaches the routed metadata address"
+        fetches(&b, "198.51.100.77", 8080),
+        "control: the routed address"
     );
     assert!(!fetches(&b, "169.254.169.254", 8080));
+    // Nor does anything in the sandbox's namespace itself (an escaped VMM lives there).
+    let ns = format!("cove-{}", b.id);
+    assert_eq!(http_get(Some(&ns), "169.254.169.254", 8080), None);
+    assert_eq!(http_get(Some(&ns), "198.51.100.77", 8080), None);
+    assert_eq!(http_get(Some(&ns), &up.addr.to_string(), 8080), None);
 }
 
 const SPOOF: &str = "import socket, struct
@@ -614,4 +635,9 @@ fn domain_rules_hold_for_dns_http_and_tls() {
     with_key(&["network", &sb.id, "--allow", &up.cidr()]);
     let r = http_as(&sb, &a, "anything.example");
     assert!(r.contains("host=anything.example"), "{r}");
+    // In `none`, not even a question reaches the resolver.
+    with_key(&["network", &sb.id, "--network", "none"]);
+    let asked = up.asked.lock().unwrap().len();
+    assert_eq!(lookup(&sb, "other.test"), "nx");
+    assert_eq!(up.asked.lock().unwrap().len(), asked);
 }

@@ -190,6 +190,25 @@ async fn ports_are_served_with_a_token_a_signed_url_or_a_key_and_refused_without
     assert!(body.ends_with("token=-"), "{body}");
     // Refused without a token, with a wrong one, with another sandbox's.
     assert_eq!(get(&env.addr, &host, "/", &[]).await.0, 401);
+    let other = tokio::task::block_in_place(|| Sandbox {
+        id: env
+            .cove(&["create", "--memory", "256", "--network", "none"])
+            .trim()
+            .to_string(),
+    });
+    let other_token = env.token(&other.id).await;
+    assert_eq!(
+        get(
+            &env.addr,
+            &host,
+            "/",
+            &[("x-cove-traffic-token", &other_token)]
+        )
+        .await
+        .0,
+        401
+    );
+    tokio::task::block_in_place(|| drop(other));
     let wrong = "0".repeat(64);
     assert_eq!(
         get(&env.addr, &host, "/", &[("x-cove-traffic-token", &wrong)])
@@ -216,6 +235,16 @@ async fn ports_are_served_with_a_token_a_signed_url_or_a_key_and_refused_without
     .await;
     assert_eq!(s, 200, "{body}");
     assert!(body.starts_with("port-ok /p?q=2 "), "{body}");
+    // The same form with the traffic token and no key; the path reaches the guest as sent.
+    let (s, body) = get(
+        &env.addr,
+        &env.addr,
+        &format!("/v1/sandboxes/{}/ports/3000/a%20b%3Fc?d=1", sb.id),
+        &[("x-cove-traffic-token", &token)],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("port-ok /a%20b%3Fc?d=1 "), "{body}");
     // A signed URL works as it is printed (the host part is coved's), and expires.
     let url = tokio::task::block_in_place(|| env.cove(&["url", &sb.id, "3000", "--expires", "1h"]));
     let url = url.trim();

@@ -91,9 +91,12 @@ pub async fn connect(
     let mut up_total = None;
     while down_open || up_total.is_none() {
         tokio::select! {
-            ev = inbox.recv(), if down_open => match ev {
+            // Still read after the host's end closed: a cancel may follow.
+            ev = inbox.recv() => match ev {
                 Some(Inbound::Data(Stream::Stdin, bytes)) => {
-                    if wr.write_all(&bytes).await.is_err() {
+                    if !down_open {
+                        // Past the host's end or the guest's: dropped.
+                    } else if wr.write_all(&bytes).await.is_err() {
                         // The guest's side is gone: what the host sends next is dropped.
                         down_open = false;
                     } else {
@@ -102,7 +105,9 @@ pub async fn connect(
                     ob.grant(bytes.len()).await;
                 }
                 Some(Inbound::Eof(Stream::Stdin)) => {
-                    let _ = wr.shutdown().await;
+                    if down_open {
+                        let _ = wr.shutdown().await;
+                    }
                     down_open = false;
                 }
                 Some(Inbound::Cancel) | None => {

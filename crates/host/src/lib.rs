@@ -77,6 +77,11 @@ pub struct Host {
     net: cove_net::Networks,
     /// The `net` benchmark's switch (see [`Host::set_user_mode_network`]).
     user_mode_net: std::sync::atomic::AtomicBool,
+    /// One wake or network change at a time per sandbox (two requests for a hibernated
+    /// sandbox's port must not both start a VM; a policy change must not interleave with the
+    /// wake that makes its network).
+    turns:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// Sandboxes an operation of this process is changing (pausing, resuming, stopping,
     /// hibernating, removing), with how many: the reconcile leaves their records to those
     /// operations instead of recording what it sees half-way as its own move (or a VM ended on
@@ -145,6 +150,7 @@ impl Host {
             jail: jail::Jails::from_env(home),
             net: cove_net::Networks::from_env(home),
             user_mode_net: Default::default(),
+            turns: Default::default(),
             busy: Default::default(),
             unresponsive: Default::default(),
         })
@@ -233,12 +239,34 @@ impl Host {
         actor: &Actor,
     ) -> Result<(), HostError> {
         rec.op = Some(supervisor::this_process().to_string());
+        // What it was before: a record that only restates a sandbox without a VM (a reason
+        // added to a hibernation, say) must not take the jail and network a wake of it is
+        // making right now.
+        let had_vm = self
+            .db
+            .find(&rec.id)
+            .ok()
+            .flatten()
+            .is_none_or(|r| r.id != rec.id || r.state.has_vm());
         self.db.update(rec, actor)?;
-        // Recorded without a VM: whatever held its jail goes (the user stays leased).
-        if !rec.state.has_vm() {
+        // Recorded without a VM: whatever held its jail and its network goes (the user stays
+        // leased).
+        if had_vm && !rec.state.has_vm() {
             self.vm_ended(&rec.id);
         }
         Ok(())
+    }
+
+    /// Sandbox `id`'s turn: held while it is woken or its network changed.
+    pub(crate) async fn turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .turns
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     /// Marks sandbox `id` as being changed by an operation until the guard is dropped.
@@ -270,6 +298,7 @@ impl Host {
     /// Forgets sandbox `id`'s operations (it is removed).
     pub(crate) fn forget_ops(&self, id: &str) {
         self.busy.lock().expect("lock").0.remove(id);
+        self.turns.lock().expect("lock").remove(id);
     }
 
     /// This host with its sandboxes started unjailed from here on, as `COVE_JAIL=off` would

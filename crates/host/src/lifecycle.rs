@@ -313,7 +313,10 @@ impl Host {
 
     /// Runs a paused sandbox again, or restores a hibernated one (same id, files and processes).
     pub async fn resume(&self, key: &str) -> Result<SandboxRecord, HostError> {
-        let mut rec = self.get(key)?;
+        let id = self.get(key)?.id;
+        // One at a time: a second wake finds the first one's work done.
+        let _turn = self.turn(&id).await;
+        let mut rec = self.get(&id)?;
         let _busy = self.busy(&rec.id);
         match rec.state {
             SandboxState::Running => Ok(rec),
@@ -368,15 +371,24 @@ impl Host {
                 let nic = cfg.net.is_some();
                 self.jail.prepare(&mut cfg, &dir)?;
                 self.attach_network(&mut cfg, &rec.network, nic).await?;
-                write_atomic(
+                let spawned = write_atomic(
                     &layout.vm_config(),
                     &serde_json::to_vec_pretty(&cfg).expect("serializes"),
-                )?;
-                let pid = spawn_vm(&dir)?;
+                )
+                .and_then(|()| spawn_vm(&dir));
+                let pid = match spawned {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        // Still hibernated: it has no VM, so no network either.
+                        self.vm_ended(&rec.id);
+                        return Err(e);
+                    }
+                };
                 rec.pid = Some(pid);
                 rec.state = SandboxState::Resuming;
                 if let Err(e) = self.record(&mut rec) {
                     kill_vm(pid).await;
+                    self.vm_ended(&rec.id);
                     return Err(e);
                 }
                 crate::fault::point("wake.spawned");

@@ -100,6 +100,15 @@ impl Host {
         }
         let owner = cfg.jail.as_ref().map(|j| (j.uid, j.gid));
         let a = self.net.create(&cfg.id, owner, policy).await?;
+        // A change recorded while the network was being made (it found none to apply to).
+        if let Ok(Some(r)) = self.db.find(&cfg.id)
+            && r.id == cfg.id
+            && r.network != *policy
+            && let Err(e) = self.net.apply(&cfg.id, &r.network).await
+        {
+            self.net.destroy(&cfg.id);
+            return Err(e.into());
+        }
         cfg.net = Some(NetConfig {
             netns: a.netns.display().to_string(),
             tap: cove_net::TAP.into(),
@@ -124,7 +133,9 @@ impl Host {
         policy: NetworkPolicy,
     ) -> Result<SandboxRecord, HostError> {
         check(&policy)?;
-        let mut rec = self.get(key)?;
+        let id = self.get(key)?.id;
+        let _turn = self.turn(&id).await;
+        let mut rec = self.get(&id)?;
         let _busy = self.busy(&rec.id);
         if policy.mode == NetworkMode::Egress && !has_nic(&rec) {
             return Err(HostError::NetworkConflict(format!(
@@ -154,11 +165,17 @@ impl Host {
     pub fn set_user_mode_network(&self, on: bool) {
         self.user_mode_net
             .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.net.set_user_mode(on);
     }
 
     /// Whether this host makes networks (root, `/dev/net/tun`, not `COVE_NET=off`).
     pub fn networks_on(&self) -> bool {
         self.net.off().is_none()
+    }
+
+    /// What the resolver and proxies hold per sandbox.
+    pub fn net_registry(&self) -> std::sync::Arc<cove_net::services::Registry> {
+        self.net.registry()
     }
 
     /// The walls and operator defaults, for the resolver and proxies.

@@ -24,6 +24,9 @@ pub enum Actor {
     /// The host found a sandbox's VM gone (killed, crashed, the host rebooted) or an operation
     /// left half done, and recorded how it ended.
     Reconcile,
+    /// A request to one of the sandbox's ports that carried its traffic token or a signed URL
+    /// (or needed neither: public ports) woke it.
+    Traffic,
 }
 
 impl fmt::Display for Actor {
@@ -34,6 +37,7 @@ impl fmt::Display for Actor {
             Self::Ttl => f.write_str("ttl"),
             Self::IdlePolicy => f.write_str("idle-policy"),
             Self::Reconcile => f.write_str("reconcile"),
+            Self::Traffic => f.write_str("traffic"),
         }
     }
 }
@@ -47,6 +51,7 @@ impl FromStr for Actor {
             "ttl" => Self::Ttl,
             "idle-policy" => Self::IdlePolicy,
             "reconcile" => Self::Reconcile,
+            "traffic" => Self::Traffic,
             _ => match s.strip_prefix("key:") {
                 Some(id) if !id.is_empty() => Self::Key(id.to_string()),
                 _ => {

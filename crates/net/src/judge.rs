@@ -32,12 +32,33 @@ impl Judge {
     }
 
     /// Whether the resolver may ask upstream for a name no domain rule names: not when the
-    /// policy denies every address (an allow-list), where the question itself could carry
-    /// data out.
+    /// policy's `deny` and the operator's defaults together cover every address (an
+    /// allow-list), where the question itself could carry data out.
     pub fn may_ask(&self, policy: &NetworkPolicy) -> bool {
         policy.mode == NetworkMode::Egress
-            && !NetworkPolicy::cidrs(&policy.deny).any(|c| c.prefix == 0)
+            && !covers_everything(
+                NetworkPolicy::cidrs(&policy.deny).chain(self.default_deny.iter().copied()),
+            )
     }
+}
+
+/// Whether the networks together cover all of IPv4.
+fn covers_everything(cidrs: impl Iterator<Item = Cidr>) -> bool {
+    let mut spans: Vec<(u64, u64)> = cidrs
+        .map(|c| {
+            let start = u64::from(u32::from(c.addr));
+            (start, start + (1u64 << (32 - u32::from(c.prefix))))
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut reached = 0u64;
+    for (start, end) in spans {
+        if start > reached {
+            return false;
+        }
+        reached = reached.max(end);
+    }
+    reached >= 1 << 32
 }
 
 #[cfg(test)]
@@ -74,6 +95,11 @@ mod tests {
             "a named allow"
         );
         assert!(!j.may_ask(&p));
+        let halves = NetworkPolicy {
+            deny: vec!["0.0.0.0/1".parse().unwrap(), "128.0.0.0/1".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(!j.may_ask(&halves), "a deny of everything in pieces");
         let open = NetworkPolicy::default();
         assert!(j.allows(&open, [93, 184, 216, 34].into(), false));
         assert!(j.may_ask(&open));

@@ -67,30 +67,38 @@ impl Leases {
         }
     }
 
-    /// Takes a free slot for `id`: its hash picks where to start looking.
+    /// Takes a free slot for `id`: its hash picks where to start looking. The lease is written
+    /// whole under a temporary name and linked into place (a link fails on a taken slot): no
+    /// lease is ever seen empty.
     pub(crate) fn acquire(&self, id: &str) -> Result<Lease, NetError> {
         std::fs::create_dir_all(&self.dir).map_err(crate::step("making /run/cove/net"))?;
+        let tmp = self.dir.join(format!(".lease-{}-{id}", std::process::id()));
+        {
+            let mut f =
+                std::fs::File::create(&tmp).map_err(crate::step("writing a network lease"))?;
+            f.write_all(format!("{} {id}\n", self.tag).as_bytes())
+                .map_err(crate::step("writing a network lease"))?;
+        }
         let slots = self.slots();
         let h = sha2::Sha256::digest(id.as_bytes());
         let start = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % slots;
+        let mut out = Err(NetError::PoolExhausted(self.pool));
         for i in 0..slots {
             let slot = (start + i) % slots;
-            let p = self.dir.join(slot.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-            {
-                Ok(mut f) => {
-                    f.write_all(format!("{} {id}\n", self.tag).as_bytes())
-                        .map_err(crate::step("writing a network lease"))?;
-                    return Ok(self.lease(slot));
+            match std::fs::hard_link(&tmp, self.dir.join(slot.to_string())) {
+                Ok(()) => {
+                    out = Ok(self.lease(slot));
+                    break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(crate::step("taking a network lease")(e)),
+                Err(e) => {
+                    out = Err(crate::step("taking a network lease")(e));
+                    break;
+                }
             }
         }
-        Err(NetError::PoolExhausted(self.pool))
+        let _ = std::fs::remove_file(&tmp);
+        out
     }
 
     /// This home's leases: slot and sandbox.
@@ -120,9 +128,13 @@ impl Leases {
             .map(|(slot, _)| self.lease(slot))
     }
 
-    /// The sandbox of this home whose link has address `ip` (either end).
+    /// The sandbox of this home whose end of its link has address `ip` (what its traffic
+    /// leaves the namespace as).
     pub(crate) fn holder_of(&self, ip: Ipv4Addr) -> Option<String> {
         let off = u32::from(ip).checked_sub(u32::from(self.pool.addr))?;
+        if off % 4 != 2 {
+            return None;
+        }
         let slot = (off / 4).checked_sub(1)?;
         if slot >= self.slots() {
             return None;

@@ -117,6 +117,10 @@ pub struct Networks {
     host_ready: OnceLock<Result<(), String>>,
     /// The resolver and proxies this process serves, once started.
     services: std::sync::Mutex<Option<Ports>>,
+    /// What they hold per sandbox.
+    registry: std::sync::Arc<services::Registry>,
+    /// The benchmark's switch: networks whose namespace may send out itself.
+    user_mode: std::sync::atomic::AtomicBool,
 }
 
 impl Networks {
@@ -132,9 +136,9 @@ impl Networks {
             _ => None,
         };
         let pool = match env("COVE_NET_POOL").map(|p| p.parse::<Cidr>()) {
-            Some(Ok(p)) if p.prefix <= 28 => p,
+            Some(Ok(p)) if (8..=28).contains(&p.prefix) => p,
             Some(Ok(p)) => {
-                off.get_or_insert(format!("COVE_NET_POOL {p} is smaller than a /28"));
+                off.get_or_insert(format!("COVE_NET_POOL {p}: a /8 to a /28"));
                 p
             }
             Some(Err(e)) => {
@@ -144,13 +148,14 @@ impl Networks {
             None => DEFAULT_POOL.parse().expect("valid"),
         };
         let default_deny = match env("COVE_NET_DEFAULT_DENY") {
+            // A list with a mistake makes no networks rather than weaker ones.
             Some(list) => list
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
                 .filter_map(|s| match s.trim().parse::<Cidr>() {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::warn!("COVE_NET_DEFAULT_DENY: {e} (ignored)");
+                        off.get_or_insert(format!("COVE_NET_DEFAULT_DENY: {e}"));
                         None
                     }
                 })
@@ -170,7 +175,20 @@ impl Networks {
             off,
             host_ready: OnceLock::new(),
             services: std::sync::Mutex::new(None),
+            registry: Default::default(),
+            user_mode: Default::default(),
         }
+    }
+
+    /// Lets the namespaces this process makes from now on send out themselves (QEMU's
+    /// user-mode network): only for the `net` benchmark's comparison.
+    pub fn set_user_mode(&self, on: bool) {
+        self.user_mode
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn user_mode(&self) -> bool {
+        self.user_mode.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The walls and defaults, to judge addresses by.
@@ -179,6 +197,11 @@ impl Networks {
             walls: self.walls(),
             default_deny: self.default_deny.clone(),
         }
+    }
+
+    /// What the services hold per sandbox (pass it to [`services::start`]).
+    pub fn registry(&self) -> std::sync::Arc<services::Registry> {
+        self.registry.clone()
     }
 
     /// Sends the networks this process makes from now on to these services (their DNS, and
@@ -231,6 +254,7 @@ impl Networks {
         let lease = self.leases.acquire(id)?;
         let walls = self.walls();
         let services = self.services();
+        let user_mode = self.user_mode();
         let plan_policy = policy.clone();
         let default_deny = self.default_deny.clone();
         let id_owned = id.to_string();
@@ -244,6 +268,7 @@ impl Networks {
                     default_deny: &default_deny,
                     policy: &plan_policy,
                     services,
+                    user_mode,
                 }),
                 false,
             )
@@ -277,9 +302,12 @@ impl Networks {
             default_deny: &self.default_deny,
             policy,
             services: self.services(),
+            user_mode: self.user_mode(),
         });
         ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await?;
         self.record_services(id, self.services());
+        // What the proxies relay for it was judged under the old policy.
+        self.registry.cut(lease.ns_addr());
         Ok(())
     }
 
@@ -301,8 +329,8 @@ impl Networks {
     }
 
     /// Whether sandbox `id`'s rules point at no live services: none recorded, or another
-    /// process's that nobody serves any more (their port is free). Another live coved's are
-    /// left to it.
+    /// process's that ended (its lock of its ports is free). Another live coved's are left to
+    /// it.
     pub fn orphaned_services(&self, id: &str) -> bool {
         let Some(mine) = self.services() else {
             return false;
@@ -317,7 +345,13 @@ impl Networks {
         else {
             return true;
         };
-        dns != mine.dns && std::net::UdpSocket::bind(("0.0.0.0", dns)).is_ok()
+        if dns == mine.dns {
+            return false;
+        }
+        let Ok(f) = std::fs::File::open(services::lock_path(dns)) else {
+            return true;
+        };
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
     }
 
     /// Sandbox `id`'s link, if it has one now.
@@ -345,6 +379,9 @@ impl Networks {
         }
         ns::unbind(id);
         let _ = std::fs::remove_file(Self::services_file(id));
+        if let Some(l) = self.leases.find(id) {
+            self.registry.forget(l.ns_addr());
+        }
         self.leases.release(id);
     }
 

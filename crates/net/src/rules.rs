@@ -36,13 +36,17 @@ pub const DEFAULT_DENY: [&str; 15] = [
 ];
 
 /// What no policy lifts, beside the host's own addresses and the sandboxes' pool: loopback,
-/// link-local (the metadata address among them), "this network", multicast and reserved.
-pub const WALLS: [&str; 5] = [
+/// link-local (the metadata address 169.254.169.254 among them), "this network", multicast
+/// and reserved, and the clouds' metadata addresses outside link-local.
+pub const WALLS: [&str; 7] = [
     "0.0.0.0/8",
     "127.0.0.0/8",
     "169.254.0.0/16",
     "224.0.0.0/4",
     "240.0.0.0/4",
+    // Metadata services outside link-local: Azure's WireServer, Alibaba Cloud's.
+    "168.63.129.16/32",
+    "100.100.100.200/32",
 ];
 
 /// Everything one sandbox's table is made from.
@@ -60,6 +64,9 @@ pub struct Plan<'a> {
     pub policy: &'a NetworkPolicy,
     /// Where its DNS (and, for domain rules, its HTTP and TLS) go on the host.
     pub services: Option<crate::Ports>,
+    /// The namespace's own processes may send out (QEMU's user-mode network, for the
+    /// benchmark's comparison only).
+    pub user_mode: bool,
 }
 
 fn set(out: &mut String, name: &str, elements: &[Cidr]) {
@@ -89,9 +96,10 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     let (guest, ns, host) = (GUEST_ADDR, p.ns_addr, p.host_addr);
     let gw = crate::GATEWAY_ADDR;
     // The guest's DNS goes to the host's resolver; with domain rules, so do its HTTP and TLS.
+    // In `none`, nothing leaves: not even a question to the resolver.
     let mut redirect = String::new();
     let mut services = String::new();
-    if let Some(s) = p.services {
+    if let Some(s) = p.services.filter(|_| p.policy.mode == NetworkMode::Egress) {
         let _ = write!(
             redirect,
             "    iifname \"{TAP}\" ip daddr {gw} udp dport 53 dnat ip to {host}:{dns}
@@ -99,7 +107,7 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
 ",
             dns = s.dns
         );
-        if p.policy.has_domains() && p.policy.mode == NetworkMode::Egress {
+        if p.policy.has_domains() {
             let _ = write!(
                 redirect,
                 "    iifname \"{TAP}\" tcp dport 80 dnat ip to {host}:{http}
@@ -135,15 +143,32 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     ct state established,related accept
     iifname \"{TAP}\" ip saddr {guest} reject with icmpx admin-prohibited
   }}
+  chain output {{ type filter hook output priority filter; policy drop;
+    oifname \"lo\" accept
+    oifname \"{TAP}\" accept
+    ct state established,related accept
+{user_mode}  }}
   chain egress {{
     meta nfproto ipv6 drop
     ip saddr != {guest} drop
     oifname != \"{NS_VETH}\" drop
-{services}    ip daddr @walls reject with icmpx admin-prohibited
-"
+{none}{services}    ip daddr @walls reject with icmpx admin-prohibited
+",
+        // Nothing in the namespace itself (the jailed VMM) sends out, unless the benchmark's
+        // user-mode network (QEMU's own sockets) is asked for.
+        user_mode = if p.user_mode {
+            format!("    oifname \"{NS_VETH}\" ip daddr != @walls accept\n")
+        } else {
+            String::new()
+        },
+        none = if p.policy.mode == NetworkMode::None {
+            "    reject with icmpx admin-prohibited\n"
+        } else {
+            ""
+        }
     );
     match p.policy.mode {
-        NetworkMode::None => o.push_str("    reject with icmpx admin-prohibited\n"),
+        NetworkMode::None => {}
         NetworkMode::Egress => o.push_str(
             "    ip daddr @allow accept
     ip daddr @deny reject with icmpx admin-prohibited
@@ -157,7 +182,9 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
 }
 
 /// The host's table: nothing from a sandbox's link reaches the host unless it answers the
-/// host's own connection; nothing passes between two sandboxes' links; sandbox traffic
+/// host's own connection or goes to the resolver and proxies' ports; nothing passes between two
+/// sandboxes' links; an address of the pool arriving anywhere else is spoofed and dropped;
+/// only root's processes (coved) open connections into a sandbox's link; sandbox traffic
 /// leaving the host is masqueraded.
 pub fn host_ruleset(pool: Cidr) -> String {
     let p = HOST_IFACE_PREFIX;
@@ -170,11 +197,16 @@ pub fn host_ruleset(pool: Cidr) -> String {
 delete table inet cove
 table inet cove {{
   chain input {{ type filter hook input priority filter - 5; policy accept;
+    iifname != \"{p}*\" ip saddr {pool} drop
     iifname \"{p}*\" ct state established,related accept
     iifname \"{p}*\" meta l4proto {{ tcp, udp }} th dport {lo}-{hi} accept
     iifname \"{p}*\" drop
   }}
+  chain output {{ type filter hook output priority filter - 5; policy accept;
+    oifname \"{p}*\" ct state new meta skuid != 0 drop
+  }}
   chain forward {{ type filter hook forward priority filter - 5; policy accept;
+    iifname != \"{p}*\" ip saddr {pool} drop
     iifname \"{p}*\" oifname \"{p}*\" drop
     oifname \"{p}*\" ct state established,related accept
     oifname \"{p}*\" drop
@@ -263,6 +295,7 @@ mod tests {
                 http: 47001,
                 tls: 47002,
             }),
+            user_mode: false,
         });
         assert!(r.contains("set allow { type ipv4_addr; flags interval; auto-merge;\n    elements = { 10.9.0.0/16 }"), "{r}");
         assert!(r.contains("elements = { 0.0.0.0/0 }"), "{r}");
@@ -275,6 +308,7 @@ mod tests {
         let none = sandbox_ruleset(&Plan {
             policy: &NetworkPolicy::none(),
             services: None,
+            user_mode: false,
             ns_addr: [10, 201, 0, 2].into(),
             host_addr: [10, 201, 0, 1].into(),
             walls: &walls,
@@ -308,6 +342,7 @@ mod tests {
                 http: 47001,
                 tls: 47002,
             }),
+            user_mode: false,
         };
         apply(&sandbox_ruleset(&plan), true).unwrap();
         apply(&host_ruleset("10.201.0.0/16".parse().unwrap()), true).unwrap();

@@ -19,8 +19,11 @@ use std::time::Duration;
 use cove_model::NetworkPolicy;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::A};
+use std::collections::HashMap;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::judge::Judge;
 
@@ -65,11 +68,69 @@ pub fn upstream_from_env() -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
+/// Requests one sandbox may have in flight at once (DNS questions and proxied connections
+/// together): a guest flooding its resolver or proxies fills its own share, not coved's file
+/// table.
+const PER_SANDBOX: usize = 64;
+/// DNS questions in flight for all sandboxes together.
+const DNS_IN_FLIGHT: usize = 1024;
+
+/// What the services hold per sandbox: its share of requests, and its proxied connections (cut
+/// when its policy changes: the new policy judges them again from scratch).
+#[derive(Debug, Default)]
+pub struct Registry {
+    shares: std::sync::Mutex<HashMap<Ipv4Addr, Arc<Semaphore>>>,
+    conns: std::sync::Mutex<HashMap<Ipv4Addr, Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Registry {
+    fn share(&self, ip: Ipv4Addr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let s = self
+            .shares
+            .lock()
+            .expect("lock")
+            .entry(ip)
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_SANDBOX)))
+            .clone();
+        s.try_acquire_owned().ok()
+    }
+
+    fn hold(&self, ip: Ipv4Addr, h: tokio::task::AbortHandle) {
+        let mut conns = self.conns.lock().expect("lock");
+        let list = conns.entry(ip).or_default();
+        list.retain(|h| !h.is_finished());
+        list.push(h);
+    }
+
+    /// Ends every proxied connection of the sandbox whose link address is `ip`.
+    pub fn cut(&self, ip: Ipv4Addr) {
+        if let Some(list) = self.conns.lock().expect("lock").remove(&ip) {
+            for h in list {
+                h.abort();
+            }
+        }
+    }
+
+    /// Forgets the sandbox whose link address is `ip` (its network is gone).
+    pub fn forget(&self, ip: Ipv4Addr) {
+        self.cut(ip);
+        self.shares.lock().expect("lock").remove(&ip);
+    }
+}
+
 #[derive(Clone)]
 struct Ctx {
     lookup: Lookup,
     judge: Judge,
     upstream: Option<SocketAddr>,
+    reg: Arc<Registry>,
+    dns: Arc<Semaphore>,
+}
+
+/// Where a serving process's lock of its ports is: held while it serves, so another coved
+/// tells a live one's sandboxes from those of one that ended.
+pub(crate) fn lock_path(dns_port: u16) -> std::path::PathBuf {
+    std::path::Path::new(crate::lease::DIR).join(format!("services-{dns_port}.lock"))
 }
 
 /// Binds the three services on the first free ports of [`PORT_RANGE`] and serves them until
@@ -78,12 +139,16 @@ pub async fn start(
     lookup: Lookup,
     judge: Judge,
     upstream: Option<SocketAddr>,
+    reg: Arc<Registry>,
 ) -> std::io::Result<Ports> {
     let ctx = Ctx {
         lookup,
         judge,
         upstream,
+        reg,
+        dns: Arc::new(Semaphore::new(DNS_IN_FLIGHT)),
     };
+    std::fs::create_dir_all(crate::lease::DIR)?;
     let mut p = *PORT_RANGE.start();
     while p + 2 <= *PORT_RANGE.end() {
         let bound = async {
@@ -96,6 +161,19 @@ pub async fn start(
         }
         .await;
         if let Ok((udp, dns_tcp, http, tls)) = bound {
+            // Held for the life of the process (the lock goes with it).
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(lock_path(p))?;
+            match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(held) => std::mem::forget(held),
+                Err(_) => {
+                    p += 3;
+                    continue;
+                }
+            }
             tokio::spawn(serve_udp(Arc::new(udp), ctx.clone()));
             tokio::spawn(serve_tcp(dns_tcp, ctx.clone(), Kind::Dns));
             tokio::spawn(serve_tcp(http, ctx.clone(), Kind::Http));
@@ -125,10 +203,21 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        // Only sandboxes of this host are answered; anyone else gets nothing.
-        let Some(policy) = source_v4(from).and_then(|ip| (ctx.lookup)(ip)) else {
+        // Only sandboxes of this host are answered; anyone else gets nothing. A sandbox over
+        // its share, or all of them over the total, lose the question (DNS asks again).
+        let Some(ip) = source_v4(from) else {
+            continue;
+        };
+        let Some(share) = ctx.reg.share(ip) else {
+            continue;
+        };
+        let Ok(total) = ctx.dns.clone().try_acquire_owned() else {
+            continue;
+        };
+        let Some(policy) = (ctx.lookup)(ip) else {
             continue;
         };
         let query = buf[..n].to_vec();
@@ -137,6 +226,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
             if let Some(reply) = answer(&ctx, &policy, &query).await {
                 let _ = sock.send_to(&reply, from).await;
             }
+            drop((share, total));
         });
     }
 }
@@ -151,20 +241,31 @@ enum Kind {
 async fn serve_tcp(l: TcpListener, ctx: Ctx, kind: Kind) {
     loop {
         let Ok((c, from)) = l.accept().await else {
+            // Out of file descriptors, say: let some go before trying again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Some(policy) = source_v4(from).and_then(|ip| (ctx.lookup)(ip)) else {
+        let Some(ip) = source_v4(from) else {
             continue;
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let Some(share) = ctx.reg.share(ip) else {
+            continue;
+        };
+        let Some(policy) = (ctx.lookup)(ip) else {
+            continue;
+        };
+        let task_ctx = ctx.clone();
+        let task = tokio::spawn(async move {
+            let ctx = task_ctx;
             let _ = c.set_nodelay(true);
             let _ = match kind {
                 Kind::Dns => dns_over_tcp(c, &ctx, &policy).await,
                 Kind::Http => proxy(c, &ctx, &policy, 80).await,
                 Kind::Tls => proxy(c, &ctx, &policy, 443).await,
             };
+            drop(share);
         });
+        ctx.reg.hold(ip, task.abort_handle());
     }
 }
 
@@ -293,26 +394,39 @@ async fn proxy(
     port: u16,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(4096);
-    let name = loop {
-        let mut buf = [0u8; 4096];
-        let n = match tokio::time::timeout(STEP, c.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e),
-        };
-        head.extend_from_slice(&buf[..n]);
-        let found = if port == 443 {
-            sni(&head)
-        } else {
-            http_host(&head)
-        };
-        match found {
-            Found::Name(n) => break n,
-            Found::NoName => return refuse(&mut c, port, "no host name to judge").await,
-            Found::More if head.len() < 16 * 1024 => {}
-            Found::More => return refuse(&mut c, port, "no host name to judge").await,
+    // The whole head within one deadline: a client dribbling a byte at a time does not hold a
+    // connection open.
+    let read_head = async {
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            head.extend_from_slice(&buf[..n]);
+            let found = if port == 443 {
+                sni(&head)
+            } else {
+                http_host(&head)
+            };
+            match found {
+                Found::Name(n) => return Ok(Some(n)),
+                Found::More if head.len() < 16 * 1024 => {}
+                Found::NoName | Found::More => return Ok(Some(String::new())),
+            }
         }
     };
+    let name = match tokio::time::timeout(STEP, read_head).await {
+        Ok(Ok(Some(n))) if !n.is_empty() => n,
+        Ok(Ok(Some(_))) => return refuse(&mut c, port, "no host name to judge").await,
+        Ok(Ok(None)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+    };
+    if port == 80 {
+        // One request per connection: the next one on it names its own host, and is judged on
+        // a connection of its own.
+        head = close_after(&head);
+    }
     let verdict = policy.name_verdict(&name);
     if verdict == Some(false) {
         return refuse(
@@ -360,6 +474,36 @@ async fn refuse(c: &mut TcpStream, port: u16, why: &str) -> std::io::Result<()> 
     }
     let _ = c.shutdown().await;
     Ok(())
+}
+
+/// The request head with `Connection: close` in place of any `Connection` header (an upgrade
+/// keeps its own: nothing follows it on the connection but the upgraded protocol).
+fn close_after(head: &[u8]) -> Vec<u8> {
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return head.to_vec();
+    };
+    let text = String::from_utf8_lossy(&head[..end]);
+    if text.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("upgrade"))
+    }) {
+        return head.to_vec();
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(head.len() + 19);
+    for (i, line) in text.split("\r\n").enumerate() {
+        if i > 0
+            && line
+                .split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+        {
+            continue;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(&head[end + 4..]);
+    out
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -494,5 +638,16 @@ mod tests {
         assert_eq!(sni(&rec), Found::Name("pypi.org".into()));
         assert_eq!(sni(&rec[..20]), Found::More);
         assert_eq!(sni(b"GET / HTTP/1.1\r\n"), Found::NoName);
+    }
+
+    #[test]
+    fn a_proxied_request_closes_its_connection_after_it() {
+        let h = close_after(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\nbody");
+        assert_eq!(
+            String::from_utf8(h).unwrap(),
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nbody"
+        );
+        let up = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(close_after(up), up.to_vec());
     }
 }

@@ -50,6 +50,7 @@ async fn a_network_is_made_whole_and_removed_whole() {
     assert!(!ip(&["netns", "list"]).contains(&ns));
     assert!(!ip(&["link"]).contains(&a.host_iface));
     assert!(nets.attached(&id).is_none());
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 fn tempfile_home() -> std::path::PathBuf {

@@ -413,6 +413,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
             lookup,
             app.host.net_judge(),
             cove_net::services::upstream_from_env(),
+            app.host.net_registry(),
         )
         .await
         {

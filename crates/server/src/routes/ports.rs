@@ -57,7 +57,7 @@ pub(crate) async fn by_host(
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
     match host.and_then(|h| parse_host(&h, &app.traffic.domain)) {
-        Some((port, id)) => serve(app, &id, port, None, req)
+        Some((port, id)) => serve(app, &id, port, Form::Host, req)
             .await
             .unwrap_or_else(IntoResponse::into_response),
         None => next.run(req).await,
@@ -77,28 +77,47 @@ pub(crate) async fn by_path(
     let Some(port) = port.parse::<u16>().ok().filter(|p| *p > 0) else {
         return ApiError::bad_request(format!("invalid port {port:?}: 1 to 65535")).into_response();
     };
-    let rest = get("rest").unwrap_or_default();
+    // The path under the port as it was sent (still percent-encoded): past
+    // `/v1/sandboxes/ID/ports/PORT`.
+    let raw = req.uri().path();
+    let rest = raw
+        .match_indices('/')
+        .nth(5)
+        .map_or("/", |(i, _)| &raw[i..])
+        .to_string();
     let caller = crate::auth::identified(req.extensions());
-    serve(app, &id, port, caller.map(|p| (p, rest)), req)
+    serve(app, &id, port, Form::Path { caller, rest }, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Lets the request through to `port` of sandbox `id` (with `keyed`: the caller's key and the
-/// path under the port, for the `/v1` form), or says why not.
+/// How a request named the port.
+enum Form {
+    /// `PORT-ID.DOMAIN`: the path is the guest's.
+    Host,
+    /// `/v1/sandboxes/ID/ports/PORT/REST`: the caller's key (if it sent one) may let it in.
+    Path {
+        caller: Option<Principal>,
+        rest: String,
+    },
+}
+
+/// Lets the request through to `port` of sandbox `id`, or says why not.
 async fn serve(
     app: App,
     id: &str,
     port: u16,
-    keyed: Option<(Principal, String)>,
+    form: Form,
     mut req: Request,
 ) -> Result<Response, ApiError> {
     // A key that sees the sandbox lets its owner in on the `/v1` form.
-    let by_key = keyed.as_ref().and_then(|(p, _)| {
-        p.allows(Scope::Exec)
-            .then(|| app.owned(p, id).ok())
-            .flatten()
-    });
+    let by_key = match &form {
+        Form::Path {
+            caller: Some(p), ..
+        } if p.allows(Scope::Exec) => app.owned(p, id).ok(),
+        _ => None,
+    };
+    let keyed = by_key.is_some();
     let rec = match by_key {
         Some(r) => r,
         None => {
@@ -112,16 +131,35 @@ async fn serve(
             } else {
                 Err(traffic::Denied::Wrong)
             };
-            match checked {
-                Ok(()) => app.owned(&Principal::local(), id)?,
-                Err(denied) => match app.host.get(id) {
-                    Ok(r) if r.id == id && r.network.public_ports => r,
-                    _ => return Err(ApiError::unauthorized(denied.message())),
-                },
+            // A token is checked before anything is looked up; only a sandbox with public
+            // ports is looked up without one.
+            let found = match app.host.get(id) {
+                Ok(r) if r.id == id => Some(r),
+                _ => None,
+            };
+            match (checked, found) {
+                (Ok(()), Some(r)) => r,
+                (Ok(()), None) => return Err(ApiError::not_found("sandbox", id)),
+                (Err(_), Some(r)) if r.network.public_ports => r,
+                (Err(denied), _) => return Err(ApiError::unauthorized(denied.message())),
             }
         }
     };
-    let client = app.host.connect(&rec.id).await?;
+    // The wake (if the sandbox is put away) runs to its end even if the client leaves, as the
+    // caller's key or as `traffic`.
+    let actor = if keyed {
+        cove_host::ACTOR.try_with(Clone::clone).unwrap_or_default()
+    } else {
+        cove_host::Actor::Traffic
+    };
+    let a = app.clone();
+    let sandbox = rec.id.clone();
+    let client =
+        tokio::spawn(cove_host::ACTOR.scope(actor, async move { a.host.connect(&sandbox).await }))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
     let stream = client.connect_port(port).await.map_err(|e| match e {
         ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::Refused => ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -140,10 +178,11 @@ async fn serve(
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // The path under the port (the `/v1` form's prefix gone), the query without the signed
-    // URL's parameters; the token and the caller's key are Cove's, not the guest's.
-    let path = match &keyed {
-        Some((_, rest)) => format!("/{rest}"),
-        None => parts.uri.path().to_string(),
+    // URL's parameters; the token and, on the `/v1` form, the Authorization header are Cove's,
+    // not the guest's.
+    let path = match &form {
+        Form::Path { rest, .. } => rest.clone(),
+        Form::Host => parts.uri.path().to_string(),
     };
     let query = parts
         .uri
@@ -158,7 +197,7 @@ async fn serve(
     let authority = parts.uri.authority().map(|a| a.as_str().to_string());
     parts.uri = Uri::try_from(target).map_err(|e| ApiError::bad_request(e.to_string()))?;
     parts.headers.remove(TOKEN_HEADER);
-    if keyed.is_some() {
+    if matches!(form, Form::Path { .. }) {
         parts.headers.remove(header::AUTHORIZATION);
     }
     if parts.version == Version::HTTP_2 {
