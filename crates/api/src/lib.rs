@@ -445,8 +445,9 @@ pub struct Event {
     #[schema(value_type = String)]
     pub state: EventState,
     /// Who: `key:ID` (an API key), `local` (the host's administrator), `ttl` (its time to
-    /// live ran out), `idle-policy` (its idle policy), `reconcile` (the host found its VM
-    /// ended: crashed, killed, or an operation interrupted).
+    /// live ran out), `idle-policy` (its idle policy), `traffic` (a request to one of its
+    /// ports woke it), `reconcile` (the host found its VM ended: crashed, killed, or an
+    /// operation interrupted).
     #[schema(value_type = String)]
     pub actor: Actor,
     /// Why, when there is a reason (`idle`, an expired time to live, an error).

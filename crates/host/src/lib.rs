@@ -248,12 +248,13 @@ impl Host {
             .ok()
             .flatten()
             .is_none_or(|r| r.id != rec.id || r.state.has_vm());
-        self.db.update(rec, actor)?;
         // Recorded without a VM: whatever held its jail and its network goes (the user stays
-        // leased).
+        // leased) — before the record says so, since whoever reads it may wake the sandbox
+        // at once and make them anew.
         if had_vm && !rec.state.has_vm() {
             self.vm_ended(&rec.id);
         }
+        self.db.update(rec, actor)?;
         Ok(())
     }
 
