@@ -188,6 +188,42 @@ fn a_sandbox_created_without_a_network_has_no_device() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(leftovers(&sb.id).is_empty(), "{:?}", leftovers(&sb.id));
+    // Templates are kept per device set: one without a network device beside one with.
+    ok(&cove_out(&[
+        "template",
+        "create",
+        "busybox",
+        "--memory",
+        "256",
+        "--network",
+        "none",
+    ]));
+    ok(&cove_out(&[
+        "template", "create", "busybox", "--memory", "256",
+    ]));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&cove_out(&["snapshot", "ls", "--json"]))).unwrap();
+    let templates = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["template"] == true && s["image"] == "busybox" && s["memory_mib"] == 256)
+        .count();
+    assert_eq!(templates, 2, "{listed}");
+    let restored = Sandbox::create("busybox", &["--network", "none"]);
+    assert_eq!(
+        ok(&restored.exec(
+            &[],
+            &[
+                "sh",
+                "-c",
+                "ls -d /sys/class/net/*/device 2>/dev/null; true"
+            ],
+            b""
+        ))
+        .trim(),
+        ""
+    );
 }
 
 /// Sandbox traffic to 169.254.169.254 and to 198.51.100.77 (the control: the same route to an

@@ -538,6 +538,11 @@ pub struct CreateTemplate {
     /// Writable disk in MiB (default 2048).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u32>,
+    /// `egress` (the default where the host makes networks): the template has a network
+    /// device, and restores for sandboxes that get one; `none`: it has none, for sandboxes
+    /// created with network `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
 }
 
 /// `GET /v1/info`.

@@ -438,7 +438,8 @@ pub enum ImageCommand {
 /// Template management.
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
-    /// Boot IMAGE once and keep a snapshot of it for `create` to restore.
+    /// Boot IMAGE once and keep a snapshot of it for `create` to restore (one per image, shape
+    /// and device set: `--network none` makes the one sandboxes without a network restore).
     Create {
         /// Image.
         image: String,

@@ -235,12 +235,18 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
         Command::Template {
             command: crate::args::TemplateCommand::Create { image, res },
         } => {
+            anyhow::ensure!(
+                res.net.allow.is_empty() && res.net.deny.is_empty() && !res.net.public_ports,
+                "a template takes --network (with a device or without), not a policy: each \
+                 sandbox restored from it gets its own"
+            );
             let t = c
                 .create_template(&api::CreateTemplate {
                     image,
                     cpus: Some(res.cpus),
                     memory_mib: Some(res.memory),
                     disk_mib: Some(res.disk),
+                    network: res.net.network,
                 })
                 .await?;
             println!("{}", t.id);

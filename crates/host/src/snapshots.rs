@@ -252,13 +252,16 @@ impl Host {
         .await;
         self.remove(&rec.id, true).await?;
         let snap = r?;
-        // One template per image and shape: the new one replaces older ones.
+        // One template per image, shape and device set (with a network device or without):
+        // the new one replaces older ones.
+        let nic = crate::network::snapshot_nic(Path::new(&snap.dir));
         for old in self.db.list_snapshots()? {
             if old.template
                 && old.id != snap.id
                 && old.image_digest == snap.image_digest
                 && (old.cpus, old.memory_mib, old.disk_mib)
                     == (snap.cpus, snap.memory_mib, snap.disk_mib)
+                && crate::network::snapshot_nic(Path::new(&old.dir)) == nic
             {
                 let _ = self.remove_snapshot(&old.id).await;
             }

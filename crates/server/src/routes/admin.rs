@@ -28,6 +28,10 @@ pub async fn create_template(
         cpus: req.cpus.unwrap_or(d.cpus),
         memory_mib: req.memory_mib.unwrap_or(d.memory_mib),
         disk_mib: req.disk_mib.unwrap_or(d.disk_mib),
+        network: req.network.map(|mode| cove_api::NetworkPolicy {
+            mode,
+            ..Default::default()
+        }),
         // The boot that makes the template is the tenant's sandbox while it runs: it counts
         // against its quota (a tenant at its limit had booted a 4-vCPU template VM).
         limits: app.limits(&auth.0)?,
