@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use nix::sched::CloneFlags;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::lease::Lease;
@@ -163,25 +164,23 @@ pub(crate) fn configure(
     let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
     crate::tap::create(TAP, owner)?;
     let host_iface = crate::host_iface(id);
-    let peer = format!("cn{id}");
     let ns_file = std::fs::File::open(netns).map_err(step("opening the namespace"))?;
     let (host, inside) = (&c.host, &c.inside);
     c.nl.rt.block_on(async {
+        // The namespace's end is made in the namespace, with its final name: moving a link
+        // between namespaces waits for the kernel's RCU grace periods (~40 ms here).
+        let peer_msg = LinkUnspec::new_with_name(NS_VETH)
+            .setns_by_fd(ns_file.as_raw_fd())
+            .build();
+        let veth = rtnetlink::LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_iface.clone())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
         host.link()
-            .add(LinkVeth::new(&host_iface, &peer).build())
+            .add(veth)
             .execute()
             .await
             .map_err(nl_err("making the veth pair"))?;
-        let p = need_index(host, &peer).await?;
-        host.link()
-            .set(
-                LinkUnspec::new_with_index(p)
-                    .setns_by_fd(ns_file.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl_err("moving the link into the namespace"))?;
         let h = need_index(host, &host_iface).await?;
         host.address()
             .add(h, lease.host_addr().into(), 30)
@@ -201,17 +200,7 @@ pub(crate) fn configure(
             .execute()
             .await
             .map_err(nl_err("raising lo"))?;
-        let v = need_index(inside, &peer).await?;
-        inside
-            .link()
-            .set(
-                LinkUnspec::new_with_index(v)
-                    .name(NS_VETH.to_string())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl_err("naming the namespace's end"))?;
+        let v = need_index(inside, NS_VETH).await?;
         inside
             .address()
             .add(v, lease.ns_addr().into(), 30)
