@@ -26,6 +26,17 @@ PY
 exec_ms=$(ms "$t")
 echo "== snippet ran in ${exec_ms} ms (round trip, including Python's start under emulation)"
 
+echo "== its network policy: $("$cove" network "$id" | paste -sd ' ')"
+"$cove" exec -i "$id" -- python3 - <<'PY' | sed 's/^/   | /'
+import socket
+# Refused inside the sandbox's own network namespace on the host: nothing leaves the machine.
+try:
+    socket.create_connection(("169.254.169.254", 80), timeout=5)
+    print("the metadata address answered (it should not)")
+except OSError as e:
+    print("the cloud metadata address is walled off:", e.strerror or e)
+PY
+
 t=$(now)
 "$cove" exec "$id" -- true
 echo "== exec round trip of \`true\`: $(ms "$t") ms (including the cove CLI's own start)"

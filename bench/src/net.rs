@@ -34,10 +34,7 @@ async fn sh(host: &Host, id: &str, cmd: &str) -> anyhow::Result<String> {
         )
         .await?;
     if out.status.code != Some(0) {
-        bail!(
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr).trim().to_string()
-        );
+        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

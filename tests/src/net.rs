@@ -36,6 +36,9 @@ pub fn ip_quiet(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// What a server of the upstream saw, shared with the test.
+pub type Seen<T> = Arc<Mutex<Vec<T>>>;
+
 /// The upstream namespace and its servers; removed when dropped.
 #[derive(Debug)]
 pub struct Upstream {
@@ -48,16 +51,16 @@ pub struct Upstream {
     /// The host's address on the link.
     pub host_addr: Ipv4Addr,
     /// Datagrams the UDP sink got: source and payload.
-    pub udp: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    pub udp: Seen<(SocketAddr, Vec<u8>)>,
     /// First bytes of each connection to port 443.
-    pub tls: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub tls: Seen<Vec<u8>>,
     /// Names the DNS server was asked.
-    pub asked: Arc<Mutex<Vec<String>>>,
+    pub asked: Seen<String>,
     /// Connections to the sink (port 5001): bytes read to EOF, and how long from accept.
-    pub sunk: Arc<Mutex<Vec<(u64, std::time::Duration)>>>,
+    pub sunk: Seen<(u64, std::time::Duration)>,
     /// Connections to the source (port 5002, which sends [`SOURCE_BYTES`] and waits for the
     /// peer to close): how long from accept.
-    pub sourced: Arc<Mutex<Vec<std::time::Duration>>>,
+    pub sourced: Seen<std::time::Duration>,
 }
 
 /// What the source on port 5002 sends to each connection.
@@ -218,7 +221,7 @@ fn serve_http(l: TcpListener) {
     }
 }
 
-fn serve_sink(l: TcpListener, seen: Arc<Mutex<Vec<(u64, std::time::Duration)>>>) {
+fn serve_sink(l: TcpListener, seen: Seen<(u64, std::time::Duration)>) {
     for mut c in l.incoming().flatten() {
         let t = std::time::Instant::now();
         let n = std::io::copy(&mut c, &mut std::io::sink()).unwrap_or(0);
@@ -226,7 +229,7 @@ fn serve_sink(l: TcpListener, seen: Arc<Mutex<Vec<(u64, std::time::Duration)>>>)
     }
 }
 
-fn serve_source(l: TcpListener, seen: Arc<Mutex<Vec<std::time::Duration>>>) {
+fn serve_source(l: TcpListener, seen: Seen<std::time::Duration>) {
     for mut c in l.incoming().flatten() {
         let t = std::time::Instant::now();
         let chunk = vec![0u8; 1 << 16];
@@ -244,7 +247,7 @@ fn serve_source(l: TcpListener, seen: Arc<Mutex<Vec<std::time::Duration>>>) {
     }
 }
 
-fn record(l: TcpListener, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
+fn record(l: TcpListener, seen: Seen<Vec<u8>>) {
     for mut c in l.incoming().flatten() {
         let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
         let mut buf = vec![0u8; 4096];
@@ -253,7 +256,7 @@ fn record(l: TcpListener, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
     }
 }
 
-fn serve_dns(sock: UdpSocket, upstream: Ipv4Addr, asked: Arc<Mutex<Vec<String>>>) {
+fn serve_dns(sock: UdpSocket, upstream: Ipv4Addr, asked: Seen<String>) {
     use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
     use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
     let mut buf = [0u8; 2048];

@@ -20,7 +20,7 @@ pub fn parse(spec: &str) -> Option<(Ipv4Addr, u8, Ipv4Addr)> {
 
 fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from(ip).to_be(),

@@ -512,6 +512,28 @@ impl FsCommand {
     }
 }
 
+/// `90`, `90s`, `10m`, `2h`, `7d` → seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?}: out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,26 +583,15 @@ mod tests {
         assert!(exec.interactive && exec.tty);
         assert_eq!(id, "abc");
     }
-}
 
-/// `90`, `90s`, `10m`, `2h`, `7d` → seconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: a number and a unit (s, m, h, d)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
-    };
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("{s:?}: out of range"))
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(super::parse_duration("90"), Ok(90));
+        assert_eq!(super::parse_duration("10m"), Ok(600));
+        assert_eq!(super::parse_duration("2h"), Ok(7200));
+        assert_eq!(super::parse_duration("7d"), Ok(604_800));
+        assert!(super::parse_duration("0s").is_err());
+        assert!(super::parse_duration("5w").is_err());
+        assert!(super::parse_duration("m").is_err());
+    }
 }

@@ -117,10 +117,9 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
                 tls = s.tls
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             services,
-            "    ip daddr {host} ct status dnat meta l4proto {{ tcp, udp }} th dport {{ {}, {}, {} }} accept
-",
+            "    ip daddr {host} ct status dnat meta l4proto {{ tcp, udp }} th dport {{ {}, {}, {} }} accept",
             s.dns, s.http, s.tls
         );
     }

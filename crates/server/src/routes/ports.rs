@@ -373,11 +373,7 @@ pub(crate) async fn tcp(
         let down = async {
             while let Some(Ok(m)) = rx.next().await {
                 match m {
-                    Message::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }
