@@ -670,6 +670,7 @@ async fn the_openapi_document_and_the_router_agree() {
         let concrete = path
             .replace("{id}", "000000000000")
             .replace("{pid}", "1")
+            .replace("{port}", "3000")
             .replace(
                 "{digest}",
                 "sha256:0000000000000000000000000000000000000000000000000000000000000000",

@@ -242,12 +242,12 @@ impl Host {
         // What it was before: a record that only restates a sandbox without a VM (a reason
         // added to a hibernation, say) must not take the jail and network a wake of it is
         // making right now.
-        let had_vm = self
-            .db
-            .find(&rec.id)
-            .ok()
-            .flatten()
-            .is_none_or(|r| r.id != rec.id || r.state.has_vm());
+        // Taken apart only when the stored record is the one the caller read, with a VM: a
+        // writer working from an older read (a wake has moved the sandbox since) leaves the
+        // new VM's jail and network alone.
+        let stored = self.db.find(&rec.id)?;
+        let had_vm = stored
+            .is_some_and(|r| r.id == rec.id && r.updated_at == rec.updated_at && r.state.has_vm());
         // Recorded without a VM: whatever held its jail and its network goes (the user stays
         // leased) — before the record says so, since whoever reads it may wake the sandbox
         // at once and make them anew.

@@ -370,7 +370,10 @@ impl Host {
                 cfg.blob_store = Some(self.home.join("blobs").display().to_string());
                 let nic = cfg.net.is_some();
                 self.jail.prepare(&mut cfg, &dir)?;
-                self.attach_network(&mut cfg, &rec.network, nic).await?;
+                if let Err(e) = self.attach_network(&mut cfg, &rec.network, nic).await {
+                    self.vm_ended(&rec.id);
+                    return Err(e);
+                }
                 let spawned = write_atomic(
                     &layout.vm_config(),
                     &serde_json::to_vec_pretty(&cfg).expect("serializes"),
@@ -544,7 +547,10 @@ impl Host {
 
     /// Removes a sandbox: its VM, its files and its record. A running one needs `force`.
     pub async fn remove(&self, key: &str, force: bool) -> Result<SandboxRecord, HostError> {
-        let rec = self.get(key)?;
+        let id = self.get(key)?.id;
+        // Not while it is being woken: the wake finishes first (its VM is then killed here).
+        let _turn = self.turn(&id).await;
+        let rec = self.get(&id)?;
         let _busy = self.busy(&rec.id);
         if let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) {
             if !force && rec.state.has_vm() {

@@ -10,7 +10,7 @@ use std::path::Path;
 use cove_model::{NetworkMode, NetworkPolicy};
 use cove_protocol::control::{NetConfig, VmConfig};
 
-use crate::{Host, HostError, SandboxRecord};
+use crate::{Actor, Host, HostError, SandboxRecord};
 
 /// Whether the snapshot in `dir` was taken with a network device.
 pub(crate) fn snapshot_nic(dir: &Path) -> bool {
@@ -144,11 +144,18 @@ impl Host {
                 rec.id
             )));
         }
-        if rec.state.has_vm() && self.net.attached(&rec.id).is_some() {
-            self.net.apply(&rec.id, &policy).await?;
-        }
+        // Recorded first: the resolver and proxies judge each new request by the record, so
+        // a guest reconnecting the moment its connections are cut meets the new policy.
+        let old = rec.network.clone();
         self.db
             .set_network(&rec.id, &policy, &crate::record::current_actor())?;
+        if rec.state.has_vm()
+            && self.net.attached(&rec.id).is_some()
+            && let Err(e) = self.net.apply(&rec.id, &policy).await
+        {
+            let _ = self.db.set_network(&rec.id, &old, &Actor::Reconcile);
+            return Err(e.into());
+        }
         rec.network = policy;
         Ok(rec)
     }

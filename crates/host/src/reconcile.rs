@@ -545,7 +545,13 @@ impl Host {
             }
             .await;
             if stored.is_ok() {
-                if matches!(rec.reason, Some(Reason::NotStored(_))) {
+                // Read again: a wake may have moved it during the upload.
+                if matches!(rec.reason, Some(Reason::NotStored(_)))
+                    && let Some(fresh) = self.db.find(&rec.id)?
+                    && fresh.id == rec.id
+                    && fresh.state == SandboxState::Hibernated
+                {
+                    rec = fresh;
                     rec.reason = None;
                     self.record_as(&mut rec, &Actor::Reconcile)?;
                 }

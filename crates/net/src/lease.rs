@@ -144,6 +144,16 @@ impl Leases {
         (tag == self.tag).then(|| id.to_string())
     }
 
+    /// Whether `id`'s lease was taken less than `age` ago.
+    pub(crate) fn recent(&self, id: &str, age: std::time::Duration) -> bool {
+        self.mine()
+            .into_iter()
+            .filter(|(_, i)| i == id)
+            .filter_map(|(slot, _)| std::fs::metadata(self.dir.join(slot.to_string())).ok())
+            .filter_map(|m| m.modified().ok())
+            .any(|t| t.elapsed().is_ok_and(|e| e < age))
+    }
+
     pub(crate) fn ids(&self) -> Vec<String> {
         self.mine().into_iter().map(|(_, id)| id).collect()
     }

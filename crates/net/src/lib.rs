@@ -390,7 +390,9 @@ impl Networks {
     pub fn sweep(&self, keep: impl Fn(&str) -> bool) -> usize {
         let mut n = 0;
         for id in self.leases.ids() {
-            if !keep(&id) {
+            // A network made in the last minute may be a wake's of another coved of this home,
+            // whose record says `resuming` only once its VM is spawned.
+            if !keep(&id) && !self.leases.recent(&id, std::time::Duration::from_secs(60)) {
                 self.destroy(&id);
                 n += 1;
             }

@@ -74,6 +74,8 @@ pub fn upstream_from_env() -> Option<SocketAddr> {
 const PER_SANDBOX: usize = 64;
 /// DNS questions in flight for all sandboxes together.
 const DNS_IN_FLIGHT: usize = 1024;
+/// Proxied and DNS-over-TCP connections for all sandboxes together.
+const TCP_OPEN: usize = 4096;
 
 /// What the services hold per sandbox: its share of requests, and its proxied connections (cut
 /// when its policy changes: the new policy judges them again from scratch).
@@ -125,6 +127,7 @@ struct Ctx {
     upstream: Option<SocketAddr>,
     reg: Arc<Registry>,
     dns: Arc<Semaphore>,
+    tcp: Arc<Semaphore>,
 }
 
 /// Where a serving process's lock of its ports is: held while it serves, so another coved
@@ -147,6 +150,7 @@ pub async fn start(
         upstream,
         reg,
         dns: Arc::new(Semaphore::new(DNS_IN_FLIGHT)),
+        tcp: Arc::new(Semaphore::new(TCP_OPEN)),
     };
     std::fs::create_dir_all(crate::lease::DIR)?;
     let mut p = *PORT_RANGE.start();
@@ -211,13 +215,15 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
         let Some(ip) = source_v4(from) else {
             continue;
         };
+        // Only a sandbox's address gets a share (anyone else, spoofing or not, gets nothing
+        // and grows nothing).
+        let Some(policy) = (ctx.lookup)(ip) else {
+            continue;
+        };
         let Some(share) = ctx.reg.share(ip) else {
             continue;
         };
         let Ok(total) = ctx.dns.clone().try_acquire_owned() else {
-            continue;
-        };
-        let Some(policy) = (ctx.lookup)(ip) else {
             continue;
         };
         let query = buf[..n].to_vec();
@@ -248,10 +254,13 @@ async fn serve_tcp(l: TcpListener, ctx: Ctx, kind: Kind) {
         let Some(ip) = source_v4(from) else {
             continue;
         };
+        let Some(policy) = (ctx.lookup)(ip) else {
+            continue;
+        };
         let Some(share) = ctx.reg.share(ip) else {
             continue;
         };
-        let Some(policy) = (ctx.lookup)(ip) else {
+        let Ok(total) = ctx.tcp.clone().try_acquire_owned() else {
             continue;
         };
         let task_ctx = ctx.clone();
@@ -263,7 +272,7 @@ async fn serve_tcp(l: TcpListener, ctx: Ctx, kind: Kind) {
                 Kind::Http => proxy(c, &ctx, &policy, 80).await,
                 Kind::Tls => proxy(c, &ctx, &policy, 443).await,
             };
-            drop(share);
+            drop((share, total));
         });
         ctx.reg.hold(ip, task.abort_handle());
     }
@@ -476,29 +485,41 @@ async fn refuse(c: &mut TcpStream, port: u16, why: &str) -> std::io::Result<()> 
     Ok(())
 }
 
-/// The request head with `Connection: close` in place of any `Connection` header (an upgrade
-/// keeps its own: nothing follows it on the connection but the upgraded protocol).
+/// The request head with `Connection: close` in place of any `Connection` header, worked on
+/// as bytes. A real upgrade (`Connection` naming `upgrade`) keeps its head: nothing follows it on
+/// the connection but the upgraded protocol. Any other request gets one request per connection,
+/// whatever else it says.
 fn close_after(head: &[u8]) -> Vec<u8> {
     let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
         return head.to_vec();
     };
-    let text = String::from_utf8_lossy(&head[..end]);
-    if text.lines().any(|l| {
-        l.split_once(':')
-            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("upgrade"))
-    }) {
+    let lines: Vec<&[u8]> = head[..end].split(|b| *b == b'\n').collect();
+    let header = |l: &[u8]| -> Option<(Vec<u8>, Vec<u8>)> {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        let i = l.iter().position(|b| *b == b':')?;
+        Some((
+            l[..i].trim_ascii().to_ascii_lowercase(),
+            l[i + 1..].trim_ascii().to_ascii_lowercase(),
+        ))
+    };
+    let upgrades = lines
+        .iter()
+        .skip(1)
+        .filter_map(|l| header(l))
+        .any(|(k, v)| {
+            k == b"connection"
+                && v.split(|b| *b == b',')
+                    .any(|t| t.trim_ascii() == b"upgrade")
+        });
+    if upgrades {
         return head.to_vec();
     }
     let mut out: Vec<u8> = Vec::with_capacity(head.len() + 19);
-    for (i, line) in text.split("\r\n").enumerate() {
-        if i > 0
-            && line
-                .split_once(':')
-                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
-        {
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 && header(line).is_some_and(|(k, _)| k == b"connection") {
             continue;
         }
-        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Connection: close\r\n\r\n");
@@ -647,7 +668,19 @@ mod tests {
             String::from_utf8(h).unwrap(),
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nbody"
         );
-        let up = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let up = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
         assert_eq!(close_after(up), up.to_vec());
+        // An Upgrade header without a Connection naming it is no upgrade: closed after it.
+        let smuggle = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: keep-alive\r\n\r\n";
+        assert_eq!(
+            String::from_utf8(close_after(smuggle)).unwrap(),
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: close\r\n\r\n"
+        );
+        // Bytes that are not UTF-8 pass as they are.
+        let raw = b"GET / HTTP/1.1\r\nX: \xff\r\n\r\n";
+        assert_eq!(
+            close_after(raw),
+            b"GET / HTTP/1.1\r\nX: \xff\r\nConnection: close\r\n\r\n".to_vec()
+        );
     }
 }

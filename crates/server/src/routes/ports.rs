@@ -330,7 +330,7 @@ mod tests {
 pub(crate) async fn tcp(
     State(app): State<App>,
     auth: Auth,
-    Path((id, port)): Path<(String, u16)>,
+    Path((id, port)): Path<(String, String)>,
     ws: Result<
         axum::extract::ws::WebSocketUpgrade,
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
@@ -348,9 +348,11 @@ pub(crate) async fn tcp(
             format!("this route is a WebSocket: {}", e.body_text()),
         )
     })?;
-    if port == 0 {
-        return Err(ApiError::bad_request("invalid port 0: 1 to 65535"));
-    }
+    let Some(port) = port.parse::<u16>().ok().filter(|p| *p > 0) else {
+        return Err(ApiError::bad_request(format!(
+            "invalid port {port:?}: 1 to 65535"
+        )));
+    };
     // Connected before the upgrade: a closed port is a plain 502.
     let stream = cove_host::ACTOR
         .scope(auth.0.actor.clone(), async {
