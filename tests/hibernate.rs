@@ -3,12 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cove_tests::{Sandbox, cove_out, first_non_zero, flip, flip_keeping_mtime, text, wait_until};
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    text(o)
-}
+use cove_tests::{Sandbox, cove_out, first_non_zero, flip, flip_keeping_mtime, ok, wait_until};
 
 /// Checksums of the 50 files, the counter process's PID, and its counter.
 fn observe(sb: &Sandbox) -> (String, String, u64) {

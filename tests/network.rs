@@ -13,19 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cove_tests::net::{HELLO, Upstream, http_get, ip, leftovers};
-use cove_tests::{Coved, Sandbox, alive, cove_out, home, text, wait_until};
+use cove_tests::{Coved, Sandbox, alive, cove_out, home, ok, text, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}{}",
-        text(o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    text(o)
-}
 
 /// Whether the guest gets the upstream's page from `addr:port`.
 fn fetches(sb: &Sandbox, addr: &str, port: u16) -> bool {

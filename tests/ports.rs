@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use cove_tests::{Coved, Sandbox, cove_with_key, text, wait_until};
+use cove_tests::{Coved, Sandbox, cove_with_key, ok, wait_until};
 use futures_util::{SinkExt, StreamExt};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -58,16 +58,6 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}{}",
-        text(o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    text(o)
-}
 
 struct Env {
     coved: Coved,
@@ -151,6 +141,16 @@ async fn get(addr: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> (u
     }
 }
 
+/// Whether `GET path` comes to answer `status` within [`WAIT`] (asked again until it does).
+fn answers(addr: &str, host: &str, path: &str, headers: &[(&str, &str)], status: u16) -> bool {
+    wait_until(WAIT, || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(get(addr, host, path, headers))
+        })
+        .0 == status
+    })
+}
+
 fn host_of(port: u16, id: &str) -> String {
     format!("{port}-{id}.cove.localhost")
 }
@@ -163,17 +163,13 @@ async fn ports_are_served_with_a_token_a_signed_url_or_a_key_and_refused_without
     let host = host_of(3000, &sb.id);
     // The server starts in the background: wait for its first answer.
     assert!(
-        wait_until(WAIT, || {
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(get(
-                    &env.addr,
-                    &host,
-                    "/",
-                    &[("x-cove-traffic-token", &token)],
-                ))
-            })
-            .0 == 200
-        }),
+        answers(
+            &env.addr,
+            &host,
+            "/",
+            &[("x-cove-traffic-token", &token)],
+            200
+        ),
         "the guest's server never answered through coved"
     );
     let (s, body) = get(
@@ -268,12 +264,7 @@ async fn ports_are_served_with_a_token_a_signed_url_or_a_key_and_refused_without
     let short = short.trim();
     let spath = &short[short.find("/?").unwrap()..];
     assert!(
-        wait_until(WAIT, || {
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(get(&env.addr, &host, spath, &[]))
-            })
-            .0 == 401
-        }),
+        answers(&env.addr, &host, spath, &[], 401),
         "a signed URL outlived its expiry"
     );
 }
@@ -284,17 +275,13 @@ async fn websocket_and_server_sent_events_pass_through_and_a_sandbox_without_net
     let sb = tokio::task::block_in_place(|| env.sandbox(&["--network", "none"]));
     let token = env.token(&sb.id).await;
     let host = host_of(3000, &sb.id);
-    assert!(wait_until(WAIT, || {
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(get(
-                &env.addr,
-                &host,
-                "/",
-                &[("x-cove-traffic-token", &token)],
-            ))
-        })
-        .0 == 200
-    }));
+    assert!(answers(
+        &env.addr,
+        &host,
+        "/",
+        &[("x-cove-traffic-token", &token)],
+        200
+    ));
     // WebSocket.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{}/ws", env.addr)
@@ -369,12 +356,7 @@ async fn traffic_resumes_a_sandbox_put_away_when_idle_and_a_refused_request_does
         } else {
             "hibernated"
         };
-        assert!(wait_until(WAIT, || {
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(get(&env.addr, &host, "/", &[]))
-            })
-            .0 == 200
-        }));
+        assert!(answers(&env.addr, &host, "/", &[], 200));
         // Twice: the second time its network is made again by the wake while the host may
         // still be taking the first one's apart.
         for _ in 0..2 {

@@ -80,6 +80,17 @@ pub fn cove_out(args: &[&str]) -> Output {
     cove().args(args).output().expect("running cove")
 }
 
+/// Stdout as text, after asserting the command succeeded (its stdout and stderr otherwise).
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}{}",
+        text(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text(o)
+}
+
 /// Stdout as text.
 pub fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -203,6 +203,29 @@ fn source_v4(a: SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// What a request from `from` may use, if anything: the policy of the sandbox whose link
+/// address it is, its share, and a place in `total`. Only a sandbox's address gets a share
+/// (anyone else, spoofing or not, gets nothing and grows nothing); a sandbox over its share, or
+/// all of them over the total, are turned away.
+fn admit(
+    ctx: &Ctx,
+    from: SocketAddr,
+    total: &Arc<Semaphore>,
+) -> Option<(
+    Ipv4Addr,
+    NetworkPolicy,
+    (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+)> {
+    let ip = source_v4(from)?;
+    let policy = (ctx.lookup)(ip)?;
+    let share = ctx.reg.share(ip)?;
+    let total = total.clone().try_acquire_owned().ok()?;
+    Some((ip, policy, (share, total)))
+}
+
 async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -210,20 +233,8 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        // Only sandboxes of this host are answered; anyone else gets nothing. A sandbox over
-        // its share, or all of them over the total, lose the question (DNS asks again).
-        let Some(ip) = source_v4(from) else {
-            continue;
-        };
-        // Only a sandbox's address gets a share (anyone else, spoofing or not, gets nothing
-        // and grows nothing).
-        let Some(policy) = (ctx.lookup)(ip) else {
-            continue;
-        };
-        let Some(share) = ctx.reg.share(ip) else {
-            continue;
-        };
-        let Ok(total) = ctx.dns.clone().try_acquire_owned() else {
+        // A question turned away is lost (DNS asks again).
+        let Some((_, policy, permits)) = admit(&ctx, from, &ctx.dns) else {
             continue;
         };
         let query = buf[..n].to_vec();
@@ -232,7 +243,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Ctx) {
             if let Some(reply) = answer(&ctx, &policy, &query).await {
                 let _ = sock.send_to(&reply, from).await;
             }
-            drop((share, total));
+            drop(permits);
         });
     }
 }
@@ -251,16 +262,7 @@ async fn serve_tcp(l: TcpListener, ctx: Ctx, kind: Kind) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Some(ip) = source_v4(from) else {
-            continue;
-        };
-        let Some(policy) = (ctx.lookup)(ip) else {
-            continue;
-        };
-        let Some(share) = ctx.reg.share(ip) else {
-            continue;
-        };
-        let Ok(total) = ctx.tcp.clone().try_acquire_owned() else {
+        let Some((ip, policy, permits)) = admit(&ctx, from, &ctx.tcp) else {
             continue;
         };
         let task_ctx = ctx.clone();
@@ -272,7 +274,7 @@ async fn serve_tcp(l: TcpListener, ctx: Ctx, kind: Kind) {
                 Kind::Http => proxy(c, &ctx, &policy, 80).await,
                 Kind::Tls => proxy(c, &ctx, &policy, 443).await,
             };
-            drop((share, total));
+            drop(permits);
         });
         ctx.reg.hold(ip, task.abort_handle());
     }

@@ -160,14 +160,10 @@ async fn serve(
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })??;
-    let stream = client.connect_port(port).await.map_err(|e| match e {
-        ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::Refused => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "port_closed",
-            format!("nothing listens on port {port} in sandbox {}", rec.id),
-        ),
-        e => ApiError::from(HostError::Client(e)),
-    })?;
+    let stream = client
+        .connect_port(port)
+        .await
+        .map_err(|e| port_error(e, port, &rec.id))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(bad_gateway)?;
@@ -226,6 +222,18 @@ async fn serve(
         });
     }
     Ok(resp.map(Body::new))
+}
+
+/// A relay that did not open: `502 port_closed` when nothing listens, else the agent's error.
+fn port_error(e: ClientError, port: u16, id: &str) -> ApiError {
+    match e {
+        ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::Refused => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "port_closed",
+            format!("nothing listens on port {port} in sandbox {id}"),
+        ),
+        e => ApiError::from(HostError::Client(e)),
+    }
 }
 
 fn bad_gateway(e: hyper::Error) -> ApiError {
@@ -331,23 +339,14 @@ pub(crate) async fn tcp(
     State(app): State<App>,
     auth: Auth,
     Path((id, port)): Path<(String, String)>,
-    ws: Result<
-        axum::extract::ws::WebSocketUpgrade,
-        axum::extract::ws::rejection::WebSocketUpgradeRejection,
-    >,
+    ws: super::ws::Upgrade,
 ) -> Result<Response, ApiError> {
     use axum::extract::ws::Message;
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     auth.need(Scope::Exec)?;
     let rec = app.owned(&auth.0, &id)?;
-    let ws = ws.map_err(|e| {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            format!("this route is a WebSocket: {}", e.body_text()),
-        )
-    })?;
+    let ws = super::ws::upgraded(ws)?;
     let Some(port) = port.parse::<u16>().ok().filter(|p| *p > 0) else {
         return Err(ApiError::bad_request(format!(
             "invalid port {port:?}: 1 to 65535"
@@ -357,16 +356,10 @@ pub(crate) async fn tcp(
     let stream = cove_host::ACTOR
         .scope(auth.0.actor.clone(), async {
             let client = app.host.connect(&rec.id).await?;
-            client.connect_port(port).await.map_err(|e| match e {
-                ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::Refused => {
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "port_closed",
-                        format!("nothing listens on port {port} in sandbox {}", rec.id),
-                    )
-                }
-                e => ApiError::from(HostError::Client(e)),
-            })
+            client
+                .connect_port(port)
+                .await
+                .map_err(|e| port_error(e, port, &rec.id))
         })
         .await?;
     Ok(ws.on_upgrade(move |socket| async move {

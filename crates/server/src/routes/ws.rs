@@ -28,17 +28,11 @@ pub async fn exec_ws(
     State(app): State<App>,
     auth: Auth,
     Path(id): Path<String>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Upgrade,
 ) -> Result<Response, ApiError> {
     auth.need(Scope::Exec)?;
     let rec = app.owned(&auth.0, &id)?;
-    let ws = ws.map_err(|e| {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            format!("this route is a WebSocket: {}", e.body_text()),
-        )
-    })?;
+    let ws = upgraded(ws)?;
     // The session runs after the upgrade, outside the request: it keeps the caller's actor (a
     // sandbox the idle policy put away is woken by this caller).
     let actor = auth.0.actor.clone();
@@ -66,6 +60,21 @@ pub async fn exec_ws(
             let _ = socket.send(Message::Close(Some(close))).await;
         })
     }))
+}
+
+/// A WebSocket route's upgrade, or why the request is not one.
+pub(crate) type Upgrade =
+    Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+/// The upgrade, or `426` naming what the request lacks.
+pub(crate) fn upgraded(ws: Upgrade) -> Result<WebSocketUpgrade, ApiError> {
+    ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("this route is a WebSocket: {}", e.body_text()),
+        )
+    })
 }
 
 /// The close frame that ends a session: normal, or the error's code and message (which the
