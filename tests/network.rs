@@ -76,6 +76,21 @@ fn egress_follows_the_policy_and_its_changes_while_running() {
     let _ = home();
     let up = Upstream::start();
     let sb = Sandbox::create("busybox", &[]);
+    // The host says what its networks are: the pool, and where its coved serves them.
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&cove_out(&["info", "--json"]))).unwrap();
+    let net = &info["host"]["network"];
+    assert_eq!(net["pool"], cove_net::DEFAULT_POOL, "{info}");
+    assert!(net["off"].is_null(), "{info}");
+    let ports = net["services"]
+        .as_array()
+        .expect("the resolver's and proxies' ports");
+    assert!(
+        ports
+            .iter()
+            .all(|p| (47000..=47999).contains(&p.as_u64().unwrap_or(0))),
+        "{info}"
+    );
     let addrs = ok(&sb.exec(&[], &["ip", "-4", "addr", "show", "eth0"], b""));
     assert!(addrs.contains("169.254.127.2/30"), "{addrs}");
     assert_eq!(

@@ -594,6 +594,23 @@ pub struct HostInfo {
     /// when every sandbox is jailed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail_off: Option<String>,
+    /// Sandboxes' networks here.
+    #[serde(default)]
+    pub network: NetworkInfo,
+}
+
+/// Sandboxes' networks on a host (`docs/network.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkInfo {
+    /// Why sandboxes get no network device here (not root, `COVE_NET=off`, …): every sandbox
+    /// is `none`. Absent when they get one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off: Option<String>,
+    /// The pool the sandboxes' links are leased from.
+    pub pool: String,
+    /// The ports this coved serves the sandboxes' resolver, HTTP proxy and TLS proxy on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<[u16; 3]>,
 }
 
 /// The engine chosen, and why.

@@ -565,6 +565,18 @@ fn print_host(h: &api::HostInfo) {
         }
         Some(why) => println!("jail: off ({why}): sandboxes run as root in the host's namespaces"),
     }
+    let n = &h.network;
+    match (&n.off, n.services) {
+        (Some(why), _) => println!("network:   off ({why}): every sandbox is `none`"),
+        (None, Some([dns, http, tls])) => println!(
+            "network:   links from {}; resolver on port {dns}, HTTP and TLS proxies on {http}, {tls}",
+            n.pool
+        ),
+        (None, None) => println!(
+            "network:   links from {}; no resolver or proxies (sandboxes get no DNS)",
+            n.pool
+        ),
+    }
 }
 
 fn print_imported(i: &api::Image) {

@@ -175,6 +175,16 @@ impl Host {
         self.net.set_user_mode(on);
     }
 
+    /// Why sandboxes get no network here (if they do not), the pool of their links, and the
+    /// ports of the services this process serves them (once started).
+    pub fn network_info(&self) -> (Option<String>, cove_model::Cidr, Option<cove_net::Ports>) {
+        (
+            self.net.off().map(str::to_string),
+            self.net.pool(),
+            self.net.services(),
+        )
+    }
+
     /// Whether this host makes networks (root, `/dev/net/tun`, not `COVE_NET=off`).
     pub fn networks_on(&self) -> bool {
         self.net.off().is_none()

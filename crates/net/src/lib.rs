@@ -210,7 +210,8 @@ impl Networks {
         *self.services.lock().expect("lock") = Some(ports);
     }
 
-    fn services(&self) -> Option<Ports> {
+    /// The services this process serves the sandboxes, once started.
+    pub fn services(&self) -> Option<Ports> {
         *self.services.lock().expect("lock")
     }
 

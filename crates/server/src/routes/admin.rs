@@ -222,5 +222,13 @@ fn host_info(host: &cove_host::Host) -> api::HostInfo {
         tsc_khz: cove_host::engine::tsc_khz(host.home()),
         isolation: cove_host::isolation::probe(),
         jail_off: host.jail_off().map(str::to_string),
+        network: {
+            let (off, pool, services) = host.network_info();
+            api::NetworkInfo {
+                off,
+                pool: pool.to_string(),
+                services: services.map(|p| [p.dns, p.http, p.tls]),
+            }
+        },
     }
 }
