@@ -158,12 +158,16 @@ impl Leases {
         self.mine().into_iter().map(|(_, id)| id).collect()
     }
 
-    pub(crate) fn release(&self, id: &str) {
+    /// Gives back `id`'s lease; the lease it held, if any.
+    pub(crate) fn release(&self, id: &str) -> Option<Lease> {
+        let mut held = None;
         for (slot, i) in self.mine() {
             if i == id {
                 let _ = std::fs::remove_file(self.dir.join(slot.to_string()));
+                held = (slot < self.slots()).then(|| self.lease(slot));
             }
         }
+        held
     }
 }
 

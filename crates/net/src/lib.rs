@@ -380,10 +380,9 @@ impl Networks {
         }
         ns::unbind(id);
         let _ = std::fs::remove_file(Self::services_file(id));
-        if let Some(l) = self.leases.find(id) {
+        if let Some(l) = self.leases.release(id) {
             self.registry.forget(l.ns_addr());
         }
-        self.leases.release(id);
     }
 
     /// Removes the networks of this home's sandboxes that `keep` does not name (gone, or

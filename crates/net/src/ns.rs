@@ -181,61 +181,23 @@ pub(crate) fn configure(
             .execute()
             .await
             .map_err(nl_err("making the veth pair"))?;
+        // Each end and the tap: addressed, then raised (the tap with the gateway's fixed MAC).
         let h = need_index(host, &host_iface).await?;
-        host.address()
-            .add(h, lease.host_addr().into(), 30)
-            .execute()
-            .await
-            .map_err(nl_err("addressing the host's end"))?;
-        host.link()
-            .set(LinkUnspec::new_with_index(h).up().build())
-            .execute()
-            .await
-            .map_err(nl_err("raising the host's end"))?;
-
+        address(host, h, lease.host_addr(), 30, "the host's end").await?;
+        raise(host, LinkUnspec::new_with_index(h), "the host's end").await?;
         let lo = need_index(inside, "lo").await?;
-        inside
-            .link()
-            .set(LinkUnspec::new_with_index(lo).up().build())
-            .execute()
-            .await
-            .map_err(nl_err("raising lo"))?;
+        raise(inside, LinkUnspec::new_with_index(lo), "lo").await?;
         let v = need_index(inside, NS_VETH).await?;
-        inside
-            .address()
-            .add(v, lease.ns_addr().into(), 30)
-            .execute()
-            .await
-            .map_err(nl_err("addressing the namespace's end"))?;
-        inside
-            .link()
-            .set(LinkUnspec::new_with_index(v).up().build())
-            .execute()
-            .await
-            .map_err(nl_err("raising the namespace's end"))?;
+        address(inside, v, lease.ns_addr(), 30, "the namespace's end").await?;
+        raise(inside, LinkUnspec::new_with_index(v), "the namespace's end").await?;
         let t = need_index(inside, TAP).await?;
-        inside
-            .link()
-            .set(
-                LinkUnspec::new_with_index(t)
-                    .address(GATEWAY_MAC.to_vec())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl_err("setting the gateway's MAC"))?;
-        inside
-            .address()
-            .add(t, GATEWAY_ADDR.into(), GUEST_PREFIX)
-            .execute()
-            .await
-            .map_err(nl_err("addressing the tap"))?;
-        inside
-            .link()
-            .set(LinkUnspec::new_with_index(t).up().build())
-            .execute()
-            .await
-            .map_err(nl_err("raising the tap"))?;
+        address(inside, t, GATEWAY_ADDR, GUEST_PREFIX, "the tap").await?;
+        raise(
+            inside,
+            LinkUnspec::new_with_index(t).address(GATEWAY_MAC.to_vec()),
+            "the tap",
+        )
+        .await?;
         inside
             .route()
             .add(
@@ -248,6 +210,33 @@ pub(crate) fn configure(
             .map_err(nl_err("routing the namespace"))?;
         Ok(())
     })
+}
+
+async fn address(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+    what: &str,
+) -> Result<(), NetError> {
+    h.address()
+        .add(index, ip.into(), prefix)
+        .execute()
+        .await
+        .map_err(nl_err(&format!("addressing {what}")))
+}
+
+/// Sets what `link` says of a link, and sets it up.
+async fn raise(
+    h: &Handle,
+    link: rtnetlink::LinkMessageBuilder<LinkUnspec>,
+    what: &str,
+) -> Result<(), NetError> {
+    h.link()
+        .set(link.up().build())
+        .execute()
+        .await
+        .map_err(nl_err(&format!("raising {what}")))
 }
 
 /// Deletes link `name` of the host (with its peer), if it is there.

@@ -273,6 +273,24 @@ mod tests {
         l.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    /// The ruleset of `policy` for a sandbox of the default pool's first slot, under the
+    /// shipped walls and defaults.
+    fn ruleset(policy: &NetworkPolicy, services: bool) -> String {
+        sandbox_ruleset(&Plan {
+            ns_addr: [10, 201, 0, 2].into(),
+            host_addr: [10, 201, 0, 1].into(),
+            walls: &cidrs(&WALLS),
+            default_deny: &cidrs(&DEFAULT_DENY),
+            policy,
+            services: services.then_some(crate::Ports {
+                dns: 47000,
+                http: 47001,
+                tls: 47002,
+            }),
+            user_mode: false,
+        })
+    }
+
     #[test]
     fn a_policy_becomes_sets_checked_in_order() {
         let policy = NetworkPolicy {
@@ -281,21 +299,7 @@ mod tests {
             deny: vec!["0.0.0.0/0".parse().unwrap()],
             public_ports: false,
         };
-        let walls = cidrs(&WALLS);
-        let deny = cidrs(&DEFAULT_DENY);
-        let r = sandbox_ruleset(&Plan {
-            ns_addr: [10, 201, 0, 2].into(),
-            host_addr: [10, 201, 0, 1].into(),
-            walls: &walls,
-            default_deny: &deny,
-            policy: &policy,
-            services: Some(crate::Ports {
-                dns: 47000,
-                http: 47001,
-                tls: 47002,
-            }),
-            user_mode: false,
-        });
+        let r = ruleset(&policy, true);
         assert!(r.contains("set allow { type ipv4_addr; flags interval; auto-merge;\n    elements = { 10.9.0.0/16 }"), "{r}");
         assert!(r.contains("elements = { 0.0.0.0/0 }"), "{r}");
         // Walls before allow, allow before deny, deny before the defaults.
@@ -304,23 +308,13 @@ mod tests {
         assert!(at("ip daddr @allow accept") < at("ip daddr @deny"));
         assert!(at("ip daddr @deny") < at("ip daddr @defaults"));
         assert!(at("ip saddr != 169.254.127.2 drop") < at("ip daddr @allow accept"));
-        let none = sandbox_ruleset(&Plan {
-            policy: &NetworkPolicy::none(),
-            services: None,
-            user_mode: false,
-            ns_addr: [10, 201, 0, 2].into(),
-            host_addr: [10, 201, 0, 1].into(),
-            walls: &walls,
-            default_deny: &deny,
-        });
+        let none = ruleset(&NetworkPolicy::none(), false);
         assert!(!none.contains("@allow accept"), "{none}");
     }
 
     /// nft itself reads both rulesets (`--check`: nothing is applied).
     #[test]
     fn nft_accepts_the_rulesets() {
-        let walls = cidrs(&WALLS);
-        let deny = cidrs(&DEFAULT_DENY);
         let policy = NetworkPolicy {
             mode: NetworkMode::Egress,
             allow: vec![
@@ -330,20 +324,7 @@ mod tests {
             deny: vec![],
             public_ports: false,
         };
-        let plan = Plan {
-            ns_addr: [10, 201, 0, 2].into(),
-            host_addr: [10, 201, 0, 1].into(),
-            walls: &walls,
-            default_deny: &deny,
-            policy: &policy,
-            services: Some(crate::Ports {
-                dns: 47000,
-                http: 47001,
-                tls: 47002,
-            }),
-            user_mode: false,
-        };
-        apply(&sandbox_ruleset(&plan), true).unwrap();
+        apply(&ruleset(&policy, true), true).unwrap();
         apply(&host_ruleset("10.201.0.0/16".parse().unwrap()), true).unwrap();
     }
 }
