@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cove_tests::cove_with_key as cli_over;
-use cove_tests::{Coved, api_key, coved};
+use cove_tests::{Coved, api_key, coved, ok, wait_until};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -2758,4 +2758,200 @@ async fn a_tenant_never_reads_the_hosts_paths() {
     }
     api.ok(&key, Method::DELETE, &format!("/v1/snapshots/{snap}"), None)
         .await;
+}
+
+/// The process table over `/v1` and the CLI, in a real guest: a command started in the
+/// background (`cove exec --detach --tag`) runs on, is listed, followed again by tag, fed stdin
+/// and signalled; an exec's background child outlives the exec (and may still write to its
+/// stdout); a streaming exec whose client leaves takes its command with it unless it was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_in_the_background_and_are_found_again() {
+    use cove_sdk::ExecOutput;
+    let key = api_key(&tenant("cmds"), "exec");
+    let server = Coved::start(&[]);
+    let c = cove_sdk::Client::new(&server.url, &key).unwrap();
+    let sb = c
+        .create(&cove_api::CreateSandbox {
+            memory_mib: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| cli_over(&server.url, &key, args);
+
+    // Started in the background: the CLI prints the pid and returns.
+    let pid = ok(&cli(&[
+        "exec", "--detach", "--tag", "worker", "-e", "MINE=1", &sb.id, "--", "sleep", "600",
+    ]));
+    let pid: u32 = pid.trim().parse().unwrap();
+    let listed = c.commands(&sb.id).await.unwrap();
+    let w = listed.iter().find(|x| x.pid == pid).expect("listed");
+    assert_eq!(
+        (
+            w.tag.as_deref(),
+            w.stdin,
+            w.keep,
+            w.env.get("MINE").map(String::as_str)
+        ),
+        (Some("worker"), false, true, Some("1"))
+    );
+    let table = ok(&cli(&["commands", &sb.id]));
+    assert!(
+        table.contains("worker") && table.contains(&pid.to_string()),
+        "{table}"
+    );
+    // The tag names one running command.
+    let again = cli(&["exec", "--detach", "--tag", "worker", &sb.id, "--", "true"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already"),
+        "{again:?}"
+    );
+    // An all-digit tag would read as a pid.
+    let e = c
+        .start_command(
+            &sb.id,
+            &cove_api::ExecStart {
+                cmd: vec!["true".into()],
+                tag: Some("42".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, cove_sdk::Error::Api { status, .. } if status == StatusCode::BAD_REQUEST),
+        "{e}"
+    );
+    // Its stdin was not asked for: refused, and the command runs on.
+    let e = c
+        .command_stdin(&sb.id, "worker", b"x\n".to_vec(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, cove_sdk::Error::Api { status, .. } if status == StatusCode::BAD_REQUEST),
+        "{e}"
+    );
+    c.signal_command(&sb.id, "worker", 15).await.unwrap();
+    let worker_gone = || {
+        let table = ok(&cli(&["commands", "--json", &sb.id]));
+        !table.contains("worker")
+    };
+    assert!(wait_until(Duration::from_secs(60), worker_gone));
+
+    // One with stdin: followed by tag, fed, closed; its exit reaches the follower.
+    let cmd = c
+        .start_command(
+            &sb.id,
+            &cove_api::ExecStart {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo ready; while read l; do echo got-$l; done; echo bye; exit 3".into(),
+                ],
+                stdin: true,
+                tag: Some("reader".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(cmd.stdin && cmd.keep && cmd.cwd.starts_with('/'), "{cmd:?}");
+    let mut s = c.attach(&sb.id, "reader").await.unwrap();
+    c.command_stdin(&sb.id, "reader", b"one\n".to_vec(), false)
+        .await
+        .unwrap();
+    s.input.stdin(b"two\n").await.unwrap();
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains("got-two") {
+        match s.output.next().await.unwrap().unwrap() {
+            ExecOutput::Stdout(b) => out.extend(b),
+            ExecOutput::Exit(..) => panic!("exited early: {out:?}"),
+            _ => {}
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&out).contains("got-one\n"),
+        "{out:?}"
+    );
+    c.command_stdin(&sb.id, &cmd.pid.to_string(), Vec::new(), true)
+        .await
+        .unwrap();
+    let mut exit = None;
+    while let Some(ev) = s.output.next().await {
+        match ev.unwrap() {
+            ExecOutput::Stdout(b) => out.extend(b),
+            ExecOutput::Exit(code, _) => exit = Some(code),
+            _ => {}
+        }
+    }
+    assert_eq!(exit, Some(3));
+    assert!(String::from_utf8_lossy(&out).ends_with("bye\n"), "{out:?}");
+    assert!(
+        c.commands(&sb.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|x| x.pid != cmd.pid)
+    );
+    match c.attach(&sb.id, "reader").await {
+        Err(cove_sdk::Error::Api { status, .. }) => assert_eq!(status, StatusCode::NOT_FOUND),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
+    // An exec's background child lives on after the exec, still writing to its stdout.
+    let o = ok(&cli(&[
+        "exec",
+        &sb.id,
+        "--",
+        "sh",
+        "-c",
+        "(sleep 1; echo late; echo yes > /tmp/alive.tmp && mv /tmp/alive.tmp /tmp/alive) & echo started",
+    ]));
+    assert_eq!(o, "started\n");
+    let alive = || {
+        cli(&["exec", &sb.id, "--", "test", "-e", "/tmp/alive"])
+            .status
+            .success()
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), alive),
+        "the background child died"
+    );
+
+    // A streaming exec whose client leaves: an unkept command ends, a kept one runs on.
+    for keep in [false, true] {
+        let tag = format!("left-{keep}");
+        let mut s = c
+            .exec_stream(
+                &sb.id,
+                &cove_api::ExecStart {
+                    cmd: vec!["sleep".into(), "600".into()],
+                    tag: Some(tag.clone()),
+                    keep,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let first = s.output.next().await.unwrap().unwrap();
+        let ExecOutput::Started(pid) = first else {
+            panic!("{first:?}")
+        };
+        drop(s);
+        let gone = || {
+            let table = ok(&cli(&["commands", "--json", &sb.id]));
+            !table.contains(&format!("\"pid\": {pid},"))
+        };
+        if keep {
+            // Still there after the client left; then killed by tag through the CLI.
+            assert!(!gone());
+            ok(&cli(&["kill", "--signal", "KILL", &sb.id, &tag]));
+        }
+        assert!(
+            wait_until(Duration::from_secs(60), gone),
+            "{tag} still runs"
+        );
+    }
+    c.delete(&sb.id).await.unwrap();
 }

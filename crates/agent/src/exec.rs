@@ -9,24 +9,16 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cove_protocol::{AgentError, ErrorCode, ExecRequest, ExitStatus, Reply, Stream, TtySize};
+use cove_protocol::{AgentError, ErrorCode, ExecRequest, Reply, TableEntry, TtySize};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fdio::FdIo;
+use crate::process::{self, Io, Proc};
 use crate::server::{Agent, Inbound, Outbox};
 use crate::user::{self, Identity};
-
-/// How long an exec waits, after its process exited, for output pipes that something else (a
-/// background child) still holds open.
-const OUTPUT_GRACE: Duration = Duration::from_millis(250);
-
-/// After its process exited, an exec delivers output for at most this long while something
-/// keeps writing (a chatty background child), unless the host is the one holding it up.
-const OUTPUT_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -105,8 +97,9 @@ pub async fn run(
     agent: &Arc<Agent>,
     req: ExecRequest,
     ob: &Outbox,
-    mut inbox: mpsc::UnboundedReceiver<Inbound>,
+    inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Result<Reply, AgentError> {
+    agent.table.check_tag(req.tag.as_deref())?;
     let Some(program) = req.argv.first().cloned() else {
         return Err(err(ErrorCode::InvalidRequest, "argv is empty", None));
     };
@@ -246,28 +239,11 @@ pub async fn run(
         }
     })?;
     let pgid = Pid::from_raw(i32::try_from(pid).expect("pid fits"));
-    // Until the session owns the process, an early return must not leave it running.
+    // Until the table owns the process, an early return must not leave it running.
     let mut guard = KillOnDrop(Some(pgid));
-    ob.reply(&Reply::Started { pid }).await;
-
-    // Output pumps and the stdin writer run as their own tasks: a child that does not read its
-    // stdin must never stop us from draining its stdout.
-    let mut pumps = Vec::new();
-    let activity = PumpActivity::new();
-    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
-    let mut resize_fd = None;
-    match pty {
+    let io = match pty {
         Some(p) => {
-            let master =
-                FdIo::new(p.master, true).map_err(|e| io_err(&e, "terminal", "/dev/ptmx"))?;
-            resize_fd = Some(master.clone());
-            pumps.push(tokio::spawn(pump(
-                master.clone(),
-                Stream::Stdout,
-                ob.clone(),
-                activity.clone(),
-            )));
-            tokio::spawn(stdin_writer(Some(master), stdin_rx, ob.clone()));
+            Io::Tty(FdIo::new(p.master, true).map_err(|e| io_err(&e, "terminal", "/dev/ptmx"))?)
         }
         None => {
             let (stdin, stdout, stderr) = child_pipes;
@@ -275,147 +251,35 @@ pub async fn run(
                 .map(|s| tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(s)))
                 .transpose()
                 .map_err(|e| io_err(&e, "stdin pipe", &program))?;
-            tokio::spawn(stdin_writer(stdin, stdin_rx, ob.clone()));
-            for (pipe, stream) in [
-                (stdout.map(OwnedFd::from), Stream::Stdout),
-                (stderr.map(OwnedFd::from), Stream::Stderr),
-            ] {
-                if let Some(fd) = pipe {
-                    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                        .map_err(|e| io_err(&e, "output pipe", &program))?;
-                    pumps.push(tokio::spawn(pump(rx, stream, ob.clone(), activity.clone())));
-                }
+            let rx = |p: Option<OwnedFd>| {
+                p.ok_or_else(|| io::Error::other("no pipe"))
+                    .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
+                    .map_err(|e| io_err(&e, "output pipe", &program))
+            };
+            Io::Pipes {
+                stdin,
+                stdout: rx(stdout.map(OwnedFd::from))?,
+                stderr: rx(stderr.map(OwnedFd::from))?,
             }
         }
-    }
-    if tty {
-        // Terminal mode has no stderr stream: say so, so the host can stop waiting for it.
-        ob.eof(Stream::Stderr).await;
-    }
-
-    guard.0 = None;
-    let deadline = req
-        .timeout_ms
-        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-    let mut timed_out = false;
-    let mut cancelled = false;
-    let mut status = None;
-    let mut exit_rx = exit_rx;
-    let pump_handles: Vec<tokio::task::AbortHandle> =
-        pumps.iter().map(|p| p.abort_handle()).collect();
-    let mut pumps_done = futures_join(pumps);
-    let mut drain_deadline = None;
-    let mut exited_at = None;
-    let mut outputs_closed = false;
-    let mut inbox_open = true;
-    loop {
-        if status.is_some() && outputs_closed {
-            break;
-        }
-        tokio::select! {
-            st = &mut exit_rx, if status.is_none() => {
-                status = Some(st.ok());
-                exited_at = Some(tokio::time::Instant::now());
-                // Output still in the pipes arrives at once; a background child that keeps them
-                // open (`sh -c 'server &'`) must not hold the exec open with it.
-                drain_deadline = Some(tokio::time::Instant::now() + OUTPUT_GRACE);
-            }
-            _ = sleep_until(drain_deadline), if status.is_some() && !outputs_closed => {
-                let exited_long_ago =
-                    exited_at.is_some_and(|t: tokio::time::Instant| t.elapsed() > OUTPUT_DRAIN_MAX);
-                // Waiting for the host's credit is the host's pace: never cut that short. Fresh
-                // output is followed for a while, not for ever.
-                if activity.sending() || (activity.recent_data(OUTPUT_GRACE) && !exited_long_ago) {
-                    // Still delivering (or waiting for the host's credit): nothing is cut short.
-                    drain_deadline = Some(tokio::time::Instant::now() + OUTPUT_GRACE);
-                } else {
-                    for p in &pump_handles {
-                        p.abort();
-                    }
-                    ob.eof(Stream::Stdout).await;
-                    ob.eof(Stream::Stderr).await;
-                    outputs_closed = true;
-                }
-            }
-            _ = &mut pumps_done, if !outputs_closed => {
-                outputs_closed = true;
-            }
-            ev = inbox.recv(), if inbox_open => match ev {
-                Some(Inbound::Data(Stream::Stdin, bytes)) => { let _ = stdin_tx.send(Some(bytes)); }
-                Some(Inbound::Eof(Stream::Stdin)) => { let _ = stdin_tx.send(None); }
-                Some(Inbound::Data(..) | Inbound::Eof(_)) => {}
-                Some(Inbound::Signal(n)) => {
-                    if let Ok(sig) = Signal::try_from(n) {
-                        let _ = killpg(pgid, sig);
-                    }
-                }
-                Some(Inbound::Resize(size)) => {
-                    if let Some(m) = &resize_fd {
-                        let _ = set_winsize(m.raw(), size);
-                    }
-                }
-                // The host connection is gone for good (a restore detached this session): the
-                // process lives on, its output is dropped.
-                // Its stdin is closed (nobody can write to it any more), and a terminal hangs up.
-                None => {
-                    inbox_open = false;
-                    let _ = stdin_tx.send(None);
-                    if tty {
-                        let _ = killpg(pgid, Signal::SIGHUP);
-                    }
-                }
-                Some(Inbound::Cancel) => {
-                    cancelled = true;
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                    if status.is_some() {
-                        // Stray holders of the output pipes may remain; do not wait for them.
-                        break;
-                    }
-                }
-            },
-            _ = sleep_until(deadline), if !timed_out && status.is_none() => {
-                timed_out = true;
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
-        }
-    }
-    drop(stdin_tx);
-    // Whatever ended the loop, no pump outlives the session.
-    for p in &pump_handles {
-        p.abort();
-    }
-    if cancelled {
-        return Err(err(ErrorCode::Cancelled, "exec cancelled", None));
-    }
-    let status = status.flatten();
-    let (code, signal) = match status {
-        Some(WaitStatus::Exited(_, c)) => (Some(c), None),
-        Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
-        _ => (None, None),
     };
-    Ok(Reply::Exited(ExitStatus {
-        code,
-        signal,
-        timed_out,
-    }))
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A future that completes when every task has.
-fn futures_join(
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        for t in tasks {
-            let _ = t.await;
-        }
-    })
+    guard.0 = None;
+    let entry = TableEntry {
+        pid,
+        tag: req.tag.clone(),
+        argv: req.argv.clone(),
+        env: req.env.clone(),
+        cwd,
+        tty,
+        stdin: req.stdin,
+        keep: req.keep,
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+    let p = Proc::start(&agent.table, entry, io, exit_rx, timeout, ob).await;
+    process::follow(p, ob, inbox, false, !req.keep).await
 }
 
 /// Kills a process group when dropped, unless disarmed.
@@ -425,92 +289,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(p) = self.0 {
             let _ = killpg(p, Signal::SIGKILL);
-        }
-    }
-}
-
-/// What the output pumps of one exec are doing, so the exec can tell a drained pipe held open
-/// by a background child from output still on its way.
-#[derive(Debug)]
-struct PumpActivity {
-    start: std::time::Instant,
-    /// Pumps now handing data to the host (possibly waiting for credit).
-    sending: std::sync::atomic::AtomicUsize,
-    /// Milliseconds since `start` of the last read that returned data.
-    last_data_ms: std::sync::atomic::AtomicU64,
-}
-
-impl PumpActivity {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            start: std::time::Instant::now(),
-            sending: Default::default(),
-            last_data_ms: Default::default(),
-        })
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A pump is handing data to the host (or waiting for its credit).
-    fn sending(&self) -> bool {
-        self.sending.load(std::sync::atomic::Ordering::Relaxed) > 0
-    }
-
-    /// Data was read from the pipes within `within`.
-    fn recent_data(&self, within: Duration) -> bool {
-        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_data_ms.load(std::sync::atomic::Ordering::Relaxed);
-        self.now_ms().saturating_sub(last) < within
-    }
-}
-
-async fn pump<R: AsyncRead + Unpin>(
-    mut r: R,
-    stream: Stream,
-    ob: Outbox,
-    activity: Arc<PumpActivity>,
-) {
-    use cove_protocol::frame::{DATA_PREFIX_LEN, MAX_DATA_CHUNK, put_data_prefix};
-    use std::sync::atomic::Ordering::Relaxed;
-    loop {
-        // Read straight into the frame's buffer after room for its header: no zeroing, no copy.
-        let mut buf = Vec::with_capacity(DATA_PREFIX_LEN + MAX_DATA_CHUNK);
-        buf.resize(DATA_PREFIX_LEN, 0);
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                activity.sending.fetch_add(1, Relaxed);
-                activity.last_data_ms.store(activity.now_ms(), Relaxed);
-                put_data_prefix(&mut buf, ob.session(), stream, n);
-                ob.data_encoded(buf, n).await;
-                activity.last_data_ms.store(activity.now_ms(), Relaxed);
-                activity.sending.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-    ob.eof(stream).await;
-}
-
-async fn stdin_writer<W: AsyncWrite + Unpin>(
-    mut w: Option<W>,
-    mut rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
-    ob: Outbox,
-) {
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Some(bytes) => {
-                let n = bytes.len();
-                if let Some(pipe) = w.as_mut()
-                    && pipe.write_all(&bytes).await.is_err()
-                {
-                    // The child closed its stdin: keep granting so the host is never stuck.
-                    w = None;
-                }
-                ob.grant(n).await;
-            }
-            None => w = None,
         }
     }
 }
@@ -561,7 +339,7 @@ impl Pty {
     }
 }
 
-fn set_winsize(fd: i32, size: TtySize) -> io::Result<()> {
+pub(crate) fn set_winsize(fd: i32, size: TtySize) -> io::Result<()> {
     let ws = libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,

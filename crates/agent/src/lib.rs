@@ -9,6 +9,7 @@ pub mod fdio;
 pub mod files;
 pub mod init;
 pub mod net;
+pub mod process;
 pub mod procs;
 pub mod relay;
 pub mod server;

@@ -66,6 +66,7 @@ fn main() {
             setup_ms,
             setup_steps: times.to_string(),
             pid1,
+            table: Arc::default(),
         });
         // Nothing is printed until the host's hello is answered: under emulation every console
         // line costs the guest milliseconds (the UART interrupts per character).

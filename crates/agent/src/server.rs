@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::exec::Reaper;
-use crate::{exec, files};
+use crate::{exec, files, process};
 
 /// What the agent needs to serve requests.
 #[derive(Debug)]
@@ -30,6 +30,8 @@ pub struct Agent {
     pub setup_steps: String,
     /// True when this process is the guest's init (stops the guest on `Shutdown`).
     pub pid1: bool,
+    /// The processes execs started, while they run.
+    pub table: Arc<crate::process::Table>,
 }
 
 /// Sent by the connection to a running session.
@@ -100,6 +102,16 @@ impl Outbox {
             body: FrameBody::Eof(stream),
         })
         .await;
+    }
+
+    /// Ends this session's data: a sender waiting for credit gives up (replies still go).
+    pub fn close(&self) {
+        self.credit.close();
+    }
+
+    /// True when both are the same session of the same connection.
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.credit, &other.credit)
     }
 
     /// Grants the host credit for `n` more bytes.
@@ -481,6 +493,31 @@ async fn run_request(
         Request::Rename { from, to } => files::blocking(move || files::rename(&from, &to)).await,
         Request::Processes => files::blocking(crate::procs::list).await,
         Request::Connect { port } => crate::relay::connect(port, ob, inbox).await,
+        Request::Attach { process } => match agent.table.find(&process) {
+            Ok(p) => process::follow(p, ob, inbox, true, false).await,
+            Err(e) => Err(e),
+        },
+        Request::ProcessTable => Ok(Reply::ProcessTable {
+            processes: agent.table.list(),
+        }),
+        Request::Input { process } => match agent.table.find(&process) {
+            Ok(p) => process::input(p, ob, inbox).await,
+            Err(e) => Err(e),
+        },
+        Request::CloseInput { process } => agent.table.find(&process).map(|p| {
+            p.close_stdin();
+            Reply::Ok
+        }),
+        Request::SignalProcess { process, signal } => agent
+            .table
+            .find(&process)
+            .and_then(|p| p.signal(signal))
+            .map(|()| Reply::Ok),
+        Request::ResizeProcess { process, size } => agent
+            .table
+            .find(&process)
+            .and_then(|p| p.resize(size))
+            .map(|()| Reply::Ok),
         Request::Kill { pid, signal } => {
             files::blocking(move || crate::procs::kill(pid, signal)).await
         }

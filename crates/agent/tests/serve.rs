@@ -6,10 +6,13 @@ use std::time::Instant;
 
 use cove_agent::exec::Reaper;
 use cove_agent::server::{self, Agent};
+use cove_host::agent::Event;
 use cove_host::{AgentClient, ClientError};
 use cove_protocol::frame::{self, FrameKind};
 use cove_protocol::io::FrameReader;
-use cove_protocol::{ErrorCode, ExecRequest, FrameBody, Reply, Request};
+use cove_protocol::{
+    ErrorCode, ExecRequest, FrameBody, ProcessRef, Reply, Request, Stream, TtySize,
+};
 use tokio::io::AsyncWriteExt;
 
 fn agent() -> Arc<Agent> {
@@ -20,14 +23,20 @@ fn agent() -> Arc<Agent> {
         setup_ms: 2,
         setup_steps: String::new(),
         pid1: false,
+        table: Arc::default(),
     })
 }
 
 /// An agent serving one end of a pipe pair; the client holds the other.
 fn pair() -> AgentClient {
+    connect(agent())
+}
+
+/// A new connection to `agent` (a new host connection: a `Hello` is not needed here).
+fn connect(agent: Arc<Agent>) -> AgentClient {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (ar, aw) = tokio::io::split(a);
-    tokio::spawn(server::serve(agent(), ar, aw));
+    tokio::spawn(server::serve(agent, ar, aw));
     let (br, bw) = tokio::io::split(b);
     AgentClient::over(br, bw)
 }
@@ -257,4 +266,219 @@ async fn processes_are_listed_and_signalled_but_never_the_agent() {
         matches!(&e, ClientError::Agent(a) if a.code == ErrorCode::NotFound),
         "{e}"
     );
+}
+
+/// Reads a session's events until `want` is in its stdout; returns that stdout.
+async fn stdout_until(ex: &mut cove_host::agent::ExecSession, want: &str) -> String {
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(want) {
+        match ex.next().await.unwrap() {
+            Some(Event::Data(Stream::Stdout, b)) => out.extend(b),
+            Some(Event::Reply(r)) if r.is_final() => panic!("ended before {want:?}: {r:?}"),
+            Some(_) => {}
+            None => panic!("the session ended before {want:?}"),
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Events until the exit; the stdout seen on the way and the status.
+async fn until_exit(ex: &mut cove_host::agent::ExecSession) -> (String, cove_protocol::ExitStatus) {
+    let mut out = Vec::new();
+    loop {
+        match ex.next().await.unwrap() {
+            Some(Event::Data(Stream::Stdout, b)) => out.extend(b),
+            Some(Event::Reply(Reply::Exited(st))) => return (String::from_utf8(out).unwrap(), st),
+            Some(Event::Reply(r)) if r.is_final() => panic!("{r:?}"),
+            Some(_) => {}
+            None => panic!("the session ended without an exit"),
+        }
+    }
+}
+
+/// A kept process outlives the connection that started it; another connection finds it by
+/// tag, writes to its stdin, follows its output, closes its stdin and sees it exit; then it
+/// has left the table.
+#[tokio::test]
+async fn kept_processes_outlive_their_session_and_are_found_again() {
+    let a = agent();
+    let first = connect(a.clone());
+    let mut r = req(&[
+        "sh",
+        "-c",
+        "echo ready; while read l; do echo got-$l; done; echo bye; exit 5",
+    ]);
+    r.stdin = true;
+    r.keep = true;
+    r.tag = Some("worker".into());
+    r.env = vec![("MINE".into(), "1".into())];
+    let mut ex = first.exec(r.clone()).await.unwrap();
+    let pid = ex.pid;
+    stdout_until(&mut ex, "ready").await;
+    // The same tag cannot name two running processes.
+    let e = first.exec(r).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::AlreadyExists),
+        "{e}"
+    );
+    drop(ex);
+    drop(first);
+
+    let second = connect(a.clone());
+    let table = second.process_table().await.unwrap();
+    let entry = table.iter().find(|e| e.pid == pid).expect("still running");
+    assert_eq!(
+        (entry.tag.as_deref(), entry.keep, entry.stdin, entry.tty),
+        (Some("worker"), true, true, false)
+    );
+    assert_eq!(entry.env, [("MINE".to_string(), "1".to_string())]);
+    let by_tag = ProcessRef::Tag("worker".into());
+    let mut att = second.attach(by_tag.clone()).await.unwrap();
+    assert_eq!(att.pid, pid);
+    // Two followers see the same output.
+    let mut att2 = second.attach(ProcessRef::Pid(pid)).await.unwrap();
+    assert_eq!(second.input(by_tag.clone(), b"one\n").await.unwrap(), 4);
+    assert!(
+        stdout_until(&mut att, "got-one")
+            .await
+            .contains("got-one\n")
+    );
+    assert!(
+        stdout_until(&mut att2, "got-one")
+            .await
+            .contains("got-one\n")
+    );
+    // A detached follower leaves the process running.
+    att2.session
+        .sender()
+        .request(&Request::Cancel)
+        .await
+        .unwrap();
+    second.input(ProcessRef::Pid(pid), b"two\n").await.unwrap();
+    stdout_until(&mut att, "got-two").await;
+    second.close_input(by_tag.clone()).await.unwrap();
+    let (rest, st) = until_exit(&mut att).await;
+    assert!(rest.contains("bye"), "{rest:?}");
+    assert_eq!(st.code, Some(5));
+    assert!(
+        second
+            .process_table()
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.pid != pid)
+    );
+    let e = second.attach(by_tag.clone()).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::NotFound),
+        "{e}"
+    );
+    let e = second.input(by_tag, b"x").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::NotFound),
+        "{e}"
+    );
+}
+
+/// Without `keep`, a cancelled exec (or its lost connection) takes its process group with it;
+/// a signal by tag reaches the process; a closed stdin refuses input.
+#[tokio::test]
+async fn unkept_processes_end_with_their_session_and_take_signals() {
+    let a = agent();
+    let c = connect(a.clone());
+    let mut r = req(&["sleep", "30"]);
+    r.tag = Some("s".into());
+    let ex = c.exec(r).await.unwrap();
+    let pid = ex.pid;
+    let e = c
+        .input(ProcessRef::Tag("s".into()), b"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
+    drop(ex);
+    drop(c);
+    let c = connect(a.clone());
+    // The process is gone once the agent has seen the connection end: wait for that.
+    while c
+        .process_table()
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.pid == pid)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut r = req(&["sleep", "30"]);
+    r.tag = Some("t".into());
+    r.keep = true;
+    let ex = c.exec(r).await.unwrap();
+    let mut att = c.attach(ProcessRef::Tag("t".into())).await.unwrap();
+    drop(ex);
+    let e = c
+        .signal_process(ProcessRef::Tag("t".into()), 999)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
+    let e = c
+        .resize_process(ProcessRef::Tag("t".into()), TtySize { rows: 1, cols: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::InvalidRequest),
+        "{e}"
+    );
+    c.signal_process(ProcessRef::Tag("t".into()), 15)
+        .await
+        .unwrap();
+    let (_, st) = until_exit(&mut att).await;
+    assert_eq!(st.signal, Some(15));
+}
+
+/// A process's background child keeps running after the exec ends, and may still write to
+/// the exec's stdout (nobody reads it any more; it does not die of SIGPIPE).
+#[tokio::test]
+async fn background_children_outlive_their_exec_and_may_still_write() {
+    let c = pair();
+    let d = tempfile::tempdir().unwrap();
+    let flag = d.path().join("alive");
+    let script = format!(
+        "(sleep 1; echo late; echo late >&2; echo yes > {f}.tmp && mv {f}.tmp {f}) & echo started",
+        f = flag.display()
+    );
+    let o = c.output(req(&["sh", "-c", &script]), None).await.unwrap();
+    assert_eq!(o.stdout, b"started\n");
+    let t = std::time::Instant::now();
+    while !flag.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "the child died"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A terminal process found again by pid takes resizes.
+#[tokio::test]
+async fn attached_terminals_resize() {
+    let c = pair();
+    let mut r = req(&["sh", "-c", "read x; stty size"]);
+    r.tty = Some(TtySize { rows: 10, cols: 20 });
+    r.keep = true;
+    let ex = c.exec(r).await.unwrap();
+    let pid = ex.pid;
+    drop(ex);
+    let mut att = c.attach(ProcessRef::Pid(pid)).await.unwrap();
+    c.resize_process(ProcessRef::Pid(pid), TtySize { rows: 33, cols: 77 })
+        .await
+        .unwrap();
+    c.input(ProcessRef::Pid(pid), b"go\r").await.unwrap();
+    let (out, st) = until_exit(&mut att).await;
+    assert!(out.contains("33 77"), "{out:?}");
+    assert_eq!(st.code, Some(0));
 }

@@ -317,6 +317,40 @@ pub struct ExecStart {
     /// Kill the command after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
+    /// A name to find the command by while it runs (`/commands/{tag}`); unique among the
+    /// sandbox's running commands; not all digits (that is a pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The command outlives this socket: closing it detaches, and the command is found again
+    /// with `GET /v1/sandboxes/{id}/commands/{pid or tag}/ws`. Without it, closing the socket
+    /// kills the command. (`POST /v1/sandboxes/{id}/commands` always keeps.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
+}
+
+/// A running command of a sandbox's process table (started by an exec, `cove exec --detach` or
+/// `POST /v1/sandboxes/{id}/commands`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Command {
+    /// Pid in the guest (and process group).
+    pub pid: u32,
+    /// Its tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Program and arguments.
+    pub cmd: Vec<String>,
+    /// The environment it was given (over the guest's defaults).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: String,
+    /// It runs on a terminal.
+    pub tty: bool,
+    /// Its stdin is open (`POST …/stdin` writes to it).
+    pub stdin: bool,
+    /// It outlives the stream that started it.
+    pub keep: bool,
+    /// Milliseconds since the epoch (the guest's clock).
+    pub started_at: i64,
 }
 
 /// A terminal size.

@@ -116,6 +116,46 @@ pub struct ExecOpts {
     pub timeout: Option<f64>,
 }
 
+/// Running a command in the background.
+#[derive(Debug, Args)]
+pub struct Background {
+    /// Start the command and print its pid; it runs on (see `cove attach`, `cove commands`).
+    #[arg(short, long, conflicts_with = "interactive")]
+    pub detach: bool,
+    /// A name to find the command by while it runs (unique in the sandbox).
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+/// A signal number from a number or a name (`TERM`, `SIGTERM`, `15`).
+fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal {n}: 1 to 64"))
+        };
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    let n = match name.as_str() {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "CONT" => 18,
+        "STOP" => 19,
+        _ => {
+            return Err(format!(
+                "unknown signal {s:?}: give a number or HUP, INT, QUIT, KILL, USR1, USR2, TERM, CONT, STOP"
+            ));
+        }
+    };
+    Ok(n)
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -216,11 +256,45 @@ pub enum Command {
     Exec {
         #[command(flatten)]
         exec: ExecOpts,
+        #[command(flatten)]
+        background: Background,
         /// Sandbox id, id prefix or name.
         id: String,
         /// Command and arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// The commands running in a sandbox (those its execs started), with their pids and tags.
+    Commands {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a running command's output (and with -i feed its stdin) until it exits;
+    /// interrupting leaves it running.
+    Attach {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// The command's pid or tag.
+        command: String,
+        /// Stream this terminal's stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// The command has a terminal (raw mode, resizes follow this one).
+        #[arg(short, long)]
+        tty: bool,
+    },
+    /// Send a signal to a running command's process group.
+    Kill {
+        /// Sandbox id, id prefix or name.
+        id: String,
+        /// The command's pid or tag.
+        command: String,
+        /// Signal: a number or a name (TERM, KILL, INT, HUP, …).
+        #[arg(short, long, default_value = "TERM", value_parser = parse_signal)]
+        signal: i32,
     },
     /// List sandboxes.
     Ls {

@@ -6,7 +6,9 @@ use cove_image::Progress as _;
 use cove_sdk::{Client, ExecOutput};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::args::{Command, ExecOpts, FsCommand, ImageCommand, Resources, SnapshotCommand};
+use crate::args::{
+    Background, Command, ExecOpts, FsCommand, ImageCommand, Resources, SnapshotCommand,
+};
 use crate::{EXIT_COVE, SandboxRow, print_sandboxes, term};
 
 fn create_req(res: &Resources, image: String, name: Option<String>) -> api::CreateSandbox {
@@ -48,7 +50,11 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             command,
         } => {
             let sb = c.create(&create_req(&res, image, name)).await?;
-            let code = exec_stream(&c, &sb.id, &exec, command).await;
+            let fg = Background {
+                detach: false,
+                tag: None,
+            };
+            let code = exec_stream(&c, &sb.id, &exec, &fg, command).await;
             // `run` is create, exec, remove: the sandbox goes whatever happened.
             let removed = c.delete(&sb.id).await;
             let code = code?;
@@ -72,7 +78,35 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             println!("{}", c.create(&req).await?.id);
             Ok(0)
         }
-        Command::Exec { exec, id, command } => exec_stream(&c, &id, &exec, command).await,
+        Command::Exec {
+            exec,
+            background,
+            id,
+            command,
+        } => exec_stream(&c, &id, &exec, &background, command).await,
+        Command::Commands { id, json } => {
+            let all = c.commands(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print_commands(&all);
+            }
+            Ok(0)
+        }
+        Command::Attach {
+            id,
+            command,
+            interactive,
+            tty,
+        } => follow(c.attach(&id, &command).await?, interactive, tty).await,
+        Command::Kill {
+            id,
+            command,
+            signal,
+        } => {
+            c.signal_command(&id, &command, signal).await?;
+            Ok(0)
+        }
         Command::Ls { quiet, json } => {
             let all = c.list().await?;
             if json {
@@ -661,6 +695,7 @@ async fn exec_stream(
     c: &Client,
     id: &str,
     opts: &ExecOpts,
+    background: &Background,
     command: Vec<String>,
 ) -> anyhow::Result<u8> {
     let mut env = std::collections::BTreeMap::new();
@@ -686,10 +721,22 @@ async fn exec_stream(
         tty,
         stdin: opts.interactive,
         timeout_secs: opts.timeout,
+        tag: background.tag.clone(),
+        keep: false,
     };
+    if background.detach {
+        let cmd = c.start_command(id, &start).await?;
+        println!("{}", cmd.pid);
+        return Ok(0);
+    }
     let stream = c.exec_stream(id, &start).await?;
+    follow(stream, opts.interactive, opts.tty).await
+}
+
+/// Relays a command's stream and this terminal until the command exits.
+async fn follow(stream: cove_sdk::ExecStream, interactive: bool, tty: bool) -> anyhow::Result<u8> {
     let (mut input, mut output) = (stream.input, stream.output);
-    let _raw = if opts.tty && opts.interactive {
+    let _raw = if tty && interactive {
         term::RawMode::enter()
     } else {
         None
@@ -707,7 +754,7 @@ async fn exec_stream(
             }
         }
     });
-    if opts.interactive {
+    if interactive {
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
@@ -725,7 +772,7 @@ async fn exec_stream(
             let _ = tx.send(Outgoing::Control(api::ExecControl::Eof)).await;
         });
     }
-    if opts.tty {
+    if tty {
         let tx = tx.clone();
         tokio::spawn(async move {
             let Ok(mut winch) =
@@ -777,4 +824,38 @@ async fn exec_stream(
 enum Outgoing {
     Stdin(Vec<u8>),
     Control(api::ExecControl),
+}
+
+fn print_commands(all: &[api::Command]) {
+    println!(
+        "{:<8} {:<16} {:<4} {:<5} COMMAND",
+        "PID", "TAG", "TTY", "STDIN"
+    );
+    for c in all {
+        println!(
+            "{:<8} {:<16} {:<4} {:<5} {}",
+            c.pid,
+            c.tag.as_deref().unwrap_or("-"),
+            if c.tty { "yes" } else { "no" },
+            if c.stdin { "open" } else { "-" },
+            shell_words(&c.cmd)
+        );
+    }
+}
+
+/// A command line as a shell would read it back (words with spaces or quotes quoted).
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

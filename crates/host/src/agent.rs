@@ -13,8 +13,8 @@ use std::time::Duration;
 use cove_protocol::control::{ControlRequest, ControlResponse};
 use cove_protocol::io::{FrameReader, ReadError};
 use cove_protocol::{
-    AgentError, DirEntry, ExecRequest, ExitStatus, FileStat, Frame, FrameBody, Health, Reply,
-    Request, Stream, frame,
+    AgentError, DirEntry, ExecRequest, ExitStatus, FileStat, Frame, FrameBody, Health, ProcessRef,
+    Reply, Request, Stream, TableEntry, TtySize, frame,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -267,6 +267,9 @@ impl AgentClient {
                     break;
                 }
             }
+            // Every handle is gone: the agent sees the end (a socket's half closes on drop,
+            // other streams only when shut).
+            let _ = writer.shutdown().await;
         });
         let inner = Arc::new(Inner {
             out,
@@ -525,6 +528,80 @@ impl AgentClient {
     /// Sends `signal` to one process of the guest.
     pub async fn kill(&self, pid: u32, signal: i32) -> Result<(), ClientError> {
         self.call(&Request::Kill { pid, signal }, "a signal")
+            .await
+            .map(drop)
+    }
+
+    /// Follows a running process of the process table from now on (its output, then
+    /// `Exited`); dropping the session detaches without ending the process.
+    pub async fn attach(&self, process: ProcessRef) -> Result<ExecSession, ClientError> {
+        let mut s = self.open(&Request::Attach { process }).await?;
+        match s.next_by(&Deadline::call("an attach")).await? {
+            Some(Event::Reply(Reply::Started { pid })) => Ok(ExecSession {
+                session: s,
+                pid,
+                deadline: None,
+            }),
+            Some(Event::Reply(Reply::Error(e))) => Err(e.into()),
+            Some(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// The running processes that execs started.
+    pub async fn process_table(&self) -> Result<Vec<TableEntry>, ClientError> {
+        match self
+            .call(&Request::ProcessTable, "the process table")
+            .await?
+        {
+            Reply::ProcessTable { processes } => Ok(processes),
+            r => Err(ClientError::Unexpected(format!("{r:?}"))),
+        }
+    }
+
+    /// Writes `bytes` to a running process's stdin (which stays open).
+    pub async fn input(&self, process: ProcessRef, bytes: &[u8]) -> Result<u64, ClientError> {
+        let mut s = self.open(&Request::Input { process }).await?;
+        let sender = s.sender();
+        let d = Deadline::call("a process's input");
+        tokio::select! {
+            r = async {
+                sender.data(Stream::Stdin, bytes.to_vec()).await?;
+                sender.eof(Stream::Stdin).await
+            } => r?,
+            // An error (no such process, stdin closed) comes at once.
+            ev = s.rx.recv() => return finish_write(ev, &mut s).await,
+            () = tokio::time::sleep_until(d.at) => return Err(s.missed(&d).await),
+        }
+        let ev = s.next_by(&d).await?;
+        finish_write(ev, &mut s).await
+    }
+
+    /// Closes a running process's stdin.
+    pub async fn close_input(&self, process: ProcessRef) -> Result<(), ClientError> {
+        self.call(&Request::CloseInput { process }, "closing a stdin")
+            .await
+            .map(drop)
+    }
+
+    /// Sends `signal` to a running process's process group.
+    pub async fn signal_process(
+        &self,
+        process: ProcessRef,
+        signal: i32,
+    ) -> Result<(), ClientError> {
+        self.call(&Request::SignalProcess { process, signal }, "a signal")
+            .await
+            .map(drop)
+    }
+
+    /// Resizes a running process's terminal.
+    pub async fn resize_process(
+        &self,
+        process: ProcessRef,
+        size: TtySize,
+    ) -> Result<(), ClientError> {
+        self.call(&Request::ResizeProcess { process, size }, "a resize")
             .await
             .map(drop)
     }

@@ -91,6 +91,8 @@ mod tests {
             tty: Some(TtySize { rows: 24, cols: 80 }),
             stdin: true,
             timeout_ms: Some(5000),
+            tag: Some("t".into()),
+            keep: true,
         });
         let f = msg_frame(3, &req);
         let FrameBody::Msg(json) = f.body else {
@@ -98,6 +100,9 @@ mod tests {
         };
         assert_eq!(decode_msg::<Request>(&json).unwrap(), req);
         assert!(decode_msg::<Request>(br#"{"type":"format_disk"}"#).is_err());
+        // An exec without the newer fields is written as before (an older agent reads it).
+        let plain = serde_json::to_string(&Request::Exec(ExecRequest::default())).unwrap();
+        assert!(!plain.contains("keep") && !plain.contains("tag"), "{plain}");
         assert!(decode_msg::<Request>(br#"{"type":"stat","path":"/","evil":1}"#).is_err());
         assert!(decode_msg::<Reply>(b"\xff\xfe").is_err());
     }

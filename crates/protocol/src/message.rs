@@ -111,6 +111,40 @@ pub enum Request {
     },
     /// Flushes the filesystems and stops the guest.
     Shutdown,
+    /// Follows a running process of the process table (see [`ExecRequest::keep`]) from now on:
+    /// answered `Started`, then its output as an exec's, then `Exited`. `Data` and `Eof` on
+    /// stdin go to its stdin, `Signal` and `Resize` to it; `Cancel` ends only this session.
+    Attach {
+        /// Which process.
+        process: ProcessRef,
+    },
+    /// The processes started by `Exec` that still run, by pid.
+    ProcessTable,
+    /// Writes the `Data` the host sends on stdin, until `Eof`, to a running process's stdin
+    /// (which stays open); answered `Done`.
+    Input {
+        /// Which process.
+        process: ProcessRef,
+    },
+    /// Closes a running process's stdin.
+    CloseInput {
+        /// Which process.
+        process: ProcessRef,
+    },
+    /// Sends a signal to a running process's process group.
+    SignalProcess {
+        /// Which process.
+        process: ProcessRef,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Resizes a running process's terminal.
+    ResizeProcess {
+        /// Which process.
+        process: ProcessRef,
+        /// The new size.
+        size: TtySize,
+    },
     /// Opens a TCP connection to `port` in the guest: its loopback first (servers bound to
     /// 127.0.0.1 or to every address), then its network address. Answered `Connected`; the
     /// session then carries the connection's bytes: host to guest as `Data` on stdin (`Eof`
@@ -120,6 +154,49 @@ pub enum Request {
         /// The guest's TCP port.
         port: u16,
     },
+}
+
+/// A process of the process table: by pid, or by the tag its exec gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessRef {
+    /// Its pid.
+    Pid(u32),
+    /// Its tag.
+    Tag(String),
+}
+
+impl std::fmt::Display for ProcessRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pid(p) => write!(f, "pid {p}"),
+            Self::Tag(t) => write!(f, "tag {t:?}"),
+        }
+    }
+}
+
+/// A running process of the process table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    /// Pid (and process group).
+    pub pid: u32,
+    /// The exec's tag.
+    pub tag: Option<String>,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The exec's environment (the request's, not the defaults).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: String,
+    /// It runs on a terminal.
+    pub tty: bool,
+    /// Its stdin is open for `Input`.
+    pub stdin: bool,
+    /// It outlives the session that started it.
+    pub keep: bool,
+    /// When it started, milliseconds since the epoch (guest clock).
+    pub started_unix_ms: u64,
 }
 
 /// A process of the guest.
@@ -162,6 +239,14 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Kill the process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+    /// A name to find the process by (`ProcessRef::Tag`); unique among running processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The process outlives this session: a `Cancel` or a lost connection ends the session and
+    /// leaves the process running, to be found again with `Attach`. Without it a `Cancel` kills
+    /// the process group. Either way the process keeps its background children when it exits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 /// A terminal size.
@@ -212,6 +297,11 @@ pub enum Reply {
     Processes {
         /// By pid.
         processes: Vec<ProcessInfo>,
+    },
+    /// Answer to `ProcessTable`.
+    ProcessTable {
+        /// By pid.
+        processes: Vec<TableEntry>,
     },
     /// Answer to `List`.
     Entries {

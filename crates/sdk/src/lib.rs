@@ -334,6 +334,87 @@ impl Client {
             .await
     }
 
+    /// Starts a command in the background (it runs until it exits; see [`Client::attach`]).
+    pub async fn start_command(
+        &self,
+        id: &str,
+        start: &api::ExecStart,
+    ) -> Result<api::Command, Error> {
+        let id = &segment(id);
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/commands"),
+            Some(start),
+        )
+        .await
+    }
+
+    /// The sandbox's running commands.
+    pub async fn commands(&self, id: &str) -> Result<Vec<api::Command>, Error> {
+        let id = &segment(id);
+        let l: api::List<api::Command> = self
+            .call(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/commands"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(l.items)
+    }
+
+    /// Follows a running command (by pid or tag) from now on; dropping the stream leaves it
+    /// running.
+    pub async fn attach(&self, id: &str, command: &str) -> Result<ExecStream, Error> {
+        let (id, command) = (&segment(id), &segment(command));
+        let ws = self
+            .websocket(&format!("/v1/sandboxes/{id}/commands/{command}/ws"))
+            .await?;
+        let (tx, rx) = ws.split();
+        Ok(ExecStream {
+            input: ExecInput { tx },
+            output: ExecReader { rx },
+        })
+    }
+
+    /// Writes to a running command's stdin; `eof` closes it after.
+    pub async fn command_stdin(
+        &self,
+        id: &str,
+        command: &str,
+        bytes: Vec<u8>,
+        eof: bool,
+    ) -> Result<(), Error> {
+        let (id, command) = (&segment(id), &segment(command));
+        let url = format!(
+            "{}/v1/sandboxes/{id}/commands/{command}/stdin?eof={eof}",
+            self.base
+        );
+        let res = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.key)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|source| Error::Http { url, source })?;
+        check(res).await.map(drop)
+    }
+
+    /// Sends a signal to a running command's process group.
+    pub async fn signal_command(&self, id: &str, command: &str, signal: i32) -> Result<(), Error> {
+        let (id, command) = (&segment(id), &segment(command));
+        self.send(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/commands/{command}/signal"),
+            Some(&api::Kill {
+                signal: Some(signal),
+            }),
+        )
+        .await
+        .map(drop)
+    }
+
     /// The guest's console log.
     pub async fn logs(&self, id: &str) -> Result<Vec<u8>, Error> {
         let id = &segment(id);

@@ -3,6 +3,7 @@
 //! resource ([`crate::app::Inner::owned`]) and calls the `host` library.
 
 pub(crate) mod admin;
+pub(crate) mod commands;
 pub(crate) mod events;
 pub(crate) mod exec;
 pub(crate) mod files;
@@ -133,6 +134,11 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(exec::metrics))
         .routes(routes!(exec::list_processes))
         .routes(routes!(exec::kill_process))
+        .routes(routes!(commands::start, commands::list))
+        .routes(routes!(commands::attach))
+        .routes(routes!(commands::stdin))
+        .routes(routes!(commands::signal))
+        .routes(routes!(commands::resize))
         .routes(routes!(snapshots::list))
         .routes(routes!(snapshots::delete))
         .routes(routes!(images::list))

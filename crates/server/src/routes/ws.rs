@@ -44,22 +44,23 @@ pub async fn exec_ws(
                 .scope(actor, session(&app, &rec, &mut socket))
                 .await;
             app.metrics.exec(outcome.is_ok());
-            let close = close_frame(outcome.as_ref().err());
-            if let Err(e) = outcome {
-                let ev = api::ExecEvent::Error(api::Error {
-                    code: e.code.into(),
-                    message: crate::error::redact(&e.message),
-                    request_id: None,
-                });
-                let _ = socket
-                    .send(Message::Text(
-                        serde_json::to_string(&ev).expect("serializes").into(),
-                    ))
-                    .await;
-            }
-            let _ = socket.send(Message::Close(Some(close))).await;
+            close(&mut socket, outcome).await;
         })
     }))
+}
+
+/// Ends a session's socket: the error as an `error` event, then the close frame.
+pub(crate) async fn close(socket: &mut WebSocket, outcome: Result<(), ApiError>) {
+    let frame = close_frame(outcome.as_ref().err());
+    if let Err(e) = outcome {
+        let ev = api::ExecEvent::Error(api::Error {
+            code: e.code.into(),
+            message: crate::error::redact(&e.message),
+            request_id: None,
+        });
+        let _ = socket.send(event(&ev)).await;
+    }
+    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 /// A WebSocket route's upgrade, or why the request is not one.
@@ -126,25 +127,54 @@ async fn session(
             ));
         }
     };
-    let timeout_ms = crate::routes::exec::timeout_ms(start.timeout_secs)?;
-    let base = exec_env(app, rec, start.cmd, start.env, start.cwd, start.user)?;
+    let stdin = start.stdin;
+    let req = exec_request(app, rec, start)?;
     let client = app.host.connect(&rec.id).await?;
-    let mut ex = client
-        .exec(ExecRequest {
-            tty: start.tty.map(|t| TtySize {
-                rows: t.rows,
-                cols: t.cols,
-            }),
-            stdin: start.stdin,
-            timeout_ms,
-            ..base
-        })
-        .await?;
+    let ex = client.exec(req).await?;
+    relay(ex, socket, stdin).await
+}
+
+/// The agent's request for an `ExecStart`.
+pub(crate) fn exec_request(
+    app: &crate::app::Inner,
+    rec: &cove_host::SandboxRecord,
+    start: api::ExecStart,
+) -> Result<ExecRequest, ApiError> {
+    let timeout_ms = crate::routes::exec::timeout_ms(start.timeout_secs)?;
+    if let Some(tag) = &start.tag
+        && !tag.is_empty()
+        && tag.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(ApiError::bad_request(format!(
+            "tag {tag:?}: all digits names a pid; give a tag with a letter"
+        )));
+    }
+    let base = exec_env(app, rec, start.cmd, start.env, start.cwd, start.user)?;
+    Ok(ExecRequest {
+        tty: start.tty.map(|t| TtySize {
+            rows: t.rows,
+            cols: t.cols,
+        }),
+        stdin: start.stdin,
+        timeout_ms,
+        tag: start.tag,
+        keep: start.keep,
+        ..base
+    })
+}
+
+/// Relays a started (or attached) process and a WebSocket until the process exits or the
+/// client leaves (which ends the session: the agent kills a process that was not kept).
+pub(crate) async fn relay(
+    mut ex: cove_host::agent::ExecSession,
+    socket: &mut WebSocket,
+    stdin: bool,
+) -> Result<(), ApiError> {
     let _ = socket
         .send(event(&api::ExecEvent::Started { pid: ex.pid }))
         .await;
     let sender = ex.session.sender();
-    let mut stdin_open = start.stdin;
+    let mut stdin_open = stdin;
     loop {
         tokio::select! {
             ev = ex.next() => match ev? {
@@ -154,7 +184,7 @@ async fn session(
                     m.extend_from_slice(&b);
                     if socket.send(Message::Binary(m.into())).await.is_err() {
                         // The client left: the session ends with this function, and the agent
-                        // kills what the session started.
+                        // kills what the session started unless it was kept.
                         return Ok(());
                     }
                 }
