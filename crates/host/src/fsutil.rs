@@ -51,13 +51,6 @@ pub(crate) fn read_untrusted(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The sha256 of a file, in hex.
 pub(crate) fn sha256_file(path: &Path) -> Result<String, HostError> {
     use sha2::Digest;

@@ -10,7 +10,7 @@ use cove_model::{Reason, SandboxDir, SandboxState};
 use cove_protocol::control::{ControlRequest, DiskConfig, VmConfig, VmEnd, VmState};
 
 use crate::error::io_err;
-use crate::fsutil::{copy_sparse_file, make_disk, new_id, now_ms, unix_now, write_atomic};
+use crate::fsutil::{copy_sparse_file, make_disk, new_id, now_ms, write_atomic};
 use crate::jail;
 use crate::record::Pending;
 use crate::record::current_actor;
@@ -136,6 +136,9 @@ impl Host {
             network,
             updated_at: now,
             op: None,
+            expires_at: spec
+                .ttl_secs
+                .map(|t| now.saturating_add(i64::try_from(t).unwrap_or(i64::MAX / 2_000) * 1000)),
         };
         // The record first, then the directory: a directory without a record is then always
         // an orphan (the start-up sweep removes it), and a record without its directory is a
@@ -247,7 +250,10 @@ impl Host {
             qemu: choice.qemu.clone(),
             restore: from.map(|s| s.dir.clone()),
             clone_of: from.map(|s| s.id.clone()),
-            expires_at: policy.ttl_secs.map(|t| unix_now() + t),
+            // cove-vm counts in seconds: a partial second still ends within the next one.
+            expires_at: rec
+                .expires_at
+                .map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000)),
             idle_timeout_secs: policy.idle_timeout_secs,
             on_idle: policy.on_idle.clone(),
             blob_store: Some(self.home.join("blobs").display().to_string()),
@@ -308,6 +314,44 @@ impl Host {
         crate::fault::point("pause.paused");
         rec.state = SandboxState::Paused;
         self.record(&mut rec)?;
+        Ok(rec)
+    }
+
+    /// Moves the end of a sandbox's time to live (milliseconds since the epoch; none: it has
+    /// none). A running or paused sandbox's cove-vm is told at once (a time already past ends it
+    /// within its next policy check); a hibernated one keeps it for when it wakes.
+    pub async fn set_expiry(
+        &self,
+        key: &str,
+        expires_at: Option<i64>,
+    ) -> Result<SandboxRecord, HostError> {
+        let id = self.get(key)?.id;
+        // Not beside a wake, which reads the configuration this rewrites.
+        let _turn = self.turn(&id).await;
+        let mut rec = self.get(&id)?;
+        if !rec.state.is_active() && rec.state != SandboxState::Hibernated {
+            return Err(not_running(rec));
+        }
+        let secs = expires_at.map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000));
+        let layout = rec.layout();
+        let mut cfg: VmConfig =
+            serde_json::from_slice(&crate::fsutil::read_own(&layout.vm_config(), 1 << 20)?)
+                .map_err(|e| HostError::Io {
+                    what: "parsing vm.json",
+                    path: rec.dir.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+        cfg.expires_at = secs;
+        write_atomic(
+            &layout.vm_config(),
+            &serde_json::to_vec_pretty(&cfg).expect("serializes"),
+        )?;
+        self.db.set_expiry(&rec.id, expires_at)?;
+        rec.expires_at = expires_at;
+        if rec.state.is_active() {
+            self.vm_op(&rec, &ControlRequest::SetExpiry { expires_at: secs })
+                .await?;
+        }
         Ok(rec)
     }
 

@@ -37,6 +37,11 @@ pub enum ControlRequest {
     },
     /// Turns this connection into a stream of agent frames.
     Attach,
+    /// Moves the end of the sandbox's time to live (seconds since the epoch; none: never).
+    SetExpiry {
+        /// The new end.
+        expires_at: Option<u64>,
+    },
 }
 
 /// The one answer to a [`ControlRequest`].

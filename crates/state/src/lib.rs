@@ -118,6 +118,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         policy: &NetworkPolicy,
         actor: &Actor,
     ) -> Result<(), StateError>;
+    /// Records when sandbox `id`'s time to live ends (none: never).
+    fn set_expiry(&self, id: &str, expires_at: Option<i64>) -> Result<(), StateError>;
     /// A sandbox by id, name (when one owner uses it), `owner/name`, or unique id prefix of at
     /// least 4.
     fn find(&self, key: &str) -> Result<Option<SandboxRecord>, StateError>;
@@ -354,6 +356,8 @@ pub struct SandboxRecord {
     pub env: BTreeMap<String, String>,
     /// Its network policy.
     pub network: NetworkPolicy,
+    /// When its time to live ends, milliseconds since the epoch (cove-vm stops it then).
+    pub expires_at: Option<i64>,
 }
 
 impl SandboxRecord {

@@ -22,12 +22,13 @@ use crate::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_schema.sql"),
     include_str!("../migrations/postgres/0002_network.sql"),
+    include_str!("../migrations/postgres/0003_expires_at.sql"),
 ];
 
 /// Serializes migrations of every host sharing the database (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x636f_7665; // "cove"
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op, network";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op, network, expires_at";
 
 const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
@@ -103,6 +104,7 @@ fn row(r: &Row) -> Result<SandboxRecord, StateError> {
         labels: json_col(r, "labels")?,
         env: json_col(r, "env")?,
         network: json_col(r, "network")?,
+        expires_at: r.try_get("expires_at")?,
     })
 }
 
@@ -279,7 +281,7 @@ impl StateStore for PostgresStore {
                 l.admit(owner, held(&mut tx, owner)?, s)?;
             }
             let r = tx.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"),
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"),
                 &[
                     &s.id,
                     &s.name,
@@ -304,6 +306,7 @@ impl StateStore for PostgresStore {
                     &s.updated_at,
                     &s.op,
                     &serde_json::to_string(&s.network).expect("serializes"),
+                    &s.expires_at,
                 ],
             );
             match r {
@@ -357,6 +360,19 @@ impl StateStore for PostgresStore {
                 log_event(&mut tx, s, EventState::Entered(s.state), actor)?;
             }
             tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn set_expiry(&self, id: &str, expires_at: Option<i64>) -> Result<(), StateError> {
+        blocking(|| {
+            let n = self.client().execute(
+                "UPDATE sandboxes SET expires_at = $2 WHERE id = $1",
+                &[&id, &expires_at],
+            )?;
+            if n == 0 {
+                return Err(StateError::NoSuchSandbox(id.to_string()));
+            }
             Ok(())
         })
     }

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_typed_reasons.sql"),
     include_str!("../migrations/sqlite/0008_op.sql"),
     include_str!("../migrations/sqlite/0009_network.sql"),
+    include_str!("../migrations/sqlite/0010_expires_at.sql"),
 ];
 
 fn log_event(
@@ -165,7 +166,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op, network";
+const COLUMNS: &str = "id, name, image, state, cpus, memory_mib, disk_mib, created_at, engine, accel, pid, socket, dir, boot_ms, reason, image_digest, owner, labels, env, reason_kind, updated_at, op, network, expires_at";
 
 const SNAP_COLUMNS: &str = "id, name, sandbox, image, cpus, memory_mib, disk_mib, created_at, dir, template, image_digest, owner";
 
@@ -221,6 +222,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         updated_at: r.get(20)?,
         op: r.get(21)?,
         network: json_col(r, 22)?,
+        expires_at: r.get(23)?,
     })
 }
 
@@ -303,8 +305,8 @@ impl StateStore for SqliteStore {
                 l.admit(owner, held(&tx, owner)?, s)?;
             }
             let r = tx.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
-                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op, serde_json::to_string(&s.network).expect("serializes")],
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
+                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op, serde_json::to_string(&s.network).expect("serializes"), s.expires_at],
             );
             match r {
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -442,6 +444,19 @@ impl StateStore for SqliteStore {
     }
 
     /// Forgets a sandbox; its removal is an event of `actor`.
+    fn set_expiry(&self, id: &str, expires_at: Option<i64>) -> Result<(), StateError> {
+        blocking(|| {
+            let n = self.conn().execute(
+                "UPDATE sandboxes SET expires_at = ?2 WHERE id = ?1",
+                params![id, expires_at],
+            )?;
+            if n == 0 {
+                return Err(StateError::NoSuchSandbox(id.to_string()));
+            }
+            Ok(())
+        })
+    }
+
     fn set_network(
         &self,
         id: &str,

@@ -32,6 +32,7 @@ pub(crate) fn rec(id: &str, name: Option<&str>) -> SandboxRecord {
             allow: vec!["203.0.113.0/24".parse().unwrap()],
             ..Default::default()
         },
+        expires_at: Some(5_000),
     }
 }
 
@@ -141,6 +142,22 @@ fn insert_find_update_delete(db: &dyn StateStore) {
             &cove_model::NetworkPolicy::none(),
             &Actor::Local
         ),
+        Err(StateError::NoSuchSandbox(_))
+    ));
+    // The end of its time to live is kept, changed and cleared.
+    assert_eq!(
+        db.find("abcd99999999").unwrap().unwrap().expires_at,
+        Some(5_000)
+    );
+    db.set_expiry("abcd99999999", Some(9_000)).unwrap();
+    assert_eq!(
+        db.find("abcd99999999").unwrap().unwrap().expires_at,
+        Some(9_000)
+    );
+    db.set_expiry("abcd99999999", None).unwrap();
+    assert_eq!(db.find("abcd99999999").unwrap().unwrap().expires_at, None);
+    assert!(matches!(
+        db.set_expiry("000000000000", None),
         Err(StateError::NoSuchSandbox(_))
     ));
     db.delete("abcdef123456", &Actor::Local).unwrap();

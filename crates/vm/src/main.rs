@@ -65,6 +65,7 @@ enum VmCommand {
     Resume(oneshot::Sender<Result<(), String>>),
     Hibernate(PathBuf, oneshot::Sender<Result<(), String>>),
     Snapshot(PathBuf, oneshot::Sender<Result<(), String>>),
+    SetExpiry(Option<u64>, oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Debug)]
@@ -197,7 +198,7 @@ fn write_exit(dir: &Path, end: VmEnd) {
 /// differs from its own inside the jail's PID namespace).
 async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
     let t0 = Instant::now();
-    let cfg: VmConfig = serde_json::from_slice(
+    let mut cfg: VmConfig = serde_json::from_slice(
         &std::fs::read(dir.join("vm.json"))
             .with_context(|| format!("reading {}/vm.json", dir.display()))?,
     )
@@ -365,6 +366,10 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
             }
         };
         match cmd {
+            VmCommand::SetExpiry(at, tx) => {
+                cfg.expires_at = at;
+                let _ = tx.send(Ok(()));
+            }
             VmCommand::Pause(tx) => {
                 let r = vm.pause().await.map_err(|e| format!("pause: {e}"));
                 if r.is_ok() {
@@ -647,6 +652,9 @@ async fn handle_control(shared: Arc<Shared>, conn: UnixStream) {
         }
         ControlRequest::Stop => answer(&shared, &mut w, VmCommand::Stop).await,
         ControlRequest::Pause => answer(&shared, &mut w, VmCommand::Pause).await,
+        ControlRequest::SetExpiry { expires_at } => {
+            answer(&shared, &mut w, |tx| VmCommand::SetExpiry(expires_at, tx)).await;
+        }
         ControlRequest::Resume => answer(&shared, &mut w, VmCommand::Resume).await,
         ControlRequest::Snapshot { dir } => {
             answer(&shared, &mut w, |tx| {
