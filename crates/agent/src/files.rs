@@ -68,6 +68,7 @@ pub fn stat(path: &str) -> Result<Reply, AgentError> {
         .is_symlink()
         .then(|| std::fs::read_link(&p).ok().map(|t| t.display().to_string()))
         .flatten();
+    let names = crate::user::Names::load(Path::new("/"));
     Ok(Reply::Stat(FileStat {
         path: path.to_string(),
         kind: kind_of(m.file_type()),
@@ -77,6 +78,8 @@ pub fn stat(path: &str) -> Result<Reply, AgentError> {
         gid: m.gid(),
         mtime: m.mtime(),
         link_target,
+        owner: names.user(m.uid()),
+        group: names.group(m.gid()),
     }))
 }
 
@@ -84,16 +87,29 @@ pub fn stat(path: &str) -> Result<Reply, AgentError> {
 pub fn list(path: &str) -> Result<Reply, AgentError> {
     let p = absolute(path)?;
     let rd = std::fs::read_dir(&p).map_err(|e| err_at(&e, &p))?;
+    let names = crate::user::Names::load(Path::new("/"));
     let mut entries = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| err_at(&e, &p))?;
         // An entry removed meanwhile is skipped, not an error.
         let Ok(m) = ent.metadata() else { continue };
+        let link_target = m
+            .file_type()
+            .is_symlink()
+            .then(|| std::fs::read_link(ent.path()).ok())
+            .flatten()
+            .map(|t| t.display().to_string());
         entries.push(DirEntry {
             name: ent.file_name().to_string_lossy().into_owned(),
             kind: kind_of(m.file_type()),
             size: m.len(),
             mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime: m.mtime(),
+            link_target,
+            owner: names.user(m.uid()),
+            group: names.group(m.gid()),
         });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -101,16 +117,64 @@ pub fn list(path: &str) -> Result<Reply, AgentError> {
 }
 
 /// `Mkdir`.
-pub fn mkdir(path: &str, parents: bool, mode: Option<u32>) -> Result<Reply, AgentError> {
+pub fn mkdir(
+    path: &str,
+    parents: bool,
+    mode: Option<u32>,
+    user: Option<&str>,
+) -> Result<Reply, AgentError> {
     let p = absolute(path)?;
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(parents);
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, mode.unwrap_or(0o755));
-    b.create(&p).map_err(|e| err_at(&e, &p))?;
-    if parents && !p.is_dir() {
-        return Err(err_at(&io::Error::from_raw_os_error(libc::ENOTDIR), &p));
+    let owner = owner_of(user)?;
+    let mode = mode.unwrap_or(0o755);
+    if parents {
+        if let Some(parent) = p.parent() {
+            create_dirs(parent, owner)?;
+        }
+        if p.is_dir() {
+            return Ok(Reply::Ok);
+        }
     }
+    create_dir(&p, mode, owner)?;
     Ok(Reply::Ok)
+}
+
+/// The uid and gid of a request's `user`.
+fn owner_of(user: Option<&str>) -> Result<Option<(u32, u32)>, AgentError> {
+    let Some(spec) = user else { return Ok(None) };
+    crate::user::resolve(Path::new("/"), spec)
+        .map(|i| Some((i.uid, i.gid)))
+        .ok_or_else(|| AgentError {
+            code: ErrorCode::NotFound,
+            message: format!("no such user in /etc/passwd: {spec}"),
+            path: None,
+        })
+}
+
+/// Creates one directory, owned by `owner` when given.
+fn create_dir(p: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), AgentError> {
+    let mut b = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, mode);
+    b.create(p).map_err(|e| err_at(&e, p))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| err_at(&e, p))?;
+    }
+    Ok(())
+}
+
+/// `mkdir -p`, the directories it creates owned by `owner` when given.
+fn create_dirs(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), AgentError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    for d in missing.into_iter().rev() {
+        match create_dir(d, 0o755, owner) {
+            // Made meanwhile by someone else: fine, as with `mkdir -p`.
+            Err(e) if e.code == ErrorCode::AlreadyExists && d.is_dir() => {}
+            r => r?,
+        }
+    }
+    if !dir.is_dir() {
+        return Err(err_at(&io::Error::from_raw_os_error(libc::ENOTDIR), dir));
+    }
+    Ok(())
 }
 
 /// `Remove`.
@@ -245,6 +309,8 @@ struct PendingFile {
     target: PathBuf,
     file: Option<std::fs::File>,
     committed: bool,
+    /// Who the file belongs to, when the request named a user.
+    owner: Option<(u32, u32)>,
 }
 
 impl Drop for PendingFile {
@@ -256,7 +322,11 @@ impl Drop for PendingFile {
 }
 
 impl PendingFile {
-    fn create(target: PathBuf, parents: bool) -> Result<Self, AgentError> {
+    fn create(
+        target: PathBuf,
+        parents: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Self, AgentError> {
         let dir = target
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -267,7 +337,7 @@ impl PendingFile {
             })?
             .to_path_buf();
         if parents {
-            std::fs::create_dir_all(&dir).map_err(|e| err_at(&e, &dir))?;
+            create_dirs(&dir, owner)?;
         }
         if target.is_dir() {
             return Err(err_at(&io::Error::from_raw_os_error(libc::EISDIR), &target));
@@ -296,6 +366,7 @@ impl PendingFile {
             target,
             file: Some(file),
             committed: false,
+            owner,
         })
     }
 
@@ -304,12 +375,17 @@ impl PendingFile {
         let fail = |e: &io::Error, p: &Path| err_at(e, p);
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| fail(&e, &self.target))?;
-        // Keep the owner of the file we replace, or take the directory's: a file copied into a
-        // user's home belongs to that user.
-        let owner = std::fs::metadata(&self.target)
-            .or_else(|_| std::fs::metadata(self.target.parent().unwrap_or(Path::new("/"))));
-        if let Ok(m) = owner {
-            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+        // The user asked for; else keep the owner of the file we replace, or take the
+        // directory's: a file copied into a user's home belongs to that user.
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| fail(&e, &self.target))?;
+        } else {
+            let owner = std::fs::metadata(&self.target)
+                .or_else(|_| std::fs::metadata(self.target.parent().unwrap_or(Path::new("/"))));
+            if let Ok(m) = owner {
+                let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+            }
         }
         file.sync_all().map_err(|e| fail(&e, &self.target))?;
         drop(file);
@@ -336,6 +412,7 @@ pub async fn write_file(
     path: String,
     mode: Option<u32>,
     parents: bool,
+    user: Option<String>,
     ob: &Outbox,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
 ) -> Result<Reply, AgentError> {
@@ -343,9 +420,11 @@ pub async fn write_file(
     let mode = mode.unwrap_or(0o644) & 0o7777;
     let mut pending = {
         let t = target.clone();
-        tokio::task::spawn_blocking(move || PendingFile::create(t, parents))
-            .await
-            .map_err(|e| internal(&e))??
+        tokio::task::spawn_blocking(move || {
+            PendingFile::create(t, parents, owner_of(user.as_deref())?)
+        })
+        .await
+        .map_err(|e| internal(&e))??
     };
     // Writes happen on a blocking thread; chunks reach it through a small queue, and credit goes
     // back to the host only once a chunk is on disk.

@@ -479,14 +479,16 @@ async fn run_request(
             path,
             mode,
             parents,
-        } => files::write_file(path, mode, parents, ob, inbox).await,
+            user,
+        } => files::write_file(path, mode, parents, user, ob, inbox).await,
         Request::Stat { path } => files::blocking(move || files::stat(&path)).await,
         Request::List { path } => files::blocking(move || files::list(&path)).await,
         Request::Mkdir {
             path,
             parents,
             mode,
-        } => files::blocking(move || files::mkdir(&path, parents, mode)).await,
+            user,
+        } => files::blocking(move || files::mkdir(&path, parents, mode, user.as_deref())).await,
         Request::Remove { path, recursive } => {
             files::blocking(move || files::remove(&path, recursive)).await
         }

@@ -109,6 +109,43 @@ pub fn resolve(root: &Path, spec: &str) -> Option<Identity> {
     })
 }
 
+/// User and group names by id, from `/etc/passwd` and `/etc/group` under `root`.
+#[derive(Debug, Default)]
+pub struct Names {
+    users: std::collections::HashMap<u32, String>,
+    groups: std::collections::HashMap<u32, String>,
+}
+
+impl Names {
+    /// Reads both files (missing ones name nobody).
+    pub fn load(root: &Path) -> Self {
+        let mut n = Self::default();
+        for e in passwd(root) {
+            n.users.entry(e.uid).or_insert(e.name);
+        }
+        let text = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 3
+                && let Ok(gid) = f[2].parse()
+            {
+                n.groups.entry(gid).or_insert_with(|| f[0].to_string());
+            }
+        }
+        n
+    }
+
+    /// The name of user `uid`.
+    pub fn user(&self, uid: u32) -> Option<String> {
+        self.users.get(&uid).cloned()
+    }
+
+    /// The name of group `gid`.
+    pub fn group(&self, gid: u32) -> Option<String> {
+        self.groups.get(&gid).cloned()
+    }
+}
+
 fn group_gid(root: &Path, name: &str) -> Option<u32> {
     let text = std::fs::read_to_string(root.join("etc/group")).ok()?;
     text.lines().find_map(|l| {

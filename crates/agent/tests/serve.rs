@@ -108,6 +108,7 @@ async fn file_requests_against_a_directory() {
                 path: p("zz/f"),
                 mode: None,
                 parents: false,
+                user: None,
             },
             "a write",
         )

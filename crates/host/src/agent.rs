@@ -480,11 +480,24 @@ impl AgentClient {
         mode: Option<u32>,
         from: &mut R,
     ) -> Result<u64, ClientError> {
+        self.write_file_as(path, mode, None, from).await
+    }
+
+    /// [`AgentClient::write_file`], the file and the directories made for it belonging to
+    /// `user` when given.
+    pub async fn write_file_as<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        user: Option<&str>,
+        from: &mut R,
+    ) -> Result<u64, ClientError> {
         let mut s = self
             .open(&Request::WriteFile {
                 path: path.into(),
                 mode,
                 parents: true,
+                user: user.map(str::to_string),
             })
             .await?;
         let sender = s.sender();
@@ -630,11 +643,22 @@ impl AgentClient {
 
     /// Creates a directory (`parents`: like `mkdir -p`).
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), ClientError> {
+        self.mkdir_as(path, parents, None).await
+    }
+
+    /// [`AgentClient::mkdir`], what it creates belonging to `user` when given.
+    pub async fn mkdir_as(
+        &self,
+        path: &str,
+        parents: bool,
+        user: Option<&str>,
+    ) -> Result<(), ClientError> {
         self.call(
             &Request::Mkdir {
                 path: path.into(),
                 parents,
                 mode: None,
+                user: user.map(str::to_string),
             },
             "a mkdir",
         )
@@ -874,6 +898,8 @@ mod tests {
             gid: 0,
             mtime: 0,
             link_target: None,
+            owner: None,
+            group: None,
         };
         frame::encode(
             &cove_protocol::msg_frame(f.session, &Reply::Stat(st.clone())),

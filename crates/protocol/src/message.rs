@@ -64,6 +64,11 @@ pub enum Request {
         /// Creates missing parent directories.
         #[serde(default)]
         parents: bool,
+        /// The file, and the directories `parents` creates, belong to this user (`name`,
+        /// `uid` or `uid:gid`); else a replaced file keeps its owner and a new one takes its
+        /// directory's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Metadata of a path (not following a final symlink).
     Stat {
@@ -84,6 +89,9 @@ pub enum Request {
         parents: bool,
         /// Permission bits; 0755 when absent.
         mode: Option<u32>,
+        /// The directories it creates belong to this user (`name`, `uid` or `uid:gid`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Removes a file, a symlink or a directory.
     Remove {
@@ -386,6 +394,12 @@ pub struct FileStat {
     pub mtime: i64,
     /// Target, for a symlink.
     pub link_target: Option<String>,
+    /// The owner's name, when `/etc/passwd` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The group's name, when `/etc/group` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// One entry of `List`.
@@ -400,6 +414,24 @@ pub struct DirEntry {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
+    /// Owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group.
+    #[serde(default)]
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    #[serde(default)]
+    pub mtime: i64,
+    /// Target, for a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    /// The owner's name, when `/etc/passwd` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The group's name, when `/etc/group` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Kind of a filesystem object.

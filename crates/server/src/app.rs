@@ -47,6 +47,8 @@ pub struct Inner {
     pub traffic: crate::traffic::Traffic,
     /// The scheme and port of the TCP listener signed URLs name; none on a Unix socket only.
     pub public: Option<(String, u16)>,
+    /// What running sandboxes used over the last hour.
+    pub usage: crate::usage::History,
 }
 
 /// The shared state.
@@ -70,6 +72,7 @@ pub fn state(
         rate,
         metrics_on_api,
         buckets: Mutex::new(HashMap::new()),
+        usage: crate::usage::History::default(),
         pulls: crate::routes::pulls::Pulls::default(),
     })
 }

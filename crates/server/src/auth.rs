@@ -93,7 +93,16 @@ fn principal(parts: &mut Parts, app: &App) -> Result<Principal, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|s| !s.is_empty());
+        .filter(|s| !s.is_empty())
+        // E2B's SDKs send the key as `X-API-KEY`.
+        .or_else(|| {
+            parts
+                .headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        });
     let Some(secret) = bearer else {
         let peer = parts
             .extensions

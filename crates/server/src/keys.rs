@@ -1,6 +1,7 @@
 //! API keys and tenants, in `COVE_HOME/coved.db` (SQLite).
 //!
-//! A key is 256 random bits, shown once (`cove_` + 64 hex digits) and stored only as its
+//! A key is 256 random bits, shown once (`cove_` + 64 hex digits, or `e2b_` + 64 hex digits
+//! for the E2B SDKs, which check that form; either works everywhere) and stored only as its
 //! sha256: a database leak gives no usable key, and with that much entropy a slow hash adds
 //! nothing. A key belongs to one tenant and has scopes: `read`, `exec` (implies read, and
 //! creating, changing and removing the tenant's sandboxes), `admin` (implies exec). An
@@ -272,7 +273,19 @@ impl Keys {
 
     /// A new key for `tenant` (none: an operator's key, and only that); returns its info and
     /// the secret (shown once).
+    #[cfg(test)]
     pub fn create(&self, tenant: Option<&str>, scope: Scope) -> anyhow::Result<(KeyInfo, String)> {
+        self.create_as(tenant, scope, "cove_")
+    }
+
+    /// A new key for `tenant` whose secret starts with `prefix` (`cove_`, or `e2b_` for the
+    /// E2B SDKs); returns its info and the secret (shown once).
+    pub fn create_as(
+        &self,
+        tenant: Option<&str>,
+        scope: Scope,
+        prefix: &str,
+    ) -> anyhow::Result<(KeyInfo, String)> {
         match tenant {
             Some(t) => {
                 anyhow::ensure!(
@@ -291,7 +304,7 @@ impl Keys {
             ),
         }
         let id = random_hex(6)?;
-        let secret = format!("cove_{}", random_hex(32)?);
+        let secret = format!("{prefix}{}", random_hex(32)?);
         let created_at = now_ms();
         let conn = self.conn();
         retry_locked(|| {
@@ -421,6 +434,10 @@ mod tests {
         assert_eq!((p.tenant.as_deref(), p.scope), (Some("acme"), Scope::Exec));
         assert!(p.allows(Scope::Read) && p.allows(Scope::Exec) && !p.allows(Scope::Admin));
         assert!(keys.authenticate("cove_wrong").unwrap().is_none());
+        let (_, e2b) = keys.create_as(Some("acme"), Scope::Exec, "e2b_").unwrap();
+        assert!(e2b.starts_with("e2b_") && e2b[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        let p = keys.authenticate(&e2b).unwrap().unwrap();
+        assert_eq!(p.tenant.as_deref(), Some("acme"));
         // The database, its WAL and shared memory: the secret is in none of them.
         for f in std::fs::read_dir(d.path()).unwrap().flatten() {
             let raw = std::fs::read(f.path()).unwrap();

@@ -3,7 +3,7 @@
 //! ```text
 //! coved [--listen ADDR] [--database URL] [--metrics-listen ADDR] [--tls-cert PEM --tls-key PEM]
 //!                                                   serve (ADDR: host:port or unix:/path)
-//! coved keys create --tenant NAME [--scope S]       prints a new key on stdout
+//! coved keys create --tenant NAME [--scope S] [--e2b] prints a new key on stdout
 //! coved keys ls | coved keys revoke ID
 //! coved quota set TENANT --sandboxes N --vcpus N --memory-mib N
 //! ```
@@ -11,11 +11,13 @@
 mod app;
 mod auth;
 mod conn;
+mod e2b;
 mod error;
 mod keys;
 mod metrics;
 mod routes;
 mod traffic;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -88,6 +90,9 @@ enum KeysCommand {
         /// or `operator` (no tenant: every tenant's, and images, templates, the scrub).
         #[arg(long, default_value = "exec")]
         scope: String,
+        /// In the form the E2B SDKs check (`e2b_` + hex); it works on `/v1` as well.
+        #[arg(long)]
+        e2b: bool,
     },
     /// List keys (never their secrets).
     Ls {
@@ -180,11 +185,12 @@ fn main() -> anyhow::Result<()> {
 
 fn keys_command(keys: &keys::Keys, c: KeysCommand) -> anyhow::Result<()> {
     match c {
-        KeysCommand::Create { tenant, scope } => {
+        KeysCommand::Create { tenant, scope, e2b } => {
             let scope = keys::Scope::parse(&scope).with_context(|| {
                 format!("unknown scope {scope:?}: read, exec, admin or operator")
             })?;
-            let (info, secret) = keys.create(tenant.as_deref(), scope)?;
+            let prefix = if e2b { "e2b_" } else { "cove_" };
+            let (info, secret) = keys.create_as(tenant.as_deref(), scope, prefix)?;
             match &info.tenant {
                 Some(t) => eprintln!("key {} for tenant {t} ({:?})", info.id, info.scope),
                 None => eprintln!("key {} of the host's operator", info.id),
@@ -441,6 +447,7 @@ async fn serve(cli: Cli, home: PathBuf, keys: keys::Keys) -> anyhow::Result<()> 
     );
     let api_task = tokio::spawn(api.serve(router, tls));
     tokio::spawn(app::watch_sandboxes(app.clone()));
+    tokio::spawn(usage::History::run(app.clone()));
     if cli.scrub_hours > 0 {
         tokio::spawn(app::scrub_every(
             app.clone(),

@@ -123,6 +123,17 @@ impl Traffic {
         self.mac(&["token", id])
     }
 
+    /// Sandbox `id`'s access token for the E2B-compatible in-sandbox API (commands, files): a
+    /// key of its own, so a traffic token (given to whoever may see a port) never runs code.
+    pub fn envd_token(&self, id: &str) -> String {
+        self.mac(&["envd", id])
+    }
+
+    /// Whether `token` is sandbox `id`'s envd access token (compared in constant time).
+    pub fn check_envd(&self, id: &str, token: &str) -> bool {
+        same(token.trim(), &self.envd_token(id))
+    }
+
     /// The signature of a URL to `port` of sandbox `id` valid until `expires` (seconds since
     /// the epoch).
     pub fn sign(&self, id: &str, port: u16, expires: u64) -> String {

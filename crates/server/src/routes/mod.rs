@@ -207,6 +207,8 @@ pub fn router(app: App) -> axum::Router {
         "/v1/sandboxes/{id}/ports/{port}/{*rest}",
         axum::routing::any(ports::by_path),
     )
+    // E2B's control plane beside /v1 (docs/e2b.md).
+    .merge(crate::e2b::control_routes())
     .fallback(no_route)
     .method_not_allowed_fallback(|| async {
         ApiError::new(
@@ -220,10 +222,15 @@ pub fn router(app: App) -> axum::Router {
         app.clone(),
         crate::auth::identify,
     ))
-    // Before any key is looked at: `PORT-ID.DOMAIN` is the sandbox's, not the API's.
+    // Before any key is looked at: `PORT-ID.DOMAIN` is the sandbox's, not the API's; nor is
+    // a request naming a sandbox in `E2b-Sandbox-Id` (E2B's envd, with its access token).
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
         ports::by_host,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::e2b::by_header,
     ))
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),

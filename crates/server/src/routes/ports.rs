@@ -57,6 +57,8 @@ pub(crate) async fn by_host(
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
     match host.and_then(|h| parse_host(&h, &app.traffic.domain)) {
+        // E2B's envd address of a sandbox is coved's, not a port of the guest.
+        Some((crate::e2b::ENVD_PORT, id)) => crate::e2b::envd(app, id, req).await,
         Some((port, id)) => serve(app, &id, port, Form::Host, req)
             .await
             .unwrap_or_else(IntoResponse::into_response),

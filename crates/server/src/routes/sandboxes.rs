@@ -44,6 +44,16 @@ pub(crate) async fn create(
     auth: Auth,
     Json(req): Json<api::CreateSandbox>,
 ) -> Result<(StatusCode, Json<api::Sandbox>), ApiError> {
+    let rec = create_sandbox(&app, &auth, req).await?;
+    Ok((StatusCode::CREATED, Json(sandbox(&auth.0, rec))))
+}
+
+/// Creates a sandbox for `auth`'s tenant (every surface's create).
+pub(crate) async fn create_sandbox(
+    app: &App,
+    auth: &Auth,
+    req: api::CreateSandbox,
+) -> Result<cove_host::SandboxRecord, ApiError> {
     auth.need(Scope::Exec)?;
     check_env(&req.env)?;
     let defaults = CreateSpec::default();
@@ -72,11 +82,10 @@ pub(crate) async fn create(
     };
     // Settings first: a malformed request is a 400 whatever the quota says.
     cove_host::validate(&spec)?;
-    let rec = run_op(&app, &auth, "create", |app| async move {
+    run_op(app, auth, "create", |app| async move {
         app.host.create(&spec).await
     })
-    .await?;
-    Ok((StatusCode::CREATED, Json(sandbox(&auth.0, rec))))
+    .await
 }
 
 /// `GET /v1/sandboxes` filters.
@@ -114,32 +123,54 @@ pub(crate) async fn list(
             .ok_or_else(|| ApiError::bad_request(format!("label filter {kv:?}: give k=v")))?;
         want.push((k.to_string(), v.to_string()));
     }
-    let mine = app.host.list()?.into_iter().filter(|r| {
-        auth.0.sees(r.owner.as_deref())
-            && q.state.is_none_or(|s| s == r.state)
-            && want.iter().all(|(k, v)| r.labels.get(k) == Some(v))
-    });
-    // Oldest first; the cursor is the last id of the previous page.
-    let mut after = q.cursor.is_none();
+    let (page, next_cursor) = page(
+        &app,
+        &auth,
+        |r| {
+            q.state.is_none_or(|s| s == r.state)
+                && want.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+        },
+        limit,
+        q.cursor.as_deref(),
+    )?;
+    let items = page.into_iter().map(|r| sandbox(&auth.0, r)).collect();
+    Ok(Json(api::SandboxList { items, next_cursor }))
+}
+
+/// One page of the sandboxes `auth` sees that pass `keep`, oldest first, and the cursor of the
+/// next page (the last id of this one) when there is one (every surface's list).
+pub(crate) fn page(
+    app: &App,
+    auth: &Auth,
+    keep: impl Fn(&cove_host::SandboxRecord) -> bool,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<cove_host::SandboxRecord>, Option<String>), ApiError> {
+    let mine = app
+        .host
+        .list()?
+        .into_iter()
+        .filter(|r| auth.0.sees(r.owner.as_deref()) && keep(r));
+    let mut after = cursor.is_none();
     let mut items = Vec::new();
     let mut more = false;
     for r in mine {
         if !after {
-            after = q.cursor.as_deref() == Some(r.id.as_str());
+            after = cursor == Some(r.id.as_str());
             continue;
         }
         if items.len() == limit {
             more = true;
             break;
         }
-        items.push(sandbox(&auth.0, r));
+        items.push(r);
     }
-    let next_cursor = if more {
-        items.last().map(|s| s.id.clone())
+    let next = if more {
+        items.last().map(|r| r.id.clone())
     } else {
         None
     };
-    Ok(Json(api::SandboxList { items, next_cursor }))
+    Ok((items, next))
 }
 
 /// One sandbox.
@@ -332,7 +363,22 @@ pub(crate) async fn fork(
 ) -> Result<(StatusCode, Json<api::List<api::Sandbox>>), ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
-    let count = req.count.unwrap_or(1);
+    let clones = fork_sandboxes(&app, &auth, r, req.count.unwrap_or(1)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::List {
+            items: clones.into_iter().map(|r| sandbox(&auth.0, r)).collect(),
+        }),
+    ))
+}
+
+/// Forks `r` into `count` new sandboxes of `auth`'s tenant (every surface's fork).
+pub(crate) async fn fork_sandboxes(
+    app: &App,
+    auth: &Auth,
+    r: cove_host::SandboxRecord,
+    count: u32,
+) -> Result<Vec<cove_host::SandboxRecord>, ApiError> {
     if !(1..=64).contains(&count) {
         return Err(ApiError::bad_request(format!(
             "invalid count: {count} (allowed: 1 to 64)"
@@ -342,14 +388,8 @@ pub(crate) async fn fork(
     // admitted as it is recorded.
     app.fits(&auth.0, count, r.cpus, r.memory_mib)?;
     let limits = app.limits(&auth.0)?;
-    let clones = run_op(&app, &auth, "fork", |app| async move {
+    run_op(app, auth, "fork", |app| async move {
         app.host.fork(&r.id, count, limits).await
     })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(api::List {
-            items: clones.into_iter().map(|r| sandbox(&auth.0, r)).collect(),
-        }),
-    ))
+    .await
 }

@@ -1,0 +1,313 @@
+//! envd, E2B's in-sandbox API, served by coved for every sandbox: the request names the sandbox
+//! (`E2b-Sandbox-Id`, or host `49983-ID.DOMAIN`) and carries its access token
+//! (`X-Access-Token`); the token is checked before anything is looked up. Then `GET /health`,
+//! `GET`/`POST /files`, and the Connect services `process.Process` and `filesystem.Filesystem`,
+//! each carried to the guest's agent like `/v1`'s exec and files.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use cove_host::SandboxRecord;
+use futures::TryStreamExt as _;
+use tokio::io::AsyncReadExt as _;
+
+use super::connect::{Code, RpcError};
+use crate::app::App;
+use crate::error::ApiError;
+
+/// The header carrying the sandbox's access token.
+const TOKEN_HEADER: &str = "x-access-token";
+/// The largest RPC request body read (files go over `/files`).
+const RPC_BODY_LIMIT: usize = 8 << 20;
+
+/// One envd request of sandbox `id`.
+pub(crate) async fn serve(app: App, id: String, req: Request) -> Response {
+    let token = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if !token.is_some_and(|t| app.traffic.check_envd(&id, t)) {
+        let body = serde_json::json!({
+            "code": 401,
+            "message": "a wrong or missing access token (X-Access-Token) for this sandbox",
+        });
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    // Only the whole id (a token is a whole id's); only a running sandbox answers.
+    let rec = match app.host.get(&id) {
+        Ok(r) if r.id == id && r.state == cove_api::SandboxState::Running => r,
+        _ => return super::not_running(&id),
+    };
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let who = cove_host::Actor::Traffic;
+    cove_host::ACTOR
+        .scope(who, async move {
+            match (method, path.as_str()) {
+                (Method::GET, "/health") => StatusCode::NO_CONTENT.into_response(),
+                (Method::GET, "/files") => files_get(&app, &rec, req).await,
+                (Method::POST, "/files") => files_post(&app, &rec, req).await,
+                (Method::POST, p) if p.starts_with("/process.Process/") => {
+                    let m = p["/process.Process/".len()..].to_string();
+                    rpc(req, |h, b| super::process::call(app, rec, m, h, b)).await
+                }
+                (Method::POST, p) if p.starts_with("/filesystem.Filesystem/") => {
+                    let m = p["/filesystem.Filesystem/".len()..].to_string();
+                    rpc(req, |h, b| super::filesystem::call(app, rec, m, h, b)).await
+                }
+                _ => RpcError::new(Code::NotFound, format!("no such envd route: {path}"))
+                    .into_response(),
+            }
+        })
+        .await
+}
+
+/// Reads an RPC's body and runs it.
+async fn rpc<F, Fut>(req: Request, f: F) -> Response
+where
+    F: FnOnce(HeaderMap, Vec<u8>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, RPC_BODY_LIMIT).await {
+        Ok(b) => f(parts.headers, b.to_vec()).await,
+        Err(e) => RpcError::new(
+            Code::ResourceExhausted,
+            format!("the request body could not be read (at most {RPC_BODY_LIMIT} bytes): {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// The user a request runs as: `Authorization: Basic base64(USER:)` (RPCs) or `username=`
+/// (`/files`); none: the image's default user.
+pub(crate) fn user(headers: &HeaderMap) -> Result<Option<String>, RpcError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        RpcError::new(
+            Code::Unauthenticated,
+            "Authorization: give Basic base64(USER:)",
+        )
+    };
+    let b64 = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.strip_prefix("Basic "))
+        .ok_or_else(bad)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let name = text.split(':').next().unwrap_or("");
+    Ok((!name.is_empty()).then(|| name.to_string()))
+}
+
+/// The user a request runs as, by name, with the image's default when it names none.
+pub(crate) fn effective_user(app: &App, rec: &SandboxRecord, user: Option<String>) -> String {
+    user.or_else(|| app.host.image_of(rec).ok().and_then(|i| i.config.user))
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "root".into())
+}
+
+/// A path as envd reads it: absolute, or relative to the user's home.
+pub(crate) fn resolve(path: &str, user: &str) -> Result<String, RpcError> {
+    if path.contains('\0') {
+        return Err(RpcError::new(Code::InvalidArgument, "a path has no NUL"));
+    }
+    let home = if user == "root" || user == "0" {
+        "/root".to_string()
+    } else {
+        format!("/home/{user}")
+    };
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        format!("{home}/{rest}")
+    } else if path.is_empty() || path == "~" {
+        home
+    } else {
+        format!("{home}/{path}")
+    };
+    Ok(joined)
+}
+
+/// `/files`' query.
+#[derive(Debug, Default, serde::Deserialize)]
+struct FilesQuery {
+    path: Option<String>,
+    username: Option<String>,
+}
+
+fn files_query(req: &Request) -> Result<FilesQuery, ApiError> {
+    let q = req.uri().query().unwrap_or("");
+    serde_urlencoded_lite(q)
+}
+
+/// A small form decoder for `path` and `username` (unknown keys, such as a signature, are
+/// left alone).
+fn serde_urlencoded_lite(q: &str) -> Result<FilesQuery, ApiError> {
+    let mut out = FilesQuery::default();
+    for kv in q.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = percent_decode(&v.replace('+', " "))?;
+        match k {
+            "path" => out.path = Some(v),
+            "username" | "user" => out.username = Some(v).filter(|u| !u.is_empty()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let v = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::bad_request("a bad percent escape in the query"))?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("the query is not UTF-8"))
+}
+
+/// envd's error body for `/files`: `{"code": status, "message"}`.
+fn files_error(e: ApiError) -> Response {
+    let status = e.status;
+    let body =
+        serde_json::json!({"code": status.as_u16(), "message": crate::error::redact(&e.message)});
+    (status, axum::Json(body)).into_response()
+}
+
+/// A missing path is the route's resource: 404 (the SDKs' `FileNotFoundException`).
+fn file_error(e: cove_host::ClientError) -> ApiError {
+    match &e {
+        cove_host::ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::NotFound => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", a.to_string())
+        }
+        _ => e.into(),
+    }
+}
+
+/// `GET /files?path=`: the file, streamed.
+async fn files_get(app: &App, rec: &SandboxRecord, req: Request) -> Response {
+    let run = async move {
+        let q = files_query(&req)?;
+        let user = effective_user(app, rec, q.username);
+        let path = q
+            .path
+            .ok_or_else(|| ApiError::bad_request("path: give the file's path"))?;
+        let path = resolve(&path, &user).map_err(|e| ApiError::bad_request(e.message))?;
+        let client = app.host.connect(&rec.id).await?;
+        // Its existence first, so a missing file is a 404, not a broken stream.
+        let st = client.stat(&path).await.map_err(file_error)?;
+        if st.kind == cove_protocol::FileKind::Dir {
+            return Err(ApiError::bad_request(format!("{path} is a directory")));
+        }
+        let (w, r) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(async move {
+            let mut w = w;
+            if let Err(e) = client.read_file(&path, &mut w).await {
+                tracing::info!("an envd download ended early: {e}");
+            }
+        });
+        let body = Body::from_stream(tokio_util::io::ReaderStream::new(r));
+        Ok::<_, ApiError>(
+            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        )
+    };
+    run.await.unwrap_or_else(files_error)
+}
+
+/// `POST /files`: a multipart body (a part named `file` per file, its file name the path, or
+/// `?path=` for one) or an octet-stream body for `?path=` (gzip when `Content-Encoding` says
+/// so). Answers the files written: `[{"name", "type": "file", "path"}]`.
+async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
+    let run = async move {
+        let q = files_query(&req)?;
+        let user = effective_user(app, rec, q.username.clone());
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let gzip = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let client = app.host.connect(&rec.id).await?;
+        let mut written = Vec::new();
+        if ct.starts_with("multipart/form-data") {
+            let boundary = multer::parse_boundary(&ct)
+                .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+            let mut mp = multer::Multipart::new(req.into_body().into_data_stream(), boundary);
+            let mut one = q.path.clone();
+            while let Some(field) = mp
+                .next_field()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?
+            {
+                let name = one
+                    .take()
+                    .or_else(|| field.file_name().map(str::to_string))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("a file part needs a file name (its path) or ?path=")
+                    })?;
+                let path = resolve(&name, &user).map_err(|e| ApiError::bad_request(e.message))?;
+                let stream = field.map_err(std::io::Error::other);
+                let mut reader = tokio_util::io::StreamReader::new(stream);
+                client
+                    .write_file_as(&path, None, Some(&user), &mut reader)
+                    .await
+                    .map_err(file_error)?;
+                written.push(entry(&path));
+            }
+        } else {
+            let path = q
+                .path
+                .ok_or_else(|| ApiError::bad_request("path: give the file's path"))?;
+            let path = resolve(&path, &user).map_err(|e| ApiError::bad_request(e.message))?;
+            let stream = req
+                .into_body()
+                .into_data_stream()
+                .map_err(std::io::Error::other);
+            let reader = tokio_util::io::StreamReader::new(stream);
+            let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if gzip {
+                Box::new(async_compression::tokio::bufread::GzipDecoder::new(reader))
+            } else {
+                Box::new(reader)
+            };
+            client
+                .write_file_as(&path, None, Some(&user), &mut reader)
+                .await
+                .map_err(file_error)?;
+            // A gzip stream with trailing garbage is refused by the decoder above; nothing
+            // more to read.
+            let _ = reader.read(&mut [0u8; 1]).await;
+            written.push(entry(&path));
+        }
+        Ok::<_, ApiError>(axum::Json(written).into_response())
+    };
+    run.await.unwrap_or_else(files_error)
+}
+
+/// A written file as `/files` reports it.
+fn entry(path: &str) -> serde_json::Value {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    serde_json::json!({"name": name, "type": "file", "path": path})
+}
