@@ -4,7 +4,7 @@
 #   sandboxes' network rules, iproute2)
 #   the guest kernel (cached; see guest/kernel/build.sh)
 #   cove-agent (static) and the initramfs
-#   the default images busybox and python (cached OCI layouts, see guest/images/build.sh,
+#   the default images busybox, python and base (cached OCI layouts, see guest/images/build.sh,
 #   imported with `cove image import`; COVE_BIN names the cove binary, else a release build)
 # Usage: guest/setup.sh [COVE_HOME]   (default: $COVE_HOME, else /var/lib/cove)
 set -euo pipefail
@@ -53,7 +53,7 @@ if [[ -z "$cove" ]]; then
 fi
 # Homes from before content-addressed images kept disks under images/NAME/.
 rm -rf "$home/images/busybox" "$home/images/python"
-for img in busybox python; do
+for img in busybox python base; do
 	s=$(t)
 	layout="$("$repo/guest/images/build.sh" "$img")"
 	"$cove" --home "$home" image import --quiet --name "$img" "$layout" >/dev/null

@@ -2,6 +2,9 @@
 # Builds Cove's default images as OCI image layouts, offline from Debian packages:
 #   busybox  Debian's busybox-static and its applet links
 #   python   debootstrap minbase (bookworm) with python3
+#   base     E2B's base image's kind: minbase with bash, python3, git, sudo, tput (ncurses-bin),
+#            setfattr (attr), ca-certificates; a user `user` (uid 1000, home and working
+#            directory /home/user, passwordless sudo) that commands run as by default
 # Usage: build.sh NAME  → prints the OCI layout directory (one gzip layer), which
 # `cove image import` installs through the same pipeline as any other image.
 # Results are cached under $COVE_CACHE/images/<name>-<key>; a cached layout is used only if its
@@ -24,10 +27,14 @@ ensure() {
 }
 
 ensure e2fsprogs gzip
+base_packages="python3,git,sudo,ncurses-bin,attr,ca-certificates,procps"
+user=root
+workdir=/
 case "$name" in
 busybox) ensure busybox-static; inputs="busybox-static $(dpkg-query -W -f='${Version}' busybox-static)" ;;
 python) ensure debootstrap; inputs="bookworm minbase python3" ;;
-*) log "unknown default image (busybox, python)"; exit 2 ;;
+base) ensure debootstrap; inputs="bookworm minbase $base_packages" ;;
+*) log "unknown default image (busybox, python, base)"; exit 2 ;;
 esac
 key="$( { echo "$inputs"; cat "$0"; } | sha256sum | cut -c1-16)"
 out="$cache/images/$name-$key"
@@ -64,16 +71,27 @@ G
 	echo "cove" >"$root/etc/hostname"
 	cmd='["sh"]'
 	;;
-python)
+python | base)
 	mirror="${COVE_DEBIAN_MIRROR:-$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}')}"
 	[[ -n "$mirror" ]] || mirror="$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)"
-	log "debootstrap bookworm from the configured Debian mirror"
-	debootstrap --variant=minbase --include=python3 bookworm "$root" "$mirror" >&2
+	include=python3
+	[[ "$name" == base ]] && include="$base_packages"
+	log "debootstrap bookworm ($include) from the configured Debian mirror"
+	debootstrap --variant=minbase --include="$include" bookworm "$root" "$mirror" >&2
 	# Trim what a sandbox never needs: package caches, docs, locales.
 	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
 		"$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
 	echo "cove" >"$root/etc/hostname"
 	cmd='["python3"]'
+	if [[ "$name" == base ]]; then
+		# The default user, as in E2B's base image: uid 1000, passwordless sudo.
+		chroot "$root" useradd --create-home --uid 1000 --shell /bin/bash user
+		echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' >"$root/etc/sudoers.d/user"
+		chmod 0440 "$root/etc/sudoers.d/user"
+		user=user
+		workdir=/home/user
+		cmd='["/bin/bash"]'
+	fi
 	;;
 esac
 
@@ -93,7 +111,7 @@ layer_size=$(stat -c %s "$stage/layer.tar.gz")
 layer="$(blob "$stage/layer.tar.gz")"
 rm -rf "$root"
 cat >"$stage/config.json" <<J
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/","User":"root","Cmd":$cmd},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]}}
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"$workdir","User":"$user","Cmd":$cmd},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]}}
 J
 config_size=$(stat -c %s "$stage/config.json")
 config="$(blob "$stage/config.json")"
