@@ -32,6 +32,7 @@ lint:
 
 test:
 	scripts/test-deps.sh
+	scripts/e2b-sdks.sh
 	$(CARGO) build --workspace --bins --tests
 	COVE_BIN=target/debug/cove guest/setup.sh "$(TEST_HOME)"
 	COVE_HOME="$(TEST_HOME)" target/debug/cove daemon stop >/dev/null

@@ -25,7 +25,7 @@ pub fn home() -> PathBuf {
         );
     }
     let host = cove_host::Host::open(&home).expect("opening the test home");
-    for image in ["busybox", "python"] {
+    for image in ["busybox", "python", "base"] {
         if let Err(e) = host.image(image) {
             panic!(
                 "{e}: run `make test` (or guest/setup.sh {}) first; end-to-end tests never skip",

@@ -23,7 +23,7 @@ fn err_at(e: &io::Error, path: &Path) -> AgentError {
     }
 }
 
-fn absolute(path: &str) -> Result<PathBuf, AgentError> {
+pub(crate) fn absolute(path: &str) -> Result<PathBuf, AgentError> {
     if !path.starts_with('/') || path.contains('\0') {
         return Err(AgentError {
             code: ErrorCode::InvalidRequest,

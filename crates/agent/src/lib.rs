@@ -14,3 +14,4 @@ pub mod procs;
 pub mod relay;
 pub mod server;
 pub mod user;
+pub mod watch;

@@ -499,6 +499,7 @@ async fn run_request(
             Ok(p) => process::follow(p, ob, inbox, true, false).await,
             Err(e) => Err(e),
         },
+        Request::Watch { path, recursive } => crate::watch::watch(path, recursive, ob, inbox).await,
         Request::ProcessTable => Ok(Reply::ProcessTable {
             processes: agent.table.list(),
         }),

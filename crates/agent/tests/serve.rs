@@ -483,3 +483,64 @@ async fn attached_terminals_resize() {
     assert!(out.contains("33 77"), "{out:?}");
     assert_eq!(st.code, Some(0));
 }
+
+/// Events of a watch until `want` has been seen.
+async fn until(
+    s: &mut cove_host::agent::Session,
+    seen: &mut Vec<cove_protocol::FsEvent>,
+    want: cove_protocol::FsEvent,
+) {
+    while !seen.contains(&want) {
+        match s.next().await {
+            Some(Event::Reply(Reply::FsEvent(e))) => seen.push(e),
+            other => panic!("{other:?} before {want:?}; saw {seen:?}"),
+        }
+    }
+}
+
+/// A recursive watch reports what changes under a directory, subdirectories made later
+/// included, without the agent's own temporary files; removing the directory ends it.
+#[tokio::test]
+async fn watches_report_changes_until_the_directory_goes() {
+    use cove_protocol::{FsEvent, FsEventKind};
+    let c = pair();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("w");
+    std::fs::create_dir(&root).unwrap();
+    let mut s = c.watch_dir(root.to_str().unwrap(), true).await.unwrap();
+    let mut seen: Vec<FsEvent> = Vec::new();
+    let ev = |name: &str, kind, dir| FsEvent {
+        name: name.into(),
+        kind,
+        dir,
+    };
+    c.write_file(root.join("a.txt").to_str().unwrap(), None, &mut &b"x"[..])
+        .await
+        .unwrap();
+    until(&mut s, &mut seen, ev("a.txt", FsEventKind::Create, false)).await;
+    std::fs::create_dir(root.join("sub")).unwrap();
+    until(&mut s, &mut seen, ev("sub", FsEventKind::Create, true)).await;
+    std::fs::write(root.join("sub/b"), "1").unwrap();
+    until(&mut s, &mut seen, ev("sub/b", FsEventKind::Create, false)).await;
+    until(&mut s, &mut seen, ev("sub/b", FsEventKind::Write, false)).await;
+    std::fs::rename(root.join("a.txt"), root.join("c.txt")).unwrap();
+    until(&mut s, &mut seen, ev("a.txt", FsEventKind::Rename, false)).await;
+    until(&mut s, &mut seen, ev("c.txt", FsEventKind::Create, false)).await;
+    assert!(
+        seen.iter().all(|e| !e.name.contains(".cove-")),
+        "the agent's temporary files are not reported: {seen:?}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+    loop {
+        match s.next().await {
+            Some(Event::Reply(Reply::FsEvent(_))) => {}
+            Some(Event::Reply(Reply::Ok)) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = c.watch_dir("/nonexistent-dir", false).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::NotFound),
+        "{e}"
+    );
+}

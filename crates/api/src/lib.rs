@@ -422,6 +422,12 @@ pub struct FileStat {
     /// Target, for a symlink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// The owner's name, when the guest's `/etc/passwd` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The group's name, when the guest's `/etc/group` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// One entry of a directory (`GET /v1/sandboxes/{id}/files/list`).
@@ -435,6 +441,55 @@ pub struct DirEntry {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
+    /// Owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group.
+    #[serde(default)]
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    #[serde(default)]
+    pub mtime: i64,
+    /// Target, for a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    /// The owner's name, when the guest's `/etc/passwd` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The group's name, when the guest's `/etc/group` has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A change under a watched directory (`GET /v1/sandboxes/{id}/files/watch`, one JSON object
+/// a line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FsEvent {
+    /// The path changed, relative to the watched directory (empty: the directory itself).
+    pub name: String,
+    /// What happened.
+    pub kind: FsEventKind,
+    /// It is a directory.
+    #[serde(default)]
+    pub dir: bool,
+}
+
+/// What happened to a watched path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FsEventKind {
+    /// Made, or moved in.
+    Create,
+    /// Its content changed.
+    Write,
+    /// Removed.
+    Remove,
+    /// Moved away (its new name arrives as a `create`).
+    Rename,
+    /// Its mode, owner or times changed.
+    Chmod,
+    /// Events were lost (the guest's queue overflowed): look again.
+    Overflow,
 }
 
 /// `POST /v1/sandboxes/{id}/files/mkdir`.

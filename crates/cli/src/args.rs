@@ -562,6 +562,20 @@ pub enum FsCommand {
         #[arg(short, long)]
         recursive: bool,
     },
+    /// Print changes under a directory as they happen (one JSON object a line with --json)
+    /// until interrupted or the directory goes.
+    Watch {
+        /// Sandbox.
+        id: String,
+        /// Absolute path of a directory.
+        path: String,
+        /// Its subdirectories too.
+        #[arg(short, long)]
+        recursive: bool,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rename a path.
     Mv {
         /// Sandbox.
@@ -581,7 +595,8 @@ impl FsCommand {
             | Self::Ls { id, .. }
             | Self::Mkdir { id, .. }
             | Self::Rm { id, .. }
-            | Self::Mv { id, .. } => id,
+            | Self::Mv { id, .. }
+            | Self::Watch { id, .. } => id,
         }
     }
 }

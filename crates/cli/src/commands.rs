@@ -681,6 +681,27 @@ async fn fs(c: &Client, command: FsCommand) -> anyhow::Result<u8> {
             path, recursive, ..
         } => c.remove_path(&id, &path, recursive).await?,
         FsCommand::Mv { from, to, .. } => c.rename(&id, &from, &to).await?,
+        FsCommand::Watch {
+            path,
+            recursive,
+            json,
+            ..
+        } => {
+            use std::io::Write as _;
+            c.watch(&id, &path, recursive, |ev| {
+                let line = if json {
+                    serde_json::to_string(&ev).expect("serializes")
+                } else {
+                    let kind = serde_json::to_value(ev.kind).expect("serializes");
+                    let slash = if ev.dir { "/" } else { "" };
+                    format!("{:<8} {}{slash}", kind.as_str().unwrap_or("?"), ev.name)
+                };
+                let mut out = std::io::stdout().lock();
+                // A closed stdout (`| head`) ends the watch.
+                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+            })
+            .await?;
+        }
     }
     Ok(0)
 }

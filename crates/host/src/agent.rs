@@ -561,6 +561,23 @@ impl AgentClient {
         }
     }
 
+    /// Watches a directory: the session's events are `fs_event` replies until it is dropped
+    /// (or the directory goes: a last `ok`).
+    pub async fn watch_dir(&self, path: &str, recursive: bool) -> Result<Session, ClientError> {
+        let mut s = self
+            .open(&Request::Watch {
+                path: path.into(),
+                recursive,
+            })
+            .await?;
+        match s.next_by(&Deadline::call("a watch")).await? {
+            Some(Event::Reply(Reply::Watching)) => Ok(s),
+            Some(Event::Reply(Reply::Error(e))) => Err(e.into()),
+            Some(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            None => Err(ClientError::Closed),
+        }
+    }
+
     /// The running processes that execs started.
     pub async fn process_table(&self) -> Result<Vec<TableEntry>, ClientError> {
         match self

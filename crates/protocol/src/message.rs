@@ -128,6 +128,15 @@ pub enum Request {
     },
     /// The processes started by `Exec` that still run, by pid.
     ProcessTable,
+    /// Watches a directory (inotify): answered `watching`, then an `fs_event` per change until
+    /// `Cancel`, or until the directory itself goes (its `remove` or `rename` event, then `ok`).
+    Watch {
+        /// Absolute path of a directory.
+        path: String,
+        /// Its subdirectories too, those made later included.
+        #[serde(default)]
+        recursive: bool,
+    },
     /// Writes the `Data` the host sends on stdin, until `Eof`, to a running process's stdin
     /// (which stays open); answered `Done`.
     Input {
@@ -318,6 +327,10 @@ pub enum Reply {
     },
     /// A `Connect`'s connection is open.
     Connected,
+    /// A `Watch` is in place: changes follow as `fs_event`.
+    Watching,
+    /// A change under a watched directory.
+    FsEvent(FsEvent),
     /// The request succeeded and has nothing to report.
     Ok,
     /// The request failed; the session is over.
@@ -329,9 +342,44 @@ impl Reply {
     pub fn is_final(&self) -> bool {
         !matches!(
             self,
-            Self::Started { .. } | Self::FileStart { .. } | Self::Connected
+            Self::Started { .. }
+                | Self::FileStart { .. }
+                | Self::Connected
+                | Self::Watching
+                | Self::FsEvent(_)
         )
     }
+}
+
+/// A change under a watched directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FsEvent {
+    /// The path changed, relative to the watched directory (empty: the directory itself).
+    pub name: String,
+    /// What happened.
+    pub kind: FsEventKind,
+    /// It is a directory.
+    #[serde(default)]
+    pub dir: bool,
+}
+
+/// What happened to a watched path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FsEventKind {
+    /// Made, or moved in.
+    Create,
+    /// Its content changed.
+    Write,
+    /// Removed.
+    Remove,
+    /// Moved away (or renamed; its new name arrives as a `create`).
+    Rename,
+    /// Its mode, owner or times changed.
+    Chmod,
+    /// The guest's kernel dropped events (its queue overflowed): look again.
+    Overflow,
 }
 
 /// How a process ended.

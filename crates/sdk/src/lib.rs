@@ -583,26 +583,30 @@ impl Client {
         if let Some(s) = sandbox {
             path.push_str(&format!("&sandbox={}", query_escape(s)));
         }
-        let mut res = self.send(Method::GET, &path, None::<&()>).await?;
-        let url = res.url().to_string();
-        let mut buf = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(|source| Error::Http {
-            url: url.clone(),
-            source,
-        })? {
-            buf.extend_from_slice(&chunk);
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                each(
-                    serde_json::from_slice(&line)
-                        .map_err(|e| Error::Protocol(format!("event log: {e}")))?,
-                );
-            }
-        }
-        Ok(())
+        let res = self.send(Method::GET, &path, None::<&()>).await?;
+        json_lines(res, "event log", &mut |e| {
+            each(e);
+            true
+        })
+        .await
+    }
+
+    /// Watches a directory of a sandbox: `each` gets every change as it happens, until the
+    /// directory goes or `each` returns false.
+    pub async fn watch(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+        mut each: impl FnMut(api::FsEvent) -> bool,
+    ) -> Result<(), Error> {
+        let id = &segment(id);
+        let path = format!(
+            "/v1/sandboxes/{id}/files/watch?path={}&recursive={recursive}",
+            query_escape(path)
+        );
+        let res = self.send(Method::GET, &path, None::<&()>).await?;
+        json_lines(res, "watch", &mut each).await
     }
 
     /// Boots `req.image` once and keeps its snapshot as the template of that image and shape.
@@ -933,6 +937,35 @@ async fn check(res: reqwest::Response) -> Result<reqwest::Response, Error> {
 
 /// Percent-encodes one path segment: a sandbox or snapshot named `tenant/name` (as the host's
 /// administrator names them) stays one segment.
+/// Reads a response of JSON lines, handing each to `each` as it arrives, until the response
+/// ends or `each` returns false.
+async fn json_lines<T: DeserializeOwned>(
+    mut res: reqwest::Response,
+    what: &str,
+    each: &mut impl FnMut(T) -> bool,
+) -> Result<(), Error> {
+    let url = res.url().to_string();
+    let mut buf = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|source| Error::Http {
+        url: url.clone(),
+        source,
+    })? {
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let v = serde_json::from_slice(&line)
+                .map_err(|e| Error::Protocol(format!("{what}: {e}")))?;
+            if !each(v) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn segment(s: &str) -> String {
     percent_encode(s, b"-_.~")
 }

@@ -49,6 +49,8 @@ pub struct Inner {
     pub public: Option<(String, u16)>,
     /// What running sandboxes used over the last hour.
     pub usage: crate::usage::History,
+    /// E2B's polled directory watchers.
+    pub watchers: crate::e2b::watchers::Watchers,
 }
 
 /// The shared state.
@@ -73,6 +75,7 @@ pub fn state(
         metrics_on_api,
         buckets: Mutex::new(HashMap::new()),
         usage: crate::usage::History::default(),
+        watchers: crate::e2b::watchers::Watchers::default(),
         pulls: crate::routes::pulls::Pulls::default(),
     })
 }

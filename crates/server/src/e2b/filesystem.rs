@@ -1,11 +1,13 @@
 //! envd's `filesystem.Filesystem` service over the guest agent's file requests: `Stat`,
-//! `ListDir` (to a depth), `MakeDir`, `Move`, `Remove`. Watching is not served yet
-//! (`unimplemented`).
+//! `ListDir` (to a depth), `MakeDir`, `Move`, `Remove`, and watching a directory — as a stream
+//! (`WatchDir`) or as a watcher polled for its events (`CreateWatcher`, `GetWatcherEvents`,
+//! `RemoveWatcher`; coved keeps each watcher's events until they are read).
 
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use cove_host::agent::Event;
 use cove_host::{AgentClient, SandboxRecord};
-use cove_protocol::{ErrorCode, FileKind};
+use cove_protocol::{ErrorCode, FileKind, FsEvent, FsEventKind, Reply};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -34,6 +36,20 @@ struct Move {
     destination: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchRequest {
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatcherRequest {
+    watcher_id: String,
+}
+
 /// One call of the service.
 pub(crate) async fn call(
     app: App,
@@ -42,9 +58,96 @@ pub(crate) async fn call(
     headers: HeaderMap,
     body: Vec<u8>,
 ) -> Response {
+    if method == "WatchDir" {
+        return match connect::stream_request::<WatchRequest>(&headers, &body) {
+            Ok(r) => watch_stream(app, rec, &headers, r).await,
+            Err(e) => connect::failed_stream(e).await,
+        };
+    }
     run(app, rec, &method, &headers, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An event as envd's JSON has it (`None`: nothing to say to an E2B client).
+pub(crate) fn event_json(e: &FsEvent) -> Option<serde_json::Value> {
+    let kind = match e.kind {
+        FsEventKind::Create => "EVENT_TYPE_CREATE",
+        FsEventKind::Write => "EVENT_TYPE_WRITE",
+        FsEventKind::Remove => "EVENT_TYPE_REMOVE",
+        FsEventKind::Rename => "EVENT_TYPE_RENAME",
+        FsEventKind::Chmod => "EVENT_TYPE_CHMOD",
+        FsEventKind::Overflow => return None,
+    };
+    Some(json!({"name": e.name, "type": kind}))
+}
+
+/// `WatchDir`: `start`, then each change as `filesystem`, keepalives while quiet; the client
+/// closing the stream ends the watch.
+async fn watch_stream(
+    app: App,
+    rec: SandboxRecord,
+    headers: &HeaderMap,
+    r: WatchRequest,
+) -> Response {
+    let run = async {
+        let who = effective_user(&app, &rec, user(headers)?);
+        let path = resolve(&r.path, &who)?;
+        let client = app
+            .host
+            .connect(&rec.id)
+            .await
+            .map_err(crate::error::ApiError::from)?;
+        client.watch_dir(&path, r.recursive).await.map_err(fs_err)
+    };
+    let mut session = match run.await {
+        Ok(s) => s,
+        Err(e) => return connect::failed_stream(e).await,
+    };
+    let every = super::process::keepalive(headers);
+    let (tx, res) = connect::stream();
+    tokio::spawn(async move {
+        if !tx.send(&json!({"start": {}})).await {
+            return;
+        }
+        let ticker = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    if !tx.send(&json!({"keepalive": {}})).await {
+                        return;
+                    }
+                }
+            })
+        };
+        let end = loop {
+            match session.next().await {
+                Some(Event::Reply(Reply::FsEvent(e))) => {
+                    if let Some(j) = event_json(&e)
+                        && !tx.send(&json!({"filesystem": j})).await
+                    {
+                        break None;
+                    }
+                }
+                Some(Event::Reply(Reply::Error(e))) => {
+                    break Some(fs_err(cove_host::ClientError::from(e)));
+                }
+                Some(Event::Reply(r)) if r.is_final() => break None,
+                Some(_) => {}
+                None => {
+                    break Some(RpcError::new(
+                        Code::Unavailable,
+                        "the sandbox went away during the watch",
+                    ));
+                }
+            }
+        };
+        ticker.abort();
+        tx.end(end).await;
+    });
+    res
 }
 
 /// A missing path, an existing one, a bad one: the codes envd gives them.
@@ -131,10 +234,24 @@ async fn run(
             client.remove(&path, true).await.map_err(fs_err)?;
             Ok(connect::unary(&json!({})))
         }
-        "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => Err(RpcError::new(
-            Code::Unimplemented,
-            "watching a directory is not served by Cove's envd yet",
-        )),
+        "CreateWatcher" => {
+            let r: WatchRequest = connect::unary_request(headers, body)?;
+            let path = resolve(&r.path, &who)?;
+            let session = client.watch_dir(&path, r.recursive).await.map_err(fs_err)?;
+            let id = app.watchers.add(&rec.id, session)?;
+            Ok(connect::unary(&json!({"watcherId": id})))
+        }
+        "GetWatcherEvents" => {
+            let r: WatcherRequest = connect::unary_request(headers, body)?;
+            let events = app.watchers.drain(&rec.id, &r.watcher_id)?;
+            let events: Vec<serde_json::Value> = events.iter().filter_map(event_json).collect();
+            Ok(connect::unary(&json!({"events": events})))
+        }
+        "RemoveWatcher" => {
+            let r: WatcherRequest = connect::unary_request(headers, body)?;
+            app.watchers.remove(&rec.id, &r.watcher_id)?;
+            Ok(connect::unary(&json!({})))
+        }
         other => Err(RpcError::new(
             Code::Unimplemented,
             format!("filesystem.Filesystem/{other} is not a method of this server"),

@@ -14,6 +14,7 @@ mod control;
 mod envd;
 mod filesystem;
 mod process;
+pub(crate) mod watchers;
 
 use axum::body::Body;
 use axum::extract::{Request, State};

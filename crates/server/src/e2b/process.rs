@@ -267,7 +267,7 @@ fn deadline(headers: &HeaderMap) -> Option<u64> {
         .filter(|ms| *ms > 0)
 }
 
-fn keepalive(headers: &HeaderMap) -> Duration {
+pub(crate) fn keepalive(headers: &HeaderMap) -> Duration {
     headers
         .get("keepalive-ping-interval")
         .and_then(|v| v.to_str().ok())

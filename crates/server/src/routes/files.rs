@@ -186,6 +186,8 @@ pub async fn stat(
         gid: s.gid,
         mtime: s.mtime,
         link_target: s.link_target,
+        owner: s.owner,
+        group: s.group,
     }))
 }
 
@@ -217,9 +219,77 @@ pub async fn list(
                 kind: kind(e.kind),
                 size: e.size,
                 mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: e.mtime,
+                link_target: e.link_target,
+                owner: e.owner,
+                group: e.group,
             })
             .collect(),
     }))
+}
+
+/// Watch a directory: one `FsEvent` (JSON) a line as things change under it, for as long as
+/// the response is read (or until the directory goes). `recursive=true` for its subdirectories.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/watch", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), PathQuery),
+    responses((status = 200, content_type = "application/x-ndjson", body = api::FsEvent),
+        (status = 404, body = api::Error)))]
+pub async fn watch(
+    State(app): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    q: Result<Query<PathQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use cove_host::agent::Event;
+    use cove_protocol::Reply;
+    auth.need(Scope::Read)?;
+    let r = app.owned(&auth.0, &id)?;
+    let q = query(q)?;
+    let session = app
+        .host
+        .connect(&r.id)
+        .await?
+        .watch_dir(&q.path, q.recursive.unwrap_or(false))
+        .await
+        .map_err(file_err)?;
+    let lines = futures::stream::unfold(session, |mut session| async move {
+        loop {
+            match session.next().await {
+                Some(Event::Reply(Reply::FsEvent(e))) => {
+                    let ev = api::FsEvent {
+                        name: e.name,
+                        kind: fs_kind(e.kind),
+                        dir: e.dir,
+                    };
+                    let mut line = serde_json::to_vec(&ev).expect("serializes");
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::convert::Infallible>(line), session));
+                }
+                Some(Event::Reply(r)) if r.is_final() => return None,
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+fn fs_kind(k: cove_protocol::FsEventKind) -> api::FsEventKind {
+    use cove_protocol::FsEventKind as K;
+    match k {
+        K::Create => api::FsEventKind::Create,
+        K::Write => api::FsEventKind::Write,
+        K::Remove => api::FsEventKind::Remove,
+        K::Rename => api::FsEventKind::Rename,
+        K::Chmod => api::FsEventKind::Chmod,
+        K::Overflow => api::FsEventKind::Overflow,
+    }
 }
 
 /// Create a directory.

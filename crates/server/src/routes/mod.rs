@@ -127,6 +127,7 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(files::download, files::upload, files::remove))
         .routes(routes!(files::stat))
         .routes(routes!(files::list))
+        .routes(routes!(files::watch))
         .routes(routes!(files::mkdir))
         .routes(routes!(files::rename))
         .routes(routes!(events::events))
