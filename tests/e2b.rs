@@ -1,5 +1,5 @@
 //! The official E2B SDKs against coved, unchanged: the Python `e2b` SDK (2.45.1 and the newest
-//! 2.x) runs `tests/e2b/scenario.py`, node's `e2b` runs `tests/e2b/scenario.mjs` (commands and
+//! 2.x) runs `tests/e2b/scenario.py`, node's `e2b` runs `tests/e2b/scenario.cjs` (commands and
 //! files). The SDKs come from PyPI and npm through `scripts/e2b-sdks.sh` (`make test` runs it);
 //! a missing one fails the test, never skips it.
 
@@ -37,6 +37,16 @@ fn tenant(tag: &str) -> String {
 
 /// Runs `program args` with the E2B environment pointed at `server`; asserts it passed.
 fn run(server: &Coved, tag: &str, program: PathBuf, args: &[PathBuf]) {
+    run_with(server, tag, program, args, &[]);
+}
+
+fn run_with(
+    server: &Coved,
+    tag: &str,
+    program: PathBuf,
+    args: &[PathBuf],
+    env: &[(&str, PathBuf)],
+) {
     let _ = home();
     let key = e2b_key(&tenant(tag));
     let other = e2b_key(&tenant(&format!("{tag}-other")));
@@ -47,6 +57,7 @@ fn run(server: &Coved, tag: &str, program: PathBuf, args: &[PathBuf]) {
         .env("E2B_API_KEY", &key)
         .env("OTHER_API_KEY", &other)
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("running the scenario");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -86,5 +97,17 @@ fn python_sdk_newest_works_unchanged() {
         "pynew",
         sdk("py-latest").join("bin/python"),
         &[scenario("scenario.py")],
+    );
+}
+
+#[test]
+fn node_sdk_commands_and_files_work_unchanged() {
+    let server = Coved::start(&[]);
+    run_with(
+        &server,
+        "node",
+        PathBuf::from("node"),
+        &[scenario("scenario.cjs")],
+        &[("E2B_MODULE", sdk("npm").join("node_modules/e2b"))],
     );
 }
