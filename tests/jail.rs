@@ -307,6 +307,7 @@ fn an_escape_drill_inside_a_jail_fails_at_every_try() {
         expires_at: None,
         idle_timeout_secs: None,
         on_idle: None,
+        on_expire: None,
         blob_store: None,
         jail: Some(JailConfig {
             uid,

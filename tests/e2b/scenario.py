@@ -184,6 +184,32 @@ sbx.set_timeout(900)
 end = sbx.get_info().end_at
 assert 800 < (end.timestamp() - time.time()) < 1000, end
 
+step("timeout: the end kills")
+short = Sandbox.create(timeout=4)
+
+
+def gone(sid):
+    try:
+        Sandbox.get_info(sid)
+        return False
+    except NotFoundException:
+        return True
+
+
+wait_for("the timeout to end it", lambda: gone(short.sandbox_id))
+
+if "lifecycle" in __import__("inspect").signature(Sandbox.create).parameters:
+    step("timeout: the end pauses (lifecycle on_timeout pause)")
+    p = Sandbox.create(timeout=6, lifecycle={"on_timeout": "pause"})
+    p.files.write("/tmp/p.txt", "kept")
+    wait_for(
+        "the timeout to pause it",
+        lambda: str(Sandbox.get_info(p.sandbox_id).state).lower().endswith("paused"),
+    )
+    woke = Sandbox.connect(p.sandbox_id, timeout=600)
+    assert woke.files.read("/tmp/p.txt") == "kept"
+    assert woke.kill() is True
+
 step("list: filters and pages")
 second = Sandbox.create(timeout=600, metadata={"suite": "e2b", "run": RUN, "which": "second"})
 mine = Sandbox.list(query=SandboxQuery(metadata={"run": RUN}))

@@ -91,6 +91,10 @@ pub struct CreateSandbox {
     /// `pause` (default) or `hibernate`; the next request resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_idle: Option<String>,
+    /// What the end of `ttl_secs` does: `stop` (the default) or `hibernate` (a resume brings
+    /// it back, with no time to live left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_expire: Option<String>,
     /// The engine: `auto` (the default: `kvm` where /dev/kvm is hardware-backed, else `qemu`),
     /// `kvm` or `qemu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

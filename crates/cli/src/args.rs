@@ -91,6 +91,9 @@ pub struct Policy {
     /// What idleness does: pause or hibernate (the next request resumes it).
     #[arg(long, value_name = "pause|hibernate", requires = "idle_timeout")]
     pub on_idle: Option<String>,
+    /// What the end of --ttl does: stop (the default) or hibernate (resume brings it back).
+    #[arg(long, value_name = "stop|hibernate", requires = "ttl")]
+    pub on_expire: Option<String>,
 }
 
 /// How to run a command.

@@ -73,6 +73,7 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
                 ttl_secs: policy.ttl,
                 idle_timeout_secs: policy.idle_timeout,
                 on_idle: policy.on_idle,
+                on_expire: policy.on_expire,
                 ..create_req(&res, image, name)
             };
             println!("{}", c.create(&req).await?.id);

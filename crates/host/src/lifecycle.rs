@@ -256,6 +256,7 @@ impl Host {
                 .map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000)),
             idle_timeout_secs: policy.idle_timeout_secs,
             on_idle: policy.on_idle.clone(),
+            on_expire: policy.on_expire.clone(),
             blob_store: Some(self.home.join("blobs").display().to_string()),
             jail: None,
             net: None,
@@ -408,6 +409,13 @@ impl Host {
                         id: rec.id,
                         reason: "its vm.json names another sandbox".into(),
                     });
+                }
+                // A time to live that ran out (it hibernated the sandbox) is spent: woken on
+                // request, the sandbox runs without one.
+                if rec.expires_at.is_some_and(|t| t <= now_ms()) {
+                    cfg.expires_at = None;
+                    self.db.set_expiry(&rec.id, None)?;
+                    rec.expires_at = None;
                 }
                 cfg.restore = Some(snap.display().to_string());
                 cfg.tsc_khz = engine::tsc_khz(&self.home);

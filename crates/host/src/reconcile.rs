@@ -177,14 +177,19 @@ impl Host {
             return Ok(());
         }
         let (state, reason, actor) = match end {
-            Some(VmEnd::Hibernated { idle: true }) => (
+            Some(VmEnd::Hibernated { expired: true, .. }) => (
+                SandboxState::Hibernated,
+                Some(Reason::ExpiredHibernated),
+                Actor::Ttl,
+            ),
+            Some(VmEnd::Hibernated { idle: true, .. }) => (
                 SandboxState::Hibernated,
                 Some(Reason::Idle),
                 Actor::IdlePolicy,
             ),
             // Saved on request; the caller did not live to record it (or this is that caller,
             // reading the record first).
-            Some(VmEnd::Hibernated { idle: false }) => {
+            Some(VmEnd::Hibernated { idle: false, .. }) => {
                 (SandboxState::Hibernated, None, Actor::Reconcile)
             }
             Some(VmEnd::Expired) => (SandboxState::Stopped, Some(Reason::Expired), Actor::Ttl),

@@ -29,6 +29,8 @@ pub struct CreateSpec {
     pub idle_timeout_secs: Option<u64>,
     /// `pause` or `hibernate` (default `pause`); the next request resumes it.
     pub on_idle: Option<String>,
+    /// What the end of `ttl_secs` does: `stop` (default) or `hibernate`.
+    pub on_expire: Option<String>,
     /// The engine (`auto`, `kvm`, `qemu`); none: the host's default (`COVE_ENGINE`, else
     /// `auto`).
     pub engine: Option<String>,
@@ -59,6 +61,7 @@ impl Default for CreateSpec {
             ttl_secs: None,
             idle_timeout_secs: None,
             on_idle: None,
+            on_expire: None,
             engine: None,
             limits: None,
             owner: None,
@@ -105,6 +108,14 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
         && !matches!(p.as_str(), "pause" | "hibernate")
     {
         return Err(bad("on-idle", p.clone(), "pause or hibernate"));
+    }
+    if let Some(p) = &spec.on_expire
+        && !matches!(p.as_str(), "stop" | "hibernate")
+    {
+        return Err(bad("on-expire", p.clone(), "stop or hibernate"));
+    }
+    if spec.on_expire.is_some() && spec.ttl_secs.is_none() {
+        return Err(bad("on-expire", "without --ttl".into(), "with --ttl SECS"));
     }
     if spec.on_idle.is_some() && spec.idle_timeout_secs.is_none() {
         return Err(bad(

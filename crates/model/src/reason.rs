@@ -12,6 +12,8 @@ pub enum Reason {
     Stopped,
     /// Its time to live ran out.
     Expired,
+    /// Its time to live ran out and it was hibernated (`on_expire` hibernate).
+    ExpiredHibernated,
     /// The idle policy paused or hibernated it; the next request brings it back.
     Idle,
     /// Its cove-vm ended without a record of why (killed, or the host rebooted).
@@ -37,6 +39,7 @@ impl Reason {
         match self {
             Self::Stopped => "stopped",
             Self::Expired => "expired",
+            Self::ExpiredHibernated => "expired_hibernated",
             Self::Idle => "idle",
             Self::Vanished => "vanished",
             Self::StartFailed(_) => "start_failed",
@@ -51,7 +54,11 @@ impl Reason {
     /// What the kind carries (an error's text), if anything.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            Self::Stopped | Self::Expired | Self::Idle | Self::Vanished => None,
+            Self::Stopped
+            | Self::Expired
+            | Self::ExpiredHibernated
+            | Self::Idle
+            | Self::Vanished => None,
             Self::StartFailed(d)
             | Self::Crashed(d)
             | Self::ResumeFailed(d)
@@ -67,6 +74,7 @@ impl Reason {
         Ok(match kind {
             "stopped" => Self::Stopped,
             "expired" => Self::Expired,
+            "expired_hibernated" => Self::ExpiredHibernated,
             "idle" => Self::Idle,
             "vanished" => Self::Vanished,
             "start_failed" => Self::StartFailed(d()),
@@ -90,6 +98,9 @@ impl fmt::Display for Reason {
         match self {
             Self::Stopped => f.write_str("stopped"),
             Self::Expired => f.write_str("stopped: its time to live ran out"),
+            Self::ExpiredHibernated => {
+                f.write_str("hibernated: its time to live ran out (a resume brings it back)")
+            }
             Self::Idle => f.write_str("idle"),
             Self::Vanished => {
                 f.write_str("its cove-vm process vanished (killed, or the host rebooted)")
@@ -120,6 +131,7 @@ mod tests {
         for r in [
             Reason::Stopped,
             Reason::Expired,
+            Reason::ExpiredHibernated,
             Reason::Idle,
             Reason::Vanished,
             Reason::StartFailed("no kernel".into()),

@@ -96,6 +96,9 @@ pub enum VmEnd {
     Hibernated {
         /// The idle policy hibernated it (not a request).
         idle: bool,
+        /// Its time to live ran out (`on_expire` hibernate).
+        #[serde(default)]
+        expired: bool,
     },
     /// The guest never answered: the boot or restore failed.
     BootFailed {
@@ -123,8 +126,9 @@ impl std::fmt::Display for VmEnd {
         match self {
             Self::Stopped => f.write_str("stopped"),
             Self::Expired => f.write_str("stopped: its time to live ran out"),
-            Self::Hibernated { idle: false } => f.write_str("hibernated"),
-            Self::Hibernated { idle: true } => f.write_str("hibernated (idle)"),
+            Self::Hibernated { expired: true, .. } => f.write_str("hibernated (expired)"),
+            Self::Hibernated { idle: false, .. } => f.write_str("hibernated"),
+            Self::Hibernated { idle: true, .. } => f.write_str("hibernated (idle)"),
             Self::BootFailed { reason } | Self::Crashed { reason } => f.write_str(reason),
         }
     }
@@ -187,6 +191,9 @@ pub struct VmConfig {
     /// `pause` or `hibernate`.
     #[serde(default)]
     pub on_idle: Option<String>,
+    /// What `expires_at` does: `stop` (none: the same) or `hibernate`.
+    #[serde(default)]
+    pub on_expire: Option<String>,
     /// Root of the local-folder blob store, where an idle hibernation is uploaded. Never set
     /// for a jailed cove-vm, which sees no blob store: the host stores its hibernation.
     #[serde(default)]

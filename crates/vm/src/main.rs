@@ -330,6 +330,25 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
             },
             _ = tokio::time::sleep(POLICY_TICK) => {
                 match policy(&cfg, &link, shared.status().state) {
+                    Some(Policy::Expire) if cfg.on_expire.as_deref() == Some("hibernate") => {
+                        let snap = dir.join("hibernation");
+                        let _ = std::fs::remove_dir_all(&snap);
+                        let _ = vm.resume().await;
+                        if save_snapshot(vm.as_mut(), &link, &snap, false, &[]).await.is_ok() {
+                            vm.kill();
+                            let _ = vm.wait().await;
+                            upload_hibernation(&cfg, &snap).await;
+                            break VmEnd::Hibernated { idle: false, expired: true };
+                        }
+                        // Not saved: the time to live still ends it.
+                        let _ = std::fs::remove_dir_all(&snap);
+                        let _ = tokio::time::timeout(Duration::from_secs(2), link.request(&Request::Shutdown)).await;
+                        if tokio::time::timeout(STOP_GRACE, vm.wait()).await.is_err() {
+                            vm.kill();
+                            let _ = vm.wait().await;
+                        }
+                        break VmEnd::Expired;
+                    }
                     Some(Policy::Expire) => {
                         let _ = vm.resume().await;
                         let _ = tokio::time::timeout(Duration::from_secs(2), link.request(&Request::Shutdown)).await;
@@ -355,7 +374,7 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
                             vm.kill();
                             let _ = vm.wait().await;
                             upload_hibernation(&cfg, &snap).await;
-                            break VmEnd::Hibernated { idle: true };
+                            break VmEnd::Hibernated { idle: true, expired: false };
                         }
                         carry_on(vm.as_mut(), &link, false).await;
                         link.touch(); // do not retry at once
@@ -412,7 +431,10 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
                         vm.kill();
                         let _ = vm.wait().await;
                         let _ = tx.send(Ok(()));
-                        break VmEnd::Hibernated { idle: false };
+                        break VmEnd::Hibernated {
+                            idle: false,
+                            expired: false,
+                        };
                     }
                     Err(e) => {
                         carry_on(vm.as_mut(), &link, paused).await;

@@ -44,7 +44,7 @@ pub(crate) struct NewSandbox {
     #[serde(default)]
     #[allow(dead_code)]
     secure: Option<bool>,
-    /// On timeout: pause (`true`) or kill.
+    /// On timeout: pause (`true`: hibernate) or kill (stop).
     auto_pause: Option<bool>,
     network: Option<NetworkConfig>,
     mcp: Option<serde_json::Value>,
@@ -199,11 +199,6 @@ pub(crate) async fn create(
             "mcp and volumeMounts are not supported by Cove",
         ));
     }
-    if req.auto_pause == Some(true) {
-        return Err(ApiError::bad_request(
-            "autoPause (pause on timeout) is not supported by Cove yet; the sandbox ends at its timeout",
-        ));
-    }
     let template = req
         .template_id
         .unwrap_or_else(|| super::DEFAULT_TEMPLATE.to_string());
@@ -229,6 +224,10 @@ pub(crate) async fn create(
         env: req.env_vars,
         labels: req.metadata,
         ttl_secs: Some(timeout.max(1)),
+        // E2B's pause is Cove's hibernate.
+        on_expire: req
+            .auto_pause
+            .map(|p| if p { "hibernate" } else { "stop" }.to_string()),
         network,
         ..Default::default()
     };

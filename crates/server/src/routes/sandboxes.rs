@@ -70,6 +70,7 @@ pub(crate) async fn create_sandbox(
         ttl_secs: req.ttl_secs,
         idle_timeout_secs: req.idle_timeout_secs,
         on_idle: req.on_idle,
+        on_expire: req.on_expire,
         engine: req.engine,
         // Admitted against the tenant's quota as it is recorded (in the store's transaction).
         limits: app.limits(&auth.0)?,

@@ -365,6 +365,7 @@ mod tests {
             expires_at: None,
             idle_timeout_secs: None,
             on_idle: None,
+            on_expire: None,
             blob_store: None,
             jail: None,
             net: None,
