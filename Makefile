@@ -54,6 +54,8 @@ bench: build
 	COVE_HOME="$(TEST_HOME)" bench/run lifecycle
 	COVE_HOME="$(TEST_HOME)" bench/run image-import
 	COVE_HOME="$(TEST_HOME)" bench/run api
+	scripts/e2b-sdks.sh
+	COVE_HOME="$(TEST_HOME)" bench/run e2b
 	bench/run kvm
 
 fmt:

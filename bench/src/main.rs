@@ -27,6 +27,7 @@ fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+mod e2b;
 mod kvm;
 mod net;
 
@@ -1146,7 +1147,8 @@ async fn main() -> anyhow::Result<()> {
         "image-import" => image_import(Path::new(&home)).await?,
         "api" => api(&host, Path::new(&home)).await?,
         "net" => net::run(&host, Path::new(&home)).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|kvm"),
+        "e2b" => e2b::run(&host, Path::new(&home)).await?,
+        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|e2b|kvm"),
     };
     println!("{line}");
     Ok(())
