@@ -67,6 +67,8 @@ fn is_sparse(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// The folder of a local store.
+    root: Option<std::path::PathBuf>,
 }
 
 impl BlobStore {
@@ -82,6 +84,7 @@ impl BlobStore {
             // Deleting a prefix leaves no empty folders behind (a removed sandbox's
             // `hibernations/ID/` used to stay).
             store: Arc::new(LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true)),
+            root: Some(root.to_path_buf()),
         })
     }
 
@@ -221,6 +224,18 @@ impl BlobStore {
         for k in keys {
             self.store.delete(&k).await?;
         }
+        // An upload cut short (its coved killed) leaves a folder, and possibly staging files
+        // (`NAME#N`), that no listing shows: in a local store the prefix's whole folder goes.
+        let whole = !prefix.is_empty() && prefix.split('/').all(|c| !c.is_empty() && c != "..");
+        if let (Some(root), true) = (&self.root, whole) {
+            let dir = root.join(prefix);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", &dir)(e));
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -324,6 +339,24 @@ pub fn data_segments(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn deleting_a_prefix_takes_what_an_interrupted_upload_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::at(tmp.path()).unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("manifest.json"), b"{}").unwrap();
+        store.upload_dir("hibernations/a", &src).await.unwrap();
+        // What a killed upload leaves: a staging file no listing shows, and an empty folder.
+        std::fs::write(tmp.path().join("hibernations/a/memory#1"), b"partial").unwrap();
+        std::fs::create_dir_all(tmp.path().join("hibernations/b")).unwrap();
+        store.delete_prefix("hibernations/a").await.unwrap();
+        store.delete_prefix("hibernations/b").await.unwrap();
+        assert!(!tmp.path().join("hibernations/a").exists());
+        assert!(!tmp.path().join("hibernations/b").exists());
+        assert!(tmp.path().join("src/manifest.json").exists());
+    }
 
     #[tokio::test]
     async fn directories_roundtrip_sparse_and_plain() {
