@@ -165,6 +165,23 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
         .ok(&a, Method::GET, "/v1/sandboxes?label=app=db", None)
         .await;
     assert!(list["items"].as_array().unwrap().is_empty());
+    // E2B's view of it: the envd token runs code in it, so a read key is not shown it.
+    for (key, shown) in [(&a_read, false), (&a, true)] {
+        let one = api
+            .ok(key, Method::GET, &format!("/sandboxes/{id}"), None)
+            .await;
+        assert_eq!(one["sandboxID"], id.as_str(), "{one}");
+        assert_eq!(one["state"], "running", "{one}");
+        assert_eq!(one["envdAccessToken"].is_string(), shown, "{one}");
+        let all = api.ok(key, Method::GET, "/v2/sandboxes", None).await;
+        let all = all.as_array().unwrap();
+        assert!(!all.is_empty());
+        assert!(
+            all.iter()
+                .all(|s| s["envdAccessToken"].is_string() == shown),
+            "{all:?}"
+        );
+    }
     let r = api
         .ok(
             &a,
@@ -610,6 +627,74 @@ async fn every_route_two_tenants_scopes_and_bad_requests() {
         4,
         "the sandbox, the restore and two forks: {seen:?}"
     );
+    // A cursor is a position in the order, not a sandbox to find: the page after it still
+    // comes when the sandbox it ends on is removed in between.
+    let first = api.ok(&a, Method::GET, "/v1/sandboxes?limit=2", None).await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let gone = first["items"][1]["id"].as_str().unwrap().to_string();
+    assert_eq!(gone, seen[1]);
+    let (st, _) = api
+        .call(
+            Some(&a),
+            Method::DELETE,
+            &format!("/v1/sandboxes/{gone}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    seen.retain(|s| *s != gone);
+    let next = api
+        .ok(
+            &a,
+            Method::GET,
+            &format!("/v1/sandboxes?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    let rest: Vec<&str> = next["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, seen[1..], "{next}");
+    assert!(next["next_cursor"].is_null(), "{next}");
+    // E2B's `nextToken` is the same cursor.
+    let (s, v) = api
+        .call(
+            Some(&a),
+            Method::GET,
+            &format!("/v2/sandboxes?limit=2&nextToken={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    // A cursor this server never gave (a bare id, garbage) is refused, not an empty page.
+    for bad in [seen[0].as_str(), "bogus", "12-"] {
+        let (s, v) = api
+            .call(
+                Some(&a),
+                Method::GET,
+                &format!("/v1/sandboxes?cursor={bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{bad}: {v}"
+        );
+        // (E2B's error shape: `{"code": 400, "message"}`.)
+        let res = api
+            .http
+            .get(format!("{}/v2/sandboxes?nextToken={bad}", api.url))
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
 
     // Metrics, unauthenticated.
     let m = api
@@ -2919,15 +3004,26 @@ async fn commands_run_in_the_background_and_are_found_again() {
         "the background child died"
     );
 
-    // A streaming exec whose client leaves: an unkept command ends, a kept one runs on.
-    for keep in [false, true] {
-        let tag = format!("left-{keep}");
+    // A streaming exec whose client leaves: an unkept command ends, a kept one runs on. Both
+    // clients leave, the kept one's first; once the unkept command is gone, the agent has seen
+    // its client leave, and the kept one must still run.
+    let running = |pid: u32| {
+        let table: Value =
+            serde_json::from_str(&ok(&cli(&["commands", "--json", &sb.id]))).unwrap();
+        table
+            .as_array()
+            .expect("a list of commands")
+            .iter()
+            .any(|c| c["pid"] == pid)
+    };
+    let mut left = Vec::new();
+    for keep in [true, false] {
         let mut s = c
             .exec_stream(
                 &sb.id,
                 &cove_api::ExecStart {
                     cmd: vec!["sleep".into(), "600".into()],
-                    tag: Some(tag.clone()),
+                    tag: Some(format!("left-{keep}")),
                     keep,
                     ..Default::default()
                 },
@@ -2938,20 +3034,22 @@ async fn commands_run_in_the_background_and_are_found_again() {
         let ExecOutput::Started(pid) = first else {
             panic!("{first:?}")
         };
-        drop(s);
-        let gone = || {
-            let table = ok(&cli(&["commands", "--json", &sb.id]));
-            !table.contains(&format!("\"pid\": {pid},"))
-        };
-        if keep {
-            // Still there after the client left; then killed by tag through the CLI.
-            assert!(!gone());
-            ok(&cli(&["kill", "--signal", "KILL", &sb.id, &tag]));
-        }
-        assert!(
-            wait_until(Duration::from_secs(60), gone),
-            "{tag} still runs"
-        );
+        left.push((pid, s));
     }
+    let (kept, unkept) = (left[0].0, left[1].0);
+    assert!(running(kept) && running(unkept));
+    // In order: the kept one's client first.
+    drop(left);
+    assert!(
+        wait_until(Duration::from_secs(60), || !running(unkept)),
+        "the unkept command outlived its client"
+    );
+    assert!(running(kept), "the kept command ended with its client");
+    // Killed by tag through the CLI.
+    ok(&cli(&["kill", "--signal", "KILL", &sb.id, "left-true"]));
+    assert!(
+        wait_until(Duration::from_secs(60), || !running(kept)),
+        "left-true still runs"
+    );
     c.delete(&sb.id).await.unwrap();
 }

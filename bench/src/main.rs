@@ -468,7 +468,7 @@ async fn lifecycle(host: &Host) -> anyhow::Result<serde_json::Value> {
     let mut fork = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let clones = host.fork(&rec.id, 5, None).await?;
+        let clones = host.fork(&rec.id, 5, None, None).await?;
         fork.push(ms(t));
         for c in clones {
             host.remove(&c.id, true).await?;
@@ -632,7 +632,7 @@ async fn jail_cost(jailed: &Host, bare: &Host) -> anyhow::Result<serde_json::Val
                 add("wake_to_first_exec_ms", i, ms(t));
                 if round < 4 {
                     let t = Instant::now();
-                    let clones = host.fork(&r.id, 2, None).await?;
+                    let clones = host.fork(&r.id, 2, None, None).await?;
                     add("fork_of_2_ms", i, ms(t));
                     for c in clones {
                         host.remove(&c.id, true).await?;

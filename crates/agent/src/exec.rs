@@ -278,8 +278,9 @@ pub async fn run(
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     let timeout = req.timeout_ms.map(Duration::from_millis);
-    let p = Proc::start(&agent.table, entry, io, exit_rx, timeout, ob).await;
-    process::follow(p, ob, inbox, false, !req.keep).await
+    let (p, following) =
+        Proc::start(&agent.table, &agent.reaper, entry, io, exit_rx, timeout, ob).await;
+    process::follow(p, ob, inbox, following, !req.keep).await
 }
 
 /// Kills a process group when dropped, unless disarmed.
@@ -301,6 +302,19 @@ fn io_err(e: &io::Error, what: &str, path: &str) -> AgentError {
 }
 
 impl Reaper {
+    /// Sends `sig` to the process group child `pid` leads, unless the child has been reaped:
+    /// false then. Under the reaper's lock, so the child cannot be reaped meanwhile — while it
+    /// is not, its pid (the group's id) cannot name another process.
+    pub(crate) fn signal_group(&self, pid: u32, sig: Signal) -> bool {
+        let waiting = self.waiting.lock().expect("lock");
+        let pid = i32::try_from(pid).expect("pid fits");
+        if !waiting.contains_key(&pid) {
+            return false;
+        }
+        let _ = killpg(Pid::from_raw(pid), sig);
+        true
+    }
+
     /// Spawns and lets `take` grab the child's pipes, all under the reaper's lock.
     fn spawn_with(
         &self,

@@ -496,7 +496,7 @@ async fn run_request(
         Request::Processes => files::blocking(crate::procs::list).await,
         Request::Connect { port } => crate::relay::connect(port, ob, inbox).await,
         Request::Attach { process } => match agent.table.find(&process) {
-            Ok(p) => process::follow(p, ob, inbox, true, false).await,
+            Ok(p) => process::attach(p, ob, inbox).await,
             Err(e) => Err(e),
         },
         Request::Watch { path, recursive } => crate::watch::watch(path, recursive, ob, inbox).await,

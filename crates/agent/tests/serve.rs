@@ -2,7 +2,7 @@
 //! protocol paths, hostile frames, exec and file requests against a temporary directory.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cove_agent::exec::Reaper;
 use cove_agent::server::{self, Agent};
@@ -14,6 +14,10 @@ use cove_protocol::{
     ErrorCode, ExecRequest, FrameBody, ProcessRef, Reply, Request, Stream, TtySize,
 };
 use tokio::io::AsyncWriteExt;
+
+/// How long a test waits for something that should happen at once (generous: CI shares two
+/// cores between many builds).
+const CONDITION_DEADLINE: Duration = Duration::from_secs(20);
 
 fn agent() -> Arc<Agent> {
     Arc::new(Agent {
@@ -387,7 +391,8 @@ async fn kept_processes_outlive_their_session_and_are_found_again() {
 async fn unkept_processes_end_with_their_session_and_take_signals() {
     let a = agent();
     let c = connect(a.clone());
-    let mut r = req(&["sleep", "30"]);
+    // Far longer than the test: its end proves the kill, not its own.
+    let mut r = req(&["sleep", "600"]);
     r.tag = Some("s".into());
     let ex = c.exec(r).await.unwrap();
     let pid = ex.pid;
@@ -403,6 +408,7 @@ async fn unkept_processes_end_with_their_session_and_take_signals() {
     drop(c);
     let c = connect(a.clone());
     // The process is gone once the agent has seen the connection end: wait for that.
+    let t = Instant::now();
     while c
         .process_table()
         .await
@@ -410,6 +416,10 @@ async fn unkept_processes_end_with_their_session_and_take_signals() {
         .iter()
         .any(|e| e.pid == pid)
     {
+        assert!(
+            t.elapsed() < CONDITION_DEADLINE,
+            "an unkept process outlived its connection"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let mut r = req(&["sleep", "30"]);
@@ -439,6 +449,128 @@ async fn unkept_processes_end_with_their_session_and_take_signals() {
         .unwrap();
     let (_, st) = until_exit(&mut att).await;
     assert_eq!(st.signal, Some(15));
+}
+
+/// A follower that never reads holds back neither the others nor the exit: once it falls
+/// `QUEUE_MAX` behind it is cut (its session ends with `cancelled`, after a prefix of the
+/// output), and new followers attach meanwhile. The exec's own session sets the pace while it
+/// follows; without it, the fastest follower does.
+#[tokio::test]
+async fn a_stalled_follower_holds_back_neither_the_others_nor_the_exit() {
+    let c = pair();
+    let want: String = (1..=1_000_000).map(|i| format!("{i}\n")).collect();
+    assert!(want.len() > cove_protocol::INITIAL_WINDOW as usize + cove_agent::process::QUEUE_MAX);
+    for own in [true, false] {
+        let mut r = req(&["sh", "-c", "read go; seq 1 1000000; exit 7"]);
+        r.stdin = true;
+        r.keep = true;
+        let mut ex = c.exec(r).await.unwrap();
+        let pid = ex.pid;
+        let mut stalled = c.attach(ProcessRef::Pid(pid)).await.unwrap();
+        let mut lead = if own {
+            ex
+        } else {
+            // The exec's session detaches; the process is followed by attaches only.
+            ex.session.sender().request(&Request::Cancel).await.unwrap();
+            match ex.next().await.unwrap() {
+                Some(Event::Reply(Reply::Error(e))) => assert_eq!(e.code, ErrorCode::Cancelled),
+                other => panic!("{other:?}"),
+            }
+            c.attach(ProcessRef::Pid(pid)).await.unwrap()
+        };
+        c.input(ProcessRef::Pid(pid), b"go\n").await.unwrap();
+        let run = async {
+            // Well past what the stalled follower was granted: a new follower still gets in.
+            let mut out = Vec::new();
+            while out.len() < 2 * cove_protocol::INITIAL_WINDOW as usize {
+                match lead.next().await.unwrap() {
+                    Some(Event::Data(Stream::Stdout, b)) => out.extend(b),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let mut late = c.attach(ProcessRef::Pid(pid)).await.unwrap();
+            let late = tokio::spawn(async move { until_exit(&mut late).await });
+            let (rest, st) = until_exit(&mut lead).await;
+            out.extend(rest.into_bytes());
+            (String::from_utf8(out).unwrap(), st, late.await.unwrap())
+        };
+        let (out, st, (late_out, late_st)) = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("a stalled follower held the others back");
+        assert!(out == want, "own={own}: the lead sees all of it, in order");
+        assert_eq!(st.code, Some(7));
+        assert!(
+            !late_out.is_empty() && want.ends_with(&late_out),
+            "own={own}"
+        );
+        assert_eq!(late_st.code, Some(7));
+        let mut seen = Vec::new();
+        let end = loop {
+            match stalled.next().await.unwrap() {
+                Some(Event::Data(Stream::Stdout, b)) => seen.extend(b),
+                Some(Event::Reply(r)) if r.is_final() => break r,
+                Some(_) => {}
+                None => panic!("the stalled session ended without a reply"),
+            }
+        };
+        assert!(
+            matches!(&end, Reply::Error(e) if e.code == ErrorCode::Cancelled),
+            "{end:?}"
+        );
+        assert!(
+            want.as_bytes().starts_with(&seen) && seen.len() < want.len(),
+            "own={own}: a prefix, then the cut ({} bytes)",
+            seen.len()
+        );
+    }
+}
+
+/// Once its process has exited, an entry whose output is still being delivered takes no
+/// signal (`not_found`): its process group is not signalled, and the pid may name another
+/// process by then.
+#[tokio::test]
+async fn exited_processes_take_no_signals() {
+    let c = pair();
+    // The shell exits at once; its background child, in its process group, writes more than
+    // the session (not read yet) takes, so the entry stays while that output waits.
+    let mut ex = c
+        .exec(req(&["sh", "-c", "head -c 8000000 /dev/zero & exit 3"]))
+        .await
+        .unwrap();
+    let pid = ex.pid;
+    let t = Instant::now();
+    while c.processes().await.unwrap().iter().any(|p| p.pid == pid) {
+        assert!(t.elapsed() < CONDITION_DEADLINE, "pid {pid} was not reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        c.process_table()
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.pid == pid),
+        "still delivering its output"
+    );
+    let e = c.signal_process(ProcessRef::Pid(pid), 9).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(x) if x.code == ErrorCode::NotFound),
+        "{e}"
+    );
+    let mut n = 0;
+    let st = loop {
+        match ex.next().await.unwrap() {
+            Some(Event::Data(Stream::Stdout, b)) => n += b.len(),
+            Some(Event::Reply(Reply::Exited(st))) => break st,
+            Some(Event::Reply(r)) if r.is_final() => panic!("{r:?}"),
+            Some(_) => {}
+            None => panic!("the session ended without an exit"),
+        }
+    };
+    assert_eq!(
+        (n, st.code),
+        (8_000_000, Some(3)),
+        "the group was not signalled"
+    );
 }
 
 /// A process's background child keeps running after the exec ends, and may still write to

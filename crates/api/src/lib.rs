@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 pub use cove_model::{
     Actor, CgroupMode, CgroupReport, Destination, EventState, Held, Isolation, JailProcess,
-    JailReport, NetworkMode, NetworkPolicy, SandboxState, ScrubAction, ScrubFinding, Scrubbed,
+    JailReport, NetworkMode, NetworkPolicy, OnExpire, SandboxState, ScrubAction, ScrubFinding,
+    Scrubbed,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -94,7 +95,7 @@ pub struct CreateSandbox {
     /// What the end of `ttl_secs` does: `stop` (the default) or `hibernate` (a resume brings
     /// it back, with no time to live left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_expire: Option<String>,
+    pub on_expire: Option<OnExpire>,
     /// The engine: `auto` (the default: `kvm` where /dev/kvm is hardware-backed, else `qemu`),
     /// `kvm` or `qemu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

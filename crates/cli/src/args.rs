@@ -93,7 +93,7 @@ pub struct Policy {
     pub on_idle: Option<String>,
     /// What the end of --ttl does: stop (the default) or hibernate (resume brings it back).
     #[arg(long, value_name = "stop|hibernate", requires = "ttl")]
-    pub on_expire: Option<String>,
+    pub on_expire: Option<cove_api::OnExpire>,
 }
 
 /// How to run a command.

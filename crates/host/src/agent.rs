@@ -3,8 +3,16 @@
 //! One connection carries many sessions at once. Each [`Session`] receives its own replies and
 //! data; data the agent sends is paced by window credit, which [`Session::next`] grants back as
 //! the caller consumes it, so a slow consumer holds at most one window per session in memory.
+//!
+//! Replies are not paced by credit, so each session's queue is bounded too
+//! ([`SESSION_QUEUE_BYTES`]): the connection's one reader never waits for a slow session (that
+//! would stall every other one), it gives up on it instead. A watch session that falls behind
+//! loses events behind one `overflow` event, as inotify does, and goes on; any other session
+//! is cut: its reader gets an `exhausted` error after what it had queued, and the agent a
+//! `cancel`. Only a reader that stops reading meets this (or an agent that floods replies): a
+//! well-behaved agent's data stays within the window.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,12 +21,12 @@ use std::time::Duration;
 use cove_protocol::control::{ControlRequest, ControlResponse};
 use cove_protocol::io::{FrameReader, ReadError};
 use cove_protocol::{
-    AgentError, DirEntry, ExecRequest, ExitStatus, FileStat, Frame, FrameBody, Health, ProcessRef,
-    Reply, Request, Stream, TableEntry, TtySize, frame,
+    AgentError, DirEntry, ErrorCode, ExecRequest, ExitStatus, FileStat, Frame, FrameBody, FsEvent,
+    FsEventKind, Health, ProcessRef, Reply, Request, Stream, TableEntry, TtySize, frame,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 /// How long the host waits for an answer the agent owes it at once (a stat, a listing, the
@@ -187,9 +195,169 @@ pub enum Event {
     Eof(Stream),
 }
 
+/// Bytes of unread events one session may hold on the host, counting [`EVENT_COST`] for each:
+/// four windows. Data is paced by the window (1 MiB), other replies are few — except a watch's
+/// `fs_event`s, which nothing paces.
+pub const SESSION_QUEUE_BYTES: usize = 4 * cove_protocol::INITIAL_WINDOW as usize;
+/// What a queued event costs beyond its payload (its entry and allocation): a flood of tiny
+/// frames fills the queue as surely as big ones.
+const EVENT_COST: usize = 64;
+
+/// An open session's place in the connection's table.
 struct Slot {
-    tx: mpsc::UnboundedSender<Event>,
+    inbox: Arc<Inbox>,
     credit: Arc<Semaphore>,
+}
+
+impl Slot {
+    /// The session is over on the host's side: its reader gets what is queued, then the end.
+    fn close(&self) {
+        self.credit.close();
+        self.inbox.close();
+    }
+}
+
+/// What a session received and its reader has not taken yet: filled by the connection's
+/// reader, which never waits on it; bounded by [`SESSION_QUEUE_BYTES`].
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// The events and what each costs.
+    events: VecDeque<(Event, usize)>,
+    /// Their cost in all.
+    held: usize,
+    /// Nothing more comes: the session ended, was cut, or the connection went.
+    closed: bool,
+    /// A watch: a full queue drops events behind an `overflow` instead of cutting the session.
+    watch: bool,
+    /// Events taken so far.
+    taken: u64,
+    /// While an `overflow` this queue added is not yet taken, its number: `fs_event`s are
+    /// dropped until then (the reader would see them before the loss they follow).
+    overflow_at: Option<u64>,
+}
+
+/// What became of an event offered to a queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Queued,
+    Dropped,
+    /// No room, and not a watch: the session is to be cut.
+    Full,
+}
+
+impl Queue {
+    /// Offers an event whose payload is `size` bytes; `last`: the session's final reply.
+    fn push(&mut self, ev: Event, size: usize, last: bool) -> Admit {
+        if self.closed {
+            return Admit::Dropped;
+        }
+        let is_fs_event = matches!(ev, Event::Reply(Reply::FsEvent(_)));
+        if is_fs_event && self.overflow_at.is_some() {
+            return Admit::Dropped;
+        }
+        // Data on the stream the last event carries joins it (up to a frame's worth): a
+        // process writing a byte at a time makes few entries.
+        if let Event::Data(stream, b) = &ev
+            && let Some((Event::Data(s, last_b), cost)) = self.events.back_mut()
+            && s == stream
+            && last_b.len() + b.len() <= frame::MAX_DATA_CHUNK
+        {
+            if self.held + b.len() > SESSION_QUEUE_BYTES {
+                return Admit::Full;
+            }
+            last_b.extend_from_slice(b);
+            *cost += b.len();
+            self.held += b.len();
+            return Admit::Queued;
+        }
+        let cost = size + EVENT_COST;
+        // The final reply always fits (once: the queue closes with it).
+        if !last && self.held + cost > SESSION_QUEUE_BYTES {
+            if !(self.watch && is_fs_event) {
+                return Admit::Full;
+            }
+            self.overflow_at = Some(self.taken + self.events.len() as u64);
+            let overflow = FsEvent {
+                name: String::new(),
+                kind: FsEventKind::Overflow,
+                dir: false,
+            };
+            self.events
+                .push_back((Event::Reply(Reply::FsEvent(overflow)), EVENT_COST));
+            self.held += EVENT_COST;
+            return Admit::Queued;
+        }
+        self.events.push_back((ev, cost));
+        self.held += cost;
+        self.closed |= last;
+        Admit::Queued
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        let (ev, cost) = self.events.pop_front()?;
+        self.held -= cost;
+        if self.overflow_at == Some(self.taken) {
+            self.overflow_at = None;
+        }
+        self.taken += 1;
+        Some(ev)
+    }
+}
+
+impl Inbox {
+    fn offer(&self, ev: Event, size: usize, last: bool) -> Admit {
+        let admit = self.queue.lock().expect("lock").push(ev, size, last);
+        if admit == Admit::Queued {
+            self.ready.notify_one();
+        }
+        admit
+    }
+
+    /// Ends the queue with `error` after what it holds (past the bound: it is the last).
+    fn cut(&self, error: AgentError) {
+        let mut q = self.queue.lock().expect("lock");
+        q.overflow_at = None;
+        q.events
+            .push_back((Event::Reply(Reply::Error(error)), EVENT_COST));
+        q.held += EVENT_COST;
+        q.closed = true;
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.queue.lock().expect("lock").closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next event if one is queued.
+    fn try_next(&self) -> Option<Event> {
+        self.queue.lock().expect("lock").pop()
+    }
+
+    /// The next event; `None` once the queue is closed and empty. Cancel-safe: an event is
+    /// taken only when it is returned.
+    async fn next(&self) -> Option<Event> {
+        loop {
+            {
+                let mut q = self.queue.lock().expect("lock");
+                if let Some(ev) = q.pop() {
+                    return Some(ev);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            // One reader per session: a wake-up stored before this wait is not lost.
+            self.ready.notified().await;
+        }
+    }
 }
 
 struct Inner {
@@ -197,6 +365,15 @@ struct Inner {
     sessions: Mutex<HashMap<u32, Slot>>,
     next: AtomicU32,
     watch: Mutex<Option<Watch>>,
+}
+
+impl Inner {
+    /// Forgets session `id` (its reader gets what is queued, then the end).
+    fn end(&self, id: u32) {
+        if let Some(s) = self.sessions.lock().expect("lock").remove(&id) {
+            s.close();
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -299,19 +476,22 @@ impl AgentClient {
                 let Some(slot) = sessions.get(&f.session) else {
                     continue;
                 };
-                let (event, last) = match f.body {
+                let (event, size, last) = match f.body {
                     FrameBody::Window(n) => {
                         if slot.credit.available_permits() < Semaphore::MAX_PERMITS / 2 {
                             slot.credit.add_permits(n as usize);
                         }
                         continue;
                     }
-                    FrameBody::Data(s, b) => (Event::Data(s, b), false),
-                    FrameBody::Eof(s) => (Event::Eof(s), false),
+                    FrameBody::Data(s, b) => {
+                        let n = b.len();
+                        (Event::Data(s, b), n, false)
+                    }
+                    FrameBody::Eof(s) => (Event::Eof(s), 0, false),
                     FrameBody::Msg(json) => match cove_protocol::decode_msg::<Reply>(&json) {
                         Ok(r) => {
                             let last = r.is_final();
-                            (Event::Reply(r), last)
+                            (Event::Reply(r), json.len(), last)
                         }
                         Err(e) => {
                             tracing::warn!("undecodable reply from the sandbox: {e}");
@@ -319,14 +499,45 @@ impl AgentClient {
                         }
                     },
                 };
-                let _ = slot.tx.send(event);
-                if last && let Some(s) = sessions.remove(&f.session) {
-                    s.credit.close();
+                match slot.inbox.offer(event, size, last) {
+                    Admit::Full => {
+                        // Never wait for a slow reader here: every session shares this loop.
+                        let slot = sessions.remove(&f.session).expect("looked up above");
+                        drop(sessions);
+                        tracing::warn!(
+                            "session {}: its reader fell {SESSION_QUEUE_BYTES} bytes behind; cut",
+                            f.session
+                        );
+                        slot.credit.close();
+                        slot.inbox.cut(AgentError {
+                            code: ErrorCode::Exhausted,
+                            message: format!(
+                                "the sandbox sent more than the host holds for one reader \
+                                 ({} MiB unread); the session was cut: read faster, or ask for less",
+                                SESSION_QUEUE_BYTES >> 20
+                            ),
+                            path: None,
+                        });
+                        let mut buf = Vec::new();
+                        frame::encode(
+                            &cove_protocol::msg_frame(f.session, &Request::Cancel),
+                            &mut buf,
+                        );
+                        let out = i.out.clone();
+                        tokio::spawn(async move {
+                            let _ = out.send(buf).await;
+                        });
+                    }
+                    Admit::Queued | Admit::Dropped => {
+                        if last && let Some(s) = sessions.remove(&f.session) {
+                            s.close();
+                        }
+                    }
                 }
             }
             if let Some(i) = weak.upgrade() {
                 for (_, s) in i.sessions.lock().expect("lock").drain() {
-                    s.credit.close();
+                    s.close();
                 }
             }
         });
@@ -342,18 +553,19 @@ impl AgentClient {
     /// Opens a session by sending its first request.
     pub async fn open(&self, req: &Request) -> Result<Session, ClientError> {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
+        inbox.queue.lock().expect("lock").watch = matches!(req, Request::Watch { .. });
         let credit = Arc::new(Semaphore::new(cove_protocol::INITIAL_WINDOW as usize));
         self.inner.sessions.lock().expect("lock").insert(
             id,
             Slot {
-                tx,
+                inbox: inbox.clone(),
                 credit: credit.clone(),
             },
         );
         let s = Session {
             id,
-            rx,
+            inbox,
             inner: self.inner.clone(),
             credit,
         };
@@ -504,7 +716,7 @@ impl AgentClient {
         let mut buf = vec![0u8; frame::MAX_DATA_CHUNK];
         loop {
             // An early error (a missing directory, a full disk) ends the upload at once.
-            if let Ok(ev) = s.rx.try_recv() {
+            if let Some(ev) = s.inbox.try_next() {
                 return finish_write(Some(ev), &mut s).await;
             }
             let n = from
@@ -521,7 +733,7 @@ impl AgentClient {
             let d = Deadline::call("a file's content");
             tokio::select! {
                 r = sender.data(Stream::Stdin, buf[..n].to_vec()) => r?,
-                ev = s.rx.recv() => return finish_write(ev, &mut s).await,
+                ev = s.inbox.next() => return finish_write(ev, &mut s).await,
                 () = tokio::time::sleep_until(d.at) => return Err(s.missed(&d).await),
             }
         }
@@ -600,7 +812,7 @@ impl AgentClient {
                 sender.eof(Stream::Stdin).await
             } => r?,
             // An error (no such process, stdin closed) comes at once.
-            ev = s.rx.recv() => return finish_write(ev, &mut s).await,
+            ev = s.inbox.next() => return finish_write(ev, &mut s).await,
             () = tokio::time::sleep_until(d.at) => return Err(s.missed(&d).await),
         }
         let ev = s.next_by(&d).await?;
@@ -747,7 +959,7 @@ pub struct Output {
 #[derive(Debug)]
 pub struct Session {
     id: u32,
-    rx: mpsc::UnboundedReceiver<Event>,
+    inbox: Arc<Inbox>,
     inner: Arc<Inner>,
     credit: Arc<Semaphore>,
 }
@@ -820,7 +1032,7 @@ impl Session {
 
     /// The next event; `None` when the connection is gone. Data is credited back on receipt.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = self.rx.recv().await?;
+        let ev = self.inbox.next().await?;
         if let Event::Data(_, b) = &ev
             && !b.is_empty()
         {
@@ -851,9 +1063,7 @@ impl Session {
             self.send(cove_protocol::msg_frame(self.id, &Request::Cancel)),
         )
         .await;
-        if let Some(s) = self.inner.sessions.lock().expect("lock").remove(&self.id) {
-            s.credit.close();
-        }
+        self.inner.end(self.id);
         let watch = self.inner.watch.lock().expect("lock").clone();
         if let Some(w) = watch {
             w.missed(d);
@@ -862,6 +1072,15 @@ impl Session {
             what: d.what,
             after: d.after,
         }
+    }
+}
+
+/// A dropped session receives nothing more: what the agent still sends for it is discarded as
+/// it arrives (the agent is not told: a process started with `keep` runs on, and one without
+/// ends with the connection).
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.inner.end(self.id);
     }
 }
 
@@ -954,6 +1173,206 @@ mod tests {
             cove_protocol::decode_msg::<Request>(&json).unwrap(),
             Request::Cancel
         ));
+    }
+
+    fn fs_event(name: &str) -> Reply {
+        Reply::FsEvent(FsEvent {
+            name: name.into(),
+            kind: FsEventKind::Create,
+            dir: false,
+        })
+    }
+
+    /// A client and the agent's side of its connection: frames the client sent, and a writer.
+    fn fake_agent() -> (
+        AgentClient,
+        FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(8 << 20);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        (AgentClient::over(ar, aw), FrameReader::new(br), bw)
+    }
+
+    async fn reply<W: AsyncWrite + Unpin>(w: &mut W, session: u32, r: &Reply) {
+        let mut buf = Vec::new();
+        frame::encode(&cove_protocol::msg_frame(session, r), &mut buf);
+        w.write_all(&buf).await.unwrap();
+    }
+
+    /// Replies until the client has seen them: a health check on another session, answered
+    /// after them, comes back.
+    async fn health_roundtrip<W: AsyncWrite + Unpin>(
+        client: &AgentClient,
+        fr: &mut FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        w: &mut W,
+    ) {
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.health().await });
+        let f = loop {
+            let f = fr.next().await.unwrap().unwrap();
+            if let FrameBody::Msg(json) = &f.body
+                && matches!(
+                    cove_protocol::decode_msg::<Request>(json),
+                    Ok(Request::Health)
+                )
+            {
+                break f;
+            }
+        };
+        let h = Health {
+            agent_version: "t".into(),
+            protocol_version: cove_protocol::PROTOCOL_VERSION,
+            uptime_ms: 0,
+            kernel_boot_ms: 0,
+            agent_setup_ms: 0,
+        };
+        reply(w, f.session, &Reply::Health(h.clone())).await;
+        assert_eq!(call.await.unwrap().unwrap(), h, "other sessions are served");
+    }
+
+    /// A watch whose reader stalls loses events behind one `overflow` and goes on; the
+    /// connection keeps serving other sessions meanwhile.
+    #[tokio::test]
+    async fn a_stalled_watch_overflows_instead_of_growing() {
+        let (client, mut fr, mut bw) = fake_agent();
+        let c = client.clone();
+        let watch = tokio::spawn(async move { c.watch_dir("/w", false).await });
+        let id = fr.next().await.unwrap().unwrap().session;
+        reply(&mut bw, id, &Reply::Watching).await;
+        let mut s = watch.await.unwrap().unwrap();
+        // Each event costs at least EVENT_COST: this many cannot all be held.
+        let n = SESSION_QUEUE_BYTES / EVENT_COST + 10;
+        let mut batch = Vec::new();
+        for i in 0..n {
+            frame::encode(
+                &cove_protocol::msg_frame(id, &fs_event(&i.to_string())),
+                &mut batch,
+            );
+        }
+        bw.write_all(&batch).await.unwrap();
+        health_roundtrip(&client, &mut fr, &mut bw).await;
+        reply(&mut bw, id, &fs_event("after")).await;
+        health_roundtrip(&client, &mut fr, &mut bw).await;
+        let mut names = Vec::new();
+        loop {
+            match s.next().await.unwrap() {
+                Event::Reply(Reply::FsEvent(e)) if e.kind == FsEventKind::Overflow => break,
+                Event::Reply(Reply::FsEvent(e)) => names.push(e.name),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!names.is_empty() && names.len() < n, "{}", names.len());
+        assert!(
+            names.iter().enumerate().all(|(i, n)| *n == i.to_string()),
+            "the first events, in order"
+        );
+        // What came after the overflow was taken is delivered again.
+        reply(&mut bw, id, &fs_event("later")).await;
+        match s.next().await.unwrap() {
+            Event::Reply(Reply::FsEvent(e)) => assert_eq!(e.name, "later"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Any other session whose reader falls that far behind is cut: its reader gets what was
+    /// queued, then an error; the agent is told to cancel it; other sessions go on.
+    #[tokio::test]
+    async fn a_flooded_session_is_cut_not_buffered() {
+        let (client, mut fr, mut bw) = fake_agent();
+        let c = client.clone();
+        let attach = tokio::spawn(async move { c.attach(ProcessRef::Pid(7)).await });
+        let id = fr.next().await.unwrap().unwrap().session;
+        reply(&mut bw, id, &Reply::Started { pid: 7 }).await;
+        let mut ex = attach.await.unwrap().unwrap();
+        // A hostile agent repeats a non-final reply without end.
+        let mut batch = Vec::new();
+        for _ in 0..SESSION_QUEUE_BYTES / EVENT_COST + 10 {
+            frame::encode(
+                &cove_protocol::msg_frame(id, &Reply::Started { pid: 7 }),
+                &mut batch,
+            );
+        }
+        bw.write_all(&batch).await.unwrap();
+        let cancel = loop {
+            let f = fr.next().await.unwrap().unwrap();
+            if f.session == id {
+                break f;
+            }
+        };
+        let FrameBody::Msg(json) = cancel.body else {
+            panic!("{cancel:?}")
+        };
+        assert!(matches!(
+            cove_protocol::decode_msg::<Request>(&json).unwrap(),
+            Request::Cancel
+        ));
+        health_roundtrip(&client, &mut fr, &mut bw).await;
+        let mut started = 0;
+        let e = loop {
+            match ex.next().await.unwrap() {
+                Some(Event::Reply(Reply::Started { .. })) => started += 1,
+                Some(Event::Reply(Reply::Error(e))) => break e,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(e.code, ErrorCode::Exhausted);
+        assert!(started > 0);
+        assert!(
+            ex.next().await.unwrap().is_none(),
+            "nothing after the error"
+        );
+    }
+
+    /// Small data on one stream is held as few entries; bytes and their order are kept.
+    #[tokio::test]
+    async fn tiny_data_frames_are_joined() {
+        let (client, mut fr, mut bw) = fake_agent();
+        let mut s = client
+            .open(&Request::ReadFile { path: "/f".into() })
+            .await
+            .unwrap();
+        let id = fr.next().await.unwrap().unwrap().session;
+        let mut batch = Vec::new();
+        let n = 200_000usize;
+        for i in 0..n {
+            let stream = if i == n - 1 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            frame::encode(
+                &Frame {
+                    session: id,
+                    body: FrameBody::Data(stream, vec![u8::try_from(i % 251).unwrap()]),
+                },
+                &mut batch,
+            );
+        }
+        frame::encode(
+            &cove_protocol::msg_frame(id, &Reply::Done { bytes: n as u64 }),
+            &mut batch,
+        );
+        bw.write_all(&batch).await.unwrap();
+        let (mut out, mut events) = (Vec::new(), 0);
+        loop {
+            match s.next().await.unwrap() {
+                Event::Data(_, b) => {
+                    events += 1;
+                    out.extend(b);
+                }
+                Event::Reply(Reply::Done { .. }) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(out.len(), n);
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, b)| usize::from(*b) == i % 251)
+        );
+        assert!(events < 10, "{events} entries");
     }
 
     /// The sandbox closing mid-session ends the session with an error, never a hang.

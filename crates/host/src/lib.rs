@@ -56,7 +56,7 @@ use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
 pub use reconcile::{Recovered, Stored};
 pub use record::ACTOR;
-pub use spec::{CreateSpec, validate, validate_name};
+pub use spec::{CreateSpec, MAX_TIMEOUT_SECS, validate, validate_name, validate_timeout};
 use supervisor::process_usage;
 pub use supervisor::{Usage, vm_status};
 
@@ -336,7 +336,7 @@ impl Host {
         {
             rec = self.resume(&rec.id).await?;
         }
-        if !matches!(rec.state, SandboxState::Running | SandboxState::Unhealthy) {
+        if !rec.state.takes_sessions() {
             return Err(HostError::NotRunning {
                 id: rec.id,
                 state: rec.state,

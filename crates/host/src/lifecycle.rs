@@ -18,6 +18,28 @@ use crate::spec::validate;
 use crate::supervisor::{control, failure_text, kill_vm, not_running, spawn_vm, vm_alive, vm_end};
 use crate::{CreateSpec, Host, HostError, Image, SandboxRecord, SnapshotRecord, engine};
 
+/// How far in the past a new expiry may lie: a caller's "now" (E2B's `timeout: 0`) reaches the
+/// host a moment later. Anything older is a mistake (seconds given as milliseconds, say).
+const EXPIRY_SLACK_MS: i64 = 60_000;
+
+/// Refuses an expiry (milliseconds since the epoch) more than [`EXPIRY_SLACK_MS`] before `now`
+/// or more than [`MAX_TIMEOUT_SECS`](crate::MAX_TIMEOUT_SECS) after it.
+fn check_expiry(at: i64, now: i64) -> Result<(), HostError> {
+    let max_ms = i64::try_from(crate::MAX_TIMEOUT_SECS * 1000).expect("ten years fit");
+    if (now.saturating_sub(EXPIRY_SLACK_MS)..=now.saturating_add(max_ms)).contains(&at) {
+        Ok(())
+    } else {
+        Err(HostError::InvalidSetting {
+            what: "expiry",
+            value: format!(
+                "{at} ms since the epoch ({} s from now)",
+                at.saturating_sub(now) / 1000
+            ),
+            allowed: "from now to 10 years (315360000 s) from now",
+        })
+    }
+}
+
 impl Host {
     /// Creates a sandbox and waits until its agent answers. It is restored from
     /// `spec.from_snapshot`, or from the image's template when one fits, or booted.
@@ -256,7 +278,7 @@ impl Host {
                 .map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000)),
             idle_timeout_secs: policy.idle_timeout_secs,
             on_idle: policy.on_idle.clone(),
-            on_expire: policy.on_expire.clone(),
+            on_expire: policy.on_expire,
             blob_store: Some(self.home.join("blobs").display().to_string()),
             jail: None,
             net: None,
@@ -319,40 +341,71 @@ impl Host {
     }
 
     /// Moves the end of a sandbox's time to live (milliseconds since the epoch; none: it has
-    /// none). A running or paused sandbox's cove-vm is told at once (a time already past ends it
-    /// within its next policy check); a hibernated one keeps it for when it wakes.
+    /// none). A sandbox with a VM (running, paused, unhealthy) has its cove-vm told at once (a
+    /// time already come ends it within its next policy check); a hibernated one keeps it for
+    /// when it wakes. A time more than a minute ago, or further away than
+    /// [`MAX_TIMEOUT_SECS`](crate::MAX_TIMEOUT_SECS), is refused (`InvalidSetting`).
+    ///
+    /// cove-vm, which acts on the time, is told first; `vm.json` (what a wake reads) and the
+    /// record follow. So a refusal or a lost cove-vm changes nothing, and a failed write puts
+    /// cove-vm back on the old time: the VM, its file and the record never disagree for long.
     pub async fn set_expiry(
         &self,
         key: &str,
         expires_at: Option<i64>,
     ) -> Result<SandboxRecord, HostError> {
+        if let Some(at) = expires_at {
+            check_expiry(at, now_ms())?;
+        }
         let id = self.get(key)?.id;
         // Not beside a wake, which reads the configuration this rewrites.
         let _turn = self.turn(&id).await;
         let mut rec = self.get(&id)?;
-        if !rec.state.is_active() && rec.state != SandboxState::Hibernated {
+        let live = rec.state.is_active() || rec.state == SandboxState::Unhealthy;
+        if !live && rec.state != SandboxState::Hibernated {
             return Err(not_running(rec));
         }
+        // cove-vm counts in seconds: a partial second still ends within the next one.
         let secs = expires_at.map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000));
         let layout = rec.layout();
-        let mut cfg: VmConfig =
+        let old: VmConfig =
             serde_json::from_slice(&crate::fsutil::read_own(&layout.vm_config(), 1 << 20)?)
                 .map_err(|e| HostError::Io {
                     what: "parsing vm.json",
                     path: rec.dir.clone(),
                     source: std::io::Error::other(e),
                 })?;
-        cfg.expires_at = secs;
-        write_atomic(
-            &layout.vm_config(),
-            &serde_json::to_vec_pretty(&cfg).expect("serializes"),
-        )?;
-        self.db.set_expiry(&rec.id, expires_at)?;
-        rec.expires_at = expires_at;
-        if rec.state.is_active() {
+        if live {
             self.vm_op(&rec, &ControlRequest::SetExpiry { expires_at: secs })
                 .await?;
         }
+        let cfg = VmConfig {
+            expires_at: secs,
+            ..old.clone()
+        };
+        let persisted = write_atomic(
+            &layout.vm_config(),
+            &serde_json::to_vec_pretty(&cfg).expect("serializes"),
+        )
+        .and_then(|()| Ok(self.db.set_expiry(&rec.id, expires_at)?));
+        if let Err(e) = persisted {
+            // Back to the old time everywhere (a failed atomic write left vm.json as it was;
+            // a failed record write did not).
+            let _ = write_atomic(
+                &layout.vm_config(),
+                &serde_json::to_vec_pretty(&old).expect("serializes"),
+            );
+            if live {
+                let undo = ControlRequest::SetExpiry {
+                    expires_at: old.expires_at,
+                };
+                if let Err(u) = self.vm_op(&rec, &undo).await {
+                    tracing::warn!("sandbox {}: putting its old expiry back: {u}", rec.id);
+                }
+            }
+            return Err(e);
+        }
+        rec.expires_at = expires_at;
         Ok(rec)
     }
 
@@ -658,5 +711,29 @@ impl Host {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_run_from_about_now_to_ten_years_on() {
+        let now = 1_700_000_000_000;
+        let ten_years = 315_360_000_000;
+        for ok in [now, now - 1_000, now - EXPIRY_SLACK_MS, now + ten_years] {
+            assert!(check_expiry(ok, now).is_ok(), "{ok}");
+        }
+        // Seconds given as milliseconds (1970), before the epoch, past ten years.
+        for bad in [1_700_000_000, -1, i64::MIN, now + ten_years + 1, i64::MAX] {
+            assert!(
+                matches!(
+                    check_expiry(bad, now),
+                    Err(HostError::InvalidSetting { what: "expiry", .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

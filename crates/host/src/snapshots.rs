@@ -8,7 +8,7 @@ use cove_protocol::control::ControlRequest;
 
 use crate::error::io_err;
 use crate::fsutil::{new_id, now_ms};
-use crate::spec::validate_name;
+use crate::spec::{validate_name, validate_timeout};
 use crate::supervisor::{not_running, this_process};
 use cove_state::Limits;
 
@@ -24,12 +24,14 @@ impl Host {
     /// N new sandboxes from a running (or paused) one: a snapshot, then N restores, each with its
     /// own disk copy, hostname, machine-id, entropy and a clock set to now. The source keeps
     /// running.
-    /// With `limits`, each clone is admitted against its owner's limits as it is recorded.
+    /// With `limits`, each clone is admitted against its owner's limits as it is recorded; with
+    /// `ttl_secs`, each clone is created with that time to live (as a create's `ttl_secs`).
     pub async fn fork(
         &self,
         key: &str,
         count: u32,
         limits: Option<Limits>,
+        ttl_secs: Option<u64>,
     ) -> Result<Vec<SandboxRecord>, HostError> {
         if !(1..=64).contains(&count) {
             return Err(HostError::InvalidSetting {
@@ -37,6 +39,10 @@ impl Host {
                 value: count.to_string(),
                 allowed: "1 to 64",
             });
+        }
+        // Before the snapshot: a bad setting costs nothing and leaves nothing behind.
+        if let Some(t) = ttl_secs {
+            validate_timeout(t)?;
         }
         let source = self.get(key)?;
         // The fork's snapshot lives only until the clones have started: it stays local.
@@ -57,6 +63,7 @@ impl Host {
             // A clone restores on the engine that took the snapshot.
             engine: Some(source.engine),
             limits,
+            ttl_secs,
             owner: source.owner,
             labels: source.labels,
             env: source.env,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use cove_model::OnExpire;
 use cove_state::Limits;
 
 use crate::HostError;
@@ -29,8 +30,8 @@ pub struct CreateSpec {
     pub idle_timeout_secs: Option<u64>,
     /// `pause` or `hibernate` (default `pause`); the next request resumes it.
     pub on_idle: Option<String>,
-    /// What the end of `ttl_secs` does: `stop` (default) or `hibernate`.
-    pub on_expire: Option<String>,
+    /// What the end of `ttl_secs` does (none: stop).
+    pub on_expire: Option<OnExpire>,
     /// The engine (`auto`, `kvm`, `qemu`); none: the host's default (`COVE_ENGINE`, else
     /// `auto`).
     pub engine: Option<String>,
@@ -109,11 +110,6 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
     {
         return Err(bad("on-idle", p.clone(), "pause or hibernate"));
     }
-    if let Some(p) = &spec.on_expire
-        && !matches!(p.as_str(), "stop" | "hibernate")
-    {
-        return Err(bad("on-expire", p.clone(), "stop or hibernate"));
-    }
     if spec.on_expire.is_some() && spec.ttl_secs.is_none() {
         return Err(bad("on-expire", "without --ttl".into(), "with --ttl SECS"));
     }
@@ -128,13 +124,7 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
         .into_iter()
         .flatten()
     {
-        if !(1..=MAX_TIMEOUT_SECS).contains(&t) {
-            return Err(bad(
-                "timeout",
-                format!("{t} s"),
-                "1 second to 10 years (315360000 s)",
-            ));
-        }
+        validate_timeout(t)?;
     }
     for (k, v) in &spec.labels {
         validate_label(k, v)?;
@@ -158,6 +148,19 @@ pub const MAX_CPUS: u32 = 32;
 pub const MAX_MEMORY_MIB: u32 = 262_144;
 /// Longest time to live or idle timeout: ten years (and no overflow adding it to a clock).
 pub const MAX_TIMEOUT_SECS: u64 = 315_360_000;
+
+/// A time to live or idle timeout: 1 second to [`MAX_TIMEOUT_SECS`].
+pub fn validate_timeout(secs: u64) -> Result<(), HostError> {
+    if (1..=MAX_TIMEOUT_SECS).contains(&secs) {
+        Ok(())
+    } else {
+        Err(HostError::InvalidSetting {
+            what: "timeout",
+            value: format!("{secs} s"),
+            allowed: "1 second to 10 years (315360000 s)",
+        })
+    }
+}
 
 /// A label: a key of 1 to 63 of `[A-Za-z0-9._/-]` (so `k=v,k2=v2` filters can name it), a
 /// value of at most 256 bytes with no control character and no `,`.

@@ -88,6 +88,12 @@ impl SandboxState {
         matches!(self, Self::Running | Self::Paused)
     }
 
+    /// Its agent can be given sessions (exec, files): it runs, or it runs and its agent was
+    /// slow to answer (which a session that gets through turns back into `running`).
+    pub fn takes_sessions(self) -> bool {
+        matches!(self, Self::Running | Self::Unhealthy)
+    }
+
     /// Its VM has ended for good: nothing but removal is left.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Stopped | Self::Failed)

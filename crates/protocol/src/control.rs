@@ -7,6 +7,7 @@
 //!
 //! [`VmConfig`] is what the host writes to `vm.json` for cove-vm to start from.
 
+pub use cove_model::OnExpire;
 use serde::{Deserialize, Serialize};
 
 /// One request on the control socket.
@@ -193,7 +194,7 @@ pub struct VmConfig {
     pub on_idle: Option<String>,
     /// What `expires_at` does: `stop` (none: the same) or `hibernate`.
     #[serde(default)]
-    pub on_expire: Option<String>,
+    pub on_expire: Option<OnExpire>,
     /// Root of the local-folder blob store, where an idle hibernation is uploaded. Never set
     /// for a jailed cove-vm, which sees no blob store: the host stores its hibernation.
     #[serde(default)]

@@ -13,6 +13,8 @@ mod auth;
 mod conn;
 mod e2b;
 mod error;
+#[cfg(test)]
+mod fake_agent;
 mod keys;
 mod metrics;
 mod routes;

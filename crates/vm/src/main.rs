@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::Parser;
 use cove_model::SandboxDir;
 use cove_protocol::control::{
-    ControlRequest, ControlResponse, ExitRecord, VmConfig, VmEnd, VmState, VmStatus,
+    ControlRequest, ControlResponse, ExitRecord, OnExpire, VmConfig, VmEnd, VmState, VmStatus,
 };
 use cove_protocol::{Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -330,7 +330,7 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
             },
             _ = tokio::time::sleep(POLICY_TICK) => {
                 match policy(&cfg, &link, shared.status().state) {
-                    Some(Policy::Expire) if cfg.on_expire.as_deref() == Some("hibernate") => {
+                    Some(Policy::Expire) if cfg.on_expire == Some(OnExpire::Hibernate) => {
                         let snap = dir.join("hibernation");
                         let _ = std::fs::remove_dir_all(&snap);
                         let _ = vm.resume().await;

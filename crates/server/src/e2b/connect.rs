@@ -8,6 +8,8 @@
 //! from `.proto` files with a protobuf toolchain, while these few messages are plain serde types
 //! (the SDKs' JSON form of them), and the framing is the thirty lines below.
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +27,8 @@ const END_STREAM: u8 = 0x02;
 const COMPRESSED: u8 = 0x01;
 /// The largest request message taken (files go over `/files`, not RPCs).
 const MAX_MESSAGE: usize = 4 << 20;
+/// Keepalives while a stream is silent, unless the client asks for another interval.
+const KEEPALIVE: Duration = Duration::from_secs(50);
 
 /// A Connect error code (the protocol's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +235,11 @@ impl StreamTx {
         self.0.send(envelope(0, &json)).await.is_ok()
     }
 
+    /// Resolves once the client has gone (the response body was dropped).
+    pub(crate) async fn closed(&self) {
+        self.0.closed().await;
+    }
+
     /// Ends the stream, well or with an error.
     pub(crate) async fn end(self, error: Option<RpcError>) {
         let body = match error {
@@ -261,6 +270,56 @@ pub(crate) fn stream() -> (StreamTx, Response) {
     (StreamTx(tx), res)
 }
 
+/// The interval between keepalives: the SDKs' `Keepalive-Ping-Interval` (seconds), else 50 s.
+pub(crate) fn keepalive_interval(headers: &HeaderMap) -> Duration {
+    headers
+        .get("keepalive-ping-interval")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(KEEPALIVE, Duration::from_secs)
+}
+
+/// A streaming answer fed by `pump` in a task of its own: `start` first, `keepalive` every
+/// `every` while the stream is otherwise silent, then the end `pump` returns. The client
+/// leaving ends it at once, even while the pump waits on a quiet source (a silent process, a
+/// still directory): the pump is dropped with what it holds, so its session with the guest
+/// ends too.
+pub(crate) fn serve_stream<P, F>(
+    start: serde_json::Value,
+    keepalive: serde_json::Value,
+    every: Duration,
+    pump: P,
+) -> Response
+where
+    P: FnOnce(StreamTx) -> F,
+    F: Future<Output = Option<RpcError>> + Send + 'static,
+{
+    let (tx, res) = stream();
+    let pump = pump(tx.clone());
+    tokio::spawn(async move {
+        if !tx.send(&start).await {
+            return;
+        }
+        // The pump is polled in place, never restarted: a keepalive cannot cancel a read
+        // halfway and lose what it read.
+        tokio::pin!(pump);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                end = &mut pump => return tx.end(end).await,
+                () = tx.closed() => return,
+                _ = tick.tick() => {
+                    if !tx.send(&keepalive).await {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    res
+}
+
 /// A stream that only says why it failed.
 pub(crate) async fn failed_stream(e: RpcError) -> Response {
     let (tx, res) = stream();
@@ -277,6 +336,52 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The client leaving a quiet stream ends its pump at once (and what the pump holds, such
+    /// as a session with the guest), not at the next message that can no longer be sent.
+    #[tokio::test]
+    async fn a_client_leaving_a_quiet_stream_drops_its_pump() {
+        let (held, gone) = tokio::sync::oneshot::channel::<()>();
+        let res = serve_stream(
+            serde_json::json!({"start": {}}),
+            serde_json::json!({"keepalive": {}}),
+            Duration::from_millis(20),
+            move |_tx| async move {
+                let _held = held;
+                std::future::pending::<()>().await;
+                None
+            },
+        );
+        let mut body = res.into_body().into_data_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(envelopes(&first).unwrap(), [&br#"{"start":{}}"#[..]]);
+        let second = body.next().await.unwrap().unwrap();
+        assert_eq!(envelopes(&second).unwrap(), [&br#"{"keepalive":{}}"#[..]]);
+        drop(body);
+        tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .expect("the pump was dropped")
+            .unwrap_err();
+    }
+
+    /// A pump that ends ends the stream with its end envelope.
+    #[tokio::test]
+    async fn a_pump_ends_its_stream() {
+        let res = serve_stream(
+            serde_json::json!({"start": {}}),
+            serde_json::json!({"keepalive": {}}),
+            Duration::from_secs(60),
+            |tx| async move {
+                tx.send(&serde_json::json!({"n": 1})).await;
+                Some(RpcError::new(Code::NotFound, "gone"))
+            },
+        );
+        let all = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(envelopes(&all).unwrap().len(), 2);
+        assert!(all.ends_with(br#"{"error":{"code":"not_found","message":"gone"}}"#));
+    }
 
     #[test]
     fn envelopes_are_read_and_malformed_ones_refused() {

@@ -4,7 +4,11 @@
 //! What E2B calls a paused sandbox is one that costs nothing while it waits and resumes on any
 //! host: Cove's hibernated sandbox. A sandbox paused by Cove's idle policy (its memory still
 //! resident) is shown as paused too; `connect` resumes either. Stopped and failed sandboxes do
-//! not exist for E2B (a timeout's kill is a stop): they answer 404.
+//! not exist for E2B (a timeout's kill is a stop): they answer 404. An unhealthy sandbox (its
+//! VM runs, its agent was slow to answer) is running to E2B, as its envd calls are still tried.
+//!
+//! A sandbox's `envdAccessToken` lets its holder run code in it: it is shown only to a key that
+//! may (scope `exec`).
 
 use std::collections::BTreeMap;
 
@@ -12,10 +16,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cove_api as api;
-use cove_api::SandboxState;
+use cove_api::{OnExpire, SandboxState};
 use cove_host::SandboxRecord;
 use serde::{Deserialize, Serialize};
 
+use super::envd::percent_decode;
 use crate::app::{App, run_op};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, OptionalJson};
@@ -92,36 +97,62 @@ pub(crate) struct Detail {
     started_at: String,
     end_at: String,
     envd_version: &'static str,
-    envd_access_token: String,
+    /// Only for a key of scope `exec` or more: the token runs code in the sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
     domain: String,
     cpu_count: u32,
     #[serde(rename = "memoryMB")]
     memory_mb: u32,
     #[serde(rename = "diskSizeMB")]
     disk_size_mb: u32,
-    state: &'static str,
+    state: E2bState,
     metadata: BTreeMap<String, String>,
     allow_internet_access: bool,
 }
 
-/// What E2B calls the state, or none for a sandbox E2B would not show.
-fn state(s: SandboxState) -> Option<&'static str> {
-    match s {
-        SandboxState::Running | SandboxState::Creating | SandboxState::Resuming => Some("running"),
-        SandboxState::Paused | SandboxState::Hibernated | SandboxState::Hibernating => {
-            Some("paused")
+/// A sandbox's state as E2B names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum E2bState {
+    /// Its VM runs (or is starting, or waking).
+    Running,
+    /// Saved or stopped in memory: `connect` resumes it.
+    Paused,
+}
+
+impl E2bState {
+    /// What E2B calls `s`, or none for a sandbox E2B does not show (a timeout's kill is a stop).
+    fn of(s: SandboxState) -> Option<Self> {
+        match s {
+            SandboxState::Creating
+            | SandboxState::Running
+            | SandboxState::Resuming
+            | SandboxState::Unhealthy => Some(Self::Running),
+            SandboxState::Paused | SandboxState::Hibernating | SandboxState::Hibernated => {
+                Some(Self::Paused)
+            }
+            SandboxState::Stopped | SandboxState::Failed => None,
         }
-        _ => None,
+    }
+
+    /// `running` or `paused`, as a list's `state` filter names them.
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(Self::Running),
+            "paused" => Some(Self::Paused),
+            _ => None,
+        }
     }
 }
 
-/// The sandbox `id` of `auth`'s, as E2B sees it (404 when stopped or failed).
-fn visible(app: &App, auth: &Auth, id: &str) -> Result<SandboxRecord, ApiError> {
+/// The sandbox `id` of `auth`'s, as E2B sees it (404 when stopped or failed), and its state.
+fn visible(app: &App, auth: &Auth, id: &str) -> Result<(SandboxRecord, E2bState), ApiError> {
     let r = app.owned(&auth.0, id)?;
-    if state(r.state).is_none() {
-        return Err(ApiError::not_found("sandbox", id));
+    match E2bState::of(r.state) {
+        Some(s) => Ok((r, s)),
+        None => Err(ApiError::not_found("sandbox", id)),
     }
-    Ok(r)
 }
 
 fn sandbox(app: &App, r: &SandboxRecord) -> E2bSandbox {
@@ -136,7 +167,8 @@ fn sandbox(app: &App, r: &SandboxRecord) -> E2bSandbox {
     }
 }
 
-fn detail(app: &App, r: SandboxRecord) -> Detail {
+/// `r` (in `state`) as get and list show it to `auth`.
+fn detail(app: &App, auth: &Auth, r: SandboxRecord, state: E2bState) -> Detail {
     let s = sandbox(app, &r);
     Detail {
         template_id: s.template_id,
@@ -147,12 +179,12 @@ fn detail(app: &App, r: SandboxRecord) -> Detail {
         // No time to live is an end far away, as E2B's clients need one.
         end_at: rfc3339(r.expires_at.unwrap_or(253_402_300_799_000)),
         envd_version: s.envd_version,
-        envd_access_token: s.envd_access_token,
+        envd_access_token: auth.0.allows(Scope::Exec).then_some(s.envd_access_token),
         domain: s.domain,
         cpu_count: r.cpus,
         memory_mb: r.memory_mib,
         disk_size_mb: r.disk_mib,
-        state: state(r.state).unwrap_or("running"),
+        state,
         allow_internet_access: r.network.mode == cove_api::NetworkMode::Egress,
         metadata: r.labels,
     }
@@ -225,9 +257,13 @@ pub(crate) async fn create(
         labels: req.metadata,
         ttl_secs: Some(timeout.max(1)),
         // E2B's pause is Cove's hibernate.
-        on_expire: req
-            .auto_pause
-            .map(|p| if p { "hibernate" } else { "stop" }.to_string()),
+        on_expire: req.auto_pause.map(|p| {
+            if p {
+                OnExpire::Hibernate
+            } else {
+                OnExpire::Stop
+            }
+        }),
         network,
         ..Default::default()
     };
@@ -242,8 +278,8 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Detail>, ApiError> {
     auth.need(Scope::Read)?;
-    let r = visible(&app, &auth, &id)?;
-    Ok(Json(detail(&app, r)))
+    let (r, state) = visible(&app, &auth, &id)?;
+    Ok(Json(detail(&app, &auth, r, state)))
 }
 
 /// `GET /v2/sandboxes` filters.
@@ -277,27 +313,29 @@ pub(crate) async fn list(
         .flat_map(|s| s.split(','))
         .filter(|s| !s.is_empty())
     {
-        match s {
-            "running" | "paused" => states.push(s.to_string()),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "state {s:?}: running or paused"
-                )));
-            }
-        }
+        states.push(
+            E2bState::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("state {s:?}: running or paused")))?,
+        );
     }
     let want = metadata_filter(q.metadata.as_deref().unwrap_or(""))?;
     let (items, next) = page(
         &app,
         &auth,
         |r| {
-            state(r.state).is_some_and(|s| states.is_empty() || states.iter().any(|x| x == s))
+            E2bState::of(r.state).is_some_and(|s| states.is_empty() || states.contains(&s))
                 && want.iter().all(|(k, v)| r.labels.get(k) == Some(v))
         },
         limit,
         q.next_token.as_deref(),
     )?;
-    let body: Vec<Detail> = items.into_iter().map(|r| detail(&app, r)).collect();
+    let body: Vec<Detail> = items
+        .into_iter()
+        .filter_map(|r| {
+            let state = E2bState::of(r.state)?;
+            Some(detail(&app, &auth, r, state))
+        })
+        .collect();
     let mut res = Json(body).into_response();
     if let Some(t) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
         res.headers_mut().insert("x-next-token", t);
@@ -317,27 +355,6 @@ fn metadata_filter(q: &str) -> Result<Vec<(String, String)>, ApiError> {
         out.push((dec(k)?, dec(v)?));
     }
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ApiError::bad_request("metadata: a bad percent escape"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request("metadata: not UTF-8"))
 }
 
 /// Kill a sandbox: it is removed.
@@ -370,8 +387,8 @@ pub(crate) async fn set_timeout(
     Json(t): Json<Timeout>,
 ) -> Result<StatusCode, ApiError> {
     auth.need(Scope::Exec)?;
-    let r = visible(&app, &auth, &id)?;
-    let at = end_after(t.timeout)?;
+    let (r, _) = visible(&app, &auth, &id)?;
+    let at = end_after(t.timeout);
     run_op(&app, &auth, "timeout", |app| async move {
         app.host.set_expiry(&r.id, Some(at)).await
     })
@@ -379,14 +396,10 @@ pub(crate) async fn set_timeout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn end_after(secs: u64) -> Result<i64, ApiError> {
-    const MAX: u64 = 315_360_000;
-    if secs > MAX {
-        return Err(ApiError::bad_request(format!(
-            "timeout {secs}: at most {MAX} seconds"
-        )));
-    }
-    Ok(now_ms() + i64::try_from(secs).expect("small") * 1000)
+/// `secs` from now, in milliseconds since the epoch (saturating: the host refuses an end past
+/// [`cove_host::MAX_TIMEOUT_SECS`]).
+fn end_after(secs: u64) -> i64 {
+    now_ms().saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
 }
 
 /// Pause a sandbox: its whole state is kept and it costs nothing until `connect` (Cove's
@@ -397,8 +410,8 @@ pub(crate) async fn pause(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     auth.need(Scope::Exec)?;
-    let r = visible(&app, &auth, &id)?;
-    if state(r.state) == Some("paused") {
+    let (r, state) = visible(&app, &auth, &id)?;
+    if state == E2bState::Paused {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -427,15 +440,21 @@ pub(crate) async fn connect(
     OptionalJson(body): OptionalJson<ConnectBody>,
 ) -> Result<Response, ApiError> {
     auth.need(Scope::Exec)?;
-    let r = visible(&app, &auth, &id)?;
-    let at = end_after(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS))?;
-    let resumed = r.state != SandboxState::Running;
+    let (r, state) = visible(&app, &auth, &id)?;
+    let at = end_after(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+    let resumed = state == E2bState::Paused;
     let rec = run_op(&app, &auth, "connect", move |app| async move {
         // Extended first: a sandbox woken past its old end would be stopped at once.
         if r.expires_at.is_some_and(|e| e < at) {
             app.host.set_expiry(&r.id, Some(at)).await?;
         }
-        app.host.resume(&r.id).await
+        if r.state.takes_sessions() {
+            // Running, or unhealthy (its VM runs; a call that gets through heals it): there is
+            // nothing to resume.
+            app.host.get(&r.id)
+        } else {
+            app.host.resume(&r.id).await
+        }
     })
     .await?;
     let status = if resumed {
@@ -477,7 +496,7 @@ pub(crate) async fn metrics(
 ) -> Result<Json<Vec<Metric>>, ApiError> {
     auth.need(Scope::Read)?;
     let Query(w) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let r = visible(&app, &auth, &id)?;
+    let (r, _) = visible(&app, &auth, &id)?;
     let samples = app.usage.series(&app, &r).await;
     let from = w.start.map_or(i64::MIN, |s| s.saturating_mul(1000));
     let to = w.end.map_or(i64::MAX, |s| s.saturating_mul(1000));
@@ -530,7 +549,7 @@ pub(crate) async fn snapshot(
     OptionalJson(body): OptionalJson<SnapshotBody>,
 ) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
     auth.need(Scope::Exec)?;
-    let r = visible(&app, &auth, &id)?;
+    let (r, _) = visible(&app, &auth, &id)?;
     let limits = app.limits(&auth.0)?;
     let s = run_op(&app, &auth, "snapshot", |app| async move {
         app.host
@@ -607,20 +626,18 @@ pub(crate) async fn fork(
     OptionalJson(body): OptionalJson<ForkBody>,
 ) -> Result<(StatusCode, Json<Vec<ForkResult>>), ApiError> {
     auth.need(Scope::Exec)?;
-    let r = visible(&app, &auth, &id)?;
+    let (r, _) = visible(&app, &auth, &id)?;
     let count = body.count.unwrap_or(1);
-    let clones = crate::routes::sandboxes::fork_sandboxes(&app, &auth, r, count).await?;
-    let at = end_after(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS))?;
-    let mut out = Vec::new();
-    for c in clones {
-        let c = run_op(&app, &auth, "timeout", move |app| async move {
-            app.host.set_expiry(&c.id, Some(at)).await
+    // Each clone is made with its time to live (checked before anything is forked, 0 is a
+    // second as in create): none is ever left running without an end.
+    let ttl = body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS).max(1);
+    let clones = crate::routes::sandboxes::fork_sandboxes(&app, &auth, r, count, Some(ttl)).await?;
+    let out = clones
+        .iter()
+        .map(|c| ForkResult {
+            sandbox: sandbox(&app, c),
         })
-        .await?;
-        out.push(ForkResult {
-            sandbox: sandbox(&app, &c),
-        });
-    }
+        .collect();
     Ok((StatusCode::CREATED, Json(out)))
 }
 

@@ -4,7 +4,6 @@
 //! `GET`/`POST /files`, and the Connect services `process.Process` and `filesystem.Filesystem`,
 //! each carried to the guest's agent like `/v1`'s exec and files.
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +15,7 @@ use tokio::io::AsyncReadExt as _;
 use super::connect::{Code, RpcError};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::routes::files::{DownloadError, download_body, file_err};
 
 /// The header carrying the sandbox's access token.
 const TOKEN_HEADER: &str = "x-access-token";
@@ -37,7 +37,7 @@ pub(crate) async fn serve(app: App, id: String, req: Request) -> Response {
     }
     // Only the whole id (a token is a whole id's); only a running sandbox answers.
     let rec = match app.host.get(&id) {
-        Ok(r) if r.id == id && r.state == cove_api::SandboxState::Running => r,
+        Ok(r) if r.id == id && r.state.takes_sessions() => r,
         _ => return super::not_running(&id),
     };
     let path = req.uri().path().to_string();
@@ -163,14 +163,17 @@ fn serde_urlencoded_lite(q: &str) -> Result<FilesQuery, ApiError> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Result<String, ApiError> {
+/// A percent-encoded query part (`%2F` to `/`), which must decode to UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Result<String, ApiError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
+            // Two hex digits exactly (`from_str_radix` alone would take a sign: `%+f`).
             let v = b
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| ApiError::bad_request("a bad percent escape in the query"))?;
@@ -192,16 +195,6 @@ fn files_error(e: ApiError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A missing path is the route's resource: 404 (the SDKs' `FileNotFoundException`).
-fn file_error(e: cove_host::ClientError) -> ApiError {
-    match &e {
-        cove_host::ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::NotFound => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", a.to_string())
-        }
-        _ => e.into(),
-    }
-}
-
 /// `GET /files?path=`: the file, streamed.
 async fn files_get(app: &App, rec: &SandboxRecord, req: Request) -> Response {
     let run = async move {
@@ -212,19 +205,11 @@ async fn files_get(app: &App, rec: &SandboxRecord, req: Request) -> Response {
             .ok_or_else(|| ApiError::bad_request("path: give the file's path"))?;
         let path = resolve(&path, &user).map_err(|e| ApiError::bad_request(e.message))?;
         let client = app.host.connect(&rec.id).await?;
-        // Its existence first, so a missing file is a 404, not a broken stream.
-        let st = client.stat(&path).await.map_err(file_error)?;
-        if st.kind == cove_protocol::FileKind::Dir {
-            return Err(ApiError::bad_request(format!("{path} is a directory")));
-        }
-        let (w, r) = tokio::io::duplex(256 * 1024);
-        tokio::spawn(async move {
-            let mut w = w;
-            if let Err(e) = client.read_file(&path, &mut w).await {
-                tracing::info!("an envd download ended early: {e}");
-            }
-        });
-        let body = Body::from_stream(tokio_util::io::ReaderStream::new(r));
+        // A missing file is a 404 and a directory a 400, as envd has them (not a broken stream).
+        let body = download_body(client, path).await.map_err(|e| match e {
+            DownloadError::Stat(e) => file_err(e),
+            e @ DownloadError::Directory(_) => ApiError::bad_request(e.to_string()),
+        })?;
         Ok::<_, ApiError>(
             ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
         )
@@ -274,7 +259,7 @@ async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
                 client
                     .write_file_as(&path, None, Some(&user), &mut reader)
                     .await
-                    .map_err(file_error)?;
+                    .map_err(file_err)?;
                 written.push(entry(&path));
             }
         } else {
@@ -295,7 +280,7 @@ async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
             client
                 .write_file_as(&path, None, Some(&user), &mut reader)
                 .await
-                .map_err(file_error)?;
+                .map_err(file_err)?;
             // A gzip stream with trailing garbage is refused by the decoder above; nothing
             // more to read.
             let _ = reader.read(&mut [0u8; 1]).await;
@@ -310,4 +295,25 @@ async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
 fn entry(path: &str) -> serde_json::Value {
     let name = path.rsplit('/').next().unwrap_or(path);
     serde_json::json!({"name": name, "type": "file", "path": path})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_escapes_are_decoded_and_bad_ones_refused() {
+        assert_eq!(percent_decode("a%2Fb%20c").unwrap(), "a/b c");
+        assert_eq!(percent_decode("%C3%A9").unwrap(), "é");
+        for bad in ["%", "%2", "%zz", "%+f", "%-1", "%FF"] {
+            assert!(percent_decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_files_query_names_path_and_user() {
+        let q = serde_urlencoded_lite("path=%2Ftmp%2Fa+b&username=u&signature=x").unwrap();
+        assert_eq!(q.path.as_deref(), Some("/tmp/a b"));
+        assert_eq!(q.username.as_deref(), Some("u"));
+    }
 }

@@ -17,6 +17,8 @@ use crate::app::App;
 
 /// Entries one `ListDir` returns at most (a deep listing of a big tree is cut there).
 const MAX_ENTRIES: usize = 100_000;
+/// Levels one `ListDir` descends at most: a path (4096 bytes at most) names no more.
+const MAX_DEPTH: u32 = 2048;
 
 #[derive(Debug, Deserialize)]
 struct PathRequest {
@@ -104,50 +106,35 @@ async fn watch_stream(
         Ok(s) => s,
         Err(e) => return connect::failed_stream(e).await,
     };
-    let every = super::process::keepalive(headers);
-    let (tx, res) = connect::stream();
-    tokio::spawn(async move {
-        if !tx.send(&json!({"start": {}})).await {
-            return;
-        }
-        let ticker = {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tick.tick().await;
-                    if !tx.send(&json!({"keepalive": {}})).await {
-                        return;
+    connect::serve_stream(
+        json!({"start": {}}),
+        json!({"keepalive": {}}),
+        connect::keepalive_interval(headers),
+        move |tx| async move {
+            loop {
+                match session.next().await {
+                    Some(Event::Reply(Reply::FsEvent(e))) => {
+                        if let Some(j) = event_json(&e)
+                            && !tx.send(&json!({"filesystem": j})).await
+                        {
+                            return None;
+                        }
                     }
-                }
-            })
-        };
-        let end = loop {
-            match session.next().await {
-                Some(Event::Reply(Reply::FsEvent(e))) => {
-                    if let Some(j) = event_json(&e)
-                        && !tx.send(&json!({"filesystem": j})).await
-                    {
-                        break None;
+                    Some(Event::Reply(Reply::Error(e))) => {
+                        return Some(fs_err(cove_host::ClientError::from(e)));
                     }
-                }
-                Some(Event::Reply(Reply::Error(e))) => {
-                    break Some(fs_err(cove_host::ClientError::from(e)));
-                }
-                Some(Event::Reply(r)) if r.is_final() => break None,
-                Some(_) => {}
-                None => {
-                    break Some(RpcError::new(
-                        Code::Unavailable,
-                        "the sandbox went away during the watch",
-                    ));
+                    Some(Event::Reply(r)) if r.is_final() => return None,
+                    Some(_) => {}
+                    None => {
+                        return Some(RpcError::new(
+                            Code::Unavailable,
+                            "the sandbox went away during the watch",
+                        ));
+                    }
                 }
             }
-        };
-        ticker.abort();
-        tx.end(end).await;
-    });
-    res
+        },
+    )
 }
 
 /// A missing path, an existing one, a bad one: the codes envd gives them.
@@ -337,7 +324,11 @@ async fn list(
     out: &mut Vec<serde_json::Value>,
 ) -> Result<(), RpcError> {
     let mut level = vec![dir.trim_end_matches('/').to_string()];
-    for _ in 0..depth {
+    for _ in 0..depth.min(MAX_DEPTH) {
+        // A tree shallower than the depth asked for ends here.
+        if level.is_empty() {
+            break;
+        }
         let mut next = Vec::new();
         for d in level {
             let entries = match client.list(if d.is_empty() { "/" } else { &d }).await {
@@ -374,6 +365,49 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A huge depth over a shallow tree stops where the tree does.
+    #[tokio::test]
+    async fn a_deep_listing_of_a_shallow_tree_ends() {
+        use crate::fake_agent::{self, msg};
+        use cove_protocol::{DirEntry, Request};
+        let lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = lists.clone();
+        let client = fake_agent::client(move |req| {
+            let Request::List { path } = req else {
+                return vec![];
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let entries = if path == "/d" {
+                vec![DirEntry {
+                    name: "sub".into(),
+                    kind: FileKind::Dir,
+                    size: 0,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    link_target: None,
+                    owner: None,
+                    group: None,
+                }]
+            } else {
+                vec![]
+            };
+            vec![msg(&Reply::Entries { entries })]
+        });
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            list(&client, "/d/", u32::MAX, &mut out),
+        )
+        .await
+        .expect("it ends")
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["path"], "/d/sub");
+        assert_eq!(lists.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn permissions_read_like_ls() {

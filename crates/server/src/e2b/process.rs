@@ -19,9 +19,6 @@ use super::connect::{self, Code, RpcError, StreamTx};
 use super::envd::{effective_user, resolve, user};
 use crate::app::App;
 
-/// Keepalives while a stream is silent, unless the client asks for another interval.
-const KEEPALIVE: Duration = Duration::from_secs(50);
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ProcessConfig {
@@ -267,15 +264,6 @@ fn deadline(headers: &HeaderMap) -> Option<u64> {
         .filter(|ms| *ms > 0)
 }
 
-pub(crate) fn keepalive(headers: &HeaderMap) -> Duration {
-    headers
-        .get("keepalive-ping-interval")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .map_or(KEEPALIVE, Duration::from_secs)
-}
-
 /// `Start`: runs the command (it outlives the stream, as in envd) and streams its events. The
 /// call's deadline (`Connect-Timeout-Ms`) is the process's time limit, as in envd.
 async fn start(app: App, rec: SandboxRecord, headers: &HeaderMap, r: StartRequest) -> Response {
@@ -320,7 +308,7 @@ async fn start(app: App, rec: SandboxRecord, headers: &HeaderMap, r: StartReques
         Ok((ex, tty.is_some()))
     };
     match run.await {
-        Ok((ex, tty)) => events(ex, tty, keepalive(headers)),
+        Ok((ex, tty)) => events(ex, tty, connect::keepalive_interval(headers)),
         Err(e) => connect::failed_stream(e).await,
     }
 }
@@ -343,39 +331,21 @@ async fn follow(app: App, rec: SandboxRecord, headers: &HeaderMap, r: ByProcess)
         Ok::<_, RpcError>((ex, tty))
     };
     match run.await {
-        Ok((ex, tty)) => events(ex, tty, keepalive(headers)),
+        Ok((ex, tty)) => events(ex, tty, connect::keepalive_interval(headers)),
         Err(e) => connect::failed_stream(e).await,
     }
 }
 
 /// The process's events as a stream: `start`, `data` (stdout, stderr, or pty for a terminal),
-/// `keepalive` while silent, `end`. The client leaving ends only the stream.
+/// `keepalive` while silent, `end`. The client leaving ends only the stream (and the session
+/// following the process); the process runs on.
 fn events(mut ex: ExecSession, tty: bool, every: Duration) -> Response {
-    let (tx, res) = connect::stream();
-    let pid = ex.pid;
-    tokio::spawn(async move {
-        if !tx.send(&json!({"event": {"start": {"pid": pid}}})).await {
-            return;
-        }
-        // Keepalives from their own task: the session's next event is never raced (a cancelled
-        // read could lose one).
-        let ticker = {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tick.tick().await;
-                    if !tx.send(&json!({"event": {"keepalive": {}}})).await {
-                        return;
-                    }
-                }
-            })
-        };
-        let end = pump(&mut ex, &tx, tty).await;
-        ticker.abort();
-        tx.end(end).await;
-    });
-    res
+    connect::serve_stream(
+        json!({"event": {"start": {"pid": ex.pid}}}),
+        json!({"event": {"keepalive": {}}}),
+        every,
+        move |tx| async move { pump(&mut ex, &tx, tty).await },
+    )
 }
 
 async fn pump(ex: &mut ExecSession, tx: &StreamTx, tty: bool) -> Option<RpcError> {

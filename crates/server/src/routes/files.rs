@@ -1,14 +1,14 @@
 //! Files of a sandbox over HTTP: downloads and uploads stream (any size, never whole in
 //! coved's memory), plus stat, list, mkdir, remove and rename.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cove_api as api;
-use cove_host::ClientError;
+use cove_host::{AgentClient, ClientError};
 use cove_protocol::FileKind;
-use futures::TryStreamExt as _;
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 
 use crate::app::App;
@@ -49,7 +49,7 @@ fn query(
 }
 
 /// A missing path is the resource the route names: 404 here, not the exec's 422.
-fn file_err(e: ClientError) -> ApiError {
+pub(crate) fn file_err(e: ClientError) -> ApiError {
     match &e {
         ClientError::Agent(a) if a.code == cove_protocol::ErrorCode::NotFound => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", a.to_string())
@@ -83,22 +83,69 @@ pub async fn download(
     let r = app.owned(&auth.0, &id)?;
     let q = query(q)?;
     let client = app.host.connect(&r.id).await?;
-    // Errors that have a status (missing, a directory) come before the first byte.
-    let st = client.stat(&q.path).await.map_err(file_err)?;
-    if st.kind == FileKind::Dir {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("{} is a directory", q.path),
-        ));
-    }
-    let (mut w, rd) = tokio::io::duplex(256 << 10);
-    tokio::spawn(async move {
-        // A failure mid-stream ends the body early: the client sees a short read.
-        let _ = client.read_file(&q.path, &mut w).await;
-    });
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(rd, 256 << 10));
+    let body = download_body(client, q.path).await.map_err(|e| match e {
+        DownloadError::Stat(e) => file_err(e),
+        e @ DownloadError::Directory(_) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Why a download did not start (nothing was sent: its answer may still have any status).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DownloadError {
+    /// Looking at the path failed (the agent's `not_found` for a missing one).
+    #[error(transparent)]
+    Stat(ClientError),
+    /// The path is a directory.
+    #[error("{0} is a directory")]
+    Directory(String),
+}
+
+/// Bytes buffered between the agent's session and the response.
+const DOWNLOAD_BUFFER: usize = 256 << 10;
+
+/// A file of a sandbox as a response body, streamed — `/v1`'s download and envd's. What has a
+/// status of its own (missing, a directory) is checked before the first byte; a failure after
+/// it aborts the response, so the client sees a broken transfer, never a clean end to a short
+/// file.
+pub(crate) async fn download_body(
+    client: AgentClient,
+    path: String,
+) -> Result<Body, DownloadError> {
+    let st = client.stat(&path).await.map_err(DownloadError::Stat)?;
+    if st.kind == FileKind::Dir {
+        return Err(DownloadError::Directory(path));
+    }
+    Ok(Body::from_stream(file_stream(client, path)))
+}
+
+/// The file's bytes, then an error item if the copy failed (a body stream's error aborts the
+/// response) or nothing if it ended well.
+fn file_stream(
+    client: AgentClient,
+    path: String,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let (mut w, rd) = tokio::io::duplex(DOWNLOAD_BUFFER);
+    let (done, result) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = client.read_file(&path, &mut w).await;
+        if let Err(e) = &r {
+            tracing::info!("a download of {path} ended early: {e}");
+        }
+        let _ = done.send(r);
+        // `w` goes now: the reader sees the end of what was copied, then the result.
+    });
+    let end = futures::stream::once(async move {
+        match result.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e))),
+            Err(_) => Some(Err(std::io::Error::other("the download's copy stopped"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    tokio_util::io::ReaderStream::with_capacity(rd, DOWNLOAD_BUFFER).chain(end)
 }
 
 /// Upload a file (streamed; replaces it atomically; parents are created).
@@ -338,4 +385,85 @@ pub async fn rename(
         .await
         .map_err(file_err)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_agent::{self, msg};
+    use cove_protocol::{AgentError, ErrorCode, FileStat, FrameBody, Reply, Request, Stream};
+
+    fn stat(kind: FileKind) -> Reply {
+        Reply::Stat(FileStat {
+            path: "/f".into(),
+            kind,
+            size: 7,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_target: None,
+            owner: None,
+            group: None,
+        })
+    }
+
+    /// An agent that has `/f` (of `kind`) and sends `content` for it, then `end`.
+    fn agent(kind: FileKind, end: Reply) -> AgentClient {
+        fake_agent::client(move |req| match req {
+            Request::Stat { .. } => vec![msg(&stat(kind))],
+            Request::ReadFile { .. } => vec![
+                msg(&Reply::FileStart {
+                    size: 7,
+                    mode: 0o644,
+                }),
+                FrameBody::Data(Stream::Stdout, b"partial".to_vec()),
+                FrameBody::Eof(Stream::Stdout),
+                msg(&end),
+            ],
+            _ => vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_download_streams_the_file() {
+        let body = download_body(agent(FileKind::File, Reply::Done { bytes: 7 }), "/f".into())
+            .await
+            .unwrap();
+        let got = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        assert_eq!(&got[..], b"partial");
+    }
+
+    /// An agent failing once bytes flowed breaks the body: the client cannot take the part it
+    /// got for the whole file (hyper aborts the response on a body error).
+    #[tokio::test]
+    async fn a_download_that_fails_midway_ends_in_an_error() {
+        let failed = Reply::Error(AgentError {
+            code: ErrorCode::Internal,
+            message: "an I/O error".into(),
+            path: None,
+        });
+        let body = download_body(agent(FileKind::File, failed), "/f".into())
+            .await
+            .unwrap();
+        let e = axum::body::to_bytes(body, usize::MAX).await.unwrap_err();
+        assert!(format!("{e:?}").contains("an I/O error"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_directory_or_a_missing_file_is_refused_before_any_byte() {
+        let dir = download_body(agent(FileKind::Dir, Reply::Ok), "/f".into()).await;
+        assert!(matches!(dir, Err(DownloadError::Directory(_))));
+        let missing = fake_agent::client(|_| {
+            vec![msg(&Reply::Error(AgentError {
+                code: ErrorCode::NotFound,
+                message: "no such file".into(),
+                path: Some("/f".into()),
+            }))]
+        });
+        let Err(DownloadError::Stat(e)) = download_body(missing, "/f".into()).await else {
+            panic!("a missing file")
+        };
+        assert_eq!(file_err(e).status, StatusCode::NOT_FOUND);
+    }
 }

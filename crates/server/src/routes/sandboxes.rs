@@ -139,7 +139,8 @@ pub(crate) async fn list(
 }
 
 /// One page of the sandboxes `auth` sees that pass `keep`, oldest first, and the cursor of the
-/// next page (the last id of this one) when there is one (every surface's list).
+/// next page when there is one (every surface's list: `/v1`'s `cursor`, E2B's `nextToken`).
+/// A malformed cursor is a 400.
 pub(crate) fn page(
     app: &App,
     auth: &Auth,
@@ -147,31 +148,86 @@ pub(crate) fn page(
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<(Vec<cove_host::SandboxRecord>, Option<String>), ApiError> {
+    let after = cursor.map(Cursor::parse).transpose()?;
     let mine = app
         .host
         .list()?
         .into_iter()
         .filter(|r| auth.0.sees(r.owner.as_deref()) && keep(r));
-    let mut after = cursor.is_none();
-    let mut items = Vec::new();
-    let mut more = false;
-    for r in mine {
-        if !after {
-            after = cursor == Some(r.id.as_str());
-            continue;
+    let (items, next) = paginate(
+        mine,
+        |r| (r.created_at, r.id.as_str()),
+        limit,
+        after.as_ref(),
+    );
+    Ok((items, next.map(|c| c.to_string())))
+}
+
+/// Where a page of a list ends, as a position in the list's order (oldest first: creation
+/// time, then id), not as a sandbox to find: the next page starts after it even when that
+/// sandbox has since gone or no longer passes the filter. Wire form `CREATED_AT-ID`, opaque to
+/// clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    created_at: i64,
+    id: String,
+}
+
+impl Cursor {
+    pub(crate) fn parse(s: &str) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::bad_request(format!(
+                "cursor {s:?} is not one this server gave: pass the last page's cursor as it \
+                 came, or none for the first page"
+            ))
+        };
+        let (at, id) = s.split_once('-').ok_or_else(bad)?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        let id_ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !digits(at) || !id_ok {
+            return Err(bad());
         }
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        items.push(r);
+        Ok(Self {
+            created_at: at.parse().map_err(|_| bad())?,
+            id: id.to_string(),
+        })
     }
-    let next = if more {
-        items.last().map(|r| r.id.clone())
+
+    fn key(&self) -> (i64, &str) {
+        (self.created_at, &self.id)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.created_at, self.id)
+    }
+}
+
+/// Up to `limit` of `items` (in `key`'s ascending order) that come after `after`, and the
+/// cursor of the last one when more follow.
+fn paginate<T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> (i64, &str),
+    limit: usize,
+    after: Option<&Cursor>,
+) -> (Vec<T>, Option<Cursor>) {
+    let mut rest = items
+        .into_iter()
+        .filter(|t| after.is_none_or(|c| key(t) > c.key()));
+    let page: Vec<T> = rest.by_ref().take(limit).collect();
+    let next = if rest.next().is_some() {
+        page.last().map(|t| {
+            let (created_at, id) = key(t);
+            Cursor {
+                created_at,
+                id: id.to_string(),
+            }
+        })
     } else {
         None
     };
-    Ok((items, next))
+    (page, next)
 }
 
 /// One sandbox.
@@ -364,7 +420,7 @@ pub(crate) async fn fork(
 ) -> Result<(StatusCode, Json<api::List<api::Sandbox>>), ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
-    let clones = fork_sandboxes(&app, &auth, r, req.count.unwrap_or(1)).await?;
+    let clones = fork_sandboxes(&app, &auth, r, req.count.unwrap_or(1), None).await?;
     Ok((
         StatusCode::CREATED,
         Json(api::List {
@@ -373,24 +429,87 @@ pub(crate) async fn fork(
     ))
 }
 
-/// Forks `r` into `count` new sandboxes of `auth`'s tenant (every surface's fork).
+/// Forks `r` into `count` new sandboxes of `auth`'s tenant, each with time to live `ttl_secs`
+/// (every surface's fork). All or nothing: a failed fork leaves no clone behind.
 pub(crate) async fn fork_sandboxes(
     app: &App,
     auth: &Auth,
     r: cove_host::SandboxRecord,
     count: u32,
+    ttl_secs: Option<u64>,
 ) -> Result<Vec<cove_host::SandboxRecord>, ApiError> {
     if !(1..=64).contains(&count) {
         return Err(ApiError::bad_request(format!(
             "invalid count: {count} (allowed: 1 to 64)"
         )));
     }
+    if let Some(t) = ttl_secs {
+        cove_host::validate_timeout(t)?;
+    }
     // Before the snapshot: a fork that cannot fit is refused without one. Each clone is then
     // admitted as it is recorded.
     app.fits(&auth.0, count, r.cpus, r.memory_mib)?;
     let limits = app.limits(&auth.0)?;
     run_op(app, auth, "fork", |app| async move {
-        app.host.fork(&r.id, count, limits).await
+        app.host.fork(&r.id, count, limits, ttl_secs).await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: &(i64, String)) -> (i64, &str) {
+        (t.0, &t.1)
+    }
+
+    fn ids(page: &[(i64, String)]) -> Vec<&str> {
+        page.iter().map(|(_, id)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_page_follows_its_cursor_even_when_that_sandbox_is_gone() {
+        let all: Vec<(i64, String)> = [(1, "b"), (1, "c"), (2, "a"), (3, "d"), (3, "e")]
+            .into_iter()
+            .map(|(t, id)| (t, id.to_string()))
+            .collect();
+        let (first, next) = paginate(all.clone(), key, 2, None);
+        assert_eq!(ids(&first), ["b", "c"]);
+        let next = Cursor::parse(&next.expect("more follow").to_string()).unwrap();
+        // "c" is removed (or stops passing the filter) before the next page is asked for.
+        let without_c = all.iter().filter(|t| t.1 != "c").cloned();
+        let (second, next) = paginate(without_c, key, 2, Some(&next));
+        assert_eq!(ids(&second), ["a", "d"]);
+        let next = next.expect("one more");
+        assert_eq!(next.to_string(), "3-d");
+        let (third, next) = paginate(all.clone(), key, 2, Some(&next));
+        assert_eq!((ids(&third), next), (vec!["e"], None));
+        // A page that ends the list exactly has no next one.
+        assert_eq!(paginate(all.clone(), key, 5, None).1, None);
+        // Past the end: an empty page, no cursor.
+        let end = Cursor::parse("9-z").unwrap();
+        assert_eq!(paginate(all, key, 5, Some(&end)).0.len(), 0);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_malformed_ones_are_refused() {
+        let c = Cursor::parse("1717000000123-0a1b2c3d4e5f").unwrap();
+        assert_eq!(c.key(), (1_717_000_000_123, "0a1b2c3d4e5f"));
+        assert_eq!(c.to_string(), "1717000000123-0a1b2c3d4e5f");
+        for bad in [
+            "",
+            "0a1b2c3d4e5f",
+            "-0a1b2c3d4e5f",
+            "12-",
+            "+12-abc",
+            "x12-abc",
+            "12-ab-c",
+            "12-ab%20c",
+            "99999999999999999999-abc",
+        ] {
+            let e = Cursor::parse(bad).expect_err(bad);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 }

@@ -141,14 +141,8 @@ pub(crate) fn exec_request(
     start: api::ExecStart,
 ) -> Result<ExecRequest, ApiError> {
     let timeout_ms = crate::routes::exec::timeout_ms(start.timeout_secs)?;
-    if let Some(tag) = &start.tag
-        && !tag.is_empty()
-        && tag.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(ApiError::bad_request(format!(
-            "tag {tag:?}: all digits names a pid; give a tag with a letter"
-        )));
-    }
+    // The tag's rules (all digits would read as a pid) are the agent's: it answers
+    // `invalid_request`, a 400 here.
     let base = exec_env(app, rec, start.cmd, start.env, start.cwd, start.user)?;
     Ok(ExecRequest {
         tty: start.tty.map(|t| TtySize {
