@@ -33,6 +33,7 @@ lint:
 test:
 	scripts/test-deps.sh
 	scripts/e2b-sdks.sh
+	scripts/python-sdk.sh
 	$(CARGO) build --workspace --bins --tests
 	COVE_BIN=target/debug/cove guest/setup.sh "$(TEST_HOME)"
 	COVE_HOME="$(TEST_HOME)" target/debug/cove daemon stop >/dev/null
@@ -56,6 +57,8 @@ bench: build
 	COVE_HOME="$(TEST_HOME)" bench/run api
 	scripts/e2b-sdks.sh
 	COVE_HOME="$(TEST_HOME)" bench/run e2b
+	scripts/python-sdk.sh
+	COVE_HOME="$(TEST_HOME)" bench/run sdk
 	bench/run kvm
 
 fmt:

@@ -27,9 +27,9 @@ fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-mod e2b;
 mod kvm;
 mod net;
+mod sdks;
 
 fn summary(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
@@ -1147,8 +1147,9 @@ async fn main() -> anyhow::Result<()> {
         "image-import" => image_import(Path::new(&home)).await?,
         "api" => api(&host, Path::new(&home)).await?,
         "net" => net::run(&host, Path::new(&home)).await?,
-        "e2b" => e2b::run(&host, Path::new(&home)).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|e2b|kvm"),
+        "e2b" => sdks::run(&host, Path::new(&home), sdks::E2B).await?,
+        "sdk" => sdks::run(&host, Path::new(&home), sdks::PYTHON).await?,
+        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|e2b|sdk|kvm"),
     };
     println!("{line}");
     Ok(())

@@ -27,6 +27,11 @@ struct Route {
     /// sent (each may be answered by one credit frame): the first may not outgrow the second.
     control_frames: u64,
     client_data_frames: u64,
+    /// The client asked for a directory watch on it: one `fs_event` per change, as many as the
+    /// guest's changes. They are not counted against the allowance (the host's client bounds
+    /// what it queues per session and turns a flood into one `overflow`), or a watch would be
+    /// cut after 64 changes.
+    watch: bool,
 }
 
 impl Route {
@@ -38,6 +43,7 @@ impl Route {
             credit: u64::from(cove_protocol::INITIAL_WINDOW),
             control_frames: 0,
             client_data_frames: 0,
+            watch: false,
         }
     }
 
@@ -52,6 +58,7 @@ impl Route {
                 self.credit -= n;
                 true
             }
+            FrameBody::Msg(_) if self.watch => true,
             _ => {
                 self.control_frames += 1;
                 self.control_frames <= CONTROL_FRAME_ALLOWANCE + self.client_data_frames
@@ -351,6 +358,14 @@ impl Link {
                         route.credit = route.credit.saturating_add(u64::from(*n))
                     }
                     FrameBody::Data(..) => route.client_data_frames += 1,
+                    FrameBody::Msg(json) => {
+                        if matches!(
+                            cove_protocol::decode_msg::<Request>(json),
+                            Ok(Request::Watch { .. })
+                        ) {
+                            route.watch = true;
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -159,24 +159,29 @@ pub(crate) fn exec_request(
 
 /// Relays a started (or attached) process and a WebSocket until the process exits or the
 /// client leaves (which ends the session: the agent kills a process that was not kept).
+///
+/// Output and input run as two halves side by side: stdin waits for the agent's credit (it is
+/// granted as the process reads), and a process that reads only while its output is taken
+/// (`cat`) would deadlock a loop that did both in turn once its pipes filled.
 pub(crate) async fn relay(
     mut ex: cove_host::agent::ExecSession,
     socket: &mut WebSocket,
     stdin: bool,
 ) -> Result<(), ApiError> {
+    use futures::{SinkExt as _, StreamExt as _};
     let _ = socket
         .send(event(&api::ExecEvent::Started { pid: ex.pid }))
         .await;
     let sender = ex.session.sender();
-    let mut stdin_open = stdin;
-    loop {
-        tokio::select! {
-            ev = ex.next() => match ev? {
+    let (mut out, mut inp) = (&mut *socket).split();
+    let output = async {
+        loop {
+            match ex.next().await? {
                 Some(Event::Data(stream, b)) => {
                     let mut m = Vec::with_capacity(b.len() + 1);
                     m.push(if stream == Stream::Stderr { 2 } else { 1 });
                     m.extend_from_slice(&b);
-                    if socket.send(Message::Binary(m.into())).await.is_err() {
+                    if out.send(Message::Binary(m.into())).await.is_err() {
                         // The client left: the session ends with this function, and the agent
                         // kills what the session started unless it was kept.
                         return Ok(());
@@ -184,10 +189,12 @@ pub(crate) async fn relay(
                 }
                 Some(Event::Eof(_)) => {}
                 Some(Event::Reply(Reply::Exited(st))) => {
-                    let _ = socket.send(event(&api::ExecEvent::Exit {
-                        exit_code: st.shell_code(),
-                        timed_out: st.timed_out,
-                    })).await;
+                    let _ = out
+                        .send(event(&api::ExecEvent::Exit {
+                            exit_code: st.shell_code(),
+                            timed_out: st.timed_out,
+                        }))
+                        .await;
                     return Ok(());
                 }
                 Some(Event::Reply(Reply::Error(e))) => {
@@ -201,15 +208,22 @@ pub(crate) async fn relay(
                         "the sandbox went away while the command ran",
                     ));
                 }
-            },
-            msg = socket.recv() => match msg {
+            }
+        }
+    };
+    let input = async {
+        let mut stdin_open = stdin;
+        loop {
+            match inp.next().await {
                 Some(Ok(Message::Binary(b))) if stdin_open => {
                     for chunk in b.chunks(cove_protocol::frame::MAX_DATA_CHUNK) {
                         sender.data(Stream::Stdin, chunk.to_vec()).await?;
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    return Err(ApiError::bad_request("stdin was not asked for (ExecStart.stdin)"));
+                    return Err(ApiError::bad_request(
+                        "stdin was not asked for (ExecStart.stdin)",
+                    ));
                 }
                 Some(Ok(Message::Text(t))) => {
                     control(&sender, &t, &mut stdin_open).await?;
@@ -226,13 +240,25 @@ pub(crate) async fn relay(
                         Some(tungstenite::Error::Capacity(_))
                     );
                     return Err(ApiError::new(
-                        if too_big { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST },
-                        if too_big { "payload_too_large" } else { "bad_request" },
+                        if too_big {
+                            StatusCode::PAYLOAD_TOO_LARGE
+                        } else {
+                            StatusCode::BAD_REQUEST
+                        },
+                        if too_big {
+                            "payload_too_large"
+                        } else {
+                            "bad_request"
+                        },
                         format!("the WebSocket could not be read: {e}"),
                     ));
                 }
-            },
+            }
         }
+    };
+    tokio::select! {
+        r = output => r,
+        r = input => r,
     }
 }
 

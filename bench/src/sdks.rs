@@ -1,11 +1,13 @@
-//! `e2b`: the E2B-compatible surface against Cove's own `/v1`, in one run on one coved.
+//! `e2b` and `sdk`: a Python SDK against Cove's Rust SDK on `/v1`, in one run on one coved.
 //!
-//! Through the official Python SDK (`bench/e2b/round.py`, the newest 2.x from
-//! `scripts/e2b-sdks.sh`): `Sandbox.create()` → first `commands.run("true")` answered, and a
-//! `commands.run("true")` round trip. Through Cove's Rust SDK on `/v1`: create → the same
-//! command's exec answered, and its round trip. The SDKs run `/bin/bash -l -c true`, so `/v1`
-//! runs that too: the difference is the surface, not the shell. Both create from the `base`
-//! template, in alternating rounds so both see the same machine. Goal: ratios ≤ 1.2.
+//! `e2b`: E2B's official Python SDK on Cove's E2B surface (`bench/e2b/round.py`, the newest 2.x
+//! from `scripts/e2b-sdks.sh`; goal: ratios ≤ 1.2). `sdk`: Cove's own Python SDK
+//! (`bench/sdk/round.py`, from `scripts/python-sdk.sh`; goal ≤ 1.3). Each measures
+//! `Sandbox.create()` → the first `commands.run` answered, and a `commands.run` round trip;
+//! through the Rust SDK: create → the same command's exec answered, and its round trip. All run
+//! `/bin/bash -l -c true` (what E2B's SDK runs), so the difference is the surface, not the
+//! shell. All create from the `base` template, in alternating rounds so both see the same
+//! machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,23 +23,56 @@ const ROUNDS: usize = 5;
 const CREATES_PER_ROUND: usize = 2;
 const RUNS_PER_CREATE: usize = 5;
 
-fn python() -> anyhow::Result<PathBuf> {
+/// A Python SDK to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Sdk {
+    /// The bench's name, and its figures' prefix.
+    pub name: &'static str,
+    /// Its venv's python, under `COVE_CACHE`.
+    venv_python: &'static str,
+    /// The script that runs a round (`bench/NAME/round.py`), and what installs the venv.
+    script: &'static str,
+    installer: &'static str,
+    /// The key in the form E2B's SDK checks.
+    e2b_key: bool,
+}
+
+/// E2B's SDK on the E2B surface.
+pub const E2B: Sdk = Sdk {
+    name: "e2b",
+    venv_python: "e2b/py-latest/bin/python",
+    script: "e2b/round.py",
+    installer: "scripts/e2b-sdks.sh",
+    e2b_key: true,
+};
+
+/// Cove's Python SDK on `/v1`.
+pub const PYTHON: Sdk = Sdk {
+    name: "sdk",
+    venv_python: "python-sdk/venv/bin/python",
+    script: "sdk/round.py",
+    installer: "scripts/python-sdk.sh",
+    e2b_key: false,
+};
+
+fn python(sdk: Sdk) -> anyhow::Result<PathBuf> {
     let cache = std::env::var_os("COVE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/cove"));
-    let p = cache.join("e2b/py-latest/bin/python");
+    let p = cache.join(sdk.venv_python);
     if !p.exists() {
-        bail!("{} is missing: run scripts/e2b-sdks.sh", p.display());
+        bail!("{} is missing: run {}", p.display(), sdk.installer);
     }
     Ok(p)
 }
 
-fn e2b_key(home: &Path, tenant: &str) -> anyhow::Result<String> {
+fn key(home: &Path, tenant: &str, e2b: bool) -> anyhow::Result<String> {
     let coved = std::env::current_exe()?.with_file_name("coved");
     let out = Command::new(coved)
         .arg("--home")
         .arg(home)
-        .args(["keys", "create", "--tenant", tenant, "--e2b"])
+        .args(["keys", "create", "--tenant", tenant, "--scope", "exec"])
+        .args(e2b.then_some("--e2b"))
         .output()?;
     if !out.status.success() {
         bail!("coved keys create failed");
@@ -46,10 +81,10 @@ fn e2b_key(home: &Path, tenant: &str) -> anyhow::Result<String> {
 }
 
 /// Runs the bench.
-pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> {
-    let py = python()?;
-    let tenant = format!("bench-e2b-{}", std::process::id());
-    let key = e2b_key(home, &tenant)?;
+pub async fn run(host: &Host, home: &Path, sdk: Sdk) -> anyhow::Result<serde_json::Value> {
+    let py = python(sdk)?;
+    let tenant = format!("bench-{}-{}", sdk.name, std::process::id());
+    let key = key(home, &tenant, sdk.e2b_key)?;
     let server = start_coved(home, &[])?;
     // Both surfaces restore the same template (the base image's, E2B's default shape).
     let tpl = host
@@ -59,8 +94,8 @@ pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> 
         })
         .await?;
     let client = cove_sdk::Client::new(&server.1, &key)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2b/round.py");
-    let (mut e2b_create, mut e2b_run, mut v1_create, mut v1_run) =
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(sdk.script);
+    let (mut py_create, mut py_run, mut v1_create, mut v1_run) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let bash = |c: &str| cove_api::Exec {
         cmd: vec!["/bin/bash".into(), "-l".into(), "-c".into(), c.into()],
@@ -74,6 +109,8 @@ pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> 
                 .env("E2B_API_URL", &server.1)
                 .env("E2B_SANDBOX_URL", &server.1)
                 .env("E2B_API_KEY", &key)
+                .env("COVE_HOST", &server.1)
+                .env("COVE_API_KEY", &key)
                 .output()?;
             if !out.status.success() {
                 bail!("round.py: {}", String::from_utf8_lossy(&out.stderr));
@@ -87,8 +124,8 @@ pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> 
                     .filter_map(serde_json::Value::as_f64)
                     .collect()
             };
-            e2b_create.extend(nums("create_first_ms"));
-            e2b_run.extend(nums("run_ms"));
+            py_create.extend(nums("create_first_ms"));
+            py_run.extend(nums("run_ms"));
             for _ in 0..CREATES_PER_ROUND {
                 let t = Instant::now();
                 let sb = client
@@ -117,13 +154,14 @@ pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> 
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let n = sdk.name;
     Ok(json!({
-        "bench": "e2b",
-        "e2b_create_to_first_run_ms": summary(e2b_create.clone()),
+        "bench": n,
+        format!("{n}_create_to_first_run_ms"): summary(py_create.clone()),
         "v1_create_to_first_run_ms": summary(v1_create.clone()),
-        "create_ratio": (med(&e2b_create) / med(&v1_create) * 100.0).round() / 100.0,
-        "e2b_run_ms": summary(e2b_run.clone()),
+        "create_ratio": (med(&py_create) / med(&v1_create) * 100.0).round() / 100.0,
+        format!("{n}_run_ms"): summary(py_run.clone()),
         "v1_run_ms": summary(v1_run.clone()),
-        "run_ratio": (med(&e2b_run) / med(&v1_run) * 100.0).round() / 100.0,
+        "run_ratio": (med(&py_run) / med(&v1_run) * 100.0).round() / 100.0,
     }))
 }
