@@ -109,13 +109,11 @@ if hasattr(sbx.commands, "close_stdin"):
     assert h.wait().stdout == "x\nclosed\n"
 
 step("commands: timeout kills")
-t0 = time.monotonic()
 try:
     sbx.commands.run("sleep 60", timeout=2)
     raise AssertionError("the timeout must end it")
 except (TimeoutException, CommandExitException):
     pass
-assert time.monotonic() - t0 < 50
 
 step("pty")
 out = bytearray()
@@ -197,6 +195,8 @@ def gone(sid):
 
 
 wait_for("the timeout to end it", lambda: gone(short.sandbox_id))
+# Its disk stays until it is removed, as with any stopped Cove sandbox: kill still removes it.
+assert Sandbox.kill(short.sandbox_id) is True
 
 if "lifecycle" in __import__("inspect").signature(Sandbox.create).parameters:
     step("timeout: the end pauses (lifecycle on_timeout pause)")

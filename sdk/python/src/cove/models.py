@@ -16,7 +16,15 @@ def _when(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-class SandboxState(str, enum.Enum):
+class _Lenient(str, enum.Enum):
+    """An enum that reads a value it does not know (a newer coved's) as its ``UNKNOWN``."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _Lenient:
+        return cls["UNKNOWN"]
+
+
+class SandboxState(_Lenient):
     """Where a sandbox is in its lifecycle (``docs/lifecycle.md``)."""
 
     CREATING = "creating"
@@ -31,12 +39,8 @@ class SandboxState(str, enum.Enum):
     #: A state a newer coved knows and this SDK does not.
     UNKNOWN = "unknown"
 
-    @classmethod
-    def _missing_(cls, value: object) -> SandboxState:
-        return cls.UNKNOWN
 
-
-class EventKind(str, enum.Enum):
+class EventKind(_Lenient):
     """What an :class:`Event` records: a state entered, the removal, a new network policy."""
 
     CREATING = "creating"
@@ -52,12 +56,8 @@ class EventKind(str, enum.Enum):
     NETWORK = "network"
     UNKNOWN = "unknown"
 
-    @classmethod
-    def _missing_(cls, value: object) -> EventKind:
-        return cls.UNKNOWN
 
-
-class ActorKind(str, enum.Enum):
+class ActorKind(_Lenient):
     """Who caused an event."""
 
     LOCAL = "local"
@@ -67,10 +67,6 @@ class ActorKind(str, enum.Enum):
     RECONCILE = "reconcile"
     TRAFFIC = "traffic"
     UNKNOWN = "unknown"
-
-    @classmethod
-    def _missing_(cls, value: object) -> ActorKind:
-        return cls.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ class Actor:
         return f"key:{self.key_id}" if self.kind is ActorKind.KEY else self.kind.value
 
 
-class FsEventKind(str, enum.Enum):
+class FsEventKind(_Lenient):
     """What happened to a watched path."""
 
     CREATE = "create"
@@ -102,10 +98,6 @@ class FsEventKind(str, enum.Enum):
     #: The guest dropped events (its queue overflowed): look again.
     OVERFLOW = "overflow"
     UNKNOWN = "unknown"
-
-    @classmethod
-    def _missing_(cls, value: object) -> FsEventKind:
-        return cls.UNKNOWN
 
 
 class FileKind(str, enum.Enum):
