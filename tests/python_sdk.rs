@@ -80,3 +80,40 @@ fn the_python_sdk_is_strictly_typed() {
             .expect("running mypy"),
     );
 }
+
+/// Over a Unix socket (how the SDK reaches the local coved when no host is named), without a
+/// key: the host's administrator (the socket's peer is root here). REST, streamed files and the
+/// WebSocket exec, sync and async.
+#[test]
+fn the_python_sdk_reaches_coved_over_its_unix_socket() {
+    let _ = home();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("coved.sock");
+    let server = Coved::start_on(&format!("unix:{}", sock.display()), &[]);
+    let script = r#"
+import asyncio
+from cove import AsyncSandbox, Sandbox
+with Sandbox.create(image="busybox") as s:
+    outs = [s.commands.run("echo over-the-socket").stdout for _ in range(5)]
+    assert outs == ["over-the-socket\n"] * 5, outs
+    assert s.commands.run(["cat"], stdin=b"y" * 3_000_000).stdout_bytes == b"y" * 3_000_000
+    s.files.write("/tmp/f", b"x" * 3_000_000)
+    assert s.files.read("/tmp/f") == b"x" * 3_000_000
+    assert s.id in {i.id for i in Sandbox.list()}
+    assert s.info.host is not None, "the administrator's view"
+async def main() -> None:
+    async with await AsyncSandbox.create(image="busybox") as a:
+        assert (await a.commands.run("echo async")).stdout == "async\n"
+asyncio.run(main())
+print("all passed")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .env("COVE_HOST", &server.url)
+        .env_remove("COVE_API_KEY")
+        .output()
+        .expect("running python");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    check("the SDK over a Unix socket", out);
+    assert!(said.contains("all passed"), "{said}");
+}

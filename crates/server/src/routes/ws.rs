@@ -60,6 +60,18 @@ pub(crate) async fn close(socket: &mut WebSocket, outcome: Result<(), ApiError>)
         });
         let _ = socket.send(event(&ev)).await;
     }
+    // The client has what it needs (`exit` or `error`) and is let close first: a close frame
+    // right behind the last message loses that message in some clients (websockets' sync
+    // client for Python, when both arrive in one read), so ours follows only after a moment
+    // without theirs.
+    let theirs = async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), theirs).await;
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
