@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use cove_tests::{Coved, api_key, coved, home};
+use cove_tests::{Coved, api_key, bin_dir, coved, home};
 
 fn python() -> PathBuf {
     let cache = std::env::var_os("COVE_CACHE")
@@ -115,5 +115,36 @@ print("all passed")
         .expect("running python");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     check("the SDK over a Unix socket", out);
+    assert!(said.contains("all passed"), "{said}");
+}
+
+/// With no host named, the SDK finds this machine's coved on `COVE_HOME/coved.sock` (started
+/// with `cove daemon start` when none answers, as the CLI does) and acts as the administrator.
+#[test]
+fn with_no_host_the_python_sdk_uses_the_local_coved() {
+    let home = home();
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = r#"
+from cove import Sandbox
+with Sandbox.create(image="busybox") as s:
+    assert s.commands.run("id -u", user="nobody").stdout == "65534\n"
+    assert s.info.host is not None, "the administrator's view"
+print("all passed")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .env("COVE_HOME", &home)
+        .env("COVE_VM_BIN", bin_dir().join("cove-vm"))
+        .env("PATH", path)
+        .env_remove("COVE_HOST")
+        .env_remove("COVE_API_KEY")
+        .output()
+        .expect("running python");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    check("the SDK with no host", out);
     assert!(said.contains("all passed"), "{said}");
 }

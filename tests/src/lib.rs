@@ -41,7 +41,8 @@ pub fn home() -> PathBuf {
     home
 }
 
-fn bin_dir() -> PathBuf {
+/// Where the workspace's binaries are (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
     // Test executables live in target/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     exe.parent()

@@ -23,6 +23,7 @@ async def test_commands_sync_and_streamed() -> None:
         async with await AsyncSandbox.create(image="busybox", client=c) as s:
             r = await s.commands.run("echo out; echo err >&2; exit 3", env={"A": "b"})
             assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+            assert (await s.commands.run("id -u", user="nobody")).stdout == "65534\n"
             got: list[bytes] = []
 
             async def on_out(b: bytes) -> None:

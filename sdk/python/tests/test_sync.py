@@ -51,6 +51,7 @@ def test_run_returns_exit_codes_and_keeps_streams_apart(sbx: Sandbox) -> None:
     r = sbx.commands.run(["printf", "%s|", "a b", "$HOME"], env={"X": "1"}, cwd="/tmp")
     assert r.stdout == "a b|$HOME|"
     assert sbx.commands.run("echo $X; pwd", env={"X": "y"}, cwd="/tmp").stdout == "y\n/tmp\n"
+    assert sbx.commands.run("id -u", user="nobody").stdout == "65534\n"
     with pytest.raises(CommandFailed) as e:
         sbx.commands.run("echo nope >&2; exit 4", check=True)
     assert e.value.result.exit_code == 4 and "nope" in str(e.value)
