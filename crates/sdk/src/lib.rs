@@ -97,6 +97,8 @@ pub struct ExecInput {
 #[derive(Debug)]
 pub struct ExecReader {
     rx: futures::stream::SplitStream<Ws>,
+    /// The exit (or an error) was read: nothing follows (coved waits for the client to close).
+    done: bool,
 }
 
 impl Client {
@@ -372,7 +374,7 @@ impl Client {
         let (tx, rx) = ws.split();
         Ok(ExecStream {
             input: ExecInput { tx },
-            output: ExecReader { rx },
+            output: ExecReader { rx, done: false },
         })
     }
 
@@ -772,7 +774,7 @@ impl Client {
         let (tx, rx) = ws.split();
         Ok(ExecStream {
             input: ExecInput { tx },
-            output: ExecReader { rx },
+            output: ExecReader { rx, done: false },
         })
     }
 
@@ -1008,6 +1010,9 @@ impl ExecInput {
 impl ExecReader {
     /// The next output; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<ExecOutput, Error>> {
+        if self.done {
+            return None;
+        }
         loop {
             let msg = match self.rx.next().await? {
                 Ok(m) => m,
@@ -1031,7 +1036,10 @@ impl ExecReader {
                         api::ExecEvent::Exit {
                             exit_code,
                             timed_out,
-                        } => Ok(ExecOutput::Exit(exit_code, timed_out)),
+                        } => {
+                            self.done = true;
+                            Ok(ExecOutput::Exit(exit_code, timed_out))
+                        }
                         api::ExecEvent::Error(error) => Err(Error::Api {
                             status: StatusCode::UNPROCESSABLE_ENTITY,
                             error,
