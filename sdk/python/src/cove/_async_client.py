@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from . import _core
 from ._client import WS_MAX
 from ._config import Config, start_local_coved
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, api_error
 
 
 class AsyncClient:
@@ -84,7 +84,7 @@ class AsyncClient:
                 raise ConnectionFailed(f"talking to coved at {self._where()}: {e}") from e
             if res.is_success:
                 return res
-            err = _core.error_for(res.status_code, res.content)
+            err = api_error(res.status_code, res.content)
             if content is None and _core.should_retry(call, res.status_code, attempt, err.code):
                 await asyncio.sleep(_core.backoff(attempt, res.headers.get("retry-after")))
                 continue
@@ -114,7 +114,7 @@ class AsyncClient:
             try:
                 if not res.is_success:
                     body = await res.aread()
-                    err = _core.error_for(res.status_code, body)
+                    err = api_error(res.status_code, body)
                     if _core.should_retry(call, res.status_code, attempt, err.code):
                         await res.aclose()
                         await asyncio.sleep(_core.backoff(attempt, res.headers.get("retry-after")))
@@ -145,7 +145,7 @@ class AsyncClient:
                     return await unix_connect(cfg.uds, uri, **kw)
                 return await connect(uri, ssl=cfg.ssl_context(), **kw)
             except InvalidStatus as e:
-                raise _core.ws_refusal(e.response.status_code, bytes(e.response.body or b"")) from e
+                raise api_error(e.response.status_code, bytes(e.response.body or b"")) from e
             except OSError as e:
                 if attempt == 1 and await self._local_fallback():
                     continue

@@ -14,7 +14,7 @@ from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from . import _core
 from ._config import Config, start_local_coved
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, api_error
 
 #: The largest WebSocket message accepted: coved sends output in small pieces, 16 MiB is its
 #: frame limit.
@@ -90,7 +90,7 @@ class Client:
                 raise ConnectionFailed(f"talking to coved at {self._where()}: {e}") from e
             if res.is_success:
                 return res
-            err = _core.error_for(res.status_code, res.content)
+            err = api_error(res.status_code, res.content)
             if content is None and _core.should_retry(call, res.status_code, attempt, err.code):
                 time.sleep(_core.backoff(attempt, res.headers.get("retry-after")))
                 continue
@@ -124,7 +124,7 @@ class Client:
             try:
                 if not res.is_success:
                     body = res.read()
-                    err = _core.error_for(res.status_code, body)
+                    err = api_error(res.status_code, body)
                     if _core.should_retry(call, res.status_code, attempt, err.code):
                         res.close()
                         time.sleep(_core.backoff(attempt, res.headers.get("retry-after")))
@@ -162,7 +162,7 @@ class Client:
                     ws.pending_legacy_warning = False
                 return cast(ClientConnection, ws)
             except InvalidStatus as e:
-                raise _core.ws_refusal(e.response.status_code, bytes(e.response.body or b"")) from e
+                raise api_error(e.response.status_code, bytes(e.response.body or b"")) from e
             except OSError as e:
                 if attempt == 1 and self._local_fallback():
                     continue

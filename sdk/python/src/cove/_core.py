@@ -5,13 +5,12 @@ rule lives here once."""
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Mapping, Sequence, Union
 from urllib.parse import quote
 
-from .errors import ApiError, ConnectionFailed, api_error
+from .errors import ConnectionFailed, api_error
 from .models import NetworkPolicy
 
 Seconds = Union[int, float, timedelta]
@@ -35,6 +34,11 @@ def seg(s: str) -> str:
 
 def sandbox_path(sid: str, rest: str = "") -> str:
     return f"/v1/sandboxes/{seg(sid)}{rest}"
+
+
+def command_path(sid: str, command: int | str, rest: str) -> str:
+    """A running command's route (``rest``: ``/ws``, ``/stdin``, ``/signal``, ``/resize``)."""
+    return sandbox_path(sid, f"/commands/{seg(str(command))}{rest}")
 
 
 @dataclass
@@ -68,10 +72,6 @@ def backoff(attempt: int, retry_after: str | None) -> float:
         except ValueError:
             pass
     return 0.2 * 2.0 ** (attempt - 1)
-
-
-def error_for(status: int, body: bytes) -> ApiError:
-    return api_error(status, body)
 
 
 def create_body(
@@ -146,10 +146,6 @@ def argv(cmd: str | Sequence[str]) -> list[str]:
     if not out:
         raise ValueError("an empty command")
     return out
-
-
-def shell_join(cmd: Sequence[str]) -> str:
-    return shlex.join(cmd)
 
 
 #: A login shell where the image has one: what ``pty.create`` runs by default.
@@ -268,11 +264,6 @@ def whole(data: object) -> bytes | None:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     return None
-
-
-def ws_refusal(status: int, body: bytes) -> ApiError:
-    """coved refused the WebSocket upgrade: its JSON error in the answer."""
-    return api_error(status, body)
 
 
 def url_params(port: int, expires: Seconds | None) -> dict[str, Any]:

@@ -432,7 +432,7 @@ class AsyncCommands:
         on_stdout: OnData | None = None,
         on_stderr: OnData | None = None,
     ) -> AsyncCommandHandle:
-        path = _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/ws")
+        path = _core.command_path(self._sbx.id, command, "/ws")
         ws = await self._sbx._client.websocket(path)
         try:
             pid = await _started(ws)
@@ -445,7 +445,7 @@ class AsyncCommands:
         await self._sbx._client.request(
             Call(
                 "POST",
-                _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/signal"),
+                _core.command_path(self._sbx.id, command, "/signal"),
                 json={"signal": int(signal)},
             )
         )
@@ -455,7 +455,7 @@ class AsyncCommands:
         await self._sbx._client.request(
             Call(
                 "POST",
-                _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/stdin"),
+                _core.command_path(self._sbx.id, command, "/stdin"),
                 params={"eof": "true"} if eof else None,
             ),
             content=body,
@@ -465,7 +465,7 @@ class AsyncCommands:
         await self._sbx._client.request(
             Call(
                 "POST",
-                _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/resize"),
+                _core.command_path(self._sbx.id, command, "/resize"),
                 json={"rows": rows, "cols": cols},
                 idempotent=True,
             )

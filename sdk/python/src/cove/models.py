@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 
-def _when(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+def _at(ms: int) -> datetime:
+    """Milliseconds since the epoch, as coved sends times."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 class _Lenient(str, enum.Enum):
@@ -174,7 +175,7 @@ class SandboxInfo:
             cpus=d.get("cpus", 0),
             memory_mib=d.get("memory_mib", 0),
             disk_mib=d.get("disk_mib", 0),
-            created_at=_when(d.get("created_at", 0)) or datetime.fromtimestamp(0, timezone.utc),
+            created_at=_at(d.get("created_at", 0)),
             boot_ms=d.get("boot_ms"),
             reason=d.get("reason"),
             labels=dict(d.get("labels") or {}),
@@ -252,7 +253,7 @@ class CommandInfo:
             tty=bool(d.get("tty")),
             stdin=bool(d.get("stdin")),
             keep=bool(d.get("keep")),
-            started_at=_when(d.get("started_at", 0)) or datetime.fromtimestamp(0, timezone.utc),
+            started_at=_at(d.get("started_at", 0)),
         )
 
 
@@ -320,7 +321,7 @@ class Event:
     def from_json(cls, d: Mapping[str, Any]) -> Event:
         return cls(
             seq=d["seq"],
-            at=_when(d["at"]) or datetime.fromtimestamp(0, timezone.utc),
+            at=_at(d["at"]),
             sandbox=d["sandbox"],
             kind=EventKind(d["state"]),
             actor=Actor.parse(d["actor"]),
@@ -373,7 +374,7 @@ class Snapshot:
             cpus=d.get("cpus", 0),
             memory_mib=d.get("memory_mib", 0),
             disk_mib=d.get("disk_mib", 0),
-            created_at=_when(d.get("created_at", 0)) or datetime.fromtimestamp(0, timezone.utc),
+            created_at=_at(d.get("created_at", 0)),
             template=bool(d.get("template", False)),
         )
 
@@ -412,4 +413,4 @@ class PortUrl:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PortUrl:
-        return cls(d["url"], datetime.fromtimestamp(d["expires_at"] / 1000, tz=timezone.utc))
+        return cls(d["url"], _at(d["expires_at"]))

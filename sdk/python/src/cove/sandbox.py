@@ -196,13 +196,11 @@ class CommandHandle:
         pid: int,
         on_stdout: OnData | None,
         on_stderr: OnData | None,
-        owns_stdin: bool,
     ) -> None:
         self._commands = commands
         self._ws = ws
         self.pid = pid
         self._got = Collected(pid=pid)
-        self._owns_stdin = owns_stdin
         self._error: BaseException | None = None
         self._thread = threading.Thread(
             target=self._run, args=(on_stdout, on_stderr), daemon=True, name=f"cove-cmd-{pid}"
@@ -388,7 +386,7 @@ class Commands:
         wants_stdin = stdin is not None and stdin is not False
         if background:
             ws, pid = self._open(argv, env, cwd, user, timeout, wants_stdin, None, tag, True)
-            h = CommandHandle(self, ws, pid, on_stdout, on_stderr, wants_stdin)
+            h = CommandHandle(self, ws, pid, on_stdout, on_stderr)
             if feed is not None:
                 _feed(self, pid, feed)
             return h
@@ -444,21 +442,21 @@ class Commands:
         on_stderr: OnData | None = None,
     ) -> CommandHandle:
         """Follows a running command (pid or tag) from now on."""
-        path = _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/ws")
+        path = _core.command_path(self._sbx.id, command, "/ws")
         ws = self._sbx._client.websocket(path)
         try:
             pid = _started(ws)
         except BaseException:
             ws.close()
             raise
-        return CommandHandle(self, ws, pid, on_stdout, on_stderr, False)
+        return CommandHandle(self, ws, pid, on_stdout, on_stderr)
 
     def kill(self, command: int | str, signal: int = 9) -> None:
         """Sends ``signal`` (SIGKILL by default) to a running command's process group."""
         self._sbx._client.request(
             Call(
                 "POST",
-                _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/signal"),
+                _core.command_path(self._sbx.id, command, "/signal"),
                 json={"signal": int(signal)},
             )
         )
@@ -469,7 +467,7 @@ class Commands:
         self._sbx._client.upload(
             Call(
                 "POST",
-                _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/stdin"),
+                _core.command_path(self._sbx.id, command, "/stdin"),
                 params={"eof": "true"} if eof else None,
             ),
             body,
@@ -479,7 +477,7 @@ class Commands:
         self._sbx._client.request(
             Call(
                 "POST",
-                _core.sandbox_path(self._sbx.id, f"/commands/{_core.seg(str(command))}/resize"),
+                _core.command_path(self._sbx.id, command, "/resize"),
                 json={"rows": rows, "cols": cols},
                 idempotent=True,
             )
@@ -511,7 +509,7 @@ class Pty:
         argv = _core.LOGIN_SHELL if cmd is None else _core.argv(cmd)
         e = {"TERM": "xterm-256color", **(env or {})}
         ws, pid = self._commands._open(argv, e, cwd, user, timeout, True, (rows, cols), tag, True)
-        return CommandHandle(self._commands, ws, pid, on_data, None, True)
+        return CommandHandle(self._commands, ws, pid, on_data, None)
 
 
 class Files:
@@ -567,8 +565,7 @@ class Files:
     def list(self, path: str) -> builtins.list[FileInfo]:
         """A directory's entries, sorted by name."""
         d = self._sbx._client.json(self._call("GET", "/files/list", path, idempotent=True))
-        items = d["items"] if isinstance(d, dict) else d
-        return [FileInfo.from_json(e) for e in items]
+        return [FileInfo.from_json(e) for e in d["items"]]
 
     def stat(self, path: str) -> FileInfo:
         return FileInfo.from_json(
@@ -796,8 +793,7 @@ class Sandbox:
         d = self._client.json(
             Call("POST", _core.sandbox_path(self.id, "/fork"), json={"count": count})
         )
-        items = d["items"] if isinstance(d, dict) else d
-        return [Sandbox(SandboxInfo.from_json(s), self._client, keep=keep) for s in items]
+        return [Sandbox(SandboxInfo.from_json(s), self._client, keep=keep) for s in d["items"]]
 
     def set_network(self, policy: NetworkPolicy) -> SandboxInfo:
         """Replaces its network policy while it runs."""
@@ -841,8 +837,7 @@ class Sandbox:
         d = self._client.json(
             Call("GET", _core.sandbox_path(self.id, "/processes"), idempotent=True)
         )
-        items = d["items"] if isinstance(d, dict) else d
-        return [Process.from_json(p) for p in items]
+        return [Process.from_json(p) for p in d["items"]]
 
     def logs(self) -> str:
         """Its console: what the guest's kernel and init printed."""
