@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cove_host::{CreateSpec, Host};
-use cove_model::{NetworkPolicy, SandboxState};
+use cove_model::{NetworkPolicy, OnIdle, SandboxState};
 use cove_tests::net::{SOURCE_BYTES, Upstream};
 use serde_json::json;
 
@@ -204,13 +204,13 @@ pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> 
     // First byte after resume on traffic.
     let mut resume = serde_json::Map::new();
     for (on_idle, want) in [
-        ("pause", SandboxState::Paused),
-        ("hibernate", SandboxState::Hibernated),
+        (OnIdle::Pause, SandboxState::Paused),
+        (OnIdle::Hibernate, SandboxState::Hibernated),
     ] {
         let sb = host
             .create(&CreateSpec {
                 idle_timeout_secs: Some(1),
-                on_idle: Some(on_idle.into()),
+                on_idle: Some(on_idle),
                 network: Some(NetworkPolicy {
                     public_ports: true,
                     ..allow_upstream(&up)
@@ -248,7 +248,7 @@ pub async fn run(host: &Host, home: &Path) -> anyhow::Result<serde_json::Value> 
             v.push(first);
         }
         let _ = host.remove(&sb.id, true).await;
-        resume.insert(on_idle.into(), summary(v));
+        resume.insert(on_idle.to_string(), summary(v));
     }
     drop(coved);
 

@@ -7,12 +7,17 @@
 use std::collections::BTreeMap;
 
 pub use cove_model::{
-    Actor, CgroupMode, CgroupReport, Destination, EventState, Held, Isolation, JailProcess,
-    JailReport, NetworkMode, NetworkPolicy, OnExpire, SandboxState, ScrubAction, ScrubFinding,
-    Scrubbed,
+    Actor, CgroupMode, CgroupReport, Destination, Engine, EventState, Held, Isolation, JailProcess,
+    JailReport, NetworkMode, NetworkPolicy, OnExpire, OnIdle, SandboxState, ScrubAction,
+    ScrubFinding, Scrubbed,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+pub mod rules;
+
+/// The limits on what a request may ask for ([`rules`] says which field each bounds).
+pub use cove_model::limits;
 
 /// Who serves a coved Unix socket: written by coved into `SOCKET.lock`, which it holds locked
 /// while it serves; the CLI reads it to stop that coved (`cove daemon stop`) and to restart a
@@ -61,8 +66,8 @@ pub struct Error {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
-    /// A name, unique among the tenant's sandboxes, usable wherever the id is: 1 to 63 of
-    /// `[A-Za-z0-9_.-]`, not starting with `-` or `.`, not 12 hex digits.
+    /// A name, unique among the tenant's sandboxes, usable wherever the id is (the pattern,
+    /// and not 12 hex digits, which read as an id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Image name, reference or digest (default `busybox`). Ignored with `snapshot`.
@@ -71,27 +76,28 @@ pub struct CreateSandbox {
     /// Restore this snapshot (one of the tenant's) instead of booting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
-    /// vCPUs (1–32 and at most the host's CPUs, default 1).
+    /// vCPUs (in range and at most the host's CPUs; default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
-    /// Memory in MiB (128 to 262144 and at most the host's memory, default 512).
+    /// Memory in MiB (in range and at most the host's memory; default 512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
-    /// Writable disk in MiB (64–1048576, default 2048).
+    /// Writable disk in MiB (sparse: costs what is written; default 2048).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u32>,
     /// Environment for every command run in the sandbox (over the image's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Stop the sandbox this many seconds after creation (1 to 315360000: ten years).
+    /// Stop the sandbox this many seconds after creation (up to ten years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
-    /// Apply `on_idle` after this many seconds without activity (1 to 315360000).
+    /// Apply `on_idle` after this many seconds without activity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
-    /// `pause` (default) or `hibernate`; the next request resumes it.
+    /// What idling for `idle_timeout_secs` does: `pause` (the default) or `hibernate`; the
+    /// next request resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_idle: Option<String>,
+    pub on_idle: Option<OnIdle>,
     /// What the end of `ttl_secs` does: `stop` (the default) or `hibernate` (a resume brings
     /// it back, with no time to live left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,9 +105,9 @@ pub struct CreateSandbox {
     /// The engine: `auto` (the default: `kvm` where /dev/kvm is hardware-backed, else `qemu`),
     /// `kvm` or `qemu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<String>,
-    /// Labels, for filtering lists: at most 64; keys 1 to 63 of `[A-Za-z0-9._/-]`, values up to
-    /// 256 bytes without control characters or commas.
+    pub engine: Option<Engine>,
+    /// Labels, for filtering lists (`k=v,k2=v2`): keys and values as their patterns say, no
+    /// commas or control characters in values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Its network: `{"mode": "none"}` for no network device; `{"mode": "egress", "allow":
@@ -199,7 +205,7 @@ pub struct TrafficToken {
 pub struct SignUrl {
     /// The guest's TCP port.
     pub port: u16,
-    /// Valid for this many seconds (1 to 2592000, default 3600).
+    /// Valid for this many seconds (up to 30 days; default 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_secs: Option<u64>,
 }
@@ -742,7 +748,7 @@ pub struct Asset {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fork {
-    /// How many clones (1–64, default 1).
+    /// How many clones (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
 }

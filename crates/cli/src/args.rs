@@ -36,7 +36,7 @@ pub struct Resources {
     pub disk: u32,
     /// Engine: auto (kvm where /dev/kvm is hardware-backed, else qemu), kvm or qemu.
     #[arg(long, value_name = "auto|kvm|qemu")]
-    pub engine: Option<String>,
+    pub engine: Option<cove_api::Engine>,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -90,7 +90,7 @@ pub struct Policy {
     pub idle_timeout: Option<u64>,
     /// What idleness does: pause or hibernate (the next request resumes it).
     #[arg(long, value_name = "pause|hibernate", requires = "idle_timeout")]
-    pub on_idle: Option<String>,
+    pub on_idle: Option<cove_api::OnIdle>,
     /// What the end of --ttl does: stop (the default) or hibernate (resume brings it back).
     #[arg(long, value_name = "stop|hibernate", requires = "ttl")]
     pub on_expire: Option<cove_api::OnExpire>,
@@ -133,10 +133,11 @@ pub struct Background {
 /// A signal number from a number or a name (`TERM`, `SIGTERM`, `15`).
 fn parse_signal(s: &str) -> Result<i32, String> {
     if let Ok(n) = s.parse::<i32>() {
-        return if (1..=64).contains(&n) {
+        let range = cove_api::limits::SIGNAL;
+        return if range.contains(n) {
             Ok(n)
         } else {
-            Err(format!("signal {n}: 1 to 64"))
+            Err(format!("signal {n}: {}", range.describe()))
         };
     }
     let name = s.trim_start_matches("SIG").to_ascii_uppercase();

@@ -18,7 +18,7 @@ fn create_req(res: &Resources, image: String, name: Option<String>) -> api::Crea
         cpus: Some(res.cpus),
         memory_mib: Some(res.memory),
         disk_mib: Some(res.disk),
-        engine: res.engine.clone(),
+        engine: res.engine,
         network: res.net.policy(),
         ..Default::default()
     }

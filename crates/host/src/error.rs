@@ -37,7 +37,7 @@ pub enum HostError {
         /// The value given.
         value: String,
         /// The allowed range.
-        allowed: &'static str,
+        allowed: String,
     },
     /// The sandbox is not in a state the operation works on.
     #[error("sandbox {id} is {state}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]

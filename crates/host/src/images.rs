@@ -292,7 +292,7 @@ fn check_name(name: &str) -> Result<String, HostError> {
         Err(HostError::InvalidSetting {
             what: "image name",
             value: name.to_string(),
-            allowed: "letters, digits and - _ . : / @, not starting with . - or /",
+            allowed: "letters, digits and - _ . : / @, not starting with . - or /".into(),
         })
     }
 }

@@ -56,7 +56,9 @@ use fsutil::{remove_stale_partials, sha256_file};
 pub use images::{Image, ImageConfig, ImageInfo, normalize};
 pub use reconcile::{Recovered, Stored};
 pub use record::ACTOR;
-pub use spec::{CreateSpec, MAX_TIMEOUT_SECS, validate, validate_name, validate_timeout};
+pub use spec::{
+    CreateSpec, MAX_TIMEOUT_SECS, validate, validate_fork, validate_name, validate_timeout,
+};
 use supervisor::process_usage;
 pub use supervisor::{Usage, vm_status};
 

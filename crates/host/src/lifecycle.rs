@@ -35,7 +35,7 @@ fn check_expiry(at: i64, now: i64) -> Result<(), HostError> {
                 "{at} ms since the epoch ({} s from now)",
                 at.saturating_sub(now) / 1000
             ),
-            allowed: "from now to 10 years (315360000 s) from now",
+            allowed: "from now to 10 years (315360000 s) from now".into(),
         })
     }
 }
@@ -106,7 +106,7 @@ impl Host {
         // A restore runs on the engine that took its snapshot, unless told otherwise.
         let requested = spec
             .engine
-            .clone()
+            .map(|e| e.as_str().to_string())
             .or_else(|| from.and_then(|s| crate::snapshots::snapshot_engine(Path::new(&s.dir))));
         let choice = engine::choose(requested.as_deref())?;
         let id = new_id();
@@ -277,7 +277,7 @@ impl Host {
                 .expires_at
                 .map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000)),
             idle_timeout_secs: policy.idle_timeout_secs,
-            on_idle: policy.on_idle.clone(),
+            on_idle: policy.on_idle,
             on_expire: policy.on_expire,
             blob_store: Some(self.home.join("blobs").display().to_string()),
             jail: None,

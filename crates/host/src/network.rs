@@ -38,7 +38,8 @@ fn invalid(value: String) -> HostError {
     HostError::InvalidSetting {
         what: "network",
         value,
-        allowed: "mode none or egress, allow and deny lists of IPv4 networks and domain names",
+        allowed: "mode none or egress, allow and deny lists of IPv4 networks and domain names"
+            .into(),
     }
 }
 

@@ -8,7 +8,7 @@ use cove_protocol::control::ControlRequest;
 
 use crate::error::io_err;
 use crate::fsutil::{new_id, now_ms};
-use crate::spec::{validate_name, validate_timeout};
+use crate::spec::{validate_fork, validate_name};
 use crate::supervisor::{not_running, this_process};
 use cove_state::Limits;
 
@@ -33,17 +33,8 @@ impl Host {
         limits: Option<Limits>,
         ttl_secs: Option<u64>,
     ) -> Result<Vec<SandboxRecord>, HostError> {
-        if !(1..=64).contains(&count) {
-            return Err(HostError::InvalidSetting {
-                what: "count",
-                value: count.to_string(),
-                allowed: "1 to 64",
-            });
-        }
         // Before the snapshot: a bad setting costs nothing and leaves nothing behind.
-        if let Some(t) = ttl_secs {
-            validate_timeout(t)?;
-        }
+        validate_fork(count, ttl_secs)?;
         let source = self.get(key)?;
         // The fork's snapshot lives only until the clones have started: it stays local.
         // A fork's snapshot lives only until its clones start: no quota of snapshots counts it.
@@ -61,7 +52,8 @@ impl Host {
             from_snapshot: Some(snap.id.clone()),
             use_template: false,
             // A clone restores on the engine that took the snapshot.
-            engine: Some(source.engine),
+            // The clones run on the source's engine (it wrote the snapshot).
+            engine: source.engine.parse().ok(),
             limits,
             ttl_secs,
             owner: source.owner,
@@ -283,7 +275,7 @@ impl Host {
         let digest = self.image(&spec.image)?.digest;
         // A template restores only on the engine that took it (a host whose engine changed
         // boots until a new template is made).
-        let engine = engine::choose(spec.engine.as_deref())
+        let engine = engine::choose(spec.engine.map(cove_model::Engine::as_str))
             .ok()
             .map(|c| c.engine);
         let guest = self.guest_identity().ok();

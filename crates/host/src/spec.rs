@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use cove_model::OnExpire;
+use cove_model::{Engine, OnExpire, OnIdle, limits};
 use cove_state::Limits;
 
 use crate::HostError;
@@ -28,13 +28,13 @@ pub struct CreateSpec {
     pub ttl_secs: Option<u64>,
     /// Apply `on_idle` after this many seconds without activity.
     pub idle_timeout_secs: Option<u64>,
-    /// `pause` or `hibernate` (default `pause`); the next request resumes it.
-    pub on_idle: Option<String>,
+    /// What idling for `idle_timeout_secs` does (none: pause); the next request resumes it.
+    pub on_idle: Option<OnIdle>,
     /// What the end of `ttl_secs` does (none: stop).
     pub on_expire: Option<OnExpire>,
     /// The engine (`auto`, `kvm`, `qemu`); none: the host's default (`COVE_ENGINE`, else
     /// `auto`).
-    pub engine: Option<String>,
+    pub engine: Option<Engine>,
     /// What the owner may hold at most (coved's quota of the tenant), checked when the
     /// sandbox is recorded; none: no limit.
     pub limits: Option<Limits>,
@@ -73,51 +73,57 @@ impl Default for CreateSpec {
     }
 }
 
-/// Checks a create's settings (resources and policies) without creating anything.
+/// Checks a create's settings (resources and policies) without creating anything, against
+/// [`cove_model::limits`] (which the OpenAPI document publishes).
 pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
-    let bad = |what, value: String, allowed| HostError::InvalidSetting {
+    let bad = |what, value: String, allowed: String| HostError::InvalidSetting {
         what,
         value,
         allowed,
     };
     // Bounded by the host too: more vCPUs than it has CPUs, or more memory than it has, only
     // makes a guest that crawls or a host that swaps.
-    let host_cpus = u32::try_from(cove_jail::cgroup::online_cpus()).unwrap_or(u32::MAX);
-    if !(1..=MAX_CPUS.min(host_cpus)).contains(&spec.cpus) {
+    let host_cpus = u64::try_from(cove_jail::cgroup::online_cpus()).unwrap_or(u64::MAX);
+    if !limits::CPUS.contains(spec.cpus) || u64::from(spec.cpus) > host_cpus {
         return Err(bad(
             "cpus",
             spec.cpus.to_string(),
-            "1 to 32, and at most the host's CPUs",
+            format!(
+                "{}, and at most the host's {host_cpus} CPUs",
+                limits::CPUS.describe()
+            ),
         ));
     }
-    let host_mib = u32::try_from(cove_jail::cgroup::total_memory() >> 20).unwrap_or(u32::MAX);
-    if !(128..=MAX_MEMORY_MIB.min(host_mib)).contains(&spec.memory_mib) {
+    let host_mib = cove_jail::cgroup::total_memory() >> 20;
+    if !limits::MEMORY_MIB.contains(spec.memory_mib) || u64::from(spec.memory_mib) > host_mib {
         return Err(bad(
             "memory",
             format!("{} MiB", spec.memory_mib),
-            "128 MiB to 256 GiB, and at most the host's memory",
+            format!(
+                "{} MiB, and at most the host's {host_mib} MiB",
+                limits::MEMORY_MIB.describe()
+            ),
         ));
     }
-    if !(64..=1_048_576).contains(&spec.disk_mib) {
+    if !limits::DISK_MIB.contains(spec.disk_mib) {
         return Err(bad(
             "disk",
             format!("{} MiB", spec.disk_mib),
-            "64 to 1048576 MiB",
+            format!("{} MiB", limits::DISK_MIB.describe()),
         ));
     }
-    if let Some(p) = &spec.on_idle
-        && !matches!(p.as_str(), "pause" | "hibernate")
-    {
-        return Err(bad("on-idle", p.clone(), "pause or hibernate"));
-    }
     if spec.on_expire.is_some() && spec.ttl_secs.is_none() {
-        return Err(bad("on-expire", "without --ttl".into(), "with --ttl SECS"));
+        return Err(bad(
+            "on-expire",
+            "without --ttl".into(),
+            "with --ttl SECS".into(),
+        ));
     }
     if spec.on_idle.is_some() && spec.idle_timeout_secs.is_none() {
         return Err(bad(
             "on-idle",
             "without --idle-timeout".into(),
-            "with --idle-timeout SECS",
+            "with --idle-timeout SECS".into(),
         ));
     }
     for t in [spec.ttl_secs, spec.idle_timeout_secs]
@@ -129,11 +135,11 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
     for (k, v) in &spec.labels {
         validate_label(k, v)?;
     }
-    if spec.labels.len() > 64 {
+    if spec.labels.len() > limits::MAX_LABELS {
         return Err(bad(
             "labels",
             format!("{} of them", spec.labels.len()),
-            "at most 64",
+            format!("at most {}", limits::MAX_LABELS),
         ));
     }
     if let Some(n) = &spec.name {
@@ -142,60 +148,61 @@ pub fn validate(spec: &CreateSpec) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Most vCPUs a sandbox may have.
-pub const MAX_CPUS: u32 = 32;
-/// Most memory a sandbox may have, MiB (256 GiB).
-pub const MAX_MEMORY_MIB: u32 = 262_144;
 /// Longest time to live or idle timeout: ten years (and no overflow adding it to a clock).
-pub const MAX_TIMEOUT_SECS: u64 = 315_360_000;
+pub const MAX_TIMEOUT_SECS: u64 = limits::TIMEOUT_SECS.max;
 
-/// A time to live or idle timeout: 1 second to [`MAX_TIMEOUT_SECS`].
+/// A time to live or idle timeout ([`limits::TIMEOUT_SECS`]).
 pub fn validate_timeout(secs: u64) -> Result<(), HostError> {
-    if (1..=MAX_TIMEOUT_SECS).contains(&secs) {
+    if limits::TIMEOUT_SECS.contains(secs) {
         Ok(())
     } else {
         Err(HostError::InvalidSetting {
             what: "timeout",
             value: format!("{secs} s"),
-            allowed: "1 second to 10 years (315360000 s)",
+            allowed: format!("{} seconds (10 years)", limits::TIMEOUT_SECS.describe()),
         })
     }
 }
 
-/// A label: a key of 1 to 63 of `[A-Za-z0-9._/-]` (so `k=v,k2=v2` filters can name it), a
-/// value of at most 256 bytes with no control character and no `,`.
+/// A label: a key of [`limits::LABEL_KEY`] (so `k=v,k2=v2` filters can name it), a value of
+/// [`limits::LABEL_VALUE`].
 pub fn validate_label(k: &str, v: &str) -> Result<(), HostError> {
-    let key_ok = (1..=63).contains(&k.len())
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
-    let value_ok = v.len() <= 256 && !v.chars().any(|c| c.is_control() || c == ',');
-    if key_ok && value_ok {
+    if limits::LABEL_KEY.is_match(k) && limits::LABEL_VALUE.is_match(v) {
         Ok(())
     } else {
         Err(HostError::InvalidSetting {
             what: "label",
             value: format!("{k:?}={v:?}"),
-            allowed: "keys 1 to 63 of [A-Za-z0-9._/-]; values up to 256 bytes, no control characters or commas",
+            allowed: format!(
+                "keys {}; values {}",
+                limits::LABEL_KEY.allowed,
+                limits::LABEL_VALUE.allowed
+            ),
         })
     }
 }
 
-/// A sandbox or snapshot name: 1 to 63 of `[A-Za-z0-9_.-]`, not starting with `-` or `.`, and
-/// not 12 hex digits (which reads as an id).
+/// A sandbox or snapshot name ([`limits::name_ok`]).
 pub fn validate_name(n: &str) -> Result<(), HostError> {
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !n.starts_with(['-', '.'])
-        && !(n.len() == 12 && n.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok {
+    if limits::name_ok(n) {
         Ok(())
     } else {
         Err(HostError::InvalidSetting {
             what: "name",
             value: format!("{n:?}"),
-            allowed: "1 to 63 of [A-Za-z0-9_.-], not starting with - or ., not 12 hex digits",
+            allowed: limits::NAME.allowed.into(),
         })
     }
+}
+
+/// A fork's clone count ([`limits::FORK_COUNT`]) and their time to live.
+pub fn validate_fork(count: u32, ttl_secs: Option<u64>) -> Result<(), HostError> {
+    if !limits::FORK_COUNT.contains(count) {
+        return Err(HostError::InvalidSetting {
+            what: "count",
+            value: count.to_string(),
+            allowed: limits::FORK_COUNT.describe(),
+        });
+    }
+    ttl_secs.map_or(Ok(()), validate_timeout)
 }

@@ -9,6 +9,7 @@
 mod actor;
 mod isolation;
 mod layout;
+pub mod limits;
 mod network;
 mod policy;
 mod reason;
@@ -19,7 +20,7 @@ pub use actor::Actor;
 pub use isolation::{CgroupMode, CgroupReport, Isolation, JailProcess, JailReport};
 pub use layout::{SandboxDir, default_home, is_root};
 pub use network::{Cidr, Destination, MAX_RULES, NetworkMode, NetworkPolicy};
-pub use policy::OnExpire;
+pub use policy::{Engine, OnExpire, OnIdle};
 pub use reason::Reason;
 pub use scrub::{Held, ScrubAction, ScrubFinding, Scrubbed};
 pub use state::{EventState, SandboxState, TransitionError};

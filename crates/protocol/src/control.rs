@@ -7,7 +7,7 @@
 //!
 //! [`VmConfig`] is what the host writes to `vm.json` for cove-vm to start from.
 
-pub use cove_model::OnExpire;
+pub use cove_model::{OnExpire, OnIdle};
 use serde::{Deserialize, Serialize};
 
 /// One request on the control socket.
@@ -189,9 +189,9 @@ pub struct VmConfig {
     /// Seconds without activity (no agent session open, no frame either way) before `on_idle`.
     #[serde(default)]
     pub idle_timeout_secs: Option<u64>,
-    /// `pause` or `hibernate`.
+    /// What `idle_timeout_secs` does (none: pause).
     #[serde(default)]
-    pub on_idle: Option<String>,
+    pub on_idle: Option<OnIdle>,
     /// What `expires_at` does: `stop` (none: the same) or `hibernate`.
     #[serde(default)]
     pub on_expire: Option<OnExpire>,

@@ -37,6 +37,21 @@ impl ApiError {
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
     }
+    /// 400 unless `v` is in `range` (one of [`cove_api::limits`], which the OpenAPI document
+    /// publishes).
+    pub fn check_range<T>(what: &str, v: T, range: cove_api::limits::Range) -> Result<(), Self>
+    where
+        T: TryInto<u64> + Copy + std::fmt::Display,
+    {
+        if range.contains(v) {
+            Ok(())
+        } else {
+            Err(Self::bad_request(format!(
+                "invalid {what} {v}: {}",
+                range.describe()
+            )))
+        }
+    }
     /// 404: also what another tenant's sandbox looks like.
     pub fn not_found(what: &str, id: &str) -> Self {
         Self::new(

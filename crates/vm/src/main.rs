@@ -578,9 +578,9 @@ fn policy(cfg: &VmConfig, link: &proxy::Link, state: VmState) -> Option<Policy> 
     if state != VmState::Running || link.idle_for() < limit {
         return None;
     }
-    match cfg.on_idle.as_deref() {
-        Some("hibernate") => Some(Policy::Hibernate),
-        _ => Some(Policy::Pause),
+    match cfg.on_idle.unwrap_or_default() {
+        cove_protocol::control::OnIdle::Hibernate => Some(Policy::Hibernate),
+        cove_protocol::control::OnIdle::Pause => Some(Policy::Pause),
     }
 }
 

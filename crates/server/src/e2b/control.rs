@@ -303,9 +303,7 @@ pub(crate) async fn list(
     auth.need(Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit: 1 to 1000"));
-    }
+    ApiError::check_range("limit", limit, cove_api::limits::PAGE_LIMIT)?;
     let mut states = Vec::new();
     for s in q
         .state

@@ -51,6 +51,7 @@ pub async fn create_template(
 
 /// `PUT /v1/images/import` options.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// Name for the image (default: the names the archive gives).
@@ -143,6 +144,7 @@ pub async fn scrub(
 
 /// `POST /v1/scrub` options.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ScrubQuery {
     /// Only this snapshot, or this hibernated sandbox (its whole id).

@@ -161,6 +161,7 @@ pub(crate) async fn attach(
 
 /// `?eof=true`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StdinQuery {
     /// Close the command's stdin after the body.
@@ -213,11 +214,13 @@ pub(crate) async fn signal(
     Json(req): Json<api::Kill>,
 ) -> Result<StatusCode, ApiError> {
     auth.need(Scope::Exec)?;
+    let signal = req.signal.unwrap_or(15);
+    ApiError::check_range("signal", signal, cove_api::limits::SIGNAL)?;
     let r = app.owned(&auth.0, &id)?;
     app.host
         .connect(&r.id)
         .await?
-        .signal_process(command_ref(&which), req.signal.unwrap_or(15))
+        .signal_process(command_ref(&which), signal)
         .await
         .map_err(|e| gone(e, &which))?;
     Ok(StatusCode::NO_CONTENT)

@@ -22,6 +22,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// `GET /v1/events` options.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events after this sequence number (default: from the start).
@@ -59,6 +60,8 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     auth.need(Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let after = q.after.unwrap_or(0);
+    ApiError::check_range("after", after, cove_api::limits::SEQ)?;
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -66,12 +69,9 @@ pub async fn events(
     let tenant = auth.0.tenant.clone();
     let shows_host = tenant.is_none();
     // Read the first batch now, so a broken database is an error status, not a cut stream.
-    let first = app.host.events(
-        q.after.unwrap_or(0),
-        tenant.as_deref(),
-        q.sandbox.as_deref(),
-        1000,
-    )?;
+    let first = app
+        .host
+        .events(after, tenant.as_deref(), q.sandbox.as_deref(), 1000)?;
     let state = (app, tenant, q, first, false);
     let stream =
         futures::stream::unfold(state, move |(app, tenant, q, mut batch, done)| async move {

@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cove_api as api;
+use cove_api::limits;
 use cove_host::SandboxRecord;
 use cove_host::agent::Event;
 use cove_protocol::{ExecRequest, Reply, Stream};
@@ -44,12 +45,13 @@ pub(crate) async fn exec(
 pub(crate) fn timeout_ms(secs: Option<f64>) -> Result<Option<u64>, ApiError> {
     match secs {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some(
+        Some(s) if s.is_finite() && s > 0.0 && s <= limits::EXEC_TIMEOUT_SECS_MAX => Ok(Some(
             u64::try_from(std::time::Duration::from_secs_f64(s).as_millis().max(1))
                 .unwrap_or(u64::MAX),
         )),
         Some(s) => Err(ApiError::bad_request(format!(
-            "timeout_secs {s}: more than 0, at most 86400"
+            "timeout_secs {s}: more than 0, at most {}",
+            limits::EXEC_TIMEOUT_SECS_MAX
         ))),
     }
 }
@@ -167,6 +169,7 @@ async fn run(
 
 /// `GET /v1/sandboxes/{id}/logs` options.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogsQuery {
     /// Keep the stream open and send what the guest prints next, until the sandbox is gone.
@@ -309,8 +312,10 @@ pub(crate) async fn kill_process(
     let pid: u32 = pid
         .parse()
         .map_err(|_| ApiError::not_found("process", &pid))?;
+    let signal = req.signal.unwrap_or(15);
+    ApiError::check_range("signal", signal, limits::SIGNAL)?;
     let client = app.host.connect(&r.id).await?;
-    match client.kill(pid, req.signal.unwrap_or(15)).await {
+    match client.kill(pid, signal).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(cove_host::ClientError::Agent(a)) if a.code == cove_protocol::ErrorCode::NotFound => {
             Err(ApiError::not_found("process", &pid.to_string()))

@@ -18,6 +18,7 @@ use crate::keys::Scope;
 
 /// `?path=/abs/path`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
     /// Absolute path in the sandbox.

@@ -8,6 +8,7 @@ pub(crate) mod events;
 pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod images;
+mod limits;
 pub(crate) mod meta;
 pub(crate) mod ports;
 pub(crate) mod pulls;
@@ -109,7 +110,7 @@ impl utoipa::Modify for Security {
 /// The API routes and their OpenAPI document (built from the same handlers, so neither can
 /// list a route the other lacks).
 pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(Doc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(Doc::openapi())
         .routes(routes!(sandboxes::create, sandboxes::list))
         .routes(routes!(sandboxes::get, sandboxes::delete))
         .routes(routes!(sandboxes::pause))
@@ -153,7 +154,9 @@ pub fn routes() -> (axum::Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(pulls::follow))
         .routes(routes!(meta::openapi))
         .routes(routes!(meta::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    limits::publish(&mut doc);
+    (router, doc)
 }
 
 /// Answers every request with an id (header `x-request-id`, error bodies, the log line), and

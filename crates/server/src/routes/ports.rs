@@ -13,6 +13,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use cove_api as api;
+use cove_api::limits;
 use cove_host::{ClientError, HostError};
 use hyper_util::rt::TokioIo;
 
@@ -276,15 +277,9 @@ pub(crate) async fn url(
 ) -> Result<Json<api::PortUrl>, ApiError> {
     auth.need(Scope::Exec)?;
     let r = app.owned(&auth.0, &id)?;
-    if req.port == 0 {
-        return Err(ApiError::bad_request("invalid port 0: 1 to 65535"));
-    }
+    ApiError::check_range("port", req.port, limits::PORT)?;
     let secs = req.expires_secs.unwrap_or(3600);
-    if !(1..=30 * 24 * 3600).contains(&secs) {
-        return Err(ApiError::bad_request(format!(
-            "invalid expires_secs {secs}: 1 to 2592000 (30 days)"
-        )));
-    }
+    ApiError::check_range("expires_secs", secs, limits::URL_EXPIRES_SECS)?;
     let Some((scheme, listen_port)) = app.public.clone() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use cove_api as api;
+use cove_api::limits;
 use cove_host::CreateSpec;
 use serde::Deserialize;
 
@@ -18,13 +19,11 @@ use crate::keys::Scope;
 /// Environment names: what a shell can export.
 pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in env {
-        let ok = !k.is_empty()
-            && !k.starts_with(|c: char| c.is_ascii_digit())
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !v.contains('\0');
-        if !ok {
+        if !(limits::ENV_NAME.is_match(k) && limits::ENV_VALUE.is_match(v)) {
             return Err(ApiError::bad_request(format!(
-                "invalid environment variable {k:?}: names are letters, digits and _, values have no NUL"
+                "invalid environment variable {k:?}: names {}; values {}",
+                limits::ENV_NAME.allowed,
+                limits::ENV_VALUE.allowed
             )));
         }
     }
@@ -56,30 +55,16 @@ pub(crate) async fn create_sandbox(
 ) -> Result<cove_host::SandboxRecord, ApiError> {
     auth.need(Scope::Exec)?;
     check_env(&req.env)?;
-    let defaults = CreateSpec::default();
     let from = match &req.snapshot {
         Some(id) => Some(app.owned_snapshot(&auth.0, id)?),
         None => None,
     };
     let spec = CreateSpec {
-        image: req.image.unwrap_or(defaults.image.clone()),
-        cpus: req.cpus.unwrap_or(defaults.cpus),
-        memory_mib: req.memory_mib.unwrap_or(defaults.memory_mib),
-        disk_mib: req.disk_mib.unwrap_or(defaults.disk_mib),
         from_snapshot: from.as_ref().map(|s| s.id.clone()),
-        ttl_secs: req.ttl_secs,
-        idle_timeout_secs: req.idle_timeout_secs,
-        on_idle: req.on_idle,
-        on_expire: req.on_expire,
-        engine: req.engine,
         // Admitted against the tenant's quota as it is recorded (in the store's transaction).
         limits: app.limits(&auth.0)?,
-        name: req.name,
         owner: auth.0.tenant.clone(),
-        labels: req.labels,
-        env: req.env,
-        network: req.network,
-        ..defaults
+        ..spec_of(req)
     };
     // Settings first: a malformed request is a 400 whatever the quota says.
     cove_host::validate(&spec)?;
@@ -89,8 +74,31 @@ pub(crate) async fn create_sandbox(
     .await
 }
 
+/// What a create request asks for (the snapshot to restore, the quota and the owner are the
+/// caller's to fill in).
+fn spec_of(req: api::CreateSandbox) -> CreateSpec {
+    let defaults = CreateSpec::default();
+    CreateSpec {
+        image: req.image.unwrap_or(defaults.image.clone()),
+        cpus: req.cpus.unwrap_or(defaults.cpus),
+        memory_mib: req.memory_mib.unwrap_or(defaults.memory_mib),
+        disk_mib: req.disk_mib.unwrap_or(defaults.disk_mib),
+        ttl_secs: req.ttl_secs,
+        idle_timeout_secs: req.idle_timeout_secs,
+        on_idle: req.on_idle,
+        on_expire: req.on_expire,
+        engine: req.engine,
+        name: req.name,
+        labels: req.labels,
+        env: req.env,
+        network: req.network,
+        ..defaults
+    }
+}
+
 /// `GET /v1/sandboxes` filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Only sandboxes in this state.
@@ -114,9 +122,7 @@ pub(crate) async fn list(
     auth.need(Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit: 1 to 1000"));
-    }
+    ApiError::check_range("limit", limit, limits::PAGE_LIMIT)?;
     let mut want = Vec::new();
     for kv in q.label.iter().flat_map(|l| l.split(',')) {
         let (k, v) = kv
@@ -278,6 +284,7 @@ pub(crate) async fn get(
 
 /// `DELETE /v1/sandboxes/{id}` options.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeleteQuery {
     /// Remove it even while it runs, stopping it first (the default); `false` refuses (409) a
@@ -438,14 +445,7 @@ pub(crate) async fn fork_sandboxes(
     count: u32,
     ttl_secs: Option<u64>,
 ) -> Result<Vec<cove_host::SandboxRecord>, ApiError> {
-    if !(1..=64).contains(&count) {
-        return Err(ApiError::bad_request(format!(
-            "invalid count: {count} (allowed: 1 to 64)"
-        )));
-    }
-    if let Some(t) = ttl_secs {
-        cove_host::validate_timeout(t)?;
-    }
+    cove_host::validate_fork(count, ttl_secs)?;
     // Before the snapshot: a fork that cannot fit is refused without one. Each clone is then
     // admitted as it is recorded.
     app.fits(&auth.0, count, r.cpus, r.memory_mib)?;
@@ -459,6 +459,69 @@ pub(crate) async fn fork_sandboxes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What coved makes of a create body: a 400 from its checks, or the settings it would
+    /// create with.
+    fn checked(body: serde_json::Value) -> Result<(), String> {
+        let req: api::CreateSandbox = serde_json::from_value(body).map_err(|e| e.to_string())?;
+        check_env(&req.env).map_err(|e| e.message)?;
+        cove_host::validate(&spec_of(req)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn creates_are_checked_against_the_limits_the_document_publishes() {
+        use api::rules::{FIELDS, Rule};
+        let mut seen = 0;
+        for &(_, field, rule) in FIELDS.iter().filter(|(s, ..)| *s == "CreateSandbox") {
+            // A policy field needs its timeout, as the checks say.
+            let with = |v: serde_json::Value| {
+                let mut b = serde_json::json!({ field: v });
+                if field == "idle_timeout_secs" {
+                    b["on_idle"] = "hibernate".into();
+                }
+                b
+            };
+            match rule {
+                Rule::Int(r) => {
+                    assert!(checked(with(r.min.into())).is_ok(), "{field} = {}", r.min);
+                    let over = checked(with((r.max + 1).into())).unwrap_err();
+                    assert!(over.contains(&r.describe()), "{field}: {over}");
+                    if r.min > 0 {
+                        assert!(checked(with((r.min - 1).into())).is_err(), "{field}");
+                    }
+                }
+                Rule::Text(p) => {
+                    assert!(checked(with("web-1".into())).is_ok());
+                    let bad = checked(with("-web".into())).unwrap_err();
+                    assert!(bad.contains(p.allowed), "{field}: {bad}");
+                }
+                Rule::Map { max, keys, values } => {
+                    let ok: serde_json::Map<_, _> = (0..max.unwrap_or(3))
+                        .map(|i| (format!("K{i}"), "v".into()))
+                        .collect();
+                    assert!(checked(with(ok.clone().into())).is_ok(), "{field}");
+                    if let Some(max) = max {
+                        let mut over = ok;
+                        over.insert(format!("K{max}"), "v".into());
+                        assert!(checked(with(over.into())).is_err(), "{field} over {max}");
+                    }
+                    let bad_key = checked(with(serde_json::json!({"a=b": "v"}))).unwrap_err();
+                    assert!(bad_key.contains(keys.allowed), "{field}: {bad_key}");
+                    let bad_value = checked(with(serde_json::json!({"k": "a\u{0}"})));
+                    assert!(
+                        bad_value.unwrap_err().contains(values.allowed),
+                        "{field} value"
+                    );
+                }
+                Rule::Seconds(_) | Rule::Items(_) => unreachable!("not on a create: {field}"),
+            }
+            seen += 1;
+        }
+        assert!(seen >= 7, "{seen} create rules");
+        // Closed enumerations.
+        assert!(checked(serde_json::json!({"engine": "firecracker"})).is_err());
+        assert!(checked(serde_json::json!({"on_idle": "sleep", "idle_timeout_secs": 5})).is_err());
+    }
 
     fn key(t: &(i64, String)) -> (i64, &str) {
         (t.0, &t.1)

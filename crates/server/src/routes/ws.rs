@@ -298,9 +298,7 @@ async fn control(
                 .await?;
         }
         api::ExecControl::Signal { signal } => {
-            if !(1..=64).contains(&signal) {
-                return Err(ApiError::bad_request(format!("signal {signal}: 1 to 64")));
-            }
+            ApiError::check_range("signal", signal, cove_api::limits::SIGNAL)?;
             sender.request(&Request::Signal { signal }).await?;
         }
     }
