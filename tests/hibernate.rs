@@ -684,7 +684,7 @@ fn a_scrub_finds_what_the_remembered_check_cannot() {
 }
 
 /// A template changed in place with its mtime put back is not restored: the create that would
-/// have used it is checked by the host first, boots instead, and works.
+/// have used it is checked by the host first, boots instead, works, and says why.
 #[test]
 fn a_tampered_template_is_booted_around() {
     // A shape no other test uses, so no other create meets this template meanwhile.
@@ -714,6 +714,25 @@ fn a_tampered_template_is_booted_around() {
     )
     .unwrap();
     assert!(vm["clone_of"].is_null(), "booted, not restored: {vm}");
+    // And it says so: on the sandbox, and as the cause of its `running` event.
+    let reason = sb.inspect()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.starts_with("booted instead of restoring a template")
+            && reason.contains(&tpl)
+            && reason.contains("failed its check"),
+        "{reason}"
+    );
+    let events = ok(&cove_out(&["events", "--sandbox", &sb.id, "--json"]));
+    assert!(
+        events.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["state"] == "running" && e["cause"].as_str() == Some(reason.as_str())
+        }),
+        "{events}"
+    );
     drop(sb);
     ok(&cove_out(&["snapshot", "rm", &tpl]));
 }

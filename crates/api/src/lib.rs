@@ -143,7 +143,8 @@ pub struct Sandbox {
     /// Milliseconds from start to the agent answering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_ms: Option<i64>,
-    /// Why it failed or stopped.
+    /// Why it failed or stopped, is unhealthy, or (running) was booted instead of restored
+    /// from its image's template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Labels.

@@ -43,11 +43,14 @@ fn check_expiry(at: i64, now: i64) -> Result<(), HostError> {
 impl Host {
     /// Creates a sandbox and waits until its agent answers. It is restored from
     /// `spec.from_snapshot`, or from the image's template when one fits, or booted.
+    ///
+    /// A template that cannot be used is not the user's problem: the sandbox is booted, and
+    /// says so ([`Reason::TemplateSkipped`] on it and on its `running` event, and coved's log).
     pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
-        let from = match &spec.from_snapshot {
-            Some(key) => Some(self.snapshot_record(key)?),
+        let (from, mut skipped) = match &spec.from_snapshot {
+            Some(key) => (Some(self.snapshot_record(key)?), None),
             None if spec.use_template => self.template_for(spec)?,
-            None => None,
+            None => (None, None),
         };
         let explicit = spec.from_snapshot.is_some();
         // Here, and checked: a snapshot whose check is not remembered is hashed by the host
@@ -57,25 +60,34 @@ impl Host {
             Some(s) => match self.ready_snapshot(&s).await {
                 Ok(()) => Some(s),
                 Err(e @ HostError::SnapshotCorrupted(_)) if !explicit => {
-                    tracing::warn!(
-                        "template {} cannot be restored ({e}); booting instead",
-                        s.id
-                    );
+                    skipped = Some(format!("template {} failed its check: {e}", s.id));
                     None
                 }
                 Err(e) => return Err(e),
             },
             None => None,
         };
-        let pending = self.begin(spec, from.as_ref()).await?;
+        let boot = |skipped: Option<String>| async move {
+            let mut pending = self.begin(spec, None).await?;
+            if let Some(why) = skipped {
+                tracing::warn!("{why}; booting instead");
+                pending.rec.reason = Some(Reason::TemplateSkipped(why));
+            }
+            self.finish(pending).await
+        };
+        let Some(from) = from else {
+            return boot(skipped).await;
+        };
+        let pending = self.begin(spec, Some(&from)).await?;
         match self.finish(pending).await {
-            // A template that no longer restores (a new QEMU, say) is not the user's problem:
-            // boot instead, and say why in the log.
-            Err(HostError::StartFailed { id, reason }) if from.is_some() && !explicit => {
-                tracing::warn!("template restore failed ({reason}); booting instead");
+            // A template that no longer restores (a new QEMU, say): boot instead.
+            Err(HostError::StartFailed { id, reason }) if !explicit => {
                 let _ = self.remove(&id, true).await;
-                let pending = self.begin(spec, None).await?;
-                self.finish(pending).await
+                boot(Some(format!(
+                    "template {} would not restore: {reason}",
+                    from.id
+                )))
+                .await
             }
             r => r,
         }

@@ -159,7 +159,14 @@ impl Host {
                             Some(Reason::Unresponsive(why)),
                             Actor::Reconcile,
                         ),
-                        None => (SandboxState::Running, None, Actor::Reconcile),
+                        // What its create said of its template stays while it runs.
+                        None => (
+                            SandboxState::Running,
+                            rec.reason
+                                .clone()
+                                .filter(|r| matches!(r, Reason::TemplateSkipped(_))),
+                            Actor::Reconcile,
+                        ),
                     }
                 }
                 // `creating`/`resuming` whose caller went away (an interrupted CLI) but whose

@@ -268,10 +268,12 @@ impl Host {
         Ok(snap)
     }
 
+    /// The image's template that fits `spec`, if any; or, when the one that fits holds
+    /// another guest than this host boots, why it is skipped.
     pub(crate) fn template_for(
         &self,
         spec: &CreateSpec,
-    ) -> Result<Option<SnapshotRecord>, HostError> {
+    ) -> Result<(Option<SnapshotRecord>, Option<String>), HostError> {
         let digest = self.image(&spec.image)?.digest;
         // A template restores only on the engine that took it (a host whose engine changed
         // boots until a new template is made).
@@ -295,18 +297,22 @@ impl Host {
         });
         // A template of another guest (taken before a new kernel or agent was installed, or
         // before templates recorded their guest) would bring the old one back: boot instead.
-        Ok(found.filter(|s| {
-            let theirs = std::fs::read_to_string(Path::new(&s.dir).join(GUEST_FILE)).ok();
-            let same = theirs.is_some() && theirs == guest;
-            if !same {
-                tracing::warn!(
-                    "template {} holds another guest kernel or agent than this host boots; \
-                     booting instead (remake it: cove template create)",
-                    s.id
-                );
+        Ok(match found {
+            Some(s) => {
+                let theirs = std::fs::read_to_string(Path::new(&s.dir).join(GUEST_FILE)).ok();
+                if theirs.is_some() && theirs == guest {
+                    (Some(s), None)
+                } else {
+                    let why = format!(
+                        "template {} holds another guest kernel or agent than this host boots \
+                         (remake it: cove template create)",
+                        s.id
+                    );
+                    (None, Some(why))
+                }
             }
-            same
-        }))
+            None => (None, None),
+        })
     }
 
     /// Fetches a snapshot from the blob store when this host has no cached copy.

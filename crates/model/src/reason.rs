@@ -31,6 +31,9 @@ pub enum Reason {
     Interrupted(String),
     /// Its agent did not answer a call of the host's within the call's deadline.
     Unresponsive(String),
+    /// Running, but booted: the image's template that would have been restored could not be
+    /// (it failed its check, would not restore, or holds another guest); says which and why.
+    TemplateSkipped(String),
 }
 
 impl Reason {
@@ -48,6 +51,7 @@ impl Reason {
             Self::NotStored(_) => "not_stored",
             Self::Interrupted(_) => "interrupted",
             Self::Unresponsive(_) => "unresponsive",
+            Self::TemplateSkipped(_) => "template_skipped",
         }
     }
 
@@ -64,7 +68,8 @@ impl Reason {
             | Self::ResumeFailed(d)
             | Self::NotStored(d)
             | Self::Interrupted(d)
-            | Self::Unresponsive(d) => Some(d),
+            | Self::Unresponsive(d)
+            | Self::TemplateSkipped(d) => Some(d),
         }
     }
 
@@ -83,6 +88,7 @@ impl Reason {
             "not_stored" => Self::NotStored(d()),
             "interrupted" => Self::Interrupted(d()),
             "unresponsive" => Self::Unresponsive(d()),
+            "template_skipped" => Self::TemplateSkipped(d()),
             _ => {
                 return Err(ParseError {
                     what: "reason",
@@ -111,6 +117,7 @@ impl fmt::Display for Reason {
             Self::NotStored(d) => write!(f, "not in the blob store: {d}"),
             Self::Interrupted(d) => write!(f, "interrupted: {d}"),
             Self::Unresponsive(d) => write!(f, "its agent stopped answering: {d}"),
+            Self::TemplateSkipped(d) => write!(f, "booted instead of restoring a template: {d}"),
         }
     }
 }
@@ -138,6 +145,7 @@ mod tests {
             Reason::Crashed("the VM stopped unexpectedly: signal 9".into()),
             Reason::ResumeFailed("bad manifest".into()),
             Reason::NotStored("disk full".into()),
+            Reason::TemplateSkipped("template 0123456789ab: its memory file changed".into()),
             Reason::Interrupted("coved was killed while creating it".into()),
             Reason::Unresponsive("exec: no answer within 10s".into()),
         ] {
