@@ -269,3 +269,108 @@ fn blk_save_restore_continues_mid_stream() {
     let irq = Arc::new(Interrupt::new(Box::new(CountingLine::default())));
     assert!(Block::restore(config(&d.file, false), &bs, d.mem.clone(), irq).is_err());
 }
+
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+
+/// A discard or write-zeroes request of `ranges` (sector, sectors, flags).
+fn submit_ranges(d: &mut Disk, typ: u32, ranges: &[(u64, u32, u32)]) -> u64 {
+    let len = u32::try_from(ranges.len() * 16).unwrap();
+    let (st, addrs) = submit(d, typ, 0, &[(len, false)]);
+    for (i, &(sector, n, flags)) in ranges.iter().enumerate() {
+        let mut r = [0u8; 16];
+        r[0..8].copy_from_slice(&sector.to_le_bytes());
+        r[8..12].copy_from_slice(&n.to_le_bytes());
+        r[12..16].copy_from_slice(&flags.to_le_bytes());
+        d.mem
+            .write_slice(&r, GuestAddress(addrs[0] + i as u64 * 16))
+            .unwrap();
+    }
+    st
+}
+
+fn allocated(d: &Disk) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(d.file.path()).unwrap().blocks() * 512
+}
+
+#[test]
+fn blk_discard_gives_space_back_and_reads_zero() {
+    let mut d = disk(false);
+    write32(&mut d.t, 0x14, 0);
+    let f = u64::from(read32(&mut d.t, 0x10));
+    assert_ne!(f & (1 << 13), 0, "VIRTIO_BLK_F_DISCARD offered");
+    assert_ne!(f & (1 << 14), 0, "VIRTIO_BLK_F_WRITE_ZEROES offered");
+    assert_eq!(
+        read32(&mut d.t, 0x100 + 40),
+        MAX_DISCARD_SEG,
+        "max_discard_seg"
+    );
+    d.file.as_file().sync_all().unwrap();
+    let before = allocated(&d);
+    assert!(before >= DISK_SECTORS * 512, "written whole: {before}");
+    // Two ranges in one request: the first 256 KiB, and 256 KiB from 512 KiB.
+    let st = submit_ranges(&mut d, T_DISCARD, &[(0, 512, 0), (1024, 512, 0)]);
+    assert_eq!(run(&mut d).1, 1);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let after = allocated(&d);
+    assert!(before - after >= 512 * 1024, "{before} → {after}");
+    let on_disk = std::fs::read(d.file.path()).unwrap();
+    assert_eq!(on_disk.len() as u64, DISK_SECTORS * 512, "size kept");
+    assert!(on_disk[..256 * 1024].iter().all(|&b| b == 0));
+    assert!(on_disk[512 * 1024..768 * 1024].iter().all(|&b| b == 0));
+    assert_eq!(
+        on_disk[256 * 1024 + 1],
+        ((256 * 1024 + 1) % 251) as u8,
+        "between: kept"
+    );
+    // Write zeroes (unmap allowed) reads back zero through the device.
+    let st = submit_ranges(&mut d, T_WRITE_ZEROES, &[(1600, 8, 1)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let (st, addrs) = submit(&mut d, T_IN, 1600, &[(4096, true)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let mut back = [0xffu8; 4096];
+    d.mem.read_slice(&mut back, GuestAddress(addrs[0])).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn blk_bad_discards_are_refused_and_change_nothing() {
+    let mut d = disk(false);
+    let before = crc32fast::hash(&std::fs::read(d.file.path()).unwrap());
+    // Past the end, overflowing, unknown flags, an unmap flag on a discard, too long a
+    // range, no range, a partial range, too many ranges, and a device-writable range list.
+    let bad: [(&[(u64, u32, u32)], u8); 5] = [
+        (&[(DISK_SECTORS - 1, 2, 0)], VIRTIO_BLK_S_IOERR),
+        (&[(u64::MAX, 1, 0)], VIRTIO_BLK_S_IOERR),
+        (&[(0, 8, 2)], VIRTIO_BLK_S_UNSUPP),
+        (&[(0, 8, 1)], VIRTIO_BLK_S_UNSUPP),
+        (&[(0, MAX_DISCARD_SECTORS + 1, 0)], VIRTIO_BLK_S_UNSUPP),
+    ];
+    for (ranges, want) in bad {
+        let st = submit_ranges(&mut d, T_DISCARD, ranges);
+        run(&mut d);
+        assert_eq!(status(&d, st), want, "{ranges:?}");
+    }
+    for len in [0u32, 8, 16 * (MAX_DISCARD_SEG + 1)] {
+        let (st, _) = submit(&mut d, T_DISCARD, 0, &[(len, false)]);
+        run(&mut d);
+        assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR, "{len} bytes of ranges");
+    }
+    let (st, _) = submit(&mut d, T_DISCARD, 0, &[(16, true)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_IOERR);
+    assert_eq!(
+        crc32fast::hash(&std::fs::read(d.file.path()).unwrap()),
+        before
+    );
+    // A read-only disk offers neither, and refuses both.
+    let mut ro = disk(true);
+    write32(&mut ro.t, 0x14, 0);
+    assert_eq!(read32(&mut ro.t, 0x10) & (3 << 13), 0);
+    let st = submit_ranges(&mut ro, T_WRITE_ZEROES, &[(0, 8, 0)]);
+    run(&mut ro);
+    assert_eq!(status(&ro, st), VIRTIO_BLK_S_IOERR);
+}

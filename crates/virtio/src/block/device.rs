@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_queue::Queue;
 
@@ -26,6 +26,15 @@ pub const SEG_MAX: u32 = 126;
 pub const SIZE_MAX: u32 = 64 * 1024;
 /// Most data bytes in one request; a driver that honours SEG_MAX and SIZE_MAX stays within it.
 pub const MAX_REQUEST_DATA: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// Most sectors of one discard or write-zeroes range (2 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Most ranges of one discard or write-zeroes request.
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// The alignment a guest should give discards, sectors (the host's 4 KiB blocks: a smaller
+/// hole only zeroes).
+pub const DISCARD_ALIGNMENT: u32 = 8;
+/// Length of the configuration space, through the write-zeroes fields (virtio 1.1, 5.2.4).
+const CONFIG_LEN: usize = 60;
 /// Length of the serial that GET_ID returns (VIRTIO_BLK_ID_BYTES).
 pub const SERIAL_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 
@@ -133,15 +142,24 @@ impl Block {
         id
     }
 
-    /// The configuration space: capacity, size_max, seg_max, geometry (0), blk_size.
-    fn config_space(&self) -> [u8; 24] {
-        let mut c = [0u8; 24];
+    /// The configuration space: capacity, size_max, seg_max, geometry (0), blk_size,
+    /// topology and writeback (0), then the discard and write-zeroes limits.
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
         c[0..8].copy_from_slice(&self.capacity.to_le_bytes());
         c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         // 16..20: geometry, not offered.
         // SECTOR_SIZE is 512.
         c[20..24].copy_from_slice(&512u32.to_le_bytes());
+        // 24..36: topology, writeback, num_queues: not offered.
+        c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
+        c[44..48].copy_from_slice(&DISCARD_ALIGNMENT.to_le_bytes());
+        c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
+        // write_zeroes_may_unmap: zeroed ranges are always deallocated.
+        c[56] = 1;
         c
     }
 
@@ -216,6 +234,9 @@ impl VirtioDevice for Block {
             | (1 << VIRTIO_BLK_F_FLUSH);
         if self.config.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            // What the guest frees (fstrim, a `discard` mount) goes back to the host's file.
+            f |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         f
     }

@@ -7,11 +7,16 @@
 
 use std::os::unix::fs::FileExt;
 
+use std::os::fd::AsRawFd;
+
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 
-use super::device::{Block, MAX_REQUEST_DATA, SECTOR_SIZE, SERIAL_LEN};
+use super::device::{
+    Block, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_REQUEST_DATA, SECTOR_SIZE, SERIAL_LEN,
+};
 use crate::GuestMemoryMmap;
 use crate::queue::{self, ParsedChain};
 
@@ -24,6 +29,11 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 /// Length of the request header.
 const HEADER_LEN: u64 = 16;
+/// Length of one range of a discard or write-zeroes request (`struct
+/// virtio_blk_discard_write_zeroes`: le64 sector, le32 num_sectors, le32 flags).
+const RANGE_LEN: u64 = 16;
+/// A write-zeroes range's flag: the device may unmap (deallocate) what it zeroes.
+const FLAG_UNMAP: u32 = 1;
 /// Bytes copied per step between the file and guest memory.
 const CHUNK: usize = 64 * 1024;
 
@@ -58,6 +68,18 @@ pub enum RequestError {
     /// A write to a read-only disk.
     #[error("write to a read-only disk")]
     ReadOnly,
+    /// A discard or write-zeroes request whose ranges are not whole 16-byte entries, none, or
+    /// more than the device takes.
+    #[error("{0} bytes of ranges: 1 to MAX_DISCARD_SEG ranges of 16 bytes")]
+    Ranges(u64),
+    /// A range longer than the device takes, or with flags it does not know.
+    #[error("range of {sectors} sectors with flags {flags:#x} refused")]
+    Range {
+        /// Its sectors.
+        sectors: u32,
+        /// Its flags.
+        flags: u32,
+    },
     /// Unknown request type.
     #[error("unsupported request type {0}")]
     Unsupported(u32),
@@ -73,7 +95,7 @@ impl RequestError {
     /// The status byte this error reports to the guest.
     pub fn status(&self) -> u8 {
         match self {
-            Self::Unsupported(_) => VIRTIO_BLK_S_UNSUPP,
+            Self::Unsupported(_) | Self::Range { .. } => VIRTIO_BLK_S_UNSUPP,
             _ => VIRTIO_BLK_S_IOERR,
         }
     }
@@ -90,6 +112,8 @@ pub(super) enum Request {
     Flush,
     /// Write the serial into up to `len` bytes.
     GetId { len: u64 },
+    /// Deallocate (`zeroes`: zero) each of `ranges` ranges that follow the header.
+    Ranges { ranges: u64, zeroes: bool },
 }
 
 impl Request {
@@ -157,6 +181,20 @@ impl Request {
                 }
                 Ok(Self::Flush)
             }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                if in_data != 0 {
+                    return Err(RequestError::Direction(typ));
+                }
+                let ranges = out_data / RANGE_LEN;
+                if out_data % RANGE_LEN != 0 || !(1..=u64::from(MAX_DISCARD_SEG)).contains(&ranges)
+                {
+                    return Err(RequestError::Ranges(out_data));
+                }
+                Ok(Self::Ranges {
+                    ranges,
+                    zeroes: typ == VIRTIO_BLK_T_WRITE_ZEROES,
+                })
+            }
             VIRTIO_BLK_T_GET_ID => {
                 if out_data != 0 {
                     return Err(RequestError::Direction(typ));
@@ -215,6 +253,39 @@ impl Request {
                 }
                 Ok(0)
             }
+            Self::Ranges { ranges, zeroes } => {
+                if dev.config.read_only {
+                    return Err(RequestError::ReadOnly);
+                }
+                for i in 0..ranges {
+                    let mut r = [0u8; 16];
+                    queue::read_segments(mem, &chain.readable, HEADER_LEN + i * RANGE_LEN, &mut r)
+                        .map_err(RequestError::Guest)?;
+                    let [s @ .., n0, n1, n2, n3, f0, f1, f2, f3] = r;
+                    let sector = u64::from_le_bytes(s);
+                    let sectors = u32::from_le_bytes([n0, n1, n2, n3]);
+                    let flags = u32::from_le_bytes([f0, f1, f2, f3]);
+                    // A discard has no flags; a write-zeroes may only allow unmapping.
+                    let known = if zeroes { FLAG_UNMAP } else { 0 };
+                    if sectors > MAX_DISCARD_SECTORS || flags & !known != 0 {
+                        return Err(RequestError::Range { sectors, flags });
+                    }
+                    let count = u64::from(sectors);
+                    match sector.checked_add(count) {
+                        Some(end) if end <= dev.capacity => {}
+                        _ => {
+                            return Err(RequestError::OutOfRange {
+                                sector,
+                                count,
+                                capacity: dev.capacity,
+                            });
+                        }
+                    }
+                    deallocate(&dev.file, sector * SECTOR_SIZE, count * SECTOR_SIZE)
+                        .map_err(RequestError::Io)?;
+                }
+                Ok(0)
+            }
             Self::GetId { len } => {
                 let id = dev.serial_bytes();
                 let n = usize::try_from(len).unwrap_or(usize::MAX).min(SERIAL_LEN);
@@ -224,6 +295,31 @@ impl Request {
                 Ok(u32::try_from(n).unwrap_or(0))
             }
         }
+    }
+}
+
+/// Gives `len` bytes at `pos` back to the host's filesystem: they read as zeroes after, so the
+/// one call serves a discard and a write-zeroes (whose unmap flag then always holds).
+fn deallocate(file: &std::fs::File, pos: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(pos), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: fallocate on an fd this device owns; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -312,7 +408,7 @@ mod tests {
             p(VIRTIO_BLK_T_IN, 0, 0, 100),
             Err(RequestError::Unaligned(100))
         ));
-        let unsupp = p(11, 0, 0, 0).unwrap_err();
+        let unsupp = p(0x77, 0, 0, 0).unwrap_err();
         assert_eq!(unsupp.status(), VIRTIO_BLK_S_UNSUPP);
         assert_eq!(RequestError::ReadOnly.status(), VIRTIO_BLK_S_IOERR);
     }
