@@ -186,7 +186,8 @@ impl Request {
                     return Err(RequestError::Direction(typ));
                 }
                 let ranges = out_data / RANGE_LEN;
-                if out_data % RANGE_LEN != 0 || !(1..=u64::from(MAX_DISCARD_SEG)).contains(&ranges)
+                if !out_data.is_multiple_of(RANGE_LEN)
+                    || !(1..=u64::from(MAX_DISCARD_SEG)).contains(&ranges)
                 {
                     return Err(RequestError::Ranges(out_data));
                 }
