@@ -273,8 +273,11 @@ fn blk_save_restore_continues_mid_stream() {
 const T_DISCARD: u32 = 11;
 const T_WRITE_ZEROES: u32 = 13;
 
-/// A discard or write-zeroes request of `ranges` (sector, sectors, flags).
-fn submit_ranges(d: &mut Disk, typ: u32, ranges: &[(u64, u32, u32)]) -> u64 {
+/// A range of a discard or write-zeroes request: sector, sectors, flags.
+type Range = (u64, u32, u32);
+
+/// A discard or write-zeroes request of `ranges`.
+fn submit_ranges(d: &mut Disk, typ: u32, ranges: &[Range]) -> u64 {
     let len = u32::try_from(ranges.len() * 16).unwrap();
     let (st, addrs) = submit(d, typ, 0, &[(len, false)]);
     for (i, &(sector, n, flags)) in ranges.iter().enumerate() {
@@ -342,7 +345,7 @@ fn blk_bad_discards_are_refused_and_change_nothing() {
     let before = crc32fast::hash(&std::fs::read(d.file.path()).unwrap());
     // Past the end, overflowing, unknown flags, an unmap flag on a discard, too long a
     // range, no range, a partial range, too many ranges, and a device-writable range list.
-    let bad: [(&[(u64, u32, u32)], u8); 5] = [
+    let bad: [(&[Range], u8); 5] = [
         (&[(DISK_SECTORS - 1, 2, 0)], VIRTIO_BLK_S_IOERR),
         (&[(u64::MAX, 1, 0)], VIRTIO_BLK_S_IOERR),
         (&[(0, 8, 2)], VIRTIO_BLK_S_UNSUPP),
