@@ -230,11 +230,16 @@ fn a_pause_or_a_hibernation_interrupted_ends_where_the_vm_is() {
             |url, key, id, all| {
                 let id = id.unwrap();
                 assert_eq!(state_of(all, id), "hibernated", "{point}");
-                // The copy to the blob store was finished by the recovery: any host resumes it.
+                // The copy to the blob store is finished (by the recovery, or by the periodic
+                // pass of another coved sharing this home that recorded the hibernation first):
+                // any host resumes it.
+                let manifest = home().join(format!("blobs/hibernations/{id}/manifest.json"));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while !manifest.is_file() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
                 assert!(
-                    home()
-                        .join(format!("blobs/hibernations/{id}/manifest.json"))
-                        .is_file(),
+                    manifest.is_file(),
                     "{point}: the hibernation did not reach the blob store"
                 );
                 ok(&cove(url, key, &["resume", id]));

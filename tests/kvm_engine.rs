@@ -49,6 +49,26 @@ fn the_kvm_engine_boots_execs_snapshots_and_restores_the_real_guest() {
         b"",
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kvm\n1\n");
+    // Its network device is on the sandbox's tap, configured as under QEMU.
+    assert_eq!(st["network"]["mode"], "egress", "{st}");
+    let out = sb.exec(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | grep -o '[0-9.]*/30'",
+        ],
+        b"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{}\n{}/{}\n",
+            cove_net::mac_text(cove_net::GUEST_MAC),
+            cove_net::GUEST_ADDR,
+            cove_net::GUEST_PREFIX
+        )
+    );
     let out = sb.exec(
         &["-i"],
         &["sh", "-c", "cat > /root/kept; sync"],

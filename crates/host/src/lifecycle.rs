@@ -139,7 +139,6 @@ impl Host {
         let network = self.network_for(
             spec.network.as_ref(),
             from.map(|s| crate::network::snapshot_nic(Path::new(&s.dir))),
-            &choice.engine,
         )?;
         // A restore keeps the snapshot's machine shape.
         let (cpus, memory_mib, disk_mib) = match from {

@@ -47,32 +47,23 @@ impl Host {
     /// The policy a new sandbox gets: the one asked for (checked), else `egress` under the
     /// operator's defaults where this host makes networks, else `none`. With `snapshot_nic`
     /// (a restore), the device its snapshot had decides: a snapshot without one cannot get
-    /// `egress`. The kvm engine wires no network device yet: its sandboxes get `none`.
+    /// `egress`. Both engines attach the guest's device to the same tap.
     pub(crate) fn network_for(
         &self,
         asked: Option<&NetworkPolicy>,
         snapshot_nic: Option<bool>,
-        engine: &str,
     ) -> Result<NetworkPolicy, HostError> {
-        let kvm = engine == "kvm";
         let policy = match asked {
             Some(p) => {
                 check(p)?;
                 p.clone()
             }
-            None if kvm || snapshot_nic == Some(false) || self.net.off().is_some() => {
+            None if snapshot_nic == Some(false) || self.net.off().is_some() => {
                 NetworkPolicy::none()
             }
             None => NetworkPolicy::default(),
         };
         if policy.mode == NetworkMode::Egress {
-            if kvm {
-                return Err(HostError::NetworkConflict(
-                    "the kvm engine gives sandboxes no network device yet; use network mode \
-                     none or the qemu engine"
-                        .into(),
-                ));
-            }
             if snapshot_nic == Some(false) {
                 return Err(HostError::NetworkConflict(
                     "the snapshot was taken without a network device; restore it with network \

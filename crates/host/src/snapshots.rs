@@ -283,9 +283,9 @@ impl Host {
         let guest = self.guest_identity().ok();
         // A template restores with the device it was taken with: one with a network device
         // for a sandbox that gets one, one without for `none`.
-        let nic = engine
-            .as_deref()
-            .and_then(|e| self.network_for(spec.network.as_ref(), None, e).ok())
+        let nic = self
+            .network_for(spec.network.as_ref(), None)
+            .ok()
             .map(|p| p.mode)
             == Some(cove_model::NetworkMode::Egress);
         let found = self.db.list_snapshots()?.into_iter().rev().find(|s| {

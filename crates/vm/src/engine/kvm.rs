@@ -3,7 +3,9 @@
 //! The same guest as the qemu engine: the kernel and initramfs, COM1 as the console (copied into
 //! `console.log`), the CMOS clock (without it Linux waits on a clock update that never ends, as
 //! under QEMU without an RTC), one virtio-blk per disk (the agent finds them by serial), the agent's
-//! virtio-console port `cove.agent` with its host side on `agent.sock`, virtio-rng. The devices
+//! virtio-console port `cove.agent` with its host side on `agent.sock`, virtio-rng, and (for a
+//! sandbox with a network) virtio-net on the tap the host made in the sandbox's namespace, the
+//! same tap and guest address as under QEMU. The devices
 //! are described on the kernel command line (`virtio_mmio.device=`, `acpi=off`); the MP table
 //! gives the vCPUs. `reboot=k` turns the agent's power-off into an i8042 reset, which ends the VM.
 //!
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cove_protocol::control::VmConfig;
 use cove_virtio::block::BlockConfig;
+use cove_virtio::net::NetConfig;
 use cove_vmm::persist;
 use cove_vmm::virtio::DeviceSpec;
 use cove_vmm::{KernelConfig, Vm, VmExit};
@@ -55,10 +58,28 @@ fn lock(vm: &Mutex<Vm>) -> std::sync::MutexGuard<'_, Vm> {
 fn cmdline(cfg: &VmConfig, devices: &str) -> String {
     // reboot=k: the agent's power-off becomes an i8042 reset, which ends the VM.
     format!(
-        "{} reboot=k acpi=off cove.hostname={} {devices}",
+        "{} reboot=k acpi=off cove.hostname={}{} {devices}",
         super::GUEST_CMDLINE,
-        cfg.id
+        cfg.id,
+        super::net_cmdline(cfg)
     )
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(s: &str) -> Result<[u8; 6], EngineError> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| vmm(format!("bad MAC address {s:?}")))?;
+    }
+    if parts.next().is_some() {
+        return Err(vmm(format!("bad MAC address {s:?}")));
+    }
+    Ok(mac)
 }
 
 /// The guest's serial output on its way to `console.log`: written by a vCPU thread, which must
@@ -140,6 +161,22 @@ impl Kvm {
         vm.add_virtio("agent", DeviceSpec::Console(listener))
             .map_err(vmm)?;
         vm.add_virtio("rng", DeviceSpec::Rng).map_err(vmm)?;
+        if let Some(n) = &cfg.net {
+            if n.user_mode {
+                return Err(vmm(
+                    "user-mode networking is QEMU's; the kvm engine uses the tap",
+                ));
+            }
+            // cove-vm is in the sandbox's namespace already: the tap is attached there.
+            vm.add_virtio(
+                "net",
+                DeviceSpec::Net(NetConfig {
+                    tap: n.tap.clone(),
+                    mac: parse_mac(&n.mac)?,
+                }),
+            )
+            .map_err(vmm)?;
+        }
         console_host
             .set_nonblocking(true)
             .map_err(|e| vmm(format!("console stream: {e}")))?;
@@ -276,7 +313,7 @@ impl RunningVm for Kvm {
                 cpus: self.cfg.cpus,
                 created_at: super::now_secs(),
                 files,
-                nic: false,
+                nic: self.cfg.net.is_some(),
             })
         })
     }
@@ -370,6 +407,81 @@ mod tests {
             jail: None,
             net: None,
         }
+    }
+
+    /// Whether this process holds tap `name` open (tun's fdinfo names the interface).
+    fn holds_tap(name: &str) -> bool {
+        std::fs::read_dir("/proc/self/fdinfo")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .any(|info| info.lines().any(|l| l == format!("iff:\t{name}")))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sandbox_with_a_network_gets_its_tap_and_a_snapshot_keeps_it() {
+        assert!(
+            Path::new("/dev/kvm").exists() && Path::new("/dev/net/tun").exists(),
+            "/dev/kvm or /dev/net/tun is missing: the kvm engine's network test needs both"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let kernel = assemble(t.path());
+        let (a, b, snap) = (
+            t.path().join("a"),
+            t.path().join("b"),
+            t.path().join("snap"),
+        );
+        for d in [&a, &b, &snap] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let tap = format!("cvt{}", std::process::id() % 100_000);
+        let with_net = |restore: Option<&Path>| {
+            let mut c = config(t.path(), &kernel, restore);
+            c.net = Some(cove_protocol::control::NetConfig {
+                netns: String::new(),
+                tap: tap.clone(),
+                mac: "02:c0:5e:00:00:02".into(),
+                address: "169.254.127.2/30".into(),
+                gateway: "169.254.127.1".into(),
+                user_mode: false,
+            });
+            c
+        };
+        let cfg = with_net(None);
+        assert!(
+            cmdline(&cfg, "").contains(" cove.net=169.254.127.2/30,169.254.127.1 "),
+            "{}",
+            cmdline(&cfg, "")
+        );
+        let mut vm = Kvm::start(&cfg, &a).await.unwrap();
+        assert!(holds_tap(&tap), "the engine attached {tap}");
+        wait_log_above(&a, 100).await;
+        vm.pause().await.unwrap();
+        let m = vm.save(&snap).await.unwrap();
+        m.write(&snap).unwrap();
+        assert!(m.nic, "the snapshot records its network device");
+        vm.kill();
+        drop(vm);
+        assert!(!holds_tap(&tap), "a killed VM lets its tap go");
+        // A restore needs the device its snapshot had, and gets the tap again.
+        let e = Kvm::start(&config(t.path(), &kernel, Some(&snap)), &b)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("network"), "{e}");
+        let mut back = Kvm::start(&with_net(Some(&snap)), &b).await.unwrap();
+        assert!(holds_tap(&tap));
+        wait_log_above(&b, 100).await;
+        back.kill();
+        drop(back);
+        // User-mode networking is QEMU's alone.
+        let mut user = with_net(None);
+        if let Some(n) = user.net.as_mut() {
+            n.user_mode = true;
+        }
+        assert!(Kvm::start(&user, &b).await.is_err());
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &tap])
+            .status();
     }
 
     async fn log_len(dir: &Path) -> u64 {

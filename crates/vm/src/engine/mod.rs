@@ -19,6 +19,15 @@ use crate::snapshot::{Manifest, SnapshotError};
 /// entropy). Each engine adds how the guest's power-off reaches it and what it needs besides.
 pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet 8250.nr_uarts=1 random.trust_cpu=on";
 
+/// What the kernel command line says of the guest's network (empty without a device): the agent
+/// configures eth0 from it (a restored guest is configured already).
+pub fn net_cmdline(cfg: &VmConfig) -> String {
+    cfg.net
+        .as_ref()
+        .map(|n| format!(" cove.net={},{}", n.address, n.gateway))
+        .unwrap_or_default()
+}
+
 /// Seconds since the epoch, for a snapshot's manifest.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()

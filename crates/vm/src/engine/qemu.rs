@@ -69,10 +69,7 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
     cmdline.push_str(&format!(" cove.hostname={}", cfg.id));
-    if let Some(n) = &cfg.net {
-        // The agent configures eth0 from this (a restored guest is configured already).
-        cmdline.push_str(&format!(" cove.net={},{}", n.address, n.gateway));
-    }
+    cmdline.push_str(&super::net_cmdline(cfg));
     let cpu = cpu_model(cfg);
     let memory = format!(
         "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
