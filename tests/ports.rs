@@ -221,6 +221,11 @@ async fn ports_are_served_with_a_token_a_signed_url_or_a_key_and_refused_without
     )
     .await;
     assert_eq!(s, 502, "{body}");
+    // Named as such, though the request was already on its way behind the connect.
+    assert!(
+        body.contains("port_closed") && body.contains("nothing listens on port 3001"),
+        "{body}"
+    );
     // The `/v1` form with the API key.
     let (s, body) = get(
         &env.addr,

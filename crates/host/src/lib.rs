@@ -30,6 +30,7 @@ mod jail;
 mod lifecycle;
 mod network;
 mod ports;
+pub use ports::PortStream;
 mod reconcile;
 mod record;
 mod scrub;
@@ -331,7 +332,12 @@ impl Host {
     /// agent's silence confirmed by a probe, marks the sandbox `unhealthy` (an `unhealthy`
     /// sandbox is still tried: an answer is what brings it back).
     pub async fn connect(&self, key: &str) -> Result<AgentClient, HostError> {
-        let mut rec = self.get(key)?;
+        self.connect_to(self.get(key)?).await
+    }
+
+    /// [`Host::connect`] to a sandbox whose record the caller has just read (with
+    /// [`Host::get`]): the same, without reading it again.
+    pub async fn connect_to(&self, mut rec: SandboxRecord) -> Result<AgentClient, HostError> {
         // A sandbox the idle policy put away comes back on the next request.
         if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated)
             && rec.reason == Some(Reason::Idle)

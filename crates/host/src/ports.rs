@@ -5,28 +5,50 @@
 use cove_protocol::frame::MAX_DATA_CHUNK;
 use cove_protocol::{Reply, Request, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::oneshot;
 
 use crate::agent::{AgentClient, ClientError, Deadline, Event};
 
 /// Bytes buffered each way between the caller's end and the session.
 const BUFFER: usize = 256 << 10;
 
-impl AgentClient {
-    /// Opens a TCP connection to `port` in the guest. The caller's end is a byte stream; it
-    /// closes when the guest's side has closed and every byte has been read, and dropping it
-    /// closes the connection in the guest.
-    pub async fn connect_port(&self, port: u16) -> Result<DuplexStream, ClientError> {
-        let mut s = self.open(&Request::Connect { port }).await?;
-        match s.next_by(&Deadline::call("a connection to a port")).await? {
-            Some(Event::Reply(Reply::Connected)) => {}
-            Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),
-            Some(other) => return Err(ClientError::Unexpected(format!("{other:?}"))),
-            None => return Err(ClientError::Closed),
+/// A connection to a guest's port, as [`AgentClient::connect_port`] gives it: the byte stream,
+/// usable at once, and whether the agent's connect succeeded.
+#[derive(Debug)]
+pub struct PortStream {
+    /// The caller's end: what is written before the guest's side is connected waits in the
+    /// session for it (paced by the agent's credit); a failed connect ends it (EOF).
+    pub stream: DuplexStream,
+    /// The agent's answer to the connect: `Ok` once connected, else why not (nothing listens,
+    /// the deadline passed).
+    pub opened: oneshot::Receiver<Result<(), ClientError>>,
+}
+
+impl PortStream {
+    /// Waits for the connect's outcome, then hands the stream over.
+    pub async fn connected(self) -> Result<DuplexStream, ClientError> {
+        match self.opened.await {
+            Ok(Ok(())) => Ok(self.stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
         }
+    }
+}
+
+impl AgentClient {
+    /// Opens a TCP connection to `port` in the guest. It returns as soon as the request is
+    /// sent, without waiting for the guest's side: what the caller writes at once travels
+    /// behind the connect (one round trip to the guest saved on every proxied request), and
+    /// `opened` says how the connect went. The caller's end closes when the guest's side has
+    /// closed and every byte has been read (or at once when the connect failed), and dropping it
+    /// closes the connection in the guest.
+    pub async fn connect_port(&self, port: u16) -> Result<PortStream, ClientError> {
+        let mut s = self.open(&Request::Connect { port }).await?;
         let (ours, theirs) = tokio::io::duplex(BUFFER);
         let (mut rd, mut wr) = tokio::io::split(ours);
         let sender = s.sender();
-        // Caller to guest: credit from the agent paces it.
+        // Caller to guest: credit from the agent paces it; the agent keeps what arrives
+        // before its connect completes, and drops it if the connect fails.
         tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_DATA_CHUNK];
             loop {
@@ -43,8 +65,22 @@ impl AgentClient {
                 }
             }
         });
-        // Guest to caller: `next` credits the agent back as data is taken.
+        let (tell, opened) = oneshot::channel();
+        // Guest to caller, once connected: `next` credits the agent back as data is taken.
         tokio::spawn(async move {
+            let outcome = match s.next_by(&Deadline::call("a connection to a port")).await {
+                Ok(Some(Event::Reply(Reply::Connected))) => Ok(()),
+                Ok(Some(Event::Reply(Reply::Error(e)))) => Err(e.into()),
+                Ok(Some(other)) => Err(ClientError::Unexpected(format!("{other:?}"))),
+                Ok(None) => Err(ClientError::Closed),
+                Err(e) => Err(e),
+            };
+            let failed = outcome.is_err();
+            let _ = tell.send(outcome);
+            if failed {
+                let _ = wr.shutdown().await;
+                return;
+            }
             let cancel = s.sender();
             while let Some(ev) = s.next().await {
                 match ev {
@@ -64,6 +100,9 @@ impl AgentClient {
             }
             let _ = wr.shutdown().await;
         });
-        Ok(theirs)
+        Ok(PortStream {
+            stream: theirs,
+            opened,
+        })
     }
 }

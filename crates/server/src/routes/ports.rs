@@ -156,14 +156,16 @@ async fn serve(
         cove_host::Actor::Traffic
     };
     let a = app.clone();
-    let sandbox = rec.id.clone();
+    let record = rec.clone();
     let client =
-        tokio::spawn(cove_host::ACTOR.scope(actor, async move { a.host.connect(&sandbox).await }))
+        tokio::spawn(cove_host::ACTOR.scope(actor, async move { a.host.connect_to(record).await }))
             .await
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })??;
-    let stream = client
+    // The request follows the connect without waiting for it; a connect that failed shows as
+    // the stream ending, and `opened` says why.
+    let cove_host::PortStream { stream, mut opened } = client
         .connect_port(port)
         .await
         .map_err(|e| port_error(e, port, &rec.id))?;
@@ -209,10 +211,16 @@ async fn serve(
         }
     }
     parts.version = Version::HTTP_11;
-    let mut resp = sender
-        .send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(bad_gateway)?;
+    let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(r) => r,
+        // The agent's answer comes before the stream ends.
+        Err(e) => {
+            return Err(match opened.try_recv() {
+                Ok(Err(why)) => port_error(why, port, &rec.id),
+                _ => bad_gateway(e),
+            });
+        }
+    };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_side) = client_side
     {
@@ -353,8 +361,12 @@ pub(crate) async fn tcp(
     let stream = cove_host::ACTOR
         .scope(auth.0.actor.clone(), async {
             let client = app.host.connect(&rec.id).await?;
-            client
+            let opening = client
                 .connect_port(port)
+                .await
+                .map_err(|e| port_error(e, port, &rec.id))?;
+            opening
+                .connected()
                 .await
                 .map_err(|e| port_error(e, port, &rec.id))
         })
