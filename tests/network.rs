@@ -155,6 +155,68 @@ fn egress_follows_the_policy_and_its_changes_while_running() {
     assert!(fetches(&sb, &up.addr.to_string(), 8080));
 }
 
+/// The sandbox's namespace's table, as nft lists it.
+fn ruleset(sb: &Sandbox) -> String {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &format!("cove-{}", sb.id)])
+        .args(["nft", "list", "table", "inet", "cove"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn an_egress_limit_holds_what_the_guest_sends_to_it() {
+    let _ = home();
+    let up = Upstream::start();
+    let sb = Sandbox::create("busybox", &["--allow", &up.cidr(), "--egress-mbps", "2"]);
+    assert_eq!(sb.inspect()["network"]["egress_mbps"], 2);
+    assert!(ruleset(&sb).contains("limit rate over 250000 bytes/second drop"));
+    // 1 MiB at 2 Mbit/s (250 kB/s), less the bucket's one second's worth, cannot take less
+    // than 3.19 s at the upstream's end, however fast the machine (a busy one only takes
+    // longer; unlimited, it takes a fraction of a second).
+    let before = up.sunk.lock().unwrap().len();
+    let sent = format!(
+        "dd if=/dev/zero bs=65536 count=16 2>/dev/null | nc {} 5001",
+        up.addr
+    );
+    ok(&sb.exec(&[], &["sh", "-c", &sent], b""));
+    assert!(wait_until(WAIT, || up.sunk.lock().unwrap().len() > before));
+    let (bytes, took) = up.sunk.lock().unwrap()[before];
+    assert_eq!(bytes, 1 << 20, "everything arrives, only later");
+    assert!(
+        took >= Duration::from_millis(((1 << 20) - 250_000) * 1000 / 250_000),
+        "1 MiB passed a 2 Mbit/s limit in {took:?}"
+    );
+    // The limit is part of the policy: a change's event names it, a new policy without it
+    // lifts it, and it needs a network to hold.
+    ok(&cove_out(&[
+        "network",
+        &sb.id,
+        "--allow",
+        &up.cidr(),
+        "--egress-mbps",
+        "40",
+    ]));
+    let events = ok(&cove_out(&["events", "--sandbox", &sb.id, "--json"]));
+    assert!(events.contains("egress 40 Mbit/s"), "{events}");
+    assert!(ruleset(&sb).contains("limit rate over 5000000 bytes/second"));
+    ok(&cove_out(&["network", &sb.id, "--allow", &up.cidr()]));
+    assert!(!ruleset(&sb).contains("limit rate"), "{}", ruleset(&sb));
+    assert!(fetches(&sb, &up.addr.to_string(), 8080));
+    for bad in [
+        vec!["--egress-mbps", "0"],
+        vec!["--egress-mbps", "100001"],
+        vec!["--network", "none", "--egress-mbps", "5"],
+    ] {
+        let mut args = vec!["network", sb.id.as_str()];
+        args.extend(bad.iter().copied());
+        let o = cove_out(&args);
+        assert!(!o.status.success(), "{bad:?} was accepted");
+    }
+    assert!(!ruleset(&sb).contains("limit rate"));
+}
+
 #[test]
 fn a_sandbox_created_without_a_network_has_no_device() {
     let _ = home();

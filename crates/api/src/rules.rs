@@ -84,6 +84,11 @@ pub static FIELDS: &[FieldRule] = &[
     ("TtySize", "cols", Rule::Int(limits::TTY_SIDE)),
     ("NetworkPolicy", "allow", Rule::Items(cove_model::MAX_RULES)),
     ("NetworkPolicy", "deny", Rule::Items(cove_model::MAX_RULES)),
+    (
+        "NetworkPolicy",
+        "egress_mbps",
+        Rule::Int(limits::EGRESS_MBPS),
+    ),
 ];
 
 /// Every bounded query parameter, by name, wherever it appears.

@@ -58,6 +58,9 @@ pub struct NetArgs {
     /// Serve the sandbox's ports through coved to anyone (no traffic token or signed URL).
     #[arg(long)]
     pub public_ports: bool,
+    /// Most bandwidth the sandbox sends out with, megabits per second.
+    #[arg(long, value_name = "MBPS")]
+    pub egress_mbps: Option<u32>,
 }
 
 impl NetArgs {
@@ -67,6 +70,7 @@ impl NetArgs {
             && self.allow.is_empty()
             && self.deny.is_empty()
             && !self.public_ports
+            && self.egress_mbps.is_none()
         {
             return None;
         }
@@ -75,6 +79,7 @@ impl NetArgs {
             allow: self.allow.clone(),
             deny: self.deny.clone(),
             public_ports: self.public_ports,
+            egress_mbps: self.egress_mbps,
         })
     }
 }

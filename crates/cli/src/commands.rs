@@ -271,7 +271,10 @@ pub async fn run(c: Client, command: Command) -> anyhow::Result<u8> {
             command: crate::args::TemplateCommand::Create { image, res },
         } => {
             anyhow::ensure!(
-                res.net.allow.is_empty() && res.net.deny.is_empty() && !res.net.public_ports,
+                res.net.allow.is_empty()
+                    && res.net.deny.is_empty()
+                    && !res.net.public_ports
+                    && res.net.egress_mbps.is_none(),
                 "a template takes --network (with a device or without), not a policy: each \
                  sandbox restored from it gets its own"
             );

@@ -56,6 +56,8 @@ pub const URL_EXPIRES_SECS: Range = Range::new(1, 2_592_000);
 pub const TTY_SIDE: Range = Range::new(0, 65_535);
 /// An event's sequence number.
 pub const SEQ: Range = Range::new(0, 9_223_372_036_854_775_807);
+/// A sandbox's egress bandwidth, megabits per second.
+pub const EGRESS_MBPS: Range = Range::new(1, 100_000);
 /// Labels on one sandbox.
 pub const MAX_LABELS: usize = 64;
 

@@ -227,6 +227,10 @@ pub struct NetworkPolicy {
     /// URL.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public_ports: bool,
+    /// Most bandwidth the guest sends out with, megabits per second (none: no limit). Held on
+    /// the host: what goes over it is dropped, so TCP slows to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mbps: Option<u32>,
 }
 
 impl NetworkPolicy {
@@ -245,8 +249,18 @@ impl NetworkPolicy {
                 "at most {MAX_RULES} allow and deny entries together"
             ));
         }
-        if self.mode == NetworkMode::None && !(self.allow.is_empty() && self.deny.is_empty()) {
-            return Err("mode none takes no allow or deny entries".into());
+        if self.mode == NetworkMode::None
+            && !(self.allow.is_empty() && self.deny.is_empty() && self.egress_mbps.is_none())
+        {
+            return Err("mode none takes no allow or deny entries and no egress_mbps".into());
+        }
+        if let Some(m) = self.egress_mbps
+            && !crate::limits::EGRESS_MBPS.contains(m)
+        {
+            return Err(format!(
+                "egress_mbps {m}: {}",
+                crate::limits::EGRESS_MBPS.describe()
+            ));
         }
         Ok(())
     }
@@ -299,6 +313,9 @@ impl fmt::Display for NetworkPolicy {
         }
         if self.public_ports {
             f.write_str("; public ports")?;
+        }
+        if let Some(m) = self.egress_mbps {
+            write!(f, "; egress {m} Mbit/s")?;
         }
         Ok(())
     }
@@ -363,6 +380,7 @@ mod tests {
             allow: vec!["pypi.org".parse().unwrap()],
             deny: vec!["org".parse().unwrap()],
             public_ports: false,
+            egress_mbps: None,
         };
         assert_eq!(p.name_verdict("pypi.org"), Some(true));
         assert_eq!(p.name_verdict("files.pypi.org"), Some(true));
@@ -371,6 +389,15 @@ mod tests {
         let mut none = NetworkPolicy::none();
         assert!(none.validate().is_ok());
         none.deny.push("10.0.0.0/8".parse().unwrap());
+        assert!(none.validate().is_err());
+        let limited = |m| NetworkPolicy {
+            egress_mbps: Some(m),
+            ..NetworkPolicy::default()
+        };
+        assert!(limited(1).validate().is_ok() && limited(100_000).validate().is_ok());
+        assert!(limited(0).validate().is_err() && limited(100_001).validate().is_err());
+        let mut none = NetworkPolicy::none();
+        none.egress_mbps = Some(5);
         assert!(none.validate().is_err());
         let wire: NetworkPolicy = serde_json::from_str(r#"{"allow":["1.2.3.4","a.io"]}"#).unwrap();
         assert_eq!(wire.mode, NetworkMode::Egress);

@@ -151,8 +151,9 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     meta nfproto ipv6 drop
     ip saddr != {guest} drop
     oifname != \"{NS_VETH}\" drop
-{none}{services}    ip daddr @walls reject with icmpx admin-prohibited
+{limit}{none}{services}    ip daddr @walls reject with icmpx admin-prohibited
 ",
+        limit = p.policy.egress_mbps.map_or(String::new(), limit_rule),
         // Nothing in the namespace itself (the jailed VMM) sends out, unless the benchmark's
         // user-mode network (QEMU's own sockets) is asked for.
         user_mode = if p.user_mode {
@@ -178,6 +179,14 @@ pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
     }
     o.push_str("  }\n}\n");
     o
+}
+
+/// The egress limit: what the guest sends beyond `mbps` is dropped, and TCP slows down to
+/// it. nftables' byte limit is a token bucket holding one second of the rate, so a burst of up
+/// to a second's worth passes at line speed after a quiet spell.
+fn limit_rule(mbps: u32) -> String {
+    let rate = u64::from(mbps) * 125_000;
+    format!("    limit rate over {rate} bytes/second drop\n")
 }
 
 /// The host's table: nothing from a sandbox's link reaches the host unless it answers the
@@ -298,6 +307,7 @@ mod tests {
             allow: vec!["10.9.0.0/16".parse().unwrap(), "pypi.org".parse().unwrap()],
             deny: vec!["0.0.0.0/0".parse().unwrap()],
             public_ports: false,
+            egress_mbps: None,
         };
         let r = ruleset(&policy, true);
         assert!(r.contains("set allow { type ipv4_addr; flags interval; auto-merge;\n    elements = { 10.9.0.0/16 }"), "{r}");
@@ -310,6 +320,25 @@ mod tests {
         assert!(at("ip saddr != 169.254.127.2 drop") < at("ip daddr @allow accept"));
         let none = ruleset(&NetworkPolicy::none(), false);
         assert!(!none.contains("@allow accept"), "{none}");
+        assert!(!r.contains("limit rate"), "{r}");
+        // An egress limit comes before anything the guest's traffic could be accepted by.
+        let limited = ruleset(
+            &NetworkPolicy {
+                egress_mbps: Some(8),
+                ..policy
+            },
+            true,
+        );
+        let at = |s: &str| {
+            limited
+                .find(s)
+                .unwrap_or_else(|| panic!("{s} missing:\n{limited}"))
+        };
+        assert!(
+            at("limit rate over 1000000 bytes/second drop")
+                < at("ip daddr 10.201.0.1 ct status dnat")
+        );
+        assert!(at("limit rate over") < at("ip daddr @allow accept"));
     }
 
     /// nft itself reads both rulesets (`--check`: nothing is applied).
@@ -323,6 +352,7 @@ mod tests {
             ],
             deny: vec![],
             public_ports: false,
+            egress_mbps: Some(1),
         };
         apply(&ruleset(&policy, true), true).unwrap();
         apply(&host_ruleset("10.201.0.0/16".parse().unwrap()), true).unwrap();

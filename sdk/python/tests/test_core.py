@@ -48,6 +48,9 @@ def test_create_body_names_the_api_fields() -> None:
          "on_idle", "labels", "network", "engine"]
     )
     assert create_body(None, "snap", **none) == {"snapshot": "snap"}
+    limited = NetworkPolicy(egress_mbps=8)
+    assert limited.to_json()["egress_mbps"] == 8
+    assert NetworkPolicy.from_json(limited.to_json()) == limited
 
 
 def test_exec_messages() -> None:

@@ -115,14 +115,16 @@ class FileKind(str, enum.Enum):
 @dataclass(frozen=True)
 class NetworkPolicy:
     """A sandbox's network: ``egress`` (the default: out to anything the operator allows,
-    narrowed by ``allow``/``deny``) or ``none``; ``public_ports`` serves its ports to anyone.
-    Entries are IPv4 networks (``10.0.0.0/8``), addresses, or domain names (``example.com`` and
-    its subdomains, ``*.example.com`` its subdomains only)."""
+    narrowed by ``allow``/``deny``) or ``none``; ``public_ports`` serves its ports to anyone;
+    ``egress_mbps`` caps what it sends out, in megabits per second. Entries are IPv4 networks
+    (``10.0.0.0/8``), addresses, or domain names (``example.com`` and its subdomains,
+    ``*.example.com`` its subdomains only)."""
 
     mode: str = "egress"
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     public_ports: bool = False
+    egress_mbps: int | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> NetworkPolicy:
@@ -131,15 +133,19 @@ class NetworkPolicy:
             allow=tuple(d.get("allow") or ()),
             deny=tuple(d.get("deny") or ()),
             public_ports=bool(d.get("public_ports", False)),
+            egress_mbps=d.get("egress_mbps"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "mode": self.mode,
             "allow": list(self.allow),
             "deny": list(self.deny),
             "public_ports": self.public_ports,
         }
+        if self.egress_mbps is not None:
+            out["egress_mbps"] = self.egress_mbps
+        return out
 
 
 @dataclass(frozen=True)
