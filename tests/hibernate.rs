@@ -114,8 +114,21 @@ fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     flip(&memory, at, 0x01);
     let o = cove_out(&["resume", &sb.id]);
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("corrupted"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Checked by the host before any VM starts (a 422), not a start that failed (a 500).
+    assert!(
+        err.contains("corrupted") && !err.contains("failed to start"),
+        "{err}"
+    );
     assert_eq!(state(&sb), "hibernated");
+    let reason = sb.inspect()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.starts_with("resume failed") && reason.contains("memory is corrupted"),
+        "{reason}"
+    );
     flip(&memory, at, 0x01);
     let state_file = dir.join("state");
     let mid = std::fs::metadata(&state_file).unwrap().len() / 2;

@@ -450,6 +450,16 @@ impl Host {
                 // What a jail wrote is taken by the host before it is read (sealing is
                 // idempotent: a hibernation from the blob store is the host's already).
                 jail::Jails::seal(&snap)?;
+                // Checked by the host unless its pass is remembered (a hibernation changed
+                // behind the record's back, or fetched from the store): a corrupted one is
+                // refused (422) and the sandbox stays hibernated, untouched.
+                if let Err(e) = self.check_unless_remembered(&snap).await {
+                    if matches!(e, HostError::SnapshotCorrupted(_)) {
+                        rec.reason = Some(Reason::ResumeFailed(e.to_string()));
+                        self.record(&mut rec)?;
+                    }
+                    return Err(e);
+                }
                 let stored_disk = snap.join("disk-cove-rw");
                 if stored_disk.is_file() {
                     if layout.disk().is_file() {

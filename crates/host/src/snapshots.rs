@@ -320,7 +320,14 @@ impl Host {
     /// is not remembered (a jailed restore cannot remember one in the sealed snapshot).
     pub(crate) async fn ready_snapshot(&self, s: &SnapshotRecord) -> Result<(), HostError> {
         self.ensure_local(s).await?;
-        let dir = Path::new(&s.dir);
+        self.check_unless_remembered(Path::new(&s.dir)).await
+    }
+
+    /// Hashes the snapshot in `dir` as the host unless a pass of its `memory` and `state` as
+    /// they are now is remembered: a corrupted one is [`HostError::SnapshotCorrupted`] (422)
+    /// before any VM starts, and a good one is remembered (the jailed restore that follows
+    /// trusts it).
+    pub(crate) async fn check_unless_remembered(&self, dir: &Path) -> Result<(), HostError> {
         if ["memory", "state"]
             .iter()
             .any(|f| cove_store::verified::current(dir, f).is_none())
