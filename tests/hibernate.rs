@@ -103,6 +103,7 @@ fn the_clock_is_resynced_after_hibernation() {
 #[test]
 fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     let sb = Sandbox::create("busybox", &[]);
+    ok(&sb.exec(&[], &["sh", "-c", "echo kept > /root/k"], b""));
     ok(&cove_out(&["hibernate", &sb.id]));
     let dir =
         std::path::PathBuf::from(sb.inspect()["host"]["dir"].as_str().unwrap()).join("hibernation");
@@ -111,13 +112,24 @@ fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
     // small CI disk with zeros.
     let memory = dir.join("memory");
     let at = first_non_zero(&memory);
+    // This host's copy gone bad while the blob store holds the sandbox's: fetched again, and
+    // the wake works.
+    flip(&memory, at, 0x01);
+    ok(&cove_out(&["resume", &sb.id]));
+    assert_eq!(ok(&sb.exec(&[], &["cat", "/root/k"], b"")), "kept\n");
+    // Both copies bad (this host's memory, the store's state): refused.
+    ok(&cove_out(&["hibernate", &sb.id]));
+    let stored_state = cove_tests::home().join(format!("blobs/hibernations/{}/state", sb.id));
+    let mid = std::fs::metadata(&stored_state).unwrap().len() / 2;
+    flip(&stored_state, mid, 0xff);
+    let at = first_non_zero(&memory);
     flip(&memory, at, 0x01);
     let o = cove_out(&["resume", &sb.id]);
     assert_eq!(o.status.code(), Some(125));
     let err = String::from_utf8_lossy(&o.stderr);
     // Checked by the host before any VM starts (a 422), not a start that failed (a 500).
     assert!(
-        err.contains("corrupted") && !err.contains("failed to start"),
+        err.contains("state is corrupted") && !err.contains("failed to start"),
         "{err}"
     );
     assert_eq!(state(&sb), "hibernated");
@@ -126,22 +138,18 @@ fn a_corrupted_snapshot_is_refused_and_the_sandbox_stays_hibernated() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        reason.starts_with("resume failed") && reason.contains("memory is corrupted"),
+        reason.starts_with("resume failed") && reason.contains("state is corrupted"),
         "{reason}"
     );
-    flip(&memory, at, 0x01);
+    // This host's copy is now the store's (its state bad): refused again without it being
+    // consumed, and with the file repaired the sandbox comes back.
     let state_file = dir.join("state");
-    let mid = std::fs::metadata(&state_file).unwrap().len() / 2;
-    flip(&state_file, mid, 0xff);
     let o = cove_out(&["resume", &sb.id]);
     assert_eq!(o.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("corrupted"), "{err}");
     assert_eq!(state(&sb), "hibernated");
-    // The snapshot was not consumed: with the file repaired the sandbox comes back.
     flip(&state_file, mid, 0xff);
     ok(&cove_out(&["resume", &sb.id]));
-    assert_eq!(ok(&sb.exec(&[], &["echo", "back"], b"")), "back\n");
+    assert_eq!(ok(&sb.exec(&[], &["cat", "/root/k"], b"")), "kept\n");
 }
 
 #[test]

@@ -453,8 +453,23 @@ impl Host {
                 // Checked by the host unless its pass is remembered (a hibernation changed
                 // behind the record's back, or fetched from the store): a corrupted one is
                 // refused (422) and the sandbox stays hibernated, untouched.
-                if let Err(e) = self.check_unless_remembered(&snap).await {
-                    if matches!(e, HostError::SnapshotCorrupted(_)) {
+                let checked = match self.check_unless_remembered(&snap).await {
+                    // This host's copy went bad, the store's is the sandbox's: fetched again.
+                    Err(HostError::SnapshotCorrupted(why)) if self.blobs.has(&key).await => {
+                        tracing::warn!("sandbox {}: {why}; fetching it again", rec.id);
+                        let _ = std::fs::remove_dir_all(&snap);
+                        self.blobs.download_dir(&key, &snap).await?;
+                        jail::Jails::seal(&snap)?;
+                        self.check_unless_remembered(&snap).await
+                    }
+                    r => r,
+                };
+                if let Err(e) = checked {
+                    // Said on the sandbox, unless its reason says something a resume needs
+                    // more (that it is not in the store).
+                    if matches!(e, HostError::SnapshotCorrupted(_))
+                        && !matches!(rec.reason, Some(Reason::NotStored(_)))
+                    {
                         rec.reason = Some(Reason::ResumeFailed(e.to_string()));
                         self.record(&mut rec)?;
                     }

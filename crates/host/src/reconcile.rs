@@ -28,6 +28,12 @@ const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(120);
 const OTHER_OWNER_GRACE: Duration = Duration::from_secs(10);
 
 impl Host {
+    /// Every sandbox as recorded, without looking at its VM or changing anything: for samplers
+    /// (a reconcile from them would race the operations they only watch).
+    pub fn records(&self) -> Result<Vec<SandboxRecord>, HostError> {
+        Ok(self.db.list()?)
+    }
+
     /// Every sandbox, each reconciled. One removed meanwhile is left out; one that cannot be
     /// reconciled now is listed as recorded (the next read tries again) rather than failing
     /// the whole listing.

@@ -20,7 +20,7 @@ mod tap;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cove_model::{Cidr, NetworkPolicy};
 
@@ -121,6 +121,12 @@ pub struct Networks {
     registry: std::sync::Arc<services::Registry>,
     /// The benchmark's switch: networks whose namespace may send out itself.
     user_mode: std::sync::atomic::AtomicBool,
+    /// Per sandbox, held while its network is taken down: a teardown is several steps (the
+    /// link, the namespace's name, the lease), and a create that starts meanwhile (a wake, just
+    /// after another thread recorded the sandbox's VM gone) must not have its new namespace or
+    /// lease removed by the end of the old teardown. A create's own first step is a teardown,
+    /// so it waits for one under way.
+    teardowns: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
 }
 
 impl Networks {
@@ -177,6 +183,7 @@ impl Networks {
             services: std::sync::Mutex::new(None),
             registry: Default::default(),
             user_mode: Default::default(),
+            teardowns: Default::default(),
         }
     }
 
@@ -374,6 +381,27 @@ impl Networks {
         if check_id(id).is_err() || self.off.is_some() {
             return;
         }
+        let lock = self
+            .teardowns
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        {
+            let _held = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.tear_down(id);
+        }
+        // Forgotten when no other teardown or create of it waits.
+        let mut all = self.teardowns.lock().expect("lock");
+        if Arc::strong_count(&lock) == 2 {
+            all.remove(id);
+        }
+    }
+
+    fn tear_down(&self, id: &str) {
         let iface = host_iface(id);
         if let Err(e) = ns::in_host_blocking(move || ns::delete_link(&iface)) {
             tracing::warn!("sandbox {id}: removing its link: {e}");

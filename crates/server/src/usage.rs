@@ -110,7 +110,11 @@ impl History {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Ok(all) = app.host.list() else { continue };
+            // As recorded: sampling changes nothing (coved's watcher reconciles).
+            let a = app.clone();
+            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || a.host.records()).await else {
+                continue;
+            };
             let live: std::collections::HashSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
             app.usage
                 .series

@@ -304,11 +304,26 @@ fn blk_discard_gives_space_back_and_reads_zero() {
     let f = u64::from(read32(&mut d.t, 0x10));
     assert_ne!(f & (1 << 13), 0, "VIRTIO_BLK_F_DISCARD offered");
     assert_ne!(f & (1 << 14), 0, "VIRTIO_BLK_F_WRITE_ZEROES offered");
+    // The configuration space's discard and write-zeroes fields (virtio 1.1, 5.2.4).
+    let cfg = |t: &mut MmioTransport<Block>, at: u64| read32(t, 0x100 + at);
     assert_eq!(
-        read32(&mut d.t, 0x100 + 40),
-        MAX_DISCARD_SEG,
-        "max_discard_seg"
+        cfg(&mut d.t, 36),
+        MAX_DISCARD_SECTORS,
+        "max_discard_sectors"
     );
+    assert_eq!(cfg(&mut d.t, 40), MAX_DISCARD_SEG, "max_discard_seg");
+    assert_eq!(
+        cfg(&mut d.t, 44),
+        DISCARD_ALIGNMENT,
+        "discard_sector_alignment"
+    );
+    assert_eq!(
+        cfg(&mut d.t, 48),
+        MAX_DISCARD_SECTORS,
+        "max_write_zeroes_sectors"
+    );
+    assert_eq!(cfg(&mut d.t, 52), MAX_DISCARD_SEG, "max_write_zeroes_seg");
+    assert_eq!(cfg(&mut d.t, 56) & 0xff, 1, "write_zeroes_may_unmap");
     d.file.as_file().sync_all().unwrap();
     let before = allocated(&d);
     assert!(before >= DISK_SECTORS * 512, "written whole: {before}");
@@ -326,6 +341,19 @@ fn blk_discard_gives_space_back_and_reads_zero() {
         on_disk[256 * 1024 + 1],
         ((256 * 1024 + 1) % 251) as u8,
         "between: kept"
+    );
+    // Write zeroes without UNMAP keeps the blocks allocated.
+    d.file.as_file().sync_all().unwrap();
+    let held = allocated(&d);
+    let st = submit_ranges(&mut d, T_WRITE_ZEROES, &[(1800, 8, 0)]);
+    run(&mut d);
+    assert_eq!(status(&d, st), VIRTIO_BLK_S_OK);
+    let on_disk = std::fs::read(d.file.path()).unwrap();
+    assert!(on_disk[1800 * 512..1808 * 512].iter().all(|&b| b == 0));
+    assert!(
+        allocated(&d) >= held,
+        "kept allocated: {held} → {}",
+        allocated(&d)
     );
     // Write zeroes (unmap allowed) reads back zero through the device.
     let st = submit_ranges(&mut d, T_WRITE_ZEROES, &[(1600, 8, 1)]);
@@ -352,6 +380,13 @@ fn blk_bad_discards_are_refused_and_change_nothing() {
         (&[(0, 8, 1)], VIRTIO_BLK_S_UNSUPP),
         (&[(0, MAX_DISCARD_SECTORS + 1, 0)], VIRTIO_BLK_S_UNSUPP),
     ];
+    // A good range before a bad one is not applied either.
+    let bad = [
+        (&[(0, 8, 0), (DISK_SECTORS, 8, 0)][..], VIRTIO_BLK_S_IOERR),
+        (&[(0, 8, 0), (8, 8, 4)][..], VIRTIO_BLK_S_UNSUPP),
+    ]
+    .into_iter()
+    .chain(bad);
     for (ranges, want) in bad {
         let st = submit_ranges(&mut d, T_DISCARD, ranges);
         run(&mut d);

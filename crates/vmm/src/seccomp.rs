@@ -111,6 +111,18 @@ pub fn io_filter() -> Result<BpfProgram, SeccompError> {
         libc::SYS_ioctl,
         vec![rule(vec![arg(1, SeccompCmpOp::Eq, libc::FIONBIO)?])?],
     );
+    // A disk's discard (a hole punched) and write-zeroes (a range zeroed): only those modes,
+    // never growing or shrinking the file.
+    let mode = |m: libc::c_int| -> Result<SeccompRule, SeccompError> {
+        rule(vec![arg(1, SeccompCmpOp::Eq, u64::from(m.unsigned_abs()))?])
+    };
+    rules.insert(
+        libc::SYS_fallocate,
+        vec![
+            mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)?,
+            mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)?,
+        ],
+    );
     compile(rules)
 }
 

@@ -75,9 +75,22 @@ fn a_guest_reads_writes_and_identifies_a_virtio_disk() {
     serial.copy_from_slice(&b"cove-test-disk"[..8]);
     assert_eq!(
         v,
-        [0, sum, 0, u64::from_le_bytes(serial), 0],
-        "read status and checksum, write status, serial, GET_ID status"
+        [0, sum, 0, u64::from_le_bytes(serial), 0, 0],
+        "read status and checksum, write status, serial, GET_ID status, discard status"
     );
+    // The discard ran on the I/O thread, under its seccomp filter: sectors 8-15 read zero
+    // and their block went back to the host's filesystem.
+    let back = std::fs::read(&path).unwrap();
+    assert!(back[8 * 512..16 * 512].iter().all(|&b| b == 0));
+    assert_eq!(back[16 * 512..], data[16 * 512..], "the rest is as it was");
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let blocks = std::fs::metadata(&path).unwrap().blocks();
+        assert!(
+            blocks * 512 < 64 * 512,
+            "{blocks} blocks: the hole was punched"
+        );
+    }
     let mut f = std::fs::File::open(&path).unwrap();
     let mut sector3 = vec![0u8; 512];
     f.seek(SeekFrom::Start(3 * 512)).unwrap();

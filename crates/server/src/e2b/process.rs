@@ -216,6 +216,13 @@ async fn unary(
                     }
                 },
             };
+            let range = cove_api::limits::SIGNAL;
+            if !range.contains(n) {
+                return Err(RpcError::new(
+                    Code::InvalidArgument,
+                    format!("signal {n}: {}", range.describe()),
+                ));
+            }
             client
                 .signal_process(r.process.to_ref()?, n)
                 .await

@@ -258,6 +258,8 @@ impl Request {
                 if dev.config.read_only {
                     return Err(RequestError::ReadOnly);
                 }
+                // Every range is checked before any is applied: a bad one changes nothing.
+                let mut todo = Vec::new();
                 for i in 0..ranges {
                     let mut r = [0u8; 16];
                     queue::read_segments(mem, &chain.readable, HEADER_LEN + i * RANGE_LEN, &mut r)
@@ -282,8 +284,18 @@ impl Request {
                             });
                         }
                     }
-                    deallocate(&dev.file, sector * SECTOR_SIZE, count * SECTOR_SIZE)
-                        .map_err(RequestError::Io)?;
+                    // A write-zeroes without UNMAP keeps the blocks (the driver wants them
+                    // allocated: a preallocation, say).
+                    let keep = zeroes && flags & FLAG_UNMAP == 0;
+                    todo.push((sector * SECTOR_SIZE, count * SECTOR_SIZE, keep));
+                }
+                for (pos, len, keep) in todo {
+                    let done = if keep {
+                        zero_range(&dev.file, pos, len)
+                    } else {
+                        punch(&dev.file, pos, len)
+                    };
+                    done.map_err(RequestError::Io)?;
                 }
                 Ok(0)
             }
@@ -299,9 +311,8 @@ impl Request {
     }
 }
 
-/// Gives `len` bytes at `pos` back to the host's filesystem: they read as zeroes after, so the
-/// one call serves a discard and a write-zeroes (whose unmap flag then always holds).
-fn deallocate(file: &std::fs::File, pos: u64, len: u64) -> std::io::Result<()> {
+/// `fallocate(mode | KEEP_SIZE)` over `len` bytes at `pos`.
+fn fallocate(file: &std::fs::File, mode: libc::c_int, pos: u64, len: u64) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
@@ -309,18 +320,34 @@ fn deallocate(file: &std::fs::File, pos: u64, len: u64) -> std::io::Result<()> {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     };
     // SAFETY: fallocate on an fd this device owns; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            n,
-        )
-    };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode | libc::FALLOC_FL_KEEP_SIZE, off, n) };
     if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Gives `len` bytes at `pos` back to the host's filesystem: they read as zeroes after.
+fn punch(file: &std::fs::File, pos: u64, len: u64) -> std::io::Result<()> {
+    fallocate(file, libc::FALLOC_FL_PUNCH_HOLE, pos, len)
+}
+
+/// Zeroes `len` bytes at `pos`, keeping them allocated: `ZERO_RANGE`, or (a filesystem
+/// without it) zeroes written.
+fn zero_range(file: &std::fs::File, pos: u64, len: u64) -> std::io::Result<()> {
+    match fallocate(file, libc::FALLOC_FL_ZERO_RANGE, pos, len) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            let zeroes = vec![0u8; CHUNK];
+            let mut done = 0;
+            while done < len {
+                let n = chunk_len(len - done);
+                file.write_all_at(&zeroes[..n], pos + done)?;
+                done += n as u64;
+            }
+            Ok(())
+        }
+        r => r,
     }
 }
 

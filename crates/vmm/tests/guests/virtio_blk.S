@@ -1,6 +1,6 @@
-/* Drives virtio-blk in slot 0: reads sector 2, writes it back to sector 3, reads the serial.
-   Reports: status and a sum of the sector's qwords for the read; status of the write; the
-   serial's first 8 bytes. */
+/* Drives virtio-blk in slot 0: reads sector 2, writes it back to sector 3, reads the serial,
+   discards sectors 8-15. Reports: status and a sum of the sector's qwords for the read; status
+   of the write; the serial's first 8 bytes and GET_ID's status; the discard's status. */
 .intel_syntax noprefix
 #include "defs.inc"
 #include "virtio_defs.inc"
@@ -65,6 +65,20 @@ _start:
     call virtio_submit
     mov rax, [BUF]
     call report64
+    movzx eax, byte ptr [STATUS]
+    call report64
+
+    /* DISCARD sectors 8-15: one 16-byte range (sector, sectors, flags), device-readable. */
+    mov dword ptr [HDR], 11                  /* VIRTIO_BLK_T_DISCARD */
+    mov qword ptr [HDR + 8], 0
+    mov qword ptr [BUF], 8
+    mov dword ptr [BUF + 8], 8
+    mov dword ptr [BUF + 12], 0
+    mov dword ptr [DESC + 24], 16
+    mov word ptr [DESC + 28], 1              /* NEXT */
+    mov byte ptr [STATUS], 0xff
+    mov ecx, 3
+    call virtio_submit
     movzx eax, byte ptr [STATUS]
     call report64
     jmp reset
