@@ -72,11 +72,13 @@ pub async fn connect(
     let mut up = tokio::spawn(async move {
         let mut total = 0u64;
         loop {
-            let mut buf = vec![0u8; DATA_PREFIX_LEN + MAX_DATA_CHUNK];
-            match rd.read(&mut buf[DATA_PREFIX_LEN..]).await {
+            // Read into the frame's spare capacity: nothing is zeroed first (64 KiB a read,
+            // which an emulated guest feels on every proxied request).
+            let mut buf = Vec::with_capacity(DATA_PREFIX_LEN + MAX_DATA_CHUNK);
+            buf.resize(DATA_PREFIX_LEN, 0);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    buf.truncate(DATA_PREFIX_LEN + n);
                     put_data_prefix(&mut buf, session, Stream::Stdout, n);
                     out.data_encoded(buf, n).await;
                     total += n as u64;

@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+use cove_model::Engine;
+
 /// Why no engine can run.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -68,17 +70,23 @@ fn probe_now() -> HostVirt {
     }
 }
 
-/// Decides from what the host offers and what was asked (`COVE_ENGINE` when `requested` is None).
-pub fn choose(requested: Option<&str>) -> Result<EngineChoice, EngineError> {
-    let requested = requested
-        .map(str::to_string)
-        .or_else(|| std::env::var("COVE_ENGINE").ok())
-        .unwrap_or_else(|| "auto".into());
-    decide(&requested, &probe(), find_qemu())
+/// Decides from what the host offers and what was asked (`COVE_ENGINE` when `requested` is None;
+/// a `COVE_ENGINE` that names no engine is refused, not taken for `auto`).
+pub fn choose(requested: Option<Engine>) -> Result<EngineChoice, EngineError> {
+    let requested = match requested {
+        Some(e) => e,
+        None => match std::env::var("COVE_ENGINE") {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map_err(|_| EngineError::Unavailable(format!("COVE_ENGINE={v}")))?,
+            _ => Engine::Auto,
+        },
+    };
+    decide(requested, &probe(), find_qemu())
 }
 
 fn decide(
-    requested: &str,
+    requested: Engine,
     v: &HostVirt,
     qemu: Option<String>,
 ) -> Result<EngineChoice, EngineError> {
@@ -112,15 +120,14 @@ fn decide(
         })
     };
     match requested {
-        "auto" if hw => Ok(kvm(format!("auto chose kvm (Cove's own VMM): {why_accel}"))),
-        "auto" => qemu_engine(format!("auto chose qemu with TCG: {why_accel}")),
-        "qemu" => qemu_engine(format!("qemu requested: {why_accel}")),
-        "kvm" if !v.dev_kvm => Err(EngineError::NoKvm),
-        "kvm" if hw => Ok(kvm(format!("kvm requested: {why_accel}"))),
-        "kvm" => Ok(kvm(format!(
+        Engine::Auto if hw => Ok(kvm(format!("auto chose kvm (Cove's own VMM): {why_accel}"))),
+        Engine::Auto => qemu_engine(format!("auto chose qemu with TCG: {why_accel}")),
+        Engine::Qemu => qemu_engine(format!("qemu requested: {why_accel}")),
+        Engine::Kvm if !v.dev_kvm => Err(EngineError::NoKvm),
+        Engine::Kvm if hw => Ok(kvm(format!("kvm requested: {why_accel}"))),
+        Engine::Kvm => Ok(kvm(format!(
             "kvm requested: {why_accel}: only purpose-built guests run here; Linux will not boot"
         ))),
-        other => Err(EngineError::Unavailable(other.to_string())),
     }
 }
 
@@ -207,36 +214,36 @@ mod tests {
     #[test]
     fn auto_never_uses_an_emulated_kvm() {
         let q = || Some("q".to_string());
-        let c = decide("auto", &v(true, false, true), q()).unwrap();
+        let c = decide(Engine::Auto, &v(true, false, true), q()).unwrap();
         assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));
         assert!(c.reason.contains("kvm_pvm"), "{}", c.reason);
-        let c = decide("auto", &v(true, true, false), q()).unwrap();
+        let c = decide(Engine::Auto, &v(true, true, false), q()).unwrap();
         assert_eq!((c.engine.as_str(), c.accel.as_str()), ("kvm", "kvm"));
-        let c = decide("auto", &v(true, true, false), None).unwrap();
+        let c = decide(Engine::Auto, &v(true, true, false), None).unwrap();
         assert_eq!(c.engine, "kvm", "the kvm engine needs no QEMU");
-        let c = decide("qemu", &v(true, true, false), q()).unwrap();
+        let c = decide(Engine::Qemu, &v(true, true, false), q()).unwrap();
         assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "kvm"));
-        let c = decide("qemu", &v(false, false, false), q()).unwrap();
+        let c = decide(Engine::Qemu, &v(false, false, false), q()).unwrap();
         assert_eq!(c.accel, "tcg");
         assert!(matches!(
-            decide("qemu", &v(false, false, false), None),
+            decide(Engine::Qemu, &v(false, false, false), None),
             Err(EngineError::NoQemu)
         ));
-        let c = decide("kvm", &v(true, false, true), q()).unwrap();
+        let c = decide(Engine::Kvm, &v(true, false, true), q()).unwrap();
         assert_eq!(c.engine, "kvm");
         assert!(c.reason.contains("Linux will not boot"), "{}", c.reason);
         assert!(matches!(
-            decide("kvm", &v(false, false, false), q()),
+            decide(Engine::Kvm, &v(false, false, false), q()),
             Err(EngineError::NoKvm)
         ));
-        assert!(decide("xen", &v(true, true, false), q()).is_err());
+        assert!("xen".parse::<Engine>().is_err());
     }
 
     #[test]
     fn this_host_is_probed_consistently() {
         // On the project's machines /dev/kvm is nested and emulated: auto must pick TCG there.
         let p = probe();
-        let c = decide("auto", &p, Some("q".into())).unwrap();
+        let c = decide(Engine::Auto, &p, Some("q".into())).unwrap();
         assert_eq!(c.engine == "kvm", p.dev_kvm && p.hw_virt);
         if !p.hw_virt {
             assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));

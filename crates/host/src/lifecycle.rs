@@ -45,7 +45,8 @@ impl Host {
     /// `spec.from_snapshot`, or from the image's template when one fits, or booted.
     ///
     /// A template that cannot be used is not the user's problem: the sandbox is booted, and
-    /// says so ([`Reason::TemplateSkipped`] on it and on its `running` event, and coved's log).
+    /// says so ([`Reason::TemplateSkipped`] on it until its next move, on its `running` event,
+    /// and in coved's log).
     pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, HostError> {
         let (from, mut skipped) = match &spec.from_snapshot {
             Some(key) => (Some(self.snapshot_record(key)?), None),
@@ -118,9 +119,8 @@ impl Host {
         // A restore runs on the engine that took its snapshot, unless told otherwise.
         let requested = spec
             .engine
-            .map(|e| e.as_str().to_string())
             .or_else(|| from.and_then(|s| crate::snapshots::snapshot_engine(Path::new(&s.dir))));
-        let choice = engine::choose(requested.as_deref())?;
+        let choice = engine::choose(requested)?;
         let id = new_id();
         let layout = SandboxDir::new(&self.home, &id);
         let dir = layout.path().to_path_buf();

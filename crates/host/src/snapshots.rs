@@ -277,9 +277,9 @@ impl Host {
         let digest = self.image(&spec.image)?.digest;
         // A template restores only on the engine that took it (a host whose engine changed
         // boots until a new template is made).
-        let engine = engine::choose(spec.engine.map(cove_model::Engine::as_str))
+        let engine = engine::choose(spec.engine)
             .ok()
-            .map(|c| c.engine);
+            .and_then(|c| c.engine.parse::<cove_model::Engine>().ok());
         let guest = self.guest_identity().ok();
         // A template restores with the device it was taken with: one with a network device
         // for a sandbox that gets one, one without for `none`.
@@ -397,8 +397,8 @@ impl Host {
 }
 
 /// The engine a snapshot directory was taken with (from its manifest), if it is readable.
-pub(crate) fn snapshot_engine(dir: &Path) -> Option<String> {
+pub(crate) fn snapshot_engine(dir: &Path) -> Option<cove_model::Engine> {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
-    m["engine"].as_str().map(str::to_string)
+    m["engine"].as_str()?.parse().ok()
 }

@@ -215,7 +215,7 @@ pub struct NetworkPolicy {
     pub mode: NetworkMode,
     /// Let through, over `deny` and the operator's defaults: IPv4 networks (`203.0.113.0/24`,
     /// or an address) and domain names (`example.com` and its subdomains; `*.example.com`: its
-    /// subdomains only).
+    /// subdomains only). `allow` and `deny` hold at most 256 entries together.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Vec<String>))]
     pub allow: Vec<Destination>,

@@ -32,7 +32,8 @@ pub enum Reason {
     /// Its agent did not answer a call of the host's within the call's deadline.
     Unresponsive(String),
     /// Running, but booted: the image's template that would have been restored could not be
-    /// (it failed its check, would not restore, or holds another guest); says which and why.
+    /// (it failed its check, would not restore, or holds another guest); says which and why,
+    /// from the create until the sandbox's next move.
     TemplateSkipped(String),
 }
 
