@@ -213,6 +213,9 @@ fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError>
     times.mark("start");
     let image = find_disk(IMAGE_SERIAL);
     let rw = find_disk(RW_SERIAL);
+    // The sandbox disk's own filesystem, kept open across the switch of root so it can be shown
+    // again under the new one (`/run/cove/disk`, see [`show_disk`]).
+    let mut disk_dir = None;
     times.mark("find disks");
     let root = "/run/cove/root";
     match image {
@@ -237,6 +240,7 @@ fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError>
                         // that wrote and deleted a gigabyte does not keep it on the host.
                         Some("noinit_itable,discard"),
                     )?;
+                    disk_dir = std::fs::File::open("/run/cove/rw").ok();
                     "/run/cove/rw"
                 }
                 None => {
@@ -302,6 +306,11 @@ fn build_root(nosuid: MsFlags, times: &mut SetupTimes) -> Result<(), SetupError>
     if let Err(e) = finish_root(nosuid) {
         eprintln!("cove-agent: {e}");
     }
+    if let Some(d) = disk_dir
+        && let Err(e) = show_disk(&d)
+    {
+        eprintln!("cove-agent: {e}");
+    }
     if let Some(h) = cmdline_value("cove.hostname") {
         let _ = nix::unistd::sethostname(&h);
     }
@@ -351,6 +360,33 @@ fn finish_root(nosuid: MsFlags) -> Result<(), SetupError> {
     let _ = std::fs::create_dir_all("/tmp");
     let _ = std::fs::set_permissions("/tmp", std::os::unix::fs::PermissionsExt::from_mode(0o1777));
     Ok(())
+}
+
+/// Mounts the sandbox disk's ext4 (the overlay's upper layer lives there) at `/run/cove/disk`,
+/// root's alone: the overlay root cannot be trimmed, this can (`fstrim /run/cove/disk`, or
+/// `fstrim -a`), though online `discard` already hands freed blocks back.
+fn show_disk(dir: &std::fs::File) -> Result<(), SetupError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    step(
+        "mkdir /run/cove/disk",
+        std::fs::create_dir_all("/run/cove/disk"),
+    )?;
+    step(
+        "chmod /run/cove",
+        std::fs::set_permissions("/run/cove", std::fs::Permissions::from_mode(0o700)),
+    )?;
+    let from = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    step(
+        "bind the sandbox disk at /run/cove/disk",
+        mount(
+            Some(from.as_str()),
+            "/run/cove/disk",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ),
+    )
 }
 
 /// /dev/urandom, opened before the root thread moves /dev (see [`add_entropy`]).
