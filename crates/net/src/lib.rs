@@ -13,6 +13,7 @@
 
 mod judge;
 mod lease;
+mod libnft;
 mod ns;
 pub mod rules;
 pub mod services;

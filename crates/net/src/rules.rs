@@ -227,9 +227,16 @@ table inet cove {{
     )
 }
 
-/// Runs `nft -f -` with `ruleset` in the calling thread's network namespace (the child is
-/// forked from this thread, so it shares the namespace the thread is in).
+/// Applies `ruleset` (or only checks it) in the calling thread's network namespace, as one
+/// transaction: in process through libnftables where it is installed, else with `nft -f -`
+/// (the child is forked from this thread, so it shares the namespace the thread is in).
 pub fn apply(ruleset: &str, check_only: bool) -> Result<(), NetError> {
+    if let Some(done) = crate::libnft::run(ruleset, check_only) {
+        return done.map_err(|detail| NetError::Tool {
+            what: "nft refused the ruleset",
+            detail,
+        });
+    }
     let mut cmd = Command::new(nft());
     if check_only {
         cmd.arg("--check");
