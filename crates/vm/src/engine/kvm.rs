@@ -409,6 +409,18 @@ mod tests {
         }
     }
 
+    /// A directory with the test guest assembled in it, and three empty ones: two sandboxes'
+    /// and a snapshot's.
+    fn workspace() -> (tempfile::TempDir, PathBuf, [PathBuf; 3]) {
+        let t = tempfile::tempdir().unwrap();
+        let kernel = assemble(t.path());
+        let dirs = ["a", "b", "snap"].map(|d| t.path().join(d));
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        (t, kernel, dirs)
+    }
+
     /// Whether this process holds tap `name` open (tun's fdinfo names the interface).
     fn holds_tap(name: &str) -> bool {
         std::fs::read_dir("/proc/self/fdinfo")
@@ -424,16 +436,7 @@ mod tests {
             Path::new("/dev/kvm").exists() && Path::new("/dev/net/tun").exists(),
             "/dev/kvm or /dev/net/tun is missing: the kvm engine's network test needs both"
         );
-        let t = tempfile::tempdir().unwrap();
-        let kernel = assemble(t.path());
-        let (a, b, snap) = (
-            t.path().join("a"),
-            t.path().join("b"),
-            t.path().join("snap"),
-        );
-        for d in [&a, &b, &snap] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        let (t, kernel, [a, b, snap]) = workspace();
         let tap = format!("cvt{}", std::process::id() % 100_000);
         let with_net = |restore: Option<&Path>| {
             let mut c = config(t.path(), &kernel, restore);
@@ -509,16 +512,7 @@ mod tests {
             Path::new("/dev/kvm").exists(),
             "/dev/kvm is missing: the kvm engine's tests run real guests on KVM"
         );
-        let t = tempfile::tempdir().unwrap();
-        let kernel = assemble(t.path());
-        let (a, b, snap) = (
-            t.path().join("a"),
-            t.path().join("b"),
-            t.path().join("snap"),
-        );
-        for d in [&a, &b, &snap] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        let (t, kernel, [a, b, snap]) = workspace();
         let mut vm = Kvm::start(&config(t.path(), &kernel, None), &a)
             .await
             .unwrap();
