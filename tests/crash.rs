@@ -234,12 +234,10 @@ fn a_pause_or_a_hibernation_interrupted_ends_where_the_vm_is() {
                 // pass of another coved sharing this home that recorded the hibernation first):
                 // any host resumes it.
                 let manifest = home().join(format!("blobs/hibernations/{id}/manifest.json"));
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-                while !manifest.is_file() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
                 assert!(
-                    manifest.is_file(),
+                    cove_tests::wait_until(std::time::Duration::from_secs(30), || {
+                        manifest.is_file()
+                    }),
                     "{point}: the hibernation did not reach the blob store"
                 );
                 ok(&cove(url, key, &["resume", id]));

@@ -35,7 +35,10 @@ fn check_expiry(at: i64, now: i64) -> Result<(), HostError> {
                 "{at} ms since the epoch ({} s from now)",
                 at.saturating_sub(now) / 1000
             ),
-            allowed: "from now to 10 years (315360000 s) from now".into(),
+            allowed: format!(
+                "from now to 10 years ({} s) from now",
+                crate::MAX_TIMEOUT_SECS
+            ),
         })
     }
 }

@@ -52,7 +52,6 @@ impl Host {
             from_snapshot: Some(snap.id.clone()),
             use_template: false,
             // A clone restores on the engine that took the snapshot.
-            // The clones run on the source's engine (it wrote the snapshot).
             engine: source.engine.parse().ok(),
             limits,
             ttl_secs,

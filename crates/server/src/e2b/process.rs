@@ -216,13 +216,7 @@ async fn unary(
                     }
                 },
             };
-            let range = cove_api::limits::SIGNAL;
-            if !range.contains(n) {
-                return Err(RpcError::new(
-                    Code::InvalidArgument,
-                    format!("signal {n}: {}", range.describe()),
-                ));
-            }
+            crate::error::ApiError::check_range("signal", n, cove_api::limits::SIGNAL)?;
             client
                 .signal_process(r.process.to_ref()?, n)
                 .await

@@ -200,6 +200,13 @@ pub(crate) async fn stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The signal a kill asks for (none: 15, SIGTERM), checked against its range.
+pub(crate) fn kill_signal(k: &api::Kill) -> Result<i32, ApiError> {
+    let signal = k.signal.unwrap_or(15);
+    ApiError::check_range("signal", signal, cove_api::limits::SIGNAL)?;
+    Ok(signal)
+}
+
 /// Send a signal to a running command's process group.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/commands/{command}/signal", tag = "commands",
     params(("id" = String, Path, description = "Sandbox id"),
@@ -214,8 +221,7 @@ pub(crate) async fn signal(
     Json(req): Json<api::Kill>,
 ) -> Result<StatusCode, ApiError> {
     auth.need(Scope::Exec)?;
-    let signal = req.signal.unwrap_or(15);
-    ApiError::check_range("signal", signal, cove_api::limits::SIGNAL)?;
+    let signal = kill_signal(&req)?;
     let r = app.owned(&auth.0, &id)?;
     app.host
         .connect(&r.id)

@@ -312,8 +312,7 @@ pub(crate) async fn kill_process(
     let pid: u32 = pid
         .parse()
         .map_err(|_| ApiError::not_found("process", &pid))?;
-    let signal = req.signal.unwrap_or(15);
-    ApiError::check_range("signal", signal, limits::SIGNAL)?;
+    let signal = super::commands::kill_signal(&req)?;
     let client = app.host.connect(&r.id).await?;
     match client.kill(pid, signal).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),

@@ -158,7 +158,7 @@ impl Block {
         c[44..48].copy_from_slice(&DISCARD_ALIGNMENT.to_le_bytes());
         c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
         c[52..56].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
-        // write_zeroes_may_unmap: zeroed ranges are always deallocated.
+        // write_zeroes_may_unmap: a write-zeroes with UNMAP is punched out of the file.
         c[56] = 1;
         c
     }

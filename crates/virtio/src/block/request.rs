@@ -157,18 +157,7 @@ impl Request {
                 if len > MAX_REQUEST_DATA {
                     return Err(RequestError::TooLong(len));
                 }
-                let count = len / SECTOR_SIZE;
-                let out_of_range = RequestError::OutOfRange {
-                    sector,
-                    count,
-                    capacity,
-                };
-                match sector.checked_add(count) {
-                    Some(end) if end <= capacity => {}
-                    _ => return Err(out_of_range),
-                }
-                // sector < capacity <= u64::MAX / 512 (a file size), so this cannot overflow.
-                let pos = sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range)?;
+                let pos = byte_offset(sector, len / SECTOR_SIZE, capacity)?;
                 Ok(if typ == VIRTIO_BLK_T_IN {
                     Self::In { pos, len }
                 } else {
@@ -274,20 +263,11 @@ impl Request {
                         return Err(RequestError::Range { sectors, flags });
                     }
                     let count = u64::from(sectors);
-                    match sector.checked_add(count) {
-                        Some(end) if end <= dev.capacity => {}
-                        _ => {
-                            return Err(RequestError::OutOfRange {
-                                sector,
-                                count,
-                                capacity: dev.capacity,
-                            });
-                        }
-                    }
+                    let pos = byte_offset(sector, count, dev.capacity)?;
                     // A write-zeroes without UNMAP keeps the blocks (the driver wants them
                     // allocated: a preallocation, say).
                     let keep = zeroes && flags & FLAG_UNMAP == 0;
-                    todo.push((sector * SECTOR_SIZE, count * SECTOR_SIZE, keep));
+                    todo.push((pos, count * SECTOR_SIZE, keep));
                 }
                 for (pos, len, keep) in todo {
                     let done = if keep {
@@ -309,6 +289,22 @@ impl Request {
             }
         }
     }
+}
+
+/// Where `count` sectors from `sector` start in the file, when they lie inside a disk of
+/// `capacity` sectors (checked: a sector number near `u64::MAX` is refused, not wrapped).
+fn byte_offset(sector: u64, count: u64, capacity: u64) -> Result<u64, RequestError> {
+    let out_of_range = RequestError::OutOfRange {
+        sector,
+        count,
+        capacity,
+    };
+    match sector.checked_add(count) {
+        Some(end) if end <= capacity => {}
+        _ => return Err(out_of_range),
+    }
+    // sector < capacity <= u64::MAX / 512 (a file size), so this cannot overflow.
+    sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range)
 }
 
 /// `fallocate(mode | KEEP_SIZE)` over `len` bytes at `pos`.
