@@ -7,6 +7,7 @@
 //! - `api`: what coved adds: create-from-template and exec of `true` through HTTP against the
 //!   same calls through the `host` library, interleaved in one run (p50/p99 each).
 //! - `net`: sandbox networking (see `net.rs`).
+//! - `netns`: a sandbox network's own making, change and removal, without a VM (`netns.rs`).
 //! - `image-import`: importing the `python` OCI layout into a fresh home (3 runs), a second
 //!   import of the same digest (the cache hit, 20 runs), and beside them, in the same run, the
 //!   plain tools doing the same work (`tar -xzf` of the layer, then `mkfs.ext4 -d`).
@@ -29,6 +30,7 @@ fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
 
 mod kvm;
 mod net;
+mod netns;
 mod sdks;
 
 fn summary(mut v: Vec<f64>) -> serde_json::Value {
@@ -1118,6 +1120,11 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", tokio::task::spawn_blocking(kvm::run).await??);
         return Ok(());
     }
+    if which == "netns" {
+        // The network alone: no Cove home, no VM.
+        println!("{}", netns::run().await?);
+        return Ok(());
+    }
     let home = cove_host::default_home();
     let host = Host::open(Path::new(&home))?;
     let line = match which {
@@ -1149,7 +1156,9 @@ async fn main() -> anyhow::Result<()> {
         "net" => net::run(&host, Path::new(&home)).await?,
         "e2b" => sdks::run(&host, Path::new(&home), sdks::E2B).await?,
         "sdk" => sdks::run(&host, Path::new(&home), sdks::PYTHON).await?,
-        _ => bail!("usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|e2b|sdk|kvm"),
+        _ => bail!(
+            "usage: bench/run boot|exec|lifecycle|verify|image-import|api|net|netns|e2b|sdk|kvm"
+        ),
     };
     println!("{line}");
     Ok(())

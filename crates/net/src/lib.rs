@@ -9,7 +9,7 @@
 //!   every sandbox: [`GUEST_ADDR`]) and the sandbox's own, and the anti-spoofing check.
 //!
 //! The host holds one table of its own (see [`rules::host_ruleset`]). Links and addresses are
-//! made over netlink (`rtnetlink`), the rules by one `nft -f` per change.
+//! made over netlink (`rtnetlink`), the rules by one nftables transaction per change.
 
 mod judge;
 mod lease;
@@ -270,15 +270,18 @@ impl Networks {
         let made = ns::create(id, move |c, netns| {
             ns::configure(c, netns, &id_owned, &lease, owner)?;
             rules::apply(
-                &rules::sandbox_ruleset(&rules::Plan {
-                    ns_addr: lease.ns_addr(),
-                    host_addr: lease.host_addr(),
-                    walls: &walls,
-                    default_deny: &default_deny,
-                    policy: &plan_policy,
-                    services,
-                    user_mode,
-                }),
+                &rules::sandbox_ruleset(
+                    &rules::Plan {
+                        ns_addr: lease.ns_addr(),
+                        host_addr: lease.host_addr(),
+                        walls: &walls,
+                        default_deny: &default_deny,
+                        policy: &plan_policy,
+                        services,
+                        user_mode,
+                    },
+                    rules::Table::New,
+                ),
                 false,
             )
         })
@@ -304,15 +307,18 @@ impl Networks {
             .leases
             .find(id)
             .ok_or_else(|| NetError::Unavailable(format!("sandbox {id} has no network now")))?;
-        let ruleset = rules::sandbox_ruleset(&rules::Plan {
-            ns_addr: lease.ns_addr(),
-            host_addr: lease.host_addr(),
-            walls: &self.walls(),
-            default_deny: &self.default_deny,
-            policy,
-            services: self.services(),
-            user_mode: self.user_mode(),
-        });
+        let ruleset = rules::sandbox_ruleset(
+            &rules::Plan {
+                ns_addr: lease.ns_addr(),
+                host_addr: lease.host_addr(),
+                walls: &self.walls(),
+                default_deny: &self.default_deny,
+                policy,
+                services: self.services(),
+                user_mode: self.user_mode(),
+            },
+            rules::Table::Replace,
+        );
         ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await?;
         self.record_services(id, self.services());
         // What the proxies relay for it was judged under the old policy.

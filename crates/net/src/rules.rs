@@ -1,8 +1,13 @@
 //! The nftables rulesets: one table in each sandbox's namespace (its policy, the translation
 //! between the guest's fixed address and the sandbox's own, and the anti-spoofing check), and
 //! one table on the host (no sandbox reaches the host or another sandbox; sandboxes' traffic
-//! leaves masqueraded). Each is applied as one `nft -f` transaction: a policy change replaces
-//! the whole table atomically, never leaving a half-written one.
+//! leaves masqueraded). Each is applied as one transaction: a policy change replaces the whole
+//! table atomically, never leaving a half-written one.
+//!
+//! A new namespace's table is written without the replacement's `delete table`: in the
+//! kernel, any deletion in a transaction waits for RCU grace periods (10-25 ms on the
+//! development machine, against about 1 ms for the additions), and a new namespace has no
+//! table to delete. `bench/run netns` measures it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -49,6 +54,15 @@ pub const WALLS: [&str; 7] = [
     "100.100.100.200/32",
 ];
 
+/// Where a sandbox's table goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Into a namespace just made, which has none yet.
+    New,
+    /// Over the table there may be (a policy change, a namespace made again).
+    Replace,
+}
+
 /// Everything one sandbox's table is made from.
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
@@ -83,10 +97,13 @@ fn set(out: &mut String, name: &str, elements: &[Cidr]) {
 
 /// The sandbox namespace's table, as `nft -f` reads it: created (or replaced) in one
 /// transaction.
-pub fn sandbox_ruleset(p: &Plan<'_>) -> String {
+pub fn sandbox_ruleset(p: &Plan<'_>, into: Table) -> String {
     let mut o = String::new();
-    // Declaring the table first makes the delete valid when it does not exist yet.
-    o.push_str("table inet cove {}\ndelete table inet cove\ntable inet cove {\n");
+    if into == Table::Replace {
+        // Declaring the table first makes the delete valid when it does not exist yet.
+        o.push_str("table inet cove {}\ndelete table inet cove\n");
+    }
+    o.push_str("table inet cove {\n");
     set(&mut o, "walls", p.walls);
     let allow: Vec<Cidr> = NetworkPolicy::cidrs(&p.policy.allow).collect();
     let deny: Vec<Cidr> = NetworkPolicy::cidrs(&p.policy.deny).collect();
@@ -292,19 +309,22 @@ mod tests {
     /// The ruleset of `policy` for a sandbox of the default pool's first slot, under the
     /// shipped walls and defaults.
     fn ruleset(policy: &NetworkPolicy, services: bool) -> String {
-        sandbox_ruleset(&Plan {
-            ns_addr: [10, 201, 0, 2].into(),
-            host_addr: [10, 201, 0, 1].into(),
-            walls: &cidrs(&WALLS),
-            default_deny: &cidrs(&DEFAULT_DENY),
-            policy,
-            services: services.then_some(crate::Ports {
-                dns: 47000,
-                http: 47001,
-                tls: 47002,
-            }),
-            user_mode: false,
-        })
+        sandbox_ruleset(
+            &Plan {
+                ns_addr: [10, 201, 0, 2].into(),
+                host_addr: [10, 201, 0, 1].into(),
+                walls: &cidrs(&WALLS),
+                default_deny: &cidrs(&DEFAULT_DENY),
+                policy,
+                services: services.then_some(crate::Ports {
+                    dns: 47000,
+                    http: 47001,
+                    tls: 47002,
+                }),
+                user_mode: false,
+            },
+            Table::Replace,
+        )
     }
 
     #[test]
@@ -362,6 +382,32 @@ mod tests {
             egress_mbps: Some(1),
         };
         apply(&ruleset(&policy, true), true).unwrap();
+        let new = sandbox_ruleset(
+            &Plan {
+                ns_addr: [10, 201, 0, 2].into(),
+                host_addr: [10, 201, 0, 1].into(),
+                walls: &cidrs(&WALLS),
+                default_deny: &cidrs(&DEFAULT_DENY),
+                policy: &policy,
+                services: None,
+                user_mode: false,
+            },
+            Table::New,
+        );
+        // A new namespace's table deletes nothing (a deletion waits for RCU grace periods);
+        // apart from that, it is the replacement's table.
+        assert!(!new.contains("delete"), "{new}");
+        let replace = ruleset(&policy, false);
+        assert!(replace.ends_with(&new), "{replace}\n---\n{new}");
+        // Applied for real in a namespace of the test's own (this thread's, gone with it): the
+        // host's namespace may hold the host's table of the same name.
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            apply(&new, false).unwrap();
+            apply(&replace, false).unwrap();
+        })
+        .join()
+        .unwrap();
         apply(&host_ruleset("10.201.0.0/16".parse().unwrap()), true).unwrap();
     }
 }
