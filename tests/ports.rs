@@ -151,6 +151,18 @@ fn answers(addr: &str, host: &str, path: &str, headers: &[(&str, &str)], status:
     })
 }
 
+/// How many connections to sandbox `id`'s VM are open now: the accepted ends of its control
+/// socket, as the host's namespace lists them (connected, `03`, with the socket's path).
+fn attached(id: &str) -> usize {
+    let needle = format!("/{id}/control.sock");
+    std::fs::read_to_string("/proc/self/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with(&needle))
+        .filter(|l| l.split_whitespace().nth(5) == Some("03"))
+        .count()
+}
+
 fn host_of(port: u16, id: &str) -> String {
     format!("{port}-{id}.cove.localhost")
 }
@@ -184,6 +196,23 @@ async fn ports_are_served_with_a_token_a_signed_url_or_a_key_and_refused_without
     assert!(body.starts_with("port-ok /a/b?x=1 "), "{body}");
     assert!(body.contains(&format!("host={host}")), "{body}");
     assert!(body.ends_with("token=-"), "{body}");
+    // Every request to the sandbox's ports shares one connection to its VM's control socket,
+    // kept between requests (not one attach per request).
+    for i in 0..5 {
+        let (s, _) = get(
+            &env.addr,
+            &host,
+            &format!("/again/{i}"),
+            &[("x-cove-traffic-token", &token)],
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    assert!(
+        wait_until(WAIT, || attached(&sb.id) == 1),
+        "{} connections to the sandbox's VM after five requests",
+        attached(&sb.id)
+    );
     // Refused without a token, with a wrong one, with another sandbox's.
     assert_eq!(get(&env.addr, &host, "/", &[]).await.0, 401);
     let other = tokio::task::block_in_place(|| Sandbox {

@@ -365,6 +365,8 @@ struct Inner {
     sessions: Mutex<HashMap<u32, Slot>>,
     next: AtomicU32,
     watch: Mutex<Option<Watch>>,
+    /// Set when the reader saw the connection end: a kept client is then of no more use.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -453,6 +455,7 @@ impl AgentClient {
             sessions: Mutex::default(),
             next: AtomicU32::new(1),
             watch: Mutex::default(),
+            closed: Default::default(),
         });
         // The reader holds the client weakly: once every handle and session is dropped, `out`
         // goes, the writer ends and shuts its half, cove-vm closes, and the reader sees the end
@@ -536,12 +539,19 @@ impl AgentClient {
                 }
             }
             if let Some(i) = weak.upgrade() {
+                i.closed.store(true, Ordering::Release);
                 for (_, s) in i.sessions.lock().expect("lock").drain() {
                     s.close();
                 }
             }
         });
         Self { inner }
+    }
+
+    /// Whether the connection has ended (the sandbox's VM went, or the writer failed): no
+    /// session can open on it any more.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire) || self.inner.out.is_closed()
     }
 
     /// Has a missed deadline probe the agent and mark sandbox `id` when it does not answer.

@@ -92,6 +92,10 @@ pub struct Host {
     busy: std::sync::Mutex<Ops>,
     /// Sandboxes whose agent stopped answering (reported `unhealthy`).
     unresponsive: agent::Unresponsive,
+    /// One agent connection per sandbox kept for its ports (see [`Host::connect_for_ports`]).
+    /// Each is the VM's process id beside the connection: a wake's new VM gets a new one
+    /// even before the old connection is seen to end.
+    port_clients: std::sync::Mutex<std::collections::HashMap<String, (Option<u32>, AgentClient)>>,
 }
 
 /// The operations of this process, by sandbox: how many are under way, and how many began or
@@ -156,6 +160,7 @@ impl Host {
             turns: Default::default(),
             busy: Default::default(),
             unresponsive: Default::default(),
+            port_clients: Default::default(),
         })
     }
 
@@ -337,7 +342,41 @@ impl Host {
 
     /// [`Host::connect`] to a sandbox whose record the caller has just read (with
     /// [`Host::get`]): the same, without reading it again.
-    pub async fn connect_to(&self, mut rec: SandboxRecord) -> Result<AgentClient, HostError> {
+    pub async fn connect_to(&self, rec: SandboxRecord) -> Result<AgentClient, HostError> {
+        let rec = self.ready_for_sessions(rec).await?;
+        self.attach(rec).await
+    }
+
+    /// [`Host::connect_to`] for a connection to one of the sandbox's ports: the connection
+    /// to its agent is kept and shared by every port connection of the sandbox (each is a
+    /// session of its own), so a proxied request does not attach to cove-vm again. A kept
+    /// connection that has ended (its VM went: a stop, a hibernation) is replaced.
+    pub async fn connect_for_ports(&self, rec: SandboxRecord) -> Result<AgentClient, HostError> {
+        let rec = self.ready_for_sessions(rec).await?;
+        let kept = self
+            .port_clients
+            .lock()
+            .expect("lock")
+            .get(&rec.id)
+            .cloned();
+        if let Some((pid, c)) = kept
+            && pid == rec.pid
+            && !c.is_closed()
+        {
+            return Ok(c);
+        }
+        let (id, pid) = (rec.id.clone(), rec.pid);
+        let c = self.attach(rec).await?;
+        let mut kept = self.port_clients.lock().expect("lock");
+        // Those of sandboxes whose VM went are forgotten here (no other clean-up needed).
+        kept.retain(|_, (_, c)| !c.is_closed());
+        kept.insert(id, (pid, c.clone()));
+        Ok(c)
+    }
+
+    /// Sandbox `rec`, resumed first when its idle policy put it away; refused unless it takes
+    /// sessions.
+    async fn ready_for_sessions(&self, mut rec: SandboxRecord) -> Result<SandboxRecord, HostError> {
         // A sandbox the idle policy put away comes back on the next request.
         if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated)
             && rec.reason == Some(Reason::Idle)
@@ -351,6 +390,11 @@ impl Host {
                 reason: rec.reason,
             });
         }
+        Ok(rec)
+    }
+
+    /// A new connection to sandbox `rec`'s agent.
+    async fn attach(&self, rec: SandboxRecord) -> Result<AgentClient, HostError> {
         let watch = agent::Watch {
             id: rec.id.clone(),
             socket: PathBuf::from(&rec.socket),

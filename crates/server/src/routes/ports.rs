@@ -157,12 +157,11 @@ async fn serve(
     };
     let a = app.clone();
     let record = rec.clone();
-    let client =
-        tokio::spawn(cove_host::ACTOR.scope(actor, async move { a.host.connect_to(record).await }))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??;
+    let client = tokio::spawn(
+        cove_host::ACTOR.scope(actor, async move { a.host.connect_for_ports(record).await }),
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     // The request follows the connect without waiting for it; a connect that failed shows as
     // the stream ending, and `opened` says why.
     let cove_host::PortStream { stream, mut opened } = client
@@ -360,7 +359,7 @@ pub(crate) async fn tcp(
     // Connected before the upgrade: a closed port is a plain 502.
     let stream = cove_host::ACTOR
         .scope(auth.0.actor.clone(), async {
-            let client = app.host.connect(&rec.id).await?;
+            let client = app.host.connect_for_ports(rec.clone()).await?;
             let opening = client
                 .connect_port(port)
                 .await
