@@ -708,7 +708,7 @@ impl Host {
             .await;
         // Its cgroup, guest RAM (of a cove-vm killed outright) and user.
         self.jail.removed(&rec.id);
-        self.net.destroy(&rec.id);
+        cove_state::blocking(|| self.net.destroy(&rec.id));
         crate::fault::point("delete.killed");
         // Where the sandbox lives by construction (a recorded path is not trusted for deletion).
         let dir = &self.home.join("sandboxes").join(&rec.id);

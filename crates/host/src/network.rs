@@ -98,7 +98,7 @@ impl Host {
             && r.network != *policy
             && let Err(e) = self.net.apply(&cfg.id, &r.network).await
         {
-            self.net.destroy(&cfg.id);
+            cove_state::blocking(|| self.net.destroy(&cfg.id));
             return Err(e.into());
         }
         cfg.net = Some(NetConfig {
@@ -156,7 +156,7 @@ impl Host {
     /// directory, its network.
     pub(crate) fn vm_ended(&self, id: &str) {
         self.jail.vm_ended(id);
-        self.net.destroy(id);
+        cove_state::blocking(|| self.net.destroy(id));
     }
 
     /// Gives the sandboxes this host starts from now on QEMU's user-mode network instead of

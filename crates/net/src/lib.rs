@@ -382,8 +382,9 @@ impl Networks {
 
     /// Removes everything of sandbox `id`'s network: the host's end of its link (which takes
     /// the other end), the namespace's name (the namespace and its tap go with the last
-    /// process in it) and its lease. Harmless when there is nothing. Blocks for one netlink
-    /// request (about a millisecond).
+    /// process in it) and its lease. Harmless when there is nothing. Blocks while the kernel
+    /// removes the link (tens of milliseconds: RCU grace periods; `bench/run netns`), so an
+    /// async caller runs it as blocking work.
     pub fn destroy(&self, id: &str) {
         if check_id(id).is_err() || self.off.is_some() {
             return;

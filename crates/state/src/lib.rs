@@ -272,7 +272,7 @@ pub fn open(database: &str) -> Result<Box<dyn StateStore>, StateError> {
 /// Runs `f`, which blocks, telling tokio so when on a worker of a multi-threaded runtime (its
 /// other tasks move to another worker, and a client with a runtime of its own may block on it);
 /// elsewhere (a blocking thread, a current-thread runtime, no runtime) it just runs.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
