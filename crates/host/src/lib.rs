@@ -308,6 +308,7 @@ impl Host {
     pub(crate) fn forget_ops(&self, id: &str) {
         self.busy.lock().expect("lock").0.remove(id);
         self.turns.lock().expect("lock").remove(id);
+        self.port_clients.lock().expect("lock").remove(id);
     }
 
     /// This host with its sandboxes started unjailed from here on, as `COVE_JAIL=off` would
@@ -368,7 +369,15 @@ impl Host {
         let (id, pid) = (rec.id.clone(), rec.pid);
         let c = self.attach(rec).await?;
         let mut kept = self.port_clients.lock().expect("lock");
-        // Those of sandboxes whose VM went are forgotten here (no other clean-up needed).
+        // A request beside this one may have kept one for the same VM meanwhile: that one
+        // stays (this one closes when dropped).
+        if let Some((p, k)) = kept.get(&id)
+            && *p == pid
+            && !k.is_closed()
+        {
+            return Ok(k.clone());
+        }
+        // Those of sandboxes whose VM went are forgotten here too.
         kept.retain(|_, (_, c)| !c.is_closed());
         kept.insert(id, (pid, c.clone()));
         Ok(c)

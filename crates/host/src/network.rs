@@ -156,6 +156,7 @@ impl Host {
     /// directory, its network.
     pub(crate) fn vm_ended(&self, id: &str) {
         self.jail.vm_ended(id);
+        self.port_clients.lock().expect("lock").remove(id);
         cove_state::blocking(|| self.net.destroy(id));
     }
 

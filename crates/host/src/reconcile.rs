@@ -518,10 +518,12 @@ impl Host {
         let (cgroups, users) = self.jail.sweep(exists);
         // Networks of sandboxes that are gone or whose VM is (a cove-vm killed outright, a
         // removal interrupted).
-        out.networks = self.net.sweep(|id| {
-            self.db
-                .find(id)
-                .map_or(true, |r| r.is_some_and(|r| r.id == id && r.state.has_vm()))
+        out.networks = cove_state::blocking(|| {
+            self.net.sweep(|id| {
+                self.db
+                    .find(id)
+                    .map_or(true, |r| r.is_some_and(|r| r.id == id && r.state.has_vm()))
+            })
         });
         out.jail_cgroups = cgroups;
         out.jail_users = users;

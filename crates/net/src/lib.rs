@@ -259,7 +259,12 @@ impl Networks {
     ) -> Result<Attached, NetError> {
         self.available()?;
         check_id(id)?;
-        self.destroy(id);
+        // What is left of an earlier network of the same sandbox (a wake's, a crash's), or a
+        // teardown of it under way (waited for): taking it down blocks (tens of ms), so only
+        // when there is something.
+        if self.leftovers(id) {
+            self.destroy(id);
+        }
         let lease = self.leases.acquire(id)?;
         let walls = self.walls();
         let services = self.services();
@@ -407,6 +412,13 @@ impl Networks {
         if Arc::strong_count(&lock) == 2 {
             all.remove(id);
         }
+    }
+
+    /// Whether sandbox `id` has a network, or what is left of one, or one being taken down.
+    fn leftovers(&self, id: &str) -> bool {
+        self.leases.find(id).is_some()
+            || ns::path(id).exists()
+            || self.teardowns.lock().expect("lock").contains_key(id)
     }
 
     fn tear_down(&self, id: &str) {

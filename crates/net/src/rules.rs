@@ -5,7 +5,7 @@
 //! table atomically, never leaving a half-written one.
 //!
 //! A new namespace's table is written without the replacement's `delete table`: in the
-//! kernel, any deletion in a transaction waits for RCU grace periods (10-25 ms on the
+//! kernel, any deletion in a transaction waits for RCU grace periods (about 9 ms on the
 //! development machine, against about 1 ms for the additions), and a new namespace has no
 //! table to delete. `bench/run netns` measures it.
 
@@ -59,7 +59,7 @@ pub const WALLS: [&str; 7] = [
 pub enum Table {
     /// Into a namespace just made, which has none yet.
     New,
-    /// Over the table there may be (a policy change, a namespace made again).
+    /// Over the table there is (a policy change).
     Replace,
 }
 
