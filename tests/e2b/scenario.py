@@ -152,6 +152,15 @@ try:
 except (FileNotFoundException, NotFoundException):
     pass
 
+step("files: a relative path starts at the user's home, as /etc/passwd has it")
+sbx.commands.run("useradd --create-home --home-dir /srv/svc svc", user="root")
+w = sbx.files.write("note.txt", "svc's", user="svc")
+assert w.path == "/srv/svc/note.txt", w.path
+r = sbx.commands.run("cat /srv/svc/note.txt; stat -c %U /srv/svc/note.txt", user="root")
+assert r.stdout == "svc'ssvc\n", repr(r.stdout)
+assert sbx.files.read("~/note.txt", user="svc") == "svc's"
+assert sbx.files.write("r.txt", "r", user="root").path == "/root/r.txt"
+
 step("files: 50 MB up and down")
 blob = os.urandom(50 << 20)
 sbx.files.write("/tmp/big.bin", blob)

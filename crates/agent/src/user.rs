@@ -32,29 +32,10 @@ impl Identity {
     }
 }
 
-struct PasswdEntry {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: String,
-}
+use cove_protocol::passwd::{self, Entry as PasswdEntry};
 
 fn passwd(root: &Path) -> Vec<PasswdEntry> {
-    let text = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() < 7 {
-                return None;
-            }
-            Some(PasswdEntry {
-                name: f[0].to_string(),
-                uid: f[2].parse().ok()?,
-                gid: f[3].parse().ok()?,
-                home: f[5].to_string(),
-            })
-        })
-        .collect()
+    passwd::parse(&std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default())
 }
 
 fn supplementary_groups(root: &Path, name: &str, primary: u32) -> Vec<u32> {
@@ -83,11 +64,7 @@ pub fn resolve(root: &Path, spec: &str) -> Option<Identity> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let by_name = entries.iter().find(|e| e.name == user);
-    let entry = by_name.or_else(|| {
-        let uid: u32 = user.parse().ok()?;
-        entries.iter().find(|e| e.uid == uid)
-    });
+    let entry = passwd::find(&entries, user);
     let uid = match entry {
         Some(e) => e.uid,
         None => user.parse().ok()?,

@@ -12,6 +12,7 @@ pub mod frame;
 #[cfg(feature = "tokio")]
 pub mod io;
 pub mod message;
+pub mod passwd;
 
 pub use frame::{Decoder, Frame, FrameBody, FrameError, FrameKind, Stream};
 pub use message::*;

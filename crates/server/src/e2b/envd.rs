@@ -8,7 +8,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use cove_host::SandboxRecord;
+use cove_host::{AgentClient, SandboxRecord};
 use futures::TryStreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
@@ -107,32 +107,108 @@ pub(crate) fn user(headers: &HeaderMap) -> Result<Option<String>, RpcError> {
 }
 
 /// The user a request runs as, by name, with the image's default when it names none.
-pub(crate) fn effective_user(app: &App, rec: &SandboxRecord, user: Option<String>) -> String {
-    user.or_else(|| app.host.image_of(rec).ok().and_then(|i| i.config.user))
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "root".into())
+pub(crate) fn effective_user(app: &App, rec: &SandboxRecord, user: Option<String>) -> Who {
+    Who {
+        name: user
+            .or_else(|| app.host.image_of(rec).ok().and_then(|i| i.config.user))
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into()),
+        home: tokio::sync::OnceCell::new(),
+    }
 }
 
-/// A path as envd reads it: absolute, or relative to the user's home.
-pub(crate) fn resolve(path: &str, user: &str) -> Result<String, RpcError> {
-    if path.contains('\0') {
-        return Err(RpcError::new(Code::InvalidArgument, "a path has no NUL"));
+/// The most of a guest's `/etc/passwd` the host reads.
+const PASSWD_MAX: usize = 1 << 20;
+
+/// The user a request runs as (`name`, a uid, or `uid:gid`), and where its relative paths
+/// start: its home in the guest's `/etc/passwd`, read when a path first needs it.
+#[derive(Debug)]
+pub(crate) struct Who {
+    pub(crate) name: String,
+    home: tokio::sync::OnceCell<String>,
+}
+
+impl Who {
+    /// A path as envd reads it: absolute, or relative to the user's home (`~`, `~/…` or a
+    /// plain relative path).
+    pub(crate) async fn resolve(
+        &self,
+        client: &AgentClient,
+        path: &str,
+    ) -> Result<String, RpcError> {
+        if let Some(p) = Self::absolute(path)? {
+            return Ok(p);
+        }
+        let home = self.home.get_or_init(|| self.home_in(client)).await;
+        Ok(if let Some(rest) = path.strip_prefix("~/") {
+            format!("{home}/{rest}")
+        } else if path.is_empty() || path == "~" {
+            home.clone()
+        } else {
+            format!("{home}/{path}")
+        })
     }
-    let home = if user == "root" || user == "0" {
-        "/root".to_string()
-    } else {
-        format!("/home/{user}")
-    };
-    let joined = if path.starts_with('/') {
-        path.to_string()
-    } else if let Some(rest) = path.strip_prefix("~/") {
-        format!("{home}/{rest}")
-    } else if path.is_empty() || path == "~" {
-        home
-    } else {
-        format!("{home}/{path}")
-    };
-    Ok(joined)
+
+    /// `path` when it is absolute (no home needed), `None` when it is relative.
+    pub(crate) fn absolute(path: &str) -> Result<Option<String>, RpcError> {
+        if path.contains('\0') {
+            return Err(RpcError::new(Code::InvalidArgument, "a path has no NUL"));
+        }
+        Ok(path.starts_with('/').then(|| path.to_string()))
+    }
+
+    /// The user's home as the guest's `/etc/passwd` has it; a user it does not name (or a
+    /// file that cannot be read, or is larger than [`PASSWD_MAX`]) gets envd's defaults,
+    /// `/root` or `/home/NAME`.
+    async fn home_in(&self, client: &AgentClient) -> String {
+        let user = self.name.split(':').next().unwrap_or_default();
+        let mut text = Capped(Vec::new());
+        let found = match client.read_file("/etc/passwd", &mut text).await {
+            Ok(_) => {
+                let entries = cove_protocol::passwd::parse(&String::from_utf8_lossy(&text.0));
+                cove_protocol::passwd::find(&entries, user).map(|e| e.home.clone())
+            }
+            Err(_) => None,
+        };
+        found
+            .filter(|h| h.starts_with('/'))
+            .unwrap_or_else(|| match user {
+                "root" | "0" => "/root".into(),
+                _ => format!("/home/{user}"),
+            })
+    }
+}
+
+/// A buffer that refuses to grow past [`PASSWD_MAX`] (a guest's file is the guest's to make
+/// as large as it likes).
+struct Capped(Vec<u8>);
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.0.len() + buf.len() > PASSWD_MAX {
+            return std::task::Poll::Ready(Err(std::io::Error::other("/etc/passwd is too large")));
+        }
+        self.0.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// `/files`' query.
@@ -203,8 +279,11 @@ async fn files_get(app: &App, rec: &SandboxRecord, req: Request) -> Response {
         let path = q
             .path
             .ok_or_else(|| ApiError::bad_request("path: give the file's path"))?;
-        let path = resolve(&path, &user).map_err(|e| ApiError::bad_request(e.message))?;
         let client = app.host.connect(&rec.id).await?;
+        let path = user
+            .resolve(&client, &path)
+            .await
+            .map_err(|e| ApiError::bad_request(e.message))?;
         // A missing file is a 404 and a directory a 400, as envd has them (not a broken stream).
         let body = download_body(client, path).await.map_err(|e| match e {
             DownloadError::Stat(e) => file_err(e),
@@ -253,11 +332,14 @@ async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
                     .ok_or_else(|| {
                         ApiError::bad_request("a file part needs a file name (its path) or ?path=")
                     })?;
-                let path = resolve(&name, &user).map_err(|e| ApiError::bad_request(e.message))?;
+                let path = user
+                    .resolve(&client, &name)
+                    .await
+                    .map_err(|e| ApiError::bad_request(e.message))?;
                 let stream = field.map_err(std::io::Error::other);
                 let mut reader = tokio_util::io::StreamReader::new(stream);
                 client
-                    .write_file_as(&path, None, Some(&user), &mut reader)
+                    .write_file_as(&path, None, Some(&user.name), &mut reader)
                     .await
                     .map_err(file_err)?;
                 written.push(entry(&path));
@@ -266,7 +348,10 @@ async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
             let path = q
                 .path
                 .ok_or_else(|| ApiError::bad_request("path: give the file's path"))?;
-            let path = resolve(&path, &user).map_err(|e| ApiError::bad_request(e.message))?;
+            let path = user
+                .resolve(&client, &path)
+                .await
+                .map_err(|e| ApiError::bad_request(e.message))?;
             let stream = req
                 .into_body()
                 .into_data_stream()
@@ -278,7 +363,7 @@ async fn files_post(app: &App, rec: &SandboxRecord, req: Request) -> Response {
                 Box::new(reader)
             };
             client
-                .write_file_as(&path, None, Some(&user), &mut reader)
+                .write_file_as(&path, None, Some(&user.name), &mut reader)
                 .await
                 .map_err(file_err)?;
             // A gzip stream with trailing garbage is refused by the decoder above; nothing

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::connect::{self, Code, RpcError};
-use super::envd::{effective_user, resolve, user};
+use super::envd::{effective_user, user};
 use crate::app::App;
 
 /// Entries one `ListDir` returns at most (a deep listing of a big tree is cut there).
@@ -94,12 +94,12 @@ async fn watch_stream(
 ) -> Response {
     let run = async {
         let who = effective_user(&app, &rec, user(headers)?);
-        let path = resolve(&r.path, &who)?;
         let client = app
             .host
             .connect(&rec.id)
             .await
             .map_err(crate::error::ApiError::from)?;
+        let path = who.resolve(&client, &r.path).await?;
         client.watch_dir(&path, r.recursive).await.map_err(fs_err)
     };
     let mut session = match run.await {
@@ -173,13 +173,13 @@ async fn run(
     match method {
         "Stat" => {
             let r: PathRequest = connect::unary_request(headers, body)?;
-            let path = resolve(&r.path, &who)?;
+            let path = who.resolve(&client, &r.path).await?;
             let entry = stat_entry(&client, &path).await?;
             Ok(connect::unary(&json!({"entry": entry})))
         }
         "ListDir" => {
             let r: ListDir = connect::unary_request(headers, body)?;
-            let path = resolve(&r.path, &who)?;
+            let path = who.resolve(&client, &r.path).await?;
             let st = client.stat(&path).await.map_err(fs_err)?;
             if st.kind != FileKind::Dir {
                 return Err(RpcError::new(
@@ -193,7 +193,7 @@ async fn run(
         }
         "MakeDir" => {
             let r: PathRequest = connect::unary_request(headers, body)?;
-            let path = resolve(&r.path, &who)?;
+            let path = who.resolve(&client, &r.path).await?;
             // envd's MakeDir creates the parents, and says when the directory was there.
             if client.stat(&path).await.is_ok() {
                 return Err(RpcError::new(
@@ -202,7 +202,7 @@ async fn run(
                 ));
             }
             client
-                .mkdir_as(&path, true, Some(&who))
+                .mkdir_as(&path, true, Some(&who.name))
                 .await
                 .map_err(fs_err)?;
             let entry = stat_entry(&client, &path).await?;
@@ -210,20 +210,23 @@ async fn run(
         }
         "Move" => {
             let r: Move = connect::unary_request(headers, body)?;
-            let (from, to) = (resolve(&r.source, &who)?, resolve(&r.destination, &who)?);
+            let (from, to) = (
+                who.resolve(&client, &r.source).await?,
+                who.resolve(&client, &r.destination).await?,
+            );
             client.rename(&from, &to).await.map_err(fs_err)?;
             let entry = stat_entry(&client, &to).await?;
             Ok(connect::unary(&json!({"entry": entry})))
         }
         "Remove" => {
             let r: PathRequest = connect::unary_request(headers, body)?;
-            let path = resolve(&r.path, &who)?;
+            let path = who.resolve(&client, &r.path).await?;
             client.remove(&path, true).await.map_err(fs_err)?;
             Ok(connect::unary(&json!({})))
         }
         "CreateWatcher" => {
             let r: WatchRequest = connect::unary_request(headers, body)?;
-            let path = resolve(&r.path, &who)?;
+            let path = who.resolve(&client, &r.path).await?;
             let session = client.watch_dir(&path, r.recursive).await.map_err(fs_err)?;
             let id = app.watchers.add(&rec.id, session)?;
             Ok(connect::unary(&json!({"watcherId": id})))

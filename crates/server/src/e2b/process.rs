@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::connect::{self, Code, RpcError, StreamTx};
-use super::envd::{effective_user, resolve, user};
+use super::envd::{effective_user, user};
 use crate::app::App;
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,13 +273,21 @@ async fn start(app: App, rec: SandboxRecord, headers: &HeaderMap, r: StartReques
         if r.process.cmd.is_empty() {
             return Err(RpcError::new(Code::InvalidArgument, "process.cmd is empty"));
         }
-        let cwd = r
-            .process
-            .cwd
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .map(|c| resolve(c, &user))
-            .transpose()?;
+        let cwd = match r.process.cwd.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => match super::envd::Who::absolute(c)? {
+                Some(p) => Some(p),
+                // A relative one starts at the user's home, which the guest's files say.
+                None => {
+                    let client = app
+                        .host
+                        .connect(&rec.id)
+                        .await
+                        .map_err(crate::error::ApiError::from)?;
+                    Some(user.resolve(&client, c).await?)
+                }
+            },
+            None => None,
+        };
         let mut argv = vec![r.process.cmd];
         argv.extend(r.process.args);
         let tty = r.pty.map(|p| cove_api::TtySize {
@@ -290,7 +298,7 @@ async fn start(app: App, rec: SandboxRecord, headers: &HeaderMap, r: StartReques
             cmd: argv,
             env: r.process.envs,
             cwd,
-            user: Some(user),
+            user: Some(user.name),
             stdin: r.stdin.unwrap_or(false),
             tty,
             timeout_secs: deadline(headers).map(|ms| ms as f64 / 1000.0),
