@@ -293,8 +293,8 @@ fn an_escape_drill_inside_a_jail_fails_at_every_try() {
             .unwrap();
     let cfg = VmConfig {
         id: id.clone(),
-        engine: "qemu".into(),
-        accel: "tcg".into(),
+        engine: cove_api::VmEngine::Qemu,
+        accel: cove_api::Accel::Tcg,
         kernel: home.join("kernel/vmlinux").display().to_string(),
         initramfs: home.join("kernel/initramfs.cpio").display().to_string(),
         cpus: 1,

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 pub use cove_model::{
-    Actor, CgroupMode, CgroupReport, Destination, Engine, EventState, Held, Isolation, JailProcess,
-    JailReport, NetworkMode, NetworkPolicy, OnExpire, OnIdle, SandboxState, ScrubAction,
-    ScrubFinding, Scrubbed,
+    Accel, Actor, CgroupMode, CgroupReport, Destination, Engine, EventState, Held, Isolation,
+    JailProcess, JailReport, NetworkMode, NetworkPolicy, OnExpire, OnIdle, SandboxState,
+    ScrubAction, ScrubFinding, Scrubbed, VmEngine,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -168,10 +168,10 @@ pub struct SandboxHost {
     /// Its tenant; none for the administrator's own sandboxes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// The engine running it (`qemu`, `kvm`).
-    pub engine: String,
-    /// How the engine runs the guest (`tcg`, `kvm`).
-    pub accel: String,
+    /// The engine running it.
+    pub engine: VmEngine,
+    /// How the engine runs the guest.
+    pub accel: Accel,
     /// Its directory (disk, sockets, logs).
     pub dir: String,
     /// Its cove-vm's control socket.
@@ -717,10 +717,10 @@ pub struct NetworkInfo {
 /// The engine chosen, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EngineInfo {
-    /// `kvm` or `qemu`.
-    pub engine: String,
-    /// `kvm` or `tcg`.
-    pub accel: String,
+    /// The engine.
+    pub engine: VmEngine,
+    /// How it runs guests.
+    pub accel: Accel,
     /// Why this one.
     pub reason: String,
 }

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use cove_model::Engine;
+use cove_model::{Accel, Engine, VmEngine};
 
 /// Why no engine can run.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +29,9 @@ pub enum EngineError {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EngineChoice {
     /// `kvm` or `qemu`.
-    pub engine: String,
+    pub engine: VmEngine,
     /// `tcg` or `kvm`.
-    pub accel: String,
+    pub accel: Accel,
     /// Why.
     pub reason: String,
     /// QEMU binary (empty for the kvm engine when QEMU is not installed).
@@ -106,15 +106,15 @@ fn decide(
         "no /dev/kvm".to_string()
     };
     let kvm = |reason: String| EngineChoice {
-        engine: "kvm".into(),
-        accel: "kvm".into(),
+        engine: VmEngine::Kvm,
+        accel: Accel::Kvm,
         reason,
         qemu: qemu.clone().unwrap_or_default(),
     };
     let qemu_engine = |reason: String| -> Result<EngineChoice, EngineError> {
         Ok(EngineChoice {
-            engine: "qemu".into(),
-            accel: if hw { "kvm" } else { "tcg" }.into(),
+            engine: VmEngine::Qemu,
+            accel: if hw { Accel::Kvm } else { Accel::Tcg },
             reason,
             qemu: qemu.clone().ok_or(EngineError::NoQemu)?,
         })
@@ -215,22 +215,22 @@ mod tests {
     fn auto_never_uses_an_emulated_kvm() {
         let q = || Some("q".to_string());
         let c = decide(Engine::Auto, &v(true, false, true), q()).unwrap();
-        assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));
+        assert_eq!((c.engine, c.accel), (VmEngine::Qemu, Accel::Tcg));
         assert!(c.reason.contains("kvm_pvm"), "{}", c.reason);
         let c = decide(Engine::Auto, &v(true, true, false), q()).unwrap();
-        assert_eq!((c.engine.as_str(), c.accel.as_str()), ("kvm", "kvm"));
+        assert_eq!((c.engine, c.accel), (VmEngine::Kvm, Accel::Kvm));
         let c = decide(Engine::Auto, &v(true, true, false), None).unwrap();
-        assert_eq!(c.engine, "kvm", "the kvm engine needs no QEMU");
+        assert_eq!(c.engine, VmEngine::Kvm, "the kvm engine needs no QEMU");
         let c = decide(Engine::Qemu, &v(true, true, false), q()).unwrap();
-        assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "kvm"));
+        assert_eq!((c.engine, c.accel), (VmEngine::Qemu, Accel::Kvm));
         let c = decide(Engine::Qemu, &v(false, false, false), q()).unwrap();
-        assert_eq!(c.accel, "tcg");
+        assert_eq!(c.accel, Accel::Tcg);
         assert!(matches!(
             decide(Engine::Qemu, &v(false, false, false), None),
             Err(EngineError::NoQemu)
         ));
         let c = decide(Engine::Kvm, &v(true, false, true), q()).unwrap();
-        assert_eq!(c.engine, "kvm");
+        assert_eq!(c.engine, VmEngine::Kvm);
         assert!(c.reason.contains("Linux will not boot"), "{}", c.reason);
         assert!(matches!(
             decide(Engine::Kvm, &v(false, false, false), q()),
@@ -244,9 +244,9 @@ mod tests {
         // On the project's machines /dev/kvm is nested and emulated: auto must pick TCG there.
         let p = probe();
         let c = decide(Engine::Auto, &p, Some("q".into())).unwrap();
-        assert_eq!(c.engine == "kvm", p.dev_kvm && p.hw_virt);
+        assert_eq!(c.engine == VmEngine::Kvm, p.dev_kvm && p.hw_virt);
         if !p.hw_virt {
-            assert_eq!((c.engine.as_str(), c.accel.as_str()), ("qemu", "tcg"));
+            assert_eq!((c.engine, c.accel), (VmEngine::Qemu, Accel::Tcg));
         }
     }
 

@@ -178,7 +178,7 @@ impl Jails {
         let dirs = cgroups
             .create(&self.cgroup(&cfg.id), &limits)
             .map_err(|e| jail_err(format!("{e:#}")))?;
-        let engine_root = if cfg.engine == "qemu" {
+        let engine_root = if cfg.engine == cove_model::VmEngine::Qemu {
             let tree = cove_jail::engine_root::qemu(&self.engines, Path::new(&cfg.qemu))
                 .map_err(|e| jail_err(e.to_string()))?;
             Some(tree.display().to_string())
@@ -186,7 +186,7 @@ impl Jails {
             None
         };
         let mut devices = vec!["/dev/null".to_string(), "/dev/urandom".to_string()];
-        if cfg.engine == "kvm" || cfg.accel == "kvm" {
+        if cfg.engine == cove_model::VmEngine::Kvm || cfg.accel == cove_model::Accel::Kvm {
             devices.push("/dev/kvm".into());
         }
         let disk_mib = cfg
@@ -220,7 +220,7 @@ impl Jails {
                 own(&p, uid, uid, 0o640)?;
             }
         }
-        if cfg.engine == "qemu" {
+        if cfg.engine == cove_model::VmEngine::Qemu {
             let ram = SandboxDir::guest_ram_dir(&cfg.id);
             std::fs::create_dir_all(&ram)
                 .map_err(io_err("making the guest RAM directory", &ram))?;

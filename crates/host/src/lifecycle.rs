@@ -159,8 +159,8 @@ impl Host {
             memory_mib,
             disk_mib,
             created_at: now,
-            engine: choice.engine.clone(),
-            accel: choice.accel.clone(),
+            engine: choice.engine,
+            accel: choice.accel,
             pid: None,
             socket: socket.display().to_string(),
             dir: dir.display().to_string(),
@@ -264,8 +264,8 @@ impl Host {
         }
         let mut cfg = VmConfig {
             id: rec.id.clone(),
-            engine: choice.engine.clone(),
-            accel: choice.accel.clone(),
+            engine: choice.engine,
+            accel: choice.accel,
             kernel: self.kernel().display().to_string(),
             initramfs: self.initramfs().display().to_string(),
             cpus: rec.cpus,

@@ -52,7 +52,7 @@ impl Host {
             from_snapshot: Some(snap.id.clone()),
             use_template: false,
             // A clone restores on the engine that took the snapshot.
-            engine: source.engine.parse().ok(),
+            engine: Some(source.engine.into()),
             limits,
             ttl_secs,
             owner: source.owner,
@@ -278,7 +278,7 @@ impl Host {
         // boots until a new template is made).
         let engine = engine::choose(spec.engine)
             .ok()
-            .and_then(|c| c.engine.parse::<cove_model::Engine>().ok());
+            .map(|c| cove_model::Engine::from(c.engine));
         let guest = self.guest_identity().ok();
         // A template restores with the device it was taken with: one with a network device
         // for a sandbox that gets one, one without for `none`.

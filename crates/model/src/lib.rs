@@ -20,7 +20,7 @@ pub use actor::Actor;
 pub use isolation::{CgroupMode, CgroupReport, Isolation, JailProcess, JailReport};
 pub use layout::{SandboxDir, default_home, is_root};
 pub use network::{Cidr, Destination, MAX_RULES, NetworkMode, NetworkPolicy};
-pub use policy::{Engine, OnExpire, OnIdle};
+pub use policy::{Accel, Engine, OnExpire, OnIdle, VmEngine};
 pub use reason::Reason;
 pub use scrub::{Held, ScrubAction, ScrubFinding, Scrubbed};
 pub use state::{EventState, SandboxState, TransitionError};

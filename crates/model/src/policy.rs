@@ -98,6 +98,49 @@ wire_names!(Engine, "engine (auto, kvm, qemu)", {
     Qemu => "qemu",
 });
 
+/// The engine a sandbox runs on: what a create's [`Engine`] became on its host. Wire form:
+/// `"qemu"`, `"kvm"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VmEngine {
+    /// QEMU.
+    Qemu,
+    /// Cove's own VMM on KVM.
+    Kvm,
+}
+
+wire_names!(VmEngine, "engine (qemu, kvm)", {
+    Qemu => "qemu",
+    Kvm => "kvm",
+});
+
+impl From<VmEngine> for Engine {
+    /// Asking for the engine a sandbox runs on (a clone restores on its source's).
+    fn from(e: VmEngine) -> Self {
+        match e {
+            VmEngine::Qemu => Engine::Qemu,
+            VmEngine::Kvm => Engine::Kvm,
+        }
+    }
+}
+
+/// How the engine runs the guest. Wire form: `"tcg"`, `"kvm"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    /// QEMU's instruction emulator (no hardware virtualisation).
+    Tcg,
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+}
+
+wire_names!(Accel, "acceleration (tcg, kvm)", {
+    Tcg => "tcg",
+    Kvm => "kvm",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +164,9 @@ mod tests {
         round_trips(OnExpire::ALL);
         round_trips(OnIdle::ALL);
         round_trips(Engine::ALL);
+        round_trips(VmEngine::ALL);
+        round_trips(Accel::ALL);
+        assert!("auto".parse::<VmEngine>().is_err());
         assert!("pause".parse::<OnExpire>().is_err());
         assert!("stop".parse::<OnIdle>().is_err());
         assert!("firecracker".parse::<Engine>().is_err());

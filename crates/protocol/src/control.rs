@@ -7,6 +7,7 @@
 //!
 //! [`VmConfig`] is what the host writes to `vm.json` for cove-vm to start from.
 
+use cove_model::{Accel, VmEngine};
 pub use cove_model::{OnExpire, OnIdle};
 use serde::{Deserialize, Serialize};
 
@@ -67,9 +68,9 @@ pub struct VmStatus {
     /// Booting, running, stopping or failed.
     pub state: VmState,
     /// `qemu` or `kvm`.
-    pub engine: String,
+    pub engine: VmEngine,
     /// How the engine runs the guest (`tcg`, `kvm`).
-    pub accel: String,
+    pub accel: Accel,
     /// Pid of cove-vm.
     pub pid: u32,
     /// Pid of the engine's child process, if it has one.
@@ -157,10 +158,10 @@ pub enum VmState {
 pub struct VmConfig {
     /// The sandbox id (also the guest hostname).
     pub id: String,
-    /// `qemu` (the only engine so far) or `kvm`.
-    pub engine: String,
-    /// `tcg` or `kvm`, for the qemu engine.
-    pub accel: String,
+    /// `qemu` or `kvm`.
+    pub engine: VmEngine,
+    /// `tcg` or `kvm` for the qemu engine; `kvm` for the kvm engine.
+    pub accel: Accel,
     /// ELF vmlinux.
     pub kernel: String,
     /// The initramfs holding cove-agent.

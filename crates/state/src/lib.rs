@@ -330,9 +330,9 @@ pub struct SandboxRecord {
     /// Creation time, milliseconds since the epoch.
     pub created_at: i64,
     /// Engine running it.
-    pub engine: String,
+    pub engine: cove_model::VmEngine,
     /// Engine acceleration.
-    pub accel: String,
+    pub accel: cove_model::Accel,
     /// Pid of its cove-vm.
     pub pid: Option<u32>,
     /// Its control socket.

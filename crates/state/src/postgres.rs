@@ -88,8 +88,8 @@ fn row(r: &Row) -> Result<SandboxRecord, StateError> {
         memory_mib: u32_col(r, "memory_mib")?,
         disk_mib: u32_col(r, "disk_mib")?,
         created_at: r.try_get("created_at")?,
-        engine: r.try_get("engine")?,
-        accel: r.try_get("accel")?,
+        engine: r.try_get::<_, String>("engine")?.parse()?,
+        accel: r.try_get::<_, String>("accel")?.parse()?,
         pid: r
             .try_get::<_, Option<i32>>("pid")?
             .map(|p| u32::try_from(p).map_err(|_| StateError::OutOfRange("pid")))
@@ -291,8 +291,8 @@ impl StateStore for PostgresStore {
                     &i32_of(s.memory_mib, "memory_mib")?,
                     &i32_of(s.disk_mib, "disk_mib")?,
                     &s.created_at,
-                    &s.engine,
-                    &s.accel,
+                    &s.engine.as_str(),
+                    &s.accel.as_str(),
                     &s.pid.map(|p| i32_of(p, "pid")).transpose()?,
                     &s.socket,
                     &s.dir,

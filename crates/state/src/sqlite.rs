@@ -208,8 +208,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         memory_mib: r.get(5)?,
         disk_mib: r.get(6)?,
         created_at: r.get(7)?,
-        engine: r.get(8)?,
-        accel: r.get(9)?,
+        engine: parsed(r, 8)?,
+        accel: parsed(r, 9)?,
         pid: r.get(10)?,
         socket: r.get(11)?,
         dir: r.get(12)?,
@@ -306,7 +306,7 @@ impl StateStore for SqliteStore {
             }
             let r = tx.execute(
                 &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
-                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine, s.accel, s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op, serde_json::to_string(&s.network).expect("serializes"), s.expires_at],
+                params![s.id, s.name, s.image, s.state.as_str(), s.cpus, s.memory_mib, s.disk_mib, s.created_at, s.engine.as_str(), s.accel.as_str(), s.pid, s.socket, s.dir, s.boot_ms, s.reason.as_ref().and_then(Reason::detail), s.image_digest, s.owner, serde_json::to_string(&s.labels).expect("serializes"), serde_json::to_string(&s.env).expect("serializes"), s.reason.as_ref().map(Reason::kind), s.updated_at, s.op, serde_json::to_string(&s.network).expect("serializes"), s.expires_at],
             );
             match r {
                 Err(rusqlite::Error::SqliteFailure(e, _))

@@ -1,6 +1,7 @@
 //! cove-vm's side of the jail: what the sandbox's config says the jail must show, and entering
 //! it (`cove_jail::enter`) before anything else runs.
 
+use cove_model::VmEngine;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -27,7 +28,7 @@ pub fn binds(cfg: &VmConfig, dir: &Path) -> Vec<Bind> {
             writable: false,
         },
     ];
-    if cfg.engine == "qemu" {
+    if cfg.engine == VmEngine::Qemu {
         out.push(Bind {
             path: SandboxDir::guest_ram_dir(&cfg.id),
             writable: true,
@@ -67,7 +68,7 @@ pub fn enter(dir: &Path, report_fd: Option<i32>) -> anyhow::Result<u32> {
         if let Some(p) = &netns {
             cove_jail::enter::join_netns(p)?;
         }
-        if cfg.engine == "qemu" {
+        if cfg.engine == VmEngine::Qemu {
             std::fs::create_dir_all(SandboxDir::guest_ram_dir(&cfg.id))
                 .context("making the guest RAM directory")?;
         }

@@ -11,6 +11,7 @@ mod jail;
 mod proxy;
 mod snapshot;
 
+use cove_model::VmEngine;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -215,7 +216,7 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
     // (filters stack; a thread-synced install would fail once threads have filters of their
     // own). The qemu engine starts QEMU first, which the list forbids.
     let seccomp = cfg.jail.as_ref().is_some_and(|j| j.seccomp);
-    if seccomp && cfg.engine == "kvm" {
+    if seccomp && cfg.engine == VmEngine::Kvm {
         cove_jail::seccomp::install(&layout.exit()).context("jail")?;
     }
     let mut vm = engine::start(&cfg, &dir).await?;
@@ -226,7 +227,7 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
         status_file: layout.status(),
         status: Mutex::new(VmStatus {
             state: VmState::Booting,
-            engine: cfg.engine.clone(),
+            engine: cfg.engine,
             accel: vm.accel(),
             pid: host_pid,
             vmm_pid: vm.vmm_pid(),
@@ -245,7 +246,7 @@ async fn run(dir: PathBuf, host_pid: u32) -> anyhow::Result<VmEnd> {
     let listener = UnixListener::bind(layout.control_socket()).context("binding control.sock")?;
     // Everything that needed more than the allow-list (starting the engine, binding sockets)
     // is done.
-    if seccomp && cfg.engine != "kvm" {
+    if seccomp && cfg.engine != VmEngine::Kvm {
         cove_jail::seccomp::install(&layout.exit()).context("jail")?;
     }
     let s = shared.clone();

@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use cove_model::{Accel, VmEngine};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -72,11 +73,11 @@ pub struct Manifest {
     /// Layout version ([`FORMAT`]).
     pub format: u32,
     /// Engine that wrote it.
-    pub engine: String,
+    pub engine: VmEngine,
     /// Its exact version (a migration stream is only read by the same QEMU).
     pub engine_version: String,
     /// Acceleration it ran under.
-    pub accel: String,
+    pub accel: Accel,
     /// CPU model the guest saw.
     pub cpu: String,
     /// With the `host` model, the host CPU's feature flags: a restore needs them all.
@@ -124,7 +125,7 @@ impl Manifest {
     /// Refuses a snapshot this engine cannot run.
     pub fn check(
         &self,
-        engine: &str,
+        engine: VmEngine,
         engine_version: &str,
         cpu: &str,
         memory_mib: u32,
@@ -430,9 +431,9 @@ mod tests {
         std::fs::write(snap.join("memory"), b"guest memory").unwrap();
         let m = |files: Vec<(&str, FileSum)>| Manifest {
             format: FORMAT,
-            engine: "qemu".into(),
+            engine: VmEngine::Qemu,
             engine_version: "x".into(),
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             cpu: "max".into(),
             cpu_flags: vec![],
             memory_mib: 128,
@@ -540,9 +541,9 @@ mod tests {
     fn manifest_checks_refuse_other_engines_and_sizes() {
         let m = Manifest {
             format: FORMAT,
-            engine: "qemu".into(),
+            engine: VmEngine::Qemu,
             engine_version: "7.2".into(),
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             cpu: "max".into(),
             cpu_flags: vec![],
             memory_mib: 256,
@@ -551,14 +552,14 @@ mod tests {
             files: Default::default(),
             nic: true,
         };
-        assert!(m.check("qemu", "7.2", "max", 256, 1).is_ok());
+        assert!(m.check(VmEngine::Qemu, "7.2", "max", 256, 1).is_ok());
         assert!(m.check_nic(true).is_ok());
         assert!(m.check_nic(false).is_err());
         for e in [
-            m.check("kvm", "7.2", "max", 256, 1),
-            m.check("qemu", "8.0", "max", 256, 1),
-            m.check("qemu", "7.2", "host", 256, 1),
-            m.check("qemu", "7.2", "max", 512, 1),
+            m.check(VmEngine::Kvm, "7.2", "max", 256, 1),
+            m.check(VmEngine::Qemu, "8.0", "max", 256, 1),
+            m.check(VmEngine::Qemu, "7.2", "host", 256, 1),
+            m.check(VmEngine::Qemu, "7.2", "max", 512, 1),
         ] {
             assert!(
                 e.unwrap_err()
@@ -572,7 +573,7 @@ mod tests {
             ..m.clone()
         };
         let e = foreign
-            .check("qemu", "7.2", "max", 256, 1)
+            .check(VmEngine::Qemu, "7.2", "max", 256, 1)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no-such-cpu-feature"), "{e}");

@@ -207,8 +207,8 @@ fn host_info(host: &cove_host::Host) -> api::HostInfo {
     api::HostInfo {
         home: host.home().display().to_string(),
         engine: choice.as_ref().ok().map(|c| api::EngineInfo {
-            engine: c.engine.clone(),
-            accel: c.accel.clone(),
+            engine: c.engine,
+            accel: c.accel,
             reason: c.reason.clone(),
         }),
         engine_error: choice.as_ref().err().map(ToString::to_string),

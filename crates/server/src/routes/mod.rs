@@ -36,8 +36,8 @@ use crate::keys::Principal;
 pub(crate) fn sandbox(p: &Principal, r: SandboxRecord) -> api::Sandbox {
     let host = p.tenant.is_none().then(|| api::SandboxHost {
         owner: r.owner.clone(),
-        engine: r.engine.clone(),
-        accel: r.accel.clone(),
+        engine: r.engine,
+        accel: r.accel,
         dir: r.dir.clone(),
         socket: r.socket.clone(),
         pid: r.pid,

@@ -13,6 +13,7 @@
 //! `MAP_PRIVATE`, so a restored sandbox starts without reading its memory and clones of one
 //! snapshot share the pages none of them wrote.
 
+use cove_model::{Accel, VmEngine};
 use std::fs::File;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -112,7 +113,13 @@ impl Kvm {
                 // Everything is checked before the VM is built: a bad snapshot is refused, never
                 // half-restored.
                 let m = Manifest::read(snap)?;
-                m.check("kvm", ENGINE_VERSION, CPU_MODEL, cfg.memory_mib, cfg.cpus)?;
+                m.check(
+                    VmEngine::Kvm,
+                    ENGINE_VERSION,
+                    CPU_MODEL,
+                    cfg.memory_mib,
+                    cfg.cpus,
+                )?;
                 m.check_nic(cfg.net.is_some())?;
                 for name in ["memory", "state"] {
                     snapshot::verify(snap, name, m.files.get(name))?;
@@ -253,8 +260,8 @@ impl RunningVm for Kvm {
         None
     }
 
-    fn accel(&self) -> String {
-        "kvm".into()
+    fn accel(&self) -> Accel {
+        Accel::Kvm
     }
 
     fn wait(&mut self) -> EngineFuture<'_, String> {
@@ -303,9 +310,9 @@ impl RunningVm for Kvm {
             files.insert("memory".to_string(), snapshot::sum(&memory)?);
             Ok(Manifest {
                 format: snapshot::FORMAT,
-                engine: "kvm".into(),
+                engine: VmEngine::Kvm,
                 engine_version: ENGINE_VERSION.into(),
-                accel: "kvm".into(),
+                accel: Accel::Kvm,
                 cpu: CPU_MODEL.into(),
                 // The template passes the host's other features through: a restore needs them.
                 cpu_flags: snapshot::host_cpu_flags(),
@@ -384,8 +391,8 @@ mod tests {
         }
         VmConfig {
             id: "kvmtest".into(),
-            engine: "kvm".into(),
-            accel: "kvm".into(),
+            engine: VmEngine::Kvm,
+            accel: Accel::Kvm,
             kernel: kernel.display().to_string(),
             initramfs: initramfs.display().to_string(),
             cpus: 1,
@@ -516,7 +523,7 @@ mod tests {
         let mut vm = Kvm::start(&config(t.path(), &kernel, None), &a)
             .await
             .unwrap();
-        assert_eq!((vm.accel().as_str(), vm.vmm_pid()), ("kvm", None));
+        assert_eq!((vm.accel(), vm.vmm_pid()), (Accel::Kvm, None));
         // The agent port's host side accepts connections (cove-vm's proxy connects here).
         std::os::unix::net::UnixStream::connect(vm.agent_socket()).unwrap();
         wait_log_above(&a, 100).await;
@@ -532,7 +539,7 @@ mod tests {
         );
         let m = vm.save(&snap).await.unwrap();
         m.write(&snap).unwrap();
-        assert_eq!((m.engine.as_str(), m.cpu.as_str()), ("kvm", CPU_MODEL));
+        assert_eq!((m.engine, m.cpu.as_str()), (VmEngine::Kvm, CPU_MODEL));
         assert!(m.files["memory"].size == 64 << 20);
         vm.resume().await.unwrap();
         wait_log_above(&a, paused_at).await;

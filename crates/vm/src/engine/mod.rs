@@ -6,6 +6,7 @@ pub mod kvm;
 pub mod qemu;
 pub mod qmp;
 
+use cove_model::{Accel, VmEngine};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -41,9 +42,6 @@ pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// Unknown engine.
-    #[error("unknown engine {0:?}; this build has `kvm` and `qemu`")]
-    Unknown(String),
     /// Cove's own VMM failed.
     #[error("{0}")]
     Vmm(String),
@@ -73,8 +71,8 @@ pub trait RunningVm: Send {
     fn agent_socket(&self) -> PathBuf;
     /// Pid of a separate VMM process, if the engine uses one.
     fn vmm_pid(&self) -> Option<u32>;
-    /// `tcg`, `kvm`, …
-    fn accel(&self) -> String;
+    /// How it runs the guest.
+    fn accel(&self) -> Accel;
     /// Waits for the guest to end; returns a description of how it ended.
     fn wait(&mut self) -> EngineFuture<'_, String>;
     /// Ends the guest now.
@@ -90,9 +88,8 @@ pub trait RunningVm: Send {
 
 /// Starts the engine a config names: a boot, or a restore when `cfg.restore` is set.
 pub async fn start(cfg: &VmConfig, dir: &Path) -> Result<Box<dyn RunningVm>, EngineError> {
-    match cfg.engine.as_str() {
-        "qemu" => Ok(Box::new(qemu::Qemu::start(cfg, dir).await?)),
-        "kvm" => Ok(Box::new(kvm::Kvm::start(cfg, dir).await?)),
-        other => Err(EngineError::Unknown(other.to_string())),
+    match cfg.engine {
+        VmEngine::Qemu => Ok(Box::new(qemu::Qemu::start(cfg, dir).await?)),
+        VmEngine::Kvm => Ok(Box::new(kvm::Kvm::start(cfg, dir).await?)),
     }
 }

@@ -10,6 +10,7 @@
 //!   costs about 220 ms of boot; `nolapic_timer` makes the PIT the clock event device instead
 //!   (other vCPUs get ticks by broadcast), measured 0.75 s → 0.51 s to init.
 
+use cove_model::{Accel, VmEngine};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -26,7 +27,7 @@ use crate::snapshot::{self, Manifest};
 pub struct Qemu {
     child: Child,
     agent_socket: PathBuf,
-    accel: String,
+    accel: Accel,
     cfg: VmConfig,
     qmp: Qmp,
     memory: MemoryFile,
@@ -54,7 +55,11 @@ pub fn memory_path(cfg: &VmConfig) -> PathBuf {
 
 /// The CPU model the guest sees.
 pub fn cpu_model(cfg: &VmConfig) -> &'static str {
-    if cfg.accel == "kvm" { "host" } else { "max" }
+    if cfg.accel == Accel::Kvm {
+        "host"
+    } else {
+        "max"
+    }
 }
 
 /// The QEMU command line for a config (public for `cove info` and the benchmarks).
@@ -62,7 +67,7 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
     // reboot=t: the agent's reboot (its power-off) becomes a triple fault, which -no-reboot
     // turns into QEMU's exit.
     let mut cmdline = format!("{} reboot=t", super::GUEST_CMDLINE);
-    if cfg.accel == "tcg" {
+    if cfg.accel == Accel::Tcg {
         cmdline.push_str(" nolapic_timer");
     }
     if let Some(khz) = cfg.tsc_khz {
@@ -78,10 +83,9 @@ pub fn args(cfg: &VmConfig, dir: &Path) -> Vec<String> {
     );
     // TCG's translation cache is sized from the host's memory otherwise (up to 1 GiB), which
     // a jail's memory limit would have to allow for.
-    let accel = if cfg.accel == "tcg" {
-        format!("tcg,tb-size={TCG_CACHE_MIB}")
-    } else {
-        cfg.accel.clone()
+    let accel = match cfg.accel {
+        Accel::Tcg => format!("tcg,tb-size={TCG_CACHE_MIB}"),
+        Accel::Kvm => "kvm".to_string(),
     };
     let mut a: Vec<String> = [
         "-M",
@@ -191,7 +195,13 @@ impl Qemu {
             let m = Manifest::read(snap)?;
             let version = qemu_version_for(&cfg.qemu, snap).await;
             let line = version.as_ref().map_or("unknown", |v| v.line.as_str());
-            m.check("qemu", line, cpu_model(cfg), cfg.memory_mib, cfg.cpus)?;
+            m.check(
+                VmEngine::Qemu,
+                line,
+                cpu_model(cfg),
+                cfg.memory_mib,
+                cfg.cpus,
+            )?;
             m.check_nic(cfg.net.is_some())?;
             // The memory is copied (QEMU writes the guest's changes back into its file); it is
             // hashed on the way only until one check of this very file has passed here.
@@ -271,7 +281,7 @@ impl Qemu {
         Ok(Self {
             child,
             agent_socket: dir.join("agent.sock"),
-            accel: cfg.accel.clone(),
+            accel: cfg.accel,
             cfg: cfg.clone(),
             qmp,
             memory,
@@ -406,8 +416,8 @@ impl RunningVm for Qemu {
         self.child.id()
     }
 
-    fn accel(&self) -> String {
-        self.accel.clone()
+    fn accel(&self) -> Accel {
+        self.accel
     }
 
     fn wait(&mut self) -> EngineFuture<'_, String> {
@@ -515,9 +525,9 @@ impl RunningVm for Qemu {
             files.insert("memory".to_string(), memory);
             let m = Manifest {
                 format: snapshot::FORMAT,
-                engine: "qemu".into(),
+                engine: VmEngine::Qemu,
                 engine_version: version.clone(),
-                accel: self.cfg.accel.clone(),
+                accel: self.cfg.accel,
                 cpu: cpu_model(&self.cfg).into(),
                 // TCG's `max` model is QEMU's own; only `host` depends on this machine's CPU.
                 cpu_flags: if cpu_model(&self.cfg) == "host" {
