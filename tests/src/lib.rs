@@ -370,6 +370,93 @@ impl Drop for Registry {
     }
 }
 
+/// Where `scripts/test-deps.sh` installs the S3-compatible server the suite uses (`s3s-fs`, an
+/// S3 server over a folder, built from crates.io).
+pub const S3_SERVER: &str = "/var/cache/cove/tools/s3s-fs-0.14.1/bin/s3s-fs";
+
+/// A real S3-compatible server on 127.0.0.1 over a throw-away folder, with one bucket;
+/// killed when dropped.
+#[derive(Debug)]
+pub struct S3 {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The bucket (a folder of `root`).
+    pub bucket: String,
+    /// The folder the server keeps its buckets in.
+    pub root: PathBuf,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl S3 {
+    /// The access key the server takes.
+    pub const KEY: &'static str = "cove-test";
+    /// Its secret.
+    pub const SECRET: &'static str = "cove-test-secret";
+
+    /// Starts a server with bucket `cove`.
+    pub fn start() -> Self {
+        let bin = Path::new(S3_SERVER);
+        assert!(
+            bin.is_file(),
+            "{S3_SERVER} is missing: run scripts/test-deps.sh (make test does)"
+        );
+        let dir = TempDir::new("s3");
+        let root = dir.0.join("data");
+        let bucket = "cove".to_string();
+        std::fs::create_dir_all(root.join(&bucket)).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.0.join("s3.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::KEY, "--secret-key", Self::SECRET])
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the S3 server");
+        let addr = format!("127.0.0.1:{port}");
+        let up = wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        assert!(up, "the S3 server did not listen on {addr}");
+        Self {
+            endpoint: format!("http://{addr}"),
+            bucket,
+            root,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The environment that points Cove's blob store at bucket prefix `prefix` here.
+    pub fn env(&self, prefix: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "COVE_BLOBS".into(),
+                format!("s3://{}/{prefix}", self.bucket),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), Self::KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), Self::SECRET.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT".into(), self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ]
+    }
+
+    /// Where the server keeps object `key` of the bucket.
+    pub fn object(&self, key: &str) -> PathBuf {
+        self.root.join(&self.bucket).join(key)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The OCI layout of a default image (cached by guest/images/build.sh).
 pub fn default_layout(name: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/images/build.sh");

@@ -148,7 +148,12 @@ impl Host {
             None => Box::new(cove_state::SqliteStore::open(&home.join("state.db"))?),
         };
         remove_stale_partials(&home.join("snapshots"));
-        let blobs = store::BlobStore::local(home)?;
+        // `COVE_BLOBS`: an S3 bucket hosts share (`s3://BUCKET[/PREFIX]`), else the home's
+        // own folder.
+        let blobs = match std::env::var("COVE_BLOBS").ok().filter(|u| !u.is_empty()) {
+            Some(url) => store::BlobStore::from_url(&url)?,
+            None => store::BlobStore::local(home)?,
+        };
         Ok(Self {
             home: home.to_path_buf(),
             db,

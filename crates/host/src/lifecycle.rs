@@ -293,7 +293,7 @@ impl Host {
             idle_timeout_secs: policy.idle_timeout_secs,
             on_idle: policy.on_idle,
             on_expire: policy.on_expire,
-            blob_store: Some(self.home.join("blobs").display().to_string()),
+            blob_store: Some(self.blobs.url().to_string()),
             jail: None,
             net: None,
         };
@@ -511,7 +511,7 @@ impl Host {
                 }
                 cfg.restore = Some(snap.display().to_string());
                 cfg.tsc_khz = engine::tsc_khz(&self.home);
-                cfg.blob_store = Some(self.home.join("blobs").display().to_string());
+                cfg.blob_store = Some(self.blobs.url().to_string());
                 let nic = cfg.net.is_some();
                 self.jail.prepare(&mut cfg, &dir)?;
                 if let Err(e) = self.attach_network(&mut cfg, &rec.network, nic).await {

@@ -196,7 +196,8 @@ pub struct VmConfig {
     /// What `expires_at` does: `stop` (none: the same) or `hibernate`.
     #[serde(default)]
     pub on_expire: Option<OnExpire>,
-    /// Root of the local-folder blob store, where an idle hibernation is uploaded. Never set
+    /// The blob store, where an idle hibernation is uploaded: a local folder, or an
+    /// `s3://` address (credentials from cove-vm's environment, as coved's). Never set
     /// for a jailed cove-vm, which sees no blob store: the host stores its hibernation.
     #[serde(default)]
     pub blob_store: Option<String>,

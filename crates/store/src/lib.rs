@@ -2,8 +2,10 @@
 //!
 //! Shared by the host (snapshots, `cove hibernate`) and cove-vm (an idle hibernation).
 //!
-//! A local folder (`$COVE_HOME/blobs`) by default; the several-hosts work points the same seam at
-//! S3. Each snapshot directory becomes objects under a prefix, one per file. Sparse files (guest
+//! A local folder (`$COVE_HOME/blobs`) by default, or an S3 bucket (any S3-compatible server:
+//! `COVE_BLOBS=s3://BUCKET[/PREFIX]`, see [`BlobStore::from_url`]), which hosts sharing it
+//! resume each other's hibernations from. Each snapshot directory becomes objects under a
+//! prefix, one per file. Sparse files (guest
 //! memory, disks) are stored in a sparse container so a 256 MiB guest that touched 40 MiB costs
 //! 40 MiB:
 //!
@@ -51,6 +53,14 @@ pub enum StoreError {
     /// A stored sparse container is malformed.
     #[error("stored object {0} is malformed")]
     Malformed(String),
+    /// The store's address cannot be used.
+    #[error("blob store {url}: {why}")]
+    Config {
+        /// As given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -69,6 +79,8 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// The folder of a local store.
     root: Option<std::path::PathBuf>,
+    /// What [`BlobStore::from_url`] opens it again from (another process of this host).
+    url: String,
 }
 
 impl BlobStore {
@@ -85,7 +97,60 @@ impl BlobStore {
             // `hibernations/ID/` used to stay).
             store: Arc::new(LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true)),
             root: Some(root.to_path_buf()),
+            url: root.display().to_string(),
         })
+    }
+
+    /// The store `url` names:
+    /// - `s3://BUCKET[/PREFIX]`: an S3 bucket, every key under `PREFIX`. The credentials,
+    ///   region and server come from the usual environment (`AWS_ACCESS_KEY_ID`,
+    ///   `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`; `AWS_ENDPOINT` for an S3-compatible server,
+    ///   `AWS_ALLOW_HTTP=true` for one without TLS). Requests are path-style, which every
+    ///   S3-compatible server serves.
+    /// - `file://PATH` or a plain absolute path: a local folder.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let bad = |why: &str| StoreError::Config {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("name a bucket: s3://BUCKET[/PREFIX]"));
+            }
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(false)
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
+            let prefix = prefix.trim_matches('/');
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+            };
+            return Ok(Self {
+                store,
+                root: None,
+                url: url.to_string(),
+            });
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        if !path.starts_with('/') {
+            return Err(bad("an s3://BUCKET[/PREFIX] address, or an absolute path"));
+        }
+        Self::at(Path::new(path))
+    }
+
+    /// Where the store is: its folder, or its `s3://` address (what [`BlobStore::from_url`]
+    /// takes).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the store is a folder of this host (not one hosts share).
+    pub fn is_local(&self) -> bool {
+        self.root.is_some()
     }
 
     /// Uploads every file of `dir` under `prefix`; the manifest goes last, so a listing that has

@@ -481,7 +481,7 @@ async fn upload_hibernation(cfg: &VmConfig, snap: &Path) {
     let Some(root) = &cfg.blob_store else { return };
     let key = format!("hibernations/{}", cfg.id);
     let r = async {
-        let store = cove_store::BlobStore::at(Path::new(root))?;
+        let store = cove_store::BlobStore::from_url(root)?;
         for d in cfg.disks.iter().filter(|d| !d.read_only) {
             let name = format!("{key}/disk-{}", d.serial);
             store.upload_file(&name, Path::new(&d.path), true).await?;
