@@ -403,6 +403,22 @@ pub fn data_segments(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_store_address_is_an_s3_bucket_or_an_absolute_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = BlobStore::from_url(&dir.path().display().to_string()).unwrap();
+        assert!(local.is_local());
+        let file = BlobStore::from_url(&format!("file://{}", dir.path().display())).unwrap();
+        assert_eq!(file.url(), dir.path().display().to_string());
+        for bad in ["s3://", "s3:///prefix", "relative/blobs", "gs://bucket"] {
+            let e = BlobStore::from_url(bad).unwrap_err();
+            assert!(matches!(e, StoreError::Config { .. }), "{bad}: {e}");
+        }
+        let s3 = BlobStore::from_url("s3://bucket/some/prefix/").unwrap();
+        assert!(!s3.is_local());
+        assert_eq!(s3.url(), "s3://bucket/some/prefix/");
+    }
     use super::*;
 
     #[tokio::test]
