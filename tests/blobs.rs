@@ -35,21 +35,32 @@ fn hibernations_go_to_s3_and_wake_from_it() {
     );
     assert!(at("memory").is_file(), "no memory in the bucket");
 
-    // This host's copy goes: the wake has only the bucket's.
+    assert!(at("disk-cove-rw").is_file(), "no disk in the bucket");
+
+    // This host's copies go, the hibernation and the disk: the wake has only the bucket's.
     let v: serde_json::Value = serde_json::from_str(&cove(&["inspect", &id])).unwrap();
-    let dir = v["host"]["dir"]
-        .as_str()
-        .or_else(|| v["dir"].as_str())
-        .expect("the sandbox's directory");
-    let local = PathBuf::from(dir).join("hibernation");
+    let dir = PathBuf::from(v["host"]["dir"].as_str().expect("the sandbox's directory"));
+    let local = dir.join("hibernation");
     assert!(local.join("manifest.json").is_file(), "{}", local.display());
     std::fs::remove_dir_all(&local).unwrap();
+    std::fs::remove_file(dir.join("disk.ext4")).unwrap();
     cove(&["resume", &id]);
     assert_eq!(cove(&["exec", &id, "--", "cat", "/data/f"]), "kept\n");
+    // Woken, it is no longer kept in the bucket.
+    assert!(
+        !at("manifest.json").exists(),
+        "a woken sandbox's hibernation stays"
+    );
 
+    // Removing a hibernated sandbox removes its hibernation from the bucket.
+    cove(&["hibernate", &id]);
+    assert!(
+        at("manifest.json").is_file(),
+        "the second hibernation is not in the bucket"
+    );
     cove(&["rm", "-f", &id]);
     assert!(
-        !at("manifest.json").exists() && !at("memory").exists(),
+        !at("manifest.json").exists() && !at("memory").exists() && !at("disk-cove-rw").exists(),
         "the removed sandbox's hibernation stays in the bucket"
     );
 }

@@ -415,11 +415,18 @@ impl S3 {
             .stderr(log)
             .spawn()
             .expect("starting the S3 server");
+        let mut child = child;
         let addr = format!("127.0.0.1:{port}");
+        // Listening, and still running (not another process that took the port first).
         let up = wait_until(Duration::from_secs(20), || {
             std::net::TcpStream::connect(&addr).is_ok()
         });
-        assert!(up, "the S3 server did not listen on {addr}");
+        let running = matches!(child.try_wait(), Ok(None));
+        assert!(
+            up && running,
+            "the S3 server did not listen on {addr}: {}",
+            std::fs::read_to_string(dir.0.join("s3.log")).unwrap_or_default()
+        );
         Self {
             endpoint: format!("http://{addr}"),
             bucket,

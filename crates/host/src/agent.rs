@@ -671,20 +671,33 @@ impl AgentClient {
         to: &mut W,
     ) -> Result<u64, ClientError> {
         let mut s = self.open(&Request::ReadFile { path: path.into() }).await?;
+        let mut got = 0u64;
         loop {
             // Each piece within the deadline: a large file takes as long as it takes.
             match s.next_by(&Deadline::call("a file's content")).await? {
                 Some(Event::Data(_, b)) => {
-                    to.write_all(&b).await.map_err(|source| ClientError::Io {
-                        what: "writing the copy".into(),
-                        source,
-                    })?
+                    got += b.len() as u64;
+                    if let Err(source) = to.write_all(&b).await {
+                        // The transfer stops in the guest too (the connection may live on).
+                        let _ = s.sender().request(&Request::Cancel).await;
+                        return Err(ClientError::Io {
+                            what: "writing the copy".into(),
+                            source,
+                        });
+                    }
                 }
                 Some(Event::Reply(Reply::Done { bytes })) => {
                     to.flush().await.map_err(|source| ClientError::Io {
                         what: "writing the copy".into(),
                         source,
                     })?;
+                    // A piece lost on the way (a frame the reader refused) is never a whole
+                    // file.
+                    if bytes != got {
+                        return Err(ClientError::Unexpected(format!(
+                            "{path}: the sandbox sent {got} bytes of the {bytes} it counted"
+                        )));
+                    }
                     return Ok(bytes);
                 }
                 Some(Event::Reply(Reply::Error(e))) => return Err(e.into()),

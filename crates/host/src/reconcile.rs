@@ -545,9 +545,17 @@ impl Host {
             if !layout.hibernation().join("manifest.json").is_file() {
                 continue;
             }
-            if self.blobs.exists(&format!("{key}/manifest.json")).await {
-                out.present.push(rec.id);
-                continue;
+            match self.blobs.exists(&format!("{key}/manifest.json")).await {
+                Ok(true) => {
+                    out.present.push(rec.id);
+                    continue;
+                }
+                Ok(false) => {}
+                // Asked again at the next pass, rather than stored again now.
+                Err(e) => {
+                    tracing::warn!("the blob store cannot say whether {key} is there: {e}");
+                    continue;
+                }
             }
             let has_disk = layout.disk().symlink_metadata().is_ok();
             // Never through a link a jail could have left in the disk's place.

@@ -726,7 +726,8 @@ impl Images {
     ) -> Result<(), ImageError> {
         let hex = digest_hex(&l.digest)?;
         let key = format!("layers/sha256/{hex}");
-        if self.blobs.exists(&key).await {
+        // A store that cannot say is a miss: the layer comes from the registry.
+        if self.blobs.exists(&key).await.unwrap_or(false) {
             progress.event(&Event::LayerCached {
                 digest: l.digest.clone(),
                 size: l.size,

@@ -181,6 +181,16 @@ impl BlobStore {
         sparse: bool,
     ) -> Result<(), StoreError> {
         let mut w = BufWriter::new(self.store.clone(), ObjectPath::from(key));
+        let r = Self::write_object(&mut w, file, sparse).await;
+        if r.is_err() {
+            // An S3 multipart upload cut short keeps its parts (unlisted, and billed) until
+            // it is aborted.
+            let _ = w.abort().await;
+        }
+        r
+    }
+
+    async fn write_object(w: &mut BufWriter, file: &Path, sparse: bool) -> Result<(), StoreError> {
         let mut f = std::fs::File::open(file).map_err(io("opening", file))?;
         let size = f.metadata().map_err(io("reading", file))?.len();
         let segments = if sparse {
@@ -304,9 +314,14 @@ impl BlobStore {
         Ok(())
     }
 
-    /// True when the object `key` exists.
-    pub async fn exists(&self, key: &str) -> bool {
-        self.store.head(&ObjectPath::from(key)).await.is_ok()
+    /// Whether the object `key` exists; an error when the store cannot say (a failed
+    /// request is not an absence: the caller would upload or fetch again for nothing).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.store.head(&ObjectPath::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Keys and sizes of the objects under `prefix`.

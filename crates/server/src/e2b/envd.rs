@@ -8,7 +8,8 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use cove_host::{AgentClient, SandboxRecord};
+use cove_host::{AgentClient, ClientError, SandboxRecord};
+use cove_protocol::ErrorCode;
 use futures::TryStreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
@@ -119,6 +120,8 @@ pub(crate) fn effective_user(app: &App, rec: &SandboxRecord, user: Option<String
 
 /// The most of a guest's `/etc/passwd` the host reads.
 const PASSWD_MAX: usize = 1 << 20;
+/// How long the host waits for it.
+const PASSWD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The user a request runs as (`name`, a uid, or `uid:gid`), and where its relative paths
 /// start: its home in the guest's `/etc/passwd`, read when a path first needs it.
@@ -130,7 +133,7 @@ pub(crate) struct Who {
 
 impl Who {
     /// A path as envd reads it: absolute, or relative to the user's home (`~`, `~/…` or a
-    /// plain relative path).
+    /// plain relative path). Another user's home (`~name/…`) is refused, as envd refuses it.
     pub(crate) async fn resolve(
         &self,
         client: &AgentClient,
@@ -139,13 +142,33 @@ impl Who {
         if let Some(p) = Self::absolute(path)? {
             return Ok(p);
         }
-        let home = self.home.get_or_init(|| self.home_in(client)).await;
-        Ok(if let Some(rest) = path.strip_prefix("~/") {
-            format!("{home}/{rest}")
-        } else if path.is_empty() || path == "~" {
-            home.clone()
+        let rest = match path {
+            "" | "~" => "",
+            p if p.starts_with("~/") => &p[2..],
+            p if p.starts_with('~') => {
+                return Err(RpcError::new(
+                    Code::InvalidArgument,
+                    format!("{p}: another user's home cannot be named; give an absolute path"),
+                ));
+            }
+            p => p,
+        };
+        let home = match self.home.get() {
+            Some(h) => h.clone(),
+            None => {
+                let h = self.home_in(client).await?;
+                self.home.get_or_init(|| async { h }).await.clone()
+            }
+        };
+        let home = home.trim_end_matches('/');
+        Ok(if rest.is_empty() {
+            if home.is_empty() {
+                "/".into()
+            } else {
+                home.to_string()
+            }
         } else {
-            format!("{home}/{path}")
+            format!("{home}/{rest}")
         })
     }
 
@@ -157,25 +180,34 @@ impl Who {
         Ok(path.starts_with('/').then(|| path.to_string()))
     }
 
-    /// The user's home as the guest's `/etc/passwd` has it; a user it does not name (or a
-    /// file that cannot be read, or is larger than [`PASSWD_MAX`]) gets envd's defaults,
-    /// `/root` or `/home/NAME`.
-    async fn home_in(&self, client: &AgentClient) -> String {
+    /// The user's home as the guest's `/etc/passwd` has it; a user the file does not name
+    /// (or one with a relative home) gets envd's defaults, `/root` or `/home/NAME`. A file
+    /// that cannot be read within [`PASSWD_WAIT`] (a guest's FIFO), or is larger than
+    /// [`PASSWD_MAX`], is an error: a guessed home could send a write or a removal elsewhere.
+    async fn home_in(&self, client: &AgentClient) -> Result<String, RpcError> {
         let user = self.name.split(':').next().unwrap_or_default();
         let mut text = Capped(Vec::new());
-        let found = match client.read_file("/etc/passwd", &mut text).await {
-            Ok(_) => {
-                let entries = cove_protocol::passwd::parse(&String::from_utf8_lossy(&text.0));
-                cove_protocol::passwd::find(&entries, user).map(|e| e.home.clone())
-            }
-            Err(_) => None,
+        let unreadable = |why: String| {
+            RpcError::new(
+                Code::Unavailable,
+                format!("the sandbox's /etc/passwd, for {user}'s home: {why}"),
+            )
         };
-        found
+        match tokio::time::timeout(PASSWD_WAIT, client.read_file("/etc/passwd", &mut text)).await {
+            Ok(Ok(_)) => {}
+            // No file names nobody: the defaults.
+            Ok(Err(ClientError::Agent(e))) if e.code == ErrorCode::NotFound => {}
+            Ok(Err(e)) => return Err(unreadable(e.to_string())),
+            Err(_) => return Err(unreadable(format!("not read within {PASSWD_WAIT:?}"))),
+        }
+        let entries = cove_protocol::passwd::parse(&String::from_utf8_lossy(&text.0));
+        Ok(cove_protocol::passwd::find(&entries, user)
+            .map(|e| e.home.clone())
             .filter(|h| h.starts_with('/'))
             .unwrap_or_else(|| match user {
                 "root" | "0" => "/root".into(),
                 _ => format!("/home/{user}"),
-            })
+            }))
     }
 }
 
@@ -393,6 +425,73 @@ mod tests {
         for bad in ["%", "%2", "%zz", "%+f", "%-1", "%FF"] {
             assert!(percent_decode(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A client whose guest's `/etc/passwd` is `passwd` (none: the file is missing).
+    fn guest_with_passwd(passwd: Option<Vec<u8>>) -> AgentClient {
+        use crate::fake_agent::{self, msg};
+        use cove_protocol::{FrameBody, Reply, Request, Stream};
+        fake_agent::client(move |req| match (&req, &passwd) {
+            (Request::ReadFile { path }, Some(text)) if path == "/etc/passwd" => text
+                .chunks(64 << 10)
+                .map(|c| FrameBody::Data(Stream::Stdout, c.to_vec()))
+                .chain([msg(&Reply::Done {
+                    bytes: text.len() as u64,
+                })])
+                .collect(),
+            _ => vec![msg(&Reply::Error(cove_protocol::AgentError {
+                code: ErrorCode::NotFound,
+                message: "no such file".into(),
+                path: None,
+            }))],
+        })
+    }
+
+    fn who(name: &str) -> Who {
+        Who {
+            name: name.into(),
+            home: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn relative_paths_start_at_the_home_the_guests_passwd_gives() {
+        let c = guest_with_passwd(Some(
+            b"root:x:0:0:root:/root:/bin/sh\nsvc:x:999:999::/srv/svc/:/bin/false\n\
+              top:x:5:5::/:/bin/sh\nrel:x:6:6::home/rel:/bin/sh\n"
+                .to_vec(),
+        ));
+        let svc = who("svc");
+        assert_eq!(svc.resolve(&c, "note.txt").await.unwrap(), "/srv/svc/note.txt");
+        assert_eq!(svc.resolve(&c, "~").await.unwrap(), "/srv/svc");
+        assert_eq!(svc.resolve(&c, "~/a/b").await.unwrap(), "/srv/svc/a/b");
+        assert_eq!(svc.resolve(&c, "/etc/x").await.unwrap(), "/etc/x");
+        assert_eq!(svc.resolve(&c, "").await.unwrap(), "/srv/svc");
+        // By uid, and `uid:gid`.
+        assert_eq!(who("999:5").resolve(&c, "x").await.unwrap(), "/srv/svc/x");
+        assert_eq!(who("top").resolve(&c, "x").await.unwrap(), "/x");
+        assert_eq!(who("top").resolve(&c, "~").await.unwrap(), "/");
+        // A relative home, or a user the file does not name: envd's defaults.
+        assert_eq!(who("rel").resolve(&c, "x").await.unwrap(), "/home/rel/x");
+        assert_eq!(who("nobody").resolve(&c, "x").await.unwrap(), "/home/nobody/x");
+        // Another user's home is refused, as envd refuses it; so is a NUL.
+        let e = svc.resolve(&c, "~root/x").await.unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument, "{}", e.message);
+        assert!(svc.resolve(&c, "a\0b").await.is_err());
+        // No /etc/passwd at all: the defaults.
+        let none = guest_with_passwd(None);
+        assert_eq!(who("root").resolve(&none, "x").await.unwrap(), "/root/x");
+        assert_eq!(who("user").resolve(&none, "x").await.unwrap(), "/home/user/x");
+    }
+
+    #[tokio::test]
+    async fn a_passwd_too_large_to_read_is_an_error_not_a_guessed_home() {
+        let c = guest_with_passwd(Some(vec![b'x'; PASSWD_MAX + 1]));
+        let e = who("user").resolve(&c, "x").await.unwrap_err();
+        assert_eq!(e.code, Code::Unavailable, "{}", e.message);
+        assert!(e.message.contains("/etc/passwd"), "{}", e.message);
+        // An absolute path needs no home.
+        assert_eq!(who("user").resolve(&c, "/x").await.unwrap(), "/x");
     }
 
     #[test]
