@@ -341,7 +341,7 @@ fn named_snapshots_restore_and_templates_replace_boots() {
         .to_string();
     assert_eq!(verified["qemu"]["version"], line.as_str());
     assert_eq!(manifest["engine_version"], line.as_str());
-    assert!(verified["memory"]["sha256"].is_string(), "{verified}");
+    assert!(verified["memory"]["blake3"].is_string(), "{verified}");
     let at = first_non_zero(&tpl_dir.join("memory"));
     flip(&tpl_dir.join("memory"), at, 0x01);
     let after_change = create_192();

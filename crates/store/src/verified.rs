@@ -90,7 +90,7 @@ pub fn rekey<T, E>(snap: &Path, change: impl FnOnce() -> Result<T, E>) -> Result
         .into_iter()
         .flatten()
         .filter(|(name, e)| {
-            e.get("sha256").is_some()
+            (e.get("blake3").is_some() || e.get("sha256").is_some())
                 && identity(&snap.join(name)).is_some_and(|id| e["identity"] == id.as_str())
         })
         .map(|(name, _)| name.clone())

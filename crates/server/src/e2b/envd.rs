@@ -462,7 +462,10 @@ mod tests {
                 .to_vec(),
         ));
         let svc = who("svc");
-        assert_eq!(svc.resolve(&c, "note.txt").await.unwrap(), "/srv/svc/note.txt");
+        assert_eq!(
+            svc.resolve(&c, "note.txt").await.unwrap(),
+            "/srv/svc/note.txt"
+        );
         assert_eq!(svc.resolve(&c, "~").await.unwrap(), "/srv/svc");
         assert_eq!(svc.resolve(&c, "~/a/b").await.unwrap(), "/srv/svc/a/b");
         assert_eq!(svc.resolve(&c, "/etc/x").await.unwrap(), "/etc/x");
@@ -473,7 +476,10 @@ mod tests {
         assert_eq!(who("top").resolve(&c, "~").await.unwrap(), "/");
         // A relative home, or a user the file does not name: envd's defaults.
         assert_eq!(who("rel").resolve(&c, "x").await.unwrap(), "/home/rel/x");
-        assert_eq!(who("nobody").resolve(&c, "x").await.unwrap(), "/home/nobody/x");
+        assert_eq!(
+            who("nobody").resolve(&c, "x").await.unwrap(),
+            "/home/nobody/x"
+        );
         // Another user's home is refused, as envd refuses it; so is a NUL.
         let e = svc.resolve(&c, "~root/x").await.unwrap_err();
         assert_eq!(e.code, Code::InvalidArgument, "{}", e.message);
@@ -481,7 +487,10 @@ mod tests {
         // No /etc/passwd at all: the defaults.
         let none = guest_with_passwd(None);
         assert_eq!(who("root").resolve(&none, "x").await.unwrap(), "/root/x");
-        assert_eq!(who("user").resolve(&none, "x").await.unwrap(), "/home/user/x");
+        assert_eq!(
+            who("user").resolve(&none, "x").await.unwrap(),
+            "/home/user/x"
+        );
     }
 
     #[tokio::test]

@@ -126,7 +126,7 @@ impl Kvm {
                 }
                 for d in cfg.disks.iter().filter(|d| !d.read_only) {
                     if let Some(want) = m.files.get(&format!("disk-{}", d.serial))
-                        && &snapshot::sum(Path::new(&d.path))? != want
+                        && &snapshot::sum_like(Path::new(&d.path), want)? != want
                     {
                         return Err(snapshot::SnapshotError::Corrupted(d.path.clone()).into());
                     }

@@ -210,7 +210,10 @@ impl Qemu {
             if want.is_some_and(|w| snapshot::verified_before(snap, "memory", w)) {
                 snapshot::copy_sparse_unhashed(&source, &memory.0)?;
             } else {
-                let got = snapshot::copy_sparse(&source, &memory.0)?;
+                let got = match want {
+                    Some(w) => snapshot::copy_sparse_like(&source, &memory.0, w)?,
+                    None => snapshot::copy_sparse(&source, &memory.0)?,
+                };
                 snapshot::accept(snap, "memory", want, &got)?;
             }
             snapshot::verify(snap, "state", m.files.get("state"))?;
@@ -223,7 +226,7 @@ impl Qemu {
                     .disks
                     .iter()
                     .find(|d| d.serial == serial && !d.read_only)
-                    && &snapshot::sum(Path::new(&d.path))? != want
+                    && &snapshot::sum_like(Path::new(&d.path), want)? != want
                 {
                     return Err(snapshot::SnapshotError::Corrupted(d.path.clone()).into());
                 }
