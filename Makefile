@@ -12,7 +12,7 @@ ifdef CI
 export CARGO_INCREMENTAL := 0
 endif
 
-.PHONY: all build setup demo test lint fmt bench clean-sandboxes
+.PHONY: all build setup demo test lint fmt bench prune clean-sandboxes
 
 all: build
 
@@ -55,6 +55,8 @@ bench: build
 	COVE_HOME="$(TEST_HOME)" bench/run lifecycle
 	COVE_HOME="$(TEST_HOME)" bench/run image-import
 	COVE_HOME="$(TEST_HOME)" bench/run api
+	COVE_HOME="$(TEST_HOME)" bench/run net
+	bench/run netns
 	scripts/e2b-sdks.sh
 	COVE_HOME="$(TEST_HOME)" bench/run e2b
 	scripts/python-sdk.sh
@@ -63,3 +65,10 @@ bench: build
 
 fmt:
 	$(CARGO) fmt --all
+
+# What cargo keeps of earlier builds (every test binary of every hash it built, and the
+# incremental caches) grows a development target/ by about a gigabyte a day: what has not been
+# rebuilt for two days goes.
+prune:
+	find target/debug/deps target/release/deps -maxdepth 1 -type f -mtime +2 -delete 2>/dev/null || true
+	rm -rf target/debug/incremental target/release/incremental
