@@ -660,11 +660,15 @@ fn the_kvm_engine_runs_jailed_too() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             found = find();
-            found
-                .as_ref()
-                .is_some_and(|(_, pid)| threads(*pid).iter().any(|(c, _, _)| c == "vcpu0"))
+            // Both threads of the VMM: the vCPU's and the I/O thread's (which may start after).
+            found.as_ref().is_some_and(|(_, pid)| {
+                let t = threads(*pid);
+                ["vcpu0", "vmm-io"]
+                    .iter()
+                    .all(|want| t.iter().any(|(c, _, _)| c == want))
+            })
         }),
-        "no kvm engine with a vCPU thread came up"
+        "no kvm engine with a vCPU and an I/O thread came up"
     );
     let (id, pid) = found.unwrap();
     let all = threads(pid);

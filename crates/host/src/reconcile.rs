@@ -357,6 +357,36 @@ pub struct Stored {
 }
 
 impl Host {
+    /// Waits, until `deadline`, for the VMs still restoring from snapshot directory `snap`
+    /// (a sandbox `creating` or `resuming` whose `vm.json` names it) to be ready or gone.
+    async fn wait_for_restores_of(&self, snap: &std::path::Path, deadline: tokio::time::Instant) {
+        let Ok(all) = self.db.list() else { return };
+        for rec in all {
+            if !matches!(rec.state, SandboxState::Creating | SandboxState::Resuming) {
+                continue;
+            }
+            let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) else {
+                continue;
+            };
+            let restores_it = crate::fsutil::read_own(&rec.layout().vm_config(), 1 << 20)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<cove_protocol::control::VmConfig>(&b).ok())
+                .and_then(|c| c.restore)
+                .is_some_and(|r| std::path::Path::new(&r) == snap);
+            if restores_it {
+                let _ = tokio::time::timeout_at(
+                    deadline,
+                    crate::supervisor::control(
+                        std::path::Path::new(&rec.socket),
+                        &cove_protocol::control::ControlRequest::WaitReady,
+                        Some(pid),
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+
     /// Makes the home agree with itself when coved starts: every record reconciled with its
     /// process, and what an interrupted operation left behind (a process killed in the middle
     /// of a create, a fork, a hibernation, a removal) removed or finished.
@@ -448,9 +478,14 @@ impl Host {
             if recorded {
                 if snapshots.join(format!("{name}.{FORKING}")).exists()
                     && !taker_alive(&name, FORKING)
-                    && self.remove_snapshot(&name).await.is_ok()
                 {
-                    out.orphan_snapshots.push(name);
+                    // Clones still restoring from it finish first: another coved of this home
+                    // may have started them after the list above was read (its fork killed
+                    // meanwhile).
+                    self.wait_for_restores_of(&e.path(), deadline).await;
+                    if self.remove_snapshot(&name).await.is_ok() {
+                        out.orphan_snapshots.push(name);
+                    }
                 }
                 continue;
             }
