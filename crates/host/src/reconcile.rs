@@ -356,6 +356,19 @@ pub struct Stored {
     pub present: Vec<String>,
 }
 
+/// Waits, until `deadline`, for sandbox `rec`'s VM (process `pid`) to be ready or gone.
+async fn wait_ready(rec: &SandboxRecord, pid: u32, deadline: tokio::time::Instant) {
+    let _ = tokio::time::timeout_at(
+        deadline,
+        crate::supervisor::control(
+            std::path::Path::new(&rec.socket),
+            &cove_protocol::control::ControlRequest::WaitReady,
+            Some(pid),
+        ),
+    )
+    .await;
+}
+
 impl Host {
     /// Waits, until `deadline`, for the VMs still restoring from snapshot directory `snap`
     /// (a sandbox `creating` or `resuming` whose `vm.json` names it) to be ready or gone.
@@ -374,15 +387,7 @@ impl Host {
                 .and_then(|c| c.restore)
                 .is_some_and(|r| std::path::Path::new(&r) == snap);
             if restores_it {
-                let _ = tokio::time::timeout_at(
-                    deadline,
-                    crate::supervisor::control(
-                        std::path::Path::new(&rec.socket),
-                        &cove_protocol::control::ControlRequest::WaitReady,
-                        Some(pid),
-                    ),
-                )
-                .await;
+                wait_ready(&rec, pid, deadline).await;
             }
         }
     }
@@ -399,15 +404,7 @@ impl Host {
             if matches!(rec.state, SandboxState::Creating | SandboxState::Resuming)
                 && let Some(pid) = rec.pid.filter(|p| vm_alive(*p))
             {
-                let _ = tokio::time::timeout_at(
-                    deadline,
-                    crate::supervisor::control(
-                        std::path::Path::new(&rec.socket),
-                        &cove_protocol::control::ControlRequest::WaitReady,
-                        Some(pid),
-                    ),
-                )
-                .await;
+                wait_ready(&rec, pid, deadline).await;
             }
         }
         let all = self.list()?;
