@@ -133,6 +133,18 @@ pub(crate) fn read_own(path: &Path, max: u64) -> Result<Vec<u8>, HostError> {
     Ok(out)
 }
 
+/// A sandbox's `vm.json` (its VM's configuration), read as the host's own file.
+pub(crate) fn vm_config(
+    layout: &cove_model::SandboxDir,
+) -> Result<cove_protocol::control::VmConfig, HostError> {
+    let path = layout.vm_config();
+    serde_json::from_slice(&read_own(&path, 1 << 20)?).map_err(|e| HostError::Io {
+        what: "parsing vm.json",
+        path: path.display().to_string(),
+        source: std::io::Error::other(e),
+    })
+}
+
 /// Copies a (sparse) file: a reflink where the filesystem can, holes kept otherwise. The copy
 /// runs in a child process the caller awaits (no async worker is held while it copies).
 pub(crate) async fn copy_sparse_file(from: &Path, to: &Path) -> Result<(), HostError> {

@@ -330,9 +330,7 @@ impl Host {
 
     /// Sandbox `rec`'s jail as it is now: none when it was started without one.
     pub fn jail_report(&self, rec: &SandboxRecord) -> Option<JailReport> {
-        let cfg: cove_protocol::control::VmConfig =
-            serde_json::from_slice(&fsutil::read_own(&rec.layout().vm_config(), 1 << 20).ok()?)
-                .ok()?;
+        let cfg = fsutil::vm_config(&rec.layout()).ok()?;
         let pid = rec
             .pid
             .filter(|p| rec.state.has_vm() && supervisor::vm_alive(*p));

@@ -120,9 +120,10 @@ impl Host {
             }
         }
         // A restore runs on the engine that took its snapshot, unless told otherwise.
-        let requested = spec
-            .engine
-            .or_else(|| from.and_then(|s| crate::snapshots::snapshot_engine(Path::new(&s.dir))));
+        let requested = spec.engine.or_else(|| {
+            from.and_then(|s| crate::snapshots::snapshot_engine(Path::new(&s.dir)))
+                .map(Into::into)
+        });
         let choice = engine::choose(requested)?;
         let id = new_id();
         let layout = SandboxDir::new(&self.home, &id);
@@ -382,13 +383,7 @@ impl Host {
         // cove-vm counts in seconds: a partial second still ends within the next one.
         let secs = expires_at.map(|ms| u64::try_from(ms).unwrap_or(0).div_ceil(1000));
         let layout = rec.layout();
-        let old: VmConfig =
-            serde_json::from_slice(&crate::fsutil::read_own(&layout.vm_config(), 1 << 20)?)
-                .map_err(|e| HostError::Io {
-                    what: "parsing vm.json",
-                    path: rec.dir.clone(),
-                    source: std::io::Error::other(e),
-                })?;
+        let old = crate::fsutil::vm_config(&layout)?;
         if live {
             self.vm_op(&rec, &ControlRequest::SetExpiry { expires_at: secs })
                 .await?;
@@ -487,15 +482,8 @@ impl Host {
                             .map_err(io_err("placing the sandbox disk", &dir))?;
                     }
                 }
-                let mut cfg: VmConfig = serde_json::from_slice(
-                    // The host's own file (a jail cannot replace it; refused if it is not).
-                    &crate::fsutil::read_own(&layout.vm_config(), 1 << 20)?,
-                )
-                .map_err(|e| HostError::Io {
-                    what: "parsing vm.json",
-                    path: dir.display().to_string(),
-                    source: std::io::Error::other(e),
-                })?;
+                // The host's own file (a jail cannot replace it; refused if it is not).
+                let mut cfg = crate::fsutil::vm_config(&layout)?;
                 if cfg.id != rec.id {
                     return Err(HostError::Jail {
                         id: rec.id,

@@ -381,9 +381,8 @@ impl Host {
             let Some(pid) = rec.pid.filter(|p| vm_alive(*p)) else {
                 continue;
             };
-            let restores_it = crate::fsutil::read_own(&rec.layout().vm_config(), 1 << 20)
+            let restores_it = crate::fsutil::vm_config(&rec.layout())
                 .ok()
-                .and_then(|b| serde_json::from_slice::<cove_protocol::control::VmConfig>(&b).ok())
                 .and_then(|c| c.restore)
                 .is_some_and(|r| std::path::Path::new(&r) == snap);
             if restores_it {

@@ -276,9 +276,7 @@ impl Host {
         let digest = self.image(&spec.image)?.digest;
         // A template restores only on the engine that took it (a host whose engine changed
         // boots until a new template is made).
-        let engine = engine::choose(spec.engine)
-            .ok()
-            .map(|c| cove_model::Engine::from(c.engine));
+        let engine = engine::choose(spec.engine).ok().map(|c| c.engine);
         let guest = self.guest_identity().ok();
         // A template restores with the device it was taken with: one with a network device
         // for a sandbox that gets one, one without for `none`.
@@ -396,7 +394,7 @@ impl Host {
 }
 
 /// The engine a snapshot directory was taken with (from its manifest), if it is readable.
-pub(crate) fn snapshot_engine(dir: &Path) -> Option<cove_model::Engine> {
+pub(crate) fn snapshot_engine(dir: &Path) -> Option<cove_model::VmEngine> {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
     m["engine"].as_str()?.parse().ok()

@@ -266,29 +266,12 @@ impl Networks {
             self.destroy(id);
         }
         let lease = self.leases.acquire(id)?;
-        let walls = self.walls();
         let services = self.services();
-        let user_mode = self.user_mode();
-        let plan_policy = policy.clone();
-        let default_deny = self.default_deny.clone();
+        let ruleset = self.ruleset(&lease, policy, services, rules::Table::New);
         let id_owned = id.to_string();
         let made = ns::create(id, move |c, netns| {
             ns::configure(c, netns, &id_owned, &lease, owner)?;
-            rules::apply(
-                &rules::sandbox_ruleset(
-                    &rules::Plan {
-                        ns_addr: lease.ns_addr(),
-                        host_addr: lease.host_addr(),
-                        walls: &walls,
-                        default_deny: &default_deny,
-                        policy: &plan_policy,
-                        services,
-                        user_mode,
-                    },
-                    rules::Table::New,
-                ),
-                false,
-            )
+            rules::apply(&ruleset, false)
         })
         .await;
         if let Err(e) = made {
@@ -312,23 +295,36 @@ impl Networks {
             .leases
             .find(id)
             .ok_or_else(|| NetError::Unavailable(format!("sandbox {id} has no network now")))?;
-        let ruleset = rules::sandbox_ruleset(
+        let services = self.services();
+        let ruleset = self.ruleset(&lease, policy, services, rules::Table::Replace);
+        ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await?;
+        self.record_services(id, services);
+        // What the proxies relay for it was judged under the old policy.
+        self.registry.cut(lease.ns_addr());
+        Ok(())
+    }
+
+    /// The table of the sandbox holding `lease` under `policy`, with this host's walls and
+    /// defaults and `services`.
+    fn ruleset(
+        &self,
+        lease: &Lease,
+        policy: &NetworkPolicy,
+        services: Option<Ports>,
+        into: rules::Table,
+    ) -> String {
+        rules::sandbox_ruleset(
             &rules::Plan {
                 ns_addr: lease.ns_addr(),
                 host_addr: lease.host_addr(),
                 walls: &self.walls(),
                 default_deny: &self.default_deny,
                 policy,
-                services: self.services(),
+                services,
                 user_mode: self.user_mode(),
             },
-            rules::Table::Replace,
-        );
-        ns::in_netns(&ns::path(id), move || rules::apply(&ruleset, false)).await?;
-        self.record_services(id, self.services());
-        // What the proxies relay for it was judged under the old policy.
-        self.registry.cut(lease.ns_addr());
-        Ok(())
+            into,
+        )
     }
 
     fn services_file(id: &str) -> PathBuf {

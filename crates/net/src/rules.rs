@@ -309,6 +309,10 @@ mod tests {
     /// The ruleset of `policy` for a sandbox of the default pool's first slot, under the
     /// shipped walls and defaults.
     fn ruleset(policy: &NetworkPolicy, services: bool) -> String {
+        ruleset_into(policy, services, Table::Replace)
+    }
+
+    fn ruleset_into(policy: &NetworkPolicy, services: bool, into: Table) -> String {
         sandbox_ruleset(
             &Plan {
                 ns_addr: [10, 201, 0, 2].into(),
@@ -323,7 +327,7 @@ mod tests {
                 }),
                 user_mode: false,
             },
-            Table::Replace,
+            into,
         )
     }
 
@@ -382,18 +386,7 @@ mod tests {
             egress_mbps: Some(1),
         };
         apply(&ruleset(&policy, true), true).unwrap();
-        let new = sandbox_ruleset(
-            &Plan {
-                ns_addr: [10, 201, 0, 2].into(),
-                host_addr: [10, 201, 0, 1].into(),
-                walls: &cidrs(&WALLS),
-                default_deny: &cidrs(&DEFAULT_DENY),
-                policy: &policy,
-                services: None,
-                user_mode: false,
-            },
-            Table::New,
-        );
+        let new = ruleset_into(&policy, false, Table::New);
         // A new namespace's table deletes nothing (a deletion waits for RCU grace periods);
         // apart from that, it is the replacement's table.
         assert!(!new.contains("delete"), "{new}");
