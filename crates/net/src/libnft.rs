@@ -1,7 +1,7 @@
 //! nftables in process: libnftables, the library Debian's `nft` tool is itself a front end of
-//! (package libnftables1, installed with nftables), loaded with `dlopen` when present. A ruleset
-//! is then applied without a process per sandbox: the fork, exec and start-up of `nft` were most
-//! of what a network added to a create. Without the library, [`crate::rules::apply`] runs
+//! (package libnftables1, installed with nftables), loaded at run time (`libloading`) when
+//! present. A ruleset is then applied without a process per sandbox: the fork, exec and
+//! start-up of `nft` were most of what a network added to a create. Without the library, [`crate::rules::apply`] runs
 //! `nft -f -` as before.
 //!
 //! Written here rather than taken from a crate: the `nftables` crate drives the `nft` program
@@ -19,8 +19,10 @@ type DryRun = unsafe extern "C" fn(*mut c_void, bool);
 type Run = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 type Text = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 
-/// The library's entry points (libnftables.h), resolved once.
+/// The library's entry points (libnftables.h), resolved once; the library stays loaded for the
+/// life of the process, so the function pointers stay valid.
 struct Lib {
+    _lib: libloading::Library,
     new: New,
     free: Free,
     buffer_output: Flag,
@@ -37,32 +39,21 @@ fn lib() -> Option<&'static Lib> {
             // An operator's own nft program is asked for: use it.
             return None;
         }
-        // SAFETY: dlopen of a system library by its soname; the handle is kept for the life of
-        // the process (never closed), so the symbols below stay valid.
-        let h = unsafe { libc::dlopen(c"libnftables.so.1".as_ptr(), libc::RTLD_NOW) };
-        if h.is_null() {
-            return None;
-        }
-        let sym = |name: &CStr| {
-            // SAFETY: a symbol looked up in the handle opened above.
-            let p = unsafe { libc::dlsym(h, name.as_ptr()) };
-            (!p.is_null()).then_some(p)
-        };
-        // SAFETY: each symbol is the libnftables function of that name, whose C signature the
-        // type it is cast to spells (libnftables.h, stable since nftables 0.9).
+        // SAFETY: loading a system library by its soname runs its initialisers, which
+        // libnftables has none of that could harm this process; each symbol below is the
+        // libnftables function of that name, whose C signature the type it is read as spells
+        // (libnftables.h, stable since nftables 0.9).
         unsafe {
+            let lib = libloading::Library::new("libnftables.so.1").ok()?;
             Some(Lib {
-                new: std::mem::transmute::<*mut c_void, New>(sym(c"nft_ctx_new")?),
-                free: std::mem::transmute::<*mut c_void, Free>(sym(c"nft_ctx_free")?),
-                buffer_output: std::mem::transmute::<*mut c_void, Flag>(sym(
-                    c"nft_ctx_buffer_output",
-                )?),
-                buffer_error: std::mem::transmute::<*mut c_void, Flag>(sym(
-                    c"nft_ctx_buffer_error",
-                )?),
-                dry_run: std::mem::transmute::<*mut c_void, DryRun>(sym(c"nft_ctx_set_dry_run")?),
-                run: std::mem::transmute::<*mut c_void, Run>(sym(c"nft_run_cmd_from_buffer")?),
-                error: std::mem::transmute::<*mut c_void, Text>(sym(c"nft_ctx_get_error_buffer")?),
+                new: *lib.get::<New>(b"nft_ctx_new\0").ok()?,
+                free: *lib.get::<Free>(b"nft_ctx_free\0").ok()?,
+                buffer_output: *lib.get::<Flag>(b"nft_ctx_buffer_output\0").ok()?,
+                buffer_error: *lib.get::<Flag>(b"nft_ctx_buffer_error\0").ok()?,
+                dry_run: *lib.get::<DryRun>(b"nft_ctx_set_dry_run\0").ok()?,
+                run: *lib.get::<Run>(b"nft_run_cmd_from_buffer\0").ok()?,
+                error: *lib.get::<Text>(b"nft_ctx_get_error_buffer\0").ok()?,
+                _lib: lib,
             })
         }
     })
